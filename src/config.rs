@@ -1,0 +1,291 @@
+//! The TOML configuration: schema with documented defaults, duration parsing, and validation with
+//! errors that name the key. Unknown keys are rejected.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: listener, threads, HTTP limits.
+    pub server: ServerConfig,
+    /// `[storage]`: where blobs and metadata live.
+    pub storage: StorageConfig,
+    /// `[global]`: registry-wide limits.
+    pub global: GlobalConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `"127.0.0.1"`.
+    pub bind_address: IpAddr,
+    /// TCP port (0 picks a free port, printed at start). Default `5000`.
+    pub port: u16,
+    /// Worker threads, one monoio runtime and one SO_REUSEPORT listener each. Default `0` = available cores.
+    pub threads: usize,
+    /// I/O driver: `"auto"` (io_uring, else epoll), `"io_uring"` or `"epoll"`. Default `"auto"`.
+    /// The environment variable `WHARF_IO_DRIVER` overrides it.
+    pub io_driver: IoDriver,
+    /// How long in-flight requests may run after SIGTERM/SIGINT. Default `"30s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+    /// Listen backlog per listener. Default `1024`.
+    pub backlog: i32,
+    /// `[server.http]`: limits and timeouts of the HTTP layer.
+    pub http: HttpConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind_address: IpAddr::from([127, 0, 0, 1]),
+            port: 5000,
+            threads: 0,
+            io_driver: IoDriver::Auto,
+            shutdown_grace: Duration::from_secs(30),
+            backlog: 1024,
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// Which monoio driver the workers run.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// `[server.http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request head (request line and headers); larger answers 431. Default `16384`.
+    pub max_head_size: usize,
+    /// Longest request target; longer answers 414. Default `8192`.
+    pub max_target_size: usize,
+    /// Time for a whole request head to arrive once it has started (and for the first on a new connection); 408 after. Default `"10s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub head_timeout: Duration,
+    /// Idle keep-alive time between requests before the connection is closed. Default `"60s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub keep_alive_timeout: Duration,
+    /// Longest stall while reading a body or writing a response. Default `"60s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let l = crate::http::Limits::default();
+        HttpConfig {
+            max_head_size: l.max_head_size,
+            max_target_size: l.max_target_size,
+            head_timeout: l.head_timeout,
+            keep_alive_timeout: l.keep_alive_timeout,
+            body_timeout: l.body_timeout,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> crate::http::Limits {
+        crate::http::Limits {
+            max_head_size: self.max_head_size,
+            max_target_size: self.max_target_size,
+            head_timeout: self.head_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
+            body_timeout: self.body_timeout,
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Filesystem root; a relative path is taken from the config file's directory
+    /// (from the working directory for the embedded default). Default `"./data"`.
+    pub root: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { root: PathBuf::from("./data") }
+    }
+}
+
+/// `[global]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalConfig {
+    /// Largest manifest accepted; larger answers 413. Default `4194304` (4 MiB).
+    pub max_manifest_size: u64,
+    /// Largest blob accepted; larger answers 413 `SIZE_INVALID`. Default `0` = unlimited.
+    pub max_blob_size: u64,
+}
+
+impl Default for GlobalConfig {
+    fn default() -> Self {
+        GlobalConfig { max_manifest_size: 4 * 1024 * 1024, max_blob_size: 0 }
+    }
+}
+
+/// A configuration that could not be loaded, naming the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Parse `"30s"`, `"500ms"`, `"2m"`, `"1h"` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. \"30s\", \"500ms\", \"2m\")"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        u => return Err(format!("unknown duration unit {u:?} in {s:?} (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+impl Config {
+    /// Load, resolve relative paths against the file's directory, and validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut cfg = Config::parse_str(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
+        if cfg.storage.root.is_relative() {
+            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            cfg.storage.root = base.join(&cfg.storage.root);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parse TOML text (no path resolution, no validation).
+    pub fn parse_str(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The embedded default: plain HTTP on 127.0.0.1:5000, storage in `./data`.
+    pub fn embedded_default() -> Config {
+        Config::default()
+    }
+
+    /// Checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.server.http;
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
+        if h.max_head_size < 1024 {
+            return invalid("server.http.max_head_size", "must be at least 1024");
+        }
+        if h.max_target_size < 256 || h.max_target_size >= h.max_head_size {
+            return invalid("server.http.max_target_size", "must be at least 256 and below server.http.max_head_size");
+        }
+        for (key, d) in [
+            ("server.http.head_timeout", h.head_timeout),
+            ("server.http.keep_alive_timeout", h.keep_alive_timeout),
+            ("server.http.body_timeout", h.body_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be greater than zero");
+            }
+        }
+        if self.server.threads > 1024 {
+            return invalid("server.threads", "must be at most 1024 (0 = available cores)");
+        }
+        if self.server.backlog <= 0 {
+            return invalid("server.backlog", "must be positive");
+        }
+        if self.global.max_manifest_size == 0 {
+            return invalid("global.max_manifest_size", "must be greater than zero");
+        }
+        if self.storage.root.as_os_str().is_empty() {
+            return invalid("storage.root", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// Worker threads to start.
+    pub fn threads(&self) -> usize {
+        match self.server.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::parse_str("").unwrap();
+        assert_eq!(c.server.port, 5000);
+        assert_eq!(c.server.bind_address.to_string(), "127.0.0.1");
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.server.http.max_head_size, 16384);
+        assert_eq!(c.server.http.max_target_size, 8192);
+        assert_eq!(c.server.http.head_timeout, Duration::from_secs(10));
+        assert_eq!(c.global.max_manifest_size, 4 << 20);
+        assert_eq!(c.storage.root, PathBuf::from("./data"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse_str("[server]\nprot = 1\n").unwrap_err();
+        assert!(e.contains("prot"), "{e}");
+        let e = Config::parse_str("[storrage]\n").unwrap_err();
+        assert!(e.contains("storrage"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 fortnights").is_err());
+        let c = Config::parse_str("[server]\nshutdown_grace = 5\n[server.http]\nhead_timeout = \"250ms\"\n").unwrap();
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.server.http.head_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let c = Config::parse_str("[server.http]\nmax_target_size = 99999\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.http.max_target_size"), "{e}");
+    }
+}

@@ -1,0 +1,422 @@
+//! One client connection: a reused read buffer, head reading with its timeouts, body framing,
+//! `Expect: 100-continue`, and response writing (one write for small responses, `sendfile` for files).
+
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::chunked::{ChunkError, ChunkedDecoder};
+use super::head::{self, Framing, HeadError, Limits, RequestHead};
+use super::response::{Payload, Response};
+
+/// Read-buffer size: large enough for a full head and for efficient body reads.
+const READ_BUF: usize = 64 * 1024;
+
+/// Why a connection-level read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("peer closed the connection")]
+    Eof,
+}
+
+/// The outcome of waiting for the next request head.
+pub enum NextRequest {
+    Head(RequestHead),
+    /// The peer closed (or went idle past the keep-alive timeout, or shutdown began) between requests.
+    Closed,
+    /// A malformed or oversized head: answer with its status and close.
+    Invalid(HeadError),
+    /// Part of a head arrived but not all of it in time: answer 408 and close.
+    TimedOut,
+}
+
+/// A client connection with its read buffer (`buf[pos..]` is unconsumed input).
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+    limits: Rc<Limits>,
+    /// Whether the socket is plain TCP (zero-copy file sending allowed).
+    plain: bool,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, limits: Rc<Limits>) -> Self {
+        let cap = READ_BUF.max(limits.max_head_size + 1);
+        Conn { stream, buf: Vec::with_capacity(cap), pos: 0, limits, plain: true }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Read more input, waiting at most `wait`. Returns the number of bytes read.
+    async fn fill(&mut self, wait: Duration) -> Result<usize, ConnError> {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.buf.len() == self.buf.capacity() && self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let (len, cap) = (buf.len(), buf.capacity());
+        debug_assert!(len < cap, "fill called on a full buffer");
+        match monoio::time::timeout(wait, self.stream.read(buf.slice_mut(len..cap))).await {
+            Ok((res, slice)) => {
+                self.buf = slice.into_inner();
+                match res? {
+                    0 => Err(ConnError::Eof),
+                    n => Ok(n),
+                }
+            }
+            // The buffer went with the cancelled read; the caller closes the connection.
+            Err(_) => Err(ConnError::Timeout),
+        }
+    }
+
+    /// Wait for the next request head. `first_wait` bounds the wait for its first byte; `stop`
+    /// resolves when the server shuts down (only idle connections are closed by it).
+    pub async fn next_request(&mut self, first_wait: Duration, stop: impl Future<Output = ()>) -> NextRequest {
+        if self.pos == self.buf.len() {
+            let filled = monoio::select! {
+                r = self.fill(first_wait) => r,
+                _ = stop => return NextRequest::Closed,
+            };
+            if filled.is_err() {
+                return NextRequest::Closed;
+            }
+        }
+        let deadline = Instant::now() + self.limits.head_timeout;
+        loop {
+            match head::parse(&self.buf[self.pos..], &self.limits) {
+                Ok(Some((h, n))) => {
+                    self.pos += n;
+                    return NextRequest::Head(h);
+                }
+                Ok(None) => {}
+                Err(e) => return NextRequest::Invalid(e),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return NextRequest::TimedOut;
+            }
+            match self.fill(left).await {
+                Ok(_) => {}
+                Err(ConnError::Timeout) => return NextRequest::TimedOut,
+                Err(_) => return NextRequest::Closed,
+            }
+        }
+    }
+
+    /// Close politely: stop sending, then read and discard briefly so that unread input does not turn
+    /// the close into a reset that destroys the response we just sent.
+    pub async fn linger(mut self) {
+        // SAFETY: shutdown(2) on a descriptor this connection owns.
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut seen = 0usize;
+        while seen < 1 << 20 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            self.pos = self.buf.len();
+            match self.fill(left).await {
+                Ok(n) => seen += n,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The body reader for `head`.
+    pub fn body<'c>(&'c mut self, head: &RequestHead) -> Body<'c> {
+        let state = match head.framing {
+            Framing::None => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
+        };
+        let declared = match head.framing {
+            Framing::Length(n) => Some(n),
+            Framing::None => Some(0),
+            Framing::Chunked => None,
+        };
+        Body { conn: self, state, declared, continue_pending: head.expect_continue, received: 0 }
+    }
+
+    async fn write_all(&mut self, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        match monoio::time::timeout(self.limits.body_timeout, self.stream.write_all(data)).await {
+            Ok((res, data)) => res.map(|_| data),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
+        }
+    }
+
+    /// Send `resp`; the head and an in-memory body leave in one write. `head_only` omits the body.
+    pub async fn send(&mut self, resp: Response, head_only: bool, close: bool) -> io::Result<()> {
+        let body_len = if head_only { 0 } else { resp.payload.len() as usize };
+        let mut out = Vec::with_capacity(256 + resp.headers.len() * 64 + body_len.min(1 << 20));
+        resp.write_head(&mut out, close);
+        match resp.payload {
+            Payload::Bytes(b) if !head_only => {
+                out.extend_from_slice(&b);
+                self.write_all(out).await?;
+            }
+            Payload::File { file, offset, len } if !head_only => {
+                self.write_all(out).await?;
+                self.send_file(&file, offset, len).await?;
+            }
+            _ => {
+                self.write_all(out).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hot path: file region to socket. Plain TCP uses `sendfile(2)` (no copy through user space).
+    async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+        if self.plain {
+            return sendfile_loop(&self.stream, file, offset, len, self.limits.body_timeout).await;
+        }
+        let mut buf = Vec::with_capacity(256 * 1024);
+        let mut done = 0u64;
+        let f = monoio::fs::File::from_std(file.try_clone()?)?;
+        while done < len {
+            let want = ((len - done) as usize).min(buf.capacity());
+            buf.clear();
+            let (res, b) = f.read_at(buf.slice_mut(0..want), offset + done).await;
+            let n = res?;
+            buf = b.into_inner();
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than announced"));
+            }
+            buf = self.write_all(buf).await?;
+            done += n as u64;
+        }
+        // The clone owns its own descriptor; dropping it closes only that one.
+        Ok(())
+    }
+}
+
+/// `sendfile(2)` on the (temporarily non-blocking) socket, awaiting writability on EAGAIN.
+async fn sendfile_loop(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    stall: Duration,
+) -> io::Result<()> {
+    let sock = stream.as_raw_fd();
+    let _nb = NonBlocking::set(sock)?;
+    let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+    let end = offset + len;
+    loop {
+        let left = end - off as u64;
+        if left == 0 {
+            return Ok(());
+        }
+        let chunk = left.min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for the duration of the call; `off` is a valid pointer.
+        let n = unsafe { libc::sendfile(sock, file.as_raw_fd(), &mut off, chunk) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than announced"));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => match monoio::time::timeout(stall, stream.writable(false)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
+            },
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Sets `O_NONBLOCK` on a descriptor and restores the previous flags when dropped.
+struct NonBlocking {
+    fd: i32,
+    old: i32,
+}
+
+impl NonBlocking {
+    fn set(fd: i32) -> io::Result<Self> {
+        // SAFETY: fcntl on a descriptor we own; failures are reported through errno.
+        let old = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if old < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if old & libc::O_NONBLOCK == 0 && unsafe { libc::fcntl(fd, libc::F_SETFL, old | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(NonBlocking { fd, old })
+    }
+}
+
+impl Drop for NonBlocking {
+    fn drop(&mut self) {
+        if self.old & libc::O_NONBLOCK == 0 {
+            // SAFETY: restoring flags read from the same descriptor.
+            unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.old) };
+        }
+    }
+}
+
+/// Where the body reader stands.
+enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Done,
+}
+
+/// Why reading a request body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("client connection failed: {0}")]
+    Conn(#[from] ConnError),
+    #[error("malformed chunked body: {0}")]
+    Chunked(#[from] ChunkError),
+    #[error("body larger than allowed")]
+    TooLarge,
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A request body, read in place from the connection buffer.
+pub struct Body<'c> {
+    conn: &'c mut Conn,
+    state: BodyState,
+    declared: Option<u64>,
+    continue_pending: bool,
+    /// Body bytes delivered so far.
+    pub received: u64,
+}
+
+impl Body<'_> {
+    /// The Content-Length, when the body has one (0 for no body); `None` for chunked.
+    pub fn declared_len(&self) -> Option<u64> {
+        self.declared
+    }
+
+    /// Whether the whole body has been read.
+    pub fn finished(&self) -> bool {
+        matches!(self.state, BodyState::Done)
+    }
+
+    /// Whether the client still waits for `100 Continue` before sending anything.
+    pub fn awaiting_continue(&self) -> bool {
+        self.continue_pending && !self.finished()
+    }
+
+    /// Hot path: the next run of body bytes as a range of `buf()`, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Range<usize>>, BodyError> {
+        if self.continue_pending {
+            self.continue_pending = false;
+            if !self.finished() {
+                self.conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await?;
+            }
+        }
+        let stall = self.conn.limits.body_timeout;
+        loop {
+            match &mut self.state {
+                BodyState::Done => return Ok(None),
+                BodyState::Length(left) => {
+                    if *left == 0 {
+                        self.state = BodyState::Done;
+                        return Ok(None);
+                    }
+                    if self.conn.pos == self.conn.buf.len() {
+                        self.conn.fill(stall).await?;
+                        continue;
+                    }
+                    let avail = (self.conn.buf.len() - self.conn.pos) as u64;
+                    let n = avail.min(*left) as usize;
+                    *left -= n as u64;
+                    let start = self.conn.pos;
+                    self.conn.pos += n;
+                    self.received += n as u64;
+                    return Ok(Some(start..start + n));
+                }
+                BodyState::Chunked(dec) => {
+                    if dec.is_done() {
+                        self.state = BodyState::Done;
+                        return Ok(None);
+                    }
+                    if self.conn.pos == self.conn.buf.len() {
+                        self.conn.fill(stall).await?;
+                        continue;
+                    }
+                    let base = self.conn.pos;
+                    let step = dec.step(&self.conn.buf[base..])?;
+                    self.conn.pos += step.consumed;
+                    if let Some(r) = step.data {
+                        self.received += r.len() as u64;
+                        return Ok(Some(base + r.start..base + r.end));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection buffer that `next` ranges point into.
+    pub fn buf(&self) -> &[u8] {
+        &self.conn.buf
+    }
+
+    /// Lend the buffer out for an owned-buffer write (e.g. `write_all_at`); give it back with `put_buf`.
+    pub fn take_buf(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.conn.buf)
+    }
+
+    pub fn put_buf(&mut self, buf: Vec<u8>) {
+        self.conn.buf = buf;
+    }
+
+    /// Read the whole body into memory, refusing more than `limit` bytes.
+    pub async fn read_to_vec(&mut self, limit: u64) -> Result<Vec<u8>, BodyError> {
+        if self.declared.is_some_and(|n| n > limit) {
+            return Err(BodyError::TooLarge);
+        }
+        let mut out = Vec::with_capacity(self.declared.unwrap_or(0) as usize);
+        while let Some(r) = self.next().await? {
+            if out.len() as u64 + r.len() as u64 > limit {
+                return Err(BodyError::TooLarge);
+            }
+            out.extend_from_slice(&self.conn.buf[r]);
+        }
+        Ok(out)
+    }
+
+    /// Discard the rest of the body if it is at most `max` bytes; false if it is larger (close instead).
+    pub async fn drain(&mut self, max: u64) -> bool {
+        if self.continue_pending {
+            return false;
+        }
+        let mut seen = 0u64;
+        loop {
+            match self.next().await {
+                Ok(Some(r)) => {
+                    seen += r.len() as u64;
+                    if seen > max {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Responses as values: handlers build them, the connection serializes them.
+
+use std::io::Write as _;
+
+/// What follows the response head.
+pub enum Payload {
+    Empty,
+    Bytes(Vec<u8>),
+    /// A region of a file, sent with `sendfile` on plain TCP.
+    File { file: std::fs::File, offset: u64, len: u64 },
+}
+
+impl Payload {
+    pub fn len(&self) -> u64 {
+        match self {
+            Payload::Empty => 0,
+            Payload::Bytes(b) => b.len() as u64,
+            Payload::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A response: status, extra headers (Content-Length is added from the payload) and payload.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub payload: Payload,
+    /// Content-Length to announce when it differs from the payload (HEAD answers).
+    pub content_length: Option<u64>,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Self {
+        Response { status, headers: Vec::new(), payload: Payload::Empty, content_length: None }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn bytes(mut self, content_type: &str, body: Vec<u8>) -> Self {
+        self.headers.push(("Content-Type", content_type.to_owned()));
+        self.payload = Payload::Bytes(body);
+        self
+    }
+
+    pub fn json(self, body: Vec<u8>) -> Self {
+        self.bytes("application/json", body)
+    }
+
+    /// Announce `len` bytes without sending them (HEAD).
+    pub fn head_only(mut self, len: u64) -> Self {
+        self.content_length = Some(len);
+        self.payload = Payload::Empty;
+        self
+    }
+
+    /// Serialize the head into `out`.
+    pub fn write_head(&self, out: &mut Vec<u8>, close: bool) {
+        let len = self.content_length.unwrap_or_else(|| self.payload.len());
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (k, v) in &self.headers {
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.status != 204 && !(100..200).contains(&self.status) {
+            let _ = write!(out, "Content-Length: {len}\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Reason phrases for the statuses wharf sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        307 => "Temporary Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        507 => "Insufficient Storage",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_has_length_and_close() {
+        let r = Response::new(200).header("X-A", "1").json(b"{}".to_vec());
+        let mut out = Vec::new();
+        r.write_head(&mut out, true);
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(
+            s,
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn no_content_has_no_length() {
+        let mut out = Vec::new();
+        Response::new(204).write_head(&mut out, false);
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\n\r\n");
+    }
+}

@@ -1,0 +1,9 @@
+//! wharf: an OCI Distribution v1.1 registry on thread-per-core monoio.
+//! Module map and data flow: docs/architecture.md.
+
+pub mod config;
+pub mod http;
+pub mod oci;
+pub mod registry;
+pub mod server;
+pub mod storage;

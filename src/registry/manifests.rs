@@ -1,0 +1,83 @@
+//! Manifest GET/HEAD/PUT/DELETE by tag or digest.
+
+use super::{HandlerResult, Registry};
+use crate::http::{Body, BodyError, RequestHead, Response};
+use crate::oci::{Algorithm, Digest, ErrorCode, OciError, Reference, RepoName, Tag, manifest};
+
+impl Registry {
+    fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, OciError> {
+        match reference {
+            Reference::Digest(d) => Ok(d.clone()),
+            Reference::Tag(t) => Ok(self.storage.resolve_tag(repo, t)?),
+        }
+    }
+
+    pub(super) fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> HandlerResult {
+        let digest = self.resolve(repo, reference)?;
+        let m = self.storage.open_manifest(repo, &digest)?;
+        let payload = super::blobs::file_payload(m.file, 0, m.len)?;
+        let mut r = Response::new(200)
+            .header("Docker-Content-Digest", digest.to_string())
+            .header("ETag", format!("\"{digest}\""))
+            .header("Content-Type", m.media_type);
+        r.payload = payload;
+        Ok(r)
+    }
+
+    pub(super) async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        tags: &[Tag],
+        head: &RequestHead,
+        body: &mut Body<'_>,
+    ) -> HandlerResult {
+        let max = self.settings.max_manifest_size;
+        let bytes = body.read_to_vec(max).await.map_err(|e| match e {
+            BodyError::TooLarge => OciError::new(ErrorCode::SizeInvalid, format!("manifest exceeds the limit of {max} bytes"))
+                .with_status(413),
+            other => other.into(),
+        })?;
+        let parsed = manifest::parse(&bytes, head.content_type.as_deref())?;
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let actual = Digest::of(expected.algorithm(), &bytes);
+                if actual != *expected {
+                    return Err(OciError::new(ErrorCode::DigestInvalid, format!("manifest digest is {actual}, not {expected}")));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::of(Algorithm::Sha256, &bytes),
+        };
+        for blob in &parsed.required_blobs {
+            if self.storage.blob_size(repo, blob)?.is_none() {
+                return Err(OciError::new(ErrorCode::ManifestBlobUnknown, format!("blob {blob} is not in repository {repo}")));
+            }
+        }
+        self.storage.put_manifest(repo, &bytes, &digest, &parsed).await?;
+        if let Reference::Tag(t) = reference {
+            self.storage.set_tag(repo, t, &digest).await?;
+        }
+        for t in tags {
+            self.storage.set_tag(repo, t, &digest).await?;
+        }
+        let mut r = Response::new(201)
+            .header("Location", format!("/v2/{repo}/manifests/{digest}"))
+            .header("Docker-Content-Digest", digest.to_string());
+        if let Some(s) = &parsed.subject {
+            r = r.header("OCI-Subject", s.to_string());
+        }
+        for t in tags {
+            r = r.header("OCI-Tag", t.as_str());
+        }
+        Ok(r)
+    }
+
+    pub(super) fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> HandlerResult {
+        match reference {
+            Reference::Digest(d) => self.storage.delete_manifest(repo, d)?,
+            Reference::Tag(t) => self.storage.delete_tag(repo, t)?,
+        }
+        Ok(Response::new(202))
+    }
+}

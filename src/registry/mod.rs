@@ -1,0 +1,131 @@
+//! The registry: `route` decodes a request into an `Action`; one `match` sends it to the handler
+//! family (`blobs`, `uploads`, `manifests`, `listing`); errors become OCI JSON in one place.
+
+mod blobs;
+mod listing;
+mod manifests;
+pub mod route;
+mod uploads;
+
+use std::sync::Arc;
+
+use crate::http::{Body, BodyError, RequestHead, Response};
+use crate::oci::{ErrorCode, OciError};
+use crate::storage::{Storage, StoreError};
+pub use route::{Action, route};
+
+/// Responses up to this size are read into memory so head and body leave in one write.
+const INLINE_LIMIT: u64 = 64 * 1024;
+
+/// Registry-wide settings the handlers need.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub max_manifest_size: u64,
+    /// 0 = unlimited.
+    pub max_blob_size: u64,
+}
+
+/// The registry service shared by all workers.
+pub struct Registry {
+    storage: Arc<Storage>,
+    settings: Settings,
+}
+
+type HandlerResult = Result<Response, OciError>;
+
+impl Registry {
+    pub fn new(storage: Arc<Storage>, settings: Settings) -> Registry {
+        Registry { storage, settings }
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Answer one request. The body may be left unread (the connection decides whether to drain or close).
+    pub async fn handle(&self, head: &RequestHead, body: &mut Body<'_>) -> Response {
+        let result = match route(head.method, &head.path, &head.query) {
+            Ok(action) => self.dispatch(action, head, body).await,
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(error_response).header("Docker-Distribution-API-Version", "registry/2.0")
+    }
+
+    async fn dispatch(&self, action: Action, head: &RequestHead, body: &mut Body<'_>) -> HandlerResult {
+        match action {
+            Action::GetApiVersion => Ok(Response::new(200).json(b"{}".to_vec())),
+            Action::GetBlob { repository, digest } => self.get_blob(&repository, &digest, head),
+            Action::DeleteBlob { repository, digest } => self.delete_blob(&repository, &digest),
+            Action::StartUpload { repository, digest, algorithm } => {
+                self.start_upload(&repository, digest.as_ref(), algorithm, body).await
+            }
+            Action::MountBlob { repository, digest, from, algorithm } => {
+                self.mount_blob(&repository, &digest, from.as_ref(), algorithm, body).await
+            }
+            Action::UpdateUpload { repository, upload } => self.update_upload(&repository, &upload, head, body).await,
+            Action::CompleteUpload { repository, upload, digest } => {
+                self.complete_upload(&repository, &upload, &digest, head, body).await
+            }
+            Action::GetUpload { repository, upload } => self.get_upload(&repository, &upload),
+            Action::CancelUpload { repository, upload } => self.cancel_upload(&repository, &upload),
+            Action::GetManifest { repository, reference } => self.get_manifest(&repository, &reference),
+            Action::PutManifest { repository, reference, tags } => {
+                self.put_manifest(&repository, &reference, &tags, head, body).await
+            }
+            Action::DeleteManifest { repository, reference } => self.delete_manifest(&repository, &reference),
+            Action::GetReferrers { repository, digest, artifact_type } => {
+                self.get_referrers(&repository, &digest, artifact_type.as_deref())
+            }
+            Action::ListTags { repository, page } => self.list_tags(&repository, &page),
+            Action::ListCatalog { page } => self.list_catalog(&page),
+        }
+    }
+}
+
+/// An OCI error as a response (with `Retry-After` when storage is full).
+pub fn error_response(e: OciError) -> Response {
+    let mut r = Response::new(e.status);
+    if e.status == 507 {
+        r = r.header("Retry-After", "60");
+    }
+    r.json(e.to_json())
+}
+
+impl From<StoreError> for OciError {
+    fn from(e: StoreError) -> OciError {
+        match e {
+            StoreError::BlobUnknown => OciError::new(ErrorCode::BlobUnknown, "blob unknown to registry"),
+            StoreError::UploadUnknown => OciError::new(ErrorCode::BlobUploadUnknown, "blob upload unknown to registry"),
+            StoreError::UploadBusy { .. } => {
+                OciError::new(ErrorCode::BlobUploadInvalid, "upload is being written by another request").with_status(416)
+            }
+            StoreError::ManifestUnknown => OciError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry"),
+            StoreError::NameUnknown => OciError::new(ErrorCode::NameUnknown, "repository name not known to registry"),
+            StoreError::DigestMismatch { expected } => {
+                OciError::new(ErrorCode::DigestInvalid, format!("content does not match digest {expected}"))
+            }
+            StoreError::Io(err) => io_error(&err),
+        }
+    }
+}
+
+/// Map an I/O failure without leaking internals: a full disk is 507 (retry later), the rest 500.
+fn io_error(err: &std::io::Error) -> OciError {
+    if matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+        tracing::warn!("storage full: {err}");
+        return OciError::new(ErrorCode::Internal, "storage is full, retry later").with_status(507);
+    }
+    tracing::error!("storage error: {err}");
+    OciError::new(ErrorCode::Internal, "internal storage error")
+}
+
+impl From<BodyError> for OciError {
+    fn from(e: BodyError) -> OciError {
+        match e {
+            BodyError::TooLarge => OciError::new(ErrorCode::SizeInvalid, "body larger than allowed").with_status(413),
+            BodyError::Chunked(c) => OciError::new(ErrorCode::BlobUploadInvalid, format!("malformed chunked body: {c}")),
+            BodyError::Conn(c) => OciError::new(ErrorCode::BlobUploadInvalid, format!("request body: {c}")),
+            BodyError::Io(err) => io_error(&err),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Threads and sockets: one monoio runtime per worker thread (io_uring, or epoll when io_uring is
+//! unavailable or forced off), one SO_REUSEPORT listener each, connection tasks, graceful shutdown.
+//! `shutdown` holds the per-thread shutdown signal; `connection` the per-connection request loop.
+
+mod connection;
+mod shutdown;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use monoio::net::{ListenerOpts, TcpListener};
+
+use crate::config::{Config, IoDriver};
+use crate::registry::{Registry, Settings};
+use crate::storage::Storage;
+use shutdown::Shutdown;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage.root {path}: {source}")]
+    Storage { path: String, source: std::io::Error },
+    #[error("server.bind_address/server.port {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("server.io_driver = \"io_uring\" but io_uring is not available on this system")]
+    NoUring,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The driver to run, after `WHARF_IO_DRIVER` and detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    fn name(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// Pick the I/O driver: `WHARF_IO_DRIVER` (auto|io_uring|epoll) overrides `server.io_driver`.
+pub fn choose_driver(configured: IoDriver) -> Result<Driver, StartError> {
+    let wanted = match std::env::var("WHARF_IO_DRIVER").ok().as_deref() {
+        Some("epoll") => IoDriver::Epoll,
+        Some("io_uring") => IoDriver::IoUring,
+        Some("auto") => IoDriver::Auto,
+        Some(other) => return Err(StartError::Other(format!("WHARF_IO_DRIVER={other:?}: use auto, io_uring or epoll"))),
+        None => configured,
+    };
+    let uring = monoio::utils::detect_uring();
+    match wanted {
+        IoDriver::Epoll => Ok(Driver::Epoll),
+        IoDriver::IoUring if uring => Ok(Driver::IoUring),
+        IoDriver::IoUring => Err(StartError::NoUring),
+        IoDriver::Auto if uring => Ok(Driver::IoUring),
+        IoDriver::Auto => Ok(Driver::Epoll),
+    }
+}
+
+/// What every worker shares (immutable).
+pub struct App {
+    pub registry: Registry,
+    pub limits: crate::http::Limits,
+    pub shutdown_grace: Duration,
+}
+
+/// Run the server until SIGTERM/SIGINT; returns after in-flight requests finished (or the grace ran out).
+pub fn run(cfg: Config) -> Result<(), StartError> {
+    let driver = choose_driver(cfg.server.io_driver)?;
+    let root = cfg.storage.root.clone();
+    let storage = Storage::open(&root).map_err(|source| StartError::Storage { path: root.display().to_string(), source })?;
+    let settings = Settings { max_manifest_size: cfg.global.max_manifest_size, max_blob_size: cfg.global.max_blob_size };
+    let app = Arc::new(App {
+        registry: Registry::new(Arc::new(storage), settings),
+        limits: cfg.server.http.limits(),
+        shutdown_grace: cfg.server.shutdown_grace,
+    });
+
+    let threads = cfg.threads();
+    let mut addr = SocketAddr::new(cfg.server.bind_address, cfg.server.port);
+    let mut stops = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads);
+    for idx in 0..threads {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let app = Arc::clone(&app);
+        let backlog = cfg.server.backlog;
+        let handle = std::thread::Builder::new()
+            .name(format!("wharf-worker-{idx}"))
+            .spawn(move || worker(driver, addr, backlog, app, ready_tx, stop_rx))
+            .map_err(|e| StartError::Other(format!("cannot start worker thread: {e}")))?;
+        // The first worker resolves port 0; the others join the same port.
+        match ready_rx.recv() {
+            Ok(Ok(bound)) => addr = bound,
+            Ok(Err(source)) => return Err(StartError::Bind { addr, source }),
+            Err(_) => return Err(StartError::Other("worker thread exited during start".into())),
+        }
+        stops.push(stop_tx);
+        handles.push(handle);
+    }
+    tracing::info!(threads, driver = driver.name(), storage = %root.display(), "wharf started");
+    // A fixed line on stdout so scripts and tests learn the bound address.
+    println!("wharf listening on http://{addr} (threads={threads}, driver={})", driver.name());
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| StartError::Other(format!("cannot install signal handlers: {e}")))?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down: no new connections, finishing in-flight requests");
+    }
+    for s in stops {
+        let _ = s.send(());
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("wharf stopped");
+    Ok(())
+}
+
+type Ready = mpsc::Sender<std::io::Result<SocketAddr>>;
+
+fn worker(driver: Driver, addr: SocketAddr, backlog: i32, app: Arc<App>, ready: Ready, stop: oneshot::Receiver<()>) {
+    let fut = worker_main(addr, backlog, app, ready.clone(), stop);
+    let built = match driver {
+        Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(1024)
+            .build()
+            .map(|mut rt| rt.block_on(fut)),
+        Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(fut)),
+    };
+    if let Err(e) = built {
+        let _ = ready.send(Err(e));
+    }
+}
+
+async fn worker_main(addr: SocketAddr, backlog: i32, app: Arc<App>, ready: Ready, mut stop: oneshot::Receiver<()>) {
+    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(backlog);
+    let listener = match TcpListener::bind_with_config(addr, &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(listener.local_addr());
+    let shutdown = Rc::new(Shutdown::default());
+    loop {
+        monoio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&shutdown)));
+                }
+                Err(e) => {
+                    // Out of descriptors or similar: back off briefly instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    shutdown.trigger();
+    let deadline = Instant::now() + app.shutdown_grace;
+    while shutdown.active() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if shutdown.active() > 0 {
+        tracing::warn!(open = shutdown.active(), "shutdown grace elapsed; closing remaining connections");
+    }
+}

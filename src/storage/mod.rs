@@ -1,0 +1,123 @@
+//! Filesystem storage: the on-disk layout, atomic commits (`fsio`), blob store and links (`blobs`),
+//! upload sessions that survive connections and restarts (`uploads`), manifests, tags and referrers
+//! (`manifests`). Nothing here knows HTTP.
+
+pub mod blobs;
+mod fsio;
+pub mod manifests;
+pub mod uploads;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::oci::{Digest, RepoName};
+
+pub use uploads::{BlobWriter, UploadLease};
+
+/// Storage failures, mapped to OCI errors by the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("blob unknown")]
+    BlobUnknown,
+    #[error("upload unknown")]
+    UploadUnknown,
+    #[error("upload is in use by another request")]
+    UploadBusy { offset: u64 },
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("repository unknown")]
+    NameUnknown,
+    #[error("content does not match digest {expected}")]
+    DigestMismatch { expected: Digest },
+    #[error("storage i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The filesystem store rooted at `root`.
+pub struct Storage {
+    root: PathBuf,
+    uploads: uploads::Table,
+}
+
+impl Storage {
+    /// Open (creating the top-level folders of) a store at `root`.
+    pub fn open(root: &Path) -> io::Result<Storage> {
+        for dir in ["blobs", "repositories", "uploads"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        // Probe writability now rather than on the first push.
+        let probe = root.join("uploads").join(".probe");
+        std::fs::write(&probe, b"")?;
+        std::fs::remove_file(&probe)?;
+        Ok(Storage { root: root.to_path_buf(), uploads: uploads::Table::new() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root.join("blobs").join(d.algorithm().as_str()).join(&hex[..2]).join(hex)
+    }
+
+    fn repo_dir(&self, repo: &RepoName) -> PathBuf {
+        self.root.join("repositories").join(repo.as_str())
+    }
+
+    fn layer_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo).join("_layers").join(d.algorithm().as_str()).join(d.hex())
+    }
+
+    fn revision_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
+        self.repo_dir(repo).join("_manifests").join("revisions").join(d.algorithm().as_str()).join(d.hex())
+    }
+
+    fn tags_dir(&self, repo: &RepoName) -> PathBuf {
+        self.repo_dir(repo).join("_manifests").join("tags")
+    }
+
+    fn referrers_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
+        self.repo_dir(repo).join("_referrers").join(subject.algorithm().as_str()).join(subject.hex())
+    }
+
+    fn uploads_dir(&self) -> PathBuf {
+        self.root.join("uploads")
+    }
+}
+
+/// A fresh random identifier in UUID form (used for upload sessions and temp files).
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Whether `s` has the shape of an id from `random_id` (so it is safe as a path component).
+pub fn is_upload_id(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_ids_round_trip_and_reject_tricks() {
+        let id = random_id();
+        assert!(is_upload_id(&id), "{id}");
+        assert_ne!(id, random_id());
+        for bad in ["", "..", "../../etc/passwd", &id.to_uppercase(), &format!("{id}/x"), &id[..35]] {
+            assert!(!is_upload_id(bad), "{bad:?}");
+        }
+    }
+}

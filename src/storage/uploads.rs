@@ -1,0 +1,306 @@
+//! Upload sessions. Data streams into `uploads/<id>/data` while being hashed; the hash state lives in
+//! a sharded in-memory table so that chunks may arrive on any connection or thread. After a restart
+//! (or a failed write) the partial file is re-hashed. A small CRC-checked `state` file records the
+//! session's repository and digest algorithm.
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use monoio::buf::{IoBuf, IoBufMut};
+
+use super::{Result, Storage, StoreError, fsio, random_id};
+use crate::oci::{Algorithm, Digest, Hasher, RepoName};
+
+const SHARDS: usize = 32;
+const STATE_MAGIC: &str = "wharf-upload-v1";
+
+/// One in-progress upload as the table knows it.
+struct Session {
+    repo: RepoName,
+    /// Hash of `offset` bytes; `None` when it must be rebuilt from the file.
+    hasher: Option<Hasher>,
+    algorithm: Algorithm,
+    offset: u64,
+    /// A request holds the lease; others must not write concurrently.
+    busy: bool,
+}
+
+/// Sharded map of upload sessions; critical sections never span an `.await`.
+pub(super) struct Table {
+    shards: Box<[Mutex<HashMap<String, Session>>]>,
+}
+
+impl Table {
+    pub(super) fn new() -> Table {
+        Table { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+    }
+
+    fn shard(&self, id: &str) -> MutexGuard<'_, HashMap<String, Session>> {
+        let h = id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
+        self.shards[h % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Streams body bytes into a file while hashing them (socket buffer → SHA → positioned write).
+pub struct BlobWriter {
+    file: monoio::fs::File,
+    path: PathBuf,
+    offset: u64,
+    hasher: Hasher,
+    /// A write failed: the hash no longer matches the file.
+    failed: bool,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Hot path: hash `buf[range]` and write it at the current offset, from the same buffer.
+    pub async fn append(&mut self, buf: Vec<u8>, range: Range<usize>) -> (io::Result<()>, Vec<u8>) {
+        self.hasher.update(&buf[range.clone()]);
+        let len = range.len() as u64;
+        let (res, slice) = self.file.write_all_at(buf.slice(range), self.offset).await;
+        match &res {
+            Ok(()) => self.offset += len,
+            Err(_) => self.failed = true,
+        }
+        (res, slice.into_inner())
+    }
+}
+
+/// Exclusive use of an upload session for one request; returned to the table when dropped.
+pub struct UploadLease {
+    storage: Arc<Storage>,
+    id: String,
+    writer: Option<BlobWriter>,
+}
+
+impl UploadLease {
+    pub fn writer(&mut self) -> &mut BlobWriter {
+        self.writer.as_mut().expect("writer present until completion")
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for UploadLease {
+    fn drop(&mut self) {
+        let w = self.writer.take();
+        let mut shard = self.storage.uploads.shard(&self.id);
+        if let Some(s) = shard.get_mut(&self.id) {
+            s.busy = false;
+            match w {
+                Some(w) if !w.failed => {
+                    s.offset = w.offset;
+                    s.hasher = Some(w.hasher);
+                }
+                // Failed or never opened: the next lease re-hashes the file.
+                _ => s.hasher = None,
+            }
+        }
+    }
+}
+
+fn state_text(repo: &RepoName, alg: Algorithm) -> String {
+    let body = format!("{STATE_MAGIC}\n{repo}\n{}\n", alg.as_str());
+    format!("{body}{:08x}\n", crc32fast::hash(body.as_bytes()))
+}
+
+/// Parse a state file; a torn or tampered one reads as `None`.
+fn parse_state(text: &str) -> Option<(RepoName, Algorithm)> {
+    let mut lines = text.lines();
+    let (magic, repo, alg, crc) = (lines.next()?, lines.next()?, lines.next()?, lines.next()?);
+    let body = format!("{magic}\n{repo}\n{alg}\n");
+    if magic != STATE_MAGIC || u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) {
+        return None;
+    }
+    Some((repo.parse().ok()?, alg.parse().ok()?))
+}
+
+/// Re-hash a file from the start.
+async fn rehash(file: &monoio::fs::File, alg: Algorithm) -> io::Result<(Hasher, u64)> {
+    let mut hasher = alg.hasher();
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut off = 0u64;
+    loop {
+        buf.clear();
+        let (res, b) = file.read_at(buf.slice_mut(0..1 << 20), off).await;
+        buf = b.into_inner();
+        let n = res?;
+        if n == 0 {
+            return Ok((hasher, off));
+        }
+        hasher.update(&buf[..n]);
+        off += n as u64;
+    }
+}
+
+fn open_rw(path: &Path, create: bool) -> io::Result<monoio::fs::File> {
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
+    monoio::fs::File::from_std(f)
+}
+
+impl Storage {
+    /// A writer on a fresh temp file (monolithic uploads and manifests).
+    pub fn temp_writer(&self, alg: Algorithm) -> Result<BlobWriter> {
+        let path = self.uploads_dir().join(format!(".tmp-{}", random_id()));
+        let file = open_rw(&path, true)?;
+        Ok(BlobWriter { file, path, offset: 0, hasher: alg.hasher(), failed: false })
+    }
+
+    /// fsync, verify against `expected`, and move into the store. Returns the blob size.
+    /// On a mismatch the data is deleted and `DigestMismatch` returned.
+    pub async fn finish_writer(&self, w: BlobWriter, expected: &Digest) -> Result<u64> {
+        let result = async {
+            w.file.sync_all().await?;
+            let (hasher, size) = if w.failed || w.hasher.algorithm() != expected.algorithm() {
+                rehash(&w.file, expected.algorithm()).await?
+            } else {
+                (w.hasher, w.offset)
+            };
+            if hasher.finish() != *expected {
+                return Err(StoreError::DigestMismatch { expected: expected.clone() });
+            }
+            self.commit_temp(&w.path, expected).await?;
+            Ok(size)
+        }
+        .await;
+        if result.is_err() {
+            let _ = fsio::remove_if_exists(&w.path);
+        }
+        result
+    }
+
+    /// Discard a temp writer's data.
+    pub fn discard_writer(&self, w: BlobWriter) {
+        let _ = fsio::remove_if_exists(&w.path);
+    }
+
+    fn upload_dir(&self, id: &str) -> PathBuf {
+        self.uploads_dir().join(id)
+    }
+
+    /// Open a new upload session for `repo`, hashing with `alg` as data arrives.
+    pub async fn start_upload(&self, repo: &RepoName, alg: Algorithm) -> Result<String> {
+        let id = random_id();
+        let dir = self.upload_dir(&id);
+        std::fs::create_dir(&dir)?;
+        std::fs::write(dir.join("state"), state_text(repo, alg))?;
+        std::fs::File::create(dir.join("data"))?;
+        self.uploads.shard(&id).insert(
+            id.clone(),
+            Session { repo: repo.clone(), hasher: Some(alg.hasher()), algorithm: alg, offset: 0, busy: false },
+        );
+        Ok(id)
+    }
+
+    /// The session as stored on disk (after a restart): repository, algorithm.
+    fn load_session(&self, id: &str) -> Option<(RepoName, Algorithm)> {
+        let text = std::fs::read_to_string(self.upload_dir(id).join("state")).ok()?;
+        parse_state(&text)
+    }
+
+    /// Take exclusive use of an upload of `repo` for one request.
+    pub async fn lease_upload(self: &Arc<Self>, repo: &RepoName, id: &str) -> Result<UploadLease> {
+        let (alg, hasher, offset) = {
+            let mut shard = self.uploads.shard(id);
+            match shard.get_mut(id) {
+                Some(s) if s.repo != *repo => return Err(StoreError::UploadUnknown),
+                Some(s) if s.busy => return Err(StoreError::UploadBusy { offset: s.offset }),
+                Some(s) => {
+                    s.busy = true;
+                    (s.algorithm, s.hasher.take(), s.offset)
+                }
+                None => {
+                    drop(shard);
+                    let (srepo, alg) = self.load_session(id).ok_or(StoreError::UploadUnknown)?;
+                    if srepo != *repo {
+                        return Err(StoreError::UploadUnknown);
+                    }
+                    let mut shard = self.uploads.shard(id);
+                    if shard.contains_key(id) {
+                        return Err(StoreError::UploadBusy { offset: 0 });
+                    }
+                    shard.insert(
+                        id.to_owned(),
+                        Session { repo: repo.clone(), hasher: None, algorithm: alg, offset: 0, busy: true },
+                    );
+                    (alg, None, 0)
+                }
+            }
+        };
+        let path = self.upload_dir(id).join("data");
+        let mut lease = UploadLease { storage: Arc::clone(self), id: id.to_owned(), writer: None };
+        let file = match open_rw(&path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                drop(lease);
+                self.uploads.shard(id).remove(id);
+                return Err(StoreError::UploadUnknown);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let len = file.metadata().await?.len();
+        let (hasher, offset) = match hasher {
+            Some(h) if len == offset => (h, offset),
+            _ => rehash(&file, alg).await?,
+        };
+        lease.writer = Some(BlobWriter { file, path, offset, hasher, failed: false });
+        Ok(lease)
+    }
+
+    /// Bytes received so far by an upload of `repo`.
+    pub fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
+        {
+            let shard = self.uploads.shard(id);
+            if let Some(s) = shard.get(id) {
+                return if s.repo == *repo { Ok(s.offset) } else { Err(StoreError::UploadUnknown) };
+            }
+        }
+        match self.load_session(id) {
+            Some((r, _)) if r == *repo => Ok(std::fs::metadata(self.upload_dir(id).join("data"))?.len()),
+            _ => Err(StoreError::UploadUnknown),
+        }
+    }
+
+    /// Verify and commit a leased upload as `expected`, then forget the session. Returns the size.
+    pub async fn complete_upload(&self, mut lease: UploadLease, expected: &Digest) -> Result<u64> {
+        let w = lease.writer.take().expect("writer present until completion");
+        let result = self.finish_writer(w, expected).await;
+        self.forget_upload(&lease.id);
+        result
+    }
+
+    /// Cancel an upload of `repo`.
+    pub fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        self.upload_offset(repo, id)?;
+        self.forget_upload(id);
+        Ok(())
+    }
+
+    fn forget_upload(&self, id: &str) {
+        self.uploads.shard(id).remove(id);
+        let _ = std::fs::remove_dir_all(self.upload_dir(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_detects_tearing() {
+        let repo: RepoName = "a/b".parse().unwrap();
+        let t = state_text(&repo, Algorithm::Sha512);
+        assert_eq!(parse_state(&t), Some((repo, Algorithm::Sha512)));
+        assert_eq!(parse_state(&t[..t.len() - 3]), None);
+        assert_eq!(parse_state(&t.replace("a/b", "a/c")), None);
+    }
+}
