@@ -119,7 +119,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { root: PathBuf::from("./data") }
+        StorageConfig {
+            root: PathBuf::from("./data"),
+        }
     }
 }
 
@@ -135,7 +137,10 @@ pub struct GlobalConfig {
 
 impl Default for GlobalConfig {
     fn default() -> Self {
-        GlobalConfig { max_manifest_size: 4 * 1024 * 1024, max_blob_size: 0 }
+        GlobalConfig {
+            max_manifest_size: 4 * 1024 * 1024,
+            max_blob_size: 0,
+        }
     }
 }
 
@@ -143,7 +148,10 @@ impl Default for GlobalConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config: {key}: {message}")]
@@ -155,13 +163,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. \"30s\", \"500ms\", \"2m\")"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. \"30s\", \"500ms\", \"2m\")"))?;
     let d = match unit.trim() {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        u => return Err(format!("unknown duration unit {u:?} in {s:?} (use ms, s, m or h)")),
+        u => {
+            return Err(format!(
+                "unknown duration unit {u:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
     };
     Ok(d)
 }
@@ -182,10 +196,19 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 impl Config {
     /// Load, resolve relative paths against the file's directory, and validate.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut cfg = Config::parse_str(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut cfg = Config::parse_str(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })?;
         if cfg.storage.root.is_relative() {
-            let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             cfg.storage.root = base.join(&cfg.storage.root);
         }
         cfg.validate()?;
@@ -205,12 +228,20 @@ impl Config {
     /// Checks that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let h = &self.server.http;
-        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
         if h.max_head_size < 1024 {
             return invalid("server.http.max_head_size", "must be at least 1024");
         }
         if h.max_target_size < 256 || h.max_target_size >= h.max_head_size {
-            return invalid("server.http.max_target_size", "must be at least 256 and below server.http.max_head_size");
+            return invalid(
+                "server.http.max_target_size",
+                "must be at least 256 and below server.http.max_head_size",
+            );
         }
         for (key, d) in [
             ("server.http.head_timeout", h.head_timeout),
@@ -222,7 +253,10 @@ impl Config {
             }
         }
         if self.server.threads > 1024 {
-            return invalid("server.threads", "must be at most 1024 (0 = available cores)");
+            return invalid(
+                "server.threads",
+                "must be at most 1024 (0 = available cores)",
+            );
         }
         if self.server.backlog <= 0 {
             return invalid("server.backlog", "must be positive");
@@ -239,7 +273,9 @@ impl Config {
     /// Worker threads to start.
     pub fn threads(&self) -> usize {
         match self.server.threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             n => n,
         }
     }
@@ -277,7 +313,10 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("5 fortnights").is_err());
-        let c = Config::parse_str("[server]\nshutdown_grace = 5\n[server.http]\nhead_timeout = \"250ms\"\n").unwrap();
+        let c = Config::parse_str(
+            "[server]\nshutdown_grace = 5\n[server.http]\nhead_timeout = \"250ms\"\n",
+        )
+        .unwrap();
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.server.http.head_timeout, Duration::from_millis(250));
     }

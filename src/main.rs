@@ -44,14 +44,19 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => load(config.as_ref()).and_then(|cfg| wharf::server::run(cfg).map_err(|e| e.to_string())),
-        Command::CheckConfig { config } => load(Some(&config)).map(|_| println!("{}: ok", config.display())),
+        Command::Serve { config } => {
+            load(config.as_ref()).and_then(|cfg| wharf::server::run(cfg).map_err(|e| e.to_string()))
+        }
+        Command::CheckConfig { config } => {
+            load(Some(&config)).map(|_| println!("{}: ok", config.display()))
+        }
         Command::Version => {
             println!("wharf {}", env!("CARGO_PKG_VERSION"));
             Ok(())

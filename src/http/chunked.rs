@@ -74,7 +74,13 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
-        ChunkedDecoder { state: State::Size, size: 0, digits: 0, side_bytes: 0, trailer_bytes: 0 }
+        ChunkedDecoder {
+            state: State::Size,
+            size: 0,
+            digits: 0,
+            side_bytes: 0,
+            trailer_bytes: 0,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -90,8 +96,15 @@ impl ChunkedDecoder {
                 State::Data(left) => {
                     let n = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
                     let left = left - n as u64;
-                    self.state = if left == 0 { State::DataCr } else { State::Data(left) };
-                    return Ok(Step { consumed: i + n, data: Some(i..i + n) });
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data(left)
+                    };
+                    return Ok(Step {
+                        consumed: i + n,
+                        data: Some(i..i + n),
+                    });
                 }
                 State::Size => {
                     if let Some(d) = hex_value(b) {
@@ -126,7 +139,11 @@ impl ChunkedDecoder {
                     }
                     self.side_bytes = 0;
                     self.digits = 0;
-                    self.state = if self.size == 0 { State::TrailerStart } else { State::Data(self.size) };
+                    self.state = if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data(self.size)
+                    };
                     self.size = 0;
                 }
                 State::DataCr => {
@@ -142,7 +159,11 @@ impl ChunkedDecoder {
                     self.state = State::Size;
                 }
                 State::TrailerStart => {
-                    self.state = if b == b'\r' { State::FinalLf } else { State::TrailerLine };
+                    self.state = if b == b'\r' {
+                        State::FinalLf
+                    } else {
+                        State::TrailerLine
+                    };
                     self.count_trailer()?;
                 }
                 State::TrailerLine => {
@@ -162,18 +183,33 @@ impl ChunkedDecoder {
                         return Err(ChunkError::BadSize);
                     }
                     self.state = State::Done;
-                    return Ok(Step { consumed: i + 1, data: None });
+                    return Ok(Step {
+                        consumed: i + 1,
+                        data: None,
+                    });
                 }
-                State::Done => return Ok(Step { consumed: i, data: None }),
+                State::Done => {
+                    return Ok(Step {
+                        consumed: i,
+                        data: None,
+                    });
+                }
             }
             i += 1;
         }
-        Ok(Step { consumed: i, data: None })
+        Ok(Step {
+            consumed: i,
+            data: None,
+        })
     }
 
     fn count_trailer(&mut self) -> Result<(), ChunkError> {
         self.trailer_bytes += 1;
-        if self.trailer_bytes > MAX_TRAILERS { Err(ChunkError::TooLong) } else { Ok(()) }
+        if self.trailer_bytes > MAX_TRAILERS {
+            Err(ChunkError::TooLong)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -237,11 +273,20 @@ mod tests {
     fn rejects_malformed_framing() {
         assert_eq!(decode_all(b"x\r\n").unwrap_err(), ChunkError::BadSize);
         assert_eq!(decode_all(b"3\nabc").unwrap_err(), ChunkError::BadSize);
-        assert_eq!(decode_all(b"3\r\nabcX\r\n").unwrap_err(), ChunkError::BadDataEnd);
-        assert_eq!(decode_all(b"11111111111111111\r\n").unwrap_err(), ChunkError::SizeOverflow);
+        assert_eq!(
+            decode_all(b"3\r\nabcX\r\n").unwrap_err(),
+            ChunkError::BadDataEnd
+        );
+        assert_eq!(
+            decode_all(b"11111111111111111\r\n").unwrap_err(),
+            ChunkError::SizeOverflow
+        );
         assert_eq!(decode_all(b"3x\r\n").unwrap_err(), ChunkError::BadSize);
         let long_ext = format!("1;{}\r\n", "a".repeat(5000));
-        assert_eq!(decode_all(long_ext.as_bytes()).unwrap_err(), ChunkError::TooLong);
+        assert_eq!(
+            decode_all(long_ext.as_bytes()).unwrap_err(),
+            ChunkError::TooLong
+        );
     }
 
     #[test]

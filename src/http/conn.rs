@@ -14,7 +14,7 @@ use monoio::net::TcpStream;
 
 use super::chunked::{ChunkError, ChunkedDecoder};
 use super::head::{self, Framing, HeadError, Limits, RequestHead};
-use super::response::{Payload, Response};
+use super::response::Response;
 
 /// Read-buffer size: large enough for a full head and for efficient body reads.
 const READ_BUF: usize = 64 * 1024;
@@ -54,7 +54,13 @@ pub struct Conn {
 impl Conn {
     pub fn new(stream: TcpStream, limits: Rc<Limits>) -> Self {
         let cap = READ_BUF.max(limits.max_head_size + 1);
-        Conn { stream, buf: Vec::with_capacity(cap), pos: 0, limits, plain: true }
+        Conn {
+            stream,
+            buf: Vec::with_capacity(cap),
+            pos: 0,
+            limits,
+            plain: true,
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -88,7 +94,11 @@ impl Conn {
 
     /// Wait for the next request head. `first_wait` bounds the wait for its first byte; `stop`
     /// resolves when the server shuts down (only idle connections are closed by it).
-    pub async fn next_request(&mut self, first_wait: Duration, stop: impl Future<Output = ()>) -> NextRequest {
+    pub async fn next_request(
+        &mut self,
+        first_wait: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> NextRequest {
         if self.pos == self.buf.len() {
             let filled = monoio::select! {
                 r = self.fill(first_wait) => r,
@@ -152,33 +162,31 @@ impl Conn {
             Framing::None => Some(0),
             Framing::Chunked => None,
         };
-        Body { conn: self, state, declared, continue_pending: head.expect_continue, received: 0 }
+        Body {
+            conn: self,
+            state,
+            declared,
+            continue_pending: head.expect_continue,
+            received: 0,
+        }
     }
 
     async fn write_all(&mut self, data: Vec<u8>) -> io::Result<Vec<u8>> {
         match monoio::time::timeout(self.limits.body_timeout, self.stream.write_all(data)).await {
             Ok((res, data)) => res.map(|_| data),
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading",
+            )),
         }
     }
 
     /// Send `resp`; the head and an in-memory body leave in one write. `head_only` omits the body.
     pub async fn send(&mut self, resp: Response, head_only: bool, close: bool) -> io::Result<()> {
-        let body_len = if head_only { 0 } else { resp.payload.len() as usize };
-        let mut out = Vec::with_capacity(256 + resp.headers.len() * 64 + body_len.min(1 << 20));
-        resp.write_head(&mut out, close);
-        match resp.payload {
-            Payload::Bytes(b) if !head_only => {
-                out.extend_from_slice(&b);
-                self.write_all(out).await?;
-            }
-            Payload::File { file, offset, len } if !head_only => {
-                self.write_all(out).await?;
-                self.send_file(&file, offset, len).await?;
-            }
-            _ => {
-                self.write_all(out).await?;
-            }
+        let (bytes, file) = super::response::encode(resp, head_only, close);
+        self.write_all(bytes).await?;
+        if let Some((file, offset, len)) = file {
+            self.send_file(&file, offset, len).await?;
         }
         Ok(())
     }
@@ -198,7 +206,10 @@ impl Conn {
             let n = res?;
             buf = b.into_inner();
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than announced"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than announced",
+                ));
             }
             buf = self.write_all(buf).await?;
             done += n as u64;
@@ -218,7 +229,8 @@ async fn sendfile_loop(
 ) -> io::Result<()> {
     let sock = stream.as_raw_fd();
     let _nb = NonBlocking::set(sock)?;
-    let mut off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+    let mut off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
     let end = offset + len;
     loop {
         let left = end - off as u64;
@@ -232,14 +244,24 @@ async fn sendfile_loop(
             continue;
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than announced"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than announced",
+            ));
         }
         let err = io::Error::last_os_error();
         match err.kind() {
-            io::ErrorKind::WouldBlock => match monoio::time::timeout(stall, stream.writable(false)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
-            },
+            io::ErrorKind::WouldBlock => {
+                match monoio::time::timeout(stall, stream.writable(false)).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "client stopped reading",
+                        ));
+                    }
+                }
+            }
             io::ErrorKind::Interrupted => {}
             _ => return Err(err),
         }
@@ -259,7 +281,9 @@ impl NonBlocking {
         if old < 0 {
             return Err(io::Error::last_os_error());
         }
-        if old & libc::O_NONBLOCK == 0 && unsafe { libc::fcntl(fd, libc::F_SETFL, old | libc::O_NONBLOCK) } < 0 {
+        if old & libc::O_NONBLOCK == 0
+            && unsafe { libc::fcntl(fd, libc::F_SETFL, old | libc::O_NONBLOCK) } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(NonBlocking { fd, old })
@@ -326,7 +350,9 @@ impl Body<'_> {
         if self.continue_pending {
             self.continue_pending = false;
             if !self.finished() {
-                self.conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await?;
+                self.conn
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                    .await?;
             }
         }
         let stall = self.conn.limits.body_timeout;

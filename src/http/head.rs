@@ -122,7 +122,13 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>
     let status = match req.parse(buf) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::HeadTooLarge),
-        Err(_) => return Err(oversize_or(buf, limits, HeadError::Bad("malformed request head"))),
+        Err(_) => {
+            return Err(oversize_or(
+                buf,
+                limits,
+                HeadError::Bad("malformed request head"),
+            ));
+        }
     };
     let n = match status {
         httparse::Status::Partial => {
@@ -163,7 +169,11 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>
     };
     for h in req.headers.iter() {
         let name = h.name;
-        let value = || std::str::from_utf8(h.value).map(str::trim).map_err(|_| HeadError::Bad("header value is not UTF-8"));
+        let value = || {
+            std::str::from_utf8(h.value)
+                .map(str::trim)
+                .map_err(|_| HeadError::Bad("header value is not UTF-8"))
+        };
         if name.eq_ignore_ascii_case("content-length") {
             if content_length.is_some() {
                 return Err(HeadError::Bad("duplicate Content-Length"));
@@ -196,12 +206,18 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>
         }
     }
     head.framing = match (content_length, transfer_encoding) {
-        (Some(_), Some(_)) => return Err(HeadError::Bad("both Content-Length and Transfer-Encoding")),
+        (Some(_), Some(_)) => {
+            return Err(HeadError::Bad("both Content-Length and Transfer-Encoding"));
+        }
         (None, Some(te)) => {
             if http10 {
                 return Err(HeadError::Bad("Transfer-Encoding in HTTP/1.0"));
             }
-            let codings: Vec<&str> = te.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
+            let codings: Vec<&str> = te
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
             if codings.len() != 1 || !codings[0].eq_ignore_ascii_case("chunked") {
                 return Err(HeadError::UnknownTransferCoding);
             }
@@ -228,7 +244,11 @@ fn parse_content_length(v: &[u8]) -> Result<u64, HeadError> {
 /// A head that failed or overflowed: a request line longer than the target limit is 414.
 fn oversize_or(buf: &[u8], limits: &Limits, other: HeadError) -> HeadError {
     let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
-    if line_end > limits.max_target_size + 32 { HeadError::TargetTooLong } else { other }
+    if line_end > limits.max_target_size + 32 {
+        HeadError::TargetTooLong
+    } else {
+        other
+    }
 }
 
 #[cfg(test)]
@@ -241,7 +261,9 @@ mod tests {
 
     #[test]
     fn parses_a_simple_get() {
-        let (h, n) = p("GET /v2/a/manifests/latest?x=1 HTTP/1.1\r\nHost: x\r\n\r\nEXTRA").unwrap().unwrap();
+        let (h, n) = p("GET /v2/a/manifests/latest?x=1 HTTP/1.1\r\nHost: x\r\n\r\nEXTRA")
+            .unwrap()
+            .unwrap();
         assert_eq!(n, 52);
         assert_eq!(h.method, Method::Get);
         assert_eq!(h.path, "/v2/a/manifests/latest");
@@ -267,7 +289,8 @@ mod tests {
         }
         let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
         assert_eq!(p(gzip).unwrap_err().status(), 501);
-        let two = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let two =
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(p(two).unwrap_err().status(), 501);
         let ok = "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n";
         assert_eq!(p(ok).unwrap().unwrap().0.framing, Framing::Chunked);
@@ -288,9 +311,24 @@ mod tests {
     #[test]
     fn connection_semantics() {
         assert!(p("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().0.close);
-        assert!(!p("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap().0.close);
-        assert!(p("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap().0.close);
-        let e = p("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap().0;
+        assert!(
+            !p("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .0
+                .close
+        );
+        assert!(
+            p("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .0
+                .close
+        );
+        let e = p("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap()
+            .0;
         assert!(e.expect_continue);
         assert_eq!(e.framing, Framing::Length(3));
     }

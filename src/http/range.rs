@@ -23,7 +23,11 @@ pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
         return ByteRange::Full;
     };
     let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) { None } else { s.parse().ok() }
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
     };
     match (a.is_empty(), b.is_empty()) {
         (true, true) => ByteRange::Full,
@@ -31,11 +35,16 @@ pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
         (true, false) => match num(b) {
             Some(0) => ByteRange::Unsatisfiable,
             Some(_) if size == 0 => ByteRange::Unsatisfiable,
-            Some(n) => ByteRange::Partial { start: size.saturating_sub(n), end: size - 1 },
+            Some(n) => ByteRange::Partial {
+                start: size.saturating_sub(n),
+                end: size - 1,
+            },
             None => ByteRange::Full,
         },
         (false, _) => {
-            let Some(start) = num(a) else { return ByteRange::Full };
+            let Some(start) = num(a) else {
+                return ByteRange::Full;
+            };
             let end = if b.is_empty() {
                 u64::MAX
             } else {
@@ -46,7 +55,14 @@ pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
                     None => return ByteRange::Full,
                 }
             };
-            if start >= size { ByteRange::Unsatisfiable } else { ByteRange::Partial { start, end: end.min(size - 1) } }
+            if start >= size {
+                ByteRange::Unsatisfiable
+            } else {
+                ByteRange::Partial {
+                    start,
+                    end: end.min(size - 1),
+                }
+            }
         }
     }
 }
@@ -54,11 +70,18 @@ pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
 /// Parse an upload `Content-Range: <start>-<end>` (also `bytes <start>-<end>/<total>`), inclusive.
 pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let v = value.trim();
-    let v = v.strip_prefix("bytes ").or_else(|| v.strip_prefix("bytes=")).unwrap_or(v);
+    let v = v
+        .strip_prefix("bytes ")
+        .or_else(|| v.strip_prefix("bytes="))
+        .unwrap_or(v);
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
     let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) { None } else { s.parse().ok() }
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
     };
     let (start, end) = (num(a)?, num(b)?);
     (end >= start).then_some((start, end))
@@ -71,11 +94,26 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(parse_range(None, 10), ByteRange::Full);
-        assert_eq!(parse_range(Some("bytes=0-4"), 10), ByteRange::Partial { start: 0, end: 4 });
-        assert_eq!(parse_range(Some("bytes=5-"), 10), ByteRange::Partial { start: 5, end: 9 });
-        assert_eq!(parse_range(Some("bytes=5-100"), 10), ByteRange::Partial { start: 5, end: 9 });
-        assert_eq!(parse_range(Some("bytes=-3"), 10), ByteRange::Partial { start: 7, end: 9 });
-        assert_eq!(parse_range(Some("bytes=-30"), 10), ByteRange::Partial { start: 0, end: 9 });
+        assert_eq!(
+            parse_range(Some("bytes=0-4"), 10),
+            ByteRange::Partial { start: 0, end: 4 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=5-"), 10),
+            ByteRange::Partial { start: 5, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=5-100"), 10),
+            ByteRange::Partial { start: 5, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-3"), 10),
+            ByteRange::Partial { start: 7, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-30"), 10),
+            ByteRange::Partial { start: 0, end: 9 }
+        );
         assert_eq!(parse_range(Some("bytes=10-"), 10), ByteRange::Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=-0"), 10), ByteRange::Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), ByteRange::Full);

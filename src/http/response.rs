@@ -7,7 +7,11 @@ pub enum Payload {
     Empty,
     Bytes(Vec<u8>),
     /// A region of a file, sent with `sendfile` on plain TCP.
-    File { file: std::fs::File, offset: u64, len: u64 },
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Payload {
@@ -35,7 +39,12 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Self {
-        Response { status, headers: Vec::new(), payload: Payload::Empty, content_length: None }
+        Response {
+            status,
+            headers: Vec::new(),
+            payload: Payload::Empty,
+            content_length: None,
+        }
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -77,6 +86,30 @@ impl Response {
             out.extend_from_slice(b"Connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A response as wire bytes: the head plus any in-memory body in one buffer (so it leaves in one
+/// write), and the file region still to send, if any.
+pub fn encode(
+    resp: Response,
+    head_only: bool,
+    close: bool,
+) -> (Vec<u8>, Option<(std::fs::File, u64, u64)>) {
+    let body_len = if head_only {
+        0
+    } else {
+        resp.payload.len() as usize
+    };
+    let mut out = Vec::with_capacity(256 + resp.headers.len() * 64 + body_len.min(1 << 20));
+    resp.write_head(&mut out, close);
+    match resp.payload {
+        Payload::Bytes(b) if !head_only => {
+            out.extend_from_slice(&b);
+            (out, None)
+        }
+        Payload::File { file, offset, len } if !head_only => (out, Some((file, offset, len))),
+        _ => (out, None),
     }
 }
 
@@ -126,6 +159,16 @@ mod tests {
             s,
             "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn small_response_is_one_buffer() {
+        let r = Response::new(200).json(b"{\"a\":1}".to_vec());
+        let (bytes, file) = encode(r, false, false);
+        assert!(file.is_none());
+        assert!(bytes.ends_with(b"\r\n\r\n{\"a\":1}"));
+        let (head_only, _) = encode(Response::new(200).json(b"{}".to_vec()), true, false);
+        assert!(head_only.ends_with(b"Content-Length: 2\r\n\r\n"));
     }
 
     #[test]

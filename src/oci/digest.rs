@@ -91,11 +91,16 @@ impl FromStr for Digest {
         let (alg, hex) = s.split_once(':').ok_or(DigestError::Malformed)?;
         let algorithm: Algorithm = alg.parse()?;
         let ok = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !ok {
             return Err(DigestError::BadEncoding);
         }
-        Ok(Digest { algorithm, hex: hex.to_owned() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_owned(),
+        })
     }
 }
 
@@ -155,7 +160,9 @@ mod tests {
 
     #[test]
     fn parses_sha256_and_sha512() {
-        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap();
+        let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            .parse()
+            .unwrap();
         assert_eq!(d.algorithm(), Algorithm::Sha256);
         assert_eq!(d, Digest::of(Algorithm::Sha256, b""));
         let s512 = Digest::of(Algorithm::Sha512, b"abc");
@@ -166,10 +173,16 @@ mod tests {
     #[test]
     fn rejects_bad_digests() {
         assert_eq!("sha256".parse::<Digest>(), Err(DigestError::Malformed));
-        assert_eq!("md5:abcd".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm));
+        assert_eq!(
+            "md5:abcd".parse::<Digest>(),
+            Err(DigestError::UnsupportedAlgorithm)
+        );
         let upper = format!("sha256:{}", "A".repeat(64));
         assert_eq!(upper.parse::<Digest>(), Err(DigestError::BadEncoding));
-        assert_eq!("sha256:abc".parse::<Digest>(), Err(DigestError::BadEncoding));
+        assert_eq!(
+            "sha256:abc".parse::<Digest>(),
+            Err(DigestError::BadEncoding)
+        );
         let traversal = format!("sha256:../../{}", "a".repeat(58));
         assert_eq!(traversal.parse::<Digest>(), Err(DigestError::BadEncoding));
     }

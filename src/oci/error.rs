@@ -79,7 +79,11 @@ pub struct OciError {
 
 impl OciError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        OciError { code, message: message.into(), status: code.status() }
+        OciError {
+            code,
+            message: message.into(),
+            status: code.status(),
+        }
     }
 
     /// Same code, a different status (e.g. 413 for an oversized manifest, 507 for a full disk).

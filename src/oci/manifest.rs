@@ -74,7 +74,9 @@ fn descriptor_digest(d: &RawDescriptor, what: &str) -> Result<Digest, OciError> 
     if d.size < 0 {
         return Err(invalid(format!("{what}: negative size")));
     }
-    d.digest.parse().map_err(|e| invalid(format!("{what}: invalid digest {:?}: {e}", d.digest)))
+    d.digest
+        .parse()
+        .map_err(|e| invalid(format!("{what}: invalid digest {:?}: {e}", d.digest)))
 }
 
 /// Layers a registry need not hold: non-distributable media types and layers fetched from `urls`.
@@ -92,34 +94,43 @@ fn bare_type(ct: &str) -> &str {
 
 /// Validate `bytes` pushed with `content_type`.
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OciError> {
-    let raw: RawManifest =
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
+    let raw: RawManifest = serde_json::from_slice(bytes)
+        .map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
     if raw.schema_version != Some(2) {
         return Err(invalid("schemaVersion must be 2"));
     }
     let header = content_type.map(bare_type).filter(|t| !t.is_empty());
     let media_type = match (raw.media_type.as_deref(), header) {
         (Some(body), Some(h)) if body != h && kind_of(h).is_some() => {
-            return Err(invalid(format!("mediaType {body:?} does not match Content-Type {h:?}")));
+            return Err(invalid(format!(
+                "mediaType {body:?} does not match Content-Type {h:?}"
+            )));
         }
         (Some(body), _) => body.to_owned(),
         (None, Some(h)) if kind_of(h).is_some() => h.to_owned(),
         (None, _) if raw.manifests.is_some() => OCI_INDEX.to_owned(),
         (None, _) => OCI_MANIFEST.to_owned(),
     };
-    let kind = kind_of(&media_type).ok_or_else(|| invalid(format!("unsupported manifest media type {media_type:?}")))?;
+    let kind = kind_of(&media_type)
+        .ok_or_else(|| invalid(format!("unsupported manifest media type {media_type:?}")))?;
 
     let mut required_blobs = Vec::new();
     let mut children = Vec::new();
     let mut artifact_type = raw.artifact_type.clone();
     match kind {
         Kind::Image => {
-            let config = raw.config.as_ref().ok_or_else(|| invalid("image manifest has no config"))?;
+            let config = raw
+                .config
+                .as_ref()
+                .ok_or_else(|| invalid("image manifest has no config"))?;
             required_blobs.push(descriptor_digest(config, "config")?);
             if artifact_type.is_none() {
                 artifact_type = config.media_type.clone();
             }
-            let layers = raw.layers.as_ref().ok_or_else(|| invalid("image manifest has no layers"))?;
+            let layers = raw
+                .layers
+                .as_ref()
+                .ok_or_else(|| invalid("image manifest has no layers"))?;
             for (i, layer) in layers.iter().enumerate() {
                 let d = descriptor_digest(layer, &format!("layers[{i}]"))?;
                 if !is_external(layer) {
@@ -131,14 +142,29 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OciErro
             }
         }
         Kind::Index => {
-            let manifests = raw.manifests.as_ref().ok_or_else(|| invalid("index has no manifests"))?;
+            let manifests = raw
+                .manifests
+                .as_ref()
+                .ok_or_else(|| invalid("index has no manifests"))?;
             for (i, m) in manifests.iter().enumerate() {
                 children.push(descriptor_digest(m, &format!("manifests[{i}]"))?);
             }
         }
     }
-    let subject = raw.subject.as_ref().map(|s| descriptor_digest(s, "subject")).transpose()?;
-    Ok(Parsed { media_type, kind, required_blobs, children, subject, artifact_type, annotations: raw.annotations })
+    let subject = raw
+        .subject
+        .as_ref()
+        .map(|s| descriptor_digest(s, "subject"))
+        .transpose()?;
+    Ok(Parsed {
+        media_type,
+        kind,
+        required_blobs,
+        children,
+        subject,
+        artifact_type,
+        annotations: raw.annotations,
+    })
 }
 
 /// The descriptor a referrer contributes to its subject's referrers index.
@@ -180,7 +206,10 @@ mod tests {
         let p = parse(m.as_bytes(), Some(OCI_MANIFEST)).unwrap();
         assert_eq!(p.kind, Kind::Image);
         assert_eq!(p.required_blobs.len(), 2);
-        assert_eq!(p.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            p.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
     }
 
     #[test]
@@ -197,7 +226,10 @@ mod tests {
         assert!(parse(br#"{"schemaVersion":1}"#, None).is_err());
         let bad = r#"{"schemaVersion":2,"config":{"digest":"sha256:xyz","size":1},"layers":[]}"#;
         assert!(parse(bad.as_bytes(), None).is_err());
-        let neg = format!(r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":-1}},"layers":[]}}"#, d(1));
+        let neg = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":-1}},"layers":[]}}"#,
+            d(1)
+        );
         assert!(parse(neg.as_bytes(), None).is_err());
     }
 

@@ -11,7 +11,9 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Why a name or reference was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
-    #[error("repository name must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)* and be at most 255 characters")]
+    #[error(
+        "repository name must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)* and be at most 255 characters"
+    )]
     InvalidName,
     #[error("tag must match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
     InvalidTag,
@@ -100,8 +102,12 @@ impl FromStr for Tag {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, NameError> {
         let b = s.as_bytes();
-        let first_ok = b.first().is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
-        let rest_ok = b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+        let first_ok = b
+            .first()
+            .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
+        let rest_ok = b
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
         if !first_ok || !rest_ok || b.len() > 128 {
             return Err(NameError::InvalidTag);
         }
@@ -163,14 +169,23 @@ mod tests {
 
     #[test]
     fn accepts_spec_names() {
-        for ok in ["a", "library/alpine", "a.b_c__d---e/f0", "conformance/repo1", "x/y/z"] {
+        for ok in [
+            "a",
+            "library/alpine",
+            "a.b_c__d---e/f0",
+            "conformance/repo1",
+            "x/y/z",
+        ] {
             assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "..", "a/../b", "a%2fb", "a\0b", "_a"] {
+        for bad in [
+            "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "..", "a/../b", "a%2fb",
+            "a\0b", "_a",
+        ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad:?}");
         }
         assert!("a".repeat(256).parse::<RepoName>().is_err());
@@ -191,6 +206,9 @@ mod tests {
         assert!(matches!("v1".parse::<Reference>(), Ok(Reference::Tag(_))));
         let d = format!("sha256:{}", "0".repeat(64));
         assert!(matches!(d.parse::<Reference>(), Ok(Reference::Digest(_))));
-        assert!(matches!("sha256:zz".parse::<Reference>(), Err(ReferenceError::Digest(_))));
+        assert!(matches!(
+            "sha256:zz".parse::<Reference>(),
+            Err(ReferenceError::Digest(_))
+        ));
     }
 }

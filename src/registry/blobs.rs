@@ -8,10 +8,15 @@ use crate::http::{Payload, RequestHead, Response};
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
 
 /// A file region as a payload: small regions in memory (one write), large ones via sendfile.
-pub(super) fn file_payload(file: std::fs::File, offset: u64, len: u64) -> Result<Payload, OciError> {
+pub(super) fn file_payload(
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+) -> Result<Payload, OciError> {
     if len <= INLINE_LIMIT {
         let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, offset).map_err(|e| super::io_error(&e))?;
+        file.read_exact_at(&mut buf, offset)
+            .map_err(|e| super::io_error(&e))?;
         Ok(Payload::Bytes(buf))
     } else {
         Ok(Payload::File { file, offset, len })
@@ -19,7 +24,12 @@ pub(super) fn file_payload(file: std::fs::File, offset: u64, len: u64) -> Result
 }
 
 impl Registry {
-    pub(super) fn get_blob(&self, repo: &RepoName, digest: &Digest, head: &RequestHead) -> HandlerResult {
+    pub(super) fn get_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        head: &RequestHead,
+    ) -> HandlerResult {
         let (file, size) = self.storage.open_blob(repo, digest)?;
         let resp = Response::new(200)
             .header("Docker-Content-Digest", digest.to_string())
@@ -27,7 +37,10 @@ impl Registry {
             .header("ETag", format!("\"{digest}\""))
             .header("Content-Type", "application/octet-stream");
         match parse_range(head.range.as_deref(), size) {
-            ByteRange::Full => Ok(Response { payload: file_payload(file, 0, size)?, ..resp }),
+            ByteRange::Full => Ok(Response {
+                payload: file_payload(file, 0, size)?,
+                ..resp
+            }),
             ByteRange::Partial { start, end } => {
                 let len = end - start + 1;
                 let mut r = resp.header("Content-Range", format!("bytes {start}-{end}/{size}"));
@@ -36,7 +49,10 @@ impl Registry {
                 Ok(r)
             }
             ByteRange::Unsatisfiable => {
-                let e = OciError::new(ErrorCode::RangeInvalid, format!("range not satisfiable for a blob of {size} bytes"));
+                let e = OciError::new(
+                    ErrorCode::RangeInvalid,
+                    format!("range not satisfiable for a blob of {size} bytes"),
+                );
                 Ok(super::error_response(e).header("Content-Range", format!("bytes */{size}")))
             }
         }

@@ -43,10 +43,14 @@ fn link(path: &str, n: Option<usize>, last: &str) -> String {
 impl Registry {
     pub(super) fn list_tags(&self, repo: &RepoName, page: &Page) -> HandlerResult {
         let (tags, next) = paginate(self.storage.list_tags(repo)?, page);
-        let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags })).expect("json");
+        let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags }))
+            .expect("json");
         let mut r = Response::new(200).json(body);
         if let Some(last) = next {
-            r = r.header("Link", link(&format!("/v2/{repo}/tags/list"), page.n, &last));
+            r = r.header(
+                "Link",
+                link(&format!("/v2/{repo}/tags/list"), page.n, &last),
+            );
         }
         Ok(r)
     }
@@ -61,11 +65,20 @@ impl Registry {
         Ok(r)
     }
 
-    pub(super) fn get_referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> HandlerResult {
+    pub(super) fn get_referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> HandlerResult {
         let mut manifests = Vec::new();
         for raw in self.storage.referrers(repo, subject)? {
-            let Ok(desc) = serde_json::from_slice::<serde_json::Value>(&raw) else { continue };
-            if artifact_type.is_some_and(|want| desc.get("artifactType").and_then(|a| a.as_str()) != Some(want)) {
+            let Ok(desc) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+                continue;
+            };
+            if artifact_type
+                .is_some_and(|want| desc.get("artifactType").and_then(|a| a.as_str()) != Some(want))
+            {
                 continue;
             }
             manifests.push(desc);
@@ -91,14 +104,53 @@ mod tests {
     fn pagination() {
         let all = v(&["a", "b", "c", "d"]);
         assert_eq!(paginate(all.clone(), &Page::default()), (all.clone(), None));
-        assert_eq!(paginate(all.clone(), &Page { n: Some(2), last: None }), (v(&["a", "b"]), Some("b".into())));
-        assert_eq!(paginate(all.clone(), &Page { n: Some(2), last: Some("b".into()) }), (v(&["c", "d"]), None));
-        assert_eq!(paginate(all.clone(), &Page { n: None, last: Some("bb".into()) }), (v(&["c", "d"]), None));
-        assert_eq!(paginate(all, &Page { n: Some(0), last: None }), (vec![], None));
+        assert_eq!(
+            paginate(
+                all.clone(),
+                &Page {
+                    n: Some(2),
+                    last: None
+                }
+            ),
+            (v(&["a", "b"]), Some("b".into()))
+        );
+        assert_eq!(
+            paginate(
+                all.clone(),
+                &Page {
+                    n: Some(2),
+                    last: Some("b".into())
+                }
+            ),
+            (v(&["c", "d"]), None)
+        );
+        assert_eq!(
+            paginate(
+                all.clone(),
+                &Page {
+                    n: None,
+                    last: Some("bb".into())
+                }
+            ),
+            (v(&["c", "d"]), None)
+        );
+        assert_eq!(
+            paginate(
+                all,
+                &Page {
+                    n: Some(0),
+                    last: None
+                }
+            ),
+            (vec![], None)
+        );
     }
 
     #[test]
     fn link_escapes_last() {
-        assert_eq!(link("/v2/_catalog", Some(2), "a/b"), "</v2/_catalog?n=2&last=a%2Fb>; rel=\"next\"");
+        assert_eq!(
+            link("/v2/_catalog", Some(2), "a/b"),
+            "</v2/_catalog?n=2&last=a%2Fb>; rel=\"next\""
+        );
     }
 }

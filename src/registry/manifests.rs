@@ -34,8 +34,11 @@ impl Registry {
     ) -> HandlerResult {
         let max = self.settings.max_manifest_size;
         let bytes = body.read_to_vec(max).await.map_err(|e| match e {
-            BodyError::TooLarge => OciError::new(ErrorCode::SizeInvalid, format!("manifest exceeds the limit of {max} bytes"))
-                .with_status(413),
+            BodyError::TooLarge => OciError::new(
+                ErrorCode::SizeInvalid,
+                format!("manifest exceeds the limit of {max} bytes"),
+            )
+            .with_status(413),
             other => other.into(),
         })?;
         let parsed = manifest::parse(&bytes, head.content_type.as_deref())?;
@@ -43,7 +46,10 @@ impl Registry {
             Reference::Digest(expected) => {
                 let actual = Digest::of(expected.algorithm(), &bytes);
                 if actual != *expected {
-                    return Err(OciError::new(ErrorCode::DigestInvalid, format!("manifest digest is {actual}, not {expected}")));
+                    return Err(OciError::new(
+                        ErrorCode::DigestInvalid,
+                        format!("manifest digest is {actual}, not {expected}"),
+                    ));
                 }
                 actual
             }
@@ -51,10 +57,15 @@ impl Registry {
         };
         for blob in &parsed.required_blobs {
             if self.storage.blob_size(repo, blob)?.is_none() {
-                return Err(OciError::new(ErrorCode::ManifestBlobUnknown, format!("blob {blob} is not in repository {repo}")));
+                return Err(OciError::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!("blob {blob} is not in repository {repo}"),
+                ));
             }
         }
-        self.storage.put_manifest(repo, &bytes, &digest, &parsed).await?;
+        self.storage
+            .put_manifest(repo, &bytes, &digest, &parsed)
+            .await?;
         if let Reference::Tag(t) = reference {
             self.storage.set_tag(repo, t, &digest).await?;
         }

@@ -48,34 +48,72 @@ impl Registry {
             Ok(action) => self.dispatch(action, head, body).await,
             Err(e) => Err(e),
         };
-        result.unwrap_or_else(error_response).header("Docker-Distribution-API-Version", "registry/2.0")
+        result
+            .unwrap_or_else(error_response)
+            .header("Docker-Distribution-API-Version", "registry/2.0")
     }
 
-    async fn dispatch(&self, action: Action, head: &RequestHead, body: &mut Body<'_>) -> HandlerResult {
+    async fn dispatch(
+        &self,
+        action: Action,
+        head: &RequestHead,
+        body: &mut Body<'_>,
+    ) -> HandlerResult {
         match action {
             Action::GetApiVersion => Ok(Response::new(200).json(b"{}".to_vec())),
             Action::GetBlob { repository, digest } => self.get_blob(&repository, &digest, head),
             Action::DeleteBlob { repository, digest } => self.delete_blob(&repository, &digest),
-            Action::StartUpload { repository, digest, algorithm } => {
-                self.start_upload(&repository, digest.as_ref(), algorithm, body).await
+            Action::StartUpload {
+                repository,
+                digest,
+                algorithm,
+            } => {
+                self.start_upload(&repository, digest.as_ref(), algorithm, body)
+                    .await
             }
-            Action::MountBlob { repository, digest, from, algorithm } => {
-                self.mount_blob(&repository, &digest, from.as_ref(), algorithm, body).await
+            Action::MountBlob {
+                repository,
+                digest,
+                from,
+                algorithm,
+            } => {
+                self.mount_blob(&repository, &digest, from.as_ref(), algorithm, body)
+                    .await
             }
-            Action::UpdateUpload { repository, upload } => self.update_upload(&repository, &upload, head, body).await,
-            Action::CompleteUpload { repository, upload, digest } => {
-                self.complete_upload(&repository, &upload, &digest, head, body).await
+            Action::UpdateUpload { repository, upload } => {
+                self.update_upload(&repository, &upload, head, body).await
+            }
+            Action::CompleteUpload {
+                repository,
+                upload,
+                digest,
+            } => {
+                self.complete_upload(&repository, &upload, &digest, head, body)
+                    .await
             }
             Action::GetUpload { repository, upload } => self.get_upload(&repository, &upload),
             Action::CancelUpload { repository, upload } => self.cancel_upload(&repository, &upload),
-            Action::GetManifest { repository, reference } => self.get_manifest(&repository, &reference),
-            Action::PutManifest { repository, reference, tags } => {
-                self.put_manifest(&repository, &reference, &tags, head, body).await
+            Action::GetManifest {
+                repository,
+                reference,
+            } => self.get_manifest(&repository, &reference),
+            Action::PutManifest {
+                repository,
+                reference,
+                tags,
+            } => {
+                self.put_manifest(&repository, &reference, &tags, head, body)
+                    .await
             }
-            Action::DeleteManifest { repository, reference } => self.delete_manifest(&repository, &reference),
-            Action::GetReferrers { repository, digest, artifact_type } => {
-                self.get_referrers(&repository, &digest, artifact_type.as_deref())
-            }
+            Action::DeleteManifest {
+                repository,
+                reference,
+            } => self.delete_manifest(&repository, &reference),
+            Action::GetReferrers {
+                repository,
+                digest,
+                artifact_type,
+            } => self.get_referrers(&repository, &digest, artifact_type.as_deref()),
             Action::ListTags { repository, page } => self.list_tags(&repository, &page),
             Action::ListCatalog { page } => self.list_catalog(&page),
         }
@@ -94,16 +132,29 @@ pub fn error_response(e: OciError) -> Response {
 impl From<StoreError> for OciError {
     fn from(e: StoreError) -> OciError {
         match e {
-            StoreError::BlobUnknown => OciError::new(ErrorCode::BlobUnknown, "blob unknown to registry"),
-            StoreError::UploadUnknown => OciError::new(ErrorCode::BlobUploadUnknown, "blob upload unknown to registry"),
-            StoreError::UploadBusy { .. } => {
-                OciError::new(ErrorCode::BlobUploadInvalid, "upload is being written by another request").with_status(416)
+            StoreError::BlobUnknown => {
+                OciError::new(ErrorCode::BlobUnknown, "blob unknown to registry")
             }
-            StoreError::ManifestUnknown => OciError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry"),
-            StoreError::NameUnknown => OciError::new(ErrorCode::NameUnknown, "repository name not known to registry"),
-            StoreError::DigestMismatch { expected } => {
-                OciError::new(ErrorCode::DigestInvalid, format!("content does not match digest {expected}"))
+            StoreError::UploadUnknown => OciError::new(
+                ErrorCode::BlobUploadUnknown,
+                "blob upload unknown to registry",
+            ),
+            StoreError::UploadBusy { .. } => OciError::new(
+                ErrorCode::BlobUploadInvalid,
+                "upload is being written by another request",
+            )
+            .with_status(416),
+            StoreError::ManifestUnknown => {
+                OciError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry")
             }
+            StoreError::NameUnknown => OciError::new(
+                ErrorCode::NameUnknown,
+                "repository name not known to registry",
+            ),
+            StoreError::DigestMismatch { expected } => OciError::new(
+                ErrorCode::DigestInvalid,
+                format!("content does not match digest {expected}"),
+            ),
             StoreError::Io(err) => io_error(&err),
         }
     }
@@ -122,9 +173,16 @@ fn io_error(err: &std::io::Error) -> OciError {
 impl From<BodyError> for OciError {
     fn from(e: BodyError) -> OciError {
         match e {
-            BodyError::TooLarge => OciError::new(ErrorCode::SizeInvalid, "body larger than allowed").with_status(413),
-            BodyError::Chunked(c) => OciError::new(ErrorCode::BlobUploadInvalid, format!("malformed chunked body: {c}")),
-            BodyError::Conn(c) => OciError::new(ErrorCode::BlobUploadInvalid, format!("request body: {c}")),
+            BodyError::TooLarge => {
+                OciError::new(ErrorCode::SizeInvalid, "body larger than allowed").with_status(413)
+            }
+            BodyError::Chunked(c) => OciError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("malformed chunked body: {c}"),
+            ),
+            BodyError::Conn(c) => {
+                OciError::new(ErrorCode::BlobUploadInvalid, format!("request body: {c}"))
+            }
             BodyError::Io(err) => io_error(&err),
         }
     }

@@ -8,22 +8,69 @@ use crate::oci::{Algorithm, Digest, ErrorCode, OciError, Reference, RepoName, Ta
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     GetApiVersion,
-    GetBlob { repository: RepoName, digest: Digest },
-    DeleteBlob { repository: RepoName, digest: Digest },
+    GetBlob {
+        repository: RepoName,
+        digest: Digest,
+    },
+    DeleteBlob {
+        repository: RepoName,
+        digest: Digest,
+    },
     /// POST to uploads: a new session, or a monolithic upload when `digest` is given.
-    StartUpload { repository: RepoName, digest: Option<Digest>, algorithm: Algorithm },
+    StartUpload {
+        repository: RepoName,
+        digest: Option<Digest>,
+        algorithm: Algorithm,
+    },
     /// POST with `mount=`: cross-repository mount (`from` may be absent).
-    MountBlob { repository: RepoName, digest: Digest, from: Option<RepoName>, algorithm: Algorithm },
-    UpdateUpload { repository: RepoName, upload: String },
-    CompleteUpload { repository: RepoName, upload: String, digest: Digest },
-    GetUpload { repository: RepoName, upload: String },
-    CancelUpload { repository: RepoName, upload: String },
-    GetManifest { repository: RepoName, reference: Reference },
-    PutManifest { repository: RepoName, reference: Reference, tags: Vec<Tag> },
-    DeleteManifest { repository: RepoName, reference: Reference },
-    GetReferrers { repository: RepoName, digest: Digest, artifact_type: Option<String> },
-    ListTags { repository: RepoName, page: Page },
-    ListCatalog { page: Page },
+    MountBlob {
+        repository: RepoName,
+        digest: Digest,
+        from: Option<RepoName>,
+        algorithm: Algorithm,
+    },
+    UpdateUpload {
+        repository: RepoName,
+        upload: String,
+    },
+    CompleteUpload {
+        repository: RepoName,
+        upload: String,
+        digest: Digest,
+    },
+    GetUpload {
+        repository: RepoName,
+        upload: String,
+    },
+    CancelUpload {
+        repository: RepoName,
+        upload: String,
+    },
+    GetManifest {
+        repository: RepoName,
+        reference: Reference,
+    },
+    PutManifest {
+        repository: RepoName,
+        reference: Reference,
+        tags: Vec<Tag>,
+    },
+    DeleteManifest {
+        repository: RepoName,
+        reference: Reference,
+    },
+    GetReferrers {
+        repository: RepoName,
+        digest: Digest,
+        artifact_type: Option<String>,
+    },
+    ListTags {
+        repository: RepoName,
+        page: Page,
+    },
+    ListCatalog {
+        page: Page,
+    },
 }
 
 /// `n` / `last` pagination parameters.
@@ -83,34 +130,51 @@ impl Query {
         let mut v = Vec::new();
         for part in q.split('&').filter(|p| !p.is_empty()) {
             let (k, val) = part.split_once('=').unwrap_or((part, ""));
-            let bad = || OciError::new(ErrorCode::Unsupported, "malformed query string").with_status(400);
-            v.push((percent_decode(k).ok_or_else(bad)?, percent_decode(val).ok_or_else(bad)?));
+            let bad =
+                || OciError::new(ErrorCode::Unsupported, "malformed query string").with_status(400);
+            v.push((
+                percent_decode(k).ok_or_else(bad)?,
+                percent_decode(val).ok_or_else(bad)?,
+            ));
         }
         Ok(Query(v))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> {
-        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 fn name(s: &str) -> Result<RepoName, OciError> {
-    s.parse().map_err(|e: crate::oci::name::NameError| OciError::new(ErrorCode::NameInvalid, e.to_string()))
+    s.parse().map_err(|e: crate::oci::name::NameError| {
+        OciError::new(ErrorCode::NameInvalid, e.to_string())
+    })
 }
 
 fn digest(s: &str) -> Result<Digest, OciError> {
-    s.parse()
-        .map_err(|e: crate::oci::digest::DigestError| OciError::new(ErrorCode::DigestInvalid, format!("{s:?}: {e}")))
+    s.parse().map_err(|e: crate::oci::digest::DigestError| {
+        OciError::new(ErrorCode::DigestInvalid, format!("{s:?}: {e}"))
+    })
 }
 
 fn reference(s: &str) -> Result<Reference, OciError> {
     s.parse().map_err(|e| match e {
-        crate::oci::name::ReferenceError::Digest(e) => OciError::new(ErrorCode::DigestInvalid, format!("{s:?}: {e}")),
-        crate::oci::name::ReferenceError::Name(e) => OciError::new(ErrorCode::ManifestInvalid, format!("{s:?}: {e}")).with_status(400),
+        crate::oci::name::ReferenceError::Digest(e) => {
+            OciError::new(ErrorCode::DigestInvalid, format!("{s:?}: {e}"))
+        }
+        crate::oci::name::ReferenceError::Name(e) => {
+            OciError::new(ErrorCode::ManifestInvalid, format!("{s:?}: {e}")).with_status(400)
+        }
     })
 }
 
@@ -118,7 +182,10 @@ fn upload_id(s: &str) -> Result<String, OciError> {
     if crate::storage::is_upload_id(s) {
         Ok(s.to_owned())
     } else {
-        Err(OciError::new(ErrorCode::BlobUploadUnknown, "upload unknown"))
+        Err(OciError::new(
+            ErrorCode::BlobUploadUnknown,
+            "upload unknown",
+        ))
     }
 }
 
@@ -126,18 +193,28 @@ fn page(q: &Query) -> Result<Page, OciError> {
     let n = match q.get("n") {
         None | Some("") => None,
         Some(v) => Some(v.parse::<usize>().map_err(|_| {
-            OciError::new(ErrorCode::Unsupported, format!("n must be a non-negative integer, got {v:?}")).with_status(400)
+            OciError::new(
+                ErrorCode::Unsupported,
+                format!("n must be a non-negative integer, got {v:?}"),
+            )
+            .with_status(400)
         })?),
     };
-    Ok(Page { n, last: q.get("last").filter(|l| !l.is_empty()).map(str::to_owned) })
+    Ok(Page {
+        n,
+        last: q.get("last").filter(|l| !l.is_empty()).map(str::to_owned),
+    })
 }
 
 fn algorithm(q: &Query) -> Result<Algorithm, OciError> {
     match q.get("digest-algorithm") {
         None => Ok(Algorithm::Sha256),
-        Some(a) => a
-            .parse()
-            .map_err(|_| OciError::new(ErrorCode::DigestInvalid, format!("unsupported digest-algorithm {a:?}"))),
+        Some(a) => a.parse().map_err(|_| {
+            OciError::new(
+                ErrorCode::DigestInvalid,
+                format!("unsupported digest-algorithm {a:?}"),
+            )
+        }),
     }
 }
 
@@ -146,7 +223,10 @@ fn not_found() -> OciError {
 }
 
 fn method_not_allowed() -> OciError {
-    OciError::new(ErrorCode::Unsupported, "method not allowed on this endpoint")
+    OciError::new(
+        ErrorCode::Unsupported,
+        "method not allowed on this endpoint",
+    )
 }
 
 /// Route a request to its action.
@@ -163,7 +243,13 @@ pub fn route(method: Method, path: &str, query: &str) -> Result<Action, OciError
     };
     let get = matches!(method, Method::Get | Method::Head);
     if rest == "_catalog" {
-        return if get { Ok(Action::ListCatalog { page: page(&Query::parse(query)?)? }) } else { Err(method_not_allowed()) };
+        return if get {
+            Ok(Action::ListCatalog {
+                page: page(&Query::parse(query)?)?,
+            })
+        } else {
+            Err(method_not_allowed())
+        };
     }
     let segs: Vec<&str> = rest.split('/').collect();
     let n = segs.len();
@@ -173,7 +259,14 @@ pub fn route(method: Method, path: &str, query: &str) -> Result<Action, OciError
     // /v2/<name>/tags/list
     if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
         let repository = name(&join(n - 2))?;
-        return if get { Ok(Action::ListTags { repository, page: page(&q)? }) } else { Err(method_not_allowed()) };
+        return if get {
+            Ok(Action::ListTags {
+                repository,
+                page: page(&q)?,
+            })
+        } else {
+            Err(method_not_allowed())
+        };
     }
     // /v2/<name>/blobs/uploads/ and /v2/<name>/blobs/uploads/<id>
     if n >= 4 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
@@ -185,8 +278,14 @@ pub fn route(method: Method, path: &str, query: &str) -> Result<Action, OciError
         return match method {
             Method::Patch => Ok(Action::UpdateUpload { repository, upload }),
             Method::Put => {
-                let d = q.get("digest").ok_or_else(|| OciError::new(ErrorCode::DigestInvalid, "digest parameter missing"))?;
-                Ok(Action::CompleteUpload { repository, upload, digest: digest(d)? })
+                let d = q.get("digest").ok_or_else(|| {
+                    OciError::new(ErrorCode::DigestInvalid, "digest parameter missing")
+                })?;
+                Ok(Action::CompleteUpload {
+                    repository,
+                    upload,
+                    digest: digest(d)?,
+                })
             }
             Method::Get | Method::Head => Ok(Action::GetUpload { repository, upload }),
             Method::Delete => Ok(Action::CancelUpload { repository, upload }),
@@ -209,23 +308,48 @@ pub fn route(method: Method, path: &str, query: &str) -> Result<Action, OciError
         let repository = name(&join(n - 2))?;
         let reference = reference(segs[n - 1])?;
         return match method {
-            Method::Get | Method::Head => Ok(Action::GetManifest { repository, reference }),
+            Method::Get | Method::Head => Ok(Action::GetManifest {
+                repository,
+                reference,
+            }),
             Method::Put => {
                 let tags = q
                     .all("tag")
-                    .map(|t| t.parse::<Tag>().map_err(|e| OciError::new(ErrorCode::ManifestInvalid, format!("tag {t:?}: {e}"))))
+                    .map(|t| {
+                        t.parse::<Tag>().map_err(|e| {
+                            OciError::new(ErrorCode::ManifestInvalid, format!("tag {t:?}: {e}"))
+                        })
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok(Action::PutManifest { repository, reference, tags })
+                Ok(Action::PutManifest {
+                    repository,
+                    reference,
+                    tags,
+                })
             }
-            Method::Delete => Ok(Action::DeleteManifest { repository, reference }),
+            Method::Delete => Ok(Action::DeleteManifest {
+                repository,
+                reference,
+            }),
             _ => Err(method_not_allowed()),
         };
     }
     if n >= 3 && segs[n - 2] == "referrers" {
         let repository = name(&join(n - 2))?;
         let digest = digest(segs[n - 1])?;
-        let artifact_type = q.get("artifactType").filter(|a| !a.is_empty()).map(str::to_owned);
-        return if get { Ok(Action::GetReferrers { repository, digest, artifact_type }) } else { Err(method_not_allowed()) };
+        let artifact_type = q
+            .get("artifactType")
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned);
+        return if get {
+            Ok(Action::GetReferrers {
+                repository,
+                digest,
+                artifact_type,
+            })
+        } else {
+            Err(method_not_allowed())
+        };
     }
     Err(not_found())
 }
@@ -236,11 +360,24 @@ fn start_upload(method: Method, repository: RepoName, q: &Query) -> Result<Actio
     }
     let algorithm = algorithm(q)?;
     if let Some(m) = q.get("mount") {
-        let from = q.get("from").filter(|f| !f.is_empty()).map(name).transpose()?;
-        return Ok(Action::MountBlob { repository, digest: digest(m)?, from, algorithm });
+        let from = q
+            .get("from")
+            .filter(|f| !f.is_empty())
+            .map(name)
+            .transpose()?;
+        return Ok(Action::MountBlob {
+            repository,
+            digest: digest(m)?,
+            from,
+            algorithm,
+        });
     }
     let digest = q.get("digest").map(digest).transpose()?;
-    Ok(Action::StartUpload { repository, digest, algorithm })
+    Ok(Action::StartUpload {
+        repository,
+        digest,
+        algorithm,
+    })
 }
 
 #[cfg(test)]
@@ -251,33 +388,128 @@ mod tests {
 
     #[test]
     fn routes_every_endpoint() {
-        assert_eq!(route(Method::Get, "/v2/", "").unwrap(), Action::GetApiVersion);
-        assert_eq!(route(Method::Head, "/v2", "").unwrap().name(), "get-api-version");
-        assert_eq!(route(Method::Get, &format!("/v2/a/b/blobs/{D}"), "").unwrap().name(), "get-blob");
-        assert_eq!(route(Method::Delete, &format!("/v2/a/blobs/{D}"), "").unwrap().name(), "delete-blob");
-        assert_eq!(route(Method::Post, "/v2/a/blobs/uploads/", "").unwrap().name(), "start-upload");
-        let mono = route(Method::Post, "/v2/a/blobs/uploads/", &format!("digest={}", D.replace(':', "%3A"))).unwrap();
-        assert!(matches!(mono, Action::StartUpload { digest: Some(_), .. }));
-        let m = route(Method::Post, "/v2/a/blobs/uploads/", &format!("mount={D}&from=b%2Fc")).unwrap();
+        assert_eq!(
+            route(Method::Get, "/v2/", "").unwrap(),
+            Action::GetApiVersion
+        );
+        assert_eq!(
+            route(Method::Head, "/v2", "").unwrap().name(),
+            "get-api-version"
+        );
+        assert_eq!(
+            route(Method::Get, &format!("/v2/a/b/blobs/{D}"), "")
+                .unwrap()
+                .name(),
+            "get-blob"
+        );
+        assert_eq!(
+            route(Method::Delete, &format!("/v2/a/blobs/{D}"), "")
+                .unwrap()
+                .name(),
+            "delete-blob"
+        );
+        assert_eq!(
+            route(Method::Post, "/v2/a/blobs/uploads/", "")
+                .unwrap()
+                .name(),
+            "start-upload"
+        );
+        let mono = route(
+            Method::Post,
+            "/v2/a/blobs/uploads/",
+            &format!("digest={}", D.replace(':', "%3A")),
+        )
+        .unwrap();
+        assert!(matches!(
+            mono,
+            Action::StartUpload {
+                digest: Some(_),
+                ..
+            }
+        ));
+        let m = route(
+            Method::Post,
+            "/v2/a/blobs/uploads/",
+            &format!("mount={D}&from=b%2Fc"),
+        )
+        .unwrap();
         assert!(matches!(m, Action::MountBlob { from: Some(ref f), .. } if f.as_str() == "b/c"));
         let id = crate::storage::random_id();
-        assert_eq!(route(Method::Patch, &format!("/v2/a/blobs/uploads/{id}"), "").unwrap().name(), "update-upload");
-        assert_eq!(route(Method::Put, &format!("/v2/a/blobs/uploads/{id}"), &format!("digest={D}")).unwrap().name(), "complete-upload");
-        assert_eq!(route(Method::Get, &format!("/v2/a/blobs/uploads/{id}"), "").unwrap().name(), "get-upload");
-        assert_eq!(route(Method::Delete, &format!("/v2/a/blobs/uploads/{id}"), "").unwrap().name(), "cancel-upload");
-        assert_eq!(route(Method::Get, "/v2/a/manifests/latest", "").unwrap().name(), "get-manifest");
-        let put = route(Method::Put, &format!("/v2/a/manifests/{D}"), "tag=v1&tag=v2").unwrap();
+        assert_eq!(
+            route(Method::Patch, &format!("/v2/a/blobs/uploads/{id}"), "")
+                .unwrap()
+                .name(),
+            "update-upload"
+        );
+        assert_eq!(
+            route(
+                Method::Put,
+                &format!("/v2/a/blobs/uploads/{id}"),
+                &format!("digest={D}")
+            )
+            .unwrap()
+            .name(),
+            "complete-upload"
+        );
+        assert_eq!(
+            route(Method::Get, &format!("/v2/a/blobs/uploads/{id}"), "")
+                .unwrap()
+                .name(),
+            "get-upload"
+        );
+        assert_eq!(
+            route(Method::Delete, &format!("/v2/a/blobs/uploads/{id}"), "")
+                .unwrap()
+                .name(),
+            "cancel-upload"
+        );
+        assert_eq!(
+            route(Method::Get, "/v2/a/manifests/latest", "")
+                .unwrap()
+                .name(),
+            "get-manifest"
+        );
+        let put = route(
+            Method::Put,
+            &format!("/v2/a/manifests/{D}"),
+            "tag=v1&tag=v2",
+        )
+        .unwrap();
         assert!(matches!(put, Action::PutManifest { ref tags, .. } if tags.len() == 2));
-        assert_eq!(route(Method::Delete, "/v2/a/manifests/v1", "").unwrap().name(), "delete-manifest");
-        assert_eq!(route(Method::Get, &format!("/v2/a/referrers/{D}"), "artifactType=x%2By").unwrap().name(), "get-referrers");
-        assert_eq!(route(Method::Get, "/v2/a/tags/list", "n=2&last=b").unwrap().name(), "list-tags");
-        assert_eq!(route(Method::Get, "/v2/_catalog", "n=1").unwrap().name(), "list-catalog");
+        assert_eq!(
+            route(Method::Delete, "/v2/a/manifests/v1", "")
+                .unwrap()
+                .name(),
+            "delete-manifest"
+        );
+        assert_eq!(
+            route(
+                Method::Get,
+                &format!("/v2/a/referrers/{D}"),
+                "artifactType=x%2By"
+            )
+            .unwrap()
+            .name(),
+            "get-referrers"
+        );
+        assert_eq!(
+            route(Method::Get, "/v2/a/tags/list", "n=2&last=b")
+                .unwrap()
+                .name(),
+            "list-tags"
+        );
+        assert_eq!(
+            route(Method::Get, "/v2/_catalog", "n=1").unwrap().name(),
+            "list-catalog"
+        );
     }
 
     #[test]
     fn repository_names_may_contain_endpoint_words() {
         let a = route(Method::Get, "/v2/blobs/manifests/manifests/v1", "").unwrap();
-        assert!(matches!(a, Action::GetManifest { ref repository, .. } if repository.as_str() == "blobs/manifests"));
+        assert!(
+            matches!(a, Action::GetManifest { ref repository, .. } if repository.as_str() == "blobs/manifests")
+        );
     }
 
     #[test]
@@ -290,10 +522,20 @@ mod tests {
         assert_eq!(e.code, ErrorCode::DigestInvalid);
         let e = route(Method::Patch, "/v2/a/blobs/uploads/..", "").unwrap_err();
         assert_eq!(e.code, ErrorCode::BlobUploadUnknown);
-        let e = route(Method::Put, &format!("/v2/a/blobs/uploads/{}", crate::storage::random_id()), "").unwrap_err();
+        let e = route(
+            Method::Put,
+            &format!("/v2/a/blobs/uploads/{}", crate::storage::random_id()),
+            "",
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::DigestInvalid);
         assert_eq!(route(Method::Get, "/v3/", "").unwrap_err().status, 404);
-        assert_eq!(route(Method::Post, "/v2/a/manifests/x", "").unwrap_err().status, 405);
+        assert_eq!(
+            route(Method::Post, "/v2/a/manifests/x", "")
+                .unwrap_err()
+                .status,
+            405
+        );
     }
 
     #[test]

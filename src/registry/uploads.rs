@@ -40,17 +40,36 @@ fn created(repo: &RepoName, digest: &Digest) -> Response {
 }
 
 /// Whether a chunk's Content-Range continues an upload at `offset`; `Err` is the response to send.
-fn check_chunk(head: &RequestHead, body: &Body<'_>, repo: &RepoName, id: &str, offset: u64) -> Result<(), Response> {
-    let Some(cr) = head.content_range.as_deref() else { return Ok(()) };
+fn check_chunk(
+    head: &RequestHead,
+    body: &Body<'_>,
+    repo: &RepoName,
+    id: &str,
+    offset: u64,
+) -> Result<(), Response> {
+    let Some(cr) = head.content_range.as_deref() else {
+        return Ok(());
+    };
     let Some((start, end)) = parse_content_range(cr) else {
-        let e = OciError::new(ErrorCode::BlobUploadInvalid, format!("malformed Content-Range {cr:?}"));
+        let e = OciError::new(
+            ErrorCode::BlobUploadInvalid,
+            format!("malformed Content-Range {cr:?}"),
+        );
         return Err(super::error_response(e));
     };
     if start != offset {
-        return Err(out_of_order(repo, id, offset, &format!("chunk starts at {start}, upload is at {offset}")));
+        return Err(out_of_order(
+            repo,
+            id,
+            offset,
+            &format!("chunk starts at {start}, upload is at {offset}"),
+        ));
     }
     if body.declared_len().is_some_and(|n| n != end - start + 1) {
-        let e = OciError::new(ErrorCode::SizeInvalid, "Content-Length does not match Content-Range");
+        let e = OciError::new(
+            ErrorCode::SizeInvalid,
+            "Content-Length does not match Content-Range",
+        );
         return Err(super::error_response(e));
     }
     Ok(())
@@ -60,7 +79,13 @@ impl Registry {
     /// Hot path: stream the request body into `w` (hash and positioned write from the same buffer).
     async fn stream_body(&self, w: &mut BlobWriter, body: &mut Body<'_>) -> Result<(), OciError> {
         let max = self.settings.max_blob_size;
-        let too_big = || OciError::new(ErrorCode::SizeInvalid, format!("blob exceeds the limit of {max} bytes")).with_status(413);
+        let too_big = || {
+            OciError::new(
+                ErrorCode::SizeInvalid,
+                format!("blob exceeds the limit of {max} bytes"),
+            )
+            .with_status(413)
+        };
         if max > 0 && body.declared_len().is_some_and(|n| w.offset() + n > max) {
             return Err(too_big());
         }
@@ -85,7 +110,10 @@ impl Registry {
     ) -> HandlerResult {
         let Some(digest) = digest else {
             if body.read_to_vec(0).await.is_err() {
-                let e = OciError::new(ErrorCode::BlobUploadInvalid, "a body needs the digest parameter (monolithic upload)");
+                let e = OciError::new(
+                    ErrorCode::BlobUploadInvalid,
+                    "a body needs the digest parameter (monolithic upload)",
+                );
                 return Err(e);
             }
             let id = self.storage.start_upload(repo, alg).await?;
@@ -116,10 +144,18 @@ impl Registry {
         self.start_upload(repo, None, alg, body).await
     }
 
-    pub(super) async fn update_upload(&self, repo: &RepoName, id: &str, head: &RequestHead, body: &mut Body<'_>) -> HandlerResult {
+    pub(super) async fn update_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        head: &RequestHead,
+        body: &mut Body<'_>,
+    ) -> HandlerResult {
         let mut lease = match self.storage.lease_upload(repo, id).await {
             Ok(l) => l,
-            Err(StoreError::UploadBusy { offset }) => return Ok(out_of_order(repo, id, offset, "upload is busy")),
+            Err(StoreError::UploadBusy { offset }) => {
+                return Ok(out_of_order(repo, id, offset, "upload is busy"));
+            }
             Err(e) => return Err(e.into()),
         };
         let offset = lease.writer().offset();
@@ -140,7 +176,9 @@ impl Registry {
     ) -> HandlerResult {
         let mut lease = match self.storage.lease_upload(repo, id).await {
             Ok(l) => l,
-            Err(StoreError::UploadBusy { offset }) => return Ok(out_of_order(repo, id, offset, "upload is busy")),
+            Err(StoreError::UploadBusy { offset }) => {
+                return Ok(out_of_order(repo, id, offset, "upload is busy"));
+            }
             Err(e) => return Err(e.into()),
         };
         let offset = lease.writer().offset();

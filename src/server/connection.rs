@@ -21,7 +21,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown:
     let mut conn = Conn::new(stream, Rc::new(app.limits.clone()));
     let mut first = true;
     loop {
-        let wait = if first { app.limits.head_timeout } else { app.limits.keep_alive_timeout };
+        let wait = if first {
+            app.limits.head_timeout
+        } else {
+            app.limits.keep_alive_timeout
+        };
         first = false;
         let head = match conn.next_request(wait, shutdown.wait()).await {
             NextRequest::Head(h) => h,
@@ -29,13 +33,21 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown:
             NextRequest::Invalid(e) => {
                 tracing::info!(target: "wharf::access", "{peer} - - {} 0 rejected head: {e}", e.status());
                 let body = format!("{e}\n").into_bytes();
-                let _ = conn.send(Response::new(e.status()).bytes("text/plain", body), false, true).await;
+                let _ = conn
+                    .send(
+                        Response::new(e.status()).bytes("text/plain", body),
+                        false,
+                        true,
+                    )
+                    .await;
                 conn.linger().await;
                 return;
             }
             NextRequest::TimedOut => {
                 let body = b"request head timed out\n".to_vec();
-                let _ = conn.send(Response::new(408).bytes("text/plain", body), false, true).await;
+                let _ = conn
+                    .send(Response::new(408).bytes("text/plain", body), false, true)
+                    .await;
                 conn.linger().await;
                 return;
             }
@@ -45,7 +57,6 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown:
         let resp = app.registry.handle(&head, &mut body).await;
         // A body the handler left unread is drained if small, else the connection closes after replying.
         let body_done = body.finished() || body.drain(DRAIN_LIMIT).await;
-        drop(body);
         let close = head.close || !body_done || shutdown.fired();
         let status = resp.status;
         let head_only = head.method == Method::Head;

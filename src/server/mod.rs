@@ -23,9 +23,15 @@ use shutdown::Shutdown;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("storage.root {path}: {source}")]
-    Storage { path: String, source: std::io::Error },
+    Storage {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("server.bind_address/server.port {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("server.io_driver = \"io_uring\" but io_uring is not available on this system")]
     NoUring,
     #[error("{0}")]
@@ -54,7 +60,11 @@ pub fn choose_driver(configured: IoDriver) -> Result<Driver, StartError> {
         Some("epoll") => IoDriver::Epoll,
         Some("io_uring") => IoDriver::IoUring,
         Some("auto") => IoDriver::Auto,
-        Some(other) => return Err(StartError::Other(format!("WHARF_IO_DRIVER={other:?}: use auto, io_uring or epoll"))),
+        Some(other) => {
+            return Err(StartError::Other(format!(
+                "WHARF_IO_DRIVER={other:?}: use auto, io_uring or epoll"
+            )));
+        }
         None => configured,
     };
     let uring = monoio::utils::detect_uring();
@@ -78,8 +88,14 @@ pub struct App {
 pub fn run(cfg: Config) -> Result<(), StartError> {
     let driver = choose_driver(cfg.server.io_driver)?;
     let root = cfg.storage.root.clone();
-    let storage = Storage::open(&root).map_err(|source| StartError::Storage { path: root.display().to_string(), source })?;
-    let settings = Settings { max_manifest_size: cfg.global.max_manifest_size, max_blob_size: cfg.global.max_blob_size };
+    let storage = Storage::open(&root).map_err(|source| StartError::Storage {
+        path: root.display().to_string(),
+        source,
+    })?;
+    let settings = Settings {
+        max_manifest_size: cfg.global.max_manifest_size,
+        max_blob_size: cfg.global.max_blob_size,
+    };
     let app = Arc::new(App {
         registry: Registry::new(Arc::new(storage), settings),
         limits: cfg.server.http.limits(),
@@ -103,19 +119,32 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         match ready_rx.recv() {
             Ok(Ok(bound)) => addr = bound,
             Ok(Err(source)) => return Err(StartError::Bind { addr, source }),
-            Err(_) => return Err(StartError::Other("worker thread exited during start".into())),
+            Err(_) => {
+                return Err(StartError::Other(
+                    "worker thread exited during start".into(),
+                ));
+            }
         }
         stops.push(stop_tx);
         handles.push(handle);
     }
     tracing::info!(threads, driver = driver.name(), storage = %root.display(), "wharf started");
     // A fixed line on stdout so scripts and tests learn the bound address.
-    println!("wharf listening on http://{addr} (threads={threads}, driver={})", driver.name());
+    println!(
+        "wharf listening on http://{addr} (threads={threads}, driver={})",
+        driver.name()
+    );
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(|e| StartError::Other(format!("cannot install signal handlers: {e}")))?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| StartError::Other(format!("cannot install signal handlers: {e}")))?;
     if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "shutting down: no new connections, finishing in-flight requests");
+        tracing::info!(
+            signal = sig,
+            "shutting down: no new connections, finishing in-flight requests"
+        );
     }
     for s in stops {
         let _ = s.send(());
@@ -129,7 +158,14 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
 
 type Ready = mpsc::Sender<std::io::Result<SocketAddr>>;
 
-fn worker(driver: Driver, addr: SocketAddr, backlog: i32, app: Arc<App>, ready: Ready, stop: oneshot::Receiver<()>) {
+fn worker(
+    driver: Driver,
+    addr: SocketAddr,
+    backlog: i32,
+    app: Arc<App>,
+    ready: Ready,
+    stop: oneshot::Receiver<()>,
+) {
     let fut = worker_main(addr, backlog, app, ready.clone(), stop);
     let built = match driver {
         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -147,8 +183,17 @@ fn worker(driver: Driver, addr: SocketAddr, backlog: i32, app: Arc<App>, ready: 
     }
 }
 
-async fn worker_main(addr: SocketAddr, backlog: i32, app: Arc<App>, ready: Ready, mut stop: oneshot::Receiver<()>) {
-    let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(backlog);
+async fn worker_main(
+    addr: SocketAddr,
+    backlog: i32,
+    app: Arc<App>,
+    ready: Ready,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(backlog);
     let listener = match TcpListener::bind_with_config(addr, &opts) {
         Ok(l) => l,
         Err(e) => {
@@ -181,6 +226,9 @@ async fn worker_main(addr: SocketAddr, backlog: i32, app: Arc<App>, ready: Ready
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     if shutdown.active() > 0 {
-        tracing::warn!(open = shutdown.active(), "shutdown grace elapsed; closing remaining connections");
+        tracing::warn!(
+            open = shutdown.active(),
+            "shutdown grace elapsed; closing remaining connections"
+        );
     }
 }

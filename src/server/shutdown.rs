@@ -57,7 +57,10 @@ impl Future for Wait<'_> {
         if self.shutdown.fired.get() {
             return Poll::Ready(());
         }
-        self.shutdown.waiters.borrow_mut().insert(self.id, cx.waker().clone());
+        self.shutdown
+            .waiters
+            .borrow_mut()
+            .insert(self.id, cx.waker().clone());
         Poll::Pending
     }
 }

@@ -42,12 +42,21 @@ impl Storage {
 
     /// Remove `repo`'s link to a blob (the data stays until garbage collection).
     pub fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
-        if fsio::remove_if_exists(&self.layer_link(repo, d))? { Ok(()) } else { Err(StoreError::BlobUnknown) }
+        if fsio::remove_if_exists(&self.layer_link(repo, d))? {
+            Ok(())
+        } else {
+            Err(StoreError::BlobUnknown)
+        }
     }
 
     /// Cross-repository mount: link `d` into `repo` if `from` serves it (or, without `from`, if the
     /// store holds it). Returns whether the mount happened.
-    pub async fn mount_blob(&self, repo: &RepoName, d: &Digest, from: Option<&RepoName>) -> Result<bool> {
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<bool> {
         let available = match from {
             Some(src) => self.blob_size(src, d)?.is_some(),
             None => self.blob_path(d).exists(),

@@ -53,7 +53,11 @@ pub async fn touch(path: &Path) -> io::Result<()> {
     }
     let dir = path.parent().expect("storage paths have a parent");
     ensure_dir(dir).await?;
-    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
     fsync_path(dir).await
 }
 

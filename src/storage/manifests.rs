@@ -30,7 +30,13 @@ fn referrer_file_name(d: &Digest) -> String {
 impl Storage {
     /// Store manifest bytes under `digest` in `repo` (blob first, then the revision link, then the
     /// referrer entry), each step atomic, so a crash never leaves a link to missing bytes.
-    pub async fn put_manifest(&self, repo: &RepoName, bytes: &[u8], digest: &Digest, parsed: &Parsed) -> Result<()> {
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        bytes: &[u8],
+        digest: &Digest,
+        parsed: &Parsed,
+    ) -> Result<()> {
         if !self.has_blob_data(digest) {
             let tmp = self.uploads_dir().join(format!(".tmp-{}", random_id()));
             let written = async {
@@ -44,10 +50,16 @@ impl Storage {
                 return Err(e.into());
             }
         }
-        fsio::write_atomic(&self.revision_link(repo, digest), parsed.media_type.as_bytes()).await?;
+        fsio::write_atomic(
+            &self.revision_link(repo, digest),
+            parsed.media_type.as_bytes(),
+        )
+        .await?;
         if let Some(subject) = &parsed.subject {
             let desc = manifest::referrer_descriptor(parsed, digest, bytes.len() as u64);
-            let path = self.referrers_dir(repo, subject).join(referrer_file_name(digest));
+            let path = self
+                .referrers_dir(repo, subject)
+                .join(referrer_file_name(digest));
             fsio::write_atomic(&path, &desc).await?;
         }
         Ok(())
@@ -60,26 +72,41 @@ impl Storage {
 
     /// Point `tag` at `digest` (atomic rename; concurrent writers leave one winner).
     pub async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
-        fsio::write_atomic(&self.tags_dir(repo).join(tag.as_str()), digest.to_string().as_bytes()).await?;
+        fsio::write_atomic(
+            &self.tags_dir(repo).join(tag.as_str()),
+            digest.to_string().as_bytes(),
+        )
+        .await?;
         Ok(())
     }
 
     /// The digest a tag points at.
     pub fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Digest> {
-        let text = read_small(&self.tags_dir(repo).join(tag.as_str()))?.ok_or(StoreError::ManifestUnknown)?;
-        text.trim().parse().map_err(|_| StoreError::Io(io::Error::other("corrupt tag file")))
+        let text = read_small(&self.tags_dir(repo).join(tag.as_str()))?
+            .ok_or(StoreError::ManifestUnknown)?;
+        text.trim()
+            .parse()
+            .map_err(|_| StoreError::Io(io::Error::other("corrupt tag file")))
     }
 
     /// Open a manifest of `repo` by digest.
     pub fn open_manifest(&self, repo: &RepoName, d: &Digest) -> Result<StoredManifest> {
-        let media_type = read_small(&self.revision_link(repo, d))?.ok_or(StoreError::ManifestUnknown)?;
+        let media_type =
+            read_small(&self.revision_link(repo, d))?.ok_or(StoreError::ManifestUnknown)?;
         let file = match std::fs::File::open(self.blob_path(d)) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::ManifestUnknown),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::ManifestUnknown);
+            }
             Err(e) => return Err(e.into()),
         };
         let len = file.metadata()?.len();
-        Ok(StoredManifest { digest: d.clone(), media_type, file, len })
+        Ok(StoredManifest {
+            digest: d.clone(),
+            media_type,
+            file,
+            len,
+        })
     }
 
     /// Delete a manifest revision, the tags that point at it and its referrer entry.
@@ -90,7 +117,11 @@ impl Storage {
             && let Ok(parsed) = manifest::parse(&bytes, Some(&media_type))
             && let Some(subject) = parsed.subject
         {
-            fsio::remove_if_exists(&self.referrers_dir(repo, &subject).join(referrer_file_name(d)))?;
+            fsio::remove_if_exists(
+                &self
+                    .referrers_dir(repo, &subject)
+                    .join(referrer_file_name(d)),
+            )?;
         }
         let tags_dir = self.tags_dir(repo);
         let wanted = d.to_string();
@@ -156,12 +187,18 @@ impl Storage {
                     continue;
                 }
                 if name.starts_with('_') {
-                    if (name == "_manifests" || name == "_layers") && !out.last().is_some_and(|l| *l == prefix) {
+                    if (name == "_manifests" || name == "_layers")
+                        && out.last().is_none_or(|l| *l != prefix)
+                    {
                         out.push(prefix.clone());
                     }
                     continue;
                 }
-                let child = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+                let child = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
                 stack.push((entry.path(), child));
             }
         }

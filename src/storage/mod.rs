@@ -51,7 +51,10 @@ impl Storage {
         let probe = root.join("uploads").join(".probe");
         std::fs::write(&probe, b"")?;
         std::fs::remove_file(&probe)?;
-        Ok(Storage { root: root.to_path_buf(), uploads: uploads::Table::new() })
+        Ok(Storage {
+            root: root.to_path_buf(),
+            uploads: uploads::Table::new(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -60,7 +63,11 @@ impl Storage {
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
         let hex = d.hex();
-        self.root.join("blobs").join(d.algorithm().as_str()).join(&hex[..2]).join(hex)
+        self.root
+            .join("blobs")
+            .join(d.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
     }
 
     fn repo_dir(&self, repo: &RepoName) -> PathBuf {
@@ -68,11 +75,18 @@ impl Storage {
     }
 
     fn layer_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.repo_dir(repo).join("_layers").join(d.algorithm().as_str()).join(d.hex())
+        self.repo_dir(repo)
+            .join("_layers")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
     }
 
     fn revision_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.repo_dir(repo).join("_manifests").join("revisions").join(d.algorithm().as_str()).join(d.hex())
+        self.repo_dir(repo)
+            .join("_manifests")
+            .join("revisions")
+            .join(d.algorithm().as_str())
+            .join(d.hex())
     }
 
     fn tags_dir(&self, repo: &RepoName) -> PathBuf {
@@ -80,7 +94,10 @@ impl Storage {
     }
 
     fn referrers_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
-        self.repo_dir(repo).join("_referrers").join(subject.algorithm().as_str()).join(subject.hex())
+        self.repo_dir(repo)
+            .join("_referrers")
+            .join(subject.algorithm().as_str())
+            .join(subject.hex())
     }
 
     fn uploads_dir(&self) -> PathBuf {
@@ -95,7 +112,14 @@ pub fn random_id() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Whether `s` has the shape of an id from `random_id` (so it is safe as a path component).
@@ -116,7 +140,14 @@ mod tests {
         let id = random_id();
         assert!(is_upload_id(&id), "{id}");
         assert_ne!(id, random_id());
-        for bad in ["", "..", "../../etc/passwd", &id.to_uppercase(), &format!("{id}/x"), &id[..35]] {
+        for bad in [
+            "",
+            "..",
+            "../../etc/passwd",
+            &id.to_uppercase(),
+            &format!("{id}/x"),
+            &id[..35],
+        ] {
             assert!(!is_upload_id(bad), "{bad:?}");
         }
     }

@@ -35,12 +35,18 @@ pub(super) struct Table {
 
 impl Table {
     pub(super) fn new() -> Table {
-        Table { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Table {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
     }
 
     fn shard(&self, id: &str) -> MutexGuard<'_, HashMap<String, Session>> {
-        let h = id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
-        self.shards[h % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
+        let h = id.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        self.shards[h % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -82,7 +88,9 @@ pub struct UploadLease {
 
 impl UploadLease {
     pub fn writer(&mut self) -> &mut BlobWriter {
-        self.writer.as_mut().expect("writer present until completion")
+        self.writer
+            .as_mut()
+            .expect("writer present until completion")
     }
 
     pub fn id(&self) -> &str {
@@ -118,7 +126,9 @@ fn parse_state(text: &str) -> Option<(RepoName, Algorithm)> {
     let mut lines = text.lines();
     let (magic, repo, alg, crc) = (lines.next()?, lines.next()?, lines.next()?, lines.next()?);
     let body = format!("{magic}\n{repo}\n{alg}\n");
-    if magic != STATE_MAGIC || u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) {
+    if magic != STATE_MAGIC
+        || u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes())
+    {
         return None;
     }
     Some((repo.parse().ok()?, alg.parse().ok()?))
@@ -143,7 +153,12 @@ async fn rehash(file: &monoio::fs::File, alg: Algorithm) -> io::Result<(Hasher, 
 }
 
 fn open_rw(path: &Path, create: bool) -> io::Result<monoio::fs::File> {
-    let f = std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)?;
     monoio::fs::File::from_std(f)
 }
 
@@ -152,7 +167,13 @@ impl Storage {
     pub fn temp_writer(&self, alg: Algorithm) -> Result<BlobWriter> {
         let path = self.uploads_dir().join(format!(".tmp-{}", random_id()));
         let file = open_rw(&path, true)?;
-        Ok(BlobWriter { file, path, offset: 0, hasher: alg.hasher(), failed: false })
+        Ok(BlobWriter {
+            file,
+            path,
+            offset: 0,
+            hasher: alg.hasher(),
+            failed: false,
+        })
     }
 
     /// fsync, verify against `expected`, and move into the store. Returns the blob size.
@@ -166,7 +187,9 @@ impl Storage {
                 (w.hasher, w.offset)
             };
             if hasher.finish() != *expected {
-                return Err(StoreError::DigestMismatch { expected: expected.clone() });
+                return Err(StoreError::DigestMismatch {
+                    expected: expected.clone(),
+                });
             }
             self.commit_temp(&w.path, expected).await?;
             Ok(size)
@@ -196,7 +219,13 @@ impl Storage {
         std::fs::File::create(dir.join("data"))?;
         self.uploads.shard(&id).insert(
             id.clone(),
-            Session { repo: repo.clone(), hasher: Some(alg.hasher()), algorithm: alg, offset: 0, busy: false },
+            Session {
+                repo: repo.clone(),
+                hasher: Some(alg.hasher()),
+                algorithm: alg,
+                offset: 0,
+                busy: false,
+            },
         );
         Ok(id)
     }
@@ -230,14 +259,24 @@ impl Storage {
                     }
                     shard.insert(
                         id.to_owned(),
-                        Session { repo: repo.clone(), hasher: None, algorithm: alg, offset: 0, busy: true },
+                        Session {
+                            repo: repo.clone(),
+                            hasher: None,
+                            algorithm: alg,
+                            offset: 0,
+                            busy: true,
+                        },
                     );
                     (alg, None, 0)
                 }
             }
         };
         let path = self.upload_dir(id).join("data");
-        let mut lease = UploadLease { storage: Arc::clone(self), id: id.to_owned(), writer: None };
+        let mut lease = UploadLease {
+            storage: Arc::clone(self),
+            id: id.to_owned(),
+            writer: None,
+        };
         let file = match open_rw(&path, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -252,7 +291,13 @@ impl Storage {
             Some(h) if len == offset => (h, offset),
             _ => rehash(&file, alg).await?,
         };
-        lease.writer = Some(BlobWriter { file, path, offset, hasher, failed: false });
+        lease.writer = Some(BlobWriter {
+            file,
+            path,
+            offset,
+            hasher,
+            failed: false,
+        });
         Ok(lease)
     }
 
@@ -261,18 +306,27 @@ impl Storage {
         {
             let shard = self.uploads.shard(id);
             if let Some(s) = shard.get(id) {
-                return if s.repo == *repo { Ok(s.offset) } else { Err(StoreError::UploadUnknown) };
+                return if s.repo == *repo {
+                    Ok(s.offset)
+                } else {
+                    Err(StoreError::UploadUnknown)
+                };
             }
         }
         match self.load_session(id) {
-            Some((r, _)) if r == *repo => Ok(std::fs::metadata(self.upload_dir(id).join("data"))?.len()),
+            Some((r, _)) if r == *repo => {
+                Ok(std::fs::metadata(self.upload_dir(id).join("data"))?.len())
+            }
             _ => Err(StoreError::UploadUnknown),
         }
     }
 
     /// Verify and commit a leased upload as `expected`, then forget the session. Returns the size.
     pub async fn complete_upload(&self, mut lease: UploadLease, expected: &Digest) -> Result<u64> {
-        let w = lease.writer.take().expect("writer present until completion");
+        let w = lease
+            .writer
+            .take()
+            .expect("writer present until completion");
         let result = self.finish_writer(w, expected).await;
         self.forget_upload(&lease.id);
         result

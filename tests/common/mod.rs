@@ -1,0 +1,350 @@
+//! Test harness: start the real `wharf` binary on an ephemeral port with fresh storage, and a small
+//! raw HTTP/1.1 client so tests can send exactly the bytes they mean (smuggling, limits, pipelining).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The two I/O drivers every server-level test runs under.
+pub const DRIVERS: [&str; 2] = ["io_uring", "epoll"];
+
+/// Generate one test per I/O driver from `fn name(driver: &str)`.
+#[macro_export]
+macro_rules! on_both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod io_uring { $( #[test] fn $name() { super::$name("io_uring") } )* }
+        mod epoll { $( #[test] fn $name() { super::$name("epoll") } )* }
+    };
+}
+
+/// A running wharf process with its own storage directory; killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub driver: String,
+    extra: String,
+}
+
+pub fn wharf_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_wharf")
+}
+
+impl Server {
+    pub fn start(driver: &str) -> Server {
+        Server::start_with(driver, "")
+    }
+
+    /// Start with extra TOML appended to the base config (which sets `[server]` port and threads).
+    pub fn start_with(driver: &str, extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Server {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            driver: driver.into(),
+            extra: extra.into(),
+        };
+        s.launch(0);
+        s
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("wharf.toml")
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn launch(&mut self, port: u16) {
+        let base = format!("[server]\nport = {port}\nthreads = 2\nshutdown_grace = \"10s\"\n");
+        let cfg = format!("{base}{}\n[storage]\nroot = \"data\"\n", self.extra);
+        std::fs::write(self.config_path(), cfg).unwrap();
+        let stderr = std::fs::File::create(self.dir.path().join("wharf.log")).unwrap();
+        let mut child = Command::new(wharf_bin())
+            .args(["serve", "-c"])
+            .arg(self.config_path())
+            .env("WHARF_IO_DRIVER", &self.driver)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn wharf");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("wharf did not start: {line:?}\n{}", self.log()));
+        self.addr = addr.parse().unwrap();
+        assert!(
+            line.contains(&format!("driver={}", self.driver)),
+            "wrong driver: {line}"
+        );
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("wharf.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Send a signal and wait for exit; returns the exit status.
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, sig) };
+        child.wait().unwrap()
+    }
+
+    /// SIGKILL the process and start it again on the same port and storage.
+    pub fn restart_hard(&mut self) {
+        let port = self.addr.port();
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.launch(port);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The OCI error code of an error body.
+    pub fn error_code(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "not an OCI error body: {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        });
+        v["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("json body")
+    }
+
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// A raw HTTP/1.1 client over one TCP connection.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Read one response; `head_request` means no body follows regardless of Content-Length.
+    pub fn read_response(&mut self, head_request: bool) -> Resp {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        assert!(line.starts_with("HTTP/1.1 "), "bad status line {line:?}");
+        let status: u16 = line[9..12].parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap();
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        let mut resp = Resp {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if status == 100 {
+            return resp;
+        }
+        let len: usize = resp
+            .header("content-length")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0);
+        if !head_request && status != 204 {
+            resp.body = vec![0; len];
+            self.reader.read_exact(&mut resp.body).unwrap();
+        }
+        resp
+    }
+
+    /// Whether the server closed the connection (EOF on read).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send_raw(&bytes);
+        self.read_response(method == "HEAD")
+    }
+
+    pub fn get(&mut self, path: &str) -> Resp {
+        self.request("GET", path, &[], b"")
+    }
+}
+
+/// `sha256:<hex>` of bytes.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(data);
+    format!(
+        "sha256:{}",
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// Push a blob monolithically; asserts 201.
+pub fn push_blob(c: &mut Client, repo: &str, data: &[u8]) -> String {
+    let d = sha256(data);
+    let r = c.request(
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        &[],
+        data,
+    );
+    assert_eq!(
+        r.status,
+        201,
+        "push blob: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    d
+}
+
+/// An OCI image manifest over a config and layers that were pushed.
+pub fn image_manifest(config: &str, config_len: usize, layers: &[(&str, usize)]) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(d, n)| serde_json::json!({"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":d,"size":n}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType":"application/vnd.oci.image.config.v1+json","digest":config,"size":config_len},
+        "layers": layers,
+    }))
+    .unwrap()
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Push a small image (config + one layer) and tag it; returns the manifest digest.
+pub fn push_image(c: &mut Client, repo: &str, tag: &str, layer: &[u8]) -> String {
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = push_blob(c, repo, cfg);
+    let ld = push_blob(c, repo, layer);
+    let m = image_manifest(&cd, cfg.len(), &[(&ld, layer.len())]);
+    let r = c.request(
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Content-Type", OCI_MANIFEST)],
+        &m,
+    );
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    sha256(&m)
+}
+
+/// Where `tests/setup.sh` puts the Go-built tools.
+pub fn tool(name: &str) -> PathBuf {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/tools/bin")
+        .join(name);
+    if local.exists() {
+        return local;
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!("{name} is not installed: run tests/setup.sh (it installs every tool the tests use)")
+    })
+}

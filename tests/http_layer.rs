@@ -1,0 +1,234 @@
+//! The HTTP/1.1 layer against the real binary: limits, request-smuggling defences, timeouts,
+//! keep-alive, pipelining, chunked bodies, 100-continue, HEAD, graceful shutdown. Every test runs
+//! under io_uring and under the epoll fallback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn smuggling_both_lengths_is_400_and_close(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    c.send_raw(b"POST /v2/a/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v2/ HTTP/1.1\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 400);
+    assert!(r.closes());
+    assert!(
+        c.is_closed(),
+        "the smuggled second request must not be answered"
+    );
+}
+
+fn duplicate_or_malformed_content_length_is_400(driver: &str) {
+    let s = Server::start(driver);
+    for bad in [
+        "Content-Length: 3\r\nContent-Length: 3",
+        "Content-Length: +3",
+        "Content-Length: 3, 3",
+    ] {
+        let mut c = s.client();
+        c.send_raw(format!("PUT /v2/a/manifests/x HTTP/1.1\r\n{bad}\r\n\r\nabc").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(c.is_closed());
+    }
+}
+
+fn unknown_transfer_coding_is_501(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    c.send_raw(b"POST /v2/a/blobs/uploads/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 501);
+}
+
+fn oversized_head_is_431_and_long_target_is_414(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    c.send_raw(
+        format!(
+            "GET /v2/ HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(17 * 1024)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(c.read_response(false).status, 431);
+    let mut c = s.client();
+    c.send_raw(format!("GET /v2/{} HTTP/1.1\r\n\r\n", "a".repeat(9000)).as_bytes());
+    assert_eq!(c.read_response(false).status, 414);
+}
+
+fn limits_are_configurable(driver: &str) {
+    let s = Server::start_with(
+        driver,
+        "[server.http]\nmax_head_size = 2048\nmax_target_size = 512\n",
+    );
+    let mut c = s.client();
+    c.send_raw(format!("GET /v2/ HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(3000)).as_bytes());
+    assert_eq!(c.read_response(false).status, 431);
+    let mut c = s.client();
+    c.send_raw(format!("GET /v2/{} HTTP/1.1\r\n\r\n", "a".repeat(600)).as_bytes());
+    assert_eq!(c.read_response(false).status, 414);
+}
+
+fn slow_head_gets_408(driver: &str) {
+    let s = Server::start_with(driver, "[server.http]\nhead_timeout = \"300ms\"\n");
+    let mut c = s.client();
+    c.send_raw(b"GET /v2/ HTTP/1.1\r\nHost");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 408);
+    assert!(c.is_closed());
+}
+
+fn idle_keep_alive_connection_is_closed(driver: &str) {
+    let s = Server::start_with(driver, "[server.http]\nkeep_alive_timeout = \"300ms\"\n");
+    let mut c = s.client();
+    assert_eq!(c.get("/v2/").status, 200);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        c.is_closed(),
+        "idle connection should be closed after the keep-alive timeout"
+    );
+}
+
+fn keep_alive_and_pipelining(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    for _ in 0..3 {
+        assert_eq!(c.get("/v2/").status, 200);
+    }
+    c.send_raw(b"GET /v2/ HTTP/1.1\r\n\r\nGET /v2/nope/tags/list HTTP/1.1\r\n\r\nHEAD /v2/ HTTP/1.1\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "NAME_UNKNOWN");
+    let h = c.read_response(true);
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.header("content-length"),
+        Some("2"),
+        "HEAD carries the GET length"
+    );
+    assert_eq!(c.get("/v2/").body, b"{}", "no stray body bytes after HEAD");
+}
+
+fn http10_closes_and_connection_close_is_honoured(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    c.send_raw(b"GET /v2/ HTTP/1.0\r\n\r\n");
+    assert!(c.read_response(false).closes());
+    assert!(c.is_closed());
+    let mut c = s.client();
+    c.send_raw(b"GET /v2/ HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(c.read_response(false).closes());
+    assert!(c.is_closed());
+}
+
+fn chunked_upload_body_is_decoded(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let data = b"hello chunked world";
+    let d = sha256(data);
+    let req = format!(
+        "POST /v2/c/blobs/uploads/?digest={d} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\ne\r\n chunked world\r\n0\r\nTrailer: x\r\n\r\n"
+    );
+    c.send_raw(req.as_bytes());
+    let r = c.read_response(false);
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(c.get(&format!("/v2/c/blobs/{d}")).body, data);
+}
+
+fn malformed_chunked_body_is_rejected_and_closed(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let d = sha256(b"x");
+    c.send_raw(format!("POST /v2/c/blobs/uploads/?digest={d} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n0\r\n\r\n").as_bytes());
+    let r = c.read_response(false);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "BLOB_UPLOAD_INVALID");
+    assert!(c.is_closed());
+    assert_eq!(s.client().get(&format!("/v2/c/blobs/{d}")).status, 404);
+}
+
+fn expect_100_continue(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let data = b"continue me";
+    let d = sha256(data);
+    c.send_raw(format!("POST /v2/e/blobs/uploads/?digest={d} HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", data.len()).as_bytes());
+    let interim = c.read_response(false);
+    assert_eq!(interim.status, 100);
+    c.send_raw(data);
+    assert_eq!(c.read_response(false).status, 201);
+    // Rejected before the body is wanted: a final status without 100, and the connection closes.
+    let mut c = s.client();
+    c.send_raw(
+        b"PUT /v2/BAD/manifests/x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    );
+    let r = c.read_response(false);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "NAME_INVALID");
+    assert!(r.closes());
+}
+
+fn graceful_shutdown_finishes_in_flight_upload(driver: &str) {
+    let mut s = Server::start(driver);
+    let data = vec![7u8; 100_000];
+    let d = sha256(&data);
+    let mut c = s.client();
+    c.send_raw(
+        format!(
+            "POST /v2/g/blobs/uploads/?digest={d} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        )
+        .as_bytes(),
+    );
+    c.send_raw(&data[..50_000]);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = s.client();
+    let pid = s.pid();
+    let waiter = std::thread::spawn(move || {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    });
+    waiter.join().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // New connections are refused once the listeners are gone.
+    assert!(
+        std::net::TcpStream::connect(s.addr).is_err(),
+        "listener must be closed during shutdown"
+    );
+    c.send_raw(&data[50_000..]);
+    let r = c.read_response(false);
+    assert_eq!(
+        r.status, 201,
+        "in-flight request completes during the grace period"
+    );
+    assert!(r.closes());
+    drop(idle);
+    let status = s.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        s.root()
+            .join("blobs/sha256")
+            .join(&d[7..9])
+            .join(&d[7..])
+            .exists()
+    );
+}
+
+on_both_drivers!(
+    smuggling_both_lengths_is_400_and_close,
+    duplicate_or_malformed_content_length_is_400,
+    unknown_transfer_coding_is_501,
+    oversized_head_is_431_and_long_target_is_414,
+    limits_are_configurable,
+    slow_head_gets_408,
+    idle_keep_alive_connection_is_closed,
+    keep_alive_and_pipelining,
+    http10_closes_and_connection_close_is_honoured,
+    chunked_upload_body_is_decoded,
+    malformed_chunked_body_is_rejected_and_closed,
+    expect_100_continue,
+    graceful_shutdown_finishes_in_flight_upload,
+);

@@ -1,0 +1,603 @@
+//! Every OCI endpoint and its error paths against the real binary, under both I/O drivers.
+
+mod common;
+
+use common::*;
+
+const MISSING: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+fn api_version_header(driver: &str) {
+    let s = Server::start(driver);
+    let r = s.client().get("/v2/");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("Docker-Distribution-API-Version"),
+        Some("registry/2.0")
+    );
+    assert_eq!(s.client().get("/v3/").status, 404);
+}
+
+fn blob_get_head_range_and_isolation(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let d = push_blob(&mut c, "a/b", &data);
+    let r = c.get(&format!("/v2/a/b/blobs/{d}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, data, "large blob (sendfile path) round-trips");
+    assert_eq!(r.header("Docker-Content-Digest"), Some(d.as_str()));
+    let h = c.request("HEAD", &format!("/v2/a/b/blobs/{d}"), &[], b"");
+    assert_eq!(
+        (h.status, h.header("content-length")),
+        (200, Some("200000"))
+    );
+    let p = c.request(
+        "GET",
+        &format!("/v2/a/b/blobs/{d}"),
+        &[("Range", "bytes=100000-100009")],
+        b"",
+    );
+    assert_eq!(p.status, 206);
+    assert_eq!(
+        p.header("Content-Range"),
+        Some("bytes 100000-100009/200000")
+    );
+    assert_eq!(p.body, &data[100000..100010]);
+    let tail = c.request(
+        "GET",
+        &format!("/v2/a/b/blobs/{d}"),
+        &[("Range", "bytes=-5")],
+        b"",
+    );
+    assert_eq!(tail.body, &data[199995..]);
+    let bad = c.request(
+        "GET",
+        &format!("/v2/a/b/blobs/{d}"),
+        &[("Range", "bytes=300000-")],
+        b"",
+    );
+    assert_eq!(bad.status, 416);
+    assert_eq!(bad.header("Content-Range"), Some("bytes */200000"));
+    // Another repository does not serve it.
+    let other = c.get(&format!("/v2/other/blobs/{d}"));
+    assert_eq!(
+        (other.status, other.error_code().as_str()),
+        (404, "BLOB_UNKNOWN")
+    );
+    // Bad names and digests.
+    assert_eq!(
+        c.get(&format!("/v2/A/blobs/{d}")).error_code(),
+        "NAME_INVALID"
+    );
+    assert_eq!(
+        c.get("/v2/a/blobs/sha256:abc").error_code(),
+        "DIGEST_INVALID"
+    );
+    assert_eq!(c.get("/v2/a/blobs/md5:abc").error_code(), "DIGEST_INVALID");
+    // Delete removes the repository's link only.
+    assert_eq!(
+        c.request("DELETE", &format!("/v2/a/b/blobs/{d}"), &[], b"")
+            .status,
+        202
+    );
+    assert_eq!(c.get(&format!("/v2/a/b/blobs/{d}")).status, 404);
+    assert_eq!(
+        c.request("DELETE", &format!("/v2/a/b/blobs/{d}"), &[], b"")
+            .error_code(),
+        "BLOB_UNKNOWN"
+    );
+}
+
+fn monolithic_upload_with_wrong_digest_is_digest_invalid(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let claimed = sha256(b"something else");
+    let r = c.request(
+        "POST",
+        &format!("/v2/m/blobs/uploads/?digest={claimed}"),
+        &[],
+        b"actual bytes",
+    );
+    assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"));
+    assert_eq!(c.get(&format!("/v2/m/blobs/{claimed}")).status, 404);
+    let leftovers: Vec<_> = std::fs::read_dir(s.root().join("uploads"))
+        .unwrap()
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "rejected data is removed: {leftovers:?}"
+    );
+}
+
+fn chunked_upload_session(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let data: Vec<u8> = (0..30_000u32).map(|i| (i * 7) as u8).collect();
+    let d = sha256(&data);
+    let r = c.request("POST", "/v2/up/blobs/uploads/", &[], b"");
+    assert_eq!(r.status, 202);
+    assert!(r.header("Docker-Upload-UUID").is_some());
+    assert_eq!(r.header("Range"), Some("0-0"));
+    let loc = r.header("Location").unwrap().to_owned();
+    let r = c.request(
+        "PATCH",
+        &loc,
+        &[("Content-Range", "0-9999")],
+        &data[..10000],
+    );
+    assert_eq!((r.status, r.header("Range")), (202, Some("0-9999")));
+    // Out of order: 416 with the current range and location.
+    let r = c.request(
+        "PATCH",
+        &loc,
+        &[("Content-Range", "20000-29999")],
+        &data[20000..],
+    );
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("Range"), Some("0-9999"));
+    assert!(r.header("Location").is_some());
+    // Content-Length that disagrees with Content-Range.
+    let r = c.request(
+        "PATCH",
+        &loc,
+        &[("Content-Range", "10000-10009")],
+        &data[10000..10005],
+    );
+    assert_eq!((r.status, r.error_code().as_str()), (400, "SIZE_INVALID"));
+    // Streamed chunk (no Content-Range) on a new connection.
+    let mut c2 = s.client();
+    let r = c2.request("PATCH", &loc, &[], &data[10000..20000]);
+    assert_eq!(r.header("Range"), Some("0-19999"));
+    let st = c2.get(&loc);
+    assert_eq!((st.status, st.header("Range")), (204, Some("0-19999")));
+    // PUT with the final chunk.
+    let r = c.request(
+        "PUT",
+        &format!("{loc}?digest={d}"),
+        &[("Content-Range", "20000-29999")],
+        &data[20000..],
+    );
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("Location").unwrap(), format!("/v2/up/blobs/{d}"));
+    assert_eq!(c.get(&format!("/v2/up/blobs/{d}")).body, data);
+    // The session is gone.
+    assert_eq!(c.get(&loc).error_code(), "BLOB_UPLOAD_UNKNOWN");
+    // An upload belongs to its repository.
+    let other = c
+        .request("POST", "/v2/up/blobs/uploads/", &[], b"")
+        .header("Location")
+        .unwrap()
+        .replace("/v2/up/", "/v2/elsewhere/");
+    assert_eq!(c.get(&other).error_code(), "BLOB_UPLOAD_UNKNOWN");
+}
+
+fn upload_completion_with_wrong_digest_removes_data(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let loc = c
+        .request("POST", "/v2/w/blobs/uploads/", &[], b"")
+        .header("Location")
+        .unwrap()
+        .to_owned();
+    c.request("PATCH", &loc, &[], b"some bytes");
+    let wrong = sha256(b"other bytes");
+    let r = c.request("PUT", &format!("{loc}?digest={wrong}"), &[], b"");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"));
+    assert_eq!(c.get(&format!("/v2/w/blobs/{wrong}")).status, 404);
+    assert_eq!(c.get(&loc).error_code(), "BLOB_UPLOAD_UNKNOWN");
+}
+
+fn upload_cancel_and_unknown_ids(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let loc = c
+        .request("POST", "/v2/x/blobs/uploads/", &[], b"")
+        .header("Location")
+        .unwrap()
+        .to_owned();
+    assert_eq!(c.request("DELETE", &loc, &[], b"").status, 204);
+    assert_eq!(c.get(&loc).error_code(), "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(
+        c.request("PATCH", "/v2/x/blobs/uploads/..%2f..%2fetc", &[], b"x")
+            .error_code(),
+        "BLOB_UPLOAD_UNKNOWN"
+    );
+    let fake = "/v2/x/blobs/uploads/00000000-0000-4000-8000-000000000000";
+    assert_eq!(
+        c.request("PATCH", fake, &[], b"x").error_code(),
+        "BLOB_UPLOAD_UNKNOWN"
+    );
+    assert_eq!(
+        c.request("DELETE", fake, &[], b"").error_code(),
+        "BLOB_UPLOAD_UNKNOWN"
+    );
+}
+
+fn sha512_uploads_and_digest_algorithm_hint(driver: &str) {
+    use sha2::Digest;
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let data = b"sha512 content";
+    let d = format!(
+        "sha512:{}",
+        sha2::Sha512::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let loc = c
+        .request(
+            "POST",
+            "/v2/s/blobs/uploads/?digest-algorithm=sha512",
+            &[],
+            b"",
+        )
+        .header("Location")
+        .unwrap()
+        .to_owned();
+    c.request("PATCH", &loc, &[], data);
+    assert_eq!(
+        c.request("PUT", &format!("{loc}?digest={d}"), &[], b"")
+            .status,
+        201
+    );
+    assert_eq!(c.get(&format!("/v2/s/blobs/{d}")).body, data);
+    // A hint that differs from the final digest still verifies (re-hash at completion).
+    let loc = c
+        .request("POST", "/v2/s/blobs/uploads/", &[], b"")
+        .header("Location")
+        .unwrap()
+        .to_owned();
+    c.request("PATCH", &loc, &[], b"other");
+    let d2 = format!(
+        "sha512:{}",
+        sha2::Sha512::digest(b"other")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    assert_eq!(
+        c.request("PUT", &format!("{loc}?digest={d2}"), &[], b"")
+            .status,
+        201
+    );
+    assert_eq!(
+        c.request(
+            "POST",
+            "/v2/s/blobs/uploads/?digest-algorithm=md5",
+            &[],
+            b""
+        )
+        .error_code(),
+        "DIGEST_INVALID"
+    );
+}
+
+fn cross_repository_mount(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let d = push_blob(&mut c, "src", b"mount me");
+    let r = c.request(
+        "POST",
+        &format!("/v2/dst/blobs/uploads/?mount={d}&from=src"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("Location").unwrap(), format!("/v2/dst/blobs/{d}"));
+    assert_eq!(c.get(&format!("/v2/dst/blobs/{d}")).body, b"mount me");
+    // Without from: mounted when the store holds the blob.
+    assert_eq!(
+        c.request(
+            "POST",
+            &format!("/v2/dst2/blobs/uploads/?mount={d}"),
+            &[],
+            b""
+        )
+        .status,
+        201
+    );
+    // Unknown source or blob: fall back to an upload session.
+    let r = c.request(
+        "POST",
+        &format!("/v2/dst3/blobs/uploads/?mount={MISSING}&from=src"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202);
+    assert!(
+        r.header("Location")
+            .unwrap()
+            .starts_with("/v2/dst3/blobs/uploads/")
+    );
+    let r = c.request(
+        "POST",
+        &format!("/v2/dst3/blobs/uploads/?mount={d}&from=nowhere"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202);
+}
+
+fn manifests_by_tag_and_digest(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let md = push_image(&mut c, "img", "v1", b"layer-bytes");
+    let r = c.get("/v2/img/manifests/v1");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some(OCI_MANIFEST));
+    assert_eq!(r.header("Docker-Content-Digest"), Some(md.as_str()));
+    assert_eq!(sha256(&r.body), md, "bytes come back exactly as pushed");
+    let h = c.request("HEAD", &format!("/v2/img/manifests/{md}"), &[], b"");
+    assert_eq!(
+        (h.status, h.header("Docker-Content-Digest")),
+        (200, Some(md.as_str()))
+    );
+    assert_eq!(
+        h.header("content-length").unwrap(),
+        r.body.len().to_string()
+    );
+    assert_eq!(
+        c.get("/v2/img/manifests/nope").error_code(),
+        "MANIFEST_UNKNOWN"
+    );
+    assert_eq!(
+        c.get(&format!("/v2/img/manifests/{MISSING}")).error_code(),
+        "MANIFEST_UNKNOWN"
+    );
+    // Push by digest with tag parameters (OCI-Tag).
+    let body = r.body.clone();
+    let put = c.request(
+        "PUT",
+        &format!("/v2/img/manifests/{md}?tag=a&tag=b"),
+        &[("Content-Type", OCI_MANIFEST)],
+        &body,
+    );
+    assert_eq!(put.status, 201);
+    assert_eq!(put.headers_named("OCI-Tag"), vec!["a", "b"]);
+    assert_eq!(c.get("/v2/img/manifests/b").status, 200);
+    // Wrong digest in the reference.
+    let wrong = c.request(
+        "PUT",
+        &format!("/v2/img/manifests/{MISSING}"),
+        &[("Content-Type", OCI_MANIFEST)],
+        &body,
+    );
+    assert_eq!(
+        (wrong.status, wrong.error_code().as_str()),
+        (400, "DIGEST_INVALID")
+    );
+    // Delete a tag, then the manifest (its remaining tags go with it).
+    assert_eq!(
+        c.request("DELETE", "/v2/img/manifests/a", &[], b"").status,
+        202
+    );
+    assert_eq!(c.get("/v2/img/manifests/a").status, 404);
+    assert_eq!(
+        c.request("DELETE", &format!("/v2/img/manifests/{md}"), &[], b"")
+            .status,
+        202
+    );
+    assert_eq!(
+        c.get("/v2/img/manifests/v1").error_code(),
+        "MANIFEST_UNKNOWN"
+    );
+    assert_eq!(
+        c.get("/v2/img/tags/list").json()["tags"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        c.request("DELETE", &format!("/v2/img/manifests/{md}"), &[], b"")
+            .error_code(),
+        "MANIFEST_UNKNOWN"
+    );
+}
+
+fn manifest_validation_errors(driver: &str) {
+    let s = Server::start_with(driver, "[global]\nmax_manifest_size = 1024\n");
+    let mut c = s.client();
+    let put = |c: &mut Client, body: &[u8], ct: &str| {
+        c.request("PUT", "/v2/v/manifests/t", &[("Content-Type", ct)], body)
+    };
+    let r = put(&mut c, b"{not json", OCI_MANIFEST);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "MANIFEST_INVALID")
+    );
+    let cfg = push_blob(&mut c, "v", b"{}");
+    let missing_layer = image_manifest(&cfg, 2, &[(MISSING, 10)]);
+    let r = put(&mut c, &missing_layer, OCI_MANIFEST);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "MANIFEST_BLOB_UNKNOWN")
+    );
+    // Blobs of another repository do not count.
+    let foreign = push_blob(&mut c, "elsewhere", b"foreign layer");
+    let r = put(
+        &mut c,
+        &image_manifest(&cfg, 2, &[(&foreign, 13)]),
+        OCI_MANIFEST,
+    );
+    assert_eq!(r.error_code(), "MANIFEST_BLOB_UNKNOWN");
+    // Non-distributable layers and layers with urls need not be present.
+    let nd = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": 2},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar", "digest": MISSING, "size": 1},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": MISSING, "size": 1, "urls": ["https://example.com/l"]}
+        ]})).unwrap();
+    assert_eq!(put(&mut c, &nd, OCI_MANIFEST).status, 201);
+    // Content-Type that contradicts mediaType.
+    let r = put(&mut c, &nd, "application/vnd.oci.image.index.v1+json");
+    assert_eq!(r.error_code(), "MANIFEST_INVALID");
+    // Too large: 413.
+    let mut big = image_manifest(&cfg, 2, &[]);
+    big.truncate(big.len() - 1);
+    big.extend_from_slice(
+        format!(",\"annotations\":{{\"x\":\"{}\"}}}}", "a".repeat(2000)).as_bytes(),
+    );
+    let r = put(&mut c, &big, OCI_MANIFEST);
+    assert_eq!(r.status, 413);
+    // Docker schema 2 and manifest lists are accepted and served with their media type.
+    let docker = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cfg, "size": 2},
+        "layers": []})).unwrap();
+    assert_eq!(
+        put(
+            &mut c,
+            &docker,
+            "application/vnd.docker.distribution.manifest.v2+json"
+        )
+        .status,
+        201
+    );
+    let list = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [{"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": sha256(&docker), "size": docker.len(),
+                       "platform": {"architecture": "amd64", "os": "linux"}}]})).unwrap();
+    let r = c.request(
+        "PUT",
+        "/v2/v/manifests/list",
+        &[(
+            "Content-Type",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        )],
+        &list,
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        c.get("/v2/v/manifests/list").header("Content-Type"),
+        Some("application/vnd.docker.distribution.manifest.list.v2+json")
+    );
+}
+
+fn referrers_with_filter(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let subject = push_image(&mut c, "r", "v1", b"base layer");
+    let subject_len = c.get("/v2/r/manifests/v1").body.len();
+    let empty = push_blob(&mut c, "r", b"{}");
+    let mut refs = Vec::new();
+    for (i, at) in [
+        "application/vnd.example.sig",
+        "application/vnd.example.sbom",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": at,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_len},
+            "annotations": {"n": i.to_string()}})).unwrap();
+        let d = sha256(&m);
+        let r = c.request(
+            "PUT",
+            &format!("/v2/r/manifests/{d}"),
+            &[("Content-Type", OCI_MANIFEST)],
+            &m,
+        );
+        assert_eq!(r.status, 201);
+        assert_eq!(r.header("OCI-Subject"), Some(subject.as_str()));
+        refs.push(d);
+    }
+    let all = c.get(&format!("/v2/r/referrers/{subject}"));
+    assert_eq!(all.status, 200);
+    assert_eq!(
+        all.header("Content-Type"),
+        Some("application/vnd.oci.image.index.v1+json")
+    );
+    assert_eq!(all.json()["manifests"].as_array().unwrap().len(), 2);
+    let f = c.get(&format!(
+        "/v2/r/referrers/{subject}?artifactType=application%2Fvnd.example.sbom"
+    ));
+    assert_eq!(f.header("OCI-Filters-Applied"), Some("artifactType"));
+    let m = f.json()["manifests"].as_array().unwrap().clone();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0]["digest"], refs[1].as_str());
+    assert_eq!(m[0]["annotations"]["n"], "1");
+    // Deleting a referrer removes it from the index; unknown subjects give an empty index, not 404.
+    c.request("DELETE", &format!("/v2/r/manifests/{}", refs[0]), &[], b"");
+    assert_eq!(
+        c.get(&format!("/v2/r/referrers/{subject}")).json()["manifests"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let none = c.get(&format!("/v2/r/referrers/{MISSING}"));
+    assert_eq!(
+        (
+            none.status,
+            none.json()["manifests"].as_array().unwrap().len()
+        ),
+        (200, 0)
+    );
+    assert_eq!(
+        c.get("/v2/r/referrers/sha256:zz").error_code(),
+        "DIGEST_INVALID"
+    );
+}
+
+fn tags_and_catalog_pagination(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    for repo in ["zeta", "alpha/one", "alpha/two"] {
+        for tag in ["v3", "v1", "v2"] {
+            push_image(&mut c, repo, tag, b"l");
+        }
+    }
+    let all = c.get("/v2/alpha/one/tags/list").json();
+    assert_eq!(
+        all,
+        serde_json::json!({"name": "alpha/one", "tags": ["v1", "v2", "v3"]})
+    );
+    let p1 = c.get("/v2/alpha/one/tags/list?n=2");
+    assert_eq!(p1.json()["tags"], serde_json::json!(["v1", "v2"]));
+    assert_eq!(
+        p1.header("Link"),
+        Some("</v2/alpha/one/tags/list?n=2&last=v2>; rel=\"next\"")
+    );
+    let p2 = c.get("/v2/alpha/one/tags/list?n=2&last=v2");
+    assert_eq!(p2.json()["tags"], serde_json::json!(["v3"]));
+    assert!(p2.header("Link").is_none());
+    assert_eq!(c.get("/v2/nothing/tags/list").error_code(), "NAME_UNKNOWN");
+    let cat = c.get("/v2/_catalog").json();
+    assert_eq!(
+        cat["repositories"],
+        serde_json::json!(["alpha/one", "alpha/two", "zeta"])
+    );
+    let p = c.get("/v2/_catalog?n=1&last=alpha%2Fone");
+    assert_eq!(p.json()["repositories"], serde_json::json!(["alpha/two"]));
+    assert_eq!(
+        p.header("Link"),
+        Some("</v2/_catalog?n=1&last=alpha%2Ftwo>; rel=\"next\"")
+    );
+    assert_eq!(c.get("/v2/_catalog?n=x").status, 400);
+}
+
+fn wrong_methods_are_405(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    assert_eq!(c.request("POST", "/v2/a/manifests/x", &[], b"").status, 405);
+    assert_eq!(c.request("PUT", "/v2/_catalog", &[], b"").status, 405);
+    assert_eq!(c.request("OPTIONS", "/v2/", &[], b"").status, 405);
+}
+
+on_both_drivers!(
+    api_version_header,
+    blob_get_head_range_and_isolation,
+    monolithic_upload_with_wrong_digest_is_digest_invalid,
+    chunked_upload_session,
+    upload_completion_with_wrong_digest_removes_data,
+    upload_cancel_and_unknown_ids,
+    sha512_uploads_and_digest_algorithm_hint,
+    cross_repository_mount,
+    manifests_by_tag_and_digest,
+    manifest_validation_errors,
+    referrers_with_filter,
+    tags_and_catalog_pagination,
+    wrong_methods_are_405,
+);
