@@ -5,10 +5,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`: listener, threads, HTTP limits.
@@ -20,7 +20,7 @@ pub struct Config {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on. Default `"127.0.0.1"`.
@@ -33,7 +33,7 @@ pub struct ServerConfig {
     /// The environment variable `WHARF_IO_DRIVER` overrides it.
     pub io_driver: IoDriver,
     /// How long in-flight requests may run after SIGTERM/SIGINT. Default `"30s"`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
     /// Listen backlog per listener. Default `1024`.
     pub backlog: i32,
@@ -56,7 +56,7 @@ impl Default for ServerConfig {
 }
 
 /// Which monoio driver the workers run.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum IoDriver {
     Auto,
@@ -65,7 +65,7 @@ pub enum IoDriver {
 }
 
 /// `[server.http]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Largest request head (request line and headers); larger answers 431. Default `16384`.
@@ -73,13 +73,13 @@ pub struct HttpConfig {
     /// Longest request target; longer answers 414. Default `8192`.
     pub max_target_size: usize,
     /// Time for a whole request head to arrive once it has started (and for the first on a new connection); 408 after. Default `"10s"`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub head_timeout: Duration,
     /// Idle keep-alive time between requests before the connection is closed. Default `"60s"`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub keep_alive_timeout: Duration,
     /// Longest stall while reading a body or writing a response. Default `"60s"`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub body_timeout: Duration,
 }
 
@@ -109,7 +109,7 @@ impl HttpConfig {
 }
 
 /// `[storage]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Filesystem root; a relative path is taken from the config file's directory
@@ -126,7 +126,7 @@ impl Default for StorageConfig {
 }
 
 /// `[global]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GlobalConfig {
     /// Largest manifest accepted; larger answers 413. Default `4194304` (4 MiB).
@@ -178,6 +178,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     Ok(d)
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    if d.subsec_millis() != 0 {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    } else {
+        s.serialize_str(&format!("{}s", d.as_secs()))
+    }
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -319,6 +327,42 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.server.http.head_timeout, Duration::from_millis(250));
+    }
+
+    /// Every key the schema has, as `section.sub.key`.
+    fn all_keys() -> Vec<String> {
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    if v.is_table() { walk(&key, v, out) } else { out.push(key) }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &toml::Value::try_from(Config::default()).unwrap(), &mut out);
+        out
+    }
+
+    #[test]
+    fn configuration_doc_lists_every_key_with_its_default() {
+        let doc = include_str!("../docs/configuration.md");
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        for key in all_keys() {
+            let value = key.split('.').fold(&defaults, |v, k| &v[k]);
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{key}`"));
+            assert!(row.contains(&format!("`{value}`")), "docs/configuration.md: `{key}` default should read `{value}`: {row}");
+        }
+    }
+
+    #[test]
+    fn defaults_serialize_and_parse_back() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        let back = Config::parse_str(&text).unwrap();
+        assert_eq!(back.server.http.body_timeout, Duration::from_secs(60));
     }
 
     #[test]

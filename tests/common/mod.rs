@@ -2,6 +2,8 @@
 //! raw HTTP/1.1 client so tests can send exactly the bytes they mean (smuggling, limits, pipelining).
 #![allow(dead_code)]
 
+pub mod layout;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

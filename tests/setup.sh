@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs every tool the test suite uses, on a fresh Debian machine (idempotent, fast when done):
+#   skopeo        Debian package
+#   crane         go-containerregistry, built with `go install` from the Go module proxy
+#   conformance   the OCI distribution-spec conformance suite, same way (pinned below)
+# Go tools land in target/tools/bin, where the tests look first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CRANE_VERSION=v0.22.1
+# The conformance module has no release tags; this is its newest pseudo-version (2026-08-31).
+CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_packages=()
+command -v skopeo >/dev/null || apt_packages+=(skopeo)
+command -v tar >/dev/null || apt_packages+=(tar)
+command -v gzip >/dev/null || apt_packages+=(gzip)
+command -v go >/dev/null || apt_packages+=(golang-go)
+command -v cargo >/dev/null || apt_packages+=(cargo)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${apt_packages[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+
+bin="$PWD/target/tools/bin"
+mkdir -p "$bin"
+stamp="$bin/.versions"
+want="crane=$CRANE_VERSION conformance=$CONFORMANCE_VERSION"
+if [ ! -x "$bin/crane" ] || [ ! -x "$bin/conformance" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: go install crane@$CRANE_VERSION conformance@$CONFORMANCE_VERSION"
+  GOBIN="$bin" GOFLAGS=-buildvcs=false go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
+  GOBIN="$bin" GOFLAGS=-buildvcs=false go install "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
+  echo "$want" > "$stamp"
+fi
+
+for t in skopeo "$bin/crane" "$bin/conformance"; do
+  command -v "$t" >/dev/null || { echo "setup: $t is missing after installation" >&2; exit 1; }
+done
+echo "setup: skopeo $(skopeo --version | awk '{print $3}'), crane $CRANE_VERSION, conformance $CONFORMANCE_VERSION"
