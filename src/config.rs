@@ -334,13 +334,25 @@ mod tests {
         fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
             if let toml::Value::Table(t) = v {
                 for (k, v) in t {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    if v.is_table() { walk(&key, v, out) } else { out.push(key) }
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    if v.is_table() {
+                        walk(&key, v, out)
+                    } else {
+                        out.push(key)
+                    }
                 }
             }
         }
         let mut out = Vec::new();
-        walk("", &toml::Value::try_from(Config::default()).unwrap(), &mut out);
+        walk(
+            "",
+            &toml::Value::try_from(Config::default()).unwrap(),
+            &mut out,
+        );
         out
     }
 
@@ -354,7 +366,10 @@ mod tests {
                 .lines()
                 .find(|l| l.starts_with(&format!("| `{key}` |")))
                 .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{key}`"));
-            assert!(row.contains(&format!("`{value}`")), "docs/configuration.md: `{key}` default should read `{value}`: {row}");
+            assert!(
+                row.contains(&format!("`{value}`")),
+                "docs/configuration.md: `{key}` default should read `{value}`: {row}"
+            );
         }
     }
 

@@ -33,8 +33,15 @@ fn same_blob_and_tag_from_32_connections(driver: &str) {
                 // Each client pushes its own manifest to the same tag.
                 let mut m = image_manifest(&cd, cfg.len(), &[(&ld, layer.len())]);
                 m.truncate(m.len() - 1);
-                m.extend_from_slice(format!(",\"annotations\":{{\"client\":\"{i}\"}}}}").as_bytes());
-                let r = c.request("PUT", "/v2/race/manifests/latest", &[("Content-Type", OCI_MANIFEST)], &m);
+                m.extend_from_slice(
+                    format!(",\"annotations\":{{\"client\":\"{i}\"}}}}").as_bytes(),
+                );
+                let r = c.request(
+                    "PUT",
+                    "/v2/race/manifests/latest",
+                    &[("Content-Type", OCI_MANIFEST)],
+                    &m,
+                );
                 assert_eq!(r.status, 201);
                 sha256(&m)
             })
@@ -43,34 +50,62 @@ fn same_blob_and_tag_from_32_connections(driver: &str) {
     let pushed: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let mut c = s.client();
     let ld = sha256(&layer);
-    assert_eq!(std::fs::read(blob_file(&s, &ld)).unwrap(), layer, "one intact blob");
+    assert_eq!(
+        std::fs::read(blob_file(&s, &ld)).unwrap(),
+        layer,
+        "one intact blob"
+    );
     let tagged = c.get("/v2/race/manifests/latest");
     assert_eq!(tagged.status, 200);
     let td = sha256(&tagged.body);
-    assert!(pushed.contains(&td), "the tag points at one of the pushed manifests");
+    assert!(
+        pushed.contains(&td),
+        "the tag points at one of the pushed manifests"
+    );
     assert_eq!(tagged.header("Docker-Content-Digest"), Some(td.as_str()));
     assert!(temp_files(&s).is_empty());
-    let tags = std::fs::read_dir(s.root().join("repositories/race/_manifests/tags")).unwrap().count();
+    let tags = std::fs::read_dir(s.root().join("repositories/race/_manifests/tags"))
+        .unwrap()
+        .count();
     assert_eq!(tags, 1, "no temp files left beside the tag");
 }
 
 fn racing_patches_on_one_upload_never_corrupt(driver: &str) {
     let s = Server::start(driver);
     let mut c = s.client();
-    let loc = c.request("POST", "/v2/same/blobs/uploads/", &[], b"").header("Location").unwrap().to_owned();
+    let loc = c
+        .request("POST", "/v2/same/blobs/uploads/", &[], b"")
+        .header("Location")
+        .unwrap()
+        .to_owned();
     // 16 clients try to append the same first chunk at offset 0: exactly one wins, the rest get 416.
     let chunk = vec![9u8; 200_000];
     let threads: Vec<_> = (0..16)
         .map(|_| {
             let (addr, loc, chunk) = (s.addr, loc.clone(), chunk.clone());
-            std::thread::spawn(move || Client::connect(addr).request("PATCH", &loc, &[("Content-Range", "0-199999")], &chunk).status)
+            std::thread::spawn(move || {
+                Client::connect(addr)
+                    .request("PATCH", &loc, &[("Content-Range", "0-199999")], &chunk)
+                    .status
+            })
         })
         .collect();
     let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert_eq!(statuses.iter().filter(|&&st| st == 202).count(), 1, "{statuses:?}");
-    assert!(statuses.iter().all(|&st| st == 202 || st == 416), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&st| st == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|&st| st == 202 || st == 416),
+        "{statuses:?}"
+    );
     let d = sha256(&chunk);
-    assert_eq!(c.request("PUT", &format!("{loc}?digest={d}"), &[], b"").status, 201);
+    assert_eq!(
+        c.request("PUT", &format!("{loc}?digest={d}"), &[], b"")
+            .status,
+        201
+    );
     assert_eq!(c.get(&format!("/v2/same/blobs/{d}")).body, chunk);
 }
 
@@ -80,7 +115,13 @@ fn client_vanishing_mid_upload_leaves_nothing_visible(driver: &str) {
     let d = sha256(&data);
     {
         let mut c = s.client();
-        c.send_raw(format!("POST /v2/gone/blobs/uploads/?digest={d} HTTP/1.1\r\nContent-Length: {}\r\n\r\n", data.len()).as_bytes());
+        c.send_raw(
+            format!(
+                "POST /v2/gone/blobs/uploads/?digest={d} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                data.len()
+            )
+            .as_bytes(),
+        );
         c.send_raw(&data[..200_000]);
         std::thread::sleep(Duration::from_millis(100));
     } // connection dropped
@@ -88,12 +129,26 @@ fn client_vanishing_mid_upload_leaves_nothing_visible(driver: &str) {
     let mut c = s.client();
     assert_eq!(c.get(&format!("/v2/gone/blobs/{d}")).status, 404);
     assert!(!blob_file(&s, &d).exists());
-    assert!(temp_files(&s).is_empty(), "partial data removed: {:?}", temp_files(&s));
+    assert!(
+        temp_files(&s).is_empty(),
+        "partial data removed: {:?}",
+        temp_files(&s)
+    );
     // A vanished PATCH leaves the session consistent: status reports what was stored, and it completes.
-    let loc = c.request("POST", "/v2/gone/blobs/uploads/", &[], b"").header("Location").unwrap().to_owned();
+    let loc = c
+        .request("POST", "/v2/gone/blobs/uploads/", &[], b"")
+        .header("Location")
+        .unwrap()
+        .to_owned();
     {
         let mut p = s.client();
-        p.send_raw(format!("PATCH {loc} HTTP/1.1\r\nContent-Length: {}\r\n\r\n", data.len()).as_bytes());
+        p.send_raw(
+            format!(
+                "PATCH {loc} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                data.len()
+            )
+            .as_bytes(),
+        );
         p.send_raw(&data[..100_000]);
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -102,9 +157,18 @@ fn client_vanishing_mid_upload_leaves_nothing_visible(driver: &str) {
     let end: usize = st.header("Range").unwrap()[2..].parse().unwrap();
     let have = end + 1;
     assert!(have <= 100_000, "{have}");
-    let r = c.request("PATCH", &loc, &[("Content-Range", &format!("{have}-{}", data.len() - 1))], &data[have..]);
+    let r = c.request(
+        "PATCH",
+        &loc,
+        &[("Content-Range", &format!("{have}-{}", data.len() - 1))],
+        &data[have..],
+    );
     assert_eq!(r.status, 202);
-    assert_eq!(c.request("PUT", &format!("{loc}?digest={d}"), &[], b"").status, 201);
+    assert_eq!(
+        c.request("PUT", &format!("{loc}?digest={d}"), &[], b"")
+            .status,
+        201
+    );
     assert_eq!(c.get(&format!("/v2/gone/blobs/{d}")).body, data);
 }
 
@@ -114,8 +178,21 @@ fn upload_session_survives_kill_9(driver: &str) {
     let d = sha256(&data);
     let loc = {
         let mut c = s.client();
-        let loc = c.request("POST", "/v2/resume/blobs/uploads/", &[], b"").header("Location").unwrap().to_owned();
-        assert_eq!(c.request("PATCH", &loc, &[("Content-Range", "0-249999")], &data[..250_000]).status, 202);
+        let loc = c
+            .request("POST", "/v2/resume/blobs/uploads/", &[], b"")
+            .header("Location")
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            c.request(
+                "PATCH",
+                &loc,
+                &[("Content-Range", "0-249999")],
+                &data[..250_000]
+            )
+            .status,
+            202
+        );
         push_image(&mut c, "resume", "kept", b"committed before the crash");
         loc
     };
@@ -123,7 +200,12 @@ fn upload_session_survives_kill_9(driver: &str) {
     let mut c = s.client();
     let st = c.get(&loc);
     assert_eq!((st.status, st.header("Range")), (204, Some("0-249999")));
-    let r = c.request("PUT", &format!("{loc}?digest={d}"), &[("Content-Range", "250000-399999")], &data[250_000..]);
+    let r = c.request(
+        "PUT",
+        &format!("{loc}?digest={d}"),
+        &[("Content-Range", "250000-399999")],
+        &data[250_000..],
+    );
     assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(c.get(&format!("/v2/resume/blobs/{d}")).body, data);
     assert_eq!(c.get("/v2/resume/manifests/kept").status, 200);

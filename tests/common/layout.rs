@@ -31,7 +31,10 @@ impl Layout {
     pub fn new(dir: &Path) -> Layout {
         std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        Layout { dir: dir.to_path_buf(), index: Vec::new() }
+        Layout {
+            dir: dir.to_path_buf(),
+            index: Vec::new(),
+        }
     }
 
     pub fn blob_path(&self, digest: &str) -> PathBuf {
@@ -41,7 +44,12 @@ impl Layout {
     pub fn add_blob(&self, data: &[u8], media_type: &str) -> Blob {
         let digest = sha256(data);
         std::fs::write(self.blob_path(&digest), data).unwrap();
-        Blob { diff_id: digest.clone(), digest, size: data.len(), media_type: media_type.into() }
+        Blob {
+            diff_id: digest.clone(),
+            digest,
+            size: data.len(),
+            media_type: media_type.into(),
+        }
     }
 
     /// A real gzip-compressed tar layer holding one file of `size` pseudo-random bytes.
@@ -69,9 +77,20 @@ impl Layout {
             .success();
         assert!(ok, "tar failed");
         let diff_id = sha256(&std::fs::read(&tar).unwrap());
-        assert!(Command::new("gzip").arg("-n").arg(&tar).status().unwrap().success(), "gzip failed");
+        assert!(
+            Command::new("gzip")
+                .arg("-n")
+                .arg(&tar)
+                .status()
+                .unwrap()
+                .success(),
+            "gzip failed"
+        );
         let gz = std::fs::read(work.path().join("layer.tar.gz")).unwrap();
-        Blob { diff_id, ..self.add_blob(&gz, "application/vnd.oci.image.layer.v1.tar+gzip") }
+        Blob {
+            diff_id,
+            ..self.add_blob(&gz, "application/vnd.oci.image.layer.v1.tar+gzip")
+        }
     }
 
     /// An image manifest over `layers` for one platform; returns the manifest blob.
@@ -82,14 +101,20 @@ impl Layout {
             "config": {"Env": ["PATH=/usr/bin"]},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
-        let config = self.add_blob(&serde_json::to_vec(&config).unwrap(), "application/vnd.oci.image.config.v1+json");
+        let config = self.add_blob(
+            &serde_json::to_vec(&config).unwrap(),
+            "application/vnd.oci.image.config.v1+json",
+        );
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": config.descriptor(),
             "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
         });
-        self.add_blob(&serde_json::to_vec(&manifest).unwrap(), "application/vnd.oci.image.manifest.v1+json")
+        self.add_blob(
+            &serde_json::to_vec(&manifest).unwrap(),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
     }
 
     /// An image index over `(manifest, arch)` pairs.
@@ -107,7 +132,10 @@ impl Layout {
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": manifests,
         });
-        self.add_blob(&serde_json::to_vec(&index).unwrap(), "application/vnd.oci.image.index.v1+json")
+        self.add_blob(
+            &serde_json::to_vec(&index).unwrap(),
+            "application/vnd.oci.image.index.v1+json",
+        )
     }
 
     /// Reference `blob` from `index.json` under `tag`.
@@ -116,6 +144,10 @@ impl Layout {
         d["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
         self.index.push(d);
         let index = serde_json::json!({"schemaVersion": 2, "manifests": self.index});
-        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
     }
 }
