@@ -79,6 +79,27 @@ fn slow_head_gets_408(driver: &str) {
     let r = c.read_response(false);
     assert_eq!(r.status, 408);
     assert!(c.is_closed());
+    // The server stays healthy afterwards (and its log, checked on drop, shows no panic).
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..8 {
+        assert_eq!(s.client().get("/v2/").status, 200);
+    }
+}
+
+fn stalled_body_gets_408_and_nothing_is_stored(driver: &str) {
+    let s = Server::start_with(driver, "[server.http]\nbody_timeout = \"300ms\"\n");
+    let mut c = s.client();
+    let d = sha256(b"0123456789");
+    c.send_raw(
+        format!(
+            "POST /v2/st/blobs/uploads/?digest={d} HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234"
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response(false);
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.closes());
+    assert_eq!(s.client().get(&format!("/v2/st/blobs/{d}")).status, 404);
 }
 
 fn idle_keep_alive_connection_is_closed(driver: &str) {
@@ -225,6 +246,7 @@ on_both_drivers!(
     limits_are_configurable,
     slow_head_gets_408,
     idle_keep_alive_connection_is_closed,
+    stalled_body_gets_408_and_nothing_is_stored,
     keep_alive_and_pipelining,
     http10_closes_and_connection_close_is_honoured,
     chunked_upload_body_is_decoded,

@@ -46,6 +46,8 @@ pub struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
     pos: usize,
+    /// Capacity of `buf` (it is re-created if a cancelled read took it).
+    cap: usize,
     limits: Rc<Limits>,
     /// Whether the socket is plain TCP (zero-copy file sending allowed).
     plain: bool,
@@ -57,6 +59,7 @@ impl Conn {
         Conn {
             stream,
             buf: Vec::with_capacity(cap),
+            cap,
             pos: 0,
             limits,
             plain: true,
@@ -69,6 +72,11 @@ impl Conn {
 
     /// Read more input, waiting at most `wait`. Returns the number of bytes read.
     async fn fill(&mut self, wait: Duration) -> Result<usize, ConnError> {
+        if self.buf.capacity() == 0 {
+            // A timed-out read kept the old buffer; nothing in it was ours any more.
+            self.buf = Vec::with_capacity(self.cap);
+            self.pos = 0;
+        }
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;

@@ -9,6 +9,7 @@ mod uploads;
 
 use std::sync::Arc;
 
+use crate::http::conn::ConnError;
 use crate::http::{Body, BodyError, RequestHead, Response};
 use crate::oci::{ErrorCode, OciError};
 use crate::storage::{Storage, StoreError};
@@ -180,6 +181,11 @@ impl From<BodyError> for OciError {
                 ErrorCode::BlobUploadInvalid,
                 format!("malformed chunked body: {c}"),
             ),
+            BodyError::Conn(ConnError::Timeout) => OciError::new(
+                ErrorCode::BlobUploadInvalid,
+                "request body stalled past server.http.body_timeout",
+            )
+            .with_status(408),
             BodyError::Conn(c) => {
                 OciError::new(ErrorCode::BlobUploadInvalid, format!("request body: {c}"))
             }

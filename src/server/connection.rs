@@ -1,9 +1,14 @@
 //! The request loop of one connection: head → route/handle → response, with keep-alive,
 //! pipelining, draining or closing after unread bodies, and one access-log line per request.
 
+use std::any::Any;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use monoio::net::TcpStream;
@@ -16,8 +21,44 @@ use crate::http::{Conn, Method, Response};
 /// Unread body bytes we are willing to discard to keep a connection alive.
 const DRAIN_LIMIT: u64 = 256 * 1024;
 
+/// Serve one connection; a panic in it is logged and ends only this connection, never the worker.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown: Rc<Shutdown>) {
     let _tracked = shutdown.track();
+    if let Err(panic) = (CatchUnwind {
+        inner: requests(stream, peer, app, &shutdown),
+    })
+    .await
+    {
+        let what = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+        tracing::error!(
+            "connection from {peer} aborted by an internal error: {}",
+            what.unwrap_or("panic")
+        );
+    }
+}
+
+/// Polls a future inside `catch_unwind`.
+struct CatchUnwind<F> {
+    inner: F,
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `inner` is structurally pinned; it is never moved out of `self`.
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.inner) };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+async fn requests(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown: &Shutdown) {
     let mut conn = Conn::new(stream, Rc::new(app.limits.clone()));
     let mut first = true;
     loop {

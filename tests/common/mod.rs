@@ -136,6 +136,11 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Every test doubles as a check that nothing in the server panicked.
+        let log = self.log();
+        if !std::thread::panicking() && log.contains("panicked") {
+            panic!("wharf panicked during the test:\n{log}");
+        }
     }
 }
 
