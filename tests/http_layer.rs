@@ -160,6 +160,56 @@ fn chunked_upload_body_is_decoded(driver: &str) {
     assert_eq!(c.get(&format!("/v2/c/blobs/{d}")).body, data);
 }
 
+fn large_chunked_body_with_ragged_chunks_is_reassembled(driver: &str) {
+    // Chunk sizes from 1 byte to 200 KiB, sent in irregular writes: exercises block assembly,
+    // in-place removal of chunk framing and the buffer-full slide.
+    let s = Server::start(driver);
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut rand = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let mut wire = Vec::new();
+    let mut off = 0;
+    while off < data.len() {
+        let n = (1 + rand(200_000) as usize).min(data.len() - off);
+        let n = if rand(4) == 0 {
+            1 + rand(16) as usize
+        } else {
+            n
+        }
+        .min(data.len() - off);
+        wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        wire.extend_from_slice(&data[off..off + n]);
+        wire.extend_from_slice(b"\r\n");
+        off += n;
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    let d = sha256(&data);
+    let mut c = s.client();
+    c.send_raw(
+        format!(
+            "POST /v2/rag/blobs/uploads/?digest={d} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let mut sent = 0;
+    while sent < wire.len() {
+        let n = (1 + rand(150_000) as usize).min(wire.len() - sent);
+        c.send_raw(&wire[sent..sent + n]);
+        sent += n;
+    }
+    let r = c.read_response(false);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // The same connection keeps working (nothing of the body is taken for the next request).
+    assert_eq!(c.get(&format!("/v2/rag/blobs/{d}")).body, data);
+}
+
 fn malformed_chunked_body_is_rejected_and_closed(driver: &str) {
     let s = Server::start(driver);
     let mut c = s.client();
@@ -251,6 +301,7 @@ on_both_drivers!(
     http10_closes_and_connection_close_is_honoured,
     chunked_upload_body_is_decoded,
     malformed_chunked_body_is_rejected_and_closed,
+    large_chunked_body_with_ragged_chunks_is_reassembled,
     expect_100_continue,
     graceful_shutdown_finishes_in_flight_upload,
 );

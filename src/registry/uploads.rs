@@ -89,7 +89,7 @@ impl Registry {
         if max > 0 && body.declared_len().is_some_and(|n| w.offset() + n > max) {
             return Err(too_big());
         }
-        while let Some(r) = body.next().await? {
+        while let Some(r) = body.next_block().await? {
             if max > 0 && w.offset() + r.len() as u64 > max {
                 return Err(too_big());
             }

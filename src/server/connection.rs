@@ -102,6 +102,7 @@ async fn requests(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown: 
         let status = resp.status;
         let head_only = head.method == Method::Head;
         let bytes = if head_only { 0 } else { resp.payload.len() };
+        conn.shrink();
         let sent = conn.send(resp, head_only, close).await;
         tracing::info!(
             target: "wharf::access",
