@@ -100,6 +100,16 @@ fn stalled_body_gets_408_and_nothing_is_stored(driver: &str) {
     assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.closes());
     assert_eq!(s.client().get(&format!("/v2/st/blobs/{d}")).status, 404);
+    // A stalled PATCH keeps the bytes that arrived before the stall, ready to resume.
+    let mut c = s.client();
+    let loc = c
+        .request("POST", "/v2/st/blobs/uploads/", &[], b"")
+        .header("Location")
+        .unwrap()
+        .to_owned();
+    c.send_raw(format!("PATCH {loc} HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234").as_bytes());
+    assert_eq!(c.read_response(false).status, 408);
+    assert_eq!(s.client().get(&loc).header("Range"), Some("0-4"));
 }
 
 fn idle_keep_alive_connection_is_closed(driver: &str) {

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use super::chunked::{ChunkError, ChunkedDecoder};
@@ -82,11 +82,6 @@ impl Conn {
 
     /// Read more input, waiting at most `wait`. Returns the number of bytes read.
     async fn fill(&mut self, wait: Duration) -> Result<usize, ConnError> {
-        if self.buf.capacity() == 0 {
-            // A timed-out read kept the old buffer; nothing in it was ours any more.
-            self.buf = Vec::with_capacity(self.cap);
-            self.pos = 0;
-        }
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -102,19 +97,31 @@ impl Conn {
         let buf = std::mem::take(&mut self.buf);
         let (len, cap) = (buf.len(), buf.capacity());
         debug_assert!(len < cap, "fill called on a full buffer");
-        match monoio::time::timeout(wait, self.stream.read(buf.slice_mut(len..cap))).await {
-            Ok((res, slice)) => {
-                self.buf = slice.into_inner();
-                match res? {
-                    0 => Err(ConnError::Eof),
-                    n => Ok(n),
-                }
+        // On timeout the read is cancelled and then awaited, so the buffer (and anything that
+        // arrived meanwhile) always comes back.
+        let canceller = Canceller::new();
+        let mut read = std::pin::pin!(
+            self.stream
+                .cancelable_read(buf.slice_mut(len..cap), canceller.handle())
+        );
+        let finished = monoio::select! {
+            r = &mut read => Some(r),
+            _ = monoio::time::sleep(wait) => None,
+        };
+        let timed_out = finished.is_none();
+        let (res, slice) = match finished {
+            Some(r) => r,
+            None => {
+                canceller.cancel();
+                read.await
             }
-            // The buffer went with the cancelled read (and any unread input in it); the caller closes.
-            Err(_) => {
-                self.pos = 0;
-                Err(ConnError::Timeout)
-            }
+        };
+        self.buf = slice.into_inner();
+        match res {
+            Ok(0) => Err(ConnError::Eof),
+            Ok(n) => Ok(n),
+            Err(_) if timed_out => Err(ConnError::Timeout),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -505,8 +512,7 @@ impl Body<'_> {
                 }
             }
             if let Err(e) = self.conn.read_more(stall).await {
-                // A timed-out read keeps the buffer, and the block with it: nothing to deliver.
-                if end == start || matches!(e, ConnError::Timeout) {
+                if end == start {
                     return Err(e.into());
                 }
                 // Deliver what arrived (an upload keeps it for resuming), then report the error.
