@@ -16,14 +16,29 @@ pub async fn fsync(f: std::fs::File) -> io::Result<()> {
     f.sync_all().await
 }
 
-/// Create `dir` and its parents; when `durable`, fsync the parent of `dir` so the new entry survives a crash.
+/// Create `dir` and any missing parents, fsyncing the parent of each directory created so the
+/// new entries survive a crash. Concurrent creators are fine.
 pub async fn ensure_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir)?;
-    if let Some(parent) = dir.parent() {
-        fsync_path(parent).await?;
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.is_dir() {
+        missing.push(cur);
+        cur = cur
+            .parent()
+            .ok_or_else(|| io::Error::other("no existing ancestor"))?;
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = d.parent() {
+            fsync_path(parent).await?;
+        }
     }
     Ok(())
 }
