@@ -47,6 +47,18 @@ pub enum ChunkError {
     TooLong,
 }
 
+/// What one framing byte did.
+enum Byte {
+    /// The byte belonged to the framing.
+    Consumed,
+    /// The state changed; look at the same byte again.
+    Again,
+    /// The byte ended the body.
+    Finished,
+    /// The body had already ended; the byte belongs to what follows.
+    AfterEnd,
+}
+
 /// Result of one decoding step.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Step {
@@ -91,116 +103,129 @@ impl ChunkedDecoder {
     pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkError> {
         let mut i = 0;
         while i < input.len() {
-            let b = input[i];
-            match self.state {
-                State::Data(left) => {
-                    let n = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - n as u64;
-                    self.state = if left == 0 {
-                        State::DataCr
-                    } else {
-                        State::Data(left)
-                    };
-                    return Ok(Step {
-                        consumed: i + n,
-                        data: Some(i..i + n),
-                    });
-                }
-                State::Size => {
-                    if let Some(d) = hex_value(b) {
-                        if self.digits >= 16 {
-                            return Err(ChunkError::SizeOverflow);
-                        }
-                        self.size = (self.size << 4) | u64::from(d);
-                        self.digits += 1;
-                    } else if self.digits == 0 {
-                        return Err(ChunkError::BadSize);
-                    } else {
-                        self.state = State::Extension;
-                        continue; // re-examine this byte as extension
-                    }
-                }
-                State::Extension => match b {
-                    b'\r' => self.state = State::SizeLf,
-                    b'\n' => return Err(ChunkError::BadSize),
-                    _ => {
-                        self.side_bytes += 1;
-                        if self.side_bytes > MAX_EXTENSION {
-                            return Err(ChunkError::TooLong);
-                        }
-                        if self.side_bytes == 1 && !matches!(b, b';' | b' ' | b'\t') {
-                            return Err(ChunkError::BadSize);
-                        }
-                    }
-                },
-                State::SizeLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError::BadSize);
-                    }
-                    self.side_bytes = 0;
-                    self.digits = 0;
-                    self.state = if self.size == 0 {
-                        State::TrailerStart
-                    } else {
-                        State::Data(self.size)
-                    };
-                    self.size = 0;
-                }
-                State::DataCr => {
-                    if b != b'\r' {
-                        return Err(ChunkError::BadDataEnd);
-                    }
-                    self.state = State::DataLf;
-                }
-                State::DataLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError::BadDataEnd);
-                    }
-                    self.state = State::Size;
-                }
-                State::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        State::FinalLf
-                    } else {
-                        State::TrailerLine
-                    };
-                    self.count_trailer()?;
-                }
-                State::TrailerLine => {
-                    if b == b'\r' {
-                        self.state = State::TrailerLf;
-                    }
-                    self.count_trailer()?;
-                }
-                State::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError::BadSize);
-                    }
-                    self.state = State::TrailerStart;
-                }
-                State::FinalLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError::BadSize);
-                    }
-                    self.state = State::Done;
+            if let State::Data(left) = self.state {
+                // Hot path: a run of chunk data, returned in place.
+                let n = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                let left = left - n as u64;
+                self.state = if left == 0 {
+                    State::DataCr
+                } else {
+                    State::Data(left)
+                };
+                return Ok(Step {
+                    consumed: i + n,
+                    data: Some(i..i + n),
+                });
+            }
+            match self.framing_byte(input[i])? {
+                Byte::Consumed => i += 1,
+                Byte::Again => {}
+                Byte::Finished => {
                     return Ok(Step {
                         consumed: i + 1,
                         data: None,
                     });
                 }
-                State::Done => {
+                Byte::AfterEnd => {
                     return Ok(Step {
                         consumed: i,
                         data: None,
                     });
                 }
             }
-            i += 1;
         }
         Ok(Step {
             consumed: i,
             data: None,
         })
+    }
+
+    /// One transition of the framing grammar (every state but `Data`).
+    fn framing_byte(&mut self, b: u8) -> Result<Byte, ChunkError> {
+        match self.state {
+            State::Data(_) => unreachable!("step handles data runs before framing"),
+            State::Size => {
+                if let Some(d) = hex_value(b) {
+                    if self.digits >= 16 {
+                        return Err(ChunkError::SizeOverflow);
+                    }
+                    self.size = (self.size << 4) | u64::from(d);
+                    self.digits += 1;
+                } else if self.digits == 0 {
+                    return Err(ChunkError::BadSize);
+                } else {
+                    self.state = State::Extension;
+                    return Ok(Byte::Again);
+                }
+            }
+            State::Extension => match b {
+                b'\r' => self.state = State::SizeLf,
+                b'\n' => return Err(ChunkError::BadSize),
+                _ => {
+                    self.side_bytes += 1;
+                    if self.side_bytes > MAX_EXTENSION {
+                        return Err(ChunkError::TooLong);
+                    }
+                    if self.side_bytes == 1 && !matches!(b, b';' | b' ' | b'\t') {
+                        return Err(ChunkError::BadSize);
+                    }
+                }
+            },
+            State::SizeLf => {
+                if b != b'\n' {
+                    return Err(ChunkError::BadSize);
+                }
+                self.side_bytes = 0;
+                self.digits = 0;
+                self.state = if self.size == 0 {
+                    State::TrailerStart
+                } else {
+                    State::Data(self.size)
+                };
+                self.size = 0;
+            }
+            State::DataCr => {
+                if b != b'\r' {
+                    return Err(ChunkError::BadDataEnd);
+                }
+                self.state = State::DataLf;
+            }
+            State::DataLf => {
+                if b != b'\n' {
+                    return Err(ChunkError::BadDataEnd);
+                }
+                self.state = State::Size;
+            }
+            State::TrailerStart => {
+                self.state = if b == b'\r' {
+                    State::FinalLf
+                } else {
+                    State::TrailerLine
+                };
+                self.count_trailer()?;
+            }
+            State::TrailerLine => {
+                if b == b'\r' {
+                    self.state = State::TrailerLf;
+                }
+                self.count_trailer()?;
+            }
+            State::TrailerLf => {
+                if b != b'\n' {
+                    return Err(ChunkError::BadSize);
+                }
+                self.state = State::TrailerStart;
+            }
+            State::FinalLf => {
+                if b != b'\n' {
+                    return Err(ChunkError::BadSize);
+                }
+                self.state = State::Done;
+                return Ok(Byte::Finished);
+            }
+            State::Done => return Ok(Byte::AfterEnd),
+        }
+        Ok(Byte::Consumed)
     }
 
     fn count_trailer(&mut self) -> Result<(), ChunkError> {

@@ -201,6 +201,21 @@ impl Conn {
         self.pos = 0;
     }
 
+    /// Make room to read more while a block ending at `end` is assembled: slide unparsed input
+    /// down onto the block. False if the buffer is still full.
+    fn make_room(&mut self, end: usize) -> bool {
+        let (pos, len) = (self.pos, self.buf.len());
+        if len < self.buf.capacity() {
+            return true;
+        }
+        if pos > end {
+            self.buf.copy_within(pos..len, end);
+            self.buf.truncate(end + (len - pos));
+            self.pos = end;
+        }
+        self.buf.len() < self.buf.capacity()
+    }
+
     /// Return a block buffer to the pool once a request is done, so idle connections stay small.
     pub fn shrink(&mut self) {
         if self.buf.capacity() <= self.cap {
@@ -460,56 +475,15 @@ impl Body<'_> {
         let mut end = start;
         let target = self.conn.buf.capacity() / 2;
         loop {
-            let len = self.conn.buf.len();
-            match &mut self.state {
-                BodyState::Done => break,
-                BodyState::Length(left) => {
-                    // No framing: data is the input itself, so `end` follows `pos`.
-                    let n = ((len - self.conn.pos) as u64).min(*left) as usize;
-                    *left -= n as u64;
-                    self.conn.pos += n;
-                    end += n;
-                    if *left == 0 {
-                        self.state = BodyState::Done;
-                        break;
-                    }
-                }
-                BodyState::Chunked(dec) => {
-                    while self.conn.pos < len && !dec.is_done() {
-                        let base = self.conn.pos;
-                        let step = dec.step(&self.conn.buf[base..len])?;
-                        self.conn.pos += step.consumed;
-                        if let Some(r) = step.data {
-                            let (s, e) = (base + r.start, base + r.end);
-                            if s != end {
-                                self.conn.buf.copy_within(s..e, end);
-                            }
-                            end += e - s;
-                        }
-                    }
-                    if dec.is_done() {
-                        self.state = BodyState::Done;
-                        break;
-                    }
-                }
-            }
-            if end - start >= target {
+            self.absorb(&mut end)?;
+            if self.finished() || end - start >= target {
                 break;
             }
-            if self.conn.buf.len() == self.conn.buf.capacity() {
-                // Full: slide unparsed input down onto the end of the assembled data.
-                let (pos, len) = (self.conn.pos, self.conn.buf.len());
-                if pos > end {
-                    self.conn.buf.copy_within(pos..len, end);
-                    self.conn.buf.truncate(end + (len - pos));
-                    self.conn.pos = end;
+            if !self.conn.make_room(end) {
+                if end > start {
+                    break;
                 }
-                if self.conn.buf.len() == self.conn.buf.capacity() {
-                    if end > start {
-                        break;
-                    }
-                    return Err(BodyError::Chunked(ChunkError::TooLong));
-                }
+                return Err(BodyError::Chunked(ChunkError::TooLong));
             }
             if let Err(e) = self.conn.read_more(stall).await {
                 if end == start {
@@ -522,6 +496,43 @@ impl Body<'_> {
         }
         self.received += (end - start) as u64;
         Ok((end > start).then_some(start..end))
+    }
+
+    /// Move the buffered input into the block that ends at `end`: as it is for Content-Length
+    /// bodies, with the chunk framing squeezed out for chunked ones.
+    fn absorb(&mut self, end: &mut usize) -> Result<(), BodyError> {
+        let len = self.conn.buf.len();
+        match &mut self.state {
+            BodyState::Done => {}
+            BodyState::Length(left) => {
+                // No framing: data is the input itself, so `end` follows `pos`.
+                let n = ((len - self.conn.pos) as u64).min(*left) as usize;
+                *left -= n as u64;
+                self.conn.pos += n;
+                *end += n;
+                if *left == 0 {
+                    self.state = BodyState::Done;
+                }
+            }
+            BodyState::Chunked(dec) => {
+                while self.conn.pos < len && !dec.is_done() {
+                    let base = self.conn.pos;
+                    let step = dec.step(&self.conn.buf[base..len])?;
+                    self.conn.pos += step.consumed;
+                    if let Some(r) = step.data {
+                        let (s, e) = (base + r.start, base + r.end);
+                        if s != *end {
+                            self.conn.buf.copy_within(s..e, *end);
+                        }
+                        *end += e - s;
+                    }
+                }
+                if dec.is_done() {
+                    self.state = BodyState::Done;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The next run of body bytes as a range of `buf()`, or `None` at the end.

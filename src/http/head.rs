@@ -153,8 +153,6 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>
         None => (target.to_owned(), String::new()),
     };
 
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding: Option<String> = None;
     let mut head = RequestHead {
         method,
         path,
@@ -167,7 +165,27 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>
         range: None,
         authorization: None,
     };
-    for h in req.headers.iter() {
+    let framing_headers = read_headers(&mut head, req.headers, http10)?;
+    head.framing = framing(framing_headers, http10)?;
+    Ok(Some((head, n)))
+}
+
+/// The framing headers as sent, before the request-smuggling checks.
+#[derive(Default)]
+struct FramingHeaders {
+    content_length: Option<u64>,
+    /// All Transfer-Encoding values, joined with commas.
+    transfer_encoding: Option<String>,
+}
+
+/// Copy the headers the registry uses into `head` and collect the framing headers.
+fn read_headers(
+    head: &mut RequestHead,
+    headers: &[httparse::Header<'_>],
+    http10: bool,
+) -> Result<FramingHeaders, HeadError> {
+    let mut f = FramingHeaders::default();
+    for h in headers {
         let name = h.name;
         let value = || {
             std::str::from_utf8(h.value)
@@ -175,13 +193,13 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>
                 .map_err(|_| HeadError::Bad("header value is not UTF-8"))
         };
         if name.eq_ignore_ascii_case("content-length") {
-            if content_length.is_some() {
+            if f.content_length.is_some() {
                 return Err(HeadError::Bad("duplicate Content-Length"));
             }
-            content_length = Some(parse_content_length(h.value)?);
+            f.content_length = Some(parse_content_length(h.value)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             let v = value()?;
-            transfer_encoding = Some(match transfer_encoding {
+            f.transfer_encoding = Some(match f.transfer_encoding.take() {
                 Some(prev) => format!("{prev},{v}"),
                 None => v.to_owned(),
             });
@@ -205,28 +223,24 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>
             head.authorization = Some(value()?.to_owned());
         }
     }
-    head.framing = match (content_length, transfer_encoding) {
-        (Some(_), Some(_)) => {
-            return Err(HeadError::Bad("both Content-Length and Transfer-Encoding"));
-        }
+    Ok(f)
+}
+
+/// Decide how the body is framed, refusing ambiguous or unsupported combinations (smuggling defence).
+fn framing(f: FramingHeaders, http10: bool) -> Result<Framing, HeadError> {
+    match (f.content_length, f.transfer_encoding) {
+        (Some(_), Some(_)) => Err(HeadError::Bad("both Content-Length and Transfer-Encoding")),
+        (None, Some(_)) if http10 => Err(HeadError::Bad("Transfer-Encoding in HTTP/1.0")),
         (None, Some(te)) => {
-            if http10 {
-                return Err(HeadError::Bad("Transfer-Encoding in HTTP/1.0"));
+            let mut codings = te.split(',').map(str::trim).filter(|c| !c.is_empty());
+            match (codings.next(), codings.next()) {
+                (Some(c), None) if c.eq_ignore_ascii_case("chunked") => Ok(Framing::Chunked),
+                _ => Err(HeadError::UnknownTransferCoding),
             }
-            let codings: Vec<&str> = te
-                .split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect();
-            if codings.len() != 1 || !codings[0].eq_ignore_ascii_case("chunked") {
-                return Err(HeadError::UnknownTransferCoding);
-            }
-            Framing::Chunked
         }
-        (Some(0), None) | (None, None) => Framing::None,
-        (Some(n), None) => Framing::Length(n),
-    };
-    Ok(Some((head, n)))
+        (Some(0), None) | (None, None) => Ok(Framing::None),
+        (Some(n), None) => Ok(Framing::Length(n)),
+    }
 }
 
 /// A strict Content-Length: 1 to 19 ASCII digits, nothing else (no sign, list or spaces inside).

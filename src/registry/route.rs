@@ -229,129 +229,118 @@ fn method_not_allowed() -> OciError {
     )
 }
 
+/// GET and HEAD only.
+fn only_get(method: Method, action: Action) -> Result<Action, OciError> {
+    if matches!(method, Method::Get | Method::Head) {
+        Ok(action)
+    } else {
+        Err(method_not_allowed())
+    }
+}
+
 /// Route a request to its action.
 pub fn route(method: Method, path: &str, query: &str) -> Result<Action, OciError> {
     let rest = match path.strip_prefix("/v2") {
-        Some("" | "/") => {
-            return match method {
-                Method::Get | Method::Head => Ok(Action::GetApiVersion),
-                _ => Err(method_not_allowed()),
-            };
-        }
+        Some("" | "/") => return only_get(method, Action::GetApiVersion),
         Some(r) => r.strip_prefix('/').ok_or_else(not_found)?,
         None => return Err(not_found()),
     };
-    let get = matches!(method, Method::Get | Method::Head);
-    if rest == "_catalog" {
-        return if get {
-            Ok(Action::ListCatalog {
-                page: page(&Query::parse(query)?)?,
-            })
-        } else {
-            Err(method_not_allowed())
-        };
-    }
-    let segs: Vec<&str> = rest.split('/').collect();
-    let n = segs.len();
-    let join = |k: usize| segs[..k].join("/");
     let q = Query::parse(query)?;
-
-    // /v2/<name>/tags/list
-    if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
-        let repository = name(&join(n - 2))?;
-        return if get {
-            Ok(Action::ListTags {
-                repository,
+    if rest == "_catalog" {
+        return only_get(method, Action::ListCatalog { page: page(&q)? });
+    }
+    // Names contain slashes and may contain endpoint words: match the endpoint from the end.
+    let segs: Vec<&str> = rest.split('/').collect();
+    let repo = |suffix: usize| name(&segs[..segs.len() - suffix].join("/"));
+    match segs.as_slice() {
+        [.., _, "tags", "list"] => only_get(
+            method,
+            Action::ListTags {
+                repository: repo(2)?,
                 page: page(&q)?,
-            })
-        } else {
-            Err(method_not_allowed())
-        };
-    }
-    // /v2/<name>/blobs/uploads/ and /v2/<name>/blobs/uploads/<id>
-    if n >= 4 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
-        let repository = name(&join(n - 3))?;
-        if segs[n - 1].is_empty() {
-            return start_upload(method, repository, &q);
+            },
+        ),
+        [.., _, "blobs", "uploads", id] => uploads(method, repo(3)?, id, &q),
+        [.., _, "blobs", last] => blobs(method, repo(2)?, last, &q),
+        [.., _, "manifests", r] => manifests(method, repo(2)?, r, &q),
+        [.., _, "referrers", d] => {
+            let artifact_type = q.get("artifactType").filter(|a| !a.is_empty());
+            let action = Action::GetReferrers {
+                repository: repo(2)?,
+                digest: digest(d)?,
+                artifact_type: artifact_type.map(str::to_owned),
+            };
+            only_get(method, action)
         }
-        let upload = upload_id(segs[n - 1])?;
-        return match method {
-            Method::Patch => Ok(Action::UpdateUpload { repository, upload }),
-            Method::Put => {
-                let d = q.get("digest").ok_or_else(|| {
-                    OciError::new(ErrorCode::DigestInvalid, "digest parameter missing")
-                })?;
-                Ok(Action::CompleteUpload {
-                    repository,
-                    upload,
-                    digest: digest(d)?,
-                })
-            }
-            Method::Get | Method::Head => Ok(Action::GetUpload { repository, upload }),
-            Method::Delete => Ok(Action::CancelUpload { repository, upload }),
-            _ => Err(method_not_allowed()),
-        };
+        _ => Err(not_found()),
     }
-    if n >= 3 && segs[n - 2] == "blobs" {
-        let repository = name(&join(n - 2))?;
-        if segs[n - 1] == "uploads" {
-            return start_upload(method, repository, &q);
-        }
-        let digest = digest(segs[n - 1])?;
-        return match method {
-            Method::Get | Method::Head => Ok(Action::GetBlob { repository, digest }),
-            Method::Delete => Ok(Action::DeleteBlob { repository, digest }),
-            _ => Err(method_not_allowed()),
-        };
+}
+
+/// `/v2/<name>/blobs/uploads/` and `/v2/<name>/blobs/uploads/<id>`.
+fn uploads(method: Method, repository: RepoName, id: &str, q: &Query) -> Result<Action, OciError> {
+    if id.is_empty() {
+        return start_upload(method, repository, q);
     }
-    if n >= 3 && segs[n - 2] == "manifests" {
-        let repository = name(&join(n - 2))?;
-        let reference = reference(segs[n - 1])?;
-        return match method {
-            Method::Get | Method::Head => Ok(Action::GetManifest {
+    let upload = upload_id(id)?;
+    match method {
+        Method::Patch => Ok(Action::UpdateUpload { repository, upload }),
+        Method::Put => {
+            let d = q.get("digest").ok_or_else(|| {
+                OciError::new(ErrorCode::DigestInvalid, "digest parameter missing")
+            })?;
+            let digest = digest(d)?;
+            Ok(Action::CompleteUpload {
                 repository,
-                reference,
-            }),
-            Method::Put => {
-                let tags = q
-                    .all("tag")
-                    .map(|t| {
-                        t.parse::<Tag>().map_err(|e| {
-                            OciError::new(ErrorCode::ManifestInvalid, format!("tag {t:?}: {e}"))
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Action::PutManifest {
-                    repository,
-                    reference,
-                    tags,
-                })
-            }
-            Method::Delete => Ok(Action::DeleteManifest {
-                repository,
-                reference,
-            }),
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if n >= 3 && segs[n - 2] == "referrers" {
-        let repository = name(&join(n - 2))?;
-        let digest = digest(segs[n - 1])?;
-        let artifact_type = q
-            .get("artifactType")
-            .filter(|a| !a.is_empty())
-            .map(str::to_owned);
-        return if get {
-            Ok(Action::GetReferrers {
-                repository,
+                upload,
                 digest,
-                artifact_type,
             })
-        } else {
-            Err(method_not_allowed())
-        };
+        }
+        Method::Get | Method::Head => Ok(Action::GetUpload { repository, upload }),
+        Method::Delete => Ok(Action::CancelUpload { repository, upload }),
+        _ => Err(method_not_allowed()),
     }
-    Err(not_found())
+}
+
+/// `/v2/<name>/blobs/<digest>` (and `/v2/<name>/blobs/uploads` without the slash).
+fn blobs(method: Method, repository: RepoName, last: &str, q: &Query) -> Result<Action, OciError> {
+    if last == "uploads" {
+        return start_upload(method, repository, q);
+    }
+    let digest = digest(last)?;
+    match method {
+        Method::Get | Method::Head => Ok(Action::GetBlob { repository, digest }),
+        Method::Delete => Ok(Action::DeleteBlob { repository, digest }),
+        _ => Err(method_not_allowed()),
+    }
+}
+
+/// `/v2/<name>/manifests/<reference>`, with `?tag=` on PUT.
+fn manifests(method: Method, repository: RepoName, r: &str, q: &Query) -> Result<Action, OciError> {
+    let reference = reference(r)?;
+    match method {
+        Method::Get | Method::Head => Ok(Action::GetManifest {
+            repository,
+            reference,
+        }),
+        Method::Put => {
+            let tag = |t: &str| {
+                t.parse::<Tag>().map_err(|e| {
+                    OciError::new(ErrorCode::ManifestInvalid, format!("tag {t:?}: {e}"))
+                })
+            };
+            let tags = q.all("tag").map(tag).collect::<Result<Vec<_>, _>>()?;
+            Ok(Action::PutManifest {
+                repository,
+                reference,
+                tags,
+            })
+        }
+        Method::Delete => Ok(Action::DeleteManifest {
+            repository,
+            reference,
+        }),
+        _ => Err(method_not_allowed()),
+    }
 }
 
 fn start_upload(method: Method, repository: RepoName, q: &Query) -> Result<Action, OciError> {

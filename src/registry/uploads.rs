@@ -5,7 +5,7 @@ use super::{HandlerResult, Registry};
 use crate::http::range::parse_content_range;
 use crate::http::{Body, RequestHead, Response};
 use crate::oci::{Algorithm, Digest, ErrorCode, OciError, RepoName};
-use crate::storage::{BlobWriter, StoreError};
+use crate::storage::{BlobWriter, StoreError, UploadLease};
 
 /// The `Range` header value for `offset` bytes received (`0-0` when none, as clients expect).
 fn range_value(offset: u64) -> String {
@@ -144,6 +144,29 @@ impl Registry {
         self.start_upload(repo, None, alg, body).await
     }
 
+    /// Lease the upload and append this request's chunk (checked against its Content-Range).
+    /// `Ok(Err(response))` is a 416 to send as it is.
+    async fn append_chunk(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        head: &RequestHead,
+        body: &mut Body<'_>,
+    ) -> Result<Result<UploadLease, Response>, OciError> {
+        let mut lease = match self.storage.lease_upload(repo, id).await {
+            Ok(l) => l,
+            Err(StoreError::UploadBusy { offset }) => {
+                return Ok(Err(out_of_order(repo, id, offset, "upload is busy")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(resp) = check_chunk(head, body, repo, id, lease.writer().offset()) {
+            return Ok(Err(resp));
+        }
+        self.stream_body(lease.writer(), body).await?;
+        Ok(Ok(lease))
+    }
+
     pub(super) async fn update_upload(
         &self,
         repo: &RepoName,
@@ -151,19 +174,10 @@ impl Registry {
         head: &RequestHead,
         body: &mut Body<'_>,
     ) -> HandlerResult {
-        let mut lease = match self.storage.lease_upload(repo, id).await {
-            Ok(l) => l,
-            Err(StoreError::UploadBusy { offset }) => {
-                return Ok(out_of_order(repo, id, offset, "upload is busy"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let offset = lease.writer().offset();
-        if let Err(resp) = check_chunk(head, body, repo, id, offset) {
-            return Ok(resp);
+        match self.append_chunk(repo, id, head, body).await? {
+            Ok(mut lease) => Ok(progress(repo, id, lease.writer().offset())),
+            Err(resp) => Ok(resp),
         }
-        self.stream_body(lease.writer(), body).await?;
-        Ok(progress(repo, id, lease.writer().offset()))
     }
 
     pub(super) async fn complete_upload(
@@ -174,18 +188,10 @@ impl Registry {
         head: &RequestHead,
         body: &mut Body<'_>,
     ) -> HandlerResult {
-        let mut lease = match self.storage.lease_upload(repo, id).await {
-            Ok(l) => l,
-            Err(StoreError::UploadBusy { offset }) => {
-                return Ok(out_of_order(repo, id, offset, "upload is busy"));
-            }
-            Err(e) => return Err(e.into()),
+        let lease = match self.append_chunk(repo, id, head, body).await? {
+            Ok(lease) => lease,
+            Err(resp) => return Ok(resp),
         };
-        let offset = lease.writer().offset();
-        if let Err(resp) = check_chunk(head, body, repo, id, offset) {
-            return Ok(resp);
-        }
-        self.stream_body(lease.writer(), body).await?;
         self.storage.complete_upload(lease, digest).await?;
         self.storage.link_blob(repo, digest).await?;
         Ok(created(repo, digest))
