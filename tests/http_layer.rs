@@ -273,11 +273,17 @@ fn graceful_shutdown_finishes_in_flight_upload(driver: &str) {
     // New connections are refused once the listeners are gone (polled: the signal takes a moment).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(s.addr).is_ok() {
-        assert!(std::time::Instant::now() < deadline, "listener still open 10 s after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listener still open 10 s after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // An idle keep-alive connection is closed by the server.
-    assert!(idle.is_closed(), "idle connection must be closed on shutdown");
+    assert!(
+        idle.is_closed(),
+        "idle connection must be closed on shutdown"
+    );
     c.send_raw(&data[50_000..]);
     let r = c.read_response(false);
     assert_eq!(

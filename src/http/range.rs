@@ -11,6 +11,15 @@ pub enum ByteRange {
     Unsatisfiable,
 }
 
+/// A non-negative decimal made of ASCII digits only (no sign, no spaces), within u64.
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        None
+    } else {
+        s.parse().ok()
+    }
+}
+
 /// Interpret a single-range `Range: bytes=…` header against `size`.
 pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
@@ -22,17 +31,10 @@ pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
     let Some((a, b)) = spec.trim().split_once('-') else {
         return ByteRange::Full;
     };
-    let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-            None
-        } else {
-            s.parse().ok()
-        }
-    };
     match (a.is_empty(), b.is_empty()) {
         (true, true) => ByteRange::Full,
         // bytes=-N: the last N bytes.
-        (true, false) => match num(b) {
+        (true, false) => match digits(b) {
             Some(0) => ByteRange::Unsatisfiable,
             Some(_) if size == 0 => ByteRange::Unsatisfiable,
             Some(n) => ByteRange::Partial {
@@ -42,13 +44,13 @@ pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
             None => ByteRange::Full,
         },
         (false, _) => {
-            let Some(start) = num(a) else {
+            let Some(start) = digits(a) else {
                 return ByteRange::Full;
             };
             let end = if b.is_empty() {
                 u64::MAX
             } else {
-                match num(b) {
+                match digits(b) {
                     Some(e) if e >= start => e,
                     // A reversed range: the conformance suite (and distribution) answer 416.
                     Some(_) => return ByteRange::Unsatisfiable,
@@ -76,14 +78,7 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
         .unwrap_or(v);
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
-    let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-            None
-        } else {
-            s.parse().ok()
-        }
-    };
-    let (start, end) = (num(a)?, num(b)?);
+    let (start, end) = (digits(a)?, digits(b)?);
     (end >= start).then_some((start, end))
 }
 
