@@ -17,13 +17,15 @@ apt_packages=()
 command -v skopeo >/dev/null || apt_packages+=(skopeo)
 command -v tar >/dev/null || apt_packages+=(tar)
 command -v gzip >/dev/null || apt_packages+=(gzip)
-command -v go >/dev/null || apt_packages+=(golang-go)
-command -v cargo >/dev/null || apt_packages+=(cargo)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: apt-get install ${apt_packages[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
+
+for t in go cargo; do
+  command -v "$t" >/dev/null || { echo "setup: $t is required (Rust >= 1.85, Go >= 1.24; see README.md)" >&2; exit 1; }
+done
 
 bin="$PWD/target/tools/bin"
 mkdir -p "$bin"
