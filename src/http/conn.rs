@@ -56,11 +56,9 @@ pub struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
     pos: usize,
-    /// Capacity of `buf` (it is re-created if a cancelled read took it).
+    /// Capacity of the small buffer an idle connection keeps (`shrink` returns to it).
     cap: usize,
     limits: Rc<Limits>,
-    /// Whether the socket is plain TCP (zero-copy file sending allowed).
-    plain: bool,
 }
 
 impl Conn {
@@ -72,12 +70,7 @@ impl Conn {
             cap,
             pos: 0,
             limits,
-            plain: true,
         }
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// Read more input, waiting at most `wait`. Returns the number of bytes read.
@@ -252,7 +245,6 @@ impl Conn {
             continue_pending: head.expect_continue,
             deferred: None,
             failed: false,
-            received: 0,
         }
     }
 
@@ -271,39 +263,13 @@ impl Conn {
         let (bytes, file) = super::response::encode(resp, head_only, close);
         self.write_all(bytes).await?;
         if let Some((file, offset, len)) = file {
-            self.send_file(&file, offset, len).await?;
+            sendfile_loop(&self.stream, &file, offset, len, self.limits.body_timeout).await?;
         }
-        Ok(())
-    }
-
-    /// Hot path: file region to socket. Plain TCP uses `sendfile(2)` (no copy through user space).
-    async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
-        if self.plain {
-            return sendfile_loop(&self.stream, file, offset, len, self.limits.body_timeout).await;
-        }
-        let mut buf = Vec::with_capacity(256 * 1024);
-        let mut done = 0u64;
-        let f = monoio::fs::File::from_std(file.try_clone()?)?;
-        while done < len {
-            let want = ((len - done) as usize).min(buf.capacity());
-            buf.clear();
-            let (res, b) = f.read_at(buf.slice_mut(0..want), offset + done).await;
-            let n = res?;
-            buf = b.into_inner();
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shorter than announced",
-                ));
-            }
-            buf = self.write_all(buf).await?;
-            done += n as u64;
-        }
-        // The clone owns its own descriptor; dropping it closes only that one.
         Ok(())
     }
 }
 
+/// Hot path: a file region to the socket with no copy through user space.
 /// `sendfile(2)` on the (temporarily non-blocking) socket, awaiting writability on EAGAIN.
 async fn sendfile_loop(
     stream: &TcpStream,
@@ -414,8 +380,6 @@ pub struct Body<'c> {
     deferred: Option<BodyError>,
     /// Reading failed: the rest of the body is unknown, so the connection must close.
     failed: bool,
-    /// Body bytes delivered so far.
-    pub received: u64,
 }
 
 impl Body<'_> {
@@ -427,11 +391,6 @@ impl Body<'_> {
     /// Whether the whole body has been read.
     pub fn finished(&self) -> bool {
         matches!(self.state, BodyState::Done)
-    }
-
-    /// Whether the client still waits for `100 Continue` before sending anything.
-    pub fn awaiting_continue(&self) -> bool {
-        self.continue_pending && !self.finished()
     }
 
     /// Send `100 Continue` if the client waits for it (once, before the first body read).
@@ -494,7 +453,6 @@ impl Body<'_> {
                 break;
             }
         }
-        self.received += (end - start) as u64;
         Ok((end > start).then_some(start..end))
     }
 
@@ -562,7 +520,6 @@ impl Body<'_> {
                     *left -= n as u64;
                     let start = self.conn.pos;
                     self.conn.pos += n;
-                    self.received += n as u64;
                     return Ok(Some(start..start + n));
                 }
                 BodyState::Chunked(dec) => {
@@ -578,17 +535,11 @@ impl Body<'_> {
                     let step = dec.step(&self.conn.buf[base..])?;
                     self.conn.pos += step.consumed;
                     if let Some(r) = step.data {
-                        self.received += r.len() as u64;
                         return Ok(Some(base + r.start..base + r.end));
                     }
                 }
             }
         }
-    }
-
-    /// The connection buffer that `next` ranges point into.
-    pub fn buf(&self) -> &[u8] {
-        &self.conn.buf
     }
 
     /// Lend the buffer out for an owned-buffer write (e.g. `write_all_at`); give it back with `put_buf`.

@@ -39,10 +39,6 @@ impl Registry {
         Registry { storage, settings }
     }
 
-    pub fn storage(&self) -> &Arc<Storage> {
-        &self.storage
-    }
-
     /// Answer one request. The body may be left unread (the connection decides whether to drain or close).
     pub async fn handle(&self, head: &RequestHead, body: &mut Body<'_>) -> Response {
         let result = match route(head.method, &head.path, &head.query) {

@@ -16,16 +16,22 @@ use monoio::net::TcpStream;
 use super::App;
 use super::shutdown::Shutdown;
 use crate::http::conn::NextRequest;
-use crate::http::{Conn, Method, Response};
+use crate::http::{Conn, Limits, Method, Response};
 
 /// Unread body bytes we are willing to discard to keep a connection alive.
 const DRAIN_LIMIT: u64 = 256 * 1024;
 
 /// Serve one connection; a panic in it is logged and ends only this connection, never the worker.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown: Rc<Shutdown>) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    limits: Rc<Limits>,
+    shutdown: Rc<Shutdown>,
+) {
     let _tracked = shutdown.track();
     if let Err(panic) = (CatchUnwind {
-        inner: requests(stream, peer, app, &shutdown),
+        inner: requests(stream, peer, app, limits, &shutdown),
     })
     .await
     {
@@ -58,8 +64,21 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-async fn requests(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown: &Shutdown) {
-    let mut conn = Conn::new(stream, Rc::new(app.limits.clone()));
+/// Answer a head we will not serve with a plain-text status, then close.
+async fn refuse(mut conn: Conn, status: u16, message: String) {
+    let resp = Response::new(status).bytes("text/plain", message.into_bytes());
+    let _ = conn.send(resp, false, true).await;
+    conn.linger().await;
+}
+
+async fn requests(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    limits: Rc<Limits>,
+    shutdown: &Shutdown,
+) {
+    let mut conn = Conn::new(stream, limits);
     let mut first = true;
     loop {
         let wait = if first {
@@ -73,24 +92,10 @@ async fn requests(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown: 
             NextRequest::Closed => return,
             NextRequest::Invalid(e) => {
                 tracing::info!(target: "wharf::access", "{peer} - - {} 0 rejected head: {e}", e.status());
-                let body = format!("{e}\n").into_bytes();
-                let _ = conn
-                    .send(
-                        Response::new(e.status()).bytes("text/plain", body),
-                        false,
-                        true,
-                    )
-                    .await;
-                conn.linger().await;
-                return;
+                return refuse(conn, e.status(), format!("{e}\n")).await;
             }
             NextRequest::TimedOut => {
-                let body = b"request head timed out\n".to_vec();
-                let _ = conn
-                    .send(Response::new(408).bytes("text/plain", body), false, true)
-                    .await;
-                conn.linger().await;
-                return;
+                return refuse(conn, 408, "request head timed out\n".into()).await;
             }
         };
         let started = Instant::now();

@@ -203,12 +203,13 @@ async fn worker_main(
     };
     let _ = ready.send(listener.local_addr());
     let shutdown = Rc::new(Shutdown::default());
+    let limits = Rc::new(app.limits.clone());
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&shutdown)));
+                    monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&limits), Rc::clone(&shutdown)));
                 }
                 Err(e) => {
                     // Out of descriptors or similar: back off briefly instead of spinning.

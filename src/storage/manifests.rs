@@ -65,11 +65,6 @@ impl Storage {
         Ok(())
     }
 
-    /// Whether `repo` holds the manifest `d`.
-    pub fn has_manifest(&self, repo: &RepoName, d: &Digest) -> bool {
-        self.revision_link(repo, d).exists()
-    }
-
     /// Point `tag` at `digest` (atomic rename; concurrent writers leave one winner).
     pub async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
         fsio::write_atomic(

@@ -57,10 +57,6 @@ impl Storage {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn blob_path(&self, d: &Digest) -> PathBuf {
         let hex = d.hex();
         self.root

@@ -92,10 +92,6 @@ impl UploadLease {
             .as_mut()
             .expect("writer present until completion")
     }
-
-    pub fn id(&self) -> &str {
-        &self.id
-    }
 }
 
 impl Drop for UploadLease {
