@@ -39,6 +39,36 @@ pub struct ServerConfig {
     pub backlog: i32,
     /// `[server.http]`: limits and timeouts of the HTTP layer.
     pub http: HttpConfig,
+    /// `[server.tls]`: TLS termination. When present the listener speaks HTTPS only. Default: absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the key names users copy from existing guides.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM bundle: the server certificate first, then its chain (e.g. certbot's fullchain.pem). Required.
+    pub server_certificate_bundle: PathBuf,
+    /// PEM private key of that certificate: PKCS#8, PKCS#1 (RSA) or SEC1 (EC). Required.
+    pub server_private_key: PathBuf,
+    /// PEM bundle of the CAs client certificates must chain to. Default: absent (no client certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_bundle: Option<PathBuf>,
+    /// `"optional"` or `"required"` client certificates (only with `client_ca_bundle`). Default `"optional"`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// Whether a client certificate is needed to complete the handshake.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No certificate is fine; a presented one must still verify.
+    #[default]
+    Optional,
+    /// The handshake fails without a certificate that verifies.
+    Required,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +81,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             backlog: 1024,
             http: HttpConfig::default(),
+            tls: None,
         }
     }
 }
@@ -212,12 +243,22 @@ impl Config {
             path: path.into(),
             message,
         })?;
-        if cfg.storage.root.is_relative() {
-            let base = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            cfg.storage.root = base.join(&cfg.storage.root);
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut cfg.storage.root);
+        if let Some(tls) = &mut cfg.server.tls {
+            resolve(&mut tls.server_certificate_bundle);
+            resolve(&mut tls.server_private_key);
+            if let Some(ca) = &mut tls.client_ca_bundle {
+                resolve(ca);
+            }
         }
         cfg.validate()?;
         Ok(cfg)
@@ -275,6 +316,31 @@ impl Config {
         if self.storage.root.as_os_str().is_empty() {
             return invalid("storage.root", "must not be empty");
         }
+        if let Some(tls) = &self.server.tls {
+            for (key, p) in [
+                (
+                    "server.tls.server_certificate_bundle",
+                    &tls.server_certificate_bundle,
+                ),
+                ("server.tls.server_private_key", &tls.server_private_key),
+            ] {
+                if p.as_os_str().is_empty() {
+                    return invalid(key, "must name a PEM file");
+                }
+            }
+            match &tls.client_ca_bundle {
+                Some(p) if p.as_os_str().is_empty() => {
+                    return invalid("server.tls.client_ca_bundle", "must name a PEM file");
+                }
+                None if tls.client_auth == ClientAuth::Required => {
+                    return invalid(
+                        "server.tls.client_auth",
+                        "\"required\" needs server.tls.client_ca_bundle (the CAs client certificates must chain to)",
+                    );
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -329,6 +395,18 @@ mod tests {
         assert_eq!(c.server.http.head_timeout, Duration::from_millis(250));
     }
 
+    /// The defaults with every optional table present (required keys empty).
+    fn defaults_with_optional_tables() -> toml::Value {
+        let mut c = Config::default();
+        c.server.tls = Some(TlsConfig {
+            server_certificate_bundle: PathBuf::new(),
+            server_private_key: PathBuf::new(),
+            client_ca_bundle: Some(PathBuf::new()),
+            client_auth: ClientAuth::default(),
+        });
+        toml::Value::try_from(c).unwrap()
+    }
+
     /// Every key the schema has, as `section.sub.key`.
     fn all_keys() -> Vec<String> {
         fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
@@ -348,27 +426,28 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        walk(
-            "",
-            &toml::Value::try_from(Config::default()).unwrap(),
-            &mut out,
-        );
+        walk("", &defaults_with_optional_tables(), &mut out);
         out
     }
 
     #[test]
     fn configuration_doc_lists_every_key_with_its_default() {
         let doc = include_str!("../docs/configuration.md");
-        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let defaults = defaults_with_optional_tables();
         for key in all_keys() {
             let value = key.split('.').fold(&defaults, |v, k| &v[k]);
             let row = doc
                 .lines()
                 .find(|l| l.starts_with(&format!("| `{key}` |")))
                 .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{key}`"));
+            // Keys without a default (empty here) are documented as required or optional.
+            let expected = match value.as_str() {
+                Some("") => "(required)".to_owned(),
+                _ => format!("`{value}`"),
+            };
             assert!(
-                row.contains(&format!("`{value}`")),
-                "docs/configuration.md: `{key}` default should read `{value}`: {row}"
+                row.contains(&expected) || (expected == "(required)" && row.contains("(none)")),
+                "docs/configuration.md: `{key}` default should read {expected}: {row}"
             );
         }
     }
@@ -378,6 +457,53 @@ mod tests {
         let text = toml::to_string(&Config::default()).unwrap();
         let back = Config::parse_str(&text).unwrap();
         assert_eq!(back.server.http.body_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn tls_required_without_client_cas_names_both_keys() {
+        let c = Config::parse_str(
+            "[server.tls]\nserver_certificate_bundle = \"a.pem\"\nserver_private_key = \"k.pem\"\nclient_auth = \"required\"\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.tls.client_auth"), "{e}");
+        assert!(e.contains("server.tls.client_ca_bundle"), "{e}");
+    }
+
+    #[test]
+    fn tls_keys_are_exactly_the_documented_ones() {
+        let e = Config::parse_str(
+            "[server.tls]\ncertificate = \"a.pem\"\nserver_private_key = \"k.pem\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("certificate"), "{e}");
+        let e = Config::parse_str("[server.tls]\nserver_private_key = \"k.pem\"\n").unwrap_err();
+        assert!(e.contains("server_certificate_bundle"), "{e}");
+        let e = Config::parse_str(
+            "[server.tls]\nserver_certificate_bundle = \"a\"\nserver_private_key = \"k\"\nclient_auth = \"sometimes\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn tls_paths_are_taken_from_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wharf.toml");
+        std::fs::write(
+            &p,
+            "[server.tls]\nserver_certificate_bundle = \"certs/full.pem\"\nserver_private_key = \"/abs/k.pem\"\nclient_ca_bundle = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        let tls = c.server.tls.unwrap();
+        assert_eq!(
+            tls.server_certificate_bundle,
+            dir.path().join("certs/full.pem")
+        );
+        assert_eq!(tls.server_private_key, PathBuf::from("/abs/k.pem"));
+        assert_eq!(tls.client_ca_bundle.unwrap(), dir.path().join("ca.pem"));
+        assert_eq!(tls.client_auth, ClientAuth::Optional);
     }
 
     #[test]

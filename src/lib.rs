@@ -7,3 +7,4 @@ pub mod oci;
 pub mod registry;
 pub mod server;
 pub mod storage;
+pub mod tls;

@@ -1,6 +1,7 @@
 //! The `wharf` command line: wiring only.
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -25,13 +26,173 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Validate a configuration file and exit (status 0 when valid).
+    /// Validate a configuration file, including loading its TLS files (status 0 when valid).
     CheckConfig {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Check the [server.tls] files as clients will see them: key match, chain order, expiry, SANs.
+    CheckTls {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// A host name or IP clients use to reach wharf (repeatable; default: server.bind_address
+        /// unless it is a wildcard address).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Make a private CA, server and client certificates, and client certs.d layouts.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// A new CA: OUT/ca.crt and OUT/ca.key (0600).
+    Ca {
+        /// The CA's Common Name.
+        #[arg(long, default_value = "wharf CA")]
+        cn: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Directory for the files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// A server certificate signed by OUT/ca.crt: OUT/NAME.crt and OUT/NAME.key (serverAuth, SANs).
+    Server {
+        /// DNS name clients use (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// IP address clients use (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(long, default_value = "server")]
+        name: String,
+    },
+    /// A client certificate signed by OUT/ca.crt: OUT/NAME.crt and OUT/NAME.key (clientAuth).
+    Client {
+        /// Subject Common Name (identity.certificate.common_names).
+        #[arg(long)]
+        cn: String,
+        /// Subject Organization (identity.certificate.organizations).
+        #[arg(long = "org")]
+        orgs: Vec<String>,
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(long, default_value = "client")]
+        name: String,
+    },
+    /// Copy FROM/ca.crt and FROM/NAME.{crt,key} to DIR/REGISTRY/{ca.crt,client.cert,client.key} and
+    /// write DIR/REGISTRY/hosts.toml (DIR = /etc/docker/certs.d, /etc/containers/certs.d or
+    /// /etc/containerd/certs.d).
+    InstallClient {
+        /// The registry as clients name it: host or host:port.
+        #[arg(long)]
+        registry: String,
+        /// The certs.d directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where `wharf cert ca` and `wharf cert client` wrote their files.
+        #[arg(long, default_value = ".")]
+        from: PathBuf,
+        #[arg(long, default_value = "client")]
+        name: String,
+    },
+}
+
+fn cert(cmd: CertCommand) -> Result<(), String> {
+    use wharf::tls::certs;
+    let ca_of = |dir: &Path| certs::load(&dir.join("ca.crt"), &dir.join("ca.key"));
+    let written = |(crt, key): (PathBuf, PathBuf)| {
+        println!("wrote {} and {} (0600)", crt.display(), key.display());
+    };
+    match cmd {
+        CertCommand::Ca { cn, days, out } => {
+            let ca = certs::new_ca(&cn, days).map_err(|e| e.to_string())?;
+            certs::write_pair(&out, "ca", &ca)
+                .map(written)
+                .map_err(|e| e.to_string())
+        }
+        CertCommand::Server {
+            hosts,
+            ips,
+            days,
+            out,
+            name,
+        } => {
+            let ca = ca_of(&out).map_err(|e| e.to_string())?;
+            let issued = certs::server(&ca, &hosts, &ips, days).map_err(|e| e.to_string())?;
+            certs::write_pair(&out, &name, &issued)
+                .map(written)
+                .map_err(|e| e.to_string())
+        }
+        CertCommand::Client {
+            cn,
+            orgs,
+            days,
+            out,
+            name,
+        } => {
+            let ca = ca_of(&out).map_err(|e| e.to_string())?;
+            let issued = certs::client(&ca, &cn, &orgs, days).map_err(|e| e.to_string())?;
+            certs::write_pair(&out, &name, &issued)
+                .map(written)
+                .map_err(|e| e.to_string())
+        }
+        CertCommand::InstallClient {
+            registry,
+            dir,
+            from,
+            name,
+        } => {
+            let d = certs::install_client(
+                &registry,
+                &dir,
+                &from.join("ca.crt"),
+                &from.join(format!("{name}.crt")),
+                &from.join(format!("{name}.key")),
+            )
+            .map_err(|e| e.to_string())?;
+            println!(
+                "wrote {0}/ca.crt, {0}/client.cert, {0}/client.key (0600) and {0}/hosts.toml",
+                d.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn check_tls(path: &Path, mut hosts: Vec<String>) -> Result<(), String> {
+    use wharf::tls::check::{Level, check};
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let Some(tls) = &cfg.server.tls else {
+        return Err(format!("{}: no [server.tls] section", path.display()));
+    };
+    if hosts.is_empty() && !cfg.server.bind_address.is_unspecified() {
+        hosts.push(cfg.server.bind_address.to_string());
+    }
+    let report = check(tls, &hosts);
+    for (level, msg) in &report.findings {
+        let tag = match level {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        };
+        println!("{tag}: {msg}");
+    }
+    if report.has_errors() {
+        Err("TLS check failed".into())
+    } else {
+        Ok(())
+    }
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -55,9 +216,15 @@ fn main() -> ExitCode {
         Command::Serve { config } => {
             load(config.as_ref()).and_then(|cfg| wharf::server::run(cfg).map_err(|e| e.to_string()))
         }
-        Command::CheckConfig { config } => {
-            load(Some(&config)).map(|_| println!("{}: ok", config.display()))
-        }
+        Command::CheckConfig { config } => load(Some(&config)).and_then(|cfg| {
+            if let Some(tls) = &cfg.server.tls {
+                wharf::tls::material::build(tls).map_err(|e| e.to_string())?;
+            }
+            println!("{}: ok", config.display());
+            Ok(())
+        }),
+        Command::CheckTls { config, hosts } => check_tls(&config, hosts),
+        Command::Cert(cmd) => cert(cmd),
         Command::Version => {
             println!("wharf {}", env!("CARGO_PKG_VERSION"));
             Ok(())

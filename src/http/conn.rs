@@ -1,5 +1,6 @@
-//! One client connection: a reused read buffer, head reading with its timeouts, body framing,
-//! `Expect: 100-continue`, and response writing (one write for small responses, `sendfile` for files).
+//! One client connection, plain TCP or TLS: a reused read buffer, head reading with its timeouts,
+//! body framing, `Expect: 100-continue`, and response writing (one write for small responses;
+//! files by `sendfile` on plain TCP, through a buffer and rustls over TLS).
 
 use std::future::Future;
 use std::io;
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
+
+use crate::tls::TlsStream;
 
 use super::chunked::{ChunkError, ChunkedDecoder};
 use super::head::{self, Framing, HeadError, Limits, RequestHead};
@@ -51,9 +54,57 @@ pub enum NextRequest {
     TimedOut,
 }
 
+/// The byte stream under HTTP.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Transport {
+    fn raw_fd(&self) -> i32 {
+        match self {
+            Transport::Plain(s) => s.as_raw_fd(),
+            Transport::Tls(t) => t.raw_fd(),
+        }
+    }
+}
+
+/// Read into the spare capacity of `buf`, waiting at most `wait`. On timeout the read is
+/// cancelled and then awaited, so the buffer (and anything that arrived meanwhile) always comes back.
+pub(crate) async fn timed_read(
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+    wait: Duration,
+) -> (Result<usize, ConnError>, Vec<u8>) {
+    let (len, cap) = (buf.len(), buf.capacity());
+    debug_assert!(len < cap, "read into a full buffer");
+    let canceller = Canceller::new();
+    let mut read =
+        std::pin::pin!(stream.cancelable_read(buf.slice_mut(len..cap), canceller.handle()));
+    let finished = monoio::select! {
+        r = &mut read => Some(r),
+        _ = monoio::time::sleep(wait) => None,
+    };
+    let timed_out = finished.is_none();
+    let (res, slice) = match finished {
+        Some(r) => r,
+        None => {
+            canceller.cancel();
+            read.await
+        }
+    };
+    let res = match res {
+        Ok(0) => Err(ConnError::Eof),
+        Ok(n) => Ok(n),
+        Err(_) if timed_out => Err(ConnError::Timeout),
+        Err(e) => Err(e.into()),
+    };
+    (res, slice.into_inner())
+}
+
 /// A client connection with its read buffer (`buf[pos..]` is unconsumed input).
 pub struct Conn {
-    stream: TcpStream,
+    io: Transport,
     buf: Vec<u8>,
     pos: usize,
     /// Capacity of the small buffer an idle connection keeps (`shrink` returns to it).
@@ -62,10 +113,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, limits: Rc<Limits>) -> Self {
+    pub fn new(io: Transport, limits: Rc<Limits>) -> Self {
         let cap = READ_BUF.max(limits.max_head_size + 1);
         Conn {
-            stream,
+            io,
             buf: Vec::with_capacity(cap),
             cap,
             pos: 0,
@@ -87,34 +138,13 @@ impl Conn {
 
     /// Read more input after `buf.len()`, keeping everything already in the buffer.
     async fn read_more(&mut self, wait: Duration) -> Result<usize, ConnError> {
-        let buf = std::mem::take(&mut self.buf);
-        let (len, cap) = (buf.len(), buf.capacity());
-        debug_assert!(len < cap, "fill called on a full buffer");
-        // On timeout the read is cancelled and then awaited, so the buffer (and anything that
-        // arrived meanwhile) always comes back.
-        let canceller = Canceller::new();
-        let mut read = std::pin::pin!(
-            self.stream
-                .cancelable_read(buf.slice_mut(len..cap), canceller.handle())
-        );
-        let finished = monoio::select! {
-            r = &mut read => Some(r),
-            _ = monoio::time::sleep(wait) => None,
-        };
-        let timed_out = finished.is_none();
-        let (res, slice) = match finished {
-            Some(r) => r,
-            None => {
-                canceller.cancel();
-                read.await
+        match &mut self.io {
+            Transport::Plain(stream) => {
+                let (res, buf) = timed_read(stream, std::mem::take(&mut self.buf), wait).await;
+                self.buf = buf;
+                res
             }
-        };
-        self.buf = slice.into_inner();
-        match res {
-            Ok(0) => Err(ConnError::Eof),
-            Ok(n) => Ok(n),
-            Err(_) if timed_out => Err(ConnError::Timeout),
-            Err(e) => Err(e.into()),
+            Transport::Tls(tls) => tls.read_into(&mut self.buf, wait).await,
         }
     }
 
@@ -159,8 +189,11 @@ impl Conn {
     /// Close politely: stop sending, then read and discard briefly so that unread input does not turn
     /// the close into a reset that destroys the response we just sent.
     pub async fn linger(mut self) {
+        if let Transport::Tls(tls) = &mut self.io {
+            tls.close_notify(Duration::from_secs(2)).await;
+        }
         // SAFETY: shutdown(2) on a descriptor this connection owns.
-        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
+        unsafe { libc::shutdown(self.io.raw_fd(), libc::SHUT_WR) };
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut seen = 0usize;
         while seen < 1 << 20 {
@@ -248,13 +281,19 @@ impl Conn {
         }
     }
 
-    async fn write_all(&mut self, data: Vec<u8>) -> io::Result<Vec<u8>> {
-        match monoio::time::timeout(self.limits.body_timeout, self.stream.write_all(data)).await {
-            Ok((res, data)) => res.map(|_| data),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client stopped reading",
-            )),
+    async fn write_all(&mut self, data: Vec<u8>) -> io::Result<()> {
+        let stall = self.limits.body_timeout;
+        match &mut self.io {
+            Transport::Plain(stream) => {
+                match monoio::time::timeout(stall, stream.write_all(data)).await {
+                    Ok((res, _)) => res.map(|_| ()),
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client stopped reading",
+                    )),
+                }
+            }
+            Transport::Tls(tls) => tls.write_all(&data, stall).await,
         }
     }
 
@@ -263,7 +302,13 @@ impl Conn {
         let (bytes, file) = super::response::encode(resp, head_only, close);
         self.write_all(bytes).await?;
         if let Some((file, offset, len)) = file {
-            sendfile_loop(&self.stream, &file, offset, len, self.limits.body_timeout).await?;
+            let stall = self.limits.body_timeout;
+            match &mut self.io {
+                Transport::Plain(stream) => {
+                    sendfile_loop(stream, &file, offset, len, stall).await?
+                }
+                Transport::Tls(tls) => tls.send_file(file, offset, len, stall).await?,
+            }
         }
         Ok(())
     }

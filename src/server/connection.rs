@@ -1,5 +1,6 @@
-//! The request loop of one connection: head → route/handle → response, with keep-alive,
-//! pipelining, draining or closing after unread bodies, and one access-log line per request.
+//! One connection: the TLS handshake and client identity when the listener has TLS, then the
+//! request loop (head → route/handle → response) with keep-alive, pipelining, draining or closing
+//! after unread bodies, and one access-log line per request.
 
 use std::any::Any;
 use std::future::Future;
@@ -15,8 +16,9 @@ use monoio::net::TcpStream;
 
 use super::App;
 use super::shutdown::Shutdown;
-use crate::http::conn::NextRequest;
+use crate::http::conn::{NextRequest, Transport};
 use crate::http::{Conn, Limits, Method, Response};
+use crate::tls::{Acceptor, CertIdentity, TlsStream, identity};
 
 /// Unread body bytes we are willing to discard to keep a connection alive.
 const DRAIN_LIMIT: u64 = 256 * 1024;
@@ -27,11 +29,12 @@ pub async fn serve(
     peer: SocketAddr,
     app: Arc<App>,
     limits: Rc<Limits>,
+    tls: Option<Rc<Acceptor>>,
     shutdown: Rc<Shutdown>,
 ) {
     let _tracked = shutdown.track();
     if let Err(panic) = (CatchUnwind {
-        inner: requests(stream, peer, app, limits, &shutdown),
+        inner: connect(stream, peer, app, limits, tls, &shutdown),
     })
     .await
     {
@@ -71,14 +74,67 @@ async fn refuse(mut conn: Conn, status: u16, message: String) {
     conn.linger().await;
 }
 
-async fn requests(
+/// Establish the transport (TLS handshake, client identity), then serve requests on it.
+async fn connect(
     stream: TcpStream,
     peer: SocketAddr,
     app: Arc<App>,
     limits: Rc<Limits>,
+    tls: Option<Rc<Acceptor>>,
     shutdown: &Shutdown,
 ) {
-    let mut conn = Conn::new(stream, limits);
+    let Some(tls) = tls else {
+        return requests(
+            Conn::new(Transport::Plain(stream), limits),
+            peer,
+            None,
+            app,
+            shutdown,
+        )
+        .await;
+    };
+    let tls = match TlsStream::accept(stream, tls.config(), app.limits.head_timeout).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(target: "wharf::tls", "TLS handshake with {peer} failed: {e}");
+            return;
+        }
+    };
+    let cert = match tls.client_leaf().map(identity::of_leaf).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            // The certificate verified but its subject cannot be read: refuse rather than guess.
+            tracing::warn!(target: "wharf::tls", "closing TLS connection from {peer}: {e}");
+            return;
+        }
+    };
+    tracing::debug!(
+        target: "wharf::tls",
+        "TLS from {peer}: {}{}, client certificate {:?}",
+        tls.version(),
+        if tls.resumed() { " resumed" } else { "" },
+        cert.as_deref()
+    );
+    let conn = Conn::new(Transport::Tls(Box::new(tls)), limits);
+    requests(conn, peer, cert, app, shutdown).await
+}
+
+/// The access log's user field: the certificate's first CN (escaped), or `-`.
+fn user_field(cert: Option<&CertIdentity>) -> String {
+    match cert.and_then(|c| c.common_names.first()) {
+        Some(cn) => format!("{cn:?}"),
+        None => "-".to_owned(),
+    }
+}
+
+async fn requests(
+    mut conn: Conn,
+    peer: SocketAddr,
+    cert: Option<Rc<CertIdentity>>,
+    app: Arc<App>,
+    shutdown: &Shutdown,
+) {
+    let user = user_field(cert.as_deref());
     let mut first = true;
     loop {
         let wait = if first {
@@ -91,7 +147,7 @@ async fn requests(
             NextRequest::Head(h) => h,
             NextRequest::Closed => return,
             NextRequest::Invalid(e) => {
-                tracing::info!(target: "wharf::access", "{peer} - - {} 0 rejected head: {e}", e.status());
+                tracing::info!(target: "wharf::access", "{peer} {user} - - {} 0 rejected head: {e}", e.status());
                 return refuse(conn, e.status(), format!("{e}\n")).await;
             }
             NextRequest::TimedOut => {
@@ -111,7 +167,7 @@ async fn requests(
         let sent = conn.send(resp, head_only, close).await;
         tracing::info!(
             target: "wharf::access",
-            "{peer} {} {}{}{} {status} {bytes} {}us",
+            "{peer} {user} {} {}{}{} {status} {bytes} {}us",
             head.method.as_str(),
             head.path,
             if head.query.is_empty() { "" } else { "?" },

@@ -17,6 +17,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 use crate::config::{Config, IoDriver};
 use crate::registry::{Registry, Settings};
 use crate::storage::Storage;
+use crate::tls::{Acceptor, Reloader, TlsError};
 use shutdown::Shutdown;
 
 /// Why the server could not start.
@@ -34,6 +35,8 @@ pub enum StartError {
     },
     #[error("server.io_driver = \"io_uring\" but io_uring is not available on this system")]
     NoUring,
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     #[error("{0}")]
     Other(String),
 }
@@ -80,6 +83,8 @@ pub fn choose_driver(configured: IoDriver) -> Result<Driver, StartError> {
 /// What every worker shares (immutable).
 pub struct App {
     pub registry: Registry,
+    /// The listener's TLS material; `None` = plain HTTP.
+    pub tls: Option<Arc<Reloader>>,
     pub limits: crate::http::Limits,
     pub shutdown_grace: Duration,
 }
@@ -87,6 +92,8 @@ pub struct App {
 /// Run the server until SIGTERM/SIGINT; returns after in-flight requests finished (or the grace ran out).
 pub fn run(cfg: Config) -> Result<(), StartError> {
     let driver = choose_driver(cfg.server.io_driver)?;
+    // TLS first: a broken certificate must stop startup before anything listens.
+    let tls = cfg.server.tls.clone().map(Reloader::new).transpose()?;
     let root = cfg.storage.root.clone();
     let storage = Storage::open(&root).map_err(|source| StartError::Storage {
         path: root.display().to_string(),
@@ -98,6 +105,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     };
     let app = Arc::new(App {
         registry: Registry::new(Arc::new(storage), settings),
+        tls: tls.clone(),
         limits: cfg.server.http.limits(),
         shutdown_grace: cfg.server.shutdown_grace,
     });
@@ -129,22 +137,34 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         handles.push(handle);
     }
     tracing::info!(threads, driver = driver.name(), storage = %root.display(), "wharf started");
+    if let Some(tls) = &tls {
+        tls.watch();
+    }
     // A fixed line on stdout so scripts and tests learn the bound address.
     println!(
-        "wharf listening on http://{addr} (threads={threads}, driver={})",
+        "wharf listening on {}://{addr} (threads={threads}, driver={})",
+        if tls.is_some() { "https" } else { "http" },
         driver.name()
     );
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(|e| StartError::Other(format!("cannot install signal handlers: {e}")))?;
-    if let Some(sig) = signals.forever().next() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| StartError::Other(format!("cannot install signal handlers: {e}")))?;
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            match &tls {
+                Some(tls) => {
+                    let _ = tls.reload("SIGHUP");
+                }
+                None => tracing::info!("SIGHUP: nothing to reload (no [server.tls])"),
+            }
+            continue;
+        }
         tracing::info!(
             signal = sig,
             "shutting down: no new connections, finishing in-flight requests"
         );
+        break;
     }
     for s in stops {
         let _ = s.send(());
@@ -204,12 +224,13 @@ async fn worker_main(
     let _ = ready.send(listener.local_addr());
     let shutdown = Rc::new(Shutdown::default());
     let limits = Rc::new(app.limits.clone());
+    let tls = app.tls.clone().map(|r| Rc::new(Acceptor::new(r)));
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&limits), Rc::clone(&shutdown)));
+                    monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&limits), tls.clone(), Rc::clone(&shutdown)));
                 }
                 Err(e) => {
                     // Out of descriptors or similar: back off briefly instead of spinning.

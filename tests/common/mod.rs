@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod layout;
+pub mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -29,6 +30,10 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub driver: String,
     extra: String,
+    /// `RUST_LOG` of the server process.
+    log_filter: String,
+    /// The scheme the server printed (`http` or `https`).
+    pub scheme: String,
 }
 
 pub fn wharf_bin() -> &'static str {
@@ -42,13 +47,25 @@ impl Server {
 
     /// Start with extra TOML appended to the base config (which sets `[server]` port and threads).
     pub fn start_with(driver: &str, extra: &str) -> Server {
+        Server::start_logged(driver, extra, "warn")
+    }
+
+    /// Start with extra TOML and a `RUST_LOG` filter (for tests that read the server's log).
+    pub fn start_logged(driver: &str, extra: &str, log_filter: &str) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
+        Server::start_in(dir, driver, extra, log_filter)
+    }
+
+    /// Start in a prepared directory (e.g. one holding certificates the config names).
+    pub fn start_in(dir: tempfile::TempDir, driver: &str, extra: &str, log_filter: &str) -> Server {
         let mut s = Server {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             dir,
             driver: driver.into(),
             extra: extra.into(),
+            log_filter: log_filter.into(),
+            scheme: String::new(),
         };
         s.launch(0);
         s
@@ -71,7 +88,7 @@ impl Server {
             .args(["serve", "-c"])
             .arg(self.config_path())
             .env("WHARF_IO_DRIVER", &self.driver)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -80,11 +97,12 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
+        let (scheme, rest) = line
+            .strip_prefix("wharf listening on ")
+            .and_then(|r| r.split_once("://"))
             .unwrap_or_else(|| panic!("wharf did not start: {line:?}\n{}", self.log()));
+        self.scheme = scheme.to_owned();
+        let addr = rest.split_whitespace().next().unwrap();
         self.addr = addr.parse().unwrap();
         assert!(
             line.contains(&format!("driver={}", self.driver)),
@@ -98,7 +116,23 @@ impl Server {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.config_path()
+    }
+
+    /// Wait until the log contains `needle` (the server logs asynchronously to a file).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        for _ in 0..200 {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("server log never showed {needle:?}:\n{}", self.log());
     }
 
     pub fn host(&self) -> String {
@@ -195,10 +229,13 @@ impl Resp {
     }
 }
 
-/// A raw HTTP/1.1 client over one TCP connection.
+/// A byte stream a client can speak HTTP over (TCP or TLS).
+pub trait Wire: Read + Write + Send {}
+impl<T: Read + Write + Send> Wire for T {}
+
+/// A raw HTTP/1.1 client over one connection.
 pub struct Client {
-    pub stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Wire>>,
 }
 
 impl Client {
@@ -207,12 +244,20 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Client { stream, reader }
+        Client::over(Box::new(stream))
+    }
+
+    /// A client over an established stream (e.g. a TLS session).
+    pub fn over(wire: Box<dyn Wire>) -> Client {
+        Client {
+            reader: BufReader::new(wire),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
+        let w = self.reader.get_mut();
+        w.write_all(bytes).unwrap();
+        w.flush().unwrap();
     }
 
     /// Read one response; `head_request` means no body follows regardless of Content-Length.

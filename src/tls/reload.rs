@@ -1,0 +1,132 @@
+//! Certificate rotation without restart: the current server config behind a lock that only the
+//! reloader writes, a generation counter so workers notice a swap with one atomic load, a watcher
+//! thread that polls the three files' contents, and SIGHUP (wired in `server::run`).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use sha2::{Digest, Sha256};
+
+use super::material::{self, TlsError};
+use crate::config::TlsConfig;
+
+/// How often the watcher looks at the files (they are small: reading them is cheap).
+const POLL: Duration = Duration::from_secs(1);
+
+/// The live TLS material of one listener.
+pub struct Reloader {
+    cfg: TlsConfig,
+    current: RwLock<Arc<ServerConfig>>,
+    generation: AtomicU64,
+    /// Fingerprint of the files last tried (loaded or rejected), so a broken file is reported once.
+    seen: Mutex<[u8; 32]>,
+}
+
+impl Reloader {
+    /// Load the configured files; any error here is a startup error.
+    pub fn new(cfg: TlsConfig) -> Result<Arc<Reloader>, TlsError> {
+        let seen = fingerprint(&cfg);
+        let config = material::build(&cfg)?;
+        Ok(Arc::new(Reloader {
+            cfg,
+            current: RwLock::new(config),
+            generation: AtomicU64::new(0),
+            seen: Mutex::new(seen),
+        }))
+    }
+
+    /// Reload now (SIGHUP). A failure is logged and the old material stays in use.
+    pub fn reload(&self, why: &str) -> Result<(), TlsError> {
+        let print = fingerprint(&self.cfg);
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = print;
+        match material::build(&self.cfg) {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
+                self.generation.fetch_add(1, Ordering::Release);
+                tracing::info!(target: "wharf::tls", "TLS material reloaded ({why}); new handshakes use it");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(target: "wharf::tls", "TLS reload ({why}) failed, keeping the previous certificates: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reload if any of the files' contents changed since the last attempt.
+    pub fn reload_if_changed(&self) {
+        let print = fingerprint(&self.cfg);
+        let changed = *self.seen.lock().unwrap_or_else(|e| e.into_inner()) != print;
+        if changed {
+            let _ = self.reload("files changed");
+        }
+    }
+
+    /// Poll the files in a background thread for the life of the process.
+    pub fn watch(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("wharf-tls-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(POLL);
+                    me.reload_if_changed();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(target: "wharf::tls", "cannot watch TLS files (reload with SIGHUP): {e}");
+        }
+    }
+
+    fn current(&self) -> (u64, Arc<ServerConfig>) {
+        let g = self.generation.load(Ordering::Acquire);
+        let c = Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()));
+        (g, c)
+    }
+}
+
+/// SHA-256 over the three files' contents (symlinks followed, so secret swaps count), or their errors.
+fn fingerprint(cfg: &TlsConfig) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let paths = [
+        Some(&cfg.server_certificate_bundle),
+        Some(&cfg.server_private_key),
+        cfg.client_ca_bundle.as_ref(),
+    ];
+    for p in paths.into_iter().flatten() {
+        match std::fs::read(p) {
+            Ok(b) => {
+                h.update((b.len() as u64).to_le_bytes());
+                h.update(&b);
+            }
+            Err(e) => h.update(format!("error {:?}", e.kind())),
+        }
+    }
+    h.finalize().into()
+}
+
+/// One worker's handle: the config it last saw, refreshed when the generation moves.
+pub struct Acceptor {
+    reloader: Arc<Reloader>,
+    cached: RefCell<(u64, Arc<ServerConfig>)>,
+}
+
+impl Acceptor {
+    pub fn new(reloader: Arc<Reloader>) -> Acceptor {
+        let cached = RefCell::new(reloader.current());
+        Acceptor { reloader, cached }
+    }
+
+    /// The server config for a new handshake (one atomic load when nothing changed).
+    pub fn config(&self) -> Arc<ServerConfig> {
+        let g = self.reloader.generation.load(Ordering::Acquire);
+        let mut cached = self.cached.borrow_mut();
+        if cached.0 != g {
+            *cached = self.reloader.current();
+        }
+        Arc::clone(&cached.1)
+    }
+}

@@ -1,0 +1,241 @@
+//! A server-side TLS connection over a monoio `TcpStream`: rustls's `ServerConnection` driven with
+//! monoio's owned-buffer I/O. Reads go through `http::conn::timed_read` (cancel-then-await), so a
+//! timeout never loses a buffer or leaves the TLS state half-updated; writes leave in one syscall
+//! per response (or per 256 KiB of a file) instead of one per 16 KiB record.
+
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use rustls::{HandshakeKind, ServerConfig, ServerConnection};
+
+use crate::http::conn::{ConnError, timed_read};
+
+/// Ciphertext read per syscall: a few full records.
+const RX_BUF: usize = 64 * 1024;
+/// Plaintext of a file encrypted per write.
+const FILE_BLOCK: usize = 256 * 1024;
+
+/// An established TLS connection.
+pub struct TlsStream {
+    tcp: TcpStream,
+    session: ServerConnection,
+    /// Received ciphertext; `rx[rx_pos..]` is not yet handed to rustls.
+    rx: Vec<u8>,
+    rx_pos: usize,
+    /// Encrypted output waiting to be written.
+    tx: Vec<u8>,
+    /// The peer closed its side of the TCP connection.
+    eof: bool,
+}
+
+/// Why a handshake failed (the peer sees a TLS alert where one applies).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("{0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Conn(#[from] ConnError),
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl TlsStream {
+    /// Run the server handshake, bounded by `wait` in total.
+    pub async fn accept(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        wait: Duration,
+    ) -> Result<TlsStream, HandshakeError> {
+        let mut session = ServerConnection::new(config)?;
+        // Whole responses are encrypted at once; their size is bounded by the callers.
+        session.set_buffer_limit(None);
+        let mut s = TlsStream {
+            tcp,
+            session,
+            rx: Vec::with_capacity(RX_BUF),
+            rx_pos: 0,
+            tx: Vec::new(),
+            eof: false,
+        };
+        let deadline = Instant::now() + wait;
+        while s.session.is_handshaking() {
+            if s.session.wants_write() {
+                s.flush(wait).await?;
+                continue;
+            }
+            if s.eof {
+                return Err(ConnError::Eof.into());
+            }
+            s.receive(deadline).await?;
+            if let Err(e) = s.session.process_new_packets() {
+                // Tell the client why (e.g. bad_certificate) before closing.
+                let _ = s.flush(Duration::from_secs(1)).await;
+                return Err(e.into());
+            }
+        }
+        s.flush(wait).await?;
+        Ok(s)
+    }
+
+    /// The DER of the verified client certificate (leaf), if the client presented one.
+    pub fn client_leaf(&self) -> Option<&[u8]> {
+        self.session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref())
+    }
+
+    /// Whether the handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.session.handshake_kind() == Some(HandshakeKind::Resumed)
+    }
+
+    /// The negotiated protocol version, for logs.
+    pub fn version(&self) -> &'static str {
+        match self.session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.tcp.as_raw_fd()
+    }
+
+    /// Get more ciphertext into rustls: from what was read earlier, else from the socket.
+    async fn receive(&mut self, deadline: Instant) -> Result<(), ConnError> {
+        if self.rx_pos == self.rx.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ConnError::Timeout);
+            }
+            let mut rx = std::mem::take(&mut self.rx);
+            rx.clear();
+            self.rx_pos = 0;
+            let (res, rx) = timed_read(&mut self.tcp, rx, left).await;
+            self.rx = rx;
+            match res {
+                Ok(_) => {}
+                Err(ConnError::Eof) => {
+                    self.eof = true;
+                    // An empty read tells rustls the transport ended.
+                    self.session.read_tls(&mut io::empty())?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let n = self.session.read_tls(&mut &self.rx[self.rx_pos..])?;
+        self.rx_pos += n;
+        Ok(())
+    }
+
+    /// Decrypt into the spare capacity of `dst` (its length grows); the number of bytes added.
+    /// Waits at most `wait` in total for the peer. `Eof` when the peer closed (with or without
+    /// close_notify).
+    pub async fn read_into(
+        &mut self,
+        dst: &mut Vec<u8>,
+        wait: Duration,
+    ) -> Result<usize, ConnError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.session.reader().fill_buf() {
+                Ok([]) => return Err(ConnError::Eof),
+                Ok(plain) => {
+                    let n = plain.len().min(dst.capacity() - dst.len());
+                    dst.extend_from_slice(&plain[..n]);
+                    self.session.reader().consume(n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ConnError::Eof),
+                Err(e) => return Err(e.into()),
+            }
+            if self.eof {
+                return Err(ConnError::Eof);
+            }
+            self.receive(deadline).await?;
+            if let Err(e) = self.session.process_new_packets() {
+                let _ = self.flush(Duration::from_secs(1)).await;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e).into());
+            }
+            // Post-handshake messages (key updates, alerts) may need an answer.
+            if self.session.wants_write() {
+                self.flush(wait).await?;
+            }
+        }
+    }
+
+    /// Encrypt `data` and send it (one socket write when it fits the kernel buffer).
+    pub async fn write_all(&mut self, data: &[u8], stall: Duration) -> io::Result<()> {
+        self.session.writer().write_all(data)?;
+        self.flush(stall).await
+    }
+
+    /// Send what rustls has queued; `stall` bounds the wait for a client that stopped reading.
+    async fn flush(&mut self, stall: Duration) -> io::Result<()> {
+        while self.session.wants_write() {
+            self.session.write_tls(&mut self.tx)?;
+        }
+        if self.tx.is_empty() {
+            return Ok(());
+        }
+        let tx = std::mem::take(&mut self.tx);
+        match monoio::time::timeout(stall, self.tcp.write_all(tx)).await {
+            Ok((res, mut tx)) => {
+                tx.clear();
+                // Keep a small buffer for the next response; let a file-sized one go.
+                if tx.capacity() <= 64 * 1024 {
+                    self.tx = tx;
+                }
+                res.map(|_| ())
+            }
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading",
+            )),
+        }
+    }
+
+    /// Hot path for downloads over TLS: file → buffer → rustls → socket, 256 KiB at a time.
+    pub async fn send_file(
+        &mut self,
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+        stall: Duration,
+    ) -> io::Result<()> {
+        let file = monoio::fs::File::from_std(file)?;
+        let mut buf = Vec::with_capacity(FILE_BLOCK);
+        let (mut pos, end) = (offset, offset + len);
+        while pos < end {
+            let want = (end - pos).min(FILE_BLOCK as u64) as usize;
+            buf.clear();
+            let (res, slice) = file.read_at(buf.slice_mut(0..want), pos).await;
+            buf = slice.into_inner();
+            let n = res?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than announced",
+                ));
+            }
+            self.write_all(&buf[..n], stall).await?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Send close_notify (best effort) before the TCP write side is shut.
+    pub async fn close_notify(&mut self, stall: Duration) {
+        self.session.send_close_notify();
+        let _ = self.flush(stall).await;
+    }
+}
