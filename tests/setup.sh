@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs every tool the test suite uses, on a fresh Debian machine (idempotent, fast when done):
-#   skopeo        Debian package
+#   skopeo, podman, curl, openssl   Debian packages (TLS tests: real clients, rogue certificates)
 #   crane         go-containerregistry, built with `go install` from the Go module proxy
 #   conformance   the OCI distribution-spec conformance suite, same way (pinned below)
 # Go tools land in target/tools/bin, where the tests look first.
@@ -15,6 +15,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_packages=()
 command -v skopeo >/dev/null || apt_packages+=(skopeo)
+command -v podman >/dev/null || apt_packages+=(podman)
+command -v curl >/dev/null || apt_packages+=(curl)
+command -v openssl >/dev/null || apt_packages+=(openssl)
 command -v tar >/dev/null || apt_packages+=(tar)
 command -v gzip >/dev/null || apt_packages+=(gzip)
 if [ ${#apt_packages[@]} -gt 0 ]; then
@@ -38,7 +41,7 @@ if [ ! -x "$bin/crane" ] || [ ! -x "$bin/conformance" ] || [ "$(cat "$stamp" 2>/
   echo "$want" > "$stamp"
 fi
 
-for t in skopeo "$bin/crane" "$bin/conformance"; do
+for t in skopeo podman curl openssl "$bin/crane" "$bin/conformance"; do
   command -v "$t" >/dev/null || { echo "setup: $t is missing after installation" >&2; exit 1; }
 done
-echo "setup: skopeo $(skopeo --version | awk '{print $3}'), crane $CRANE_VERSION, conformance $CONFORMANCE_VERSION"
+echo "setup: skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), crane $CRANE_VERSION, conformance $CONFORMANCE_VERSION"

@@ -1,0 +1,430 @@
+//! TLS configuration and tooling through the real binary: startup errors that name the key and
+//! file, the private-key formats users bring (PKCS#8, PKCS#1, SEC1) and full-chain bundles,
+//! `wharf check-tls`, and the `wharf cert` helpers.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::pki::{Pki, wharf};
+use common::*;
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (tests/setup.sh installs it)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let (ok, text) = run(Command::new("openssl").current_dir(dir).args(args));
+    assert!(ok, "openssl {args:?}: {text}");
+}
+
+/// Write a config with `tls` as its `[server.tls]` body; `serve` and `check-config` must both fail
+/// naming every string in `expect`, and `serve` must not start listening.
+fn refused(dir: &Path, tls: &str, expect: &[&str]) {
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nport = 0\n[server.tls]\n{tls}[storage]\nroot = \"data\"\n"),
+    )
+    .unwrap();
+    for cmd in ["serve", "check-config"] {
+        let (ok, text) = run(Command::new(wharf_bin()).args([cmd, "-c"]).arg(&cfg));
+        assert!(!ok, "{cmd} accepted {tls}: {text}");
+        assert!(
+            !text.contains("listening"),
+            "{cmd} started listening: {text}"
+        );
+        for e in expect {
+            assert!(text.contains(e), "{cmd}: {e:?} missing from: {text}");
+        }
+    }
+}
+
+#[test]
+fn each_bad_tls_setting_is_a_startup_error_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let p = |n: &str| pki.path(n).display().to_string();
+    let pair = |c: &str, k: &str| {
+        format!("server_certificate_bundle = \"{c}\"\nserver_private_key = \"{k}\"\n")
+    };
+    // Missing files.
+    refused(
+        dir.path(),
+        &pair(&p("nope.crt"), &p("server.key")),
+        &[
+            "server.tls.server_certificate_bundle",
+            "nope.crt",
+            "cannot read",
+        ],
+    );
+    refused(
+        dir.path(),
+        &pair(&p("server.crt"), &p("nope.key")),
+        &["server.tls.server_private_key", "nope.key", "cannot read"],
+    );
+    // The client's key with the server's certificate.
+    refused(
+        dir.path(),
+        &pair(&p("server.crt"), &p("client.key")),
+        &[
+            "server.tls.server_private_key",
+            "does not match",
+            "server.crt",
+        ],
+    );
+    // "required" without CAs names both keys.
+    refused(
+        dir.path(),
+        &format!(
+            "{}client_auth = \"required\"\n",
+            pair(&p("server.crt"), &p("server.key"))
+        ),
+        &["server.tls.client_auth", "server.tls.client_ca_bundle"],
+    );
+    // A CA bundle without certificates, and one that is not PEM at all.
+    std::fs::write(dir.path().join("empty.pem"), "# nothing here\n").unwrap();
+    refused(
+        dir.path(),
+        &format!(
+            "{}client_ca_bundle = \"{}\"\n",
+            pair(&p("server.crt"), &p("server.key")),
+            p("empty.pem")
+        ),
+        &[
+            "server.tls.client_ca_bundle",
+            "empty.pem",
+            "no PEM certificate",
+        ],
+    );
+    // A key file holding a certificate; a certificate file holding a key.
+    refused(
+        dir.path(),
+        &pair(&p("server.crt"), &p("server.crt")),
+        &["server.tls.server_private_key", "no PEM private key"],
+    );
+    refused(
+        dir.path(),
+        &pair(&p("server.key"), &p("server.key")),
+        &["server.tls.server_certificate_bundle", "no PEM certificate"],
+    );
+    // PEM armour around bytes that are not a certificate.
+    std::fs::write(
+        dir.path().join("junk.crt"),
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    refused(
+        dir.path(),
+        &pair(&p("junk.crt"), &p("server.key")),
+        &["server.tls.server_certificate_bundle", "junk.crt"],
+    );
+    // An encrypted key gets told how to decrypt it.
+    openssl(
+        dir.path(),
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-aes256",
+            "-pass",
+            "pass:secret",
+            "-out",
+            "enc.key",
+        ],
+    );
+    refused(
+        dir.path(),
+        &pair(&p("server.crt"), &p("enc.key")),
+        &["server.tls.server_private_key", "encrypted"],
+    );
+    // An unknown key in the table.
+    refused(
+        dir.path(),
+        &format!(
+            "{}certificate = \"x\"\n",
+            pair(&p("server.crt"), &p("server.key"))
+        ),
+        &["certificate"],
+    );
+}
+
+/// Serve with `cert`/`key` and fetch `/v2/` with curl trusting `ca`.
+fn serves_with(driver: &str, dir: tempfile::TempDir, cert: &str, key: &str, ca: &str) {
+    let tls = format!(
+        "[server.tls]\nserver_certificate_bundle = \"{cert}\"\nserver_private_key = \"{key}\"\n"
+    );
+    let ca = dir.path().join(ca);
+    let s = Server::start_in(dir, driver, &tls, "warn");
+    let (ok, text) = run(Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .arg(format!("https://localhost:{}/v2/", s.addr.port())));
+    assert!(ok && text == "200", "{cert}/{key}: {text}");
+}
+
+fn pkcs1_and_sec1_keys_and_full_chains_load(driver: &str) {
+    for (key_cmd, marker) in [
+        (
+            vec!["genrsa", "-traditional", "-out", "k.pem", "2048"],
+            "BEGIN RSA PRIVATE KEY",
+        ),
+        (
+            vec![
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "k.pem",
+            ],
+            "BEGIN EC PRIVATE KEY",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        openssl(dir.path(), &key_cmd);
+        let key = std::fs::read_to_string(dir.path().join("k.pem")).unwrap();
+        assert!(key.contains(marker), "{key}");
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "k.pem",
+                "-subj",
+                "/CN=localhost",
+                "-days",
+                "30",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-out",
+                "c.pem",
+            ],
+        );
+        serves_with(driver, dir, "c.pem", "k.pem", "c.pem");
+    }
+    // certbot-style fullchain.pem: leaf then CA.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let full = format!("{}{}", pki.pem("server.crt"), pki.pem("ca.crt"));
+    std::fs::write(pki.path("fullchain.pem"), full).unwrap();
+    serves_with(driver, dir, "fullchain.pem", "server.key", "ca.crt");
+}
+
+on_both_drivers!(pkcs1_and_sec1_keys_and_full_chains_load);
+
+fn check_tls(dir: &Path, bundle: &str, hosts: &[&str]) -> (bool, String) {
+    let cfg = dir.join(format!("check-{bundle}.toml"));
+    std::fs::write(
+        &cfg,
+        format!("[server.tls]\nserver_certificate_bundle = \"{bundle}\"\nserver_private_key = \"server.key\"\nclient_ca_bundle = \"ca.crt\"\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(wharf_bin());
+    cmd.args(["check-tls", "-c"]).arg(&cfg);
+    for h in hosts {
+        cmd.args(["--host", h]);
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn check_tls_reports_key_chain_expiry_and_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (ok, text) = check_tls(dir.path(), "server.crt", &[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("ok: certificate, key and client CAs load; the key matches"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok: subjectAltName covers 127.0.0.1"),
+        "{text}"
+    );
+
+    let (ok, text) = check_tls(
+        dir.path(),
+        "server.crt",
+        &["localhost", "registry.example.com"],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("ok: subjectAltName covers localhost"),
+        "{text}"
+    );
+    assert!(
+        text.contains("error: subjectAltName does not cover registry.example.com"),
+        "{text}"
+    );
+
+    // CA first, then the leaf: wrong order (and the key no longer matches the first certificate).
+    std::fs::write(
+        pki.path("reversed.pem"),
+        format!("{}{}", pki.pem("ca.crt"), pki.pem("server.crt")),
+    )
+    .unwrap();
+    let (ok, text) = check_tls(dir.path(), "reversed.pem", &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("error: chain order"), "{text}");
+    assert!(text.contains("does not match"), "{text}");
+
+    // In the right order the chain is checked link by link.
+    std::fs::write(
+        pki.path("full.pem"),
+        format!("{}{}", pki.pem("server.crt"), pki.pem("ca.crt")),
+    )
+    .unwrap();
+    let (ok, text) = check_tls(dir.path(), "full.pem", &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("ok: chain: #1 is issued by #2"), "{text}");
+
+    // Expiring soon is a warning, not an error.
+    let soon = tempfile::tempdir().unwrap();
+    std::fs::copy(pki.path("ca.crt"), soon.path().join("ca.crt")).unwrap();
+    std::fs::copy(pki.path("ca.key"), soon.path().join("ca.key")).unwrap();
+    wharf(&[
+        "cert",
+        "server",
+        "--out",
+        soon.path().to_str().unwrap(),
+        "--ip",
+        "127.0.0.1",
+        "--days",
+        "5",
+    ]);
+    let (ok, text) = check_tls(soon.path(), "server.crt", &[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning: server.tls.server_certificate_bundle #1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(4 days left)") || text.contains("(5 days left)"),
+        "{text}"
+    );
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn cert_helpers_write_private_keys_0600_and_never_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    for k in ["ca.key", "server.key", "client.key"] {
+        assert_eq!(mode(&pki.path(k)), 0o600, "{k}");
+    }
+    assert_eq!(mode(&pki.path("ca.crt")), 0o644);
+    let before = pki.pem("ca.key");
+    let out = Command::new(wharf_bin())
+        .args(["cert", "ca", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(pki.pem("ca.key"), before, "the CA key was overwritten");
+
+    // The certificates carry what their guides promise.
+    use x509_parser::prelude::*;
+    let der = |name: &str| {
+        rustls::pki_types::pem::PemObject::from_pem_file(pki.path(name))
+            .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+            .unwrap()
+    };
+    let server = der("server.crt");
+    let (_, s) = X509Certificate::from_der(&server).unwrap();
+    assert!(s.extended_key_usage().unwrap().unwrap().value.server_auth);
+    let sans = format!(
+        "{:?}",
+        s.subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+    );
+    assert!(
+        sans.contains("DNSName(\"localhost\")") && sans.contains("IPAddress([127, 0, 0, 1])"),
+        "{sans}"
+    );
+    let client = der("client.crt");
+    let (_, c) = X509Certificate::from_der(&client).unwrap();
+    assert!(c.extended_key_usage().unwrap().unwrap().value.client_auth);
+    assert_eq!(c.subject().to_string(), "CN=build-server, O=Infrastructure");
+    let ca = der("ca.crt");
+    let (_, a) = X509Certificate::from_der(&ca).unwrap();
+    assert!(a.is_ca());
+    assert!(c.verify_signature(Some(a.public_key())).is_ok());
+}
+
+#[test]
+fn install_client_lays_out_certs_d_for_docker_podman_and_containerd() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let certs_d = dir.path().join("certs.d");
+    wharf(&[
+        "cert",
+        "install-client",
+        "--registry",
+        "registry.example.com:4443",
+        "--dir",
+        certs_d.to_str().unwrap(),
+        "--from",
+        dir.path().to_str().unwrap(),
+    ]);
+    let d = certs_d.join("registry.example.com:4443");
+    assert_eq!(
+        std::fs::read_to_string(d.join("ca.crt")).unwrap(),
+        pki.pem("ca.crt")
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("client.cert")).unwrap(),
+        pki.pem("client.crt")
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("client.key")).unwrap(),
+        pki.pem("client.key")
+    );
+    assert_eq!(mode(&d.join("client.key")), 0o600);
+    let hosts: toml::Value =
+        toml::from_str(&std::fs::read_to_string(d.join("hosts.toml")).unwrap()).unwrap();
+    assert_eq!(
+        hosts["server"].as_str(),
+        Some("https://registry.example.com:4443")
+    );
+    let host = &hosts["host"]["https://registry.example.com:4443"];
+    assert_eq!(
+        host["ca"].as_str().unwrap(),
+        d.join("ca.crt").to_str().unwrap()
+    );
+    assert_eq!(
+        host["client"][0][1].as_str().unwrap(),
+        d.join("client.key").to_str().unwrap()
+    );
+    // A registry name that would escape the certs.d directory is refused.
+    let out = Command::new(wharf_bin())
+        .args(["cert", "install-client", "--registry", "../evil", "--dir"])
+        .arg(&certs_d)
+        .arg("--from")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
