@@ -72,7 +72,10 @@ fn pump(from: &mut dyn FnMut(&mut Vec<u8>) -> bool, to: &mut dyn FnMut(&[u8])) {
 }
 
 /// One complete handshake in memory, including the session tickets sent after it.
-fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> bool {
+fn connect(
+    server: &Arc<ServerConfig>,
+    client: &Arc<ClientConfig>,
+) -> (ClientConnection, ServerConnection) {
     let name = ServerName::try_from("localhost").unwrap();
     let mut c = ClientConnection::new(Arc::clone(client), name).unwrap();
     let mut s = ServerConnection::new(Arc::clone(server)).unwrap();
@@ -102,7 +105,12 @@ fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> bool {
         }
     }
     assert!(s.peer_certificates().is_some());
-    s.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    (c, s)
+}
+
+/// Whether a fresh handshake was resumed.
+fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> bool {
+    connect(server, client).1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
 }
 
 fn bench_handshakes(c: &mut Criterion) {
@@ -132,30 +140,8 @@ fn bench_handshakes(c: &mut Criterion) {
 fn bench_records(c: &mut Criterion) {
     // What a download over TLS costs per 256 KiB block: encrypt into records and take them out.
     let p = pki();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut cl = ClientConnection::new(Arc::clone(&p.client_full), name).unwrap();
-    let mut sv = ServerConnection::new(Arc::clone(&p.server)).unwrap();
+    let (_client, mut sv) = connect(&p.server, &p.client_full);
     sv.set_buffer_limit(None);
-    while cl.is_handshaking() || sv.is_handshaking() {
-        let mut buf = Vec::new();
-        while cl.wants_write() {
-            cl.write_tls(&mut buf).unwrap();
-        }
-        let mut d = &buf[..];
-        while !d.is_empty() {
-            sv.read_tls(&mut d).unwrap();
-            sv.process_new_packets().unwrap();
-        }
-        let mut buf = Vec::new();
-        while sv.wants_write() {
-            sv.write_tls(&mut buf).unwrap();
-        }
-        let mut d = &buf[..];
-        while !d.is_empty() {
-            cl.read_tls(&mut d).unwrap();
-            cl.process_new_packets().unwrap();
-        }
-    }
     let block = vec![7u8; 256 * 1024];
     let mut out = Vec::with_capacity(300 * 1024);
     let mut g = c.benchmark_group("tls_records");

@@ -8,23 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::layout::Layout;
-use common::pki::{Pki, wharf};
+use common::pki::{Pki, run_cmd, wharf};
 use common::*;
 
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (tests/setup.sh installs it)"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 fn ok(cmd: &mut Command) -> String {
-    let (ok, text) = run(cmd);
+    let (ok, text) = run_cmd(cmd);
     assert!(ok, "{cmd:?} failed:\n{text}");
     text
 }
@@ -87,11 +75,13 @@ fn skopeo_pushes_and_pulls_over_mtls(driver: &str) {
     let from = format!("oci:{}:v1", src.dir.display());
 
     // Without a client certificate the handshake is refused.
-    let (pushed, text) = run(skopeo()
-        .arg("copy")
-        .arg("--dest-cert-dir")
-        .arg(&st.ca_only)
-        .args([&from, &format!("{reg}/mtls/app:v1")]));
+    let (pushed, text) = run_cmd(
+        skopeo()
+            .arg("copy")
+            .arg("--dest-cert-dir")
+            .arg(&st.ca_only)
+            .args([&from, &format!("{reg}/mtls/app:v1")]),
+    );
     assert!(
         !pushed,
         "push without a client certificate succeeded:\n{text}"
@@ -131,11 +121,13 @@ fn skopeo_pushes_and_pulls_over_mtls(driver: &str) {
         .arg(&st.with_cert)
         .arg(format!("{reg}/mtls/app")));
     assert!(tags.contains("\"v1\""), "{tags}");
-    let (listed, text) = run(skopeo()
-        .arg("list-tags")
-        .arg("--cert-dir")
-        .arg(&st.ca_only)
-        .arg(format!("{reg}/mtls/app")));
+    let (listed, text) = run_cmd(
+        skopeo()
+            .arg("list-tags")
+            .arg("--cert-dir")
+            .arg(&st.ca_only)
+            .arg(format!("{reg}/mtls/app")),
+    );
     assert!(
         !listed,
         "list-tags without a client certificate succeeded:\n{text}"
@@ -190,11 +182,13 @@ fn podman_pushes_and_pulls_over_mtls(driver: &str) {
     ]));
     let target = format!("{}/podman/app:1", st.server.host());
 
-    let (pushed, text) = run(podman(root)
-        .arg("push")
-        .arg("--cert-dir")
-        .arg(&st.ca_only)
-        .args(["localhost/wharf-mtls:1", &format!("docker://{target}")]));
+    let (pushed, text) = run_cmd(
+        podman(root)
+            .arg("push")
+            .arg("--cert-dir")
+            .arg(&st.ca_only)
+            .args(["localhost/wharf-mtls:1", &format!("docker://{target}")]),
+    );
     assert!(
         !pushed,
         "podman push without a client certificate succeeded:\n{text}"

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::pki::{ClientSpec, Pki, tls_connect, wharf};
+use common::pki::{ClientSpec, Pki, tls_connect};
 use common::*;
 use rcgen::{DnType, DnValue, ExtendedKeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
@@ -318,19 +318,7 @@ fn rotation_reaches_new_handshakes_and_spares_open_connections(driver: &str) {
 
     // 1. Files change on disk: the watcher picks them up.
     let fresh = tempfile::tempdir().unwrap();
-    std::fs::copy(pki.path("ca.crt"), fresh.path().join("ca.crt")).unwrap();
-    std::fs::copy(pki.path("ca.key"), fresh.path().join("ca.key")).unwrap();
-    let fd = fresh.path().to_str().unwrap();
-    wharf(&[
-        "cert",
-        "server",
-        "--out",
-        fd,
-        "--host",
-        "localhost",
-        "--ip",
-        "127.0.0.1",
-    ]);
+    pki.server_cert_in(fresh.path(), "server", &[]);
     let new_crt = std::fs::read_to_string(fresh.path().join("server.crt")).unwrap();
     replace(
         &pki.path("server.key"),
@@ -361,16 +349,7 @@ fn rotation_reaches_new_handshakes_and_spares_open_connections(driver: &str) {
     assert_eq!(still.server_cert, pem_der.to_vec());
 
     // 3. SIGHUP reloads on demand.
-    wharf(&[
-        "cert",
-        "server",
-        "--out",
-        fd,
-        "--host",
-        "localhost",
-        "--name",
-        "third",
-    ]);
+    pki.server_cert_in(fresh.path(), "third", &[]);
     std::fs::write(
         pki.path("server.crt"),
         std::fs::read(fresh.path().join("third.crt")).unwrap(),
@@ -407,19 +386,7 @@ fn kubernetes_secret_symlink_swap_is_picked_up(driver: &str) {
 
     let v2 = secret.join("..2026_v2");
     std::fs::create_dir_all(&v2).unwrap();
-    let d = v2.to_str().unwrap();
-    std::fs::copy(pki.path("ca.crt"), v2.join("ca.crt")).unwrap();
-    std::fs::copy(pki.path("ca.key"), v2.join("ca.key")).unwrap();
-    wharf(&[
-        "cert",
-        "server",
-        "--out",
-        d,
-        "--host",
-        "localhost",
-        "--ip",
-        "127.0.0.1",
-    ]);
+    pki.server_cert_in(&v2, "server", &[]);
     std::os::unix::fs::symlink("..2026_v2", secret.join("..data_tmp")).unwrap();
     std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
     s.wait_for_log("TLS material reloaded (files changed)");

@@ -8,23 +8,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::pki::{Pki, wharf};
+use common::pki::{Pki, run_cmd, wharf};
 use common::*;
 
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (tests/setup.sh installs it)"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 fn openssl(dir: &Path, args: &[&str]) {
-    let (ok, text) = run(Command::new("openssl").current_dir(dir).args(args));
+    let (ok, text) = run_cmd(Command::new("openssl").current_dir(dir).args(args));
     assert!(ok, "openssl {args:?}: {text}");
 }
 
@@ -38,7 +26,7 @@ fn refused(dir: &Path, tls: &str, expect: &[&str]) {
     )
     .unwrap();
     for cmd in ["serve", "check-config"] {
-        let (ok, text) = run(Command::new(wharf_bin()).args([cmd, "-c"]).arg(&cfg));
+        let (ok, text) = run_cmd(Command::new(wharf_bin()).args([cmd, "-c"]).arg(&cfg));
         assert!(!ok, "{cmd} accepted {tls}: {text}");
         assert!(
             !text.contains("listening"),
@@ -168,10 +156,12 @@ fn serves_with(driver: &str, dir: tempfile::TempDir, cert: &str, key: &str, ca: 
     );
     let ca = dir.path().join(ca);
     let s = Server::start_in(dir, driver, &tls, "warn");
-    let (ok, text) = run(Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
-        .arg(&ca)
-        .arg(format!("https://localhost:{}/v2/", s.addr.port())));
+    let (ok, text) = run_cmd(
+        Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .arg(format!("https://localhost:{}/v2/", s.addr.port())),
+    );
     assert!(ok && text == "200", "{cert}/{key}: {text}");
 }
 
@@ -240,7 +230,7 @@ fn check_tls(dir: &Path, bundle: &str, hosts: &[&str]) -> (bool, String) {
     for h in hosts {
         cmd.args(["--host", h]);
     }
-    run(&mut cmd)
+    run_cmd(&mut cmd)
 }
 
 #[test]
@@ -296,18 +286,7 @@ fn check_tls_reports_key_chain_expiry_and_names() {
 
     // Expiring soon is a warning, not an error.
     let soon = tempfile::tempdir().unwrap();
-    std::fs::copy(pki.path("ca.crt"), soon.path().join("ca.crt")).unwrap();
-    std::fs::copy(pki.path("ca.key"), soon.path().join("ca.key")).unwrap();
-    wharf(&[
-        "cert",
-        "server",
-        "--out",
-        soon.path().to_str().unwrap(),
-        "--ip",
-        "127.0.0.1",
-        "--days",
-        "5",
-    ]);
+    pki.server_cert_in(soon.path(), "server", &["--days", "5"]);
     let (ok, text) = check_tls(soon.path(), "server.crt", &[]);
     assert!(ok, "{text}");
     assert!(

@@ -23,6 +23,19 @@ pub struct Pki {
     pub dir: PathBuf,
 }
 
+/// Run a command: (success, stdout and stderr). A tool that cannot start fails the test.
+pub fn run_cmd(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (tests/setup.sh installs it)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Run `wharf` with `args`, asserting success; returns stdout.
 pub fn wharf(args: &[&str]) -> String {
     let out = Command::new(wharf_bin()).args(args).output().unwrap();
@@ -41,16 +54,8 @@ impl Pki {
     pub fn new(dir: &Path) -> Pki {
         let d = dir.to_str().unwrap();
         wharf(&["cert", "ca", "--out", d, "--cn", "wharf test CA"]);
-        wharf(&[
-            "cert",
-            "server",
-            "--out",
-            d,
-            "--host",
-            "localhost",
-            "--ip",
-            "127.0.0.1",
-        ]);
+        let pki = Pki { dir: dir.into() };
+        pki.server_cert_in(dir, "server", &[]);
         wharf(&[
             "cert",
             "client",
@@ -61,7 +66,35 @@ impl Pki {
             "--org",
             "Infrastructure",
         ]);
-        Pki { dir: dir.into() }
+        pki
+    }
+
+    /// A server certificate for localhost/127.0.0.1 signed by this CA, written by `wharf cert server`
+    /// as `<out>/<name>.{crt,key}` (the CA is copied to `out` first when it lives elsewhere).
+    pub fn server_cert_in(&self, out: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        if out != self.dir {
+            std::fs::copy(self.path("ca.crt"), out.join("ca.crt")).unwrap();
+            std::fs::copy(self.path("ca.key"), out.join("ca.key")).unwrap();
+        }
+        let o = out.to_str().unwrap();
+        let mut args = vec![
+            "cert",
+            "server",
+            "--out",
+            o,
+            "--name",
+            name,
+            "--host",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+        ];
+        args.extend_from_slice(extra);
+        wharf(&args);
+        (
+            out.join(format!("{name}.crt")),
+            out.join(format!("{name}.key")),
+        )
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
