@@ -172,6 +172,15 @@ fn the_accepted_ca_names_are_advertised(driver: &str) {
     assert!(section.contains("CN = wharf test CA"), "{section}");
 }
 
+fn plain_http_to_the_tls_port_gets_a_readable_400(driver: &str) {
+    let (s, _pki) = tls_server(driver, Some("required"));
+    let mut c = s.client();
+    let r = c.get("/v2/");
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("use https://"));
+    assert!(c.is_closed());
+}
+
 fn plain_server_has_no_tls(driver: &str) {
     // Without [server.tls] the listener stays plain HTTP (and says so).
     let s = Server::start(driver);
@@ -399,6 +408,7 @@ on_both_drivers!(
     optional_mode_accepts_anonymous_and_refuses_rogue,
     the_accepted_ca_names_are_advertised,
     plain_server_has_no_tls,
+    plain_http_to_the_tls_port_gets_a_readable_400,
     identity_of_several_names_and_string_types_reaches_requests,
     resumed_sessions_keep_the_identity,
     blobs_stream_over_tls_both_ways,

@@ -42,7 +42,12 @@ pub enum HandshakeError {
     Conn(#[from] ConnError),
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    #[error("the client spoke plain HTTP to the TLS listener (answered 400)")]
+    PlainHttp,
 }
+
+/// What a client that forgot `https://` gets back, in the protocol it understands.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 48\r\nConnection: close\r\n\r\nThis port speaks TLS: use https:// to reach it.\n";
 
 impl TlsStream {
     /// Run the server handshake, bounded by `wait` in total.
@@ -71,7 +76,16 @@ impl TlsStream {
             if s.eof {
                 return Err(ConnError::Eof.into());
             }
+            let first_read = s.rx.is_empty();
             s.receive(deadline).await?;
+            // A TLS record starts with 0x16; an HTTP request line with an upper-case method.
+            if first_read && s.rx.first().is_some_and(u8::is_ascii_uppercase) {
+                let answer = monoio::time::timeout(wait, s.tcp.write_all(PLAIN_HTTP_ANSWER)).await;
+                drop(answer);
+                // SAFETY: shutdown(2) on the descriptor this stream owns; the close follows.
+                unsafe { libc::shutdown(s.tcp.as_raw_fd(), libc::SHUT_WR) };
+                return Err(HandshakeError::PlainHttp);
+            }
             if let Err(e) = s.session.process_new_packets() {
                 // Tell the client why (e.g. bad_certificate) before closing.
                 let _ = s.flush(Duration::from_secs(1)).await;
