@@ -108,7 +108,7 @@ enum CertCommand {
     },
 }
 
-fn cert(cmd: CertCommand) -> Result<(), String> {
+fn cert(cmd: CertCommand) -> Result<(), wharf::tls::certs::CertError> {
     use wharf::tls::certs;
     let ca_of = |dir: &Path| certs::load(&dir.join("ca.crt"), &dir.join("ca.key"));
     let written = |(crt, key): (PathBuf, PathBuf)| {
@@ -116,10 +116,8 @@ fn cert(cmd: CertCommand) -> Result<(), String> {
     };
     match cmd {
         CertCommand::Ca { cn, days, out } => {
-            let ca = certs::new_ca(&cn, days).map_err(|e| e.to_string())?;
-            certs::write_pair(&out, "ca", &ca)
-                .map(written)
-                .map_err(|e| e.to_string())
+            let ca = certs::new_ca(&cn, days)?;
+            certs::write_pair(&out, "ca", &ca).map(written)
         }
         CertCommand::Server {
             hosts,
@@ -128,11 +126,9 @@ fn cert(cmd: CertCommand) -> Result<(), String> {
             out,
             name,
         } => {
-            let ca = ca_of(&out).map_err(|e| e.to_string())?;
-            let issued = certs::server(&ca, &hosts, &ips, days).map_err(|e| e.to_string())?;
-            certs::write_pair(&out, &name, &issued)
-                .map(written)
-                .map_err(|e| e.to_string())
+            let ca = ca_of(&out)?;
+            let issued = certs::server(&ca, &hosts, &ips, days)?;
+            certs::write_pair(&out, &name, &issued).map(written)
         }
         CertCommand::Client {
             cn,
@@ -141,11 +137,9 @@ fn cert(cmd: CertCommand) -> Result<(), String> {
             out,
             name,
         } => {
-            let ca = ca_of(&out).map_err(|e| e.to_string())?;
-            let issued = certs::client(&ca, &cn, &orgs, days).map_err(|e| e.to_string())?;
-            certs::write_pair(&out, &name, &issued)
-                .map(written)
-                .map_err(|e| e.to_string())
+            let ca = ca_of(&out)?;
+            let issued = certs::client(&ca, &cn, &orgs, days)?;
+            certs::write_pair(&out, &name, &issued).map(written)
         }
         CertCommand::InstallClient {
             registry,
@@ -159,8 +153,7 @@ fn cert(cmd: CertCommand) -> Result<(), String> {
                 &from.join("ca.crt"),
                 &from.join(format!("{name}.crt")),
                 &from.join(format!("{name}.key")),
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             println!(
                 "wrote {0}/ca.crt, {0}/client.cert, {0}/client.key (0600) and {0}/hosts.toml",
                 d.display()
@@ -224,7 +217,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::CheckTls { config, hosts } => check_tls(&config, hosts),
-        Command::Cert(cmd) => cert(cmd),
+        Command::Cert(cmd) => cert(cmd).map_err(|e| e.to_string()),
         Command::Version => {
             println!("wharf {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -69,6 +69,11 @@ impl Transport {
     }
 }
 
+/// The error of a write that waited longer than `body_timeout` for the client to read.
+pub(crate) fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")
+}
+
 /// Read into the spare capacity of `buf`, waiting at most `wait`. On timeout the read is
 /// cancelled and then awaited, so the buffer (and anything that arrived meanwhile) always comes back.
 pub(crate) async fn timed_read(
@@ -287,10 +292,7 @@ impl Conn {
             Transport::Plain(stream) => {
                 match monoio::time::timeout(stall, stream.write_all(data)).await {
                     Ok((res, _)) => res.map(|_| ()),
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "client stopped reading",
-                    )),
+                    Err(_) => Err(stalled()),
                 }
             }
             Transport::Tls(tls) => tls.write_all(&data, stall).await,
@@ -350,12 +352,7 @@ async fn sendfile_loop(
             io::ErrorKind::WouldBlock => {
                 match monoio::time::timeout(stall, stream.writable(false)).await {
                     Ok(r) => r?,
-                    Err(_) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "client stopped reading",
-                        ));
-                    }
+                    Err(_) => return Err(stalled()),
                 }
             }
             io::ErrorKind::Interrupted => {}

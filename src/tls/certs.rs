@@ -135,17 +135,18 @@ pub fn client(
     leaf(ca, p, days)
 }
 
+fn read_text(p: &Path) -> Result<String, CertError> {
+    std::fs::read_to_string(p).map_err(|source| CertError::Io {
+        path: p.into(),
+        source,
+    })
+}
+
 /// Read a CA written by `new_ca` (or any PEM CA certificate and its key).
 pub fn load(cert: &Path, key: &Path) -> Result<Issued, CertError> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|source| CertError::Io {
-            path: p.into(),
-            source,
-        })
-    };
     Ok(Issued {
-        cert_pem: read(cert)?,
-        key_pem: read(key)?,
+        cert_pem: read_text(cert)?,
+        key_pem: read_text(key)?,
     })
 }
 
@@ -207,13 +208,7 @@ pub fn install_client(
         )));
     }
     let dir = certs_d.join(registry);
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|source| CertError::Io {
-            path: p.into(),
-            source,
-        })
-    };
-    let (ca_pem, cert_pem, key_pem) = (read(ca)?, read(cert)?, read(key)?);
+    let (ca_pem, cert_pem, key_pem) = (read_text(ca)?, read_text(cert)?, read_text(key)?);
     write_new(&dir.join("ca.crt"), &ca_pem, 0o644)?;
     write_new(&dir.join("client.cert"), &cert_pem, 0o644)?;
     write_new(&dir.join("client.key"), &key_pem, 0o600)?;

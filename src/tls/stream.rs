@@ -13,7 +13,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
 
-use crate::http::conn::{ConnError, timed_read};
+use crate::http::conn::{ConnError, stalled, timed_read};
 
 /// Ciphertext read per syscall: a few full records.
 const RX_BUF: usize = 64 * 1024;
@@ -80,8 +80,8 @@ impl TlsStream {
             s.receive(deadline).await?;
             // A TLS record starts with 0x16; an HTTP request line with an upper-case method.
             if first_read && s.rx.first().is_some_and(u8::is_ascii_uppercase) {
-                let answer = monoio::time::timeout(wait, s.tcp.write_all(PLAIN_HTTP_ANSWER)).await;
-                drop(answer);
+                // Best effort: the connection closes either way.
+                let _ = monoio::time::timeout(wait, s.tcp.write_all(PLAIN_HTTP_ANSWER)).await;
                 // SAFETY: shutdown(2) on the descriptor this stream owns; the close follows.
                 unsafe { libc::shutdown(s.tcp.as_raw_fd(), libc::SHUT_WR) };
                 return Err(HandshakeError::PlainHttp);
@@ -211,10 +211,7 @@ impl TlsStream {
                 }
                 res.map(|_| ())
             }
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client stopped reading",
-            )),
+            Err(_) => Err(stalled()),
         }
     }
 
