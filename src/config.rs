@@ -1,6 +1,7 @@
 //! The TOML configuration: schema with documented defaults, duration parsing, and validation with
 //! errors that name the key. Unknown keys are rejected.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,8 +16,13 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[storage]`: where blobs and metadata live.
     pub storage: StorageConfig,
-    /// `[global]`: registry-wide limits.
+    /// `[global]`: registry-wide limits and the global access policy.
     pub global: GlobalConfig,
+    /// `[auth]`: Basic-auth identities and the verified-credential cache.
+    pub auth: AuthConfig,
+    /// `[repository."<name>"]`: settings for a repository name and everything below it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub repository: BTreeMap<String, RepositoryConfig>,
 }
 
 /// `[server]`
@@ -164,6 +170,10 @@ pub struct GlobalConfig {
     pub max_manifest_size: u64,
     /// Largest blob accepted; larger answers 413 `SIZE_INVALID`. Default `0` = unlimited.
     pub max_blob_size: u64,
+    /// `[global.access_policy]`: checked for every request. Default: absent (allow everything
+    /// unless a repository policy says otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_policy: Option<AccessPolicyConfig>,
 }
 
 impl Default for GlobalConfig {
@@ -171,8 +181,74 @@ impl Default for GlobalConfig {
         GlobalConfig {
             max_manifest_size: 4 * 1024 * 1024,
             max_blob_size: 0,
+            access_policy: None,
         }
     }
+}
+
+/// `[global.access_policy]` or `[repository."<name>".access_policy]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPolicyConfig {
+    /// `"allow"` or `"deny"`: the decision when no rule is true. Required.
+    pub default: PolicyDefault,
+    /// CEL expressions; the first that is true flips `default` (allow rules under `"deny"`,
+    /// deny rules under `"allow"`). Default `[]`.
+    #[serde(default)]
+    pub rules: Vec<String>,
+}
+
+/// The decision a policy makes when none of its rules is true.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyDefault {
+    Allow,
+    Deny,
+}
+
+/// `[repository."<name>"]`: applies to `<name>` and every repository below it (`<name>/...`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// `[repository."<name>".access_policy]`: checked after the global policy for requests on
+    /// this repository (the longest configured name wins). Default: absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_policy: Option<AccessPolicyConfig>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How long a verified Basic credential is trusted without checking the password hash
+    /// again (per worker thread). Default `"60s"`.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub credential_cache_ttl: Duration,
+    /// Verified credentials remembered per worker thread. Default `1024`.
+    pub credential_cache_size: usize,
+    /// `[auth.identity.<id>]`: Basic-auth users; `<id>` is `identity.id` in policies.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub identity: BTreeMap<String, IdentityConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            credential_cache_ttl: Duration::from_secs(60),
+            credential_cache_size: 1024,
+            identity: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[auth.identity.<id>]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The Basic-auth user name. Required.
+    pub username: String,
+    /// Argon2id hash in PHC form (`$argon2id$v=19$...`), as `wharf hash-password` prints. Required.
+    pub password: String,
 }
 
 /// A configuration that could not be loaded, naming the file and key.
@@ -186,7 +262,7 @@ pub enum ConfigError {
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config: {key}: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
 }
 
 /// Parse `"30s"`, `"500ms"`, `"2m"`, `"1h"` or a bare number of seconds.
@@ -277,9 +353,9 @@ impl Config {
     /// Checks that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let h = &self.server.http;
-        let invalid = |key, message: &str| {
+        let invalid = |key: &str, message: &str| {
             Err(ConfigError::Invalid {
-                key,
+                key: key.to_owned(),
                 message: message.to_owned(),
             })
         };
@@ -339,6 +415,33 @@ impl Config {
                     );
                 }
                 _ => {}
+            }
+        }
+        if self.auth.credential_cache_size == 0 {
+            return invalid("auth.credential_cache_size", "must be at least 1");
+        }
+        let mut usernames = BTreeMap::new();
+        for (id, ident) in &self.auth.identity {
+            let key = format!("auth.identity.{id}.username");
+            if ident.username.is_empty() || ident.username.contains(':') {
+                return invalid(&key, "must be non-empty and must not contain ':'");
+            }
+            if let Some(other) = usernames.insert(&ident.username, id) {
+                return invalid(
+                    &key,
+                    &format!(
+                        "{:?} is also the username of auth.identity.{other}",
+                        ident.username
+                    ),
+                );
+            }
+        }
+        for name in self.repository.keys() {
+            if name.parse::<crate::oci::RepoName>().is_err() {
+                return invalid(
+                    &format!("repository.{name:?}"),
+                    "is not a valid repository name (lowercase path components like \"team/app\")",
+                );
             }
         }
         Ok(())
@@ -404,6 +507,24 @@ mod tests {
             client_ca_bundle: Some(PathBuf::new()),
             client_auth: ClientAuth::default(),
         });
+        let policy = AccessPolicyConfig {
+            default: PolicyDefault::Deny,
+            rules: vec![],
+        };
+        c.global.access_policy = Some(policy.clone());
+        c.repository.insert(
+            "<name>".into(),
+            RepositoryConfig {
+                access_policy: Some(policy),
+            },
+        );
+        c.auth.identity.insert(
+            "<id>".into(),
+            IdentityConfig {
+                username: String::new(),
+                password: String::new(),
+            },
+        );
         toml::Value::try_from(c).unwrap()
     }
 
@@ -441,8 +562,10 @@ mod tests {
                 .find(|l| l.starts_with(&format!("| `{key}` |")))
                 .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{key}`"));
             // Keys without a default (empty here) are documented as required or optional.
+            // `access_policy.default` has no default either (an enum, so not empty here).
             let expected = match value.as_str() {
                 Some("") => "(required)".to_owned(),
+                _ if key.ends_with("access_policy.default") => "(required)".to_owned(),
                 _ => format!("`{value}`"),
             };
             assert!(

@@ -1,9 +1,11 @@
 //! wharf: an OCI Distribution v1.1 registry on thread-per-core monoio.
 //! Module map and data flow: docs/architecture.md.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod oci;
+pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod storage;

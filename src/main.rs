@@ -40,6 +40,9 @@ enum Command {
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
+    /// Read a password from stdin (one line) and print its argon2id hash for
+    /// `[auth.identity.<id>] password`.
+    HashPassword,
     /// Make a private CA, server and client certificates, and client certs.d layouts.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -188,6 +191,26 @@ fn check_tls(path: &Path, mut hosts: Vec<String>) -> Result<(), String> {
     }
 }
 
+fn hash_password() -> Result<(), String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("password (input is shown; pipe it in to keep it off the screen):");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err("empty password on stdin".into());
+    }
+    println!("{}", wharf::auth::hash_password(password.as_bytes())?);
+    Ok(())
+}
+
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     match path {
         Some(p) => Config::load(p).map_err(|e| e.to_string()),
@@ -213,10 +236,13 @@ fn main() -> ExitCode {
             if let Some(tls) = &cfg.server.tls {
                 wharf::tls::material::build(tls).map_err(|e| e.to_string())?;
             }
+            wharf::auth::validate(&cfg.auth).map_err(|e| e.to_string())?;
+            wharf::policy::AccessControl::from_config(&cfg).map_err(|e| e.to_string())?;
             println!("{}: ok", config.display());
             Ok(())
         }),
         Command::CheckTls { config, hosts } => check_tls(&config, hosts),
+        Command::HashPassword => hash_password(),
         Command::Cert(cmd) => cert(cmd).map_err(|e| e.to_string()),
         Command::Version => {
             println!("wharf {}", env!("CARGO_PKG_VERSION"));

@@ -101,6 +101,26 @@ impl Action {
             Action::ListCatalog { .. } => "list-catalog",
         }
     }
+
+    /// The repository the action is about (`None` for the API version check and the catalog).
+    pub fn repository(&self) -> Option<&RepoName> {
+        match self {
+            Action::GetApiVersion | Action::ListCatalog { .. } => None,
+            Action::GetBlob { repository, .. }
+            | Action::DeleteBlob { repository, .. }
+            | Action::StartUpload { repository, .. }
+            | Action::MountBlob { repository, .. }
+            | Action::UpdateUpload { repository, .. }
+            | Action::CompleteUpload { repository, .. }
+            | Action::GetUpload { repository, .. }
+            | Action::CancelUpload { repository, .. }
+            | Action::GetManifest { repository, .. }
+            | Action::PutManifest { repository, .. }
+            | Action::DeleteManifest { repository, .. }
+            | Action::GetReferrers { repository, .. }
+            | Action::ListTags { repository, .. } => Some(repository),
+        }
+    }
 }
 
 /// Percent-decode a query component; `None` for bad escapes or non-UTF-8 results.

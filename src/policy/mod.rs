@@ -1,0 +1,531 @@
+//! Access policies: CEL rules compiled once when the config loads (`compile`), the per-request
+//! variables borrowed rather than built (`vars`), and the decision: the global policy, then the
+//! policy of the longest configured repository name that is a path prefix of the request's.
+
+pub mod compile;
+pub mod vars;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cel::{Context, Env, Program, Value};
+
+use crate::config::{AccessPolicyConfig, Config, PolicyDefault};
+use crate::registry::Action;
+pub use compile::RuleError;
+pub use vars::{IdentityVal, Peer, RequestVal, Vars};
+
+/// One compiled rule and its text (for logs).
+pub struct Rule {
+    pub source: String,
+    program: Program,
+    /// Set once the rule has failed to evaluate and that was logged at warn.
+    warned: AtomicBool,
+}
+
+/// `default` plus rules; the first true rule flips the default.
+pub struct Policy {
+    /// Where it is configured: `global.access_policy` or `repository."<name>".access_policy`.
+    pub table: String,
+    pub default: PolicyDefault,
+    pub rules: Vec<Rule>,
+}
+
+/// Every policy of the config, ready to decide.
+pub struct AccessControl {
+    env: Arc<Env>,
+    global: Option<Policy>,
+    /// Repository policies, longest name first so the first prefix match is the most specific.
+    repositories: Vec<(String, Policy)>,
+}
+
+/// Why a policy decided as it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No policy applies to the request.
+    Unrestricted,
+    /// No rule was true.
+    Default,
+    /// This rule was true.
+    Rule(usize),
+    /// This rule failed or was not boolean; under `default = "allow"` that denies.
+    Failed(usize),
+}
+
+/// The outcome, with the policy and rule that decided it.
+pub struct Decision<'p> {
+    pub allowed: bool,
+    pub policy: Option<&'p Policy>,
+    pub reason: Reason,
+}
+
+impl fmt::Display for Decision<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.allowed { "allowed" } else { "denied" };
+        match (self.policy, self.reason) {
+            (None, _) | (_, Reason::Unrestricted) => write!(f, "{verdict}: no policy applies"),
+            (Some(p), Reason::Default) => {
+                write!(f, "{verdict} by {}: default (no rule was true)", p.table)
+            }
+            (Some(p), Reason::Rule(i)) => {
+                write!(
+                    f,
+                    "{verdict} by {}.rules[{i}] `{}`",
+                    p.table, p.rules[i].source
+                )
+            }
+            (Some(p), Reason::Failed(i)) => write!(
+                f,
+                "{verdict} by {}.rules[{i}] `{}`: it failed or was not boolean",
+                p.table, p.rules[i].source
+            ),
+        }
+    }
+}
+
+impl Policy {
+    fn compile(env: &Env, table: String, cfg: &AccessPolicyConfig) -> Result<Policy, RuleError> {
+        let rules = cfg
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, source)| {
+                Ok(Rule {
+                    source: source.clone(),
+                    program: compile::compile(env, &table, i, source)?,
+                    warned: AtomicBool::new(false),
+                })
+            })
+            .collect::<Result<_, RuleError>>()?;
+        Ok(Policy {
+            table,
+            default: cfg.default,
+            rules,
+        })
+    }
+
+    /// Hot path: one `Context` (no allocation) and the rules in order until one flips the default.
+    fn decide(&self, env: &Arc<Env>, vars: &Vars<'_>) -> Decision<'_> {
+        let mut ctx = Context::with_env(Arc::clone(env));
+        ctx.set_variable_resolver(vars);
+        let allow_by_default = self.default == PolicyDefault::Allow;
+        for (i, rule) in self.rules.iter().enumerate() {
+            match rule.program.execute(&ctx) {
+                Ok(Value::Bool(true)) => {
+                    return Decision {
+                        allowed: !allow_by_default,
+                        policy: Some(self),
+                        reason: Reason::Rule(i),
+                    };
+                }
+                Ok(Value::Bool(false)) => {}
+                outcome => {
+                    self.failed(i, &outcome);
+                    // Fail closed: a broken rule never allows, and under "allow" it denies.
+                    if allow_by_default {
+                        return Decision {
+                            allowed: false,
+                            policy: Some(self),
+                            reason: Reason::Failed(i),
+                        };
+                    }
+                }
+            }
+        }
+        Decision {
+            allowed: allow_by_default,
+            policy: Some(self),
+            reason: Reason::Default,
+        }
+    }
+
+    /// Log a failing rule: at warn the first time, then at debug (it may fail on every request).
+    fn failed(&self, i: usize, outcome: &cel::ResolveResult) {
+        let what = match outcome {
+            Ok(v) => format!("returned {v:?}, not a boolean"),
+            Err(e) => e.to_string(),
+        };
+        let rule = &self.rules[i];
+        if rule.warned.swap(true, Ordering::Relaxed) {
+            tracing::debug!(target: "wharf::access", "{}.rules[{i}] `{}`: {what}", self.table, rule.source);
+        } else {
+            tracing::warn!(target: "wharf::access", "{}.rules[{i}] `{}`: {what} (counts as deny; logged once, then at debug)", self.table, rule.source);
+        }
+    }
+}
+
+impl AccessControl {
+    /// Compile every policy of the config; the first bad rule is an error naming its place.
+    pub fn from_config(cfg: &Config) -> Result<AccessControl, RuleError> {
+        let env = compile::environment();
+        let global = cfg
+            .global
+            .access_policy
+            .as_ref()
+            .map(|p| Policy::compile(&env, "global.access_policy".into(), p))
+            .transpose()?;
+        let mut repositories = Vec::new();
+        for (name, repo) in &cfg.repository {
+            if let Some(p) = &repo.access_policy {
+                let table = format!("repository.{name:?}.access_policy");
+                repositories.push((name.clone(), Policy::compile(&env, table, p)?));
+            }
+        }
+        repositories.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        Ok(AccessControl {
+            env,
+            global,
+            repositories,
+        })
+    }
+
+    /// True when no policy is configured: every request is allowed (the development default).
+    pub fn is_open(&self) -> bool {
+        self.global.is_none() && self.repositories.is_empty()
+    }
+
+    /// The repository policy for `repo`: the longest configured name equal to it or a path
+    /// prefix of it (`dev` covers `dev` and `dev/app`, not `devops`).
+    pub fn repository_policy(&self, repo: &str) -> Option<&Policy> {
+        self.repositories.iter().find_map(|(name, policy)| {
+            let covers = repo
+                .strip_prefix(name.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            covers.then_some(policy)
+        })
+    }
+
+    /// Decide `action` for `identity`: it must pass the global policy and then the repository's.
+    pub fn decide<'p>(&'p self, identity: IdentityVal<'_>, action: &Action) -> Decision<'p> {
+        let request = RequestVal::new(action);
+        let repo = action.repository().map(|r| r.as_str());
+        let vars = Vars { identity, request };
+        let mut decision = Decision {
+            allowed: true,
+            policy: None,
+            reason: Reason::Unrestricted,
+        };
+        if let Some(global) = &self.global {
+            decision = global.decide(&self.env, &vars);
+            if !decision.allowed {
+                return decision;
+            }
+        }
+        if let Some(policy) = repo.and_then(|r| self.repository_policy(r)) {
+            decision = policy.decide(&self.env, &vars);
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::CertIdentity;
+
+    fn control(toml: &str) -> Result<AccessControl, RuleError> {
+        AccessControl::from_config(&Config::parse_str(toml).unwrap())
+    }
+
+    fn cert(cns: &[&str], orgs: &[&str]) -> CertIdentity {
+        CertIdentity {
+            common_names: cns.iter().map(|s| s.to_string()).collect(),
+            organizations: orgs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn action(path: &str, method: crate::http::Method, query: &str) -> Action {
+        crate::registry::route(method, path, query).unwrap()
+    }
+
+    /// Decide for a certificate (or none) and a Basic user (or none).
+    fn allowed(
+        ac: &AccessControl,
+        c: Option<&CertIdentity>,
+        user: Option<&str>,
+        a: &Action,
+    ) -> bool {
+        let peer = Peer::new(c, "192.0.2.7".parse().unwrap());
+        let user = user.map(|u| (u, u));
+        ac.decide(IdentityVal::new(&peer, user), a).allowed
+    }
+
+    use crate::http::Method::{Get, Head, Put};
+
+    fn pull() -> Action {
+        action("/v2/dev/app/manifests/latest", Get, "")
+    }
+    fn push() -> Action {
+        action("/v2/dev/app/manifests/latest", Put, "")
+    }
+
+    #[test]
+    fn no_policy_allows_everything() {
+        let ac = control("").unwrap();
+        assert!(ac.is_open());
+        assert!(allowed(&ac, None, None, &push()));
+    }
+
+    #[test]
+    fn the_rules_users_copy_work_as_written() {
+        let ac = control(
+            r#"[global.access_policy]
+default = "deny"
+rules = [
+  "identity.certificate.organizations.contains('DevOps')",
+  "identity.username != '' && request.action.startsWith('get-')",
+  "'build-server' in identity.certificate.common_names",
+  "size(identity.certificate.common_names) > 1",
+  "has(request.digest) && request.repository.matches('^pub(/.*)?$') && !request.action.endsWith('-upload')",
+]"#,
+        )
+        .unwrap();
+        let devops = cert(&["alice"], &["Eng", "DevOps"]);
+        let builder = cert(&["build-server"], &[]);
+        let two = cert(&["a", "b"], &[]);
+        let other = cert(&["mallory"], &["Eng"]);
+        assert!(allowed(&ac, Some(&devops), None, &push()));
+        assert!(allowed(&ac, Some(&builder), None, &push()));
+        assert!(allowed(&ac, Some(&two), None, &push()));
+        assert!(!allowed(&ac, Some(&other), None, &push()));
+        assert!(allowed(&ac, None, Some("bob"), &pull()));
+        assert!(!allowed(&ac, None, Some("bob"), &push()));
+        assert!(!allowed(&ac, None, None, &pull()));
+        let blob = action(
+            &format!("/v2/pub/x/blobs/sha256:{}", "a".repeat(64)),
+            Head,
+            "",
+        );
+        assert!(allowed(&ac, None, None, &blob));
+        let blob = action(
+            &format!("/v2/public/blobs/sha256:{}", "a".repeat(64)),
+            Get,
+            "",
+        );
+        assert!(
+            !allowed(&ac, None, None, &blob),
+            "matches is anchored by the rule"
+        );
+    }
+
+    #[test]
+    fn request_fields_are_absent_where_the_endpoint_has_none() {
+        let ac = control(
+            r#"[global.access_policy]
+default = "deny"
+rules = ["!has(request.repository) && !has(request.reference) && !has(request.digest) && request.action in ['get-api-version', 'list-catalog']",
+         "has(request.reference) && request.reference == 'latest' && !has(request.digest)",
+         "request.digest == 'sha256:' + 'b'.repeat(1) "]"#,
+        );
+        // `repeat` is not a function wharf knows: a startup error, not a per-request one.
+        let e = ac.err().expect("unknown function").to_string();
+        assert!(
+            e.contains("global.access_policy.rules[2]") && e.contains("'repeat'"),
+            "{e}"
+        );
+        let ac = control(
+            r#"[global.access_policy]
+default = "deny"
+rules = ["!has(request.repository) && !has(request.reference) && !has(request.digest) && request.action in ['get-api-version', 'list-catalog']",
+         "has(request.reference) && request.reference == 'latest' && !has(request.digest)"]"#,
+        )
+        .unwrap();
+        assert!(allowed(&ac, None, None, &action("/v2/", Get, "")));
+        assert!(allowed(&ac, None, None, &action("/v2/_catalog", Get, "")));
+        assert!(allowed(&ac, None, None, &pull()));
+        assert!(!allowed(
+            &ac,
+            None,
+            None,
+            &action("/v2/dev/app/tags/list", Get, "")
+        ));
+    }
+
+    #[test]
+    fn digest_and_reference_read_as_text() {
+        let d = format!("sha256:{}", "c".repeat(64));
+        let ac = control(&format!(
+            "[global.access_policy]\ndefault = \"deny\"\nrules = [\"request.digest == '{d}' && request.reference == '{d}' && request.repository == 'dev/app' && identity.client_ip == '192.0.2.7'\"]"
+        ))
+        .unwrap();
+        assert!(allowed(
+            &ac,
+            None,
+            None,
+            &action(&format!("/v2/dev/app/manifests/{d}"), Get, "")
+        ));
+        assert!(!allowed(&ac, None, None, &pull()));
+    }
+
+    #[test]
+    fn default_allow_with_deny_rules() {
+        let ac = control(
+            r#"[global.access_policy]
+default = "allow"
+rules = ["request.action == 'delete-manifest' && identity.username != 'admin'"]"#,
+        )
+        .unwrap();
+        let delete = action(
+            "/v2/dev/app/manifests/latest",
+            crate::http::Method::Delete,
+            "",
+        );
+        assert!(allowed(&ac, None, None, &push()));
+        assert!(!allowed(&ac, None, Some("bob"), &delete));
+        assert!(allowed(&ac, None, Some("admin"), &delete));
+    }
+
+    #[test]
+    fn failing_and_non_boolean_rules_never_allow() {
+        // Under "deny" a failing rule grants nothing; a later true rule still can.
+        let ac = control(
+            r#"[global.access_policy]
+default = "deny"
+rules = ["request.repository.startsWith('dev')", "request.action", "identity.username == 'admin'"]"#,
+        )
+        .unwrap();
+        let catalog = action("/v2/_catalog", Get, "");
+        assert!(
+            !allowed(&ac, None, Some("bob"), &catalog),
+            "no repository: rule 0 fails"
+        );
+        assert!(allowed(&ac, None, Some("admin"), &catalog));
+        // Under "allow" a failing rule denies.
+        let ac = control(
+            r#"[global.access_policy]
+default = "allow"
+rules = ["request.repository.startsWith('secret')"]"#,
+        )
+        .unwrap();
+        assert!(!allowed(&ac, None, None, &catalog));
+        assert!(allowed(&ac, None, None, &pull()));
+        let ac =
+            control("[global.access_policy]\ndefault = \"allow\"\nrules = [\"identity.username\"]")
+                .unwrap();
+        let peer = Peer::new(None, "::1".parse().unwrap());
+        let d = ac.decide(IdentityVal::new(&peer, None), &pull());
+        assert!(!d.allowed);
+        assert_eq!(d.reason, Reason::Failed(0));
+        assert!(d.to_string().contains("not boolean"), "{d}");
+    }
+
+    #[test]
+    fn repository_policies_match_the_longest_name_at_a_path_boundary() {
+        let ac = control(
+            r#"[repository."dev".access_policy]
+default = "deny"
+rules = ["identity.certificate.organizations.contains('Developers')"]
+[repository."dev/secret".access_policy]
+default = "deny"
+rules = []
+[repository."prod".access_policy]
+default = "deny"
+rules = ["identity.certificate.organizations.contains('Platform')"]"#,
+        )
+        .unwrap();
+        let devs = cert(&["d"], &["Developers"]);
+        let on = |repo: &str| action(&format!("/v2/{repo}/manifests/v1"), Put, "");
+        assert!(allowed(&ac, Some(&devs), None, &on("dev/app")));
+        assert!(allowed(&ac, Some(&devs), None, &on("dev")));
+        assert!(!allowed(&ac, Some(&devs), None, &on("dev/secret/x")));
+        assert!(!allowed(&ac, Some(&devs), None, &on("prod/app")));
+        assert!(
+            allowed(&ac, Some(&devs), None, &on("devops/app")),
+            "no policy covers devops"
+        );
+        assert!(allowed(
+            &ac,
+            Some(&cert(&["p"], &["Platform"])),
+            None,
+            &on("prod/app")
+        ));
+    }
+
+    #[test]
+    fn global_and_repository_policies_must_both_allow() {
+        let ac = control(
+            r#"[global.access_policy]
+default = "deny"
+rules = ["identity.username != ''"]
+[repository."dev".access_policy]
+default = "deny"
+rules = ["identity.username == 'alice'"]"#,
+        )
+        .unwrap();
+        assert!(allowed(&ac, None, Some("alice"), &push()));
+        assert!(!allowed(&ac, None, Some("bob"), &push()));
+        assert!(!allowed(&ac, None, None, &push()));
+    }
+
+    fn compile_error(rule: &str) -> String {
+        control(&format!(
+            "[repository.\"team/app\".access_policy]\ndefault = \"deny\"\nrules = [\"true\", {rule:?}]"
+        ))
+        .err()
+        .unwrap_or_else(|| panic!("{rule} compiled"))
+        .to_string()
+    }
+
+    #[test]
+    fn bad_rules_are_startup_errors_naming_table_index_and_position() {
+        let e = compile_error("identity.username == ");
+        assert!(
+            e.starts_with(
+                "invalid config: repository.\"team/app\".access_policy.rules[1]: line 1, column"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("syntax error"), "{e}");
+        let e = compile_error("request.action == 'x' && user == 'bob'");
+        assert!(
+            e.contains("rules[1]: line 1, column 26: unknown variable 'user'"),
+            "{e}"
+        );
+        let e = compile_error("identity.bogus == 1");
+        assert!(
+            e.contains("column 9: unknown field 'bogus' of identity"),
+            "{e}"
+        );
+        let e = compile_error("has(request.tag)");
+        assert!(e.contains("unknown field 'tag' of request"), "{e}");
+        let e = compile_error("identity.certificate.common_name.contains('x')");
+        assert!(
+            e.contains("unknown field 'common_name' of identity.certificate"),
+            "{e}"
+        );
+        let e = compile_error("identity.username.first == 'a'");
+        assert!(e.contains("identity.username has no fields"), "{e}");
+        let e = compile_error("request.action.matches('get-(')");
+        assert!(e.contains("invalid regex"), "{e}");
+        let e = compile_error("lower(request.action) == 'x'");
+        assert!(e.contains("unknown function 'lower'"), "{e}");
+        let e = compile_error("true &&\n  nobody");
+        assert!(
+            e.contains("line 2, column 3: unknown variable 'nobody'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn comprehension_variables_are_in_scope() {
+        let ac = control(
+            r#"[global.access_policy]
+default = "deny"
+rules = ["identity.certificate.organizations.exists(o, o.startsWith('team-'))"]"#,
+        )
+        .unwrap();
+        assert!(allowed(
+            &ac,
+            Some(&cert(&["x"], &["team-a"])),
+            None,
+            &push()
+        ));
+        assert!(!allowed(
+            &ac,
+            Some(&cert(&["x"], &["other"])),
+            None,
+            &push()
+        ));
+    }
+}

@@ -1,0 +1,279 @@
+//! The CEL variables `identity` and `request`, borrowed from the connection, the credential and
+//! the routed `Action` rather than copied into CEL maps: building them costs no allocation, and a
+//! field is looked up only when a rule reads it.
+
+use std::sync::OnceLock;
+
+use cel::ExecutionError;
+use cel::common::traits::Indexer;
+use cel::common::types::{CelList, CelString, Type};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+
+use crate::oci::{Digest, Reference};
+use crate::registry::Action;
+use crate::tls::CertIdentity;
+
+/// The fields of `identity`, for the compile-time check of rules.
+pub const IDENTITY_FIELDS: &[&str] = &["id", "username", "client_ip", "certificate"];
+/// The fields of `identity.certificate`.
+pub const CERTIFICATE_FIELDS: &[&str] = &["common_names", "organizations"];
+/// The fields `request` may have (all but `action` only where the endpoint has them).
+pub const REQUEST_FIELDS: &[&str] = &["action", "repository", "reference", "digest"];
+
+static IDENTITY_TYPE: Type = Type::new_unspecified_type("wharf.Identity");
+static CERTIFICATE_TYPE: Type = Type::new_unspecified_type("wharf.Certificate");
+static REQUEST_TYPE: Type = Type::new_unspecified_type("wharf.Request");
+
+/// What a connection knows about its peer, prepared once per connection: the certificate's
+/// names as CEL lists and the client IP as text.
+#[derive(Debug)]
+pub struct Peer {
+    common_names: CelList<'static>,
+    organizations: CelList<'static>,
+    client_ip: String,
+}
+
+impl Peer {
+    pub fn new(cert: Option<&CertIdentity>, ip: std::net::IpAddr) -> Peer {
+        let list = |names: Option<&Vec<String>>| {
+            let items: Vec<Box<dyn Val>> = names
+                .into_iter()
+                .flatten()
+                .map(|n| Box::new(CelString::from(n.clone())) as Box<dyn Val>)
+                .collect();
+            CelList::from(items)
+        };
+        Peer {
+            common_names: list(cert.map(|c| &c.common_names)),
+            organizations: list(cert.map(|c| &c.organizations)),
+            client_ip: ip.to_string(),
+        }
+    }
+}
+
+/// Who is asking, as CEL sees it (`identity`).
+#[derive(Debug)]
+pub struct IdentityVal<'a> {
+    id: CelString<'a>,
+    username: CelString<'a>,
+    client_ip: CelString<'a>,
+    certificate: CertificateVal<'a>,
+}
+
+impl<'a> IdentityVal<'a> {
+    /// `user` is the Basic-auth identity (`id`, `username`) when credentials were verified.
+    pub fn new(peer: &'a Peer, user: Option<(&'a str, &'a str)>) -> IdentityVal<'a> {
+        let (id, username) = user.unwrap_or(("", ""));
+        IdentityVal {
+            id: CelString::from(id),
+            username: CelString::from(username),
+            client_ip: CelString::from(peer.client_ip.as_str()),
+            certificate: CertificateVal {
+                common_names: &peer.common_names,
+                organizations: &peer.organizations,
+            },
+        }
+    }
+}
+
+/// `identity.certificate`: empty lists when no certificate was presented.
+#[derive(Debug)]
+struct CertificateVal<'a> {
+    common_names: &'a CelList<'static>,
+    organizations: &'a CelList<'static>,
+}
+
+/// What is asked (`request`): the action's name and, where the endpoint has them, the
+/// repository, reference and digest (formatted only if a rule reads them).
+#[derive(Debug)]
+pub struct RequestVal<'a> {
+    action: CelString<'static>,
+    repository: Option<CelString<'a>>,
+    reference: Option<&'a Reference>,
+    digest: Option<&'a Digest>,
+    reference_text: OnceLock<CelString<'static>>,
+    digest_text: OnceLock<CelString<'static>>,
+}
+
+impl<'a> RequestVal<'a> {
+    pub fn new(action: &'a Action) -> RequestVal<'a> {
+        let (reference, digest) = match action {
+            Action::GetBlob { digest, .. }
+            | Action::DeleteBlob { digest, .. }
+            | Action::MountBlob { digest, .. }
+            | Action::CompleteUpload { digest, .. }
+            | Action::GetReferrers { digest, .. } => (None, Some(digest)),
+            Action::StartUpload { digest, .. } => (None, digest.as_ref()),
+            Action::GetManifest { reference, .. }
+            | Action::PutManifest { reference, .. }
+            | Action::DeleteManifest { reference, .. } => match reference {
+                Reference::Digest(d) => (Some(reference), Some(d)),
+                Reference::Tag(_) => (Some(reference), None),
+            },
+            _ => (None, None),
+        };
+        RequestVal {
+            action: CelString::from(action.name()),
+            repository: action.repository().map(|r| CelString::from(r.as_str())),
+            reference,
+            digest,
+            reference_text: OnceLock::new(),
+            digest_text: OnceLock::new(),
+        }
+    }
+}
+
+/// The two variables a rule can name.
+pub struct Vars<'a> {
+    pub identity: IdentityVal<'a>,
+    pub request: RequestVal<'a>,
+}
+
+impl VariableResolver for Vars<'_> {
+    /// Hot path: the interpreter asks for the longest dotted name first (`identity.username`,
+    /// then `identity`), so answering whole field paths here skips its type-name lookups.
+    /// Absent request fields answer `None` and fail on the record, as `has()` expects.
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let id = &self.identity;
+        let v: &(dyn Val + 'b) = match variable {
+            "identity" => id,
+            "identity.username" => &id.username,
+            "identity.id" => &id.id,
+            "identity.client_ip" => &id.client_ip,
+            "identity.certificate" => &id.certificate,
+            "identity.certificate.common_names" => id.certificate.common_names,
+            "identity.certificate.organizations" => id.certificate.organizations,
+            "request" => &self.request,
+            "request.action" => &self.request.action,
+            "request.repository" => self.request.repository.as_ref()?,
+            _ => return None,
+        };
+        Some(CowVal::Borrowed(v))
+    }
+}
+
+/// The field name a select or `has()` asks for.
+fn field(key: &dyn Val) -> Result<&str, ExecutionError> {
+    key.downcast_ref::<CelString>()
+        .map(|s| s.inner())
+        .ok_or_else(|| ExecutionError::UnexpectedType {
+            got: key.get_type().name().to_owned(),
+            want: "string".to_owned(),
+        })
+}
+
+fn borrowed<'b, 'v>(v: &'b (dyn Val + 'v)) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    Ok(CowVal::Borrowed(v))
+}
+
+/// Implements `Val` for a record type whose fields are looked up by `Indexer`.
+macro_rules! record_val {
+    ($ty:ident, $cel:ident) => {
+        impl Val for $ty<'_> {
+            fn get_type(&self) -> &Type {
+                &$cel
+            }
+            fn cel_type() -> &'static Type {
+                &$cel
+            }
+            fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
+            where
+                Self: 'v,
+            {
+                Some(self)
+            }
+            fn equals(&self, other: &dyn Val) -> bool {
+                std::ptr::addr_eq(self as *const Self, other as *const dyn Val)
+            }
+            fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
+            where
+                Self: 'v,
+            {
+                // Records are only ever read in place; a copy (e.g. `[identity]`) is an opaque value.
+                Box::new(cel::common::types::CelNull)
+            }
+        }
+    };
+}
+
+record_val!(IdentityVal, IDENTITY_TYPE);
+record_val!(CertificateVal, CERTIFICATE_TYPE);
+record_val!(RequestVal, REQUEST_TYPE);
+
+impl Indexer for IdentityVal<'_> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        match field(idx)? {
+            "id" => borrowed(&self.id),
+            "username" => borrowed(&self.username),
+            "client_ip" => borrowed(&self.client_ip),
+            "certificate" => borrowed(&self.certificate),
+            other => Err(ExecutionError::no_such_key(other)),
+        }
+    }
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        self.get(idx).map(CowVal::into_owned)
+    }
+}
+
+impl Indexer for CertificateVal<'_> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        match field(idx)? {
+            "common_names" => borrowed(self.common_names),
+            "organizations" => borrowed(self.organizations),
+            other => Err(ExecutionError::no_such_key(other)),
+        }
+    }
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        self.get(idx).map(CowVal::into_owned)
+    }
+}
+
+impl Indexer for RequestVal<'_> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let absent = |name: &str| ExecutionError::no_such_key(name);
+        match field(idx)? {
+            "action" => borrowed(&self.action),
+            "repository" => self
+                .repository
+                .as_ref()
+                .map_or_else(|| Err(absent("repository")), |r| borrowed(r)),
+            "reference" => {
+                let r = self.reference.ok_or_else(|| absent("reference"))?;
+                borrowed(
+                    self.reference_text
+                        .get_or_init(|| CelString::from(r.to_string())),
+                )
+            }
+            "digest" => {
+                let d = self.digest.ok_or_else(|| absent("digest"))?;
+                borrowed(
+                    self.digest_text
+                        .get_or_init(|| CelString::from(d.to_string())),
+                )
+            }
+            other => Err(absent(other)),
+        }
+    }
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        self.get(idx).map(CowVal::into_owned)
+    }
+}
