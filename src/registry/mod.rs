@@ -39,15 +39,17 @@ impl Registry {
         Registry { storage, settings }
     }
 
-    /// Answer one request. The body may be left unread (the connection decides whether to drain or close).
-    pub async fn handle(&self, head: &RequestHead, body: &mut Body<'_>) -> Response {
-        let result = match route(head.method, &head.path, &head.query) {
-            Ok(action) => self.dispatch(action, head, body).await,
-            Err(e) => Err(e),
-        };
-        result
+    /// Answer one routed and authorized request. The body may be left unread (the connection
+    /// decides whether to drain or close).
+    pub async fn handle(
+        &self,
+        action: Action,
+        head: &RequestHead,
+        body: &mut Body<'_>,
+    ) -> Response {
+        self.dispatch(action, head, body)
+            .await
             .unwrap_or_else(error_response)
-            .header("Docker-Distribution-API-Version", "registry/2.0")
     }
 
     async fn dispatch(
@@ -117,11 +119,15 @@ impl Registry {
     }
 }
 
-/// An OCI error as a response (with `Retry-After` when storage is full).
+/// An OCI error as a response: with the Basic challenge on 401 (clients send credentials only
+/// after one), and `Retry-After` when storage is full or password checks are queued up.
 pub fn error_response(e: OciError) -> Response {
     let mut r = Response::new(e.status);
-    if e.status == 507 {
-        r = r.header("Retry-After", "60");
+    match e.status {
+        401 => r = r.header("WWW-Authenticate", "Basic realm=\"wharf\""),
+        429 => r = r.header("Retry-After", "1"),
+        507 => r = r.header("Retry-After", "60"),
+        _ => {}
     }
     r.json(e.to_json())
 }

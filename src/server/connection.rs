@@ -14,27 +14,22 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use super::App;
-use super::shutdown::Shutdown;
+use super::gate::{self, Client};
+use super::{App, Local};
 use crate::http::conn::{NextRequest, Transport};
-use crate::http::{Conn, Limits, Method, Response};
-use crate::tls::{Acceptor, CertIdentity, TlsStream, identity};
+use crate::http::{Conn, Method, Response};
+use crate::policy::Peer;
+use crate::registry::error_response;
+use crate::tls::{CertIdentity, TlsStream, identity};
 
 /// Unread body bytes we are willing to discard to keep a connection alive.
 const DRAIN_LIMIT: u64 = 256 * 1024;
 
 /// Serve one connection; a panic in it is logged and ends only this connection, never the worker.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: Arc<App>,
-    limits: Rc<Limits>,
-    tls: Option<Rc<Acceptor>>,
-    shutdown: Rc<Shutdown>,
-) {
-    let _tracked = shutdown.track();
+pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>, local: Rc<Local>) {
+    let _tracked = local.shutdown.track();
     if let Err(panic) = (CatchUnwind {
-        inner: connect(stream, peer, app, limits, tls, &shutdown),
+        inner: connect(stream, peer, app, &local),
     })
     .await
     {
@@ -75,23 +70,11 @@ async fn refuse(mut conn: Conn, status: u16, message: String) {
 }
 
 /// Establish the transport (TLS handshake, client identity), then serve requests on it.
-async fn connect(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: Arc<App>,
-    limits: Rc<Limits>,
-    tls: Option<Rc<Acceptor>>,
-    shutdown: &Shutdown,
-) {
-    let Some(tls) = tls else {
-        return requests(
-            Conn::new(Transport::Plain(stream), limits),
-            peer,
-            None,
-            app,
-            shutdown,
-        )
-        .await;
+async fn connect(stream: TcpStream, peer: SocketAddr, app: Arc<App>, local: &Local) {
+    let limits = Rc::clone(&local.limits);
+    let Some(tls) = &local.tls else {
+        let conn = Conn::new(Transport::Plain(stream), limits);
+        return requests(conn, peer, None, &app, local).await;
     };
     let tls = match TlsStream::accept(stream, tls.config(), app.limits.head_timeout).await {
         Ok(t) => t,
@@ -116,7 +99,7 @@ async fn connect(
         cert.as_deref()
     );
     let conn = Conn::new(Transport::Tls(Box::new(tls)), limits);
-    requests(conn, peer, cert, app, shutdown).await
+    requests(conn, peer, cert, &app, local).await
 }
 
 /// The access log's user field: the certificate's first CN (escaped), or `-`.
@@ -131,10 +114,16 @@ async fn requests(
     mut conn: Conn,
     peer: SocketAddr,
     cert: Option<Rc<CertIdentity>>,
-    app: Arc<App>,
-    shutdown: &Shutdown,
+    app: &App,
+    local: &Local,
 ) {
-    let user = user_field(cert.as_deref());
+    let shutdown = &local.shutdown;
+    let cert_user = user_field(cert.as_deref());
+    let client = Client {
+        addr: peer,
+        peer: Peer::new(cert.as_deref(), peer.ip()),
+        has_certificate: cert.is_some(),
+    };
     let mut first = true;
     loop {
         let wait = if first {
@@ -147,7 +136,7 @@ async fn requests(
             NextRequest::Head(h) => h,
             NextRequest::Closed => return,
             NextRequest::Invalid(e) => {
-                tracing::info!(target: "wharf::access", "{peer} {user} - - {} 0 rejected head: {e}", e.status());
+                tracing::info!(target: "wharf::access", "{peer} {cert_user} - - {} 0 rejected head: {e}", e.status());
                 return refuse(conn, e.status(), format!("{e}\n")).await;
             }
             NextRequest::TimedOut => {
@@ -156,7 +145,14 @@ async fn requests(
         };
         let started = Instant::now();
         let mut body = conn.body(&head);
-        let resp = app.registry.handle(&head, &mut body).await;
+        let (resp, user) = match gate::admit(app, &local.credentials, &client, &head).await {
+            Ok(ok) => (
+                app.registry.handle(ok.action, &head, &mut body).await,
+                ok.user,
+            ),
+            Err((e, user)) => (error_response(e), user),
+        };
+        let resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
         // A body the handler left unread is drained if small, else the connection closes after replying.
         let body_done = body.finished() || body.drain(DRAIN_LIMIT).await;
         let close = head.close || !body_done || shutdown.fired();
@@ -167,7 +163,11 @@ async fn requests(
         let sent = conn.send(resp, head_only, close).await;
         tracing::info!(
             target: "wharf::access",
-            "{peer} {user} {} {}{}{} {status} {bytes} {}us",
+            "{peer} {} {} {}{}{} {status} {bytes} {}us",
+            match user {
+                Some(u) => format!("{:?}", u.username),
+                None => cert_user.clone(),
+            },
             head.method.as_str(),
             head.path,
             if head.query.is_empty() { "" } else { "?" },

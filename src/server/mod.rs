@@ -3,6 +3,7 @@
 //! `shutdown` holds the per-thread shutdown signal; `connection` the per-connection request loop.
 
 mod connection;
+mod gate;
 mod shutdown;
 
 use std::net::SocketAddr;
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 use futures_channel::oneshot;
 use monoio::net::{ListenerOpts, TcpListener};
 
-use crate::config::{Config, IoDriver};
+use crate::auth::{Authenticator, Cache};
+use crate::config::{Config, ConfigError, IoDriver};
+use crate::policy::{AccessControl, RuleError};
 use crate::registry::{Registry, Settings};
 use crate::storage::Storage;
 use crate::tls::{Acceptor, Reloader, TlsError};
@@ -37,6 +40,10 @@ pub enum StartError {
     NoUring,
     #[error("{0}")]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Policy(#[from] RuleError),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
     #[error("{0}")]
     Other(String),
 }
@@ -83,6 +90,10 @@ pub fn choose_driver(configured: IoDriver) -> Result<Driver, StartError> {
 /// What every worker shares (immutable).
 pub struct App {
     pub registry: Registry,
+    /// Basic-auth users and the password verifier.
+    pub auth: Authenticator,
+    /// The compiled access policies.
+    pub access: AccessControl,
     /// The listener's TLS material; `None` = plain HTTP.
     pub tls: Option<Arc<Reloader>>,
     pub limits: crate::http::Limits,
@@ -94,6 +105,8 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     let driver = choose_driver(cfg.server.io_driver)?;
     // TLS first: a broken certificate must stop startup before anything listens.
     let tls = cfg.server.tls.clone().map(Reloader::new).transpose()?;
+    let access = AccessControl::from_config(&cfg)?;
+    let auth = Authenticator::from_config(&cfg.auth)?;
     let root = cfg.storage.root.clone();
     let storage = Storage::open(&root).map_err(|source| StartError::Storage {
         path: root.display().to_string(),
@@ -105,6 +118,8 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     };
     let app = Arc::new(App {
         registry: Registry::new(Arc::new(storage), settings),
+        auth,
+        access,
         tls: tls.clone(),
         limits: cfg.server.http.limits(),
         shutdown_grace: cfg.server.shutdown_grace,
@@ -178,6 +193,15 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
 
 type Ready = mpsc::Sender<std::io::Result<SocketAddr>>;
 
+/// What one worker thread's connections share (no locks).
+pub struct Local {
+    pub limits: Rc<crate::http::Limits>,
+    pub tls: Option<Acceptor>,
+    pub shutdown: Shutdown,
+    /// Basic credentials verified on this thread.
+    pub credentials: Rc<Cache>,
+}
+
 fn worker(
     driver: Driver,
     addr: SocketAddr,
@@ -222,15 +246,18 @@ async fn worker_main(
         }
     };
     let _ = ready.send(listener.local_addr());
-    let shutdown = Rc::new(Shutdown::default());
-    let limits = Rc::new(app.limits.clone());
-    let tls = app.tls.clone().map(|r| Rc::new(Acceptor::new(r)));
+    let local = Rc::new(Local {
+        limits: Rc::new(app.limits.clone()),
+        tls: app.tls.clone().map(Acceptor::new),
+        shutdown: Shutdown::default(),
+        credentials: app.auth.new_cache(),
+    });
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&limits), tls.clone(), Rc::clone(&shutdown)));
+                    monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&local)));
                 }
                 Err(e) => {
                     // Out of descriptors or similar: back off briefly instead of spinning.
@@ -242,6 +269,7 @@ async fn worker_main(
         }
     }
     drop(listener);
+    let shutdown = &local.shutdown;
     shutdown.trigger();
     let deadline = Instant::now() + app.shutdown_grace;
     while shutdown.active() > 0 && Instant::now() < deadline {

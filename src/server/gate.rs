@@ -1,0 +1,120 @@
+//! The steps between a request head and its handler: route to an `Action`, authenticate the
+//! Basic credentials if any, and decide the action with the access policies (a mount also needs
+//! `get-blob` on its source, else it becomes a plain upload).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use super::App;
+use crate::auth::{AuthError, Cache, User};
+use crate::http::RequestHead;
+use crate::oci::{ErrorCode, OciError};
+use crate::policy::{IdentityVal, Peer};
+use crate::registry::{Action, route};
+
+/// What a connection knows about its client for every request on it.
+pub struct Client {
+    pub addr: SocketAddr,
+    pub peer: Peer,
+    /// A verified client certificate was presented (so a denial is 403, not a 401 challenge).
+    pub has_certificate: bool,
+}
+
+/// An admitted request: the action to run and the Basic user, if any.
+pub struct Admitted<'a> {
+    pub action: Action,
+    pub user: Option<&'a User>,
+}
+
+/// Route, authenticate and authorize; an `Err` is the OCI error to answer.
+pub async fn admit<'a>(
+    app: &'a App,
+    credentials: &Rc<Cache>,
+    client: &Client,
+    head: &RequestHead,
+) -> Result<Admitted<'a>, (OciError, Option<&'a User>)> {
+    let action = route(head.method, &head.path, &head.query).map_err(|e| (e, None))?;
+    let user = match head.authorization.as_deref() {
+        Some(h) => Some(
+            app.auth
+                .authenticate(credentials, h)
+                .await
+                .map_err(|e| (auth_error(e), None))?,
+        ),
+        None => None,
+    };
+    if app.access.is_open() {
+        return Ok(Admitted { action, user });
+    }
+    let identity = || {
+        IdentityVal::new(
+            &client.peer,
+            user.map(|u| (u.id.as_str(), u.username.as_str())),
+        )
+    };
+    let decision = app.access.decide(identity(), &action);
+    tracing::debug!(
+        target: "wharf::access",
+        "{} {} {}: {decision}",
+        client.addr,
+        action.name(),
+        action.repository().map_or("-", |r| r.as_str())
+    );
+    if !decision.allowed {
+        let e = if user.is_none() && !client.has_certificate {
+            OciError::new(ErrorCode::Unauthorized, "authentication required")
+        } else {
+            OciError::new(
+                ErrorCode::Denied,
+                "requested access to the resource is denied",
+            )
+        };
+        return Err((e, user));
+    }
+    let action = match action {
+        Action::MountBlob {
+            repository,
+            digest,
+            from,
+            algorithm,
+        } => {
+            // The source must be readable by this client; without a source repository there
+            // is nothing to check, so no blob is mounted from the shared store.
+            let readable = from.as_ref().is_some_and(|src| {
+                let probe = Action::GetBlob {
+                    repository: src.clone(),
+                    digest: digest.clone(),
+                };
+                let d = app.access.decide(identity(), &probe);
+                tracing::debug!(target: "wharf::access", "{} mount source get-blob {src}: {d}", client.addr);
+                d.allowed
+            });
+            if readable {
+                Action::MountBlob {
+                    repository,
+                    digest,
+                    from,
+                    algorithm,
+                }
+            } else {
+                // The spec's answer when a mount cannot be done: a new upload session (202).
+                Action::StartUpload {
+                    repository,
+                    digest: None,
+                    algorithm,
+                }
+            }
+        }
+        other => other,
+    };
+    Ok(Admitted { action, user })
+}
+
+fn auth_error(e: AuthError) -> OciError {
+    match e {
+        AuthError::Busy => OciError::new(ErrorCode::TooManyRequests, e.to_string()),
+        AuthError::Basic(_) | AuthError::Invalid => {
+            OciError::new(ErrorCode::Unauthorized, e.to_string())
+        }
+    }
+}

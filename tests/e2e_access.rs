@@ -1,0 +1,290 @@
+//! The access-control recipes of docs/access-control.md, end to end with skopeo (a real client)
+//! over TLS: certificate identities from `wharf cert client`, Basic credentials from
+//! `wharf hash-password`, each scenario's allowed and refused pushes and pulls.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::layout::Layout;
+use common::pki::{ClientSpec, Pki, run_cmd, tls_connect, wharf};
+use common::*;
+
+/// A TLS server with a policy, its PKI, and a small OCI image to copy.
+struct Setup {
+    server: Server,
+    pki_dir: PathBuf,
+    work: tempfile::TempDir,
+    image: String,
+}
+
+fn setup(driver: &str, client_auth: &str, policy: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let pki_dir = pki.dir.clone();
+    let toml = format!("{}{policy}", pki.server_toml(Some(client_auth)));
+    let server = Server::start_in(dir, driver, &toml, "warn");
+    let work = tempfile::tempdir().unwrap();
+    let mut src = Layout::new(&work.path().join("src"));
+    let layers = vec![src.add_tar_layer("a.bin", 300_000, 3)];
+    let image = src.add_image(&layers, "amd64");
+    src.tag(&image, "v1");
+    let image = format!("oci:{}:v1", src.dir.display());
+    Setup {
+        server,
+        pki_dir,
+        work,
+        image,
+    }
+}
+
+impl Setup {
+    /// A certs.d directory for this registry: the CA, plus the client certificate `name` (made
+    /// with `wharf cert client --cn <cn> --org <org>...`) when given.
+    fn cert_dir(&self, client: Option<(&str, &str, &[&str])>) -> PathBuf {
+        let Some((name, cn, orgs)) = client else {
+            let d = self.work.path().join("ca-only");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(self.pki_dir.join("ca.crt"), d.join("ca.crt")).unwrap();
+            return d;
+        };
+        if !self.pki_dir.join(format!("{name}.crt")).exists() {
+            let out = self.pki_dir.to_str().unwrap();
+            let mut args = vec!["cert", "client", "--out", out, "--name", name, "--cn", cn];
+            for o in orgs {
+                args.extend(["--org", o]);
+            }
+            wharf(&args);
+        }
+        self.install(name)
+    }
+
+    /// `wharf cert install-client` of an existing `<name>.crt` into its own certs.d.
+    fn install(&self, name: &str) -> PathBuf {
+        let reg = self.server.host();
+        let certs_d = self.work.path().join(format!("certs.d-{name}"));
+        wharf(&[
+            "cert",
+            "install-client",
+            "--registry",
+            &reg,
+            "--dir",
+            certs_d.to_str().unwrap(),
+            "--from",
+            self.pki_dir.to_str().unwrap(),
+            "--name",
+            name,
+        ]);
+        certs_d.join(reg)
+    }
+
+    fn target(&self, repo: &str) -> String {
+        format!("docker://{}/{repo}:v1", self.server.host())
+    }
+
+    /// skopeo copy of the test image to `repo`.
+    fn push(&self, repo: &str, certs: &Path, creds: Option<&str>) -> (bool, String) {
+        let mut c = skopeo();
+        c.arg("copy").arg("--dest-cert-dir").arg(certs);
+        if let Some(cr) = creds {
+            c.args(["--dest-creds", cr]);
+        }
+        run_cmd(c.args([&self.image, &self.target(repo)]))
+    }
+
+    /// skopeo copy from `repo` into a fresh OCI layout.
+    fn pull(&self, repo: &str, certs: &Path, creds: Option<&str>) -> (bool, String) {
+        let out = tempfile::tempdir_in(self.work.path()).unwrap();
+        let mut c = skopeo();
+        c.arg("copy").arg("--src-cert-dir").arg(certs);
+        if let Some(cr) = creds {
+            c.args(["--src-creds", cr]);
+        }
+        let dest = format!("oci:{}:v1", out.path().join("img").display());
+        run_cmd(c.args([&self.target(repo), &dest]))
+    }
+}
+
+fn skopeo() -> Command {
+    let mut c = Command::new(tool("skopeo"));
+    c.arg("--insecure-policy");
+    c
+}
+
+fn succeeds(what: &str, (ok, text): (bool, String)) {
+    assert!(ok, "{what} failed:\n{text}");
+}
+
+/// The client failed because the registry refused it (401 or 403), not for another reason.
+fn refused(what: &str, (ok, text): (bool, String)) {
+    assert!(
+        !ok,
+        "{what} succeeded but should have been refused:\n{text}"
+    );
+    let t = text.to_lowercase();
+    assert!(
+        [
+            "401",
+            "403",
+            "denied",
+            "unauthorized",
+            "authentication required",
+            "forbidden"
+        ]
+        .iter()
+        .any(|w| t.contains(w)),
+        "{what} failed for another reason:\n{text}"
+    );
+}
+
+fn users(list: &[(&str, &str)]) -> String {
+    list.iter()
+        .map(|(u, pw)| {
+            let mut child = Command::new(wharf_bin())
+                .arg("hash-password")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(pw.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            let h = String::from_utf8(out.stdout).unwrap();
+            format!(
+                "[auth.identity.{u}]\nusername = \"{u}\"\npassword = \"{}\"\n",
+                h.trim()
+            )
+        })
+        .collect()
+}
+
+fn certificate_required(driver: &str) {
+    let st = setup(
+        driver,
+        "required",
+        "[global.access_policy]\ndefault = \"deny\"\nrules = [\"size(identity.certificate.common_names) > 0\"]\n",
+    );
+    let builder = st.cert_dir(Some(("builder", "build-server", &[])));
+    succeeds(
+        "push with a named certificate",
+        st.push("app/x", &builder, None),
+    );
+    succeeds(
+        "pull with a named certificate",
+        st.pull("app/x", &builder, None),
+    );
+    // A certificate from the same CA without any CN passes the handshake but not the rule.
+    let pki = Pki {
+        dir: st.pki_dir.clone(),
+    };
+    pki.client_cert(
+        "nameless",
+        ClientSpec {
+            subject: vec![],
+            ..ClientSpec::default()
+        },
+    );
+    let nameless = st.install("nameless");
+    refused(
+        "push with a CN-less certificate",
+        st.push("app/y", &nameless, None),
+    );
+    refused(
+        "pull with a CN-less certificate",
+        st.pull("app/x", &nameless, None),
+    );
+}
+
+fn certificate_optional_devops_or_read_only_basic(driver: &str) {
+    let policy = format!(
+        "{}[global.access_policy]\ndefault = \"deny\"\nrules = [\n  \"identity.certificate.organizations.contains('DevOps')\",\n  \"identity.username != '' && request.action.startsWith('get-')\",\n]\n",
+        users(&[("reader", "reader-pw")])
+    );
+    let st = setup(driver, "optional", &policy);
+    let devops = st.cert_dir(Some(("ops", "alice", &["DevOps"])));
+    let ca_only = st.cert_dir(None);
+    succeeds("DevOps push", st.push("team/app", &devops, None));
+    succeeds(
+        "Basic user pull",
+        st.pull("team/app", &ca_only, Some("reader:reader-pw")),
+    );
+    refused(
+        "Basic user push",
+        st.push("team/other", &ca_only, Some("reader:reader-pw")),
+    );
+    refused(
+        "wrong password pull",
+        st.pull("team/app", &ca_only, Some("reader:nope")),
+    );
+    refused("anonymous pull", st.pull("team/app", &ca_only, None));
+    let eng = st.cert_dir(Some(("eng", "bob", &["Engineering"])));
+    refused(
+        "non-DevOps certificate push",
+        st.push("team/app2", &eng, None),
+    );
+}
+
+fn organizations_own_repositories(driver: &str) {
+    let policy = "[repository.\"dev\".access_policy]\ndefault = \"deny\"\nrules = [\"identity.certificate.organizations.contains('Developers')\"]\n\
+                  [repository.\"prod\".access_policy]\ndefault = \"deny\"\nrules = [\"identity.certificate.organizations.contains('Platform')\"]\n";
+    let st = setup(driver, "required", policy);
+    let dev = st.cert_dir(Some(("dev", "dana", &["Developers"])));
+    let platform = st.cert_dir(Some(("platform", "pat", &["Platform"])));
+    succeeds("Developers push to dev/", st.push("dev/app", &dev, None));
+    succeeds("Developers pull from dev/", st.pull("dev/app", &dev, None));
+    let (ok, text) = st.push("prod/app", &dev, None);
+    refused("Developers push to prod/", (ok, text.clone()));
+    assert!(text.contains("403"), "expected a 403:\n{text}");
+    succeeds(
+        "Platform push to prod/",
+        st.push("prod/app", &platform, None),
+    );
+    refused(
+        "Platform push to dev/",
+        st.push("dev/other", &platform, None),
+    );
+}
+
+fn anonymous_pulls_authenticated_pushes(driver: &str) {
+    let policy = "[global.access_policy]\ndefault = \"deny\"\nrules = [\n  \"request.action.startsWith('get-') || request.action == 'list-tags'\",\n  \"'build-server' in identity.certificate.common_names\",\n]\n";
+    let st = setup(driver, "optional", policy);
+    let builder = st.cert_dir(Some(("builder", "build-server", &["CI"])));
+    let ca_only = st.cert_dir(None);
+    refused("anonymous push", st.push("pub/app", &ca_only, None));
+    succeeds("build-server push", st.push("pub/app", &builder, None));
+    succeeds("anonymous pull", st.pull("pub/app", &ca_only, None));
+    let (ok, tags) = run_cmd(
+        skopeo()
+            .arg("list-tags")
+            .arg("--cert-dir")
+            .arg(&ca_only)
+            .arg(format!("docker://{}/pub/app", st.server.host())),
+    );
+    assert!(
+        ok && tags.contains("\"v1\""),
+        "anonymous list-tags:\n{tags}"
+    );
+    // The raw protocol answer for the anonymous push: 401 with the Basic challenge.
+    let pki = Pki {
+        dir: st.pki_dir.clone(),
+    };
+    let mut conn = tls_connect(st.server.addr, pki.client_config(None, false)).unwrap();
+    let r = conn
+        .client
+        .request("POST", "/v2/pub/app/blobs/uploads/", &[], b"");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"wharf\""));
+}
+
+on_both_drivers!(
+    certificate_required,
+    certificate_optional_devops_or_read_only_basic,
+    organizations_own_repositories,
+    anonymous_pulls_authenticated_pushes,
+);
