@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Access-policy cost end to end (a benchmark, not a test): 4 KiB blob GETs with wrk (32 keep-alive
+# connections) against two wharf processes on the same storage, one without policies and one whose
+# five-rule policy lets anonymous GETs in only at its last rule (so every request evaluates all five),
+# plus the same with Basic credentials checked on every request (cache hit after the first).
+# Usage: loadtest/policy.sh [seconds]   (needs wrk; builds wharf if needed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+cargo build --release -q
+bin=$PWD/target/release/wharf
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+cd "$work"
+mkdir open policy
+hash=$(printf 'bench-pw\n' | $bin hash-password)
+cat > open/wharf.toml <<T
+[server]
+port = 0
+[storage]
+root = "../data"
+T
+cat > policy/wharf.toml <<T
+[server]
+port = 0
+[storage]
+root = "../data"
+[auth.identity.ci]
+username = "ci"
+password = "$hash"
+[global.access_policy]
+default = "deny"
+rules = [
+  "size(identity.certificate.common_names) > 0 && identity.certificate.organizations.contains('DevOps')",
+  "'build-server' in identity.certificate.common_names",
+  "identity.username == 'admin'",
+  "has(request.repository) && request.repository.startsWith('private/')",
+  "request.action.startsWith('get-') || request.action == 'list-tags'",
+]
+T
+start() { # $1 = dir; prints the address
+  RUST_LOG=warn $bin serve -c "$1/wharf.toml" > "$1/out" 2> "$1/log" &
+  for _ in $(seq 100); do grep -q listening "$1/out" 2>/dev/null && break; sleep 0.05; done
+  sed -n 's|.*://\([0-9.:]*\) .*|\1|p' "$1/out"
+}
+open=$(start open); pol=$(start policy)
+head -c 4096 /dev/urandom > blob
+d=sha256:$(sha256sum blob | cut -d' ' -f1)
+curl -sS -o /dev/null --data-binary @blob "http://$open/v2/bench/app/blobs/uploads/?digest=$d"
+echo "wharf $($bin version | cut -d' ' -f2), $(nproc) cores, wrk -t2 -c32 -d${secs}s, 4 KiB blob GET"
+cat > auth.lua <<'L'
+wrk.headers["Authorization"] = "Basic Y2k6YmVuY2gtcHc="
+L
+run() { # $1 label, $2 address, $3... extra wrk args
+  local label=$1 addr=$2; shift 2
+  out=$(wrk -t2 -c32 -d"${secs}s" --latency "$@" "http://$addr/v2/bench/app/blobs/$d")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  printf '%-42s %10s req/s  p50 %-8s p99 %-8s%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:+  non-2xx: $non2xx}"
+}
+run "no policy" "$open"
+run "five-rule policy, anonymous" "$pol"
+run "five-rule policy, Basic (cached)" "$pol" -s auth.lua
+run "no policy (again)" "$open"
