@@ -4,14 +4,8 @@
 # five-rule policy lets anonymous GETs in only at its last rule (so every request evaluates all five),
 # plus the same with Basic credentials checked on every request (cache hit after the first).
 # Usage: loadtest/policy.sh [seconds]   (needs wrk; builds wharf if needed)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 secs=${1:-5}
-cargo build --release -q
-bin=$PWD/target/release/wharf
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-cd "$work"
+source "$(dirname "$0")/common.sh"
 mkdir open policy
 hash=$(printf 'bench-pw\n' | $bin hash-password)
 cat > open/wharf.toml <<T
@@ -38,11 +32,6 @@ rules = [
   "request.action.startsWith('get-') || request.action == 'list-tags'",
 ]
 T
-start() { # $1 = dir; prints the address
-  RUST_LOG=warn $bin serve -c "$1/wharf.toml" > "$1/out" 2> "$1/log" &
-  for _ in $(seq 100); do grep -q listening "$1/out" 2>/dev/null && break; sleep 0.05; done
-  sed -n 's|.*://\([0-9.:]*\) .*|\1|p' "$1/out"
-}
 open=$(start open); pol=$(start policy)
 head -c 4096 /dev/urandom > blob
 d=sha256:$(sha256sum blob | cut -d' ' -f1)

@@ -3,14 +3,8 @@
 #  1. full and resumed mutual-TLS handshakes per second against ONE worker thread (openssl s_time),
 #  2. a 256 MiB blob pulled over plain HTTP and over TLS (curl, best of 5), from the same storage.
 # Usage: loadtest/tls.sh [seconds-per-handshake-run]   (needs openssl, curl; builds wharf if needed)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 secs=${1:-5}
-cargo build --release -q
-bin=$PWD/target/release/wharf
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-cd "$work"
+source "$(dirname "$0")/common.sh"
 $bin cert ca >/dev/null && $bin cert server --ip 127.0.0.1 >/dev/null && $bin cert client --cn bench --org Bench >/dev/null
 mkdir plain tls
 cat > plain/wharf.toml <<T
@@ -32,11 +26,6 @@ client_auth = "required"
 [storage]
 root = "../data"
 T
-start() { # $1 = dir; prints the address
-  RUST_LOG=warn $bin serve -c "$1/wharf.toml" > "$1/out" 2> "$1/log" &
-  for _ in $(seq 100); do grep -q listening "$1/out" 2>/dev/null && break; sleep 0.05; done
-  sed -n 's|.*://\([0-9.:]*\) .*|\1|p' "$1/out"
-}
 plain=$(start plain); tls=$(start tls)
 echo "wharf $($bin version | cut -d' ' -f2), threads=1, $(nproc) cores, $(openssl version | cut -d' ' -f1-2)"
 

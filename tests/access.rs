@@ -18,34 +18,12 @@ fn basic(user: &str, pw: &str) -> String {
     )
 }
 
-/// `wharf hash-password` with the password on stdin.
-fn hash(pw: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(wharf_bin())
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{pw}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let h = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert!(h.starts_with("$argon2id$"), "{h}");
-    h
-}
-
 /// `[auth.identity.*]` for admin/admin-pw and bob/bob-pw.
 fn users() -> String {
     format!(
         "[auth.identity.ops]\nusername = \"admin\"\npassword = \"{}\"\n[auth.identity.ci]\nusername = \"bob\"\npassword = \"{}\"\n",
-        hash("admin-pw"),
-        hash("bob-pw")
+        hash_password("admin-pw"),
+        hash_password("bob-pw")
     )
 }
 
@@ -349,9 +327,9 @@ fn bad_rules_and_hashes_are_startup_errors_naming_the_place() {
 
 #[test]
 fn hash_password_reads_stdin_and_refuses_an_empty_password() {
-    let h = hash("correct horse");
+    let h = hash_password("correct horse");
     assert!(h.contains("$v=19$m=19456,t=2,p=1$"), "{h}");
-    assert_ne!(h, hash("correct horse"), "a fresh salt each time");
+    assert_ne!(h, hash_password("correct horse"), "a fresh salt each time");
     let out = Command::new(wharf_bin())
         .arg("hash-password")
         .stdin(std::process::Stdio::null())

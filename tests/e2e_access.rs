@@ -62,21 +62,11 @@ impl Setup {
 
     /// `wharf cert install-client` of an existing `<name>.crt` into its own certs.d.
     fn install(&self, name: &str) -> PathBuf {
-        let reg = self.server.host();
+        let pki = Pki {
+            dir: self.pki_dir.clone(),
+        };
         let certs_d = self.work.path().join(format!("certs.d-{name}"));
-        wharf(&[
-            "cert",
-            "install-client",
-            "--registry",
-            &reg,
-            "--dir",
-            certs_d.to_str().unwrap(),
-            "--from",
-            self.pki_dir.to_str().unwrap(),
-            "--name",
-            name,
-        ]);
-        certs_d.join(reg)
+        pki.install_client(&self.server.host(), &certs_d, name)
     }
 
     fn target(&self, repo: &str) -> String {
@@ -141,25 +131,8 @@ fn refused(what: &str, (ok, text): (bool, String)) {
 fn users(list: &[(&str, &str)]) -> String {
     list.iter()
         .map(|(u, pw)| {
-            let mut child = Command::new(wharf_bin())
-                .arg("hash-password")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(pw.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            let h = String::from_utf8(out.stdout).unwrap();
-            format!(
-                "[auth.identity.{u}]\nusername = \"{u}\"\npassword = \"{}\"\n",
-                h.trim()
-            )
+            let h = hash_password(pw);
+            format!("[auth.identity.{u}]\nusername = \"{u}\"\npassword = \"{h}\"\n")
         })
         .collect()
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::layout::Layout;
-use common::pki::{Pki, run_cmd, wharf};
+use common::pki::{Pki, run_cmd};
 use common::*;
 
 fn ok(cmd: &mut Command) -> String {
@@ -33,22 +33,12 @@ fn setup(driver: &str) -> Setup {
     let dirs = tempfile::tempdir().unwrap();
     let server = Server::start_in(dir, driver, &toml, "warn");
     let reg = server.host();
-    let certs_d = dirs.path().join("certs.d");
-    wharf(&[
-        "cert",
-        "install-client",
-        "--registry",
-        &reg,
-        "--dir",
-        certs_d.to_str().unwrap(),
-        "--from",
-        pki.dir.to_str().unwrap(),
-    ]);
+    let with_cert = pki.install_client(&reg, &dirs.path().join("certs.d"), "client");
     let ca_only = dirs.path().join("ca-only");
     std::fs::create_dir_all(&ca_only).unwrap();
     std::fs::copy(pki.path("ca.crt"), ca_only.join("ca.crt")).unwrap();
     Setup {
-        with_cert: certs_d.join(&reg),
+        with_cert,
         ca_only,
         server,
         _dirs: dirs,

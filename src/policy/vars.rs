@@ -167,9 +167,27 @@ fn borrowed<'b, 'v>(v: &'b (dyn Val + 'v)) -> Result<CowVal<'b, 'v>, ExecutionEr
     Ok(CowVal::Borrowed(v))
 }
 
-/// Implements `Val` for a record type whose fields are looked up by `Indexer`.
+/// Implements `Val` and `Indexer` for a record type with a `lookup(field name)` method.
 macro_rules! record_val {
     ($ty:ident, $cel:ident) => {
+        impl Indexer for $ty<'_> {
+            fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+            where
+                Self: 'v,
+            {
+                self.lookup(field(idx)?)
+            }
+            fn steal<'v>(
+                self: Box<Self>,
+                idx: &dyn Val,
+            ) -> Result<Box<dyn Val + 'v>, ExecutionError>
+            where
+                Self: 'v,
+            {
+                self.get(idx).map(CowVal::into_owned)
+            }
+        }
+
         impl Val for $ty<'_> {
             fn get_type(&self) -> &Type {
                 &$cel
@@ -201,12 +219,12 @@ record_val!(IdentityVal, IDENTITY_TYPE);
 record_val!(CertificateVal, CERTIFICATE_TYPE);
 record_val!(RequestVal, REQUEST_TYPE);
 
-impl Indexer for IdentityVal<'_> {
-    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+impl IdentityVal<'_> {
+    fn lookup<'b, 'v>(&'b self, name: &str) -> Result<CowVal<'b, 'v>, ExecutionError>
     where
         Self: 'v,
     {
-        match field(idx)? {
+        match name {
             "id" => borrowed(&self.id),
             "username" => borrowed(&self.username),
             "client_ip" => borrowed(&self.client_ip),
@@ -214,40 +232,28 @@ impl Indexer for IdentityVal<'_> {
             other => Err(ExecutionError::no_such_key(other)),
         }
     }
-    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.get(idx).map(CowVal::into_owned)
-    }
 }
 
-impl Indexer for CertificateVal<'_> {
-    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+impl CertificateVal<'_> {
+    fn lookup<'b, 'v>(&'b self, name: &str) -> Result<CowVal<'b, 'v>, ExecutionError>
     where
         Self: 'v,
     {
-        match field(idx)? {
+        match name {
             "common_names" => borrowed(self.common_names),
             "organizations" => borrowed(self.organizations),
             other => Err(ExecutionError::no_such_key(other)),
         }
     }
-    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.get(idx).map(CowVal::into_owned)
-    }
 }
 
-impl Indexer for RequestVal<'_> {
-    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+impl RequestVal<'_> {
+    fn lookup<'b, 'v>(&'b self, name: &str) -> Result<CowVal<'b, 'v>, ExecutionError>
     where
         Self: 'v,
     {
         let absent = |name: &str| ExecutionError::no_such_key(name);
-        match field(idx)? {
+        match name {
             "action" => borrowed(&self.action),
             "repository" => self
                 .repository
@@ -269,11 +275,5 @@ impl Indexer for RequestVal<'_> {
             }
             other => Err(absent(other)),
         }
-    }
-    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.get(idx).map(CowVal::into_owned)
     }
 }

@@ -389,6 +389,27 @@ pub fn push_image(c: &mut Client, repo: &str, tag: &str, layer: &[u8]) -> String
     sha256(&m)
 }
 
+/// `wharf hash-password` with `password` on stdin: the argon2id PHC string for a config.
+pub fn hash_password(password: &str) -> String {
+    let mut child = Command::new(wharf_bin())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn wharf hash-password");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "wharf hash-password failed");
+    let h = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(h.starts_with("$argon2id$"), "{h}");
+    h
+}
+
 /// Where `tests/setup.sh` puts the Go-built tools.
 pub fn tool(name: &str) -> PathBuf {
     let local = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -97,6 +97,24 @@ impl Pki {
         )
     }
 
+    /// `wharf cert install-client` of `<name>.crt` for `registry` into `certs_d`; returns the
+    /// registry's directory in it (what `--cert-dir` takes).
+    pub fn install_client(&self, registry: &str, certs_d: &Path, name: &str) -> PathBuf {
+        wharf(&[
+            "cert",
+            "install-client",
+            "--registry",
+            registry,
+            "--dir",
+            certs_d.to_str().unwrap(),
+            "--from",
+            self.dir.to_str().unwrap(),
+            "--name",
+            name,
+        ]);
+        certs_d.join(registry)
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
