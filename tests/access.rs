@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::pki::run_cmd;
+use common::pki::{Pki, run_cmd, tls_connect};
 use common::*;
 
 fn basic(user: &str, pw: &str) -> String {
@@ -258,7 +258,29 @@ fn no_policy_allows_everything_but_still_checks_credentials(driver: &str) {
     );
 }
 
+fn certificate_and_basic_credentials_fill_one_identity(driver: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let cfg = format!(
+        "{}{}[global.access_policy]\ndefault = \"deny\"\nrules = [\"identity.username == 'bob' && 'build-server' in identity.certificate.common_names && identity.id == 'ci'\"]\n",
+        pki.server_toml(Some("optional")),
+        users()
+    );
+    let s = Server::start_in(dir, driver, &cfg, "warn");
+    let (crt, key) = (pki.path("client.crt"), pki.path("client.key"));
+    let connect = |cert: bool| {
+        let cfg = pki.client_config(cert.then_some((crt.as_path(), key.as_path())), false);
+        tls_connect(s.addr, cfg).unwrap().client
+    };
+    let bob = basic("bob", "bob-pw");
+    assert_eq!(get_as(&mut connect(true), "/v2/", Some(&bob)).status, 200);
+    assert_eq!(get_as(&mut connect(true), "/v2/", None).status, 403);
+    assert_eq!(get_as(&mut connect(false), "/v2/", Some(&bob)).status, 403);
+    assert_eq!(get_as(&mut connect(false), "/v2/", None).status, 401);
+}
+
 on_both_drivers!(
+    certificate_and_basic_credentials_fill_one_identity,
     admin_only_policy_answers_401_403_and_200,
     failing_and_non_boolean_rules_deny,
     repository_policy_follows_path_boundaries,
