@@ -105,13 +105,11 @@ impl Policy {
         })
     }
 
-    /// Hot path: one `Context` (no allocation) and the rules in order until one flips the default.
-    fn decide(&self, env: &Arc<Env>, vars: &Vars<'_>) -> Decision<'_> {
-        let mut ctx = Context::with_env(Arc::clone(env));
-        ctx.set_variable_resolver(vars);
+    /// Hot path: the rules in order until one flips the default.
+    fn decide(&self, ctx: &Context<'_, '_>) -> Decision<'_> {
         let allow_by_default = self.default == PolicyDefault::Allow;
         for (i, rule) in self.rules.iter().enumerate() {
-            match rule.program.execute(&ctx) {
+            match rule.program.execute(ctx) {
                 Ok(Value::Bool(true)) => {
                     return Decision {
                         allowed: !allow_by_default,
@@ -201,19 +199,22 @@ impl AccessControl {
         let request = RequestVal::new(action);
         let repo = action.repository().map(|r| r.as_str());
         let vars = Vars { identity, request };
+        // One context (no allocation) for both policies; the resolver serves the variables.
+        let mut ctx = Context::with_env(Arc::clone(&self.env));
+        ctx.set_variable_resolver(&vars);
         let mut decision = Decision {
             allowed: true,
             policy: None,
             reason: Reason::Unrestricted,
         };
         if let Some(global) = &self.global {
-            decision = global.decide(&self.env, &vars);
+            decision = global.decide(&ctx);
             if !decision.allowed {
                 return decision;
             }
         }
         if let Some(policy) = repo.and_then(|r| self.repository_policy(r)) {
-            decision = policy.decide(&self.env, &vars);
+            decision = policy.decide(&ctx);
         }
         decision
     }
