@@ -1,0 +1,165 @@
+//! The checks each fuzz target runs (`fuzz/fuzz_targets/<name>.rs` calls the function of the same
+//! name), shared with `tests/fuzz_corpus.rs`, which replays every committed corpus file through them
+//! in `cargo test` so a fixed crash stays fixed. Each panics when its parser misbehaves.
+
+use crate::auth::parse_basic;
+use crate::config::{AccessPolicyConfig, Config, PolicyDefault};
+use crate::http::chunked::{ChunkedDecoder, decode_all};
+use crate::http::range::{ByteRange, parse_content_range, parse_range};
+use crate::http::{Limits, Method, head};
+use crate::oci::{Digest, Reference, RepoName, Tag, manifest};
+use crate::policy::{AccessControl, IdentityVal, Peer};
+use crate::tls::{CertIdentity, identity};
+
+/// Request heads: never panic, never claim more bytes than given.
+pub fn http_head(data: &[u8]) {
+    if let Ok(Some((_, n))) = head::parse(data, &Limits::default()) {
+        assert!(n <= data.len());
+    }
+}
+
+/// Chunked bodies: byte-at-a-time decoding agrees with whole-buffer decoding.
+pub fn chunked(data: &[u8]) {
+    let whole = decode_all(data);
+    let mut dec = ChunkedDecoder::new();
+    let mut out = Vec::new();
+    let mut used = 0;
+    let mut failed = false;
+    for i in 0..data.len() {
+        if dec.is_done() {
+            break;
+        }
+        match dec.step(&data[i..=i]) {
+            Ok(step) => {
+                used += step.consumed;
+                if let Some(r) = step.data {
+                    out.extend_from_slice(&data[i..=i][r]);
+                }
+            }
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    if let Ok((body, n)) = whole {
+        if dec.is_done() {
+            assert_eq!(body, out);
+            assert_eq!(n, used);
+        }
+    } else {
+        assert!(failed || !dec.is_done());
+    }
+}
+
+/// `Range` / `Content-Range`: any accepted range lies inside the blob.
+pub fn ranges(header: &str, size: u64) {
+    if let ByteRange::Partial { start, end } = parse_range(Some(header), size) {
+        assert!(start <= end && end < size);
+    }
+    if let Some((a, b)) = parse_content_range(header) {
+        assert!(a <= b);
+    }
+}
+
+/// Names, tags, digests, references: whatever is accepted is a safe relative path.
+pub fn names(s: &str) {
+    if let Ok(n) = s.parse::<RepoName>() {
+        assert!(
+            !n.as_str().starts_with('/')
+                && !n
+                    .as_str()
+                    .split('/')
+                    .any(|c| c == ".." || c == "." || c.is_empty())
+        );
+    }
+    if let Ok(t) = s.parse::<Tag>() {
+        assert!(!t.as_str().contains('/') && !t.as_str().starts_with('.'));
+    }
+    if let Ok(d) = s.parse::<Digest>() {
+        assert!(d.hex().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(d.to_string(), s);
+    }
+    let _ = s.parse::<Reference>();
+}
+
+/// Manifest validation never panics on arbitrary bytes and content types.
+pub fn manifest(data: &[u8], media_type: Option<&str>) {
+    let _ = manifest::parse(data, media_type);
+}
+
+/// Routing arbitrary paths and queries never panics.
+pub fn route(path: &str, query: &str, method: u8) {
+    let methods = [
+        Method::Get,
+        Method::Head,
+        Method::Post,
+        Method::Put,
+        Method::Patch,
+        Method::Delete,
+    ];
+    let _ = crate::registry::route(methods[usize::from(method % 6)], path, query);
+}
+
+/// Certificate subjects (webpki verifies first, but the parser must not rely on it).
+pub fn cert_identity(der: &[u8]) {
+    if let Ok(id) = identity::parse(der) {
+        for s in id.common_names.iter().chain(&id.organizations) {
+            assert!(std::str::from_utf8(s.as_bytes()).is_ok());
+        }
+    }
+}
+
+/// The `Authorization: Basic` parser never panics; what it accepts names a user.
+pub fn basic_auth(data: &[u8]) {
+    if let Ok(Ok(c)) = std::str::from_utf8(data).map(parse_basic) {
+        assert!(!c.username.is_empty() && !c.username.contains(':'));
+    }
+}
+
+/// CEL rules: compiling arbitrary text never panics, and whatever compiles decides (never panics)
+/// for arbitrary identities. Input: rule text, NUL, then CN / O / username lines (comma-separated).
+pub fn policy(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (rule, who) = text.split_once('\0').unwrap_or((text, ""));
+    let mut parts = who.split('\n');
+    let mut field = || {
+        parts
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let cert = CertIdentity {
+        common_names: field(),
+        organizations: field(),
+    };
+    let username = field().join(",");
+    let mut cfg = Config::default();
+    let zero = "0".repeat(64);
+    let mount = format!("mount=sha256:{zero}&from=c");
+    for default in [PolicyDefault::Allow, PolicyDefault::Deny] {
+        cfg.global.access_policy = Some(AccessPolicyConfig {
+            default,
+            rules: vec![rule.to_owned()],
+        });
+        let Ok(ac) = AccessControl::from_config(&cfg) else {
+            return;
+        };
+        let peer = Peer::new(Some(&cert), std::net::IpAddr::from([192, 0, 2, 1]));
+        for (m, path, q) in [
+            (Method::Get, "/v2/", ""),
+            (Method::Put, "/v2/a/b/manifests/latest", ""),
+            (Method::Post, "/v2/a/blobs/uploads/", mount.as_str()),
+            (Method::Get, "/v2/_catalog", "n=1"),
+        ] {
+            let action = crate::registry::route(m, path, q).expect("a valid request");
+            let _ = ac
+                .decide(IdentityVal::new(&peer, Some(("id", &username))), &action)
+                .allowed;
+        }
+    }
+}
