@@ -163,3 +163,36 @@ pub fn policy(data: &[u8]) {
         }
     }
 }
+
+/// The config file: arbitrary TOML never panics the parser, validation or policy compilation, and
+/// a config that validates also has its identities checked and its policies compiled.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(cfg) = Config::parse_str(text) else {
+        return;
+    };
+    if cfg.validate().is_ok() {
+        let _ = crate::auth::validate(&cfg.auth);
+        let _ = AccessControl::from_config(&cfg);
+    }
+}
+
+/// Referrers filtering over arbitrary stored descriptors: input is the wanted artifactType (empty:
+/// no filter), then NUL-separated descriptors. What passes is an object with that artifactType.
+pub fn referrers(data: &[u8]) {
+    let mut parts = data.split(|b| *b == 0);
+    let want = parts.next().and_then(|w| std::str::from_utf8(w).ok());
+    let want = want.filter(|w| !w.is_empty());
+    let stored: Vec<Vec<u8>> = parts.map(<[u8]>::to_vec).collect();
+    let n = stored.len();
+    let out = crate::registry::filter_referrers(stored, want);
+    assert!(out.len() <= n);
+    for desc in &out {
+        assert!(desc.is_object());
+        if let Some(w) = want {
+            assert_eq!(desc["artifactType"].as_str(), Some(w));
+        }
+    }
+}

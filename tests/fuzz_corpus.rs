@@ -25,6 +25,8 @@ fn replay(target: &str, data: &[u8]) {
         "cert_identity" => fuzzing::cert_identity(data),
         "basic_auth" => fuzzing::basic_auth(data),
         "policy" => fuzzing::policy(data),
+        "config" => fuzzing::config(data),
+        "referrers" => fuzzing::referrers(data),
         "names" => take::<&str>(data).into_iter().for_each(fuzzing::names),
         "ranges" => {
             if let Some((h, size)) = take::<(&str, u64)>(data) {

@@ -71,18 +71,7 @@ impl Registry {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> HandlerResult {
-        let mut manifests = Vec::new();
-        for raw in self.storage.referrers(repo, subject)? {
-            let Ok(desc) = serde_json::from_slice::<serde_json::Value>(&raw) else {
-                continue;
-            };
-            if artifact_type
-                .is_some_and(|want| desc.get("artifactType").and_then(|a| a.as_str()) != Some(want))
-            {
-                continue;
-            }
-            manifests.push(desc);
-        }
+        let manifests = filter_referrers(self.storage.referrers(repo, subject)?, artifact_type);
         let index = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
         let mut r = Response::new(200).bytes(OCI_INDEX, serde_json::to_vec(&index).expect("json"));
         if artifact_type.is_some() {
@@ -90,6 +79,23 @@ impl Registry {
         }
         Ok(r)
     }
+}
+
+/// The stored referrer descriptors that parse as JSON objects and, with `artifact_type`, carry
+/// exactly that `artifactType`.
+pub fn filter_referrers(
+    stored: Vec<Vec<u8>>,
+    artifact_type: Option<&str>,
+) -> Vec<serde_json::Value> {
+    stored
+        .iter()
+        .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
+        .filter(|desc| desc.is_object())
+        .filter(|desc| {
+            artifact_type
+                .is_none_or(|want| desc.get("artifactType").and_then(|a| a.as_str()) == Some(want))
+        })
+        .collect()
 }
 
 #[cfg(test)]

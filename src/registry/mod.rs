@@ -13,6 +13,7 @@ use crate::http::conn::ConnError;
 use crate::http::{Body, BodyError, RequestHead, Response};
 use crate::oci::{ErrorCode, OciError};
 use crate::storage::{Storage, StoreError};
+pub use listing::filter_referrers;
 pub use route::{Action, route};
 
 /// Responses up to this size are read into memory so head and body leave in one write.
