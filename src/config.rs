@@ -20,6 +20,10 @@ pub struct Config {
     pub global: GlobalConfig,
     /// `[auth]`: Basic-auth identities and the verified-credential cache.
     pub auth: AuthConfig,
+    /// `[limits]`: per-client request rates and the connection cap.
+    pub limits: LimitsConfig,
+    /// `[gc]`: garbage collection of unreferenced blobs and manifests.
+    pub gc: GcConfig,
     /// `[repository."<name>"]`: settings for a repository name and everything below it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub repository: BTreeMap<String, RepositoryConfig>,
@@ -198,6 +202,61 @@ pub struct AccessPolicyConfig {
     pub rules: Vec<String>,
 }
 
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Read requests (GET, HEAD) per second per client IP (IPv6: per /64); over it answers 429
+    /// `TOOMANYREQUESTS` with `Retry-After`. Default `0` = unlimited.
+    pub read_rps: f64,
+    /// Write requests (POST, PUT, PATCH, DELETE) per second per client IP (IPv6: per /64).
+    /// Default `0` = unlimited.
+    pub write_rps: f64,
+    /// Requests a client may make in a burst above its rate (the token bucket's size). Default `0`
+    /// = one second's worth of the rate (at least 1).
+    pub burst: u32,
+    /// Open connections across all workers; the next one is answered 503 and closed (TLS: closed).
+    /// Default `16384`; `0` = unlimited.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            read_rps: 0.0,
+            write_rps: 0.0,
+            burst: 0,
+            max_connections: 16384,
+        }
+    }
+}
+
+/// `[gc]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Run garbage collection inside the server this often. Default `"0s"` = never (use `wharf gc`).
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// Data younger than this is never collected, so blobs uploaded for a manifest that is not pushed
+    /// yet survive. Default `"1h"`.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub grace: Duration,
+    /// Also delete manifests that no tag reaches (directly, through an index, or as a referrer of
+    /// one that is kept). Default `false`.
+    pub delete_untagged: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: Duration::ZERO,
+            grace: Duration::from_secs(3600),
+            delete_untagged: false,
+        }
+    }
+}
+
 /// The decision a policy makes when none of its rules is true.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -290,6 +349,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     if d.subsec_millis() != 0 {
         s.serialize_str(&format!("{}ms", d.as_millis()))
+    } else if d.as_secs() >= 3600 && d.as_secs().is_multiple_of(3600) {
+        s.serialize_str(&format!("{}h", d.as_secs() / 3600))
     } else {
         s.serialize_str(&format!("{}s", d.as_secs()))
     }
@@ -435,6 +496,20 @@ impl Config {
                     ),
                 );
             }
+        }
+        for (key, rps) in [
+            ("limits.read_rps", self.limits.read_rps),
+            ("limits.write_rps", self.limits.write_rps),
+        ] {
+            if !rps.is_finite() || rps < 0.0 {
+                return invalid(
+                    key,
+                    "must be a number of requests per second, 0 = unlimited",
+                );
+            }
+        }
+        if !self.gc.interval.is_zero() && self.gc.interval < Duration::from_secs(1) {
+            return invalid("gc.interval", "must be at least 1s (or 0s = never)");
         }
         for name in self.repository.keys() {
             if name.parse::<crate::oci::RepoName>().is_err() {

@@ -75,6 +75,8 @@ pub struct OciError {
     pub code: ErrorCode,
     pub message: String,
     pub status: u16,
+    /// Seconds for the `Retry-After` header of a 429/503/507 (default 1, 60 for 507).
+    pub retry_after: Option<u64>,
 }
 
 impl OciError {
@@ -83,12 +85,20 @@ impl OciError {
             code,
             message: message.into(),
             status: code.status(),
+            retry_after: None,
         }
     }
 
     /// Same code, a different status (e.g. 413 for an oversized manifest, 507 for a full disk).
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = status;
+        self
+    }
+
+    /// Tell the client when to try again (`Retry-After`, whole seconds, at least 1).
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after = Some(secs.max(1));
         self
     }
 

@@ -121,13 +121,14 @@ impl Registry {
 }
 
 /// An OCI error as a response: with the Basic challenge on 401 (clients send credentials only
-/// after one), and `Retry-After` when storage is full or password checks are queued up.
+/// after one), and `Retry-After` when rate-limited, over capacity, storage is full or password
+/// checks are queued up.
 pub fn error_response(e: OciError) -> Response {
     let mut r = Response::new(e.status);
     match e.status {
         401 => r = r.header("WWW-Authenticate", "Basic realm=\"wharf\""),
-        429 => r = r.header("Retry-After", "1"),
-        507 => r = r.header("Retry-After", "60"),
+        429 | 503 => r = r.header("Retry-After", e.retry_after.unwrap_or(1).to_string()),
+        507 => r = r.header("Retry-After", e.retry_after.unwrap_or(60).to_string()),
         _ => {}
     }
     r.json(e.to_json())

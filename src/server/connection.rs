@@ -15,9 +15,11 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use super::gate::{self, Client};
+use super::limits::Slot;
 use super::{App, Local};
 use crate::http::conn::{NextRequest, Transport};
 use crate::http::{Conn, Method, Response};
+use crate::oci::{ErrorCode, OciError};
 use crate::policy::Peer;
 use crate::registry::error_response;
 use crate::tls::{CertIdentity, TlsStream, identity};
@@ -26,7 +28,14 @@ use crate::tls::{CertIdentity, TlsStream, identity};
 const DRAIN_LIMIT: u64 = 256 * 1024;
 
 /// Serve one connection; a panic in it is logged and ends only this connection, never the worker.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>, local: Rc<Local>) {
+/// `_slot` holds its place under `limits.max_connections` until it closes.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    local: Rc<Local>,
+    _slot: Slot,
+) {
     let _tracked = local.shutdown.track();
     if let Err(panic) = (CatchUnwind {
         inner: connect(stream, peer, app, &local),
@@ -60,6 +69,29 @@ impl<F: Future> Future for CatchUnwind<F> {
             Err(panic) => Poll::Ready(Err(panic)),
         }
     }
+}
+
+/// A connection over `limits.max_connections`: plain HTTP gets a 503 with `Retry-After` (without
+/// reading its request), TLS is closed (answering would need a handshake).
+pub async fn over_capacity(stream: TcpStream, peer: SocketAddr, local: Rc<Local>) {
+    let n = local.refused.get() + 1;
+    local.refused.set(n);
+    if n % 1000 == 1 {
+        tracing::warn!(
+            "limits.max_connections reached: refusing {peer} ({n} refused by this worker so far)"
+        );
+    }
+    if local.tls.is_some() {
+        return;
+    }
+    let mut conn = Conn::new(Transport::Plain(stream), Rc::clone(&local.limits));
+    let e = OciError::new(
+        ErrorCode::TooManyRequests,
+        "too many open connections, retry later",
+    )
+    .with_status(503);
+    let _ = conn.send(error_response(e), false, true).await;
+    conn.linger().await;
 }
 
 /// Answer a head we will not serve with a plain-text status, then close.

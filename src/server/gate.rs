@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use super::App;
+use super::limits::Class;
 use crate::auth::{AuthError, Cache, User};
-use crate::http::RequestHead;
+use crate::http::{Method, RequestHead};
 use crate::oci::{ErrorCode, OciError};
 use crate::policy::{IdentityVal, Peer};
 use crate::registry::{Action, route};
@@ -33,6 +34,19 @@ pub async fn admit<'a>(
     client: &Client,
     head: &RequestHead,
 ) -> Result<Admitted<'a>, (OciError, Option<&'a User>)> {
+    let class = match head.method {
+        Method::Get | Method::Head => Class::Read,
+        _ => Class::Write,
+    };
+    // Before credentials: the limit also bounds password guessing.
+    if let Err(wait) = app.rates.check(client.addr.ip(), class) {
+        let e = OciError::new(
+            ErrorCode::TooManyRequests,
+            "request rate limit for this client exceeded",
+        )
+        .with_retry_after(wait);
+        return Err((e, None));
+    }
     let action = route(head.method, &head.path, &head.query).map_err(|e| (e, None))?;
     let user = match head.authorization.as_deref() {
         Some(h) => Some(

@@ -4,6 +4,7 @@
 
 mod connection;
 mod gate;
+pub mod limits;
 mod shutdown;
 
 use std::net::SocketAddr;
@@ -97,6 +98,10 @@ pub struct App {
     /// The listener's TLS material; `None` = plain HTTP.
     pub tls: Option<Arc<Reloader>>,
     pub limits: crate::http::Limits,
+    /// Per-client request rates (`[limits]`).
+    pub rates: limits::RateLimits,
+    /// Open connections against `limits.max_connections`.
+    pub connections: Arc<limits::ConnectionCap>,
     pub shutdown_grace: Duration,
 }
 
@@ -122,9 +127,12 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         access,
         tls: tls.clone(),
         limits: cfg.server.http.limits(),
+        rates: limits::RateLimits::new(&cfg.limits),
+        connections: Arc::new(limits::ConnectionCap::new(cfg.limits.max_connections)),
         shutdown_grace: cfg.server.shutdown_grace,
     });
 
+    limits::raise_nofile_limit();
     let threads = cfg.threads();
     let mut addr = SocketAddr::new(cfg.server.bind_address, cfg.server.port);
     let mut stops = Vec::with_capacity(threads);
@@ -200,6 +208,8 @@ pub struct Local {
     pub shutdown: Shutdown,
     /// Basic credentials verified on this thread.
     pub credentials: Rc<Cache>,
+    /// Connections this thread turned away over `limits.max_connections`.
+    pub refused: std::cell::Cell<u64>,
 }
 
 fn worker(
@@ -251,13 +261,21 @@ async fn worker_main(
         tls: app.tls.clone().map(Acceptor::new),
         shutdown: Shutdown::default(),
         credentials: app.auth.new_cache(),
+        refused: std::cell::Cell::new(0),
     });
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&local)));
+                    match app.connections.admit() {
+                        Some(slot) => {
+                            monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&local), slot));
+                        }
+                        None => {
+                            monoio::spawn(connection::over_capacity(stream, peer, Rc::clone(&local)));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of descriptors or similar: back off briefly instead of spinning.
