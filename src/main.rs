@@ -46,6 +46,29 @@ enum Command {
     /// Make a private CA, server and client certificates, and client certs.d layouts.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Delete blobs no manifest references (and, with gc.delete_untagged, manifests no tag reaches)
+    /// once older than gc.grace, plus stale uploads. Safe while the registry is serving.
+    Gc {
+        /// Configuration file (TOML); without it: storage in ./data, gc defaults.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Override gc.grace (e.g. "30m").
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Re-hash every blob and check every tag, manifest and link; exit status 1 if anything is
+    /// broken (and not repaired).
+    Fsck {
+        /// Configuration file (TOML); without it: storage in ./data.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Move what is broken to <storage.root>/quarantine/<time>/ so it is no longer served.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -211,6 +234,84 @@ fn hash_password() -> Result<(), String> {
     Ok(())
 }
 
+fn open_storage(cfg: &Config) -> Result<wharf::storage::Storage, String> {
+    let root = &cfg.storage.root;
+    if !root.join("blobs").is_dir() {
+        return Err(format!(
+            "storage.root {}: no registry storage there",
+            root.display()
+        ));
+    }
+    wharf::storage::Storage::open(root)
+        .map(|s| s.with_grace(cfg.gc.grace))
+        .map_err(|e| format!("storage.root {}: {e}", root.display()))
+}
+
+fn gc(config: Option<&PathBuf>, dry_run: bool, grace: Option<&str>) -> Result<(), String> {
+    let cfg = load(config)?;
+    let grace = match grace {
+        Some(g) => wharf::config::parse_duration(g).map_err(|e| format!("--grace: {e}"))?,
+        None => cfg.gc.grace,
+    };
+    let storage = open_storage(&cfg)?;
+    let opts = wharf::storage::gc::GcOptions {
+        grace,
+        delete_untagged: cfg.gc.delete_untagged,
+        dry_run,
+    };
+    let r = storage
+        .collect_garbage(&opts, &mut |l| println!("{l}"))
+        .map_err(|e| format!("gc: {e}"))?;
+    println!(
+        "{}{} manifests, {} blobs ({} bytes), {} stale uploads; {} unreferenced blobs younger than {:?} kept{}",
+        if dry_run {
+            "dry run, would delete: "
+        } else {
+            "deleted: "
+        },
+        r.manifests.len(),
+        r.blobs.len(),
+        r.bytes,
+        r.uploads,
+        r.young,
+        grace,
+        if r.stopped_early {
+            "; stopped early (ran past half the grace period), run again"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+fn fsck(config: Option<&PathBuf>, repair: bool) -> Result<(), String> {
+    let cfg = load(config)?;
+    let storage = open_storage(&cfg)?;
+    let r = storage
+        .fsck(repair, &mut |l| println!("{l}"))
+        .map_err(|e| format!("fsck: {e}"))?;
+    println!(
+        "checked {} blobs ({} bytes), {} manifests, {} tags: {} problems, {} moved to quarantine",
+        r.blobs,
+        r.bytes,
+        r.manifests,
+        r.tags,
+        r.problems.len(),
+        r.problems.len() - r.unresolved()
+    );
+    match r.unresolved() {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} problems remain{}",
+            if repair {
+                ""
+            } else {
+                " (--repair quarantines what can be)"
+            }
+        )),
+    }
+}
+
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     match path {
         Some(p) => Config::load(p).map_err(|e| e.to_string()),
@@ -244,6 +345,12 @@ fn main() -> ExitCode {
         Command::CheckTls { config, hosts } => check_tls(&config, hosts),
         Command::HashPassword => hash_password(),
         Command::Cert(cmd) => cert(cmd).map_err(|e| e.to_string()),
+        Command::Gc {
+            config,
+            dry_run,
+            grace,
+        } => gc(config.as_ref(), dry_run, grace.as_deref()),
+        Command::Fsck { config, repair } => fsck(config.as_ref(), repair),
         Command::Version => {
             println!("wharf {}", env!("CARGO_PKG_VERSION"));
             Ok(())

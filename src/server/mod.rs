@@ -113,16 +113,22 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     let access = AccessControl::from_config(&cfg)?;
     let auth = Authenticator::from_config(&cfg.auth)?;
     let root = cfg.storage.root.clone();
-    let storage = Storage::open(&root).map_err(|source| StartError::Storage {
-        path: root.display().to_string(),
-        source,
-    })?;
+    let storage = Storage::open(&root)
+        .map_err(|source| StartError::Storage {
+            path: root.display().to_string(),
+            source,
+        })?
+        .with_grace(cfg.gc.grace);
+    let storage = Arc::new(storage);
+    if !cfg.gc.interval.is_zero() {
+        schedule_gc(Arc::clone(&storage), &cfg.gc)?;
+    }
     let settings = Settings {
         max_manifest_size: cfg.global.max_manifest_size,
         max_blob_size: cfg.global.max_blob_size,
     };
     let app = Arc::new(App {
-        registry: Registry::new(Arc::new(storage), settings),
+        registry: Registry::new(storage, settings),
         auth,
         access,
         tls: tls.clone(),
@@ -196,6 +202,41 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         let _ = h.join();
     }
     tracing::info!("wharf stopped");
+    Ok(())
+}
+
+/// Run garbage collection every `gc.interval` on its own thread (it blocks on the filesystem).
+fn schedule_gc(storage: Arc<Storage>, gc: &crate::config::GcConfig) -> Result<(), StartError> {
+    let opts = crate::storage::gc::GcOptions {
+        grace: gc.grace,
+        delete_untagged: gc.delete_untagged,
+        dry_run: false,
+    };
+    let interval = gc.interval;
+    std::thread::Builder::new()
+        .name("wharf-gc".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let started = Instant::now();
+                let mut log = |l: String| tracing::debug!(target: "wharf::gc", "{l}");
+                match storage.collect_garbage(&opts, &mut log) {
+                    Ok(r) => tracing::info!(
+                        target: "wharf::gc",
+                        manifests = r.manifests.len(),
+                        blobs = r.blobs.len(),
+                        bytes = r.bytes,
+                        uploads = r.uploads,
+                        young = r.young,
+                        stopped_early = r.stopped_early,
+                        "garbage collection done in {:?}",
+                        started.elapsed()
+                    ),
+                    Err(e) => tracing::warn!(target: "wharf::gc", "garbage collection failed: {e}"),
+                }
+            }
+        })
+        .map_err(|e| StartError::Other(format!("cannot start the gc thread: {e}")))?;
     Ok(())
 }
 

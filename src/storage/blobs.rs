@@ -7,31 +7,56 @@ use super::{Result, Storage, StoreError, fsio};
 use crate::oci::{Digest, RepoName};
 
 impl Storage {
-    /// Size of a blob that `repo` may serve, or `None`.
+    /// Size of a blob that `repo` may serve, or `None`. A blob reported present is held (see
+    /// `hold_blob_data`): the client may rely on it for a manifest.
     pub fn blob_size(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
         if !self.layer_link(repo, d).exists() {
             return Ok(None);
         }
-        match std::fs::metadata(self.blob_path(d)) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.hold_blob_data(d)?.map(|(_, len)| len))
     }
 
-    /// Open a blob that `repo` may serve.
+    /// Open a blob that `repo` may serve (held like `blob_size`: HEAD is how clients ask).
     pub fn open_blob(&self, repo: &RepoName, d: &Digest) -> Result<(std::fs::File, u64)> {
         if !self.layer_link(repo, d).exists() {
             return Err(StoreError::BlobUnknown);
         }
-        match std::fs::File::open(self.blob_path(d)) {
-            Ok(f) => {
-                let len = f.metadata()?.len();
-                Ok((f, len))
+        self.hold_blob_data(d)?.ok_or(StoreError::BlobUnknown)
+    }
+
+    /// Open a stored blob and keep it out of garbage collection's reach for `gc.grace`: its mtime
+    /// is refreshed when older than `hold_refresh`, and a blob the collector is removing this
+    /// moment is taken back from its trash. Every path that tells a client a blob exists, or relies
+    /// on one for a manifest, comes through here (docs/gc.md has the argument why this is safe).
+    pub fn hold_blob_data(&self, d: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
+        let path = self.blob_path(d);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match std::fs::rename(self.gc_trash_path(d), &path) {
+                    Ok(()) => std::fs::File::open(&path)?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::BlobUnknown),
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let now = std::time::SystemTime::now();
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if age >= self.hold_refresh
+            && let Err(e) = file.set_modified(now)
+        {
+            // Serving goes on; only the collector's grace for this blob is not renewed.
+            tracing::warn!(
+                "cannot refresh the mtime of blob {d} (is it owned by another user?): {e}"
+            );
         }
+        Ok(Some((file, meta.len())))
     }
 
     /// Make a stored blob visible in `repo`.
@@ -59,7 +84,7 @@ impl Storage {
     ) -> Result<bool> {
         let available = match from {
             Some(src) => self.blob_size(src, d)?.is_some(),
-            None => self.blob_path(d).exists(),
+            None => self.hold_blob_data(d)?.is_some(),
         };
         if available {
             self.link_blob(repo, d).await?;
@@ -71,7 +96,7 @@ impl Storage {
     /// already be there (another push won the race); then the temp file is simply removed.
     pub(super) async fn commit_temp(&self, tmp: &Path, d: &Digest) -> io::Result<()> {
         let target = self.blob_path(d);
-        if target.exists() {
+        if self.hold_blob_data(d)?.is_some() {
             std::fs::remove_file(tmp)?;
             return Ok(());
         }
@@ -81,8 +106,8 @@ impl Storage {
         fsio::fsync_path(dir).await
     }
 
-    /// Whether the store holds a blob at all (any repository).
-    pub fn has_blob_data(&self, d: &Digest) -> bool {
-        self.blob_path(d).exists()
+    /// Whether the store holds a blob at all (any repository); holds it like `blob_size`.
+    pub fn has_blob_data(&self, d: &Digest) -> io::Result<bool> {
+        Ok(self.hold_blob_data(d)?.is_some())
     }
 }

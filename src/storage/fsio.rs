@@ -43,6 +43,18 @@ pub async fn ensure_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// `ensure_dir` for code off the worker threads (the collector, fsck): plain blocking fsyncs.
+pub fn ensure_dir_sync(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => std::fs::File::open(p)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
 /// Atomically replace `path` with `bytes`: temp file in the same directory, fsync, rename, fsync dir.
 pub async fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().expect("storage paths have a parent");

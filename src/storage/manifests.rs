@@ -37,7 +37,7 @@ impl Storage {
         digest: &Digest,
         parsed: &Parsed,
     ) -> Result<()> {
-        if !self.has_blob_data(digest) {
+        if !self.has_blob_data(digest)? {
             let tmp = self.uploads_dir().join(format!(".tmp-{}", random_id()));
             let written = async {
                 std::fs::write(&tmp, bytes)?;

@@ -3,13 +3,16 @@
 //! (`manifests`). Nothing here knows HTTP.
 
 pub mod blobs;
+pub mod fsck;
 mod fsio;
+pub mod gc;
 pub mod manifests;
 pub mod uploads;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::config::GcConfig;
 use crate::oci::{Digest, RepoName};
 
 pub use uploads::{BlobWriter, UploadLease};
@@ -39,6 +42,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Storage {
     root: PathBuf,
     uploads: uploads::Table,
+    /// A held blob's mtime is refreshed when older than this (a quarter of `gc.grace`).
+    hold_refresh: std::time::Duration,
 }
 
 impl Storage {
@@ -54,7 +59,21 @@ impl Storage {
         Ok(Storage {
             root: root.to_path_buf(),
             uploads: uploads::Table::new(),
+            hold_refresh: GcConfig::default().grace / 4,
         })
+    }
+
+    /// Use the configured `gc.grace` (held blobs stay younger than a quarter of it).
+    pub fn with_grace(mut self, grace: std::time::Duration) -> Storage {
+        self.hold_refresh = grace / 4;
+        self
+    }
+
+    /// Where the collector parks a blob it is about to delete (so a racing hold can take it back).
+    fn gc_trash_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join(gc::TRASH)
+            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {

@@ -335,7 +335,7 @@ impl Storage {
         Ok(())
     }
 
-    fn forget_upload(&self, id: &str) {
+    pub(super) fn forget_upload(&self, id: &str) {
         self.uploads.shard(id).remove(id);
         let _ = std::fs::remove_dir_all(self.upload_dir(id));
     }

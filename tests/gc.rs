@@ -1,0 +1,441 @@
+//! Garbage collection and fsck against real storage: what goes and what stays, the dry run, the
+//! grace period, untagged manifests, a collector looping while many clients push images that share
+//! layers, and fsck finding and quarantining damage.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{Client, OCI_MANIFEST, Server, image_manifest, push_blob, push_image, sha256};
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Run `wharf <args> -c <server config>`; returns (success, stdout + stderr).
+fn wharf(s: &Server, args: &[&str]) -> (bool, String) {
+    let out = Command::new(common::wharf_bin())
+        .args(args)
+        .arg("-c")
+        .arg(s.config_file())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Make everything in the store look `age` old (as if pushed that long ago).
+fn age_everything(root: &Path, age: Duration) {
+    let t = SystemTime::now() - age;
+    for p in files_under(root) {
+        std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
+    }
+}
+
+/// The digests of every blob file in the store.
+fn stored_blobs(root: &Path) -> BTreeSet<String> {
+    files_under(&root.join("blobs"))
+        .iter()
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let alg = p.parent().unwrap().parent().unwrap().file_name().unwrap();
+            format!(
+                "{}:{}",
+                alg.to_string_lossy(),
+                p.file_name().unwrap().to_string_lossy()
+            )
+        })
+        .collect()
+}
+
+fn put_manifest(c: &mut Client, repo: &str, reference: &str, body: &[u8], ct: &str) -> String {
+    let r = c.request(
+        "PUT",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Content-Type", ct)],
+        body,
+    );
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    sha256(body)
+}
+
+/// Pull a manifest and every blob it names, checking each digest; returns the digests.
+fn pull_verified(c: &mut Client, repo: &str, reference: &str) -> Vec<String> {
+    let r = c.request(
+        "GET",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Accept", OCI_MANIFEST)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{repo}:{reference}");
+    let m = r.json();
+    let mut digests = vec![sha256(&r.body)];
+    let mut wanted = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
+    for l in m["layers"].as_array().unwrap() {
+        wanted.push(l["digest"].as_str().unwrap().to_owned());
+    }
+    for d in wanted {
+        let b = c.get(&format!("/v2/{repo}/blobs/{d}"));
+        assert_eq!(b.status, 200, "{repo}:{reference} lost blob {d}");
+        assert_eq!(sha256(&b.body), d, "{repo}:{reference} blob {d} corrupt");
+        digests.push(d);
+    }
+    digests
+}
+
+#[test]
+fn gc_removes_only_unreferenced_data_past_the_grace_period() {
+    let s = Server::start("io_uring");
+    let mut c = s.client();
+    let shared = vec![1u8; 5000];
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = push_blob(&mut c, "app", cfg);
+    let sd = push_blob(&mut c, "app", &shared);
+    let la = push_blob(&mut c, "app", b"layer only in a");
+    let lb = push_blob(&mut c, "app", b"layer only in b");
+    let ma = image_manifest(&cd, cfg.len(), &[(&sd, shared.len()), (&la, 15)]);
+    let mb = image_manifest(&cd, cfg.len(), &[(&sd, shared.len()), (&lb, 15)]);
+    put_manifest(&mut c, "app", "a", &ma, OCI_MANIFEST);
+    let mbd = put_manifest(&mut c, "app", "b", &mb, OCI_MANIFEST);
+    let orphan = push_blob(&mut c, "app", b"never referenced");
+    let r = c.request("POST", "/v2/app/blobs/uploads/", &[], b"");
+    let stale_upload = r.header("location").unwrap().to_owned();
+    // Deleting b leaves its own layer and its manifest blob unreferenced.
+    assert_eq!(
+        c.request("DELETE", &format!("/v2/app/manifests/{mbd}"), &[], b"")
+            .status,
+        202
+    );
+    age_everything(&s.root(), Duration::from_secs(7200));
+    // Pushed just now: protected by the grace period although nothing references it.
+    let fresh = push_blob(&mut c, "app", b"uploaded for a manifest not pushed yet");
+
+    let before = stored_blobs(&s.root());
+    let (ok, out) = wharf(&s, &["gc", "--dry-run"]);
+    assert!(ok, "{out}");
+    for d in [&lb, &orphan, &mbd] {
+        assert!(
+            out.contains(&format!("would delete blob {d}")),
+            "{d}: {out}"
+        );
+    }
+    assert!(out.contains("would delete stale upload"), "{out}");
+    assert!(
+        !out.contains(&fresh) && !out.contains(&sd) && !out.contains(&la),
+        "{out}"
+    );
+    assert_eq!(
+        stored_blobs(&s.root()),
+        before,
+        "a dry run deleted something"
+    );
+
+    let (ok, out) = wharf(&s, &["gc"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("deleted: 0 manifests, 3 blobs"), "{out}");
+    let left = stored_blobs(&s.root());
+    let expected: BTreeSet<String> = [&cd, &sd, &la, &sha256(&ma), &fresh]
+        .into_iter()
+        .cloned()
+        .collect();
+    assert_eq!(left, expected);
+    // a is whole; b's layer is gone from the repository; the fresh blob is still served.
+    pull_verified(&mut c, "app", "a");
+    assert_eq!(c.get(&format!("/v2/app/blobs/{lb}")).status, 404);
+    assert_eq!(c.get(&format!("/v2/app/blobs/{fresh}")).status, 200);
+    let r = c.request("PATCH", &stale_upload, &[], b"more");
+    assert_eq!(r.error_code(), "BLOB_UPLOAD_UNKNOWN");
+    let (ok, out) = wharf(&s, &["fsck"]);
+    assert!(ok, "{out}");
+    // The trash is empty and a second run finds nothing more.
+    assert!(files_under(&s.root().join("gc-trash")).is_empty());
+    let (ok, out) = wharf(&s, &["gc"]);
+    assert!(ok && out.contains("deleted: 0 manifests, 0 blobs"), "{out}");
+}
+
+#[test]
+fn delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers() {
+    let s = Server::start_with("io_uring", "[gc]\ndelete_untagged = true\n");
+    let mut c = s.client();
+    let tagged = push_image(&mut c, "r", "v1", b"tagged layer");
+    // An index (tagged) over a child pushed by digest only.
+    let cfg = br#"{"architecture":"arm64","os":"linux"}"#;
+    let cd = push_blob(&mut c, "r", cfg);
+    let child_layer = push_blob(&mut c, "r", b"child layer");
+    let child = image_manifest(&cd, cfg.len(), &[(&child_layer, 11)]);
+    let child_d = put_manifest(&mut c, "r", &sha256(&child), &child, OCI_MANIFEST);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_d, "size": child.len(),
+                        "platform": {"architecture": "arm64", "os": "linux"}}]
+    }))
+    .unwrap();
+    put_manifest(&mut c, "r", "multi", &index, OCI_INDEX);
+    // A referrer of the tagged image (kept), and an untagged image with its own referrer (both go).
+    let referrer = |subject: &str, c: &mut Client| {
+        let empty = push_blob(c, "r", b"{}");
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x.sig",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1}
+        }))
+        .unwrap();
+        put_manifest(c, "r", &sha256(&m), &m, OCI_MANIFEST)
+    };
+    let kept_ref = referrer(&tagged, &mut c);
+    let lonely_layer = push_blob(&mut c, "r", b"untagged layer");
+    let untagged = image_manifest(&cd, cfg.len(), &[(&lonely_layer, 14)]);
+    let untagged_d = put_manifest(&mut c, "r", &sha256(&untagged), &untagged, OCI_MANIFEST);
+    let gone_ref = referrer(&untagged_d, &mut c);
+    age_everything(&s.root(), Duration::from_secs(7200));
+
+    let (ok, out) = wharf(&s, &["gc"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("deleted manifest r@{untagged_d}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("deleted manifest r@{gone_ref}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("deleted blob {lonely_layer}")),
+        "{out}"
+    );
+    assert!(out.contains("deleted: 2 manifests"), "{out}");
+    for d in [&tagged, &child_d, &kept_ref] {
+        let r = c.request(
+            "HEAD",
+            &format!("/v2/r/manifests/{d}"),
+            &[("Accept", OCI_MANIFEST)],
+            b"",
+        );
+        assert_eq!(r.status, 200, "kept manifest {d}");
+    }
+    pull_verified(&mut c, "r", "v1");
+    pull_verified(&mut c, "r", &child_d);
+    let refs = c.get(&format!("/v2/r/referrers/{tagged}")).json();
+    assert_eq!(refs["manifests"][0]["digest"], kept_ref.as_str());
+    assert_eq!(c.get(&format!("/v2/r/manifests/{untagged_d}")).status, 404);
+    let (ok, out) = wharf(&s, &["fsck"]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn fsck_reports_damage_and_repair_quarantines_it() {
+    let s = Server::start("io_uring");
+    let mut c = s.client();
+    let good = push_image(&mut c, "ok", "v1", b"intact layer");
+    let layer = b"layer that will rot".to_vec();
+    let m1 = push_image(&mut c, "bad", "rot", &layer);
+    let m2 = push_image(&mut c, "bad", "lost", b"layer that will vanish");
+    let blob_file = |d: &str| {
+        let (alg, hex) = d.split_once(':').unwrap();
+        s.root().join("blobs").join(alg).join(&hex[..2]).join(hex)
+    };
+    // Bit rot in one layer, a deleted layer, and a tag pointing at a manifest that is not there.
+    let rotten = sha256(&layer);
+    std::fs::write(blob_file(&rotten), b"layer that will rOt").unwrap();
+    let vanished = sha256(b"layer that will vanish");
+    std::fs::remove_file(blob_file(&vanished)).unwrap();
+    let ghost = sha256(b"no such manifest");
+    let tags = s.root().join("repositories/bad/_manifests/tags");
+    std::fs::write(tags.join("ghost"), &ghost).unwrap();
+
+    let (ok, out) = wharf(&s, &["fsck"]);
+    assert!(!ok, "fsck passed a damaged store: {out}");
+    assert!(out.contains(&format!("blob {rotten} is corrupt")), "{out}");
+    assert!(
+        out.contains(&format!("references blob {vanished}, which is missing")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("tag bad:ghost points at manifest {ghost}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("repository bad links blob {vanished}")),
+        "{out}"
+    );
+    assert!(!out.contains(&good) && !out.contains("ok@"), "{out}");
+    // Without --repair nothing moved: the rotten blob is still there.
+    assert!(blob_file(&rotten).exists());
+
+    let (ok, out) = wharf(&s, &["fsck", "--repair"]);
+    // The missing layer cannot be repaired (the image must be pushed again): still failing.
+    assert!(!ok, "{out}");
+    assert!(out.contains("moved to"), "{out}");
+    assert!(!blob_file(&rotten).exists());
+    let quarantined = files_under(&s.root().join("quarantine"));
+    assert!(
+        quarantined
+            .iter()
+            .any(|p| p.ends_with(rotten.split_once(':').unwrap().1)),
+        "{quarantined:?}"
+    );
+    // Corrupt data is no longer served; the broken tag is gone; healthy images are untouched.
+    assert_eq!(c.get(&format!("/v2/bad/blobs/{rotten}")).status, 404);
+    assert_eq!(c.get("/v2/bad/manifests/ghost").status, 404);
+    pull_verified(&mut c, "ok", "v1");
+    let (_, out) = wharf(&s, &["fsck"]);
+    assert!(
+        !out.contains("is corrupt") && !out.contains("ghost"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{m1} references blob {rotten}, which is missing")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{m2} references blob {vanished}")),
+        "{out}"
+    );
+}
+
+/// Many clients push images sharing layers from a pool (checking with HEAD and skipping what
+/// exists, as Docker does, then taking a while before the manifest), overwrite and delete tags,
+/// while the server collects every second and `wharf gc` runs in a loop too. With a 2-second grace
+/// and a pool of 40 layers, layers keep dropping out of every manifest and crossing the grace
+/// period, so the collector keeps deleting blobs that clients have just been told exist.
+fn gc_in_a_loop_never_loses_a_pushed_blob(driver: &str) {
+    let s = Server::start_with(
+        driver,
+        "[gc]\ninterval = \"1s\"\ngrace = \"2s\"\ndelete_untagged = true\n",
+    );
+    let stop_at = Instant::now() + Duration::from_secs(10);
+    let collector = {
+        let cfg = s.config_file();
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while Instant::now() < stop_at {
+                let out = Command::new(common::wharf_bin())
+                    .args(["gc", "-c"])
+                    .arg(&cfg)
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    out.status.success() || text.contains("another garbage collection is running"),
+                    "wharf gc failed: {text}"
+                );
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let addr = s.addr;
+    let pushers: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let repo = format!("team{}/app", t % 3);
+                let mut pushed = 0;
+                let mut i = 0u32;
+                while Instant::now() < stop_at {
+                    i += 1;
+                    let k = (t * 7 + i as usize * 13) % 40;
+                    let shared = [vec![b'a' + (k % 26) as u8; 3000 + k]];
+                    let mut layers = Vec::new();
+                    for l in &shared {
+                        let d = sha256(l);
+                        let head = c.request("HEAD", &format!("/v2/{repo}/blobs/{d}"), &[], b"");
+                        if head.status != 200 {
+                            push_blob(&mut c, &repo, l);
+                        }
+                        layers.push((d, l.len()));
+                    }
+                    let own = format!("layer {t}/{i}").into_bytes();
+                    layers.push((push_blob(&mut c, &repo, &own), own.len()));
+                    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+                    let head = c.request(
+                        "HEAD",
+                        &format!("/v2/{repo}/blobs/{}", sha256(cfg)),
+                        &[],
+                        b"",
+                    );
+                    let cd = if head.status == 200 {
+                        sha256(cfg)
+                    } else {
+                        push_blob(&mut c, &repo, cfg)
+                    };
+                    let refs: Vec<(&str, usize)> =
+                        layers.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+                    let m = image_manifest(&cd, cfg.len(), &refs);
+                    // A client uploading its other layers: the window a collector could strike in.
+                    std::thread::sleep(Duration::from_millis(150));
+                    // One tag per client, overwritten: older manifests become untagged garbage.
+                    let tag = format!("t{t}");
+                    let r = c.request(
+                        "PUT",
+                        &format!("/v2/{repo}/manifests/{tag}"),
+                        &[("Content-Type", OCI_MANIFEST)],
+                        &m,
+                    );
+                    assert_eq!(
+                        r.status,
+                        201,
+                        "manifest PUT failed while gc ran: {}",
+                        String::from_utf8_lossy(&r.body)
+                    );
+                    pushed += 1;
+                    if i.is_multiple_of(5) {
+                        let d = sha256(&m);
+                        let r = c.request("DELETE", &format!("/v2/{repo}/manifests/{d}"), &[], b"");
+                        assert_eq!(r.status, 202);
+                    }
+                }
+                pushed
+            })
+        })
+        .collect();
+    let pushed: u32 = pushers.into_iter().map(|p| p.join().unwrap()).sum();
+    let runs = collector.join().unwrap();
+    assert!(pushed > 100 && runs > 2, "pushed {pushed}, gc runs {runs}");
+
+    // Every tag still points at a whole image.
+    let mut c = s.client();
+    let mut referenced = BTreeSet::new();
+    for t in 0..3 {
+        let repo = format!("team{t}/app");
+        let tags = c.get(&format!("/v2/{repo}/tags/list")).json();
+        for tag in tags["tags"].as_array().unwrap() {
+            referenced.extend(pull_verified(&mut c, &repo, tag.as_str().unwrap()));
+        }
+    }
+    // Past the grace period, what no tag reaches is reclaimed: exactly the tagged images remain.
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, out) = wharf(&s, &["gc"]);
+    if !ok && out.contains("another garbage collection is running") {
+        std::thread::sleep(Duration::from_secs(1));
+        let (ok, out) = wharf(&s, &["gc"]);
+        assert!(ok, "{out}");
+    } else {
+        assert!(ok, "{out}");
+    }
+    assert_eq!(stored_blobs(&s.root()), referenced);
+    let (ok, out) = wharf(&s, &["fsck"]);
+    assert!(ok, "{out}");
+}
+
+on_both_drivers!(gc_in_a_loop_never_loses_a_pushed_blob);
