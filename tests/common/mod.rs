@@ -262,19 +262,29 @@ impl Client {
 
     /// Read one response; `head_request` means no body follows regardless of Content-Length.
     pub fn read_response(&mut self, head_request: bool) -> Resp {
+        self.try_read_response(head_request)
+            .expect("a complete HTTP/1.1 response")
+    }
+
+    /// `read_response`, or `None` if the connection broke or sent something else.
+    pub fn try_read_response(&mut self, head_request: bool) -> Option<Resp> {
         let mut line = String::new();
-        self.reader.read_line(&mut line).expect("status line");
-        assert!(line.starts_with("HTTP/1.1 "), "bad status line {line:?}");
-        let status: u16 = line[9..12].parse().unwrap();
+        self.reader.read_line(&mut line).ok()?;
+        if !line.starts_with("HTTP/1.1 ") || line.len() < 12 {
+            return None;
+        }
+        let status: u16 = line[9..12].parse().ok()?;
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
-            self.reader.read_line(&mut h).unwrap();
+            if self.reader.read_line(&mut h).ok()? == 0 {
+                return None;
+            }
             let h = h.trim_end();
             if h.is_empty() {
                 break;
             }
-            let (k, v) = h.split_once(':').unwrap();
+            let (k, v) = h.split_once(':')?;
             headers.push((k.trim().to_owned(), v.trim().to_owned()));
         }
         let mut resp = Resp {
@@ -283,17 +293,17 @@ impl Client {
             body: Vec::new(),
         };
         if status == 100 {
-            return resp;
+            return Some(resp);
         }
-        let len: usize = resp
-            .header("content-length")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or(0);
+        let len: usize = match resp.header("content-length") {
+            Some(v) => v.parse().ok()?,
+            None => 0,
+        };
         if !head_request && status != 204 {
             resp.body = vec![0; len];
-            self.reader.read_exact(&mut resp.body).unwrap();
+            self.reader.read_exact(&mut resp.body).ok()?;
         }
-        resp
+        Some(resp)
     }
 
     /// Whether the server closed the connection (EOF on read).

@@ -1,0 +1,608 @@
+//! Fault injection against the real binary and real files: `kill -9` with 80 pushes in flight, a
+//! full disk (a small tmpfs as storage), 1,000 slowloris connections, and path-traversal and
+//! encoding tricks in every name the API takes. (Vanished and short bodies, stalls and oversize
+//! bodies are in durability.rs, http_layer.rs and limits.rs.)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Client, OCI_MANIFEST, Server, image_manifest, push_blob, push_image, sha256};
+
+/// Deterministic pseudo-random bytes.
+fn data(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn fsck(s: &Server) -> (bool, String) {
+    let out = Command::new(common::wharf_bin())
+        .args(["fsck", "-c"])
+        .arg(s.config_file())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// What one in-flight push saw before the crash.
+enum Outcome {
+    /// A blob push (monolithic, or POST + PATCH + PUT with `Some(location)`).
+    Blob {
+        digest: String,
+        body: Vec<u8>,
+        location: Option<String>,
+        created: bool,
+    },
+    Manifest {
+        tag: String,
+        created: bool,
+    },
+}
+
+/// Send a request in 32 KiB pieces with small pauses (so the kill lands mid-body); `None` if the
+/// connection broke before a response.
+fn slow_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> Option<common::Resp> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    s.write_all(head.as_bytes()).ok()?;
+    for piece in body.chunks(32 * 1024) {
+        s.write_all(piece).ok()?;
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    Client::over(Box::new(s)).try_read_response(false)
+}
+
+fn kill_9_with_80_pushes_in_flight_loses_nothing_acknowledged(driver: &str) {
+    let mut s = Server::start(driver);
+    let addr = s.addr;
+    // Manifest pushers upload their blobs first; the manifests go up during the crash.
+    let mut prepared = Vec::new();
+    {
+        let mut c = s.client();
+        for m in 0..16u32 {
+            let cfg = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"n\":{m}}}");
+            let cd = push_blob(&mut c, "crash/m", cfg.as_bytes());
+            let layer = data(1000 + m, 200_000);
+            let ld = push_blob(&mut c, "crash/m", &layer);
+            prepared.push(image_manifest(&cd, cfg.len(), &[(&ld, layer.len())]));
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Outcome>();
+    let mut threads = Vec::new();
+    for i in 0..64u32 {
+        let tx = tx.clone();
+        threads.push(std::thread::spawn(move || {
+            let body = data(i, 256 * 1024 + i as usize * 4096);
+            let digest = sha256(&body);
+            let (location, resp) = if i % 2 == 0 {
+                let head = format!(
+                    "POST /v2/crash/b{}/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                    i % 4,
+                    body.len()
+                );
+                (None, slow_request(addr, &head, &body))
+            } else {
+                let start = format!(
+                    "POST /v2/crash/b{}/blobs/uploads/ HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+                    i % 4
+                );
+                let Some(loc) = slow_request(addr, &start, b"")
+                    .and_then(|r| r.header("location").map(str::to_owned))
+                else {
+                    let created = false;
+                    tx.send(Outcome::Blob { digest, body, location: None, created }).unwrap();
+                    return;
+                };
+                let head = format!(
+                    "PATCH {loc} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let patched = slow_request(addr, &head, &body).is_some_and(|r| r.status == 202);
+                let done = patched
+                    .then(|| slow_request(addr, &format!("PUT {loc}?digest={digest} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"), b""))
+                    .flatten();
+                (Some(loc), done)
+            };
+            let created = resp.is_some_and(|r| r.status == 201);
+            tx.send(Outcome::Blob { digest, body, location, created }).unwrap();
+        }));
+    }
+    for (m, manifest) in prepared.into_iter().enumerate() {
+        let tx = tx.clone();
+        threads.push(std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5 * m as u64));
+            let tag = format!("v{m}");
+            let head = format!(
+                "PUT /v2/crash/m/manifests/{tag} HTTP/1.1\r\nHost: t\r\nContent-Type: {OCI_MANIFEST}\r\nContent-Length: {}\r\n\r\n",
+                manifest.len()
+            );
+            let created = slow_request(addr, &head, &manifest).is_some_and(|r| r.status == 201);
+            tx.send(Outcome::Manifest { tag, created }).unwrap();
+        }));
+    }
+    drop(tx);
+    // Let the pushes get going, then pull the plug.
+    std::thread::sleep(Duration::from_millis(120));
+    s.restart_hard();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let outcomes: Vec<Outcome> = rx.iter().collect();
+    assert_eq!(outcomes.len(), 80);
+
+    let mut c = s.client();
+    let (mut acked, mut resumed, mut unknown) = (0, 0, 0);
+    for o in &outcomes {
+        match o {
+            Outcome::Blob {
+                digest,
+                body,
+                location,
+                created,
+            } => {
+                if *created {
+                    acked += 1;
+                    let repo = (0..4)
+                        .map(|k| format!("crash/b{k}"))
+                        .find(|repo| {
+                            c.request("HEAD", &format!("/v2/{repo}/blobs/{digest}"), &[], b"")
+                                .status
+                                == 200
+                        })
+                        .unwrap_or_else(|| panic!("acknowledged blob {digest} is gone"));
+                    let got = c.get(&format!("/v2/{repo}/blobs/{digest}"));
+                    assert_eq!(sha256(&got.body), *digest, "acknowledged blob corrupt");
+                } else if let Some(loc) = location {
+                    // An unfinished session resumes from what was stored, or is unknown.
+                    let st = c.get(loc);
+                    match st.status {
+                        204 => {
+                            let end: usize = st.header("range").unwrap()[2..].parse().unwrap();
+                            // "0-0" is both "nothing yet" and "one byte" (as in distribution).
+                            let put = |have: usize| {
+                                let range = format!("{have}-{}", body.len() - 1);
+                                let headers: &[(&str, &str)] = if have < body.len() {
+                                    &[("Content-Range", &range)]
+                                } else {
+                                    &[]
+                                };
+                                // A fresh connection: a refused large body closes the old one.
+                                Client::connect(addr).request(
+                                    "PUT",
+                                    &format!("{loc}?digest={digest}"),
+                                    headers,
+                                    &body[have..],
+                                )
+                            };
+                            let mut have = end + 1;
+                            let mut r = put(have);
+                            if end == 0 && r.status == 416 {
+                                have = 0;
+                                r = put(0);
+                            }
+                            assert!(have <= body.len());
+                            assert_eq!(
+                                r.status,
+                                201,
+                                "resuming at {have}: {:?}",
+                                String::from_utf8_lossy(&r.body)
+                            );
+                            resumed += 1;
+                        }
+                        404 => {
+                            assert_eq!(st.error_code(), "BLOB_UPLOAD_UNKNOWN");
+                            unknown += 1;
+                        }
+                        other => panic!("upload status after the crash: {other}"),
+                    }
+                }
+            }
+            Outcome::Manifest { tag, created } => {
+                let r = c.request(
+                    "GET",
+                    &format!("/v2/crash/m/manifests/{tag}"),
+                    &[("Accept", OCI_MANIFEST)],
+                    b"",
+                );
+                if *created {
+                    acked += 1;
+                    assert_eq!(r.status, 200, "acknowledged manifest {tag} is gone");
+                }
+                if r.status == 200 {
+                    for l in r.json()["layers"].as_array().unwrap() {
+                        let d = l["digest"].as_str().unwrap();
+                        let b = c.get(&format!("/v2/crash/m/blobs/{d}"));
+                        assert_eq!(sha256(&b.body), d);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "after the crash: {acked} acknowledged pushes intact, {resumed} uploads resumed, {unknown} unknown"
+    );
+    assert!(acked < 80, "the kill landed after every push had finished");
+    // Every visible blob hashes to its name, every tag points at a stored manifest, every
+    // manifest's blobs are stored: fsck re-verifies the whole store.
+    let (ok, out) = fsck(&s);
+    assert!(ok, "{out}");
+}
+
+/// A tmpfs mounted for one test; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "the disk-full test mounts a tmpfs and needs root (or CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fill the filesystem at `dir` with one file until it is full.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+fn full_disk_answers_507_damages_nothing_and_recovers(driver: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let _fs = Tmpfs::mount(mnt.path(), "24m");
+    std::fs::create_dir(mnt.path().join("data")).unwrap();
+    std::os::unix::fs::symlink(mnt.path().join("data"), dir.path().join("data")).unwrap();
+    let s = Server::start_in(dir, driver, "", "warn");
+    let mut c = s.client();
+    let kept = push_image(&mut c, "disk", "kept", &data(1, 1 << 20));
+    let filler = fill(mnt.path());
+
+    let big = data(2, 2 << 20);
+    let d = sha256(&big);
+    let r = c.request(
+        "POST",
+        &format!("/v2/disk/blobs/uploads/?digest={d}"),
+        &[],
+        &big,
+    );
+    assert_eq!(r.status, 507, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert!(String::from_utf8_lossy(&r.body).contains("storage is full"));
+    // A chunked session fails the same way and the connection stays usable.
+    let mut c = s.client();
+    let loc = c.request("POST", "/v2/disk/blobs/uploads/", &[], b"");
+    if loc.status == 202 {
+        let loc = loc.header("location").unwrap().to_owned();
+        let r = c.request("PATCH", &loc, &[], &big);
+        assert_eq!(r.status, 507);
+    } else {
+        assert_eq!(loc.status, 507);
+    }
+    let m = image_manifest(&d, big.len(), &[]);
+    let r = c.request(
+        "PUT",
+        "/v2/disk/manifests/new",
+        &[("Content-Type", OCI_MANIFEST)],
+        &m,
+    );
+    assert!(
+        r.status == 507 || r.error_code() == "MANIFEST_BLOB_UNKNOWN",
+        "{}",
+        r.status
+    );
+    // What was stored before is whole.
+    let got = c.get("/v2/disk/manifests/kept");
+    assert_eq!(sha256(&got.body), kept);
+    for l in got.json()["layers"].as_array().unwrap() {
+        let ld = l["digest"].as_str().unwrap();
+        assert_eq!(sha256(&c.get(&format!("/v2/disk/blobs/{ld}")).body), ld);
+    }
+    assert_eq!(c.get(&format!("/v2/disk/blobs/{d}")).status, 404);
+    // Space freed: the same pushes succeed, and no partial files were left behind.
+    std::fs::remove_file(filler).unwrap();
+    let r = c.request(
+        "POST",
+        &format!("/v2/disk/blobs/uploads/?digest={d}"),
+        &[],
+        &big,
+    );
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(c.get(&format!("/v2/disk/blobs/{d}")).body, big);
+    let leftovers: Vec<_> = std::fs::read_dir(mnt.path().join("data/uploads"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let (ok, out) = fsck(&s);
+    assert!(ok, "{out}");
+}
+
+/// Raise this process's open-file limit (1,000 client sockets).
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    assert!(
+        lim.rlim_cur >= 2500,
+        "open-file limit {} is too low for this test",
+        lim.rlim_cur
+    );
+}
+
+fn slowloris_connections_time_out_while_others_are_served(driver: &str) {
+    raise_nofile();
+    let s = Server::start_with(driver, "[server.http]\nhead_timeout = \"2s\"\n");
+    let mut slow: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let c = TcpStream::connect(s.addr).unwrap();
+            c.set_nonblocking(true).unwrap();
+            c
+        })
+        .collect();
+    let request = b"GET /v2/ HTTP/1.1\r\nHost: slowloris\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = Instant::now();
+    let mut served = 0;
+    let mut sent = 0;
+    // One byte per connection per second; meanwhile a normal client pushes and pulls.
+    let mut normal = s.client();
+    while started.elapsed() < Duration::from_secs(4) {
+        for c in &mut slow {
+            let _ = c.write(&request[sent..=sent]);
+        }
+        sent += 1;
+        for _ in 0..10 {
+            let body = data(served, 10_000);
+            let d = push_blob(&mut normal, "busy", &body);
+            assert_eq!(normal.get(&format!("/v2/busy/blobs/{d}")).body, body);
+            served += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    assert!(
+        sent < request.len(),
+        "the slow requests must still be incomplete"
+    );
+    // Every slow connection was answered 408 or closed; none got its request served.
+    let mut timed_out = 0;
+    for mut c in slow {
+        c.set_nonblocking(false).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        timed_out += 1;
+    }
+    assert_eq!(timed_out, 1000);
+    assert!(served >= 40);
+    // And the server is still fine.
+    assert_eq!(s.client().get("/v2/").status, 200);
+}
+
+fn traversal_and_encoding_tricks_never_leave_the_storage_root(driver: &str) {
+    let s = Server::start(driver);
+    // A secret next to the storage root, and a snapshot of what exists outside it.
+    let outside = s.dir.path().join("secret");
+    std::fs::write(&outside, "top secret").unwrap();
+    let listing = |p: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before_dir = listing(s.dir.path());
+    let before_tmp = listing(Path::new("/tmp"));
+    let mut c = s.client();
+    push_image(&mut c, "real", "v1", b"layer");
+    let zero = "0".repeat(64);
+    let names = [
+        "..",
+        "%2e%2e",
+        "a/../b",
+        "a/%2e%2e/b",
+        "a%2f..%2fb",
+        "a%2F..%2F..%2Fsecret",
+        "/abs",
+        "%00",
+        "a%00b",
+        "%c0%ae%c0%ae",
+        "%e0%80%ae",
+        "A",
+        "a//b",
+        "./a",
+        "a/.",
+        "a%5c..%5cb",
+        "a\\..\\b",
+    ];
+    for n in names {
+        for (method, path) in [
+            ("GET", format!("/v2/{n}/tags/list")),
+            ("GET", format!("/v2/{n}/manifests/latest")),
+            ("PUT", format!("/v2/{n}/manifests/latest")),
+            ("POST", format!("/v2/{n}/blobs/uploads/")),
+            ("GET", format!("/v2/{n}/blobs/sha256:{zero}")),
+        ] {
+            let r = c.request(method, &path, &[("Content-Type", OCI_MANIFEST)], b"{}");
+            assert!(
+                r.status == 400 || r.status == 404,
+                "{method} {path}: {}",
+                r.status
+            );
+            if r.status == 400 {
+                assert_eq!(r.error_code(), "NAME_INVALID", "{method} {path}");
+            }
+            assert!(!String::from_utf8_lossy(&r.body).contains("top secret"));
+        }
+    }
+    for tag in [
+        "..",
+        "%2e%2e",
+        "..%2fsecret",
+        "a%2fb",
+        "%00",
+        ".hidden",
+        "-x",
+        "a/../../secret",
+    ] {
+        for method in ["GET", "PUT", "DELETE"] {
+            let r = c.request(
+                method,
+                &format!("/v2/real/manifests/{tag}"),
+                &[("Content-Type", OCI_MANIFEST)],
+                b"{}",
+            );
+            assert!(
+                matches!(r.status, 400 | 404),
+                "{method} tag {tag}: {}",
+                r.status
+            );
+            if r.status == 400 {
+                let code = r.error_code();
+                assert!(
+                    matches!(
+                        code.as_str(),
+                        "TAG_INVALID" | "MANIFEST_INVALID" | "DIGEST_INVALID" | "NAME_INVALID"
+                    ),
+                    "{method} tag {tag}: {code}"
+                );
+            }
+        }
+    }
+    for d in [
+        "sha256:..%2f..%2fsecret",
+        "sha256:../../secret",
+        &format!("sha256:{}", "A".repeat(64)),
+        &format!("sha256:{}%00", "0".repeat(63)),
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+        "sha256:%2e%2e",
+    ] {
+        let r = c.get(&format!("/v2/real/blobs/{d}"));
+        assert!(matches!(r.status, 400 | 404), "blob {d}: {}", r.status);
+        if r.status == 400 {
+            assert_eq!(r.error_code(), "DIGEST_INVALID", "blob {d}");
+        }
+        let r = c.request(
+            "POST",
+            &format!("/v2/real/blobs/uploads/?digest={d}"),
+            &[],
+            b"x",
+        );
+        assert_eq!(r.status, 400, "upload digest {d}");
+        assert_eq!(r.error_code(), "DIGEST_INVALID", "upload digest {d}");
+    }
+    for id in [
+        "..",
+        "..%2f..%2fsecret",
+        "%2e%2e",
+        "../../uploads",
+        "00000000-0000-4000-8000-000000000000%00",
+    ] {
+        for method in ["GET", "PATCH", "PUT", "DELETE"] {
+            let r = c.request(method, &format!("/v2/real/blobs/uploads/{id}"), &[], b"x");
+            assert!(
+                matches!(r.status, 400 | 404),
+                "{method} upload {id}: {}",
+                r.status
+            );
+            // Unknown session, or (with "/" in the id) no such endpoint at all.
+            let code = r.error_code();
+            assert!(
+                matches!(
+                    code.as_str(),
+                    "BLOB_UPLOAD_UNKNOWN" | "UNSUPPORTED" | "NAME_INVALID"
+                ),
+                "{method} upload {id}: {code}"
+            );
+        }
+    }
+    // Raw bytes the parser must refuse outright: NUL and invalid UTF-8 in the target.
+    for raw in [
+        &b"GET /v2/a\x00b/tags/list HTTP/1.1\r\n\r\n"[..],
+        b"GET /v2/\xc0\xae\xc0\xae/tags/list HTTP/1.1\r\n\r\n",
+    ] {
+        let mut c = s.client();
+        c.send_raw(raw);
+        let r = c.read_response(false);
+        assert!(
+            matches!(r.status, 400 | 404),
+            "{:?}: {}",
+            String::from_utf8_lossy(raw),
+            r.status
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "top secret");
+    assert_eq!(
+        listing(s.dir.path()),
+        before_dir,
+        "files appeared next to the storage root"
+    );
+    let after_tmp = listing(Path::new("/tmp"));
+    let new_in_tmp: Vec<_> = after_tmp
+        .iter()
+        .filter(|f| !before_tmp.contains(f) && !f.starts_with(".tmp"))
+        .collect();
+    assert!(new_in_tmp.is_empty(), "{new_in_tmp:?}");
+    // Inside the root, only the real repository exists.
+    assert_eq!(
+        c.get("/v2/_catalog").json()["repositories"],
+        serde_json::json!(["real"])
+    );
+    let (ok, out) = fsck(&s);
+    assert!(ok, "{out}");
+}
+
+on_both_drivers!(
+    kill_9_with_80_pushes_in_flight_loses_nothing_acknowledged,
+    full_disk_answers_507_damages_nothing_and_recovers,
+    slowloris_connections_time_out_while_others_are_served,
+    traversal_and_encoding_tricks_never_leave_the_storage_root,
+);
