@@ -52,6 +52,10 @@ pub struct ServerConfig {
     /// `[server.tls]`: TLS termination. When present the listener speaks HTTPS only. Default: absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Send `Strict-Transport-Security: max-age=<seconds>` on every response (needs `[server.tls]`).
+    /// Default `"0s"` = no header.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub hsts_max_age: Duration,
 }
 
 /// `[server.tls]`: the key names users copy from existing guides.
@@ -92,6 +96,7 @@ impl Default for ServerConfig {
             backlog: 1024,
             http: HttpConfig::default(),
             tls: None,
+            hsts_max_age: Duration::ZERO,
         }
     }
 }
@@ -156,12 +161,20 @@ pub struct StorageConfig {
     /// Filesystem root; a relative path is taken from the config file's directory
     /// (from the working directory for the embedded default). Default `"./data"`.
     pub root: PathBuf,
+    /// Maintenance mode: every write (POST, PUT, PATCH, DELETE) answers 405 `UNSUPPORTED`.
+    /// Default `false`.
+    pub read_only: bool,
+    /// Whether manifests and blobs may be deleted through the API (tags go with their manifest);
+    /// `false` answers 405 `UNSUPPORTED`. Default `true`.
+    pub delete_enabled: bool,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             root: PathBuf::from("./data"),
+            read_only: false,
+            delete_enabled: true,
         }
     }
 }
@@ -507,6 +520,12 @@ impl Config {
                     "must be a number of requests per second, 0 = unlimited",
                 );
             }
+        }
+        if !self.server.hsts_max_age.is_zero() && self.server.tls.is_none() {
+            return invalid(
+                "server.hsts_max_age",
+                "needs [server.tls] (browsers ignore HSTS over plain HTTP)",
+            );
         }
         if !self.gc.interval.is_zero() && self.gc.interval < Duration::from_secs(1) {
             return invalid("gc.interval", "must be at least 1s (or 0s = never)");

@@ -184,7 +184,10 @@ async fn requests(
             ),
             Err((e, user)) => (error_response(e), user),
         };
-        let resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
+        let mut resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
+        if let Some(hsts) = &app.hsts {
+            resp = resp.header("Strict-Transport-Security", hsts.clone());
+        }
         // A body the handler left unread is drained if small, else the connection closes after replying.
         let body_done = body.finished() || body.drain(DRAIN_LIMIT).await;
         let close = head.close || !body_done || shutdown.fired();

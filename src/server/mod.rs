@@ -3,7 +3,7 @@
 //! `shutdown` holds the per-thread shutdown signal; `connection` the per-connection request loop.
 
 mod connection;
-mod gate;
+pub mod gate;
 pub mod limits;
 mod shutdown;
 
@@ -102,6 +102,10 @@ pub struct App {
     pub rates: limits::RateLimits,
     /// Open connections against `limits.max_connections`.
     pub connections: Arc<limits::ConnectionCap>,
+    /// `storage.read_only` and `storage.delete_enabled`.
+    pub switches: gate::Switches,
+    /// The `Strict-Transport-Security` value, when configured.
+    pub hsts: Option<String>,
     pub shutdown_grace: Duration,
 }
 
@@ -135,6 +139,12 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         limits: cfg.server.http.limits(),
         rates: limits::RateLimits::new(&cfg.limits),
         connections: Arc::new(limits::ConnectionCap::new(cfg.limits.max_connections)),
+        switches: gate::Switches {
+            read_only: cfg.storage.read_only,
+            delete_enabled: cfg.storage.delete_enabled,
+        },
+        hsts: (!cfg.server.hsts_max_age.is_zero())
+            .then(|| format!("max-age={}", cfg.server.hsts_max_age.as_secs())),
         shutdown_grace: cfg.server.shutdown_grace,
     });
 

@@ -81,7 +81,16 @@ impl Server {
 
     fn launch(&mut self, port: u16) {
         let base = format!("[server]\nport = {port}\nthreads = 2\nshutdown_grace = \"10s\"\n");
-        let cfg = format!("{base}{}\n[storage]\nroot = \"data\"\n", self.extra);
+        // The storage root is always ./data; extra TOML may add keys to its own [storage] table.
+        let cfg = if self.extra.contains("[storage]\n") {
+            format!(
+                "{base}{}\n",
+                self.extra
+                    .replacen("[storage]\n", "[storage]\nroot = \"data\"\n", 1)
+            )
+        } else {
+            format!("{base}{}\n[storage]\nroot = \"data\"\n", self.extra)
+        };
         std::fs::write(self.config_path(), cfg).unwrap();
         let stderr = std::fs::File::create(self.dir.path().join("wharf.log")).unwrap();
         let mut child = Command::new(wharf_bin())
