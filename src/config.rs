@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// Default `"0s"` = no header.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub hsts_max_age: Duration,
+    /// `/metrics`, `/healthz` and `/readyz` go through authentication and the access policies
+    /// (actions `get-metrics`, `get-health`, `get-ready`) instead of answering everyone. Default `false`.
+    pub admin_behind_policies: bool,
 }
 
 /// `[server.tls]`: the key names users copy from existing guides.
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             http: HttpConfig::default(),
             tls: None,
             hsts_max_age: Duration::ZERO,
+            admin_behind_policies: false,
         }
     }
 }

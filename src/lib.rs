@@ -6,6 +6,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod metrics;
 pub mod oci;
 pub mod policy;
 pub mod registry;

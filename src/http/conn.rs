@@ -115,6 +115,8 @@ pub struct Conn {
     /// Capacity of the small buffer an idle connection keeps (`shrink` returns to it).
     cap: usize,
     limits: Rc<Limits>,
+    /// Bytes read from the client so far (for metrics).
+    received: u64,
 }
 
 impl Conn {
@@ -126,6 +128,7 @@ impl Conn {
             cap,
             pos: 0,
             limits,
+            received: 0,
         }
     }
 
@@ -143,14 +146,23 @@ impl Conn {
 
     /// Read more input after `buf.len()`, keeping everything already in the buffer.
     async fn read_more(&mut self, wait: Duration) -> Result<usize, ConnError> {
-        match &mut self.io {
+        let res = match &mut self.io {
             Transport::Plain(stream) => {
                 let (res, buf) = timed_read(stream, std::mem::take(&mut self.buf), wait).await;
                 self.buf = buf;
                 res
             }
             Transport::Tls(tls) => tls.read_into(&mut self.buf, wait).await,
+        };
+        if let Ok(n) = res {
+            self.received += n as u64;
         }
+        res
+    }
+
+    /// Bytes read from the client since the connection opened (heads and bodies; over TLS, plaintext).
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Wait for the next request head. `first_wait` bounds the wait for its first byte; `stop`

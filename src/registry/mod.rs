@@ -36,6 +36,13 @@ pub struct Registry {
 type HandlerResult = Result<Response, OciError>;
 
 impl Registry {
+    /// The store behind the registry.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+}
+
+impl Registry {
     pub fn new(storage: Arc<Storage>, settings: Settings) -> Registry {
         Registry { storage, settings }
     }
@@ -61,6 +68,12 @@ impl Registry {
     ) -> HandlerResult {
         match action {
             Action::GetApiVersion => Ok(Response::new(200).json(b"{}".to_vec())),
+            // The server answers these itself (it owns the counters); never dispatched here.
+            Action::GetMetrics | Action::GetHealth | Action::GetReady => Err(OciError::new(
+                ErrorCode::Unsupported,
+                "answered by the server",
+            )
+            .with_status(404)),
             Action::GetBlob { repository, digest } => self.get_blob(&repository, &digest, head),
             Action::DeleteBlob { repository, digest } => self.delete_blob(&repository, &digest),
             Action::StartUpload {

@@ -71,7 +71,33 @@ pub enum Action {
     ListCatalog {
         page: Page,
     },
+    /// `GET /metrics`, `/healthz`, `/readyz`: answered by the server itself, not the registry.
+    GetMetrics,
+    GetHealth,
+    GetReady,
 }
+
+/// Every action name, in declaration order (metrics labels).
+pub const ACTIONS: [&str; 18] = [
+    "get-api-version",
+    "get-blob",
+    "delete-blob",
+    "start-upload",
+    "mount-blob",
+    "update-upload",
+    "complete-upload",
+    "get-upload",
+    "cancel-upload",
+    "get-manifest",
+    "put-manifest",
+    "delete-manifest",
+    "get-referrers",
+    "list-tags",
+    "list-catalog",
+    "get-metrics",
+    "get-health",
+    "get-ready",
+];
 
 /// `n` / `last` pagination parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,13 +125,28 @@ impl Action {
             Action::GetReferrers { .. } => "get-referrers",
             Action::ListTags { .. } => "list-tags",
             Action::ListCatalog { .. } => "list-catalog",
+            Action::GetMetrics => "get-metrics",
+            Action::GetHealth => "get-health",
+            Action::GetReady => "get-ready",
         }
+    }
+
+    /// `/metrics`, `/healthz` or `/readyz`.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Action::GetMetrics | Action::GetHealth | Action::GetReady
+        )
     }
 
     /// The repository the action is about (`None` for the API version check and the catalog).
     pub fn repository(&self) -> Option<&RepoName> {
         match self {
-            Action::GetApiVersion | Action::ListCatalog { .. } => None,
+            Action::GetApiVersion
+            | Action::ListCatalog { .. }
+            | Action::GetMetrics
+            | Action::GetHealth
+            | Action::GetReady => None,
             Action::GetBlob { repository, .. }
             | Action::DeleteBlob { repository, .. }
             | Action::StartUpload { repository, .. }
@@ -263,7 +304,14 @@ pub fn route(method: Method, path: &str, query: &str) -> Result<Action, OciError
     let rest = match path.strip_prefix("/v2") {
         Some("" | "/") => return only_get(method, Action::GetApiVersion),
         Some(r) => r.strip_prefix('/').ok_or_else(not_found)?,
-        None => return Err(not_found()),
+        None => {
+            return match path {
+                "/metrics" => only_get(method, Action::GetMetrics),
+                "/healthz" => only_get(method, Action::GetHealth),
+                "/readyz" => only_get(method, Action::GetReady),
+                _ => Err(not_found()),
+            };
+        }
     };
     let q = Query::parse(query)?;
     if rest == "_catalog" {

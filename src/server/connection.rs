@@ -19,8 +19,10 @@ use super::limits::Slot;
 use super::{App, Local};
 use crate::http::conn::{NextRequest, Transport};
 use crate::http::{Conn, Method, Response};
+use crate::metrics::Handshake;
 use crate::oci::{ErrorCode, OciError};
 use crate::policy::Peer;
+use crate::registry::Action;
 use crate::registry::error_response;
 use crate::tls::{CertIdentity, TlsStream, identity};
 
@@ -37,6 +39,8 @@ pub async fn serve(
     _slot: Slot,
 ) {
     let _tracked = local.shutdown.track();
+    local.metrics.connection_opened();
+    let _open = Closed(&local.metrics);
     if let Err(panic) = (CatchUnwind {
         inner: connect(stream, peer, app, &local),
     })
@@ -50,6 +54,15 @@ pub async fn serve(
             "connection from {peer} aborted by an internal error: {}",
             what.unwrap_or("panic")
         );
+    }
+}
+
+/// Counts the connection closed however `serve` ends.
+struct Closed<'a>(&'a crate::metrics::Worker);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0.connection_closed();
     }
 }
 
@@ -111,10 +124,16 @@ async fn connect(stream: TcpStream, peer: SocketAddr, app: Arc<App>, local: &Loc
     let tls = match TlsStream::accept(stream, tls.config(), app.limits.head_timeout).await {
         Ok(t) => t,
         Err(e) => {
+            local.metrics.handshake(Handshake::Failed);
             tracing::info!(target: "wharf::tls", "TLS handshake with {peer} failed: {e}");
             return;
         }
     };
+    local.metrics.handshake(if tls.resumed() {
+        Handshake::Resumed
+    } else {
+        Handshake::Full
+    });
     let cert = match tls.client_leaf().map(identity::of_leaf).transpose() {
         Ok(c) => c,
         Err(e) => {
@@ -132,6 +151,23 @@ async fn connect(stream: TcpStream, peer: SocketAddr, app: Arc<App>, local: &Loc
     );
     let conn = Conn::new(Transport::Tls(Box::new(tls)), limits);
     requests(conn, peer, cert, &app, local).await
+}
+
+/// `/metrics`, `/healthz`, `/readyz`.
+fn admin(app: &App, action: &Action) -> Response {
+    match action {
+        Action::GetMetrics => {
+            let text = app
+                .metrics
+                .render(app.registry.storage().open_uploads(), "main");
+            Response::new(200).bytes("text/plain; version=0.0.4", text.into_bytes())
+        }
+        Action::GetReady if !app.registry.storage().writable() => {
+            Response::new(503).bytes("text/plain", b"storage is not writable\n".to_vec())
+        }
+        Action::GetReady => Response::new(200).bytes("text/plain", b"ready\n".to_vec()),
+        _ => Response::new(200).bytes("text/plain", b"ok\n".to_vec()),
+    }
 }
 
 /// The access log's user field: the certificate's first CN (escaped), or `-`.
@@ -157,6 +193,7 @@ async fn requests(
         has_certificate: cert.is_some(),
     };
     let mut first = true;
+    let mut counted = 0;
     loop {
         let wait = if first {
             app.limits.head_timeout
@@ -176,13 +213,21 @@ async fn requests(
             }
         };
         let started = Instant::now();
+        local.metrics.request_started();
         let mut body = conn.body(&head);
-        let (resp, user) = match gate::admit(app, &local.credentials, &client, &head).await {
-            Ok(ok) => (
-                app.registry.handle(ok.action, &head, &mut body).await,
-                ok.user,
-            ),
-            Err((e, user)) => (error_response(e), user),
+        let (resp, user, action) = match gate::admit(app, local, &client, &head).await {
+            Ok(ok) if ok.action.is_admin() => {
+                (admin(app, &ok.action), ok.user, Some(ok.action.name()))
+            }
+            Ok(ok) => {
+                let name = ok.action.name();
+                (
+                    app.registry.handle(ok.action, &head, &mut body).await,
+                    ok.user,
+                    Some(name),
+                )
+            }
+            Err((e, user, action)) => (error_response(e), user, action),
         };
         let mut resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
         if let Some(hsts) = &app.hsts {
@@ -196,6 +241,13 @@ async fn requests(
         let bytes = if head_only { 0 } else { resp.payload.len() };
         conn.shrink();
         let sent = conn.send(resp, head_only, close).await;
+        local.metrics.request_ended();
+        local
+            .metrics
+            .request(action, status, started.elapsed(), bytes as u64);
+        // Everything read since the last request ended: this request's head and body.
+        local.metrics.received(conn.received() - counted);
+        counted = conn.received();
         tracing::info!(
             target: "wharf::access",
             "{peer} {} {} {}{}{} {status} {bytes} {}us",

@@ -3,11 +3,10 @@
 //! `get-blob` on its source, else it becomes a plain upload).
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 
-use super::App;
 use super::limits::Class;
-use crate::auth::{AuthError, Cache, User};
+use super::{App, Local};
+use crate::auth::{AuthError, User};
 use crate::http::{Method, RequestHead};
 use crate::oci::{ErrorCode, OciError};
 use crate::policy::{IdentityVal, Peer};
@@ -53,13 +52,17 @@ pub struct Admitted<'a> {
     pub user: Option<&'a User>,
 }
 
+/// A refused request: the error to answer, the Basic user if one was verified, and the action's
+/// name if the request routed.
+pub type Refused<'a> = (OciError, Option<&'a User>, Option<&'static str>);
+
 /// Route, authenticate and authorize; an `Err` is the OCI error to answer.
 pub async fn admit<'a>(
     app: &'a App,
-    credentials: &Rc<Cache>,
+    local: &Local,
     client: &Client,
     head: &RequestHead,
-) -> Result<Admitted<'a>, (OciError, Option<&'a User>)> {
+) -> Result<Admitted<'a>, Refused<'a>> {
     let class = match head.method {
         Method::Get | Method::Head => Class::Read,
         _ => Class::Write,
@@ -71,18 +74,22 @@ pub async fn admit<'a>(
             "request rate limit for this client exceeded",
         )
         .with_retry_after(wait);
-        return Err((e, None));
+        return Err((e, None, None));
     }
-    let action = route(head.method, &head.path, &head.query).map_err(|e| (e, None))?;
+    let action = route(head.method, &head.path, &head.query).map_err(|e| (e, None, None))?;
+    let name = Some(action.name());
     if let Some(e) = app.switches.refuse(head.method, &action) {
-        return Err((e, None));
+        return Err((e, None, name));
+    }
+    if action.is_admin() && !app.admin_behind_policies {
+        return Ok(Admitted { action, user: None });
     }
     let user = match head.authorization.as_deref() {
         Some(h) => Some(
             app.auth
-                .authenticate(credentials, h)
+                .authenticate(&local.credentials, h)
                 .await
-                .map_err(|e| (auth_error(e), None))?,
+                .map_err(|e| (auth_error(e), None, name))?,
         ),
         None => None,
     };
@@ -96,6 +103,7 @@ pub async fn admit<'a>(
         )
     };
     let decision = app.access.decide(identity(), &action);
+    local.metrics.decision(decision.allowed);
     tracing::debug!(
         target: "wharf::access",
         "{} {} {}: {decision}",
@@ -112,7 +120,7 @@ pub async fn admit<'a>(
                 "requested access to the resource is denied",
             )
         };
-        return Err((e, user));
+        return Err((e, user, name));
     }
     let action = match action {
         Action::MountBlob {

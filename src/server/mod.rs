@@ -106,6 +106,10 @@ pub struct App {
     pub switches: gate::Switches,
     /// The `Strict-Transport-Security` value, when configured.
     pub hsts: Option<String>,
+    /// Counters of every worker (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
+    /// `server.admin_behind_policies`.
+    pub admin_behind_policies: bool,
     pub shutdown_grace: Duration,
 }
 
@@ -145,10 +149,14 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         },
         hsts: (!cfg.server.hsts_max_age.is_zero())
             .then(|| format!("max-age={}", cfg.server.hsts_max_age.as_secs())),
+        metrics: crate::metrics::Metrics::default(),
+        admin_behind_policies: cfg.server.admin_behind_policies,
         shutdown_grace: cfg.server.shutdown_grace,
     });
 
     limits::raise_nofile_limit();
+    app.metrics
+        .watch_storage(root.clone(), Duration::from_secs(60));
     let threads = cfg.threads();
     let mut addr = SocketAddr::new(cfg.server.bind_address, cfg.server.port);
     let mut stops = Vec::with_capacity(threads);
@@ -261,6 +269,8 @@ pub struct Local {
     pub credentials: Rc<Cache>,
     /// Connections this thread turned away over `limits.max_connections`.
     pub refused: std::cell::Cell<u64>,
+    /// This thread's counters.
+    pub metrics: Arc<crate::metrics::Worker>,
 }
 
 fn worker(
@@ -313,6 +323,7 @@ async fn worker_main(
         shutdown: Shutdown::default(),
         credentials: app.auth.new_cache(),
         refused: std::cell::Cell::new(0),
+        metrics: app.metrics.worker(),
     });
     loop {
         monoio::select! {

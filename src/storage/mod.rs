@@ -63,6 +63,17 @@ impl Storage {
         })
     }
 
+    /// Upload sessions open in this process.
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.len()
+    }
+
+    /// Whether a file can be created and removed under the root now (`/readyz`).
+    pub fn writable(&self) -> bool {
+        let probe = self.uploads_dir().join(format!(".ready-{}", random_id()));
+        std::fs::write(&probe, b"").is_ok() && std::fs::remove_file(&probe).is_ok()
+    }
+
     /// Use the configured `gc.grace` (held blobs stay younger than a quarter of it).
     pub fn with_grace(mut self, grace: std::time::Duration) -> Storage {
         self.hold_refresh = grace / 4;

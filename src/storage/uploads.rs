@@ -34,6 +34,14 @@ pub(super) struct Table {
 }
 
 impl Table {
+    /// Sessions held in memory (open uploads this process has seen).
+    pub(super) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
     pub(super) fn new() -> Table {
         Table {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),

@@ -1,0 +1,308 @@
+//! Prometheus metrics. Each worker counts into its own `Worker` (relaxed atomics only it writes,
+//! so no contention); a scrape sums the workers. Storage size comes from a background walk every
+//! minute, never from the request path.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::registry::route::ACTIONS;
+
+/// Status codes counted individually; anything else is counted as "other".
+const STATUSES: [u16; 24] = [
+    200, 201, 202, 204, 206, 301, 307, 400, 401, 403, 404, 405, 408, 411, 413, 414, 416, 429, 431,
+    500, 501, 503, 505, 507,
+];
+const N_STATUS: usize = STATUSES.len() + 1;
+/// Requests that never became an action (unroutable, refused heads) count as this one.
+const N_ACTION: usize = ACTIONS.len() + 1;
+/// Histogram upper bounds in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn action_index(name: Option<&str>) -> usize {
+    name.and_then(|n| ACTIONS.iter().position(|a| *a == n))
+        .unwrap_or(ACTIONS.len())
+}
+
+fn status_index(status: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or(STATUSES.len())
+}
+
+fn zeros<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// One worker thread's counters.
+pub struct Worker {
+    requests: Box<[[AtomicU64; N_STATUS]; N_ACTION]>,
+    /// Per action: counts per bucket (non-cumulative; the last is +Inf), and the sum in µs.
+    durations: Box<[[AtomicU64; BUCKETS.len() + 1]; N_ACTION]>,
+    duration_us: [AtomicU64; N_ACTION],
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    in_flight: AtomicI64,
+    connections: AtomicI64,
+    tls: [AtomicU64; 3],
+    decisions: [AtomicU64; 2],
+}
+
+/// TLS handshake outcomes.
+#[derive(Clone, Copy)]
+pub enum Handshake {
+    Full = 0,
+    Resumed = 1,
+    Failed = 2,
+}
+
+fn add(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Worker {
+    fn new() -> Worker {
+        Worker {
+            requests: Box::new(std::array::from_fn(|_| zeros())),
+            durations: Box::new(std::array::from_fn(|_| zeros())),
+            duration_us: zeros(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            connections: AtomicI64::new(0),
+            tls: zeros(),
+            decisions: zeros(),
+        }
+    }
+
+    /// Hot path: one finished request.
+    pub fn request(&self, action: Option<&str>, status: u16, took: Duration, sent: u64) {
+        let a = action_index(action);
+        add(&self.requests[a][status_index(status)], 1);
+        let secs = took.as_secs_f64();
+        let b = BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(BUCKETS.len());
+        add(&self.durations[a][b], 1);
+        add(&self.duration_us[a], took.as_micros() as u64);
+        add(&self.bytes_out, sent);
+    }
+
+    /// Request body bytes received.
+    pub fn received(&self, n: u64) {
+        add(&self.bytes_in, n);
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn request_ended(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn handshake(&self, h: Handshake) {
+        add(&self.tls[h as usize], 1);
+    }
+
+    pub fn decision(&self, allowed: bool) {
+        add(&self.decisions[usize::from(!allowed)], 1);
+    }
+}
+
+/// Storage totals from the last walk.
+#[derive(Default)]
+struct StorageStats {
+    bytes: AtomicU64,
+    blobs: AtomicU64,
+}
+
+/// All workers' counters and the storage totals.
+#[derive(Default)]
+pub struct Metrics {
+    workers: Mutex<Vec<Arc<Worker>>>,
+    storage: Arc<StorageStats>,
+}
+
+impl Metrics {
+    /// Counters for a new worker thread.
+    pub fn worker(&self) -> Arc<Worker> {
+        let w = Arc::new(Worker::new());
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&w));
+        w
+    }
+
+    /// Walk `<root>/blobs` now and then every `every` on a background thread.
+    pub fn watch_storage(&self, root: PathBuf, every: Duration) {
+        let stats = Arc::clone(&self.storage);
+        let walk = move || {
+            let (mut bytes, mut blobs) = (0u64, 0u64);
+            let dirs = |p: &std::path::Path| {
+                std::fs::read_dir(p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            };
+            for alg in dirs(&root.join("blobs")) {
+                for prefix in dirs(&alg) {
+                    for blob in dirs(&prefix) {
+                        if let Ok(m) = std::fs::metadata(&blob) {
+                            bytes += m.len();
+                            blobs += 1;
+                        }
+                    }
+                }
+            }
+            stats.bytes.store(bytes, Ordering::Relaxed);
+            stats.blobs.store(blobs, Ordering::Relaxed);
+        };
+        let _ = std::thread::Builder::new()
+            .name("wharf-metrics".into())
+            .spawn(move || {
+                loop {
+                    walk();
+                    std::thread::sleep(every);
+                }
+            });
+    }
+
+    /// The Prometheus text exposition. `uploads` = open upload sessions, `listener` = its name.
+    pub fn render(&self, uploads: usize, listener: &str) -> String {
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let sum = |f: &dyn Fn(&Worker) -> u64| -> u64 { workers.iter().map(|w| f(w)).sum() };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(16 * 1024);
+        let action_name = |a: usize| ACTIONS.get(a).copied().unwrap_or("none");
+
+        out.push_str("# HELP wharf_requests_total Requests answered, by action and status.\n# TYPE wharf_requests_total counter\n");
+        for a in 0..N_ACTION {
+            for s in 0..N_STATUS {
+                let n = sum(&|w| load(&w.requests[a][s]));
+                if n > 0 {
+                    let status = STATUSES
+                        .get(s)
+                        .map_or("other".to_owned(), |s| s.to_string());
+                    let _ = writeln!(
+                        out,
+                        "wharf_requests_total{{action=\"{}\",status=\"{status}\"}} {n}",
+                        action_name(a)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP wharf_request_duration_seconds Time from request head to response sent, by action.\n# TYPE wharf_request_duration_seconds histogram\n");
+        for a in 0..N_ACTION {
+            let total = sum(&|w| w.durations[a].iter().map(load).sum());
+            if total == 0 {
+                continue;
+            }
+            let name = action_name(a);
+            let mut cumulative = 0;
+            for (b, le) in BUCKETS.iter().enumerate() {
+                cumulative += sum(&|w| load(&w.durations[a][b]));
+                let _ = writeln!(
+                    out,
+                    "wharf_request_duration_seconds_bucket{{action=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "wharf_request_duration_seconds_bucket{{action=\"{name}\",le=\"+Inf\"}} {total}"
+            );
+            let secs = sum(&|w| load(&w.duration_us[a])) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "wharf_request_duration_seconds_sum{{action=\"{name}\"}} {secs}\nwharf_request_duration_seconds_count{{action=\"{name}\"}} {total}"
+            );
+        }
+        let gauge_i = |f: &dyn Fn(&Worker) -> i64| -> i64 { workers.iter().map(|w| f(w)).sum() };
+        let _ = write!(
+            out,
+            "# HELP wharf_received_bytes_total Bytes received from clients (request heads and bodies).\n# TYPE wharf_received_bytes_total counter\nwharf_received_bytes_total {}\n\
+             # HELP wharf_sent_bytes_total Response body bytes sent.\n# TYPE wharf_sent_bytes_total counter\nwharf_sent_bytes_total {}\n\
+             # HELP wharf_requests_in_flight Requests being handled now.\n# TYPE wharf_requests_in_flight gauge\nwharf_requests_in_flight {}\n\
+             # HELP wharf_connections_open Open client connections, by listener.\n# TYPE wharf_connections_open gauge\nwharf_connections_open{{listener=\"{listener}\"}} {}\n\
+             # HELP wharf_tls_handshakes_total TLS handshakes, by result.\n# TYPE wharf_tls_handshakes_total counter\n\
+             wharf_tls_handshakes_total{{result=\"full\"}} {}\nwharf_tls_handshakes_total{{result=\"resumed\"}} {}\nwharf_tls_handshakes_total{{result=\"failed\"}} {}\n\
+             # HELP wharf_policy_decisions_total Access-policy decisions, by outcome.\n# TYPE wharf_policy_decisions_total counter\n\
+             wharf_policy_decisions_total{{decision=\"allow\"}} {}\nwharf_policy_decisions_total{{decision=\"deny\"}} {}\n\
+             # HELP wharf_upload_sessions_open Upload sessions known to this process.\n# TYPE wharf_upload_sessions_open gauge\nwharf_upload_sessions_open {uploads}\n\
+             # HELP wharf_storage_bytes Bytes of all stored blobs (refreshed every minute).\n# TYPE wharf_storage_bytes gauge\nwharf_storage_bytes {}\n\
+             # HELP wharf_storage_blobs Stored blobs (refreshed every minute).\n# TYPE wharf_storage_blobs gauge\nwharf_storage_blobs {}\n",
+            sum(&|w| load(&w.bytes_in)),
+            sum(&|w| load(&w.bytes_out)),
+            gauge_i(&|w| w.in_flight.load(Ordering::Relaxed)),
+            gauge_i(&|w| w.connections.load(Ordering::Relaxed)),
+            sum(&|w| load(&w.tls[0])),
+            sum(&|w| load(&w.tls[1])),
+            sum(&|w| load(&w.tls[2])),
+            sum(&|w| load(&w.decisions[0])),
+            sum(&|w| load(&w.decisions[1])),
+            self.storage.bytes.load(Ordering::Relaxed),
+            self.storage.blobs.load(Ordering::Relaxed),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_sum_over_workers_and_histograms_are_cumulative() {
+        let m = Metrics::default();
+        let (a, b) = (m.worker(), m.worker());
+        a.request(Some("get-blob"), 200, Duration::from_micros(300), 10);
+        b.request(Some("get-blob"), 200, Duration::from_millis(3), 5);
+        b.request(None, 404, Duration::from_secs(20), 0);
+        a.decision(true);
+        b.decision(false);
+        b.handshake(Handshake::Resumed);
+        let text = m.render(2, "main");
+        assert!(
+            text.contains("wharf_requests_total{action=\"get-blob\",status=\"200\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("wharf_requests_total{action=\"none\",status=\"404\"} 1\n"));
+        assert!(text.contains(
+            "wharf_request_duration_seconds_bucket{action=\"get-blob\",le=\"0.0005\"} 1\n"
+        ));
+        assert!(text.contains(
+            "wharf_request_duration_seconds_bucket{action=\"get-blob\",le=\"0.005\"} 2\n"
+        ));
+        assert!(
+            text.contains("wharf_request_duration_seconds_bucket{action=\"none\",le=\"10\"} 0\n")
+        );
+        assert!(
+            text.contains("wharf_request_duration_seconds_bucket{action=\"none\",le=\"+Inf\"} 1\n")
+        );
+        assert!(text.contains("wharf_sent_bytes_total 15\n"));
+        assert!(text.contains("wharf_policy_decisions_total{decision=\"deny\"} 1\n"));
+        assert!(text.contains("wharf_tls_handshakes_total{result=\"resumed\"} 1\n"));
+        assert!(text.contains("wharf_upload_sessions_open 2\n"));
+    }
+}
