@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs every tool the test suite uses, on a fresh Debian machine (idempotent, fast when done):
 #   skopeo, podman, curl, openssl   Debian packages (TLS tests: real clients, rogue certificates)
+#   systemd-analyze, mount          Debian packages systemd, util-linux (dist/wharf.service check,
+#                                   the disk-full test's tmpfs)
 #   crane         go-containerregistry, built with `go install` from the Go module proxy
 #   conformance   the OCI distribution-spec conformance suite, same way (pinned below)
 # Go tools land in target/tools/bin, where the tests look first.
@@ -20,6 +22,8 @@ command -v curl >/dev/null || apt_packages+=(curl)
 command -v openssl >/dev/null || apt_packages+=(openssl)
 command -v tar >/dev/null || apt_packages+=(tar)
 command -v gzip >/dev/null || apt_packages+=(gzip)
+command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
+command -v mount >/dev/null || apt_packages+=(mount)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: apt-get install ${apt_packages[*]}"
   as_root apt-get update -qq
@@ -41,7 +45,7 @@ if [ ! -x "$bin/crane" ] || [ ! -x "$bin/conformance" ] || [ "$(cat "$stamp" 2>/
   echo "$want" > "$stamp"
 fi
 
-for t in skopeo podman curl openssl "$bin/crane" "$bin/conformance"; do
+for t in skopeo podman curl openssl systemd-analyze mount "$bin/crane" "$bin/conformance"; do
   command -v "$t" >/dev/null || { echo "setup: $t is missing after installation" >&2; exit 1; }
 done
 echo "setup: skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), crane $CRANE_VERSION, conformance $CONFORMANCE_VERSION"

@@ -5,6 +5,7 @@
 mod connection;
 pub mod gate;
 pub mod limits;
+mod notify;
 mod shutdown;
 
 use std::net::SocketAddr;
@@ -187,26 +188,34 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     if let Some(tls) = &tls {
         tls.watch();
     }
+    // Before announcing readiness: a SIGHUP right after READY=1 must reload, not kill.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| StartError::Other(format!("cannot install signal handlers: {e}")))?;
     // A fixed line on stdout so scripts and tests learn the bound address.
     println!(
         "wharf listening on {}://{addr} (threads={threads}, driver={})",
         if tls.is_some() { "https" } else { "http" },
         driver.name()
     );
+    notify::notify(&format!(
+        "READY=1\nSTATUS=listening on {addr}\nMAINPID={}",
+        std::process::id()
+    ));
 
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| StartError::Other(format!("cannot install signal handlers: {e}")))?;
     for sig in signals.forever() {
         if sig == SIGHUP {
+            notify::notify("RELOADING=1");
             match &tls {
                 Some(tls) => {
                     let _ = tls.reload("SIGHUP");
                 }
                 None => tracing::info!("SIGHUP: nothing to reload (no [server.tls])"),
             }
+            notify::notify("READY=1");
             continue;
         }
+        notify::notify("STOPPING=1");
         tracing::info!(
             signal = sig,
             "shutting down: no new connections, finishing in-flight requests"
