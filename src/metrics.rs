@@ -155,12 +155,8 @@ impl Metrics {
         let walk = move || {
             let (mut bytes, mut blobs) = (0u64, 0u64);
             let dirs = |p: &std::path::Path| {
-                std::fs::read_dir(p)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.path())
-                    .collect::<Vec<_>>()
+                let entries = crate::storage::dir_entries(p).unwrap_or_default();
+                entries.into_iter().map(|(_, path)| path)
             };
             for alg in dirs(&root.join("blobs")) {
                 for prefix in dirs(&alg) {

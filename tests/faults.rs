@@ -27,22 +27,6 @@ fn data(seed: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn fsck(s: &Server) -> (bool, String) {
-    let out = Command::new(common::wharf_bin())
-        .args(["fsck", "-c"])
-        .arg(s.config_file())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// What one in-flight push saw before the crash.
 enum Outcome {
     /// A blob push (monolithic, or POST + PATCH + PUT with `Some(location)`).
@@ -243,7 +227,7 @@ fn kill_9_with_80_pushes_in_flight_loses_nothing_acknowledged(driver: &str) {
     assert!(acked < 80, "the kill landed after every push had finished");
     // Every visible blob hashes to its name, every tag points at a stored manifest, every
     // manifest's blobs are stored: fsck re-verifies the whole store.
-    let (ok, out) = fsck(&s);
+    let (ok, out) = s.run_wharf(&["fsck"]);
     assert!(ok, "{out}");
 }
 
@@ -353,7 +337,7 @@ fn full_disk_answers_507_damages_nothing_and_recovers(driver: &str) {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let (ok, out) = fsck(&s);
+    let (ok, out) = s.run_wharf(&["fsck"]);
     assert!(ok, "{out}");
 }
 
@@ -596,7 +580,7 @@ fn traversal_and_encoding_tricks_never_leave_the_storage_root(driver: &str) {
         c.get("/v2/_catalog").json()["repositories"],
         serde_json::json!(["real"])
     );
-    let (ok, out) = fsck(&s);
+    let (ok, out) = s.run_wharf(&["fsck"]);
     assert!(ok, "{out}");
 }
 

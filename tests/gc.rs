@@ -5,55 +5,27 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Client, OCI_MANIFEST, Server, image_manifest, push_blob, push_image, sha256};
+use common::{
+    Client, OCI_MANIFEST, Server, image_manifest, paths_under, push_blob, push_image, sha256,
+};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-/// Run `wharf <args> -c <server config>`; returns (success, stdout + stderr).
-fn wharf(s: &Server, args: &[&str]) -> (bool, String) {
-    let out = Command::new(common::wharf_bin())
-        .args(args)
-        .arg("-c")
-        .arg(s.config_file())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            }
-            out.push(p);
-        }
-    }
-    out
-}
 
 /// Make everything in the store look `age` old (as if pushed that long ago).
 fn age_everything(root: &Path, age: Duration) {
     let t = SystemTime::now() - age;
-    for p in files_under(root) {
+    for p in paths_under(root) {
         std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
     }
 }
 
 /// The digests of every blob file in the store.
 fn stored_blobs(root: &Path) -> BTreeSet<String> {
-    files_under(&root.join("blobs"))
+    paths_under(&root.join("blobs"))
         .iter()
         .filter(|p| p.is_file())
         .map(|p| {
@@ -130,7 +102,7 @@ fn gc_removes_only_unreferenced_data_past_the_grace_period() {
     let fresh = push_blob(&mut c, "app", b"uploaded for a manifest not pushed yet");
 
     let before = stored_blobs(&s.root());
-    let (ok, out) = wharf(&s, &["gc", "--dry-run"]);
+    let (ok, out) = s.run_wharf(&["gc", "--dry-run"]);
     assert!(ok, "{out}");
     for d in [&lb, &orphan, &mbd] {
         assert!(
@@ -149,7 +121,7 @@ fn gc_removes_only_unreferenced_data_past_the_grace_period() {
         "a dry run deleted something"
     );
 
-    let (ok, out) = wharf(&s, &["gc"]);
+    let (ok, out) = s.run_wharf(&["gc"]);
     assert!(ok, "{out}");
     assert!(out.contains("deleted: 0 manifests, 3 blobs"), "{out}");
     let left = stored_blobs(&s.root());
@@ -164,11 +136,11 @@ fn gc_removes_only_unreferenced_data_past_the_grace_period() {
     assert_eq!(c.get(&format!("/v2/app/blobs/{fresh}")).status, 200);
     let r = c.request("PATCH", &stale_upload, &[], b"more");
     assert_eq!(r.error_code(), "BLOB_UPLOAD_UNKNOWN");
-    let (ok, out) = wharf(&s, &["fsck"]);
+    let (ok, out) = s.run_wharf(&["fsck"]);
     assert!(ok, "{out}");
     // The trash is empty and a second run finds nothing more.
-    assert!(files_under(&s.root().join("gc-trash")).is_empty());
-    let (ok, out) = wharf(&s, &["gc"]);
+    assert!(paths_under(&s.root().join("gc-trash")).is_empty());
+    let (ok, out) = s.run_wharf(&["gc"]);
     assert!(ok && out.contains("deleted: 0 manifests, 0 blobs"), "{out}");
 }
 
@@ -209,7 +181,7 @@ fn delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers() {
     let gone_ref = referrer(&untagged_d, &mut c);
     age_everything(&s.root(), Duration::from_secs(7200));
 
-    let (ok, out) = wharf(&s, &["gc"]);
+    let (ok, out) = s.run_wharf(&["gc"]);
     assert!(ok, "{out}");
     assert!(
         out.contains(&format!("deleted manifest r@{untagged_d}")),
@@ -238,7 +210,7 @@ fn delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers() {
     let refs = c.get(&format!("/v2/r/referrers/{tagged}")).json();
     assert_eq!(refs["manifests"][0]["digest"], kept_ref.as_str());
     assert_eq!(c.get(&format!("/v2/r/manifests/{untagged_d}")).status, 404);
-    let (ok, out) = wharf(&s, &["fsck"]);
+    let (ok, out) = s.run_wharf(&["fsck"]);
     assert!(ok, "{out}");
 }
 
@@ -263,7 +235,7 @@ fn fsck_reports_damage_and_repair_quarantines_it() {
     let tags = s.root().join("repositories/bad/_manifests/tags");
     std::fs::write(tags.join("ghost"), &ghost).unwrap();
 
-    let (ok, out) = wharf(&s, &["fsck"]);
+    let (ok, out) = s.run_wharf(&["fsck"]);
     assert!(!ok, "fsck passed a damaged store: {out}");
     assert!(out.contains(&format!("blob {rotten} is corrupt")), "{out}");
     assert!(
@@ -282,12 +254,12 @@ fn fsck_reports_damage_and_repair_quarantines_it() {
     // Without --repair nothing moved: the rotten blob is still there.
     assert!(blob_file(&rotten).exists());
 
-    let (ok, out) = wharf(&s, &["fsck", "--repair"]);
+    let (ok, out) = s.run_wharf(&["fsck", "--repair"]);
     // The missing layer cannot be repaired (the image must be pushed again): still failing.
     assert!(!ok, "{out}");
     assert!(out.contains("moved to"), "{out}");
     assert!(!blob_file(&rotten).exists());
-    let quarantined = files_under(&s.root().join("quarantine"));
+    let quarantined = paths_under(&s.root().join("quarantine"));
     assert!(
         quarantined
             .iter()
@@ -298,7 +270,7 @@ fn fsck_reports_damage_and_repair_quarantines_it() {
     assert_eq!(c.get(&format!("/v2/bad/blobs/{rotten}")).status, 404);
     assert_eq!(c.get("/v2/bad/manifests/ghost").status, 404);
     pull_verified(&mut c, "ok", "v1");
-    let (_, out) = wharf(&s, &["fsck"]);
+    let (_, out) = s.run_wharf(&["fsck"]);
     assert!(
         !out.contains("is corrupt") && !out.contains("ghost"),
         "{out}"
@@ -425,16 +397,16 @@ fn gc_in_a_loop_never_loses_a_pushed_blob(driver: &str) {
     }
     // Past the grace period, what no tag reaches is reclaimed: exactly the tagged images remain.
     std::thread::sleep(Duration::from_secs(3));
-    let (ok, out) = wharf(&s, &["gc"]);
+    let (ok, out) = s.run_wharf(&["gc"]);
     if !ok && out.contains("another garbage collection is running") {
         std::thread::sleep(Duration::from_secs(1));
-        let (ok, out) = wharf(&s, &["gc"]);
+        let (ok, out) = s.run_wharf(&["gc"]);
         assert!(ok, "{out}");
     } else {
         assert!(ok, "{out}");
     }
     assert_eq!(stored_blobs(&s.root()), referenced);
-    let (ok, out) = wharf(&s, &["fsck"]);
+    let (ok, out) = s.run_wharf(&["fsck"]);
     assert!(ok, "{out}");
 }
 

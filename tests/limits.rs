@@ -175,23 +175,11 @@ fn bodies_over_max_blob_size_get_413_and_nothing_is_stored(driver: &str) {
     );
     assert_eq!(r.status, 413);
     // Nothing of the refused bodies became a blob.
-    let blobs = walk_files(&s.root().join("blobs"));
+    let blobs: Vec<_> = common::paths_under(&s.root().join("blobs"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
     assert_eq!(blobs.len(), 1, "{blobs:?}");
-}
-
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 on_both_drivers!(

@@ -91,11 +91,10 @@ impl Checker<'_> {
 }
 
 fn files(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    match fs::read_dir(dir) {
-        Ok(rd) => rd.map(|e| e.map(|e| e.path())).collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
+    Ok(super::dir_entries(dir)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect())
 }
 
 fn name_of(p: &Path) -> String {

@@ -74,18 +74,7 @@ fn mtime(path: &Path) -> io::Result<SystemTime> {
     fs::symlink_metadata(path)?.modified()
 }
 
-fn entries(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
-    match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| {
-                let e = e?;
-                Ok((e.file_name().to_string_lossy().into_owned(), e.path()))
-            })
-            .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
+use super::dir_entries as entries;
 
 /// `<dir>/<alg>/<hex>` files as digests (the layout of revisions and layer links).
 fn digest_files(dir: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {

@@ -131,6 +131,20 @@ impl Storage {
     }
 }
 
+/// The entries of `dir` as (name, path); empty if `dir` does not exist.
+pub(crate) fn dir_entries(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| {
+                let e = e?;
+                Ok((e.file_name().to_string_lossy().into_owned(), e.path()))
+            })
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// A fresh random identifier in UUID form (used for upload sessions and temp files).
 pub fn random_id() -> String {
     let mut b = [0u8; 16];

@@ -163,6 +163,22 @@ impl Server {
         child.wait().unwrap()
     }
 
+    /// Run `wharf <args> -c <this server's config>` (e.g. `gc`, `fsck`): success and stdout + stderr.
+    pub fn run_wharf(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(wharf_bin())
+            .args(args)
+            .arg("-c")
+            .arg(self.config_path())
+            .output()
+            .expect("run wharf");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// SIGKILL the process and start it again on the same port and storage.
     pub fn restart_hard(&mut self) {
         let port = self.addr.port();
@@ -427,6 +443,19 @@ pub fn hash_password(password: &str) -> String {
     let h = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(h.starts_with("$argon2id$"), "{h}");
     h
+}
+
+/// Every file and directory below `dir` (recursively; empty if it does not exist).
+pub fn paths_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(paths_under(&p));
+        }
+        out.push(p);
+    }
+    out
 }
 
 /// Where `tests/setup.sh` puts the Go-built tools.
