@@ -46,7 +46,9 @@ enum Command {
     /// Make a private CA, server and client certificates, and client certs.d layouts.
     #[command(subcommand)]
     Cert(CertCommand),
-    /// Delete blobs no manifest references (and, with gc.delete_untagged, manifests no tag reaches)
+    /// Delete unreferenced blobs (and untagged manifests) older than gc.grace; safe while serving.
+    ///
+    /// Deletes blobs no manifest references and, with gc.delete_untagged, manifests no tag reaches,
     /// once older than gc.grace, plus stale uploads. Safe while the registry is serving.
     Gc {
         /// Configuration file (TOML); without it: storage in ./data, gc defaults.
@@ -59,8 +61,10 @@ enum Command {
         #[arg(long)]
         grace: Option<String>,
     },
-    /// Re-hash every blob and check every tag, manifest and link; exit status 1 if anything is
-    /// broken (and not repaired).
+    /// Re-hash every blob and check every tag, manifest and link (exit 1 if anything is broken).
+    ///
+    /// With --repair, broken files move to <storage.root>/quarantine/<time>/ and are no longer
+    /// served; the exit status is 1 while anything unrepairable remains.
     Fsck {
         /// Configuration file (TOML); without it: storage in ./data.
         #[arg(short, long)]
@@ -247,6 +251,51 @@ fn open_storage(cfg: &Config) -> Result<wharf::storage::Storage, String> {
         .map_err(|e| format!("storage.root {}: {e}", root.display()))
 }
 
+/// Lines to stdout; on a terminal, a progress line on stderr (redrawn at most every 100 ms).
+struct Terminal {
+    tty: bool,
+    drawn: Option<std::time::Instant>,
+}
+
+impl Terminal {
+    fn new() -> Terminal {
+        Terminal {
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            drawn: None,
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.drawn.take().is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+impl wharf::storage::Report for Terminal {
+    fn line(&mut self, line: String) {
+        self.clear();
+        println!("{line}");
+    }
+
+    fn progress(&mut self, phase: &str, done: u64, total: u64) {
+        let due = self
+            .drawn
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100));
+        if self.tty && (due || done == total) {
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            eprint!("\r\x1b[K{phase}: {done}/{total} ({pct}%)");
+            self.drawn = Some(std::time::Instant::now());
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 fn gc(config: Option<&PathBuf>, dry_run: bool, grace: Option<&str>) -> Result<(), String> {
     let cfg = load(config)?;
     let grace = match grace {
@@ -260,7 +309,7 @@ fn gc(config: Option<&PathBuf>, dry_run: bool, grace: Option<&str>) -> Result<()
         dry_run,
     };
     let r = storage
-        .collect_garbage(&opts, &mut |l| println!("{l}"))
+        .collect_garbage(&opts, &mut Terminal::new())
         .map_err(|e| format!("gc: {e}"))?;
     println!(
         "{}{} manifests, {} blobs ({} bytes), {} stale uploads; {} unreferenced blobs younger than {:?} kept{}",
@@ -287,9 +336,12 @@ fn gc(config: Option<&PathBuf>, dry_run: bool, grace: Option<&str>) -> Result<()
 fn fsck(config: Option<&PathBuf>, repair: bool) -> Result<(), String> {
     let cfg = load(config)?;
     let storage = open_storage(&cfg)?;
-    let r = storage
-        .fsck(repair, &mut |l| println!("{l}"))
-        .map_err(|e| format!("fsck: {e}"))?;
+    let r = {
+        let mut term = Terminal::new();
+        storage
+            .fsck(repair, &mut term)
+            .map_err(|e| format!("fsck: {e}"))?
+    };
     println!(
         "checked {} blobs ({} bytes), {} manifests, {} tags: {} problems, {} moved to quarantine",
         r.blobs,

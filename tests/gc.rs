@@ -411,3 +411,29 @@ fn gc_in_a_loop_never_loses_a_pushed_blob(driver: &str) {
 }
 
 on_both_drivers!(gc_in_a_loop_never_loses_a_pushed_blob);
+
+#[test]
+fn gc_and_fsck_show_progress_only_on_a_terminal() {
+    let s = Server::start("io_uring");
+    push_image(&mut s.client(), "p", "v1", b"layer");
+    let (ok, out) = s.run_wharf(&["fsck"]);
+    assert!(ok && !out.contains("hashing blobs"), "{out}");
+    // `script` gives the command a pseudo-terminal (util-linux, in every Debian).
+    for (cmd, progress) in [
+        ("fsck", "hashing blobs: 3/3 (100%)"),
+        ("gc --dry-run", "sweeping blobs: 3/3 (100%)"),
+    ] {
+        let line = format!(
+            "{} {cmd} -c {}",
+            common::wharf_bin(),
+            s.config_file().display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .output()
+            .expect("script (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(progress), "{cmd}: {text:?}");
+    }
+}

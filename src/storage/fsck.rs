@@ -48,7 +48,7 @@ struct Checker<'a> {
     repair: bool,
     quarantine: PathBuf,
     report: FsckReport,
-    line: &'a mut dyn FnMut(String),
+    out: &'a mut dyn super::Report,
 }
 
 impl Checker<'_> {
@@ -67,7 +67,7 @@ impl Checker<'_> {
                 Err(e) => return Err(e),
             }
         }
-        (self.line)(match &quarantined {
+        self.out.line(match &quarantined {
             Some(q) => format!("{what} (moved to {})", q.display()),
             None => what.clone(),
         });
@@ -128,8 +128,8 @@ fn hash_file(path: &Path, d: &Digest) -> io::Result<(Digest, u64)> {
 }
 
 impl Storage {
-    /// Check the whole store; `line` receives one line per problem.
-    pub fn fsck(&self, repair: bool, line: &mut dyn FnMut(String)) -> io::Result<FsckReport> {
+    /// Check the whole store; `out` receives one line per problem, and progress.
+    pub fn fsck(&self, repair: bool, out: &mut dyn super::Report) -> io::Result<FsckReport> {
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -139,20 +139,27 @@ impl Storage {
             repair,
             quarantine: self.root.join("quarantine").join(stamp.to_string()),
             report: FsckReport::default(),
-            line,
+            out,
         };
         self.check_blobs(&mut c)?;
-        for repo in self.repositories()? {
-            self.check_repository(&mut c, &repo)?;
+        let repos = self.repositories()?;
+        let total = repos.len() as u64;
+        for (i, repo) in repos.iter().enumerate() {
+            c.out.progress("checking repositories", i as u64 + 1, total);
+            self.check_repository(&mut c, repo)?;
         }
         Ok(c.report)
     }
 
     fn check_blobs(&self, c: &mut Checker) -> io::Result<()> {
+        let total = super::count_blob_files(&self.root);
+        let mut seen = 0;
         for alg_dir in files(&self.root.join("blobs"))? {
             let alg = name_of(&alg_dir);
             for prefix_dir in files(&alg_dir)? {
                 for path in files(&prefix_dir)? {
+                    seen += 1;
+                    c.out.progress("hashing blobs", seen, total);
                     let named = format!("{alg}:{}", name_of(&path)).parse::<Digest>();
                     let Some(d) = named.ok().filter(|d| d.hex()[..2] == name_of(&prefix_dir))
                     else {

@@ -134,11 +134,11 @@ impl Storage {
         &self.root
     }
 
-    /// Collect garbage; `line` receives one human-readable line per removal (or would-be removal).
+    /// Collect garbage; `out` receives one line per removal (or would-be removal) and progress.
     pub fn collect_garbage(
         &self,
         opts: &GcOptions,
-        line: &mut dyn FnMut(String),
+        out: &mut dyn super::Report,
     ) -> io::Result<GcReport> {
         let _lock = Lock::take(&self.root)?;
         let started = Instant::now();
@@ -158,7 +158,10 @@ impl Storage {
         // Mark: every kept manifest, what it references, and its children.
         let mut marked: HashSet<Digest> = HashSet::new();
         let mut doomed: Vec<(RepoName, Revision)> = Vec::new();
-        for repo in self.repositories()? {
+        let repos = self.repositories()?;
+        let total_repos = repos.len() as u64;
+        for (i, repo) in repos.into_iter().enumerate() {
+            out.progress("marking repositories", i as u64, total_repos);
             let (kept, dropped) = self.partition_revisions(&repo, cutoff, opts.delete_untagged)?;
             for rev in &kept {
                 marked.insert(rev.digest.clone());
@@ -188,7 +191,7 @@ impl Storage {
                     ));
                     super::fsio::remove_if_exists(&entry)?;
                 }
-                line(format!("{verb} manifest {repo}@{}", rev.digest));
+                out.line(format!("{verb} manifest {repo}@{}", rev.digest));
                 report.manifests.push(format!("{repo}@{}", rev.digest));
             } else {
                 marked.insert(rev.digest.clone());
@@ -197,9 +200,13 @@ impl Storage {
 
         // Sweep: unmarked blobs older than the grace period.
         let blobs_dir = self.root.join("blobs");
+        let total_blobs = super::count_blob_files(&self.root);
+        let mut seen = 0;
         'sweep: for (alg, alg_dir) in entries(&blobs_dir)? {
             for (_, prefix_dir) in entries(&alg_dir)? {
                 for (hex, path) in entries(&prefix_dir)? {
+                    seen += 1;
+                    out.progress("sweeping blobs", seen, total_blobs);
                     let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
                         continue;
                     };
@@ -224,7 +231,7 @@ impl Storage {
                     if !opts.dry_run && !self.delete_blob(&d, cutoff)? {
                         continue;
                     }
-                    line(format!("{verb} blob {d} ({} bytes)", meta.len()));
+                    out.line(format!("{verb} blob {d} ({} bytes)", meta.len()));
                     report.bytes += meta.len();
                     report.blobs.push((d, meta.len()));
                 }
@@ -234,7 +241,7 @@ impl Storage {
         if !opts.dry_run {
             report.links = self.remove_dangling_links()?;
         }
-        report.uploads = self.expire_uploads(cutoff, opts.dry_run, verb, line)?;
+        report.uploads = self.expire_uploads(cutoff, opts.dry_run, verb, out)?;
         Ok(report)
     }
 
@@ -382,7 +389,7 @@ impl Storage {
         cutoff: SystemTime,
         dry_run: bool,
         verb: &str,
-        line: &mut dyn FnMut(String),
+        out: &mut dyn super::Report,
     ) -> io::Result<usize> {
         let mut n = 0;
         for (name, path) in entries(&self.uploads_dir())? {
@@ -405,7 +412,7 @@ impl Storage {
                     super::fsio::remove_if_exists(&path)?;
                 }
             }
-            line(format!("{verb} stale upload {name}"));
+            out.line(format!("{verb} stale upload {name}"));
             n += 1;
         }
         Ok(n)

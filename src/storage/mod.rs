@@ -131,6 +131,31 @@ impl Storage {
     }
 }
 
+/// Where `wharf gc` and `wharf fsck` report to: a line per removal or finding, and progress.
+/// Any `FnMut(String)` is a reporter that ignores progress.
+pub trait Report {
+    fn line(&mut self, line: String);
+    /// `done` of `total` items of `phase` (e.g. "hashing blobs").
+    fn progress(&mut self, _phase: &str, _done: u64, _total: u64) {}
+}
+
+impl<F: FnMut(String)> Report for F {
+    fn line(&mut self, line: String) {
+        self(line)
+    }
+}
+
+/// How many blob files the store holds (a directory walk; for progress totals).
+fn count_blob_files(root: &Path) -> u64 {
+    let mut n = 0;
+    for (_, alg) in dir_entries(&root.join("blobs")).unwrap_or_default() {
+        for (_, prefix) in dir_entries(&alg).unwrap_or_default() {
+            n += dir_entries(&prefix).map_or(0, |e| e.len() as u64);
+        }
+    }
+    n
+}
+
 /// The entries of `dir` as (name, path); empty if `dir` does not exist.
 pub(crate) fn dir_entries(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
     match std::fs::read_dir(dir) {
