@@ -382,9 +382,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => {
-            load(config.as_ref()).and_then(|cfg| wharf::server::run(cfg).map_err(|e| e.to_string()))
-        }
+        Command::Serve { config } => load(config.as_ref())
+            .and_then(|cfg| wharf::server::run(cfg, config).map_err(|e| e.to_string())),
         Command::CheckConfig { config } => load(Some(&config)).and_then(|cfg| {
             if let Some(tls) = &cfg.server.tls {
                 wharf::tls::material::build(tls).map_err(|e| e.to_string())?;

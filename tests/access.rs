@@ -10,14 +10,6 @@ use std::process::Command;
 use common::pki::{Pki, run_cmd, tls_connect};
 use common::*;
 
-fn basic(user: &str, pw: &str) -> String {
-    use base64ct::{Base64, Encoding};
-    format!(
-        "Basic {}",
-        Base64::encode_string(format!("{user}:{pw}").as_bytes())
-    )
-}
-
 /// `[auth.identity.*]` for admin/admin-pw and bob/bob-pw.
 fn users() -> String {
     format!(

@@ -215,22 +215,24 @@ async fn requests(
         let started = Instant::now();
         local.metrics.request_started();
         let mut body = conn.body(&head);
-        let (resp, user, action) = match gate::admit(app, local, &client, &head).await {
-            Ok(ok) if ok.action.is_admin() => {
-                (admin(app, &ok.action), ok.user, Some(ok.action.name()))
-            }
-            Ok(ok) => {
-                let name = ok.action.name();
-                (
-                    app.registry.handle(ok.action, &head, &mut body).await,
-                    ok.user,
-                    Some(name),
-                )
-            }
-            Err((e, user, action)) => (error_response(e), user, action),
-        };
+        let (live, credentials) = local.live.current(&app.live);
+        let (resp, user, action) =
+            match gate::admit(&live, &credentials, local, &client, &head).await {
+                Ok(ok) if ok.action.is_admin() => {
+                    (admin(app, &ok.action), ok.user, Some(ok.action.name()))
+                }
+                Ok(ok) => {
+                    let name = ok.action.name();
+                    (
+                        app.registry.handle(ok.action, &head, &mut body).await,
+                        ok.user,
+                        Some(name),
+                    )
+                }
+                Err((e, user, action)) => (error_response(e), user, action),
+            };
         let mut resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
-        if let Some(hsts) = &app.hsts {
+        if let Some(hsts) = &live.hsts {
             resp = resp.header("Strict-Transport-Security", hsts.clone());
         }
         // A body the handler left unread is drained if small, else the connection closes after replying.

@@ -5,8 +5,11 @@
 use std::net::SocketAddr;
 
 use super::limits::Class;
-use super::{App, Local};
-use crate::auth::{AuthError, User};
+use std::rc::Rc;
+
+use super::Local;
+use super::live::Live;
+use crate::auth::{AuthError, Cache, User};
 use crate::http::{Method, RequestHead};
 use crate::oci::{ErrorCode, OciError};
 use crate::policy::{IdentityVal, Peer};
@@ -58,7 +61,8 @@ pub type Refused<'a> = (OciError, Option<&'a User>, Option<&'static str>);
 
 /// Route, authenticate and authorize; an `Err` is the OCI error to answer.
 pub async fn admit<'a>(
-    app: &'a App,
+    app: &'a Live,
+    credentials: &Rc<Cache>,
     local: &Local,
     client: &Client,
     head: &RequestHead,
@@ -87,7 +91,7 @@ pub async fn admit<'a>(
     let user = match head.authorization.as_deref() {
         Some(h) => Some(
             app.auth
-                .authenticate(&local.credentials, h)
+                .authenticate(credentials, h)
                 .await
                 .map_err(|e| (auth_error(e), None, name))?,
         ),

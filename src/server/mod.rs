@@ -5,6 +5,7 @@
 mod connection;
 pub mod gate;
 pub mod limits;
+pub mod live;
 mod notify;
 mod shutdown;
 
@@ -17,9 +18,8 @@ use std::time::{Duration, Instant};
 use futures_channel::oneshot;
 use monoio::net::{ListenerOpts, TcpListener};
 
-use crate::auth::{Authenticator, Cache};
 use crate::config::{Config, ConfigError, IoDriver};
-use crate::policy::{AccessControl, RuleError};
+use crate::policy::RuleError;
 use crate::registry::{Registry, Settings};
 use crate::storage::Storage;
 use crate::tls::{Acceptor, Reloader, TlsError};
@@ -92,35 +92,25 @@ pub fn choose_driver(configured: IoDriver) -> Result<Driver, StartError> {
 /// What every worker shares (immutable).
 pub struct App {
     pub registry: Registry,
-    /// Basic-auth users and the password verifier.
-    pub auth: Authenticator,
-    /// The compiled access policies.
-    pub access: AccessControl,
+    /// Identities, policies, rate limits, switches: what a reload replaces.
+    pub live: Arc<live::Shared>,
     /// The listener's TLS material; `None` = plain HTTP.
     pub tls: Option<Arc<Reloader>>,
     pub limits: crate::http::Limits,
-    /// Per-client request rates (`[limits]`).
-    pub rates: limits::RateLimits,
     /// Open connections against `limits.max_connections`.
     pub connections: Arc<limits::ConnectionCap>,
-    /// `storage.read_only` and `storage.delete_enabled`.
-    pub switches: gate::Switches,
-    /// The `Strict-Transport-Security` value, when configured.
-    pub hsts: Option<String>,
     /// Counters of every worker (`/metrics`).
     pub metrics: crate::metrics::Metrics,
-    /// `server.admin_behind_policies`.
-    pub admin_behind_policies: bool,
     pub shutdown_grace: Duration,
 }
 
-/// Run the server until SIGTERM/SIGINT; returns after in-flight requests finished (or the grace ran out).
-pub fn run(cfg: Config) -> Result<(), StartError> {
+/// Run the server until SIGTERM/SIGINT; returns after in-flight requests finished (or the grace ran
+/// out). With the config file's `path`, SIGHUP and changes to the file reload it.
+pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartError> {
     let driver = choose_driver(cfg.server.io_driver)?;
     // TLS first: a broken certificate must stop startup before anything listens.
     let tls = cfg.server.tls.clone().map(Reloader::new).transpose()?;
-    let access = AccessControl::from_config(&cfg)?;
-    let auth = Authenticator::from_config(&cfg.auth)?;
+    let shared = Arc::new(live::Shared::new(live::Live::from_config(&cfg)?));
     let root = cfg.storage.root.clone();
     let storage = Storage::open(&root)
         .map_err(|source| StartError::Storage {
@@ -138,20 +128,11 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     };
     let app = Arc::new(App {
         registry: Registry::new(storage, settings),
-        auth,
-        access,
+        live: Arc::clone(&shared),
         tls: tls.clone(),
         limits: cfg.server.http.limits(),
-        rates: limits::RateLimits::new(&cfg.limits),
         connections: Arc::new(limits::ConnectionCap::new(cfg.limits.max_connections)),
-        switches: gate::Switches {
-            read_only: cfg.storage.read_only,
-            delete_enabled: cfg.storage.delete_enabled,
-        },
-        hsts: (!cfg.server.hsts_max_age.is_zero())
-            .then(|| format!("max-age={}", cfg.server.hsts_max_age.as_secs())),
         metrics: crate::metrics::Metrics::default(),
-        admin_behind_policies: cfg.server.admin_behind_policies,
         shutdown_grace: cfg.server.shutdown_grace,
     });
 
@@ -188,6 +169,10 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     if let Some(tls) = &tls {
         tls.watch();
     }
+    let config_reloader = path.map(|p| Arc::new(live::Reloader::new(p, cfg.clone())));
+    if let Some(r) = &config_reloader {
+        r.watch(Arc::clone(&shared));
+    }
     // Before announcing readiness: a SIGHUP right after READY=1 must reload, not kill.
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -206,11 +191,14 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     for sig in signals.forever() {
         if sig == SIGHUP {
             notify::notify("RELOADING=1");
-            match &tls {
-                Some(tls) => {
-                    let _ = tls.reload("SIGHUP");
+            if let Some(tls) = &tls {
+                let _ = tls.reload("SIGHUP");
+            }
+            match &config_reloader {
+                Some(r) => {
+                    r.reload(&shared, "SIGHUP");
                 }
-                None => tracing::info!("SIGHUP: nothing to reload (no [server.tls])"),
+                None => tracing::info!("SIGHUP: no config file to reload (embedded default)"),
             }
             notify::notify("READY=1");
             continue;
@@ -274,8 +262,8 @@ pub struct Local {
     pub limits: Rc<crate::http::Limits>,
     pub tls: Option<Acceptor>,
     pub shutdown: Shutdown,
-    /// Basic credentials verified on this thread.
-    pub credentials: Rc<Cache>,
+    /// The current identities, policies and limits, and this thread's verified credentials.
+    pub live: live::PerWorker,
     /// Connections this thread turned away over `limits.max_connections`.
     pub refused: std::cell::Cell<u64>,
     /// This thread's counters.
@@ -330,7 +318,7 @@ async fn worker_main(
         limits: Rc::new(app.limits.clone()),
         tls: app.tls.clone().map(Acceptor::new),
         shutdown: Shutdown::default(),
-        credentials: app.auth.new_cache(),
+        live: live::PerWorker::new(&app.live),
         refused: std::cell::Cell::new(0),
         metrics: app.metrics.worker(),
     });

@@ -458,6 +458,15 @@ pub fn paths_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// An `Authorization: Basic` header value.
+pub fn basic(user: &str, pw: &str) -> String {
+    use base64ct::{Base64, Encoding};
+    format!(
+        "Basic {}",
+        Base64::encode_string(format!("{user}:{pw}").as_bytes())
+    )
+}
+
 /// Where `tests/setup.sh` puts the Go-built tools.
 pub fn tool(name: &str) -> PathBuf {
     let local = Path::new(env!("CARGO_MANIFEST_DIR"))
