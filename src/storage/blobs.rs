@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Result, Storage, StoreError, fsio};
 use crate::oci::{Digest, RepoName};
@@ -51,10 +52,16 @@ impl Storage {
         if age >= self.hold_refresh
             && let Err(e) = file.set_modified(now)
         {
-            // Serving goes on; only the collector's grace for this blob is not renewed.
-            tracing::warn!(
-                "cannot refresh the mtime of blob {d} (is it owned by another user?): {e}"
-            );
+            // Serving goes on; only the collector's grace for this blob is not renewed. Said once
+            // at warn (a read-only mount would otherwise log on every request).
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if WARNED.swap(true, Ordering::Relaxed) {
+                tracing::debug!("cannot refresh the mtime of blob {d}: {e}");
+            } else {
+                tracing::warn!(
+                    "cannot refresh the mtime of blob {d} (read-only storage, or owned by another user?); do not collect garbage on this storage while that lasts: {e}"
+                );
+            }
         }
         Ok(Some((file, meta.len())))
     }
