@@ -324,6 +324,20 @@ fn rotation_reaches_new_handshakes_and_spares_open_connections(driver: &str) {
     let mut open = tls_connect(s.addr, cfg.clone()).unwrap();
     assert_eq!(open.client.get("/v2/").status, 200);
     let old = open.server_cert.clone();
+    // Under load: new mTLS connections keep arriving through every reload below; none may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, cfg, addr) = (stop.clone(), cfg.clone(), s.addr);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut c = tls_connect(addr, cfg.clone()).expect("handshake during a reload");
+                assert_eq!(c.client.get("/v2/").status, 200);
+                n += 1;
+            }
+            n
+        })
+    };
 
     // 1. Files change on disk: the watcher picks them up.
     let fresh = tempfile::tempdir().unwrap();
@@ -374,6 +388,8 @@ fn rotation_reaches_new_handshakes_and_spares_open_connections(driver: &str) {
     let third = tls_connect(s.addr, cfg).unwrap();
     assert_ne!(third.server_cert, pem_der.to_vec());
     assert_eq!(open.client.get("/v2/").status, 200);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.join().unwrap() > 10, "the load thread barely ran");
 }
 
 fn kubernetes_secret_symlink_swap_is_picked_up(driver: &str) {
