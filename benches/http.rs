@@ -1,4 +1,5 @@
-//! Hot-path micro-benchmarks: request-head parsing, chunked decoding, SHA-256 of upload bodies, routing.
+//! Hot-path micro-benchmarks: request-head parsing, chunked decoding, SHA-256 of upload bodies, routing,
+//! and the per-request metrics and rate-limit bookkeeping.
 //! Run: `cargo bench --bench http`. Results are recorded in docs/performance.md.
 
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
@@ -60,5 +61,40 @@ fn bench_sha256(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_head, bench_chunked, bench_sha256);
+/// What every request adds around its handler: metrics counting and (when configured) the rate check.
+fn bench_per_request(c: &mut Criterion) {
+    use std::time::Duration;
+    let metrics = wharf::metrics::Metrics::default();
+    let worker = metrics.worker();
+    let rates = wharf::server::limits::RateLimits::new(&wharf::config::LimitsConfig {
+        read_rps: 1e9,
+        write_rps: 0.0,
+        burst: 0,
+        max_connections: 0,
+    });
+    let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    let mut g = c.benchmark_group("per_request");
+    g.bench_function("metrics_request", |b| {
+        b.iter(|| {
+            worker.request(
+                black_box(Some("get-blob")),
+                black_box(200),
+                Duration::from_micros(120),
+                4096,
+            )
+        })
+    });
+    g.bench_function("rate_limit_check", |b| {
+        b.iter(|| rates.check(black_box(ip), wharf::server::limits::Class::Read))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_head,
+    bench_chunked,
+    bench_sha256,
+    bench_per_request
+);
 criterion_main!(benches);
