@@ -77,7 +77,7 @@ fn bench_per_request(c: &mut Criterion) {
     g.bench_function("metrics_request", |b| {
         b.iter(|| {
             worker.request(
-                black_box(Some("get-blob")),
+                black_box(Some(1)),
                 black_box(200),
                 Duration::from_micros(120),
                 4096,

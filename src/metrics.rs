@@ -23,11 +23,6 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-fn action_index(name: Option<&str>) -> usize {
-    name.and_then(|n| ACTIONS.iter().position(|a| *a == n))
-        .unwrap_or(ACTIONS.len())
-}
-
 fn status_index(status: u16) -> usize {
     STATUSES
         .iter()
@@ -80,9 +75,9 @@ impl Worker {
         }
     }
 
-    /// Hot path: one finished request.
-    pub fn request(&self, action: Option<&str>, status: u16, took: Duration, sent: u64) {
-        let a = action_index(action);
+    /// Hot path: one finished request; `action` is `Action::index`, `None` if it did not route.
+    pub fn request(&self, action: Option<usize>, status: u16, took: Duration, sent: u64) {
+        let a = action.unwrap_or(ACTIONS.len());
         add(&self.requests[a][status_index(status)], 1);
         let secs = took.as_secs_f64();
         let b = BUCKETS
@@ -268,16 +263,19 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    const GET_BLOB: usize = 1;
+
     #[test]
     fn counts_sum_over_workers_and_histograms_are_cumulative() {
         let m = Metrics::default();
         let (a, b) = (m.worker(), m.worker());
-        a.request(Some("get-blob"), 200, Duration::from_micros(300), 10);
-        b.request(Some("get-blob"), 200, Duration::from_millis(3), 5);
+        a.request(Some(GET_BLOB), 200, Duration::from_micros(300), 10);
+        b.request(Some(GET_BLOB), 200, Duration::from_millis(3), 5);
         b.request(None, 404, Duration::from_secs(20), 0);
         a.decision(true);
         b.decision(false);
         b.handshake(Handshake::Resumed);
+        assert_eq!(ACTIONS[GET_BLOB], "get-blob");
         let text = m.render(2, "main");
         assert!(
             text.contains("wharf_requests_total{action=\"get-blob\",status=\"200\"} 2\n"),

@@ -77,7 +77,7 @@ pub enum Action {
     GetReady,
 }
 
-/// Every action name, in declaration order (metrics labels).
+/// Every action name (`request.action`), in declaration order; `Action::index` points into it.
 pub const ACTIONS: [&str; 18] = [
     "get-api-version",
     "get-blob",
@@ -109,25 +109,30 @@ pub struct Page {
 impl Action {
     /// The action's name as policies see it (`request.action`); HEAD uses the GET name.
     pub fn name(&self) -> &'static str {
+        ACTIONS[self.index()]
+    }
+
+    /// The action's position in `ACTIONS` (metrics index their counters by it).
+    pub fn index(&self) -> usize {
         match self {
-            Action::GetApiVersion => "get-api-version",
-            Action::GetBlob { .. } => "get-blob",
-            Action::DeleteBlob { .. } => "delete-blob",
-            Action::StartUpload { .. } => "start-upload",
-            Action::MountBlob { .. } => "mount-blob",
-            Action::UpdateUpload { .. } => "update-upload",
-            Action::CompleteUpload { .. } => "complete-upload",
-            Action::GetUpload { .. } => "get-upload",
-            Action::CancelUpload { .. } => "cancel-upload",
-            Action::GetManifest { .. } => "get-manifest",
-            Action::PutManifest { .. } => "put-manifest",
-            Action::DeleteManifest { .. } => "delete-manifest",
-            Action::GetReferrers { .. } => "get-referrers",
-            Action::ListTags { .. } => "list-tags",
-            Action::ListCatalog { .. } => "list-catalog",
-            Action::GetMetrics => "get-metrics",
-            Action::GetHealth => "get-health",
-            Action::GetReady => "get-ready",
+            Action::GetApiVersion => 0,
+            Action::GetBlob { .. } => 1,
+            Action::DeleteBlob { .. } => 2,
+            Action::StartUpload { .. } => 3,
+            Action::MountBlob { .. } => 4,
+            Action::UpdateUpload { .. } => 5,
+            Action::CompleteUpload { .. } => 6,
+            Action::GetUpload { .. } => 7,
+            Action::CancelUpload { .. } => 8,
+            Action::GetManifest { .. } => 9,
+            Action::PutManifest { .. } => 10,
+            Action::DeleteManifest { .. } => 11,
+            Action::GetReferrers { .. } => 12,
+            Action::ListTags { .. } => 13,
+            Action::ListCatalog { .. } => 14,
+            Action::GetMetrics => 15,
+            Action::GetHealth => 16,
+            Action::GetReady => 17,
         }
     }
 
@@ -440,6 +445,57 @@ fn start_upload(method: Method, repository: RepoName, q: &Query) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_action_has_its_own_index_and_name() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let id = "0b6f7a2e-4c1d-4e8f-9a3b-2c5d6e7f8a9b";
+        let requests = [
+            (Method::Get, "/v2/".to_owned(), String::new()),
+            (Method::Get, format!("/v2/r/blobs/{d}"), String::new()),
+            (Method::Delete, format!("/v2/r/blobs/{d}"), String::new()),
+            (Method::Post, "/v2/r/blobs/uploads/".into(), String::new()),
+            (
+                Method::Post,
+                "/v2/r/blobs/uploads/".into(),
+                format!("mount={d}"),
+            ),
+            (
+                Method::Patch,
+                format!("/v2/r/blobs/uploads/{id}"),
+                String::new(),
+            ),
+            (
+                Method::Put,
+                format!("/v2/r/blobs/uploads/{id}"),
+                format!("digest={d}"),
+            ),
+            (
+                Method::Get,
+                format!("/v2/r/blobs/uploads/{id}"),
+                String::new(),
+            ),
+            (
+                Method::Delete,
+                format!("/v2/r/blobs/uploads/{id}"),
+                String::new(),
+            ),
+            (Method::Get, "/v2/r/manifests/v1".into(), String::new()),
+            (Method::Put, "/v2/r/manifests/v1".into(), String::new()),
+            (Method::Delete, "/v2/r/manifests/v1".into(), String::new()),
+            (Method::Get, format!("/v2/r/referrers/{d}"), String::new()),
+            (Method::Get, "/v2/r/tags/list".into(), String::new()),
+            (Method::Get, "/v2/_catalog".into(), String::new()),
+            (Method::Get, "/metrics".into(), String::new()),
+            (Method::Get, "/healthz".into(), String::new()),
+            (Method::Get, "/readyz".into(), String::new()),
+        ];
+        assert_eq!(requests.len(), ACTIONS.len());
+        for (i, (m, path, q)) in requests.iter().enumerate() {
+            let a = route(*m, path, q).unwrap();
+            assert_eq!((a.index(), a.name()), (i, ACTIONS[i]), "{path}?{q}");
+        }
+    }
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -219,14 +219,14 @@ async fn requests(
         let (resp, user, action) =
             match gate::admit(&live, &credentials, local, &client, &head).await {
                 Ok(ok) if ok.action.is_admin() => {
-                    (admin(app, &ok.action), ok.user, Some(ok.action.name()))
+                    (admin(app, &ok.action), ok.user, Some(ok.action.index()))
                 }
                 Ok(ok) => {
-                    let name = ok.action.name();
+                    let index = ok.action.index();
                     (
                         app.registry.handle(ok.action, &head, &mut body).await,
                         ok.user,
-                        Some(name),
+                        Some(index),
                     )
                 }
                 Err((e, user, action)) => (error_response(e), user, action),

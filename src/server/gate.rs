@@ -3,11 +3,10 @@
 //! `get-blob` on its source, else it becomes a plain upload).
 
 use std::net::SocketAddr;
-
-use super::limits::Class;
 use std::rc::Rc;
 
 use super::Local;
+use super::limits::Class;
 use super::live::Live;
 use crate::auth::{AuthError, Cache, User};
 use crate::http::{Method, RequestHead};
@@ -56,12 +55,12 @@ pub struct Admitted<'a> {
 }
 
 /// A refused request: the error to answer, the Basic user if one was verified, and the action's
-/// name if the request routed.
-pub type Refused<'a> = (OciError, Option<&'a User>, Option<&'static str>);
+/// `Action::index` if the request routed.
+pub type Refused<'a> = (OciError, Option<&'a User>, Option<usize>);
 
 /// Route, authenticate and authorize; an `Err` is the OCI error to answer.
 pub async fn admit<'a>(
-    app: &'a Live,
+    live: &'a Live,
     credentials: &Rc<Cache>,
     local: &Local,
     client: &Client,
@@ -72,7 +71,7 @@ pub async fn admit<'a>(
         _ => Class::Write,
     };
     // Before credentials: the limit also bounds password guessing.
-    if let Err(wait) = app.rates.check(client.addr.ip(), class) {
+    if let Err(wait) = live.rates.check(client.addr.ip(), class) {
         let e = OciError::new(
             ErrorCode::TooManyRequests,
             "request rate limit for this client exceeded",
@@ -81,23 +80,23 @@ pub async fn admit<'a>(
         return Err((e, None, None));
     }
     let action = route(head.method, &head.path, &head.query).map_err(|e| (e, None, None))?;
-    let name = Some(action.name());
-    if let Some(e) = app.switches.refuse(head.method, &action) {
+    let name = Some(action.index());
+    if let Some(e) = live.switches.refuse(head.method, &action) {
         return Err((e, None, name));
     }
-    if action.is_admin() && !app.admin_behind_policies {
+    if action.is_admin() && !live.admin_behind_policies {
         return Ok(Admitted { action, user: None });
     }
     let user = match head.authorization.as_deref() {
         Some(h) => Some(
-            app.auth
+            live.auth
                 .authenticate(credentials, h)
                 .await
                 .map_err(|e| (auth_error(e), None, name))?,
         ),
         None => None,
     };
-    if app.access.is_open() {
+    if live.access.is_open() {
         return Ok(Admitted { action, user });
     }
     let identity = || {
@@ -106,7 +105,7 @@ pub async fn admit<'a>(
             user.map(|u| (u.id.as_str(), u.username.as_str())),
         )
     };
-    let decision = app.access.decide(identity(), &action);
+    let decision = live.access.decide(identity(), &action);
     local.metrics.decision(decision.allowed);
     tracing::debug!(
         target: "wharf::access",
@@ -140,7 +139,7 @@ pub async fn admit<'a>(
                     repository: src.clone(),
                     digest: digest.clone(),
                 };
-                let d = app.access.decide(identity(), &probe);
+                let d = live.access.decide(identity(), &probe);
                 tracing::debug!(target: "wharf::access", "{} mount source get-blob {src}: {d}", client.addr);
                 d.allowed
             });
