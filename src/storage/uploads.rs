@@ -219,8 +219,9 @@ impl Storage {
         let id = random_id();
         let dir = self.upload_dir(&id);
         std::fs::create_dir(&dir)?;
-        std::fs::write(dir.join("state"), state_text(repo, alg))?;
+        // `data` before `state`: the session exists once its state does.
         std::fs::File::create(dir.join("data"))?;
+        std::fs::write(dir.join("state"), state_text(repo, alg))?;
         self.uploads.shard(&id).insert(
             id.clone(),
             Session {
@@ -319,7 +320,12 @@ impl Storage {
         }
         match self.load_session(id) {
             Some((r, _)) if r == *repo => {
-                Ok(std::fs::metadata(self.upload_dir(id).join("data"))?.len())
+                match std::fs::metadata(self.upload_dir(id).join("data")) {
+                    Ok(m) => Ok(m.len()),
+                    // State without data: a session torn by a crash is unknown, not an error.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::UploadUnknown),
+                    Err(e) => Err(e.into()),
+                }
             }
             _ => Err(StoreError::UploadUnknown),
         }
@@ -345,7 +351,11 @@ impl Storage {
 
     pub(super) fn forget_upload(&self, id: &str) {
         self.uploads.shard(id).remove(id);
-        let _ = std::fs::remove_dir_all(self.upload_dir(id));
+        // `state` first: a session directory without it is unknown, so a crash in the middle of
+        // the removal leaves an unknown session (collected later), never a half-known one.
+        let dir = self.upload_dir(id);
+        let _ = std::fs::remove_file(dir.join("state"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
