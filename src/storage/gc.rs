@@ -89,27 +89,38 @@ fn digest_files(dir: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {
     Ok(out)
 }
 
-/// Rename `path` aside in its directory, run `keep` on the parked file, and either put it back
-/// (`keep` true) or delete it. Returns whether it was deleted. A writer that recreates `path`
-/// meanwhile wins: putting back an empty link or identical content changes nothing.
-fn park_and_decide(path: &Path, keep: impl FnOnce(&Path) -> bool) -> io::Result<bool> {
-    let parked = path.with_file_name(format!(
+/// Rename `path` to `parked`, run `keep` on the parked file, and either put it back (`keep` true)
+/// or delete it. Returns whether it was deleted. A writer that recreates `path` meanwhile wins:
+/// putting back an empty link or identical content changes nothing; a hold that took a parked blob
+/// back first leaves nothing to put back or delete.
+fn park_and_decide(
+    path: &Path,
+    parked: &Path,
+    keep: impl FnOnce(&Path) -> bool,
+) -> io::Result<bool> {
+    // Ok(true): it happened; Ok(false): the file was already gone (someone else moved it).
+    let done = |r: io::Result<()>| match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        other => other.map(|()| true),
+    };
+    if !done(fs::rename(path, parked))? {
+        return Ok(false);
+    }
+    if keep(parked) {
+        done(fs::rename(parked, path))?;
+        Ok(false)
+    } else {
+        done(fs::remove_file(parked))
+    }
+}
+
+/// A name beside `path` for parking it (hidden, unique).
+fn beside(path: &Path) -> PathBuf {
+    path.with_file_name(format!(
         ".gc-{}-{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
         random_id()
-    ));
-    match fs::rename(path, &parked) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    if keep(&parked) {
-        fs::rename(&parked, path)?;
-        Ok(false)
-    } else {
-        fs::remove_file(&parked)?;
-        Ok(true)
-    }
+    ))
 }
 
 struct Revision {
@@ -178,7 +189,9 @@ impl Storage {
             let gone = if opts.dry_run {
                 true
             } else {
-                park_and_decide(&rev.path, |p| mtime(p).map_or(true, |m| m > cutoff))?
+                park_and_decide(&rev.path, &beside(&rev.path), |p| {
+                    mtime(p).map_or(true, |m| m > cutoff)
+                })?
             };
             if gone {
                 if !opts.dry_run
@@ -245,31 +258,15 @@ impl Storage {
         Ok(report)
     }
 
-    /// Park a blob in the trash, check its age there, and delete it or put it back.
+    /// Park a blob in the trash (where a hold can take it back), check its age there, and delete
+    /// it or put it back.
     fn delete_blob(&self, d: &Digest, cutoff: SystemTime) -> io::Result<bool> {
-        let path = self.blob_path(d);
         let trash = self.gc_trash_path(d);
         super::fsio::ensure_dir_sync(trash.parent().expect("trash has a parent"))?;
-        match fs::rename(&path, &trash) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        if mtime(&trash).map_or(true, |m| m > cutoff) {
-            // Held between our listing and the rename: put it back.
-            match fs::rename(&trash, &path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            return Ok(false);
-        }
-        match fs::remove_file(&trash) {
-            Ok(()) => Ok(true),
-            // A hold took it back just now.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        // Kept if a hold refreshed it between our listing and the rename.
+        park_and_decide(&self.blob_path(d), &trash, |t| {
+            mtime(t).map_or(true, |m| m > cutoff)
+        })
     }
 
     /// Blobs left in the trash by a collector that was killed go back where they were; this run
@@ -373,7 +370,7 @@ impl Storage {
                 if self.blob_path(&d).exists() || self.gc_trash_path(&d).exists() {
                     continue;
                 }
-                if park_and_decide(&path, |_| {
+                if park_and_decide(&path, &beside(&path), |_| {
                     self.blob_path(&d).exists() || self.gc_trash_path(&d).exists()
                 })? {
                     n += 1;
