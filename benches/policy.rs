@@ -44,7 +44,7 @@ fn bench_policy(c: &mut Criterion) {
     g.bench_function("allowed_by_rule_0", |b| {
         b.iter(|| {
             black_box(
-                ac.decide(IdentityVal::new(&devops, None), black_box(&put))
+                ac.decide(IdentityVal::new(&devops, None), black_box(&put), "main")
                     .allowed,
             )
         })
@@ -52,7 +52,7 @@ fn bench_policy(c: &mut Criterion) {
     g.bench_function("allowed_by_rule_3", |b| {
         b.iter(|| {
             black_box(
-                ac.decide(IdentityVal::new(&builder, None), black_box(&put))
+                ac.decide(IdentityVal::new(&builder, None), black_box(&put), "main")
                     .allowed,
             )
         })
@@ -61,7 +61,7 @@ fn bench_policy(c: &mut Criterion) {
         let user = Some(("admin", "admin"));
         b.iter(|| {
             black_box(
-                ac.decide(IdentityVal::new(&admin, user), black_box(&put))
+                ac.decide(IdentityVal::new(&admin, user), black_box(&put), "main")
                     .allowed,
             )
         })
@@ -69,7 +69,7 @@ fn bench_policy(c: &mut Criterion) {
     g.bench_function("denied_all_five_evaluated", |b| {
         b.iter(|| {
             black_box(
-                ac.decide(IdentityVal::new(&nobody, None), black_box(&put))
+                ac.decide(IdentityVal::new(&nobody, None), black_box(&put), "main")
                     .allowed,
             )
         })

@@ -59,6 +59,46 @@ pub struct ServerConfig {
     /// `/metrics`, `/healthz` and `/readyz` go through authentication and the access policies
     /// (actions `get-metrics`, `get-health`, `get-ready`) instead of answering everyone. Default `false`.
     pub admin_behind_policies: bool,
+    /// `[server.admin]`: serve `/metrics`, `/healthz` and `/readyz` on their own plain-HTTP
+    /// listener only (the others answer 404 there). Default: absent (every listener serves them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    /// `[[server.listener]]`: more listeners besides `[server]` (which policies see as `"main"`),
+    /// sharing the workers. Default: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listener: Vec<ListenerConfig>,
+}
+
+/// `[[server.listener]]`: one more address the registry answers on, with its own TLS settings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// What policies see as `request.listener` and metrics as `listener`: lowercase letters,
+    /// digits, `-` and `_`; unique, not `"main"` or `"admin"`. Required.
+    pub name: String,
+    /// Address to listen on. Default `"127.0.0.1"`.
+    #[serde(default = "loopback")]
+    pub bind_address: IpAddr,
+    /// TCP port (0 picks a free port, printed at start). Required.
+    pub port: u16,
+    /// `[server.listener.tls]`: same keys as `[server.tls]`; absent = plain HTTP. Default: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.admin]`: the listener for `/metrics`, `/healthz` and `/readyz` (plain HTTP).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on. Default `"127.0.0.1"`.
+    #[serde(default = "loopback")]
+    pub bind_address: IpAddr,
+    /// TCP port (0 picks a free port, printed at start). Required.
+    pub port: u16,
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
 }
 
 /// `[server.tls]`: the key names users copy from existing guides.
@@ -101,6 +141,8 @@ impl Default for ServerConfig {
             tls: None,
             hsts_max_age: Duration::ZERO,
             admin_behind_policies: false,
+            admin: None,
+            listener: Vec::new(),
         }
     }
 }
@@ -327,6 +369,9 @@ pub struct IdentityConfig {
     pub password: String,
 }
 
+/// Most `[[server.listener]]` entries (each costs every worker an accept loop).
+pub const MAX_LISTENERS: usize = 16;
+
 /// A configuration that could not be loaded, naming the file and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -407,7 +452,11 @@ impl Config {
             }
         };
         resolve(&mut cfg.storage.root);
-        if let Some(tls) = &mut cfg.server.tls {
+        let listeners = cfg.server.listener.iter_mut().map(|l| &mut l.tls);
+        for tls in std::iter::once(&mut cfg.server.tls)
+            .chain(listeners)
+            .flatten()
+        {
             resolve(&mut tls.server_certificate_bundle);
             resolve(&mut tls.server_private_key);
             if let Some(ca) = &mut tls.client_ca_bundle {
@@ -470,31 +519,32 @@ impl Config {
         if self.storage.root.as_os_str().is_empty() {
             return invalid("storage.root", "must not be empty");
         }
-        if let Some(tls) = &self.server.tls {
+        for (table, tls) in self.tls_tables() {
+            let Some(tls) = tls else { continue };
             for (key, p) in [
-                (
-                    "server.tls.server_certificate_bundle",
-                    &tls.server_certificate_bundle,
-                ),
-                ("server.tls.server_private_key", &tls.server_private_key),
+                ("server_certificate_bundle", &tls.server_certificate_bundle),
+                ("server_private_key", &tls.server_private_key),
             ] {
                 if p.as_os_str().is_empty() {
-                    return invalid(key, "must name a PEM file");
+                    return invalid(&format!("{table}.{key}"), "must name a PEM file");
                 }
             }
             match &tls.client_ca_bundle {
                 Some(p) if p.as_os_str().is_empty() => {
-                    return invalid("server.tls.client_ca_bundle", "must name a PEM file");
+                    return invalid(&format!("{table}.client_ca_bundle"), "must name a PEM file");
                 }
                 None if tls.client_auth == ClientAuth::Required => {
                     return invalid(
-                        "server.tls.client_auth",
-                        "\"required\" needs server.tls.client_ca_bundle (the CAs client certificates must chain to)",
+                        &format!("{table}.client_auth"),
+                        &format!(
+                            "\"required\" needs {table}.client_ca_bundle (the CAs client certificates must chain to)"
+                        ),
                     );
                 }
                 _ => {}
             }
         }
+        self.validate_listeners()?;
         if self.auth.credential_cache_size == 0 {
             return invalid("auth.credential_cache_size", "must be at least 1");
         }
@@ -525,10 +575,10 @@ impl Config {
                 );
             }
         }
-        if !self.server.hsts_max_age.is_zero() && self.server.tls.is_none() {
+        if !self.server.hsts_max_age.is_zero() && self.tls_tables().all(|(_, t)| t.is_none()) {
             return invalid(
                 "server.hsts_max_age",
-                "needs [server.tls] (browsers ignore HSTS over plain HTTP)",
+                "needs a listener with TLS (browsers ignore HSTS over plain HTTP; it is sent on TLS listeners only)",
             );
         }
         if !self.gc.interval.is_zero() && self.gc.interval < Duration::from_secs(1) {
@@ -540,6 +590,91 @@ impl Config {
                     &format!("repository.{name:?}"),
                     "is not a valid repository name (lowercase path components like \"team/app\")",
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every TLS table with its key: `server.tls`, then `server.listener[<i>].tls`.
+    pub fn tls_tables(&self) -> impl Iterator<Item = (String, Option<&TlsConfig>)> {
+        let main = ("server.tls".to_owned(), self.server.tls.as_ref());
+        let more = self
+            .server
+            .listener
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("server.listener[{i}].tls"), l.tls.as_ref()));
+        std::iter::once(main).chain(more)
+    }
+
+    /// Names, and addresses that cannot be shared, of `[[server.listener]]` and `[server.admin]`.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if self.server.listener.len() > MAX_LISTENERS {
+            return invalid(
+                "server.listener".into(),
+                format!("at most {MAX_LISTENERS} extra listeners"),
+            );
+        }
+        let mut bound = vec![(
+            "server.bind_address/server.port".to_owned(),
+            self.server.bind_address,
+            self.server.port,
+        )];
+        let mut names = BTreeMap::new();
+        for (i, l) in self.server.listener.iter().enumerate() {
+            let key = format!("server.listener[{i}].name");
+            let valid = !l.name.is_empty()
+                && l.name.len() <= 64
+                && l.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid {
+                return invalid(
+                    key,
+                    format!(
+                        "{:?}: use 1 to 64 lowercase letters, digits, '-' or '_'",
+                        l.name
+                    ),
+                );
+            }
+            if l.name == "main" || l.name == "admin" {
+                return invalid(
+                    key,
+                    format!(
+                        "{:?} is reserved ([server] is \"main\", [server.admin] is \"admin\")",
+                        l.name
+                    ),
+                );
+            }
+            if let Some(other) = names.insert(l.name.as_str(), i) {
+                return invalid(
+                    key,
+                    format!("{:?} is also the name of server.listener[{other}]", l.name),
+                );
+            }
+            bound.push((
+                format!("server.listener[{i}].bind_address/port"),
+                l.bind_address,
+                l.port,
+            ));
+        }
+        if let Some(a) = &self.server.admin {
+            bound.push((
+                "server.admin.bind_address/port".into(),
+                a.bind_address,
+                a.port,
+            ));
+        }
+        for (i, (key, addr, port)) in bound.iter().enumerate() {
+            let clash = bound[..i].iter().find(|(_, a, p)| {
+                *port != 0
+                    && p == port
+                    && a.is_ipv4() == addr.is_ipv4()
+                    && (a == addr || a.is_unspecified() || addr.is_unspecified())
+            });
+            if let Some((other, ..)) = clash {
+                return invalid(key.clone(), format!("{addr} port {port} overlaps {other}"));
             }
         }
         Ok(())
@@ -623,12 +758,23 @@ mod tests {
                 password: String::new(),
             },
         );
+        c.server.admin = Some(AdminConfig {
+            bind_address: loopback(),
+            port: 0,
+        });
+        c.server.listener.push(ListenerConfig {
+            name: String::new(),
+            bind_address: loopback(),
+            port: 0,
+            tls: c.server.tls.clone(),
+        });
         toml::Value::try_from(c).unwrap()
     }
 
-    /// Every key the schema has, as `section.sub.key`.
-    fn all_keys() -> Vec<String> {
-        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+    /// Every key the schema has, as `section.sub.key` (an array of tables as its first entry's
+    /// keys), with its default.
+    fn all_keys() -> Vec<(String, toml::Value)> {
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
             if let toml::Value::Table(t) = v {
                 for (k, v) in t {
                     let key = if prefix.is_empty() {
@@ -636,10 +782,12 @@ mod tests {
                     } else {
                         format!("{prefix}.{k}")
                     };
-                    if v.is_table() {
-                        walk(&key, v, out)
-                    } else {
-                        out.push(key)
+                    match v {
+                        toml::Value::Table(_) => walk(&key, v, out),
+                        toml::Value::Array(a) if a.first().is_some_and(|e| e.is_table()) => {
+                            walk(&key, &a[0], out)
+                        }
+                        _ => out.push((key, v.clone())),
                     }
                 }
             }
@@ -652,9 +800,9 @@ mod tests {
     #[test]
     fn configuration_doc_lists_every_key_with_its_default() {
         let doc = include_str!("../docs/configuration.md");
-        let defaults = defaults_with_optional_tables();
-        for key in all_keys() {
-            let value = key.split('.').fold(&defaults, |v, k| &v[k]);
+        for (key, value) in all_keys() {
+            // Ports of extra listeners have no default (0 here).
+            let required_port = key.ends_with(".port") && key != "server.port";
             let row = doc
                 .lines()
                 .find(|l| l.starts_with(&format!("| `{key}` |")))
@@ -663,6 +811,7 @@ mod tests {
             // `access_policy.default` has no default either (an enum, so not empty here).
             let expected = match value.as_str() {
                 Some("") => "(required)".to_owned(),
+                _ if required_port => "(required)".to_owned(),
                 _ if key.ends_with("access_policy.default") => "(required)".to_owned(),
                 _ => format!("`{value}`"),
             };
@@ -725,6 +874,80 @@ mod tests {
         assert_eq!(tls.server_private_key, PathBuf::from("/abs/k.pem"));
         assert_eq!(tls.client_ca_bundle.unwrap(), dir.path().join("ca.pem"));
         assert_eq!(tls.client_auth, ClientAuth::Optional);
+    }
+
+    #[test]
+    fn listeners_are_validated_with_their_keys() {
+        let error = |toml: &str| {
+            let c = Config::parse_str(toml).unwrap_or_else(|e| panic!("{toml}: {e}"));
+            c.validate().unwrap_err().to_string()
+        };
+        let one = |name: &str, extra: &str| {
+            format!("[[server.listener]]\nname = {name:?}\nport = 4443\n{extra}")
+        };
+        for (toml, key, says) in [
+            (one("Push", ""), "server.listener[0].name", "lowercase"),
+            (one("", ""), "server.listener[0].name", "lowercase"),
+            (one("main", ""), "server.listener[0].name", "reserved"),
+            (one("admin", ""), "server.listener[0].name", "reserved"),
+            (
+                format!("{}{}", one("a", ""), one("a", "bind_address = \"::1\"\n")),
+                "server.listener[1].name",
+                "also the name of server.listener[0]",
+            ),
+            (
+                one(
+                    "a",
+                    "[server.listener.tls]\nserver_certificate_bundle = \"c\"\nserver_private_key = \"k\"\nclient_auth = \"required\"\n",
+                ),
+                "server.listener[0].tls.client_auth",
+                "server.listener[0].tls.client_ca_bundle",
+            ),
+            (
+                format!("[server]\nport = 4443\n{}", one("a", "")),
+                "server.listener[0].bind_address/port",
+                "overlaps server.bind_address/server.port",
+            ),
+            (
+                format!(
+                    "{}[server.admin]\nbind_address = \"0.0.0.0\"\nport = 4443\n",
+                    one("a", "")
+                ),
+                "server.admin.bind_address/port",
+                "overlaps server.listener[0]",
+            ),
+            (
+                "[server]\nhsts_max_age = \"1h\"\n".to_owned(),
+                "server.hsts_max_age",
+                "needs a listener with TLS",
+            ),
+        ] {
+            let e = error(&toml);
+            assert!(e.contains(key) && e.contains(says), "{toml}\n=> {e}");
+        }
+        let e = Config::parse_str("[[server.listener]]\nname = \"a\"\n").unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        let e = Config::parse_str("[[server.listener]]\nname = \"a\"\nport = 1\nprot = 2\n")
+            .unwrap_err();
+        assert!(e.contains("prot"), "{e}");
+        // Same port on another address, or port 0 twice, is fine; HSTS with only a listener's TLS too.
+        let ok = "[server]\nhsts_max_age = \"1h\"\nport = 0\n[[server.listener]]\nname = \"a\"\nport = 0\n[server.listener.tls]\nserver_certificate_bundle = \"c\"\nserver_private_key = \"k\"\n[[server.listener]]\nname = \"b-2\"\nbind_address = \"127.0.0.2\"\nport = 5000\n[server.admin]\nport = 9100\n";
+        Config::parse_str(ok).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn listener_tls_paths_are_taken_from_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wharf.toml");
+        std::fs::write(
+            &p,
+            "[[server.listener]]\nname = \"a\"\nport = 1\n[server.listener.tls]\nserver_certificate_bundle = \"c.pem\"\nserver_private_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        let tls = c.server.listener[0].tls.as_ref().unwrap();
+        assert_eq!(tls.server_certificate_bundle, dir.path().join("c.pem"));
+        assert_eq!(tls.server_private_key, dir.path().join("k.pem"));
     }
 
     #[test]

@@ -150,15 +150,19 @@ pub fn policy(data: &[u8]) {
             return;
         };
         let peer = Peer::new(Some(&cert), std::net::IpAddr::from([192, 0, 2, 1]));
-        for (m, path, q) in [
-            (Method::Get, "/v2/", ""),
-            (Method::Put, "/v2/a/b/manifests/latest", ""),
-            (Method::Post, "/v2/a/blobs/uploads/", mount.as_str()),
-            (Method::Get, "/v2/_catalog", "n=1"),
+        for (m, path, q, listener) in [
+            (Method::Get, "/v2/", "", "main"),
+            (Method::Put, "/v2/a/b/manifests/latest", "", "main"),
+            (Method::Post, "/v2/a/blobs/uploads/", mount.as_str(), "push"),
+            (Method::Get, "/v2/_catalog", "n=1", "main"),
         ] {
             let action = crate::registry::route(m, path, q).expect("a valid request");
             let _ = ac
-                .decide(IdentityVal::new(&peer, Some(("id", &username))), &action)
+                .decide(
+                    IdentityVal::new(&peer, Some(("id", &username))),
+                    &action,
+                    listener,
+                )
                 .allowed;
         }
     }

@@ -385,8 +385,10 @@ fn main() -> ExitCode {
         Command::Serve { config } => load(config.as_ref())
             .and_then(|cfg| wharf::server::run(cfg, config).map_err(|e| e.to_string())),
         Command::CheckConfig { config } => load(Some(&config)).and_then(|cfg| {
-            if let Some(tls) = &cfg.server.tls {
-                wharf::tls::material::build(tls).map_err(|e| e.to_string())?;
+            for (table, tls) in cfg.tls_tables() {
+                if let Some(tls) = tls {
+                    wharf::tls::material::build(tls).map_err(|e| e.located(&table).to_string())?;
+                }
             }
             wharf::auth::validate(&cfg.auth).map_err(|e| e.to_string())?;
             wharf::policy::AccessControl::from_config(&cfg).map_err(|e| e.to_string())?;

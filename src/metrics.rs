@@ -43,7 +43,8 @@ pub struct Worker {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     in_flight: AtomicI64,
-    connections: AtomicI64,
+    /// Open connections, by listener (`Metrics::listeners`).
+    connections: Box<[AtomicI64]>,
     tls: [AtomicU64; 3],
     decisions: [AtomicU64; 2],
 }
@@ -61,7 +62,7 @@ fn add(a: &AtomicU64, n: u64) {
 }
 
 impl Worker {
-    fn new() -> Worker {
+    fn new(listeners: usize) -> Worker {
         Worker {
             requests: Box::new(std::array::from_fn(|_| zeros())),
             durations: Box::new(std::array::from_fn(|_| zeros())),
@@ -69,7 +70,7 @@ impl Worker {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
-            connections: AtomicI64::new(0),
+            connections: (0..listeners).map(|_| AtomicI64::new(0)).collect(),
             tls: zeros(),
             decisions: zeros(),
         }
@@ -102,12 +103,13 @@ impl Worker {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub fn connection_opened(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
+    /// A connection opened on listener `listener` (its index).
+    pub fn connection_opened(&self, listener: usize) {
+        self.connections[listener].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+    pub fn connection_closed(&self, listener: usize) {
+        self.connections[listener].fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn handshake(&self, h: Handshake) {
@@ -127,16 +129,33 @@ struct StorageStats {
 }
 
 /// All workers' counters and the storage totals.
-#[derive(Default)]
 pub struct Metrics {
     workers: Mutex<Vec<Arc<Worker>>>,
     storage: Arc<StorageStats>,
+    /// Listener names, in index order (`"main"` first).
+    listeners: Vec<String>,
+}
+
+impl Default for Metrics {
+    /// Metrics of a server with only the main listener.
+    fn default() -> Metrics {
+        Metrics::new(vec!["main".to_owned()])
+    }
 }
 
 impl Metrics {
+    /// Metrics for a server with these listeners, in index order.
+    pub fn new(listeners: Vec<String>) -> Metrics {
+        Metrics {
+            workers: Mutex::default(),
+            storage: Arc::default(),
+            listeners,
+        }
+    }
+
     /// Counters for a new worker thread.
     pub fn worker(&self) -> Arc<Worker> {
-        let w = Arc::new(Worker::new());
+        let w = Arc::new(Worker::new(self.listeners.len()));
         self.workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -176,8 +195,8 @@ impl Metrics {
             });
     }
 
-    /// The Prometheus text exposition. `uploads` = open upload sessions, `listener` = its name.
-    pub fn render(&self, uploads: usize, listener: &str) -> String {
+    /// The Prometheus text exposition. `uploads` = open upload sessions.
+    pub fn render(&self, uploads: usize) -> String {
         let workers = self
             .workers
             .lock()
@@ -235,7 +254,6 @@ impl Metrics {
             "# HELP wharf_received_bytes_total Bytes received from clients (request heads and bodies).\n# TYPE wharf_received_bytes_total counter\nwharf_received_bytes_total {}\n\
              # HELP wharf_sent_bytes_total Response body bytes sent.\n# TYPE wharf_sent_bytes_total counter\nwharf_sent_bytes_total {}\n\
              # HELP wharf_requests_in_flight Requests being handled now.\n# TYPE wharf_requests_in_flight gauge\nwharf_requests_in_flight {}\n\
-             # HELP wharf_connections_open Open client connections, by listener.\n# TYPE wharf_connections_open gauge\nwharf_connections_open{{listener=\"{listener}\"}} {}\n\
              # HELP wharf_tls_handshakes_total TLS handshakes, by result.\n# TYPE wharf_tls_handshakes_total counter\n\
              wharf_tls_handshakes_total{{result=\"full\"}} {}\nwharf_tls_handshakes_total{{result=\"resumed\"}} {}\nwharf_tls_handshakes_total{{result=\"failed\"}} {}\n\
              # HELP wharf_policy_decisions_total Access-policy decisions, by outcome.\n# TYPE wharf_policy_decisions_total counter\n\
@@ -246,7 +264,6 @@ impl Metrics {
             sum(&|w| load(&w.bytes_in)),
             sum(&|w| load(&w.bytes_out)),
             gauge_i(&|w| w.in_flight.load(Ordering::Relaxed)),
-            gauge_i(&|w| w.connections.load(Ordering::Relaxed)),
             sum(&|w| load(&w.tls[0])),
             sum(&|w| load(&w.tls[1])),
             sum(&|w| load(&w.tls[2])),
@@ -255,6 +272,11 @@ impl Metrics {
             self.storage.bytes.load(Ordering::Relaxed),
             self.storage.blobs.load(Ordering::Relaxed),
         );
+        out.push_str("# HELP wharf_connections_open Open client connections, by listener.\n# TYPE wharf_connections_open gauge\n");
+        for (i, name) in self.listeners.iter().enumerate() {
+            let open = gauge_i(&|w| w.connections[i].load(Ordering::Relaxed));
+            let _ = writeln!(out, "wharf_connections_open{{listener=\"{name}\"}} {open}");
+        }
         out
     }
 }
@@ -276,7 +298,7 @@ mod tests {
         b.decision(false);
         b.handshake(Handshake::Resumed);
         assert_eq!(ACTIONS[GET_BLOB], "get-blob");
-        let text = m.render(2, "main");
+        let text = m.render(2);
         assert!(
             text.contains("wharf_requests_total{action=\"get-blob\",status=\"200\"} 2\n"),
             "{text}"

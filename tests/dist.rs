@@ -34,7 +34,11 @@ fn keys(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
                 format!("{prefix}.{k}")
             };
             out.insert(key.clone());
-            keys(v, &key, out);
+            match v {
+                // An array of tables (`[[server.listener]]`): the keys of its entries.
+                toml::Value::Array(a) => a.iter().for_each(|e| keys(e, &key, out)),
+                _ => keys(v, &key, out),
+            }
         }
     }
 }
@@ -49,6 +53,8 @@ fn example_config_validates_and_sets_every_key() {
     // Every key of the schema (defaults with each optional table present) is set in the example.
     let mut full = Config::default();
     full.server.tls = cfg.server.tls.clone();
+    full.server.listener = cfg.server.listener.clone();
+    full.server.admin = cfg.server.admin.clone();
     full.global.access_policy = cfg.global.access_policy.clone();
     full.repository = cfg.repository.clone();
     full.auth.identity = cfg.auth.identity.clone();
@@ -63,6 +69,8 @@ fn example_config_validates_and_sets_every_key() {
     );
     for table in [
         "server.tls",
+        "server.listener.tls",
+        "server.admin",
         "global.access_policy",
         "repository.*",
         "auth.identity.*",

@@ -129,7 +129,7 @@ fn hsts_without_tls_is_a_startup_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("server.hsts_max_age") && err.contains("[server.tls]"),
+        err.contains("server.hsts_max_age") && err.contains("needs a listener with TLS"),
         "{err}"
     );
 }

@@ -124,8 +124,15 @@ pub fn environment() -> Arc<Env> {
     Arc::new(env)
 }
 
-/// Compile one rule; `table` and `index` locate it in error messages.
-pub fn compile(env: &Env, table: &str, index: usize, source: &str) -> Result<Program, RuleError> {
+/// Compile one rule; `table` and `index` locate it in error messages. `listeners` are the
+/// configured listener names a literal compared with `request.listener` must be one of.
+pub fn compile(
+    env: &Env,
+    table: &str,
+    index: usize,
+    source: &str,
+    listeners: &[&str],
+) -> Result<Program, RuleError> {
     let error = |(line, column): (usize, usize), message: String| RuleError {
         table: table.to_owned(),
         index,
@@ -142,7 +149,7 @@ pub fn compile(env: &Env, table: &str, index: usize, source: &str) -> Result<Pro
         error(pos, format!("syntax error: {msg}"))
     })?;
     let mut scope = Vec::new();
-    check(program.expression(), &mut scope)
+    check(program.expression(), &mut scope, listeners)
         .map_err(|(id, message)| error(position(source, program.source_info(), id), message))?;
     Ok(program)
 }
@@ -166,7 +173,8 @@ fn position(source: &str, info: &SourceInfo, id: u64) -> (usize, usize) {
 type CheckResult = Result<(), (u64, String)>;
 
 /// Reject names no request can ever have, so such a rule fails at startup, not per request.
-fn check(e: &IdedExpr, scope: &mut Vec<String>) -> CheckResult {
+fn check(e: &IdedExpr, scope: &mut Vec<String>, listeners: &[&str]) -> CheckResult {
+    let check = |x: &IdedExpr, scope: &mut Vec<String>| check(x, scope, listeners);
     match &e.expr {
         Expr::Ident(name) => {
             if scope.iter().any(|s| s == name) || name == "identity" || name == "request" {
@@ -196,6 +204,7 @@ fn check(e: &IdedExpr, scope: &mut Vec<String>) -> CheckResult {
             if name == "matches" {
                 check_regex(call.args.last())?;
             }
+            check_listener_literals(name, &call.args, listeners)?;
             if let Some(target) = &call.target {
                 check(target, scope)?;
             }
@@ -287,6 +296,36 @@ fn check_path(id: u64, segments: &[&str]) -> CheckResult {
             format!("{} has no fields", segments[..segments.len() - 1].join(".")),
         )),
     }
+}
+
+/// `request.listener == 'x'`, `!=` and `in [...]` must name configured listeners: a typo would
+/// otherwise never match, and under `default = "allow"` a deny rule would silently not apply.
+fn check_listener_literals(func: &str, args: &[IdedExpr], listeners: &[&str]) -> CheckResult {
+    let is_listener = |x: &IdedExpr| path(x).is_some_and(|p| p == ["request", "listener"]);
+    let literals: Vec<&IdedExpr> = match (func, args) {
+        ("_==_" | "_!=_", [a, b]) if is_listener(a) => vec![b],
+        ("_==_" | "_!=_", [a, b]) if is_listener(b) => vec![a],
+        ("@in", [a, b]) if is_listener(a) => match &b.expr {
+            Expr::List(list) => list.elements.iter().collect(),
+            _ => vec![],
+        },
+        _ => vec![],
+    };
+    for lit in literals {
+        if let Expr::Literal(LiteralValue::String(s)) = &lit.expr
+            && !listeners.contains(&s.inner())
+        {
+            return Err((
+                lit.id,
+                format!(
+                    "unknown listener '{}' (configured: {})",
+                    s.inner(),
+                    listeners.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A literal `matches` pattern must compile (a broken one would deny every request).

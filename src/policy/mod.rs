@@ -85,7 +85,12 @@ impl fmt::Display for Decision<'_> {
 }
 
 impl Policy {
-    fn compile(env: &Env, table: String, cfg: &AccessPolicyConfig) -> Result<Policy, RuleError> {
+    fn compile(
+        env: &Env,
+        table: String,
+        cfg: &AccessPolicyConfig,
+        listeners: &[&str],
+    ) -> Result<Policy, RuleError> {
         let rules = cfg
             .rules
             .iter()
@@ -93,7 +98,7 @@ impl Policy {
             .map(|(i, source)| {
                 Ok(Rule {
                     source: source.clone(),
-                    program: compile::compile(env, &table, i, source)?,
+                    program: compile::compile(env, &table, i, source, listeners)?,
                     warned: AtomicBool::new(false),
                 })
             })
@@ -157,17 +162,21 @@ impl AccessControl {
     /// Compile every policy of the config; the first bad rule is an error naming its place.
     pub fn from_config(cfg: &Config) -> Result<AccessControl, RuleError> {
         let env = compile::environment();
+        let listeners: Vec<&str> = std::iter::once("main")
+            .chain(cfg.server.listener.iter().map(|l| l.name.as_str()))
+            .chain(cfg.server.admin.as_ref().map(|_| "admin"))
+            .collect();
         let global = cfg
             .global
             .access_policy
             .as_ref()
-            .map(|p| Policy::compile(&env, "global.access_policy".into(), p))
+            .map(|p| Policy::compile(&env, "global.access_policy".into(), p, &listeners))
             .transpose()?;
         let mut repositories = Vec::new();
         for (name, repo) in &cfg.repository {
             if let Some(p) = &repo.access_policy {
                 let table = format!("repository.{name:?}.access_policy");
-                repositories.push((name.clone(), Policy::compile(&env, table, p)?));
+                repositories.push((name.clone(), Policy::compile(&env, table, p, &listeners)?));
             }
         }
         repositories.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
@@ -194,9 +203,15 @@ impl AccessControl {
         })
     }
 
-    /// Decide `action` for `identity`: it must pass the global policy and then the repository's.
-    pub fn decide<'p>(&'p self, identity: IdentityVal<'_>, action: &Action) -> Decision<'p> {
-        let request = RequestVal::new(action);
+    /// Decide `action`, asked on `listener`, for `identity`: it must pass the global policy and
+    /// then the repository's.
+    pub fn decide<'p>(
+        &'p self,
+        identity: IdentityVal<'_>,
+        action: &Action,
+        listener: &str,
+    ) -> Decision<'p> {
+        let request = RequestVal::new(action, listener);
         let repo = action.repository().map(|r| r.as_str());
         let vars = Vars { identity, request };
         // One context (no allocation) for both policies; the resolver serves the variables.
@@ -249,7 +264,7 @@ mod tests {
     ) -> bool {
         let peer = Peer::new(c, "192.0.2.7".parse().unwrap());
         let user = user.map(|u| (u, u));
-        ac.decide(IdentityVal::new(&peer, user), a).allowed
+        ac.decide(IdentityVal::new(&peer, user), a, "main").allowed
     }
 
     use crate::http::Method::{Get, Head, Put};
@@ -405,7 +420,7 @@ rules = ["request.repository.startsWith('secret')"]"#,
             control("[global.access_policy]\ndefault = \"allow\"\nrules = [\"identity.username\"]")
                 .unwrap();
         let peer = Peer::new(None, "::1".parse().unwrap());
-        let d = ac.decide(IdentityVal::new(&peer, None), &pull());
+        let d = ac.decide(IdentityVal::new(&peer, None), &pull(), "main");
         assert!(!d.allowed);
         assert_eq!(d.reason, Reason::Failed(0));
         assert!(d.to_string().contains("not boolean"), "{d}");
@@ -466,6 +481,58 @@ rules = ["identity.username == 'alice'"]"#,
         .err()
         .unwrap_or_else(|| panic!("{rule} compiled"))
         .to_string()
+    }
+
+    #[test]
+    fn request_listener_is_the_listener_name() {
+        let ac = control(
+            r#"[server]
+[[server.listener]]
+name = "push"
+port = 0
+[global.access_policy]
+default = "deny"
+rules = ["request.action.startsWith('get-') && request.listener == 'main'",
+         "request.listener in ['push']"]"#,
+        )
+        .unwrap();
+        let peer = Peer::new(None, "192.0.2.7".parse().unwrap());
+        let decide = |a: &Action, l: &str| ac.decide(IdentityVal::new(&peer, None), a, l).allowed;
+        assert!(decide(&pull(), "main"));
+        assert!(!decide(&push(), "main"));
+        assert!(decide(&push(), "push"));
+        assert!(decide(&pull(), "push"));
+        assert!(!decide(&pull(), "other"));
+    }
+
+    #[test]
+    fn unknown_listener_names_in_rules_are_startup_errors() {
+        let config = |rule: &str| {
+            format!(
+                "[[server.listener]]\nname = \"push\"\nport = 0\n[server.admin]\nport = 0\n[global.access_policy]\ndefault = \"allow\"\nrules = [{rule:?}]"
+            )
+        };
+        for good in [
+            "request.listener == 'push'",
+            "'main' != request.listener",
+            "request.listener in ['main', 'admin']",
+            "request.listener.startsWith('pu')",
+        ] {
+            control(&config(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for (bad, name) in [
+            ("request.listener == 'psuh'", "psuh"),
+            ("'mian' != request.listener", "mian"),
+            ("request.listener in ['main', 'public']", "public"),
+        ] {
+            let e = control(&config(bad)).err().unwrap().to_string();
+            assert!(
+                e.contains(&format!(
+                    "unknown listener '{name}' (configured: main, push, admin)"
+                )) && e.contains("global.access_policy.rules[0]"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

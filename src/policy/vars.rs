@@ -18,8 +18,9 @@ use crate::tls::CertIdentity;
 pub const IDENTITY_FIELDS: &[&str] = &["id", "username", "client_ip", "certificate"];
 /// The fields of `identity.certificate`.
 pub const CERTIFICATE_FIELDS: &[&str] = &["common_names", "organizations"];
-/// The fields `request` may have (all but `action` only where the endpoint has them).
-pub const REQUEST_FIELDS: &[&str] = &["action", "repository", "reference", "digest"];
+/// The fields `request` may have (`repository`, `reference` and `digest` only where the
+/// endpoint has them).
+pub const REQUEST_FIELDS: &[&str] = &["action", "listener", "repository", "reference", "digest"];
 
 static IDENTITY_TYPE: Type = Type::new_unspecified_type("wharf.Identity");
 static CERTIFICATE_TYPE: Type = Type::new_unspecified_type("wharf.Certificate");
@@ -84,11 +85,12 @@ struct CertificateVal<'a> {
     organizations: &'a CelList<'static>,
 }
 
-/// What is asked (`request`): the action's name and, where the endpoint has them, the
-/// repository, reference and digest (formatted only if a rule reads them).
+/// What is asked (`request`): the action's name, the listener it came in on and, where the
+/// endpoint has them, the repository, reference and digest (formatted only if a rule reads them).
 #[derive(Debug)]
 pub struct RequestVal<'a> {
     action: CelString<'static>,
+    listener: CelString<'a>,
     repository: Option<CelString<'a>>,
     reference: Option<&'a Reference>,
     digest: Option<&'a Digest>,
@@ -97,7 +99,8 @@ pub struct RequestVal<'a> {
 }
 
 impl<'a> RequestVal<'a> {
-    pub fn new(action: &'a Action) -> RequestVal<'a> {
+    /// `listener` is the name of the listener the request came in on (`"main"` for `[server]`).
+    pub fn new(action: &'a Action, listener: &'a str) -> RequestVal<'a> {
         let (reference, digest) = match action {
             Action::GetBlob { digest, .. }
             | Action::DeleteBlob { digest, .. }
@@ -115,6 +118,7 @@ impl<'a> RequestVal<'a> {
         };
         RequestVal {
             action: CelString::from(action.name()),
+            listener: CelString::from(listener),
             repository: action.repository().map(|r| CelString::from(r.as_str())),
             reference,
             digest,
@@ -146,6 +150,7 @@ impl VariableResolver for Vars<'_> {
             "identity.certificate.organizations" => id.certificate.organizations,
             "request" => &self.request,
             "request.action" => &self.request.action,
+            "request.listener" => &self.request.listener,
             "request.repository" => self.request.repository.as_ref()?,
             _ => return None,
         };
@@ -255,6 +260,7 @@ impl RequestVal<'_> {
         let absent = |name: &str| ExecutionError::no_such_key(name);
         match name {
             "action" => borrowed(&self.action),
+            "listener" => borrowed(&self.listener),
             "repository" => self
                 .repository
                 .as_ref()

@@ -284,7 +284,8 @@ fn algorithm(q: &Query) -> Result<Algorithm, OciError> {
     }
 }
 
-fn not_found() -> OciError {
+/// A path that is not an endpoint (here).
+pub fn not_found() -> OciError {
     OciError::new(ErrorCode::Unsupported, "no such endpoint").with_status(404)
 }
 

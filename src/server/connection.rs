@@ -16,7 +16,7 @@ use monoio::net::TcpStream;
 
 use super::gate::{self, Client};
 use super::limits::Slot;
-use super::{App, Local};
+use super::{App, Listener, Local};
 use crate::http::conn::{NextRequest, Transport};
 use crate::http::{Conn, Method, Response};
 use crate::metrics::Handshake;
@@ -29,20 +29,22 @@ use crate::tls::{CertIdentity, TlsStream, identity};
 /// Unread body bytes we are willing to discard to keep a connection alive.
 const DRAIN_LIMIT: u64 = 256 * 1024;
 
-/// Serve one connection; a panic in it is logged and ends only this connection, never the worker.
-/// `_slot` holds its place under `limits.max_connections` until it closes.
+/// Serve one connection accepted on `listener`; a panic in it is logged and ends only this
+/// connection, never the worker. `_slot` holds its place under `limits.max_connections` until it
+/// closes.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     app: Arc<App>,
     local: Rc<Local>,
+    listener: Rc<Listener>,
     _slot: Slot,
 ) {
     let _tracked = local.shutdown.track();
-    local.metrics.connection_opened();
-    let _open = Closed(&local.metrics);
+    local.metrics.connection_opened(listener.index);
+    let _open = Closed(&local.metrics, listener.index);
     if let Err(panic) = (CatchUnwind {
-        inner: connect(stream, peer, app, &local),
+        inner: connect(stream, peer, app, &local, listener),
     })
     .await
     {
@@ -58,11 +60,11 @@ pub async fn serve(
 }
 
 /// Counts the connection closed however `serve` ends.
-struct Closed<'a>(&'a crate::metrics::Worker);
+struct Closed<'a>(&'a crate::metrics::Worker, usize);
 
 impl Drop for Closed<'_> {
     fn drop(&mut self) {
-        self.0.connection_closed();
+        self.0.connection_closed(self.1);
     }
 }
 
@@ -86,7 +88,12 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 /// A connection over `limits.max_connections`: plain HTTP gets a 503 with `Retry-After` (without
 /// reading its request), TLS is closed (answering would need a handshake).
-pub async fn over_capacity(stream: TcpStream, peer: SocketAddr, local: Rc<Local>) {
+pub async fn over_capacity(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: Rc<Local>,
+    listener: Rc<Listener>,
+) {
     let n = local.refused.get() + 1;
     local.refused.set(n);
     if n % 1000 == 1 {
@@ -94,7 +101,7 @@ pub async fn over_capacity(stream: TcpStream, peer: SocketAddr, local: Rc<Local>
             "limits.max_connections reached: refusing {peer} ({n} refused by this worker so far)"
         );
     }
-    if local.tls.is_some() {
+    if listener.tls.is_some() {
         return;
     }
     let mut conn = Conn::new(Transport::Plain(stream), Rc::clone(&local.limits));
@@ -115,11 +122,17 @@ async fn refuse(mut conn: Conn, status: u16, message: String) {
 }
 
 /// Establish the transport (TLS handshake, client identity), then serve requests on it.
-async fn connect(stream: TcpStream, peer: SocketAddr, app: Arc<App>, local: &Local) {
+async fn connect(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    local: &Local,
+    listener: Rc<Listener>,
+) {
     let limits = Rc::clone(&local.limits);
-    let Some(tls) = &local.tls else {
+    let Some(tls) = &listener.tls else {
         let conn = Conn::new(Transport::Plain(stream), limits);
-        return requests(conn, peer, None, &app, local).await;
+        return requests(conn, peer, None, &app, local, listener).await;
     };
     let tls = match TlsStream::accept(stream, tls.config(), app.limits.head_timeout).await {
         Ok(t) => t,
@@ -150,16 +163,14 @@ async fn connect(stream: TcpStream, peer: SocketAddr, app: Arc<App>, local: &Loc
         cert.as_deref()
     );
     let conn = Conn::new(Transport::Tls(Box::new(tls)), limits);
-    requests(conn, peer, cert, &app, local).await
+    requests(conn, peer, cert, &app, local, listener).await
 }
 
 /// `/metrics`, `/healthz`, `/readyz`.
 fn admin(app: &App, action: &Action) -> Response {
     match action {
         Action::GetMetrics => {
-            let text = app
-                .metrics
-                .render(app.registry.storage().open_uploads(), "main");
+            let text = app.metrics.render(app.registry.storage().open_uploads());
             Response::new(200).bytes("text/plain; version=0.0.4", text.into_bytes())
         }
         Action::GetReady if !app.registry.storage().writable() => {
@@ -184,13 +195,16 @@ async fn requests(
     cert: Option<Rc<CertIdentity>>,
     app: &App,
     local: &Local,
+    listener: Rc<Listener>,
 ) {
     let shutdown = &local.shutdown;
     let cert_user = user_field(cert.as_deref());
+    let tls = listener.tls.is_some();
     let client = Client {
         addr: peer,
         peer: Peer::new(cert.as_deref(), peer.ip()),
         has_certificate: cert.is_some(),
+        listener,
     };
     let mut first = true;
     let mut counted = 0;
@@ -232,7 +246,7 @@ async fn requests(
                 Err((e, user, action)) => (error_response(e), user, action),
             };
         let mut resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
-        if let Some(hsts) = &live.hsts {
+        if let Some(hsts) = live.hsts.as_ref().filter(|_| tls) {
             resp = resp.header("Strict-Transport-Security", hsts.clone());
         }
         // A body the handler left unread is drained if small, else the connection closes after replying.

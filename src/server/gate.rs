@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use super::Local;
 use super::limits::Class;
 use super::live::Live;
+use super::{AdminEndpoints, Listener, Local};
 use crate::auth::{AuthError, Cache, User};
 use crate::http::{Method, RequestHead};
 use crate::oci::{ErrorCode, OciError};
@@ -20,6 +20,8 @@ pub struct Client {
     pub peer: Peer,
     /// A verified client certificate was presented (so a denial is 403, not a 401 challenge).
     pub has_certificate: bool,
+    /// The listener the connection came in on.
+    pub listener: Rc<Listener>,
 }
 
 /// Registry-wide refusals by configuration, decided before credentials.
@@ -81,6 +83,14 @@ pub async fn admit<'a>(
     }
     let action = route(head.method, &head.path, &head.query).map_err(|e| (e, None, None))?;
     let name = Some(action.index());
+    let elsewhere = match client.listener.admin {
+        AdminEndpoints::Also => false,
+        AdminEndpoints::Only => !action.is_admin(),
+        AdminEndpoints::Never => action.is_admin(),
+    };
+    if elsewhere {
+        return Err((crate::registry::route::not_found(), None, name));
+    }
     if let Some(e) = live.switches.refuse(head.method, &action) {
         return Err((e, None, name));
     }
@@ -105,7 +115,8 @@ pub async fn admit<'a>(
             user.map(|u| (u.id.as_str(), u.username.as_str())),
         )
     };
-    let decision = live.access.decide(identity(), &action);
+    let listener = &*client.listener.name;
+    let decision = live.access.decide(identity(), &action, listener);
     local.metrics.decision(decision.allowed);
     tracing::debug!(
         target: "wharf::access",
@@ -139,7 +150,7 @@ pub async fn admit<'a>(
                     repository: src.clone(),
                     digest: digest.clone(),
                 };
-                let d = live.access.decide(identity(), &probe);
+                let d = live.access.decide(identity(), &probe, listener);
                 tracing::debug!(target: "wharf::access", "{} mount source get-blob {src}: {d}", client.addr);
                 d.allowed
             });

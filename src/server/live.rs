@@ -107,10 +107,18 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if s.0.threads != s.1.threads || s.0.io_driver != s.1.io_driver || s.0.backlog != s.1.backlog {
         keys.push("server.threads/io_driver/backlog");
     }
-    if format!("{:?}", s.0.tls) != format!("{:?}", s.1.tls) {
+    if s.0.tls != s.1.tls {
         keys.push(
             "server.tls (its files reload on change; its paths and client_auth need a restart)",
         );
+    }
+    if s.0.listener != s.1.listener {
+        keys.push(
+            "server.listener (listeners' TLS files reload on change; adding, removing or changing a listener needs a restart)",
+        );
+    }
+    if s.0.admin != s.1.admin {
+        keys.push("server.admin");
     }
     let h = (&s.0.http, &s.1.http);
     if h.0.max_head_size != h.1.max_head_size
@@ -166,8 +174,11 @@ impl Reloader {
         let built = Config::load(&self.path)
             .map_err(|e| e.to_string())
             .and_then(|cfg| {
-                if let Some(tls) = &cfg.server.tls {
-                    crate::tls::material::build(tls).map_err(|e| e.to_string())?;
+                for (table, tls) in cfg.tls_tables() {
+                    if let Some(tls) = tls {
+                        crate::tls::material::build(tls)
+                            .map_err(|e| e.located(&table).to_string())?;
+                    }
                 }
                 let live = Live::from_config(&cfg).map_err(|e| e.to_string())?;
                 Ok((cfg, live))

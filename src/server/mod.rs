@@ -1,5 +1,6 @@
 //! Threads and sockets: one monoio runtime per worker thread (io_uring, or epoll when io_uring is
-//! unavailable or forced off), one SO_REUSEPORT listener each, connection tasks, graceful shutdown.
+//! unavailable or forced off), each binding every configured listener (`[server]`,
+//! `[[server.listener]]`, `[server.admin]`) with SO_REUSEPORT, connection tasks, graceful shutdown.
 //! `shutdown` holds the per-thread shutdown signal; `connection` the per-connection request loop.
 
 mod connection;
@@ -33,8 +34,9 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("server.bind_address/server.port {addr}: {source}")]
+    #[error("{key} {addr}: {source}")]
     Bind {
+        key: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -89,13 +91,82 @@ pub fn choose_driver(configured: IoDriver) -> Result<Driver, StartError> {
     }
 }
 
+/// Where `/metrics`, `/healthz` and `/readyz` are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminEndpoints {
+    /// Here as well as the registry API (no `[server.admin]`).
+    Also,
+    /// Only these (the `[server.admin]` listener).
+    Only,
+    /// Not here (`[server.admin]` serves them).
+    Never,
+}
+
+/// One configured listener, as the workers bind it.
+pub struct ListenerSpec {
+    /// `request.listener`: `"main"`, a `[[server.listener]]` name, or `"admin"`.
+    pub name: Arc<str>,
+    /// The config keys of its address, for bind errors.
+    key: String,
+    addr: SocketAddr,
+    /// Its TLS material; `None` = plain HTTP.
+    pub tls: Option<Arc<Reloader>>,
+    pub admin: AdminEndpoints,
+}
+
+impl ListenerSpec {
+    /// Every listener of `cfg`, `[server]` first; loads TLS material (a broken file is an error).
+    pub fn all(cfg: &Config) -> Result<Vec<ListenerSpec>, StartError> {
+        let separate = cfg.server.admin.is_some();
+        let api = if separate {
+            AdminEndpoints::Never
+        } else {
+            AdminEndpoints::Also
+        };
+        let tls = |t: &Option<crate::config::TlsConfig>, table: &str| {
+            t.clone().map(|t| Reloader::new(t, table)).transpose()
+        };
+        let mut out = vec![ListenerSpec {
+            name: "main".into(),
+            key: "server.bind_address/server.port".into(),
+            addr: SocketAddr::new(cfg.server.bind_address, cfg.server.port),
+            tls: tls(&cfg.server.tls, "server.tls")?,
+            admin: api,
+        }];
+        for (i, l) in cfg.server.listener.iter().enumerate() {
+            out.push(ListenerSpec {
+                name: l.name.as_str().into(),
+                key: format!("server.listener[{i}].bind_address/port"),
+                addr: SocketAddr::new(l.bind_address, l.port),
+                tls: tls(&l.tls, &format!("server.listener[{i}].tls"))?,
+                admin: api,
+            });
+        }
+        if let Some(a) = &cfg.server.admin {
+            out.push(ListenerSpec {
+                name: "admin".into(),
+                key: "server.admin.bind_address/port".into(),
+                addr: SocketAddr::new(a.bind_address, a.port),
+                tls: None,
+                admin: AdminEndpoints::Only,
+            });
+        }
+        Ok(out)
+    }
+
+    fn url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
+}
+
 /// What every worker shares (immutable).
 pub struct App {
     pub registry: Registry,
     /// Identities, policies, rate limits, switches: what a reload replaces.
     pub live: Arc<live::Shared>,
-    /// The listener's TLS material; `None` = plain HTTP.
-    pub tls: Option<Arc<Reloader>>,
+    /// Every listener, `[server]` first (ports resolved).
+    pub listeners: Vec<ListenerSpec>,
     pub limits: crate::http::Limits,
     /// Open connections against `limits.max_connections`.
     pub connections: Arc<limits::ConnectionCap>,
@@ -109,7 +180,7 @@ pub struct App {
 pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartError> {
     let driver = choose_driver(cfg.server.io_driver)?;
     // TLS first: a broken certificate must stop startup before anything listens.
-    let tls = cfg.server.tls.clone().map(Reloader::new).transpose()?;
+    let listeners = ListenerSpec::all(&cfg)?;
     let shared = Arc::new(live::Shared::new(live::Live::from_config(&cfg)?));
     let root = cfg.storage.root.clone();
     let storage = Storage::open(&root)
@@ -126,36 +197,47 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         max_manifest_size: cfg.global.max_manifest_size,
         max_blob_size: cfg.global.max_blob_size,
     };
+    limits::raise_nofile_limit();
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(cfg.server.backlog);
+    let mut addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
+    let names: Vec<String> = listeners.iter().map(|l| l.name.to_string()).collect();
     let app = Arc::new(App {
         registry: Registry::new(storage, settings),
         live: Arc::clone(&shared),
-        tls: tls.clone(),
+        listeners,
         limits: cfg.server.http.limits(),
         connections: Arc::new(limits::ConnectionCap::new(cfg.limits.max_connections)),
-        metrics: crate::metrics::Metrics::default(),
+        metrics: crate::metrics::Metrics::new(names),
         shutdown_grace: cfg.server.shutdown_grace,
     });
 
-    limits::raise_nofile_limit();
     app.metrics
         .watch_storage(root.clone(), Duration::from_secs(60));
     let threads = cfg.threads();
-    let mut addr = SocketAddr::new(cfg.server.bind_address, cfg.server.port);
     let mut stops = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
     for idx in 0..threads {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let app = Arc::clone(&app);
-        let backlog = cfg.server.backlog;
+        let worker_app = Arc::clone(&app);
+        let bind = addrs.clone();
         let handle = std::thread::Builder::new()
             .name(format!("wharf-worker-{idx}"))
-            .spawn(move || worker(driver, addr, backlog, app, ready_tx, stop_rx))
+            .spawn(move || worker(driver, opts, bind, worker_app, ready_tx, stop_rx))
             .map_err(|e| StartError::Other(format!("cannot start worker thread: {e}")))?;
-        // The first worker resolves port 0; the others join the same port.
+        // The first worker resolves port 0; the others join the same ports.
         match ready_rx.recv() {
-            Ok(Ok(bound)) => addr = bound,
-            Ok(Err(source)) => return Err(StartError::Bind { addr, source }),
+            Ok(Ok(bound)) => addrs = bound,
+            Ok(Err((i, source))) => {
+                return Err(StartError::Bind {
+                    key: app.listeners[i].key.clone(),
+                    addr: addrs[i],
+                    source,
+                });
+            }
             Err(_) => {
                 return Err(StartError::Other(
                     "worker thread exited during start".into(),
@@ -166,8 +248,10 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         handles.push(handle);
     }
     tracing::info!(threads, driver = driver.name(), storage = %root.display(), "wharf started");
-    if let Some(tls) = &tls {
-        tls.watch();
+    for l in &app.listeners {
+        if let Some(tls) = &l.tls {
+            tls.watch();
+        }
     }
     let config_reloader = path.map(|p| Arc::new(live::Reloader::new(p, cfg.clone())));
     if let Some(r) = &config_reloader {
@@ -177,22 +261,34 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| StartError::Other(format!("cannot install signal handlers: {e}")))?;
-    // A fixed line on stdout so scripts and tests learn the bound address.
-    println!(
-        "wharf listening on {}://{addr} (threads={threads}, driver={})",
-        if tls.is_some() { "https" } else { "http" },
+    // One fixed line on stdout so scripts and tests learn the bound addresses: the main
+    // listener's URL first, then ` <name>=<url>` for every other listener.
+    let mut line = format!(
+        "wharf listening on {} (threads={threads}, driver={})",
+        app.listeners[0].url(addrs[0]),
         driver.name()
     );
+    for (l, addr) in app.listeners.iter().zip(&addrs).skip(1) {
+        line.push_str(&format!(" {}={}", l.name, l.url(*addr)));
+    }
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+    }
     notify::notify(&format!(
-        "READY=1\nSTATUS=listening on {addr}\nMAINPID={}",
+        "READY=1\nSTATUS=listening on {}\nMAINPID={}",
+        addrs[0],
         std::process::id()
     ));
 
     for sig in signals.forever() {
         if sig == SIGHUP {
             notify::notify("RELOADING=1");
-            if let Some(tls) = &tls {
-                let _ = tls.reload("SIGHUP");
+            for l in &app.listeners {
+                if let Some(tls) = &l.tls {
+                    let _ = tls.reload("SIGHUP");
+                }
             }
             match &config_reloader {
                 Some(r) => {
@@ -255,12 +351,23 @@ fn schedule_gc(storage: Arc<Storage>, gc: &crate::config::GcConfig) -> Result<()
     Ok(())
 }
 
-type Ready = mpsc::Sender<std::io::Result<SocketAddr>>;
+/// A worker's start: the bound addresses, or `Err((listener index, error))`.
+type Ready = mpsc::Sender<Result<Vec<SocketAddr>, (usize, std::io::Error)>>;
+
+/// One listener as a worker serves it.
+pub struct Listener {
+    /// Position in `App::listeners` (and in the metrics' listener labels).
+    pub index: usize,
+    /// `request.listener`.
+    pub name: Arc<str>,
+    /// This worker's handle on the listener's TLS material; `None` = plain HTTP.
+    pub tls: Option<Acceptor>,
+    pub admin: AdminEndpoints,
+}
 
 /// What one worker thread's connections share (no locks).
 pub struct Local {
     pub limits: Rc<crate::http::Limits>,
-    pub tls: Option<Acceptor>,
     pub shutdown: Shutdown,
     /// The current identities, policies and limits, and this thread's verified credentials.
     pub live: live::PerWorker,
@@ -272,13 +379,13 @@ pub struct Local {
 
 fn worker(
     driver: Driver,
-    addr: SocketAddr,
-    backlog: i32,
+    opts: ListenerOpts,
+    addrs: Vec<SocketAddr>,
     app: Arc<App>,
     ready: Ready,
     stop: oneshot::Receiver<()>,
 ) {
-    let fut = worker_main(addr, backlog, app, ready.clone(), stop);
+    let fut = worker_main(opts, addrs, app, ready.clone(), stop);
     let built = match driver {
         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
@@ -291,61 +398,62 @@ fn worker(
             .map(|mut rt| rt.block_on(fut)),
     };
     if let Err(e) = built {
-        let _ = ready.send(Err(e));
+        let _ = ready.send(Err((0, e)));
     }
 }
 
 async fn worker_main(
-    addr: SocketAddr,
-    backlog: i32,
+    opts: ListenerOpts,
+    addrs: Vec<SocketAddr>,
     app: Arc<App>,
     ready: Ready,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let opts = ListenerOpts::new()
-        .reuse_port(true)
-        .reuse_addr(true)
-        .backlog(backlog);
-    let listener = match TcpListener::bind_with_config(addr, &opts) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
+    let mut sockets = Vec::with_capacity(addrs.len());
+    let mut bound = Vec::with_capacity(addrs.len());
+    for (i, addr) in addrs.into_iter().enumerate() {
+        match TcpListener::bind_with_config(addr, &opts).and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((a, l)) => {
+                bound.push(a);
+                sockets.push(l);
+            }
+            Err(e) => {
+                let _ = ready.send(Err((i, e)));
+                return;
+            }
         }
-    };
-    let _ = ready.send(listener.local_addr());
+    }
+    let _ = ready.send(Ok(bound));
     let local = Rc::new(Local {
         limits: Rc::new(app.limits.clone()),
-        tls: app.tls.clone().map(Acceptor::new),
         shutdown: Shutdown::default(),
         live: live::PerWorker::new(&app.live),
         refused: std::cell::Cell::new(0),
         metrics: app.metrics.worker(),
     });
-    loop {
-        monoio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    match app.connections.admit() {
-                        Some(slot) => {
-                            monoio::spawn(connection::serve(stream, peer, Arc::clone(&app), Rc::clone(&local), slot));
-                        }
-                        None => {
-                            monoio::spawn(connection::over_capacity(stream, peer, Rc::clone(&local)));
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Out of descriptors or similar: back off briefly instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    monoio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            _ = &mut stop => break,
-        }
+    // One accept loop per listener; each ends when the stop signal fires.
+    let stopped = Rc::new(shutdown::Shutdown::default());
+    let mut loops = Vec::with_capacity(sockets.len());
+    for (index, (socket, spec)) in sockets.into_iter().zip(&app.listeners).enumerate() {
+        let listener = Rc::new(Listener {
+            index,
+            name: Arc::clone(&spec.name),
+            tls: spec.tls.clone().map(Acceptor::new),
+            admin: spec.admin,
+        });
+        loops.push(monoio::spawn(accept_loop(
+            socket,
+            listener,
+            Arc::clone(&app),
+            Rc::clone(&local),
+            Rc::clone(&stopped),
+        )));
     }
-    drop(listener);
+    let _ = (&mut stop).await;
+    stopped.trigger();
+    for l in loops {
+        l.await;
+    }
     let shutdown = &local.shutdown;
     shutdown.trigger();
     let deadline = Instant::now() + app.shutdown_grace;
@@ -357,5 +465,50 @@ async fn worker_main(
             open = shutdown.active(),
             "shutdown grace elapsed; closing remaining connections"
         );
+    }
+}
+
+/// Accept connections on one listener until `stopped` fires.
+async fn accept_loop(
+    socket: TcpListener,
+    listener: Rc<Listener>,
+    app: Arc<App>,
+    local: Rc<Local>,
+    stopped: Rc<Shutdown>,
+) {
+    loop {
+        monoio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    match app.connections.admit() {
+                        Some(slot) => {
+                            monoio::spawn(connection::serve(
+                                stream,
+                                peer,
+                                Arc::clone(&app),
+                                Rc::clone(&local),
+                                Rc::clone(&listener),
+                                slot,
+                            ));
+                        }
+                        None => {
+                            monoio::spawn(connection::over_capacity(
+                                stream,
+                                peer,
+                                Rc::clone(&local),
+                                Rc::clone(&listener),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Out of descriptors or similar: back off briefly instead of spinning.
+                    tracing::warn!("accept failed on listener {}: {e}", listener.name);
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = stopped.wait() => break,
+        }
     }
 }

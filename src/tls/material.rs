@@ -38,6 +38,20 @@ pub enum TlsError {
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("server.tls: {0}")]
     Other(String),
+    /// Any of the above for a TLS table other than `[server.tls]`, with its keys renamed.
+    #[error("{0}")]
+    Located(String),
+}
+
+impl TlsError {
+    /// The error with its keys under `table` (e.g. `server.listener[0].tls`) instead of `server.tls`.
+    pub fn located(self, table: &str) -> TlsError {
+        if table == "server.tls" {
+            self
+        } else {
+            TlsError::Located(self.to_string().replace("server.tls", table))
+        }
+    }
 }
 
 pub const CERT_KEY: &str = "server.tls.server_certificate_bundle";

@@ -19,6 +19,8 @@ const POLL: Duration = Duration::from_secs(1);
 /// The live TLS material of one listener.
 pub struct Reloader {
     cfg: TlsConfig,
+    /// Its config table (`server.tls`, `server.listener[<i>].tls`), for errors and logs.
+    table: String,
     current: RwLock<Arc<ServerConfig>>,
     generation: AtomicU64,
     /// Fingerprint of the files last tried (loaded or rejected), so a broken file is reported once.
@@ -26,12 +28,13 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Load the configured files; any error here is a startup error.
-    pub fn new(cfg: TlsConfig) -> Result<Arc<Reloader>, TlsError> {
+    /// Load the files configured in `table`; any error here is a startup error.
+    pub fn new(cfg: TlsConfig, table: &str) -> Result<Arc<Reloader>, TlsError> {
         let seen = fingerprint(&cfg);
-        let config = material::build(&cfg)?;
+        let config = material::build(&cfg).map_err(|e| e.located(table))?;
         Ok(Arc::new(Reloader {
             cfg,
+            table: table.to_owned(),
             current: RwLock::new(config),
             generation: AtomicU64::new(0),
             seen: Mutex::new(seen),
@@ -42,15 +45,15 @@ impl Reloader {
     pub fn reload(&self, why: &str) -> Result<(), TlsError> {
         let print = fingerprint(&self.cfg);
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = print;
-        match material::build(&self.cfg) {
+        match material::build(&self.cfg).map_err(|e| e.located(&self.table)) {
             Ok(config) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
                 self.generation.fetch_add(1, Ordering::Release);
-                tracing::info!(target: "wharf::tls", "TLS material reloaded ({why}); new handshakes use it");
+                tracing::info!(target: "wharf::tls", "{}: TLS material reloaded ({why}); new handshakes use it", self.table);
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(target: "wharf::tls", "TLS reload ({why}) failed, keeping the previous certificates: {e}");
+                tracing::error!(target: "wharf::tls", "{}: TLS reload ({why}) failed, keeping the previous certificates: {e}", self.table);
                 Err(e)
             }
         }

@@ -34,6 +34,8 @@ pub struct Server {
     log_filter: String,
     /// The scheme the server printed (`http` or `https`).
     pub scheme: String,
+    /// The other listeners the server printed (` <name>=<url>`): name → URL.
+    pub listeners: std::collections::BTreeMap<String, String>,
 }
 
 pub fn wharf_bin() -> &'static str {
@@ -66,6 +68,7 @@ impl Server {
             extra: extra.into(),
             log_filter: log_filter.into(),
             scheme: String::new(),
+            listeners: Default::default(),
         };
         s.launch(0);
         s
@@ -113,6 +116,12 @@ impl Server {
         self.scheme = scheme.to_owned();
         let addr = rest.split_whitespace().next().unwrap();
         self.addr = addr.parse().unwrap();
+        self.listeners = rest
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .filter(|(_, url)| url.contains("://"))
+            .map(|(name, url)| (name.to_owned(), url.to_owned()))
+            .collect();
         assert!(
             line.contains(&format!("driver={}", self.driver)),
             "wrong driver: {line}"
@@ -122,6 +131,15 @@ impl Server {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("wharf.log")).unwrap_or_default()
+    }
+
+    /// The address of the listener the server printed as `name=<url>`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        let url = self
+            .listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name:?}: {:?}", self.listeners));
+        url.split_once("://").unwrap().1.parse().unwrap()
     }
 
     pub fn url(&self) -> String {
