@@ -45,6 +45,24 @@ fn check_config_accepts_valid_and_names_bad_keys() {
             "[global]\nmax_manifest_size = 0\n",
             "global.max_manifest_size",
         ),
+        (
+            "[[server.listener]]\nname = \"main\"\nport = 4443\n",
+            "server.listener[0].name",
+        ),
+        ("[[server.listener]]\nname = \"push\"\n", "port"),
+        (
+            "[server]\nport = 4443\n[[server.listener]]\nname = \"push\"\nport = 4443\n",
+            "server.listener[0].bind_address/port",
+        ),
+        (
+            "[[server.listener]]\nname = \"push\"\nport = 4443\n[server.listener.tls]\nserver_certificate_bundle = \"/nonexistent.pem\"\nserver_private_key = \"/nonexistent.key\"\n",
+            "server.listener[0].tls.server_certificate_bundle",
+        ),
+        (
+            "[server.admin]\nport = 5000\n",
+            "server.admin.bind_address/port",
+        ),
+        ("[server.admin]\nport = 9100\nbind = \"x\"\n", "bind"),
     ] {
         let (ok, out) = check_config(text);
         assert!(!ok, "{text:?} should be rejected");
