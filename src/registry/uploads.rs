@@ -124,8 +124,7 @@ impl Registry {
             self.storage.discard_writer(w);
             return Err(e);
         }
-        self.storage.finish_writer(w, digest).await?;
-        self.storage.link_blob(repo, digest).await?;
+        self.storage.finish_writer(w, digest, repo).await?;
         Ok(created(repo, digest))
     }
 
@@ -192,8 +191,7 @@ impl Registry {
             Ok(lease) => lease,
             Err(resp) => return Ok(resp),
         };
-        self.storage.complete_upload(lease, digest).await?;
-        self.storage.link_blob(repo, digest).await?;
+        self.storage.complete_upload(lease, digest, repo).await?;
         Ok(created(repo, digest))
     }
 

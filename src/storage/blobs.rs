@@ -99,18 +99,34 @@ impl Storage {
         Ok(available)
     }
 
-    /// Move a verified, fsynced temp file into the content-addressed store. Identical content may
-    /// already be there (another push won the race); then the temp file is simply removed.
-    pub(super) async fn commit_temp(&self, tmp: &Path, d: &Digest) -> io::Result<()> {
+    /// Move a verified, fsynced temp file into the content-addressed store, and link it into
+    /// `link` if given. Identical content may already be there (another push won the race); then
+    /// the temp file is simply removed.
+    pub(super) async fn commit_temp(
+        &self,
+        tmp: &Path,
+        d: &Digest,
+        link: Option<&RepoName>,
+    ) -> io::Result<()> {
         let target = self.blob_path(d);
+        let touch_link = async {
+            match link {
+                Some(repo) => fsio::touch(&self.layer_link(repo, d)).await,
+                None => Ok(()),
+            }
+        };
         if self.hold_blob_data(d)?.is_some() {
             std::fs::remove_file(tmp)?;
-            return Ok(());
+            return touch_link.await;
         }
         let dir = target.parent().expect("blob paths have a parent");
         fsio::ensure_dir(dir).await?;
         std::fs::rename(tmp, &target)?;
-        fsio::fsync_path(dir).await
+        // The directory's fsync and the link (with its own directory fsync) run together: the
+        // answer waits for both, and a link whose data a crash lost is never served (links are
+        // only read together with the data, see `blob_size`).
+        let (stored, linked) = monoio::join!(fsio::fsync_path(dir), touch_link);
+        stored.and(linked)
     }
 
     /// Whether the store holds a blob at all (any repository); holds it like `blob_size`.

@@ -42,7 +42,7 @@ impl Storage {
             let written = async {
                 std::fs::write(&tmp, bytes)?;
                 fsio::fsync_path(&tmp).await?;
-                self.commit_temp(&tmp, digest).await
+                self.commit_temp(&tmp, digest, None).await
             }
             .await;
             if let Err(e) = written {

@@ -66,7 +66,13 @@ pub struct BlobWriter {
     hasher: Hasher,
     /// A write failed: the hash no longer matches the file.
     failed: bool,
+    /// Bytes before this offset have been handed to writeback (`sync_file_range`).
+    flushed: u64,
 }
+
+/// Start writeback of an upload's data every this many bytes, so the fsync that commits the blob
+/// finds most of it on disk already instead of flushing the whole blob at the end.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl BlobWriter {
     /// Bytes written so far.
@@ -83,7 +89,28 @@ impl BlobWriter {
             Ok(()) => self.offset += len,
             Err(_) => self.failed = true,
         }
+        if self.offset - self.flushed >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
         (res, slice.into_inner())
+    }
+
+    /// Ask the kernel to start writing `flushed..offset` to disk without waiting for it
+    /// (`SYNC_FILE_RANGE_WRITE` only queues the I/O). Only a hint: the commit's fsync is what makes
+    /// the blob durable, so a failure here is ignored.
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let (start, len) = (self.flushed, self.offset - self.flushed);
+        // SAFETY: the descriptor is open for as long as `self.file` lives; no memory is passed.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                start as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.flushed = self.offset;
     }
 }
 
@@ -177,12 +204,18 @@ impl Storage {
             offset: 0,
             hasher: alg.hasher(),
             failed: false,
+            flushed: 0,
         })
     }
 
-    /// fsync, verify against `expected`, and move into the store. Returns the blob size.
-    /// On a mismatch the data is deleted and `DigestMismatch` returned.
-    pub async fn finish_writer(&self, w: BlobWriter, expected: &Digest) -> Result<u64> {
+    /// fsync, verify against `expected`, move into the store and link into `repo`. Returns the
+    /// blob size. On a mismatch the data is deleted and `DigestMismatch` returned.
+    pub async fn finish_writer(
+        &self,
+        w: BlobWriter,
+        expected: &Digest,
+        repo: &RepoName,
+    ) -> Result<u64> {
         let result = async {
             w.file.sync_all().await?;
             let (hasher, size) = if w.failed || w.hasher.algorithm() != expected.algorithm() {
@@ -195,7 +228,7 @@ impl Storage {
                     expected: expected.clone(),
                 });
             }
-            self.commit_temp(&w.path, expected).await?;
+            self.commit_temp(&w.path, expected, Some(repo)).await?;
             Ok(size)
         }
         .await;
@@ -302,6 +335,7 @@ impl Storage {
             offset,
             hasher,
             failed: false,
+            flushed: offset,
         });
         Ok(lease)
     }
@@ -332,12 +366,17 @@ impl Storage {
     }
 
     /// Verify and commit a leased upload as `expected`, then forget the session. Returns the size.
-    pub async fn complete_upload(&self, mut lease: UploadLease, expected: &Digest) -> Result<u64> {
+    pub async fn complete_upload(
+        &self,
+        mut lease: UploadLease,
+        expected: &Digest,
+        repo: &RepoName,
+    ) -> Result<u64> {
         let w = lease
             .writer
             .take()
             .expect("writer present until completion");
-        let result = self.finish_writer(w, expected).await;
+        let result = self.finish_writer(w, expected, repo).await;
         self.forget_upload(&lease.id);
         result
     }
@@ -355,7 +394,10 @@ impl Storage {
         // the removal leaves an unknown session (collected later), never a half-known one.
         let dir = self.upload_dir(id);
         let _ = std::fs::remove_file(dir.join("state"));
-        let _ = std::fs::remove_dir_all(dir);
+        // Usually `data` was renamed into the store and the directory is empty: one rmdir.
+        if std::fs::remove_dir(&dir).is_err() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

