@@ -586,7 +586,43 @@ fn wrong_methods_are_405(driver: &str) {
     assert_eq!(c.request("OPTIONS", "/v2/", &[], b"").status, 405);
 }
 
+/// This machine's address on its outbound interface (not loopback): learned from the route a UDP
+/// socket would take (nothing is sent).
+fn non_loopback_address() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:9")
+        .expect("this test needs a network interface with a route (to reach sendfile's path)");
+    let ip = s.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "no non-loopback address: {ip}");
+    ip
+}
+
+/// Downloads take two paths: a buffered copy to loopback peers and sendfile to others. Both
+/// deliver exactly the blob, whole and in ranges, several times over one connection.
+fn blob_downloads_to_loopback_and_other_peers(driver: &str) {
+    let s = Server::start_with(driver, "bind_address = \"0.0.0.0\"\n");
+    let ip = non_loopback_address();
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let d = push_blob(&mut s.client(), "dl/x", &data);
+    let path = format!("/v2/dl/x/blobs/{d}");
+    for addr in [
+        std::net::SocketAddr::new([127, 0, 0, 1].into(), s.addr.port()),
+        std::net::SocketAddr::new(ip, s.addr.port()),
+    ] {
+        let mut c = Client::connect(addr);
+        for _ in 0..3 {
+            let r = c.get(&path);
+            assert_eq!(r.status, 200, "{addr}");
+            assert!(r.body == data, "{addr}: body differs");
+            let r = c.request("GET", &path, &[("Range", "bytes=1000-3999999")], b"");
+            assert_eq!(r.status, 206, "{addr}");
+            assert!(r.body[..] == data[1000..4_000_000], "{addr}: range differs");
+        }
+    }
+}
+
 on_both_drivers!(
+    blob_downloads_to_loopback_and_other_peers,
     api_version_header,
     blob_get_head_range_and_isolation,
     monolithic_upload_with_wrong_digest_is_digest_invalid,
