@@ -64,18 +64,11 @@ def wait_http(url, timeout=30, ctx=None):
     raise RuntimeError(f"{url} never answered")
 
 
-def peak_rss_mib(pid):
+def status_mib(pid, field):
+    """A memory field of /proc/<pid>/status (VmRSS now, VmHWM peak) in MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -151,21 +144,26 @@ class Server:
         return "zot " + os.environ.get("ZOT_VERSION", "v1.4.3")
 
 
-def push_blob(url, data, repo="bench/seed", curl_extra=()):
+def start_upload(url, repo):
+    """POST an upload session; returns its location as a path (peers answer with either a
+    path or an absolute URL)."""
+    out = run(["curl", "-sS", "-k", "-D", "-", "-o", "/dev/null", "-X", "POST",
+               f"{url}/v2/{repo}/blobs/uploads/"])
+    loc = re.search(r"(?im)^location:\s*(\S+)", out).group(1)
+    if loc.startswith("http"):
+        loc = "/" + loc.split("/", 3)[3]
+    return loc
+
+
+def push_blob(url, data, repo="bench/seed"):
     """Monolithic push with curl; returns the digest."""
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    out = run(
-        ["curl", "-sS", "-k", *curl_extra, "-D", "-", "-o", "/dev/null", "-X", "POST",
-         f"{url}/v2/{repo}/blobs/uploads/"]
-    )
-    loc = re.search(r"(?im)^location:\s*(\S+)", out).group(1)
-    if loc.startswith("/"):
-        loc = url + loc
+    loc = start_upload(url, repo)
     sep = "&" if "?" in loc else "?"
     p = subprocess.run(
-        ["curl", "-sS", "-k", *curl_extra, "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
+        ["curl", "-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
          "-H", "Content-Type: application/octet-stream", "--data-binary", "@-",
-         f"{loc}{sep}digest={digest}"],
+         f"{url}{loc}{sep}digest={digest}"],
         input=data, capture_output=True, check=True,
     )
     assert p.stdout == b"201", (p.stdout, p.stderr)
@@ -254,22 +252,12 @@ def _head(sock):
     return int(lines[0].split()[1]), headers, rest
 
 
-def _start_upload(url, repo):
-    out = run(["curl", "-sS", "-k", "-D", "-", "-o", "/dev/null", "-X", "POST",
-               f"{url}/v2/{repo}/blobs/uploads/"])
-    loc = re.search(r"(?im)^location:\s*(\S+)", out).group(1)
-    if loc.startswith("http"):
-        loc = loc.split("/", 3)[3]
-        loc = "/" + loc
-    return loc
-
-
 def big_push(url, path, digest, size, best_of=3):
     """Monolithic PUT of a file over one connection, the body sent with sendfile (plain HTTP) so
     the client costs as little as possible; MB/s of the best run, timed to the 201."""
     best = None
     for i in range(best_of):
-        loc = _start_upload(url, f"bench/big{i}")
+        loc = start_upload(url, f"bench/big{i}")
         sep = "&" if "?" in loc else "?"
         sock = _conn(url)
         t0 = time.perf_counter()
@@ -309,7 +297,7 @@ def big_pull(url, digest, size, best_of=3, repo="bench/big0"):
     return size / best / 1e6
 
 
-def zb(url, secs):
+def zb(url):
     """zot's benchmark client: its own mix of pushes and pulls of several sizes."""
     if not os.path.exists(f"{PEERS}/zb"):
         return None
@@ -324,7 +312,7 @@ def zb(url, secs):
     return p.stdout + p.stderr
 
 
-def machine_limits(work, big_path):
+def machine_limits(big_path):
     res = {}
     srv = subprocess.Popen(["iperf3", "-s", "-1", "-p", "5399"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -372,8 +360,8 @@ def scenarios(s, big_path, big_digest, big_size):
     r["push_256m"] = big_push(url, big_path, big_digest, big_size)
     r["pull_256m"] = big_pull(url, big_digest, big_size)
     log(f"  {s.name}: zb")
-    r["zb"] = zb(url, SECS)
-    r["peak_rss"] = peak_rss_mib(s.proc.pid)
+    r["zb"] = zb(url)
+    r["peak_rss"] = status_mib(s.proc.pid, "VmHWM")
     return r
 
 
@@ -417,10 +405,10 @@ def memory_rows(work):
                 h.update(b)
                 f.write(b)
         digest = "sha256:" + h.hexdigest()
-        r["rss_before"] = rss_mib(s.proc.pid)
+        r["rss_before"] = status_mib(s.proc.pid, "VmRSS")
         r["push_4g_mbps"] = big_push(s.url, path, digest, size, best_of=1)
         r["pull_4g_mbps"] = big_pull(s.url, digest, size, best_of=1)
-        r["peak_4g"] = peak_rss_mib(s.proc.pid)
+        r["peak_4g"] = status_mib(s.proc.pid, "VmHWM")
         os.unlink(path)
         # 10,000 idle keep-alive connections, each after one request.
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -433,7 +421,7 @@ def memory_rows(work):
         for c in conns:
             c.recv(4096)
         time.sleep(1)
-        r["rss_10k_idle"] = rss_mib(s.proc.pid)
+        r["rss_10k_idle"] = status_mib(s.proc.pid, "VmRSS")
         for c in conns:
             c.close()
     finally:
@@ -477,7 +465,7 @@ def compare(work):
     del data
 
     log("machine limits: iperf3 loopback stream, openssl SHA-256")
-    limits = machine_limits(work, big_path)
+    limits = machine_limits(big_path)
     results, versions = {}, {}
     for name in ONLY:
         log(f"{name}:")

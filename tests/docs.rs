@@ -8,13 +8,6 @@ use std::process::Command;
 
 use common::layout::Layout;
 
-/// The first ```sh block of a document.
-fn sh_block(doc: &str) -> String {
-    let start = doc.find("```sh\n").expect("a ```sh block") + 6;
-    let len = doc[start..].find("\n```").expect("closing fence");
-    doc[start..start + len].to_owned()
-}
-
 #[test]
 fn quickstart_runs_as_written() {
     let doc =
@@ -25,7 +18,7 @@ fn quickstart_runs_as_written() {
     let layer = src.add_tar_layer("hello.txt", 10_000, 3);
     let image = src.add_image(&[layer], "amd64");
     src.tag(&image, "3.20");
-    let script = sh_block(&doc)
+    let script = block(&doc, "sh")
         .lines()
         .filter(|l| !l.starts_with("cargo install"))
         .collect::<Vec<_>>()

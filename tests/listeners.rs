@@ -179,17 +179,19 @@ fn two_listeners_with_a_listener_rule_driven_by_skopeo(driver: &str) {
     assert_eq!(held.client.get("/v2/").status, 200);
     let mut m = tls_connect(s.addr, pki.client_config(None, false)).unwrap();
     let text = String::from_utf8(m.client.get("/metrics").body).unwrap();
-    let gauge = |listener: &str| -> i64 {
-        let prefix = format!("wharf_connections_open{{listener=\"{listener}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("no gauge for {listener}:\n{text}"))
-            .parse()
-            .unwrap()
-    };
-    assert!(gauge("push") >= 1, "{text}");
-    assert!(gauge("main") >= 1, "{text}");
+    assert!(gauge(&text, "push") >= 1, "{text}");
+    assert!(gauge(&text, "main") >= 1, "{text}");
     drop(held);
+}
+
+/// The `wharf_connections_open` gauge of `listener` in a `/metrics` text.
+fn gauge(text: &str, listener: &str) -> i64 {
+    let prefix = format!("wharf_connections_open{{listener=\"{listener}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no gauge for {listener}:\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 /// `[server.admin]` takes `/metrics`, `/healthz` and `/readyz` off the other listeners.
@@ -224,15 +226,11 @@ fn admin_listener_takes_the_admin_endpoints(driver: &str) {
     // Connections are counted per listener, up while open and down once closed.
     let gauges = || {
         let text = String::from_utf8(Client::connect(admin).get("/metrics").body).unwrap();
-        let gauge = |listener: &str| -> i64 {
-            let prefix = format!("wharf_connections_open{{listener=\"{listener}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(prefix.as_str()))
-                .unwrap_or_else(|| panic!("no gauge for {listener}:\n{text}"))
-                .parse()
-                .unwrap()
-        };
-        (gauge("main"), gauge("internal"), gauge("admin"))
+        (
+            gauge(&text, "main"),
+            gauge(&text, "internal"),
+            gauge(&text, "admin"),
+        )
     };
     let mut held = Client::connect(s.listener("internal"));
     assert_eq!(held.get("/v2/").status, 200);
