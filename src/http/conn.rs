@@ -32,6 +32,24 @@ thread_local! {
     static BLOCK_POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A block-sized buffer from this thread's pool (or a new one).
+fn take_block() -> Vec<u8> {
+    BLOCK_POOL
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(BLOCK_BUF))
+}
+
+/// Return a block-sized buffer to this thread's pool (dropped if the pool is full or the buffer
+/// is not block-sized).
+fn give_block(buf: Vec<u8>) {
+    BLOCK_POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < BLOCK_POOL_MAX && buf.capacity() == BLOCK_BUF {
+            pool.push(buf);
+        }
+    });
+}
+
 /// Why a connection-level read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -235,9 +253,7 @@ impl Conn {
             }
             return;
         }
-        let mut big = BLOCK_POOL
-            .with(|p| p.borrow_mut().pop())
-            .unwrap_or_else(|| Vec::with_capacity(BLOCK_BUF));
+        let mut big = take_block();
         big.clear();
         big.extend_from_slice(&self.buf[self.pos..]);
         self.buf = big;
@@ -268,12 +284,7 @@ impl Conn {
         small.extend_from_slice(&self.buf[self.pos..]);
         let big = std::mem::replace(&mut self.buf, small);
         self.pos = 0;
-        BLOCK_POOL.with(|p| {
-            let mut pool = p.borrow_mut();
-            if pool.len() < BLOCK_POOL_MAX && big.capacity() == BLOCK_BUF {
-                pool.push(big);
-            }
-        });
+        give_block(big);
     }
 
     /// The body reader for `head`.
@@ -343,6 +354,26 @@ fn peer_is_loopback(stream: &TcpStream) -> bool {
     })
 }
 
+/// Read up to `want` bytes of `file` at `pos` into `buf` (cleared first); reaching the end of the
+/// file before `want` bytes is an error, since the response already announced its length.
+pub(crate) async fn read_block(
+    file: &monoio::fs::File,
+    mut buf: Vec<u8>,
+    pos: u64,
+    want: usize,
+) -> (io::Result<usize>, Vec<u8>) {
+    buf.clear();
+    let (res, slice) = file.read_at(buf.slice_mut(0..want), pos).await;
+    let res = match res {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shorter than announced",
+        )),
+        other => other,
+    };
+    (res, slice.into_inner())
+}
+
 /// A file region to the socket through a pooled block buffer: io_uring read, then write.
 async fn copy_loop(
     stream: &mut TcpStream,
@@ -352,62 +383,42 @@ async fn copy_loop(
     stall: Duration,
 ) -> io::Result<()> {
     let file = monoio::fs::File::from_std(file)?;
-    let mut buf = BLOCK_POOL
-        .with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(BLOCK_BUF));
-    let result = copy_blocks(stream, &file, &mut buf, offset, offset + len, stall).await;
-    BLOCK_POOL.with(|p| {
-        let mut pool = p.borrow_mut();
-        if pool.len() < BLOCK_POOL_MAX && buf.capacity() == BLOCK_BUF {
-            pool.push(buf);
-        }
-    });
+    let (result, buf) = copy_blocks(stream, &file, take_block(), offset, offset + len, stall).await;
+    give_block(buf);
     result
 }
 
+/// The loop of `copy_loop`; hands the buffer back (empty if a stalled write took it).
 async fn copy_blocks(
     stream: &mut TcpStream,
     file: &monoio::fs::File,
-    slot: &mut Vec<u8>,
-    offset: u64,
+    mut buf: Vec<u8>,
+    mut pos: u64,
     end: u64,
     stall: Duration,
-) -> io::Result<()> {
-    let mut buf = std::mem::take(slot);
-    let mut pos = offset;
-    let result = loop {
-        if pos >= end {
-            break Ok(());
-        }
+) -> (io::Result<()>, Vec<u8>) {
+    while pos < end {
         let want = (end - pos).min(BLOCK_BUF as u64) as usize;
-        buf.clear();
-        let (res, slice) = file.read_at(buf.slice_mut(0..want), pos).await;
-        buf = slice.into_inner();
+        let (res, back) = read_block(file, buf, pos, want).await;
+        buf = back;
         let n = match res {
-            Ok(0) => {
-                break Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shorter than announced",
-                ));
-            }
             Ok(n) => n,
-            Err(e) => break Err(e),
+            Err(e) => return (Err(e), buf),
         };
         buf.truncate(n);
         match monoio::time::timeout(stall, stream.write_all(buf)).await {
             Ok((res, back)) => {
                 buf = back;
                 if let Err(e) = res {
-                    break Err(e);
+                    return (Err(e), buf);
                 }
             }
-            // The buffer went with the cancelled write; the pool gets a fresh one.
-            Err(_) => return Err(stalled()),
+            // The buffer went with the cancelled write.
+            Err(_) => return (Err(stalled()), Vec::new()),
         }
         pos += n as u64;
-    };
-    *slot = buf;
-    result
+    }
+    (Ok(()), buf)
 }
 
 /// Hot path: a file region to the socket with no copy through user space.

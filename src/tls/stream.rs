@@ -8,7 +8,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
@@ -228,16 +227,9 @@ impl TlsStream {
         let (mut pos, end) = (offset, offset + len);
         while pos < end {
             let want = (end - pos).min(FILE_BLOCK as u64) as usize;
-            buf.clear();
-            let (res, slice) = file.read_at(buf.slice_mut(0..want), pos).await;
-            buf = slice.into_inner();
+            let (res, back) = crate::http::conn::read_block(&file, buf, pos, want).await;
+            buf = back;
             let n = res?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shorter than announced",
-                ));
-            }
             self.write_all(&buf[..n], stall).await?;
             pos += n as u64;
         }
