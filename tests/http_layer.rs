@@ -123,6 +123,67 @@ fn idle_keep_alive_connection_is_closed(driver: &str) {
     );
 }
 
+/// Resident memory of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Idle keep-alive connections give their 64 KiB read buffers back (they park after 250 ms of
+/// silence), and a parked connection wakes up for its next request, pipelined ones included.
+fn idle_connections_park_their_buffers(driver: &str) {
+    const CONNS: u64 = 1500;
+    // SAFETY: plain getrlimit/setrlimit on this test process.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        assert!(lim.rlim_max >= 2 * CONNS, "need {} descriptors", 2 * CONNS);
+        lim.rlim_cur = lim.rlim_cur.max(2 * CONNS);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    let s = Server::start(driver);
+    assert_eq!(s.client().get("/v2/").status, 200);
+    let before = rss_kib(s.pid());
+    let mut conns: Vec<Client> = (0..CONNS).map(|_| s.client()).collect();
+    for c in &mut conns {
+        assert_eq!(c.get("/v2/").status, 200);
+    }
+    // Unparked, each connection holds at least its 64 KiB buffer (~94 MiB for all); parked, a
+    // few KiB of task state. Allow 24 KiB each.
+    let bound = CONNS * 24;
+    let mut grown = u64::MAX;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        grown = rss_kib(s.pid()).saturating_sub(before);
+        if grown < bound {
+            break;
+        }
+    }
+    assert!(
+        grown < bound,
+        "{CONNS} idle connections grew RSS by {grown} KiB (bound {bound} KiB)"
+    );
+    for c in &mut conns {
+        assert_eq!(c.get("/v2/").status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let c = &mut conns[0];
+    c.send_raw(b"GET /v2/ HTTP/1.1\r\n\r\nGET /v2/nope/tags/list HTTP/1.1\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(c.read_response(false).status, 404);
+    // A parked connection carries an upload body as before.
+    let data = vec![7u8; 200_000];
+    let d = push_blob(c, "park/blob", &data);
+    assert_eq!(c.get(&format!("/v2/park/blob/blobs/{d}")).body, data);
+}
+
 fn keep_alive_and_pipelining(driver: &str) {
     let s = Server::start(driver);
     let mut c = s.client();
@@ -312,6 +373,7 @@ on_both_drivers!(
     idle_keep_alive_connection_is_closed,
     stalled_body_gets_408_and_nothing_is_stored,
     keep_alive_and_pipelining,
+    idle_connections_park_their_buffers,
     http10_closes_and_connection_close_is_honoured,
     chunked_upload_body_is_decoded,
     malformed_chunked_body_is_rejected_and_closed,

@@ -288,6 +288,8 @@ fn blobs_stream_over_tls_both_ways(driver: &str) {
         b"",
     );
     assert_eq!(r.status, 201);
+    // Idle long enough to park (ciphertext buffers freed), then pull on the same connection.
+    std::thread::sleep(std::time::Duration::from_millis(400));
     // Pull (file → buffer → rustls), whole and by range, on the same keep-alive connection.
     let r = t.client.get(&format!("/v2/tls/big/blobs/{d}"));
     assert_eq!(r.status, 200);

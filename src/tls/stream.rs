@@ -121,6 +121,26 @@ impl TlsStream {
         self.tcp.as_raw_fd()
     }
 
+    /// Free the ciphertext buffers if nothing is waiting in them (an idle keep-alive connection);
+    /// the next read allocates again.
+    pub fn park(&mut self) {
+        if self.rx_pos == self.rx.len() {
+            self.rx = Vec::new();
+            self.rx_pos = 0;
+        }
+        if self.tx.is_empty() {
+            self.tx = Vec::new();
+        }
+    }
+
+    /// Wait until the socket has input (or the peer closed), holding no buffer meanwhile.
+    pub async fn readable(&self) -> io::Result<()> {
+        if self.rx_pos < self.rx.len() {
+            return Ok(());
+        }
+        self.tcp.readable(false).await
+    }
+
     /// Get more ciphertext into rustls: from what was read earlier, else from the socket.
     async fn receive(&mut self, deadline: Instant) -> Result<(), ConnError> {
         if self.rx_pos == self.rx.len() {
@@ -130,6 +150,9 @@ impl TlsStream {
             }
             let mut rx = std::mem::take(&mut self.rx);
             rx.clear();
+            if rx.capacity() == 0 {
+                rx.reserve_exact(RX_BUF);
+            }
             self.rx_pos = 0;
             let (res, rx) = timed_read(&mut self.tcp, rx, left).await;
             self.rx = rx;
