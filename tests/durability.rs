@@ -225,11 +225,15 @@ fn upload_session_survives_kill_9(driver: &str) {
 fn torn_upload_session_is_unknown_after_a_crash(driver: &str) {
     let mut s = Server::start(driver);
     let mut c = s.client();
+    // A session has files once its first chunk arrived.
     let mut start = || {
-        c.request("POST", "/v2/torn/blobs/uploads/", &[], b"")
+        let loc = c
+            .request("POST", "/v2/torn/blobs/uploads/", &[], b"")
             .header("Location")
             .unwrap()
-            .to_owned()
+            .to_owned();
+        assert_eq!(c.request("PATCH", &loc, &[], b"x").status, 202);
+        loc
     };
     let (no_data, no_state) = (start(), start());
     let dir = |loc: &str| {

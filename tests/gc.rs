@@ -91,6 +91,8 @@ fn gc_removes_only_unreferenced_data_past_the_grace_period() {
     let orphan = push_blob(&mut c, "app", b"never referenced");
     let r = c.request("POST", "/v2/app/blobs/uploads/", &[], b"");
     let stale_upload = r.header("location").unwrap().to_owned();
+    // Its first chunk gives the session its files (before that it lives in the server only).
+    assert_eq!(c.request("PATCH", &stale_upload, &[], b"x").status, 202);
     // Deleting b leaves its own layer and its manifest blob unreferenced.
     assert_eq!(
         c.request("DELETE", &format!("/v2/app/manifests/{mbd}"), &[], b"")
@@ -410,7 +412,43 @@ fn gc_in_a_loop_never_loses_a_pushed_blob(driver: &str) {
     assert!(ok, "{out}");
 }
 
-on_both_drivers!(gc_in_a_loop_never_loses_a_pushed_blob);
+/// Sessions that never received data live in the server only; the server's own collector expires
+/// them after the grace period like stale session files.
+fn server_gc_expires_sessions_without_data(driver: &str) {
+    let s = Server::start_with(driver, "[gc]\ninterval = \"1s\"\ngrace = \"1s\"\n");
+    let mut c = s.client();
+    let post = |c: &mut Client| {
+        c.request("POST", "/v2/idle/blobs/uploads/", &[], b"")
+            .header("location")
+            .unwrap()
+            .to_owned()
+    };
+    let old = post(&mut c);
+    assert_eq!(c.get(&old).status, 204);
+    let mut expired = false;
+    for _ in 0..150 {
+        std::thread::sleep(Duration::from_millis(100));
+        let r = c.get(&old);
+        if r.status == 404 {
+            assert_eq!(r.error_code(), "BLOB_UPLOAD_UNKNOWN");
+            expired = true;
+            break;
+        }
+        assert_eq!(r.status, 204);
+    }
+    assert!(
+        expired,
+        "a session without data outlived 15 s with grace = 1s"
+    );
+    let fresh = post(&mut c);
+    assert_eq!(c.get(&fresh).status, 204);
+    assert_eq!(c.request("PATCH", &fresh, &[], b"data").status, 202);
+}
+
+on_both_drivers!(
+    gc_in_a_loop_never_loses_a_pushed_blob,
+    server_gc_expires_sessions_without_data
+);
 
 #[test]
 fn gc_and_fsck_show_progress_only_on_a_terminal() {

@@ -187,6 +187,78 @@ fn upload_completion_with_wrong_digest_removes_data(driver: &str) {
     assert_eq!(c.get(&loc).error_code(), "BLOB_UPLOAD_UNKNOWN");
 }
 
+/// Entries of `<root>/uploads` (session directories and temp files).
+fn upload_entries(s: &Server) -> Vec<String> {
+    std::fs::read_dir(s.root().join("uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".ready-"))
+        .collect()
+}
+
+/// A session keeps nothing on disk until its first chunk: POST + PUT with the whole blob leaves no
+/// session files, a PUT whose body breaks off leaves the session empty and usable, and a PATCH
+/// makes the session durable (directory with data and state).
+fn sessions_touch_the_disk_at_their_first_chunk(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let post = |c: &mut Client| {
+        c.request("POST", "/v2/lazy/blobs/uploads/", &[], b"")
+            .header("Location")
+            .unwrap()
+            .to_owned()
+    };
+    let loc = post(&mut c);
+    assert_eq!(upload_entries(&s), Vec::<String>::new());
+    let data = b"whole blob in the PUT".to_vec();
+    let d = sha256(&data);
+    let r = c.request("PUT", &format!("{loc}?digest={d}"), &[], &data);
+    assert_eq!(r.status, 201);
+    assert_eq!(c.get(&format!("/v2/lazy/blobs/{d}")).body, data);
+    assert_eq!(c.get(&loc).error_code(), "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(upload_entries(&s), Vec::<String>::new());
+
+    // A PUT that breaks off mid-body: the bytes go, the session stays, empty.
+    let loc = post(&mut c);
+    let mut broken = s.client();
+    broken.send_raw(
+        format!(
+            "PUT {loc}?digest={d} HTTP/1.1\r\nContent-Length: {}\r\n\r\nwhole",
+            data.len()
+        )
+        .as_bytes(),
+    );
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        for _ in 0..400 {
+            if done() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("{what} never happened");
+    };
+    // The PUT is being received into a temp file; then the client goes away.
+    wait_for("the temp file", &|| !upload_entries(&s).is_empty());
+    drop(broken);
+    // The temp file goes once the server has let go of the session.
+    wait_for("the temp file's removal", &|| upload_entries(&s).is_empty());
+    let st = c.get(&loc);
+    assert_eq!((st.status, st.header("Range")), (204, Some("0-0")));
+    let r = c.request("PUT", &format!("{loc}?digest={d}"), &[], &data);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    // A chunk makes the session durable.
+    let loc = post(&mut c);
+    assert_eq!(c.request("PATCH", &loc, &[], b"chunk").status, 202);
+    let id = loc.rsplit('/').next().unwrap();
+    assert_eq!(upload_entries(&s), vec![id.to_owned()]);
+    let dir = s.root().join("uploads").join(id);
+    assert_eq!(std::fs::read(dir.join("data")).unwrap(), b"chunk");
+    assert!(dir.join("state").exists());
+    assert_eq!(c.request("DELETE", &loc, &[], b"").status, 204);
+    assert_eq!(upload_entries(&s), Vec::<String>::new());
+}
+
 fn upload_cancel_and_unknown_ids(driver: &str) {
     let s = Server::start(driver);
     let mut c = s.client();
@@ -629,6 +701,7 @@ on_both_drivers!(
     chunked_upload_session,
     upload_completion_with_wrong_digest_removes_data,
     upload_cancel_and_unknown_ids,
+    sessions_touch_the_disk_at_their_first_chunk,
     sha512_uploads_and_digest_algorithm_hint,
     cross_repository_mount,
     manifests_by_tag_and_digest,

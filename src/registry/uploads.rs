@@ -143,16 +143,17 @@ impl Registry {
         self.start_upload(repo, None, alg, body).await
     }
 
-    /// Lease the upload and append this request's chunk (checked against its Content-Range).
-    /// `Ok(Err(response))` is a 416 to send as it is.
+    /// Lease the upload and append this request's chunk (checked against its Content-Range);
+    /// `completing` for the PUT that ends it. `Ok(Err(response))` is a 416 to send as it is.
     async fn append_chunk(
         &self,
         repo: &RepoName,
         id: &str,
         head: &RequestHead,
         body: &mut Body<'_>,
+        completing: bool,
     ) -> Result<Result<UploadLease, Response>, OciError> {
-        let mut lease = match self.storage.lease_upload(repo, id).await {
+        let mut lease = match self.storage.lease_upload(repo, id, completing).await {
             Ok(l) => l,
             Err(StoreError::UploadBusy { offset }) => {
                 return Ok(Err(out_of_order(repo, id, offset, "upload is busy")));
@@ -173,7 +174,7 @@ impl Registry {
         head: &RequestHead,
         body: &mut Body<'_>,
     ) -> HandlerResult {
-        match self.append_chunk(repo, id, head, body).await? {
+        match self.append_chunk(repo, id, head, body, false).await? {
             Ok(mut lease) => Ok(progress(repo, id, lease.writer().offset())),
             Err(resp) => Ok(resp),
         }
@@ -187,7 +188,7 @@ impl Registry {
         head: &RequestHead,
         body: &mut Body<'_>,
     ) -> HandlerResult {
-        let lease = match self.append_chunk(repo, id, head, body).await? {
+        let lease = match self.append_chunk(repo, id, head, body, true).await? {
             Ok(lease) => lease,
             Err(resp) => return Ok(resp),
         };

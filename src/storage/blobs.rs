@@ -125,7 +125,7 @@ impl Storage {
         // The directory's fsync and the link (with its own directory fsync) run together: the
         // answer waits for both, and a link whose data a crash lost is never served (links are
         // only read together with the data, see `blob_size`).
-        let (stored, linked) = monoio::join!(fsio::fsync_path(dir), touch_link);
+        let (stored, linked) = monoio::join!(fsio::fsync_dir(dir), touch_link);
         stored.and(linked)
     }
 

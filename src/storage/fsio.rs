@@ -1,13 +1,85 @@
 //! Small filesystem helpers for atomic, durable updates: write a temp file, fsync, rename, fsync the
 //! directory. fsyncs go through monoio so that io_uring runs them without blocking the thread.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use futures_channel::oneshot;
 
 /// fsync a file or directory by path.
 pub async fn fsync_path(path: &Path) -> io::Result<()> {
     let f = std::fs::File::open(path)?;
     fsync(f).await
+}
+
+type Waiters = Vec<oneshot::Sender<io::Result<()>>>;
+
+thread_local! {
+    /// Directories with a sync task on this thread (alive while its `Weak` upgrades), and who
+    /// waits for its next round. A task dropped with its runtime leaves a dead entry, replaced
+    /// by the next caller.
+    static DIR_SYNCS: RefCell<HashMap<PathBuf, (std::rc::Weak<()>, Waiters)>> =
+        RefCell::new(HashMap::new());
+    /// Directory fsyncs this thread has run through `fsync_dir` (for tests).
+    static DIR_SYNC_ROUNDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// fsync a directory after changing its entries, sharing the fsync with concurrent callers on this
+/// thread (group commit): a caller joins the next round, which starts after the running one, so
+/// the fsync it waits for always began after its change. Thirty-two clients pushing to one
+/// repository make one link-directory fsync per round instead of one each. The rounds run in
+/// their own task: a caller that goes away never cancels an fsync others wait for.
+pub async fn fsync_dir(dir: &Path) -> io::Result<()> {
+    let (tx, rx) = oneshot::channel();
+    let alive = std::rc::Rc::new(());
+    let lead = DIR_SYNCS.with(|m| {
+        let mut m = m.borrow_mut();
+        match m.get_mut(dir) {
+            Some((task, waiters)) if task.upgrade().is_some() => {
+                waiters.push(tx);
+                None
+            }
+            _ => {
+                m.insert(dir.to_owned(), (std::rc::Rc::downgrade(&alive), Vec::new()));
+                Some(tx)
+            }
+        }
+    });
+    if let Some(tx) = lead {
+        let dir = dir.to_owned();
+        monoio::spawn(async move {
+            let _alive = alive;
+            let mut round = vec![tx];
+            loop {
+                let r = fsync_path(&dir).await;
+                DIR_SYNC_ROUNDS.with(|c| c.set(c.get() + 1));
+                for w in round {
+                    let _ = w.send(match &r {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    });
+                }
+                round = DIR_SYNCS.with(|m| {
+                    let mut m = m.borrow_mut();
+                    let next = m
+                        .get_mut(&dir)
+                        .map(|(_, w)| std::mem::take(w))
+                        .unwrap_or_default();
+                    if next.is_empty() {
+                        m.remove(&dir);
+                    }
+                    next
+                });
+                if round.is_empty() {
+                    return;
+                }
+            }
+        });
+    }
+    rx.await
+        .unwrap_or_else(|_| Err(io::Error::other("directory sync abandoned")))
 }
 
 /// fsync an open file (data and metadata).
@@ -37,7 +109,7 @@ pub async fn ensure_dir(dir: &Path) -> io::Result<()> {
             Err(e) => return Err(e),
         }
         if let Some(parent) = d.parent() {
-            fsync_path(parent).await?;
+            fsync_dir(parent).await?;
         }
     }
     Ok(())
@@ -64,7 +136,7 @@ pub async fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::fs::write(&tmp, bytes)?;
         fsync_path(&tmp).await?;
         std::fs::rename(&tmp, path)?;
-        fsync_path(dir).await
+        fsync_dir(dir).await
     }
     .await;
     if result.is_err() {
@@ -85,7 +157,7 @@ pub async fn touch(path: &Path) -> io::Result<()> {
         .truncate(false)
         .write(true)
         .open(path)?;
-    fsync_path(dir).await
+    fsync_dir(dir).await
 }
 
 /// Remove a file; `Ok(false)` if it did not exist.
@@ -94,5 +166,46 @@ pub fn remove_if_exists(path: &Path) -> io::Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers that arrive while a directory fsync runs share the next one; it starts after the
+    /// running one, and a failure reaches every caller of its round.
+    #[test]
+    fn concurrent_directory_syncs_share_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        monoio::start::<monoio::LegacyDriver, _>(async move {
+            let before = DIR_SYNC_ROUNDS.with(|c| c.get());
+            let tasks: Vec<_> = (0..50)
+                .map(|_| {
+                    let p = path.clone();
+                    monoio::spawn(async move { fsync_dir(&p).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            // The first caller's round, then one round for the 49 that queued behind it.
+            assert_eq!(DIR_SYNC_ROUNDS.with(|c| c.get()) - before, 2);
+            assert!(DIR_SYNCS.with(|m| m.borrow().is_empty()));
+
+            let gone = path.join("missing");
+            let tasks: Vec<_> = (0..3)
+                .map(|_| {
+                    let p = gone.clone();
+                    monoio::spawn(async move { fsync_dir(&p).await })
+                })
+                .collect();
+            for t in tasks {
+                let e = t.await.unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::NotFound);
+            }
+            assert!(DIR_SYNCS.with(|m| m.borrow().is_empty()));
+        });
     }
 }

@@ -389,6 +389,15 @@ impl Storage {
         out: &mut dyn super::Report,
     ) -> io::Result<usize> {
         let mut n = 0;
+        if !dry_run {
+            let gone = self.expire_memory_sessions(cutoff);
+            if gone > 0 {
+                out.line(format!(
+                    "{verb} {gone} stale upload sessions that never received data"
+                ));
+                n += gone;
+            }
+        }
         for (name, path) in entries(&self.uploads_dir())? {
             let newest = if path.is_dir() {
                 entries(&path)?

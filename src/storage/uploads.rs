@@ -2,6 +2,12 @@
 //! a sharded in-memory table so that chunks may arrive on any connection or thread. After a restart
 //! (or a failed write) the partial file is re-hashed. A small CRC-checked `state` file records the
 //! session's repository and digest algorithm.
+//!
+//! A session touches the disk only when its first chunk arrives (PATCH): a POST is a table entry,
+//! and a PUT that brings the whole blob to a session without data streams into a temp file and
+//! commits it like a monolithic upload, so POST + PUT creates no session files at all. (On a
+//! filesystem without a journal, ext4 scans past recently deleted inodes on every allocation; the
+//! directory and state file created and deleted per blob cost more CPU than the rest of the push.)
 
 use std::collections::HashMap;
 use std::io;
@@ -26,6 +32,10 @@ struct Session {
     offset: u64,
     /// A request holds the lease; others must not write concurrently.
     busy: bool,
+    /// `uploads/<id>/` exists (false until the first chunk; such a session has offset 0).
+    on_disk: bool,
+    /// When the session started (memory-only sessions expire with the stale uploads on disk).
+    started: std::time::SystemTime,
 }
 
 /// Sharded map of upload sessions; critical sections never span an `.await`.
@@ -119,6 +129,9 @@ pub struct UploadLease {
     storage: Arc<Storage>,
     id: String,
     writer: Option<BlobWriter>,
+    /// The writer is a temp file (a completing PUT on a session without data): if the request
+    /// does not commit it, the bytes are dropped and the session stays empty.
+    temp: bool,
 }
 
 impl UploadLease {
@@ -132,6 +145,16 @@ impl UploadLease {
 impl Drop for UploadLease {
     fn drop(&mut self) {
         let w = self.writer.take();
+        if self.temp {
+            if let Some(s) = self.storage.uploads.shard(&self.id).get_mut(&self.id) {
+                s.busy = false;
+                s.hasher = Some(s.algorithm.hasher());
+            }
+            if let Some(w) = w {
+                let _ = fsio::remove_if_exists(&w.path);
+            }
+            return;
+        }
         let mut shard = self.storage.uploads.shard(&self.id);
         if let Some(s) = shard.get_mut(&self.id) {
             s.busy = false;
@@ -247,14 +270,10 @@ impl Storage {
         self.uploads_dir().join(id)
     }
 
-    /// Open a new upload session for `repo`, hashing with `alg` as data arrives.
+    /// Open a new upload session for `repo`, hashing with `alg` as data arrives. Nothing is written
+    /// until the first chunk: a restart before then forgets the session (the client starts over).
     pub async fn start_upload(&self, repo: &RepoName, alg: Algorithm) -> Result<String> {
         let id = random_id();
-        let dir = self.upload_dir(&id);
-        std::fs::create_dir(&dir)?;
-        // `data` before `state`: the session exists once its state does.
-        std::fs::File::create(dir.join("data"))?;
-        std::fs::write(dir.join("state"), state_text(repo, alg))?;
         self.uploads.shard(&id).insert(
             id.clone(),
             Session {
@@ -263,9 +282,32 @@ impl Storage {
                 algorithm: alg,
                 offset: 0,
                 busy: false,
+                on_disk: false,
+                started: std::time::SystemTime::now(),
             },
         );
         Ok(id)
+    }
+
+    /// Create a session's directory, empty `data` and `state` (its first chunk is arriving).
+    fn persist_session(&self, id: &str, repo: &RepoName, alg: Algorithm) -> io::Result<()> {
+        let dir = self.upload_dir(id);
+        std::fs::create_dir(&dir)?;
+        // `data` before `state`: the session exists once its state does.
+        std::fs::File::create(dir.join("data"))?;
+        std::fs::write(dir.join("state"), state_text(repo, alg))
+    }
+
+    /// Forget sessions that never received data and started before `cutoff`; how many.
+    pub(super) fn expire_memory_sessions(&self, cutoff: std::time::SystemTime) -> usize {
+        let mut n = 0;
+        for shard in self.uploads.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let before = shard.len();
+            shard.retain(|_, s| s.on_disk || s.busy || s.started > cutoff);
+            n += before - shard.len();
+        }
+        n
     }
 
     /// The session as stored on disk (after a restart): repository, algorithm.
@@ -274,16 +316,22 @@ impl Storage {
         parse_state(&text)
     }
 
-    /// Take exclusive use of an upload of `repo` for one request.
-    pub async fn lease_upload(self: &Arc<Self>, repo: &RepoName, id: &str) -> Result<UploadLease> {
-        let (alg, hasher, offset) = {
+    /// Take exclusive use of an upload of `repo` for one request; `completing` when the request is
+    /// the PUT that ends the upload.
+    pub async fn lease_upload(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        id: &str,
+        completing: bool,
+    ) -> Result<UploadLease> {
+        let (alg, hasher, offset, on_disk) = {
             let mut shard = self.uploads.shard(id);
             match shard.get_mut(id) {
                 Some(s) if s.repo != *repo => return Err(StoreError::UploadUnknown),
                 Some(s) if s.busy => return Err(StoreError::UploadBusy { offset: s.offset }),
                 Some(s) => {
                     s.busy = true;
-                    (s.algorithm, s.hasher.take(), s.offset)
+                    (s.algorithm, s.hasher.take(), s.offset, s.on_disk)
                 }
                 None => {
                     drop(shard);
@@ -303,18 +351,32 @@ impl Storage {
                             algorithm: alg,
                             offset: 0,
                             busy: true,
+                            on_disk: true,
+                            started: std::time::SystemTime::now(),
                         },
                     );
-                    (alg, None, 0)
+                    (alg, None, 0, true)
                 }
             }
         };
-        let path = self.upload_dir(id).join("data");
         let mut lease = UploadLease {
             storage: Arc::clone(self),
             id: id.to_owned(),
             writer: None,
+            temp: false,
         };
+        if !on_disk {
+            if completing {
+                lease.temp = true;
+                lease.writer = Some(self.temp_writer(alg)?);
+                return Ok(lease);
+            }
+            self.persist_session(id, repo, alg)?;
+            if let Some(s) = self.uploads.shard(id).get_mut(id) {
+                s.on_disk = true;
+            }
+        }
+        let path = self.upload_dir(id).join("data");
         let file = match open_rw(&path, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -389,7 +451,10 @@ impl Storage {
     }
 
     pub(super) fn forget_upload(&self, id: &str) {
-        self.uploads.shard(id).remove(id);
+        let known = self.uploads.shard(id).remove(id);
+        if known.is_some_and(|s| !s.on_disk) {
+            return;
+        }
         // `state` first: a session directory without it is unknown, so a crash in the middle of
         // the removal leaves an unknown session (collected later), never a half-known one.
         let dir = self.upload_dir(id);
