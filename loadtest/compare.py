@@ -73,6 +73,19 @@ def status_mib(pid, field):
     return float("nan")
 
 
+def cpu_seconds(pid):
+    """User + system CPU a process has used so far (all its threads, io_uring workers included)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(pid, fn, *args, **kw):
+    """(fn's result, server CPU seconds it cost)."""
+    c0 = cpu_seconds(pid)
+    out = fn(*args, **kw)
+    return out, cpu_seconds(pid) - c0
+
+
 class Server:
     """One registry process on its own port and storage."""
 
@@ -329,6 +342,25 @@ def machine_limits(big_path):
         while chunk := f.read(4 * MIB):
             h.update(chunk)
     res["py_sha_mbps"] = os.path.getsize(big_path) / (time.time() - t0) / 1e6
+    # What storing 256 MiB costs without any registry: a new file (fresh page-cache pages, as a new
+    # blob gets) written from a reused 1 MiB buffer, then fdatasync; best of 3, files kept until
+    # the end so that each run needs new pages like a stored blob does.
+    block = b"\x5a" * MIB
+    best, paths = None, []
+    for i in range(3):
+        path = f"{big_path}.w{i}"
+        paths.append(path)
+        t0 = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        for _ in range(os.path.getsize(big_path) // MIB):
+            os.write(fd, block)
+        os.fdatasync(fd)
+        os.close(fd)
+        t = time.perf_counter() - t0
+        best = t if best is None else min(best, t)
+    for path in paths:
+        os.unlink(path)
+    res["write_mbps"] = os.path.getsize(big_path) / best / 1e6
     return res
 
 
@@ -340,7 +372,8 @@ def scenarios(s, big_path, big_digest, big_size):
     d = push_blob(url, small, "bench/get")
     push_manifest(url, "bench/get", "latest", d, len(small))
     log(f"  {s.name}: wrk 4 KiB blob GET")
-    r["get_blob_4k"] = wrk(f"{url}/v2/bench/get/blobs/{d}")
+    r["get_blob_4k"], cpu = with_cpu(s.proc.pid, wrk, f"{url}/v2/bench/get/blobs/{d}")
+    r["cpu_us_get_4k"] = cpu / (r["get_blob_4k"]["rps"] * SECS) * 1e6
     log(f"  {s.name}: wrk manifest GET by tag")
     r["get_manifest"] = wrk(f"{url}/v2/bench/get/manifests/latest",
                             headers=("Accept: application/vnd.oci.image.manifest.v1+json",))
@@ -358,7 +391,8 @@ def scenarios(s, big_path, big_digest, big_size):
         r[key] = k6(url, scen, size, vus, extra_env=extra)
     log(f"  {s.name}: 256 MiB push and pull, one connection")
     r["push_256m"] = big_push(url, big_path, big_digest, big_size)
-    r["pull_256m"] = big_pull(url, big_digest, big_size)
+    r["pull_256m"], cpu = with_cpu(s.proc.pid, big_pull, url, big_digest, big_size)
+    r["cpu_s_per_gb_pull"] = cpu / (3 * big_size / 1e9)
     log(f"  {s.name}: zb")
     r["zb"] = zb(url)
     r["peak_rss"] = status_mib(s.proc.pid, "VmHWM")
@@ -378,12 +412,16 @@ def tls_rows(work, big_path, big_digest, big_size):
     try:
         small = os.urandom(4096)
         d = push_blob(s.url, small, "bench/get")
-        r = {"tls_get_4k": wrk(f"{s.url}/v2/bench/get/blobs/{d}")}
+        r = {}
+        r["tls_get_4k"], cpu = with_cpu(s.proc.pid, wrk, f"{s.url}/v2/bench/get/blobs/{d}")
+        r["cpu_us_get_4k"] = cpu / (r["tls_get_4k"]["rps"] * SECS) * 1e6
         r["tls_k6_pull_4k"] = k6(s.url, "pull", 4096, 32)
         r["mtls_k6_pull_4k"] = k6(s.url, "pull", 4096, 32,
                                   extra_env=(f"CERT={pki}/client.crt", f"KEY={pki}/client.key"))
         big_push(s.url, big_path, big_digest, big_size, best_of=1)
-        r["tls_pull_256m"] = big_pull(s.url, big_digest, big_size, best_of=5)
+        r["tls_pull_256m"], cpu = with_cpu(s.proc.pid, big_pull, s.url, big_digest, big_size,
+                                           best_of=5)
+        r["cpu_s_per_gb_pull"] = cpu / (5 * big_size / 1e9)
         r["tls_push_256m"] = big_push(s.url, big_path, big_digest, big_size)
     finally:
         s.stop()
@@ -506,7 +544,6 @@ def compare(work):
         ("1 MiB chunked push (4 × 256 KiB PATCH), 32 VUs (k6), blobs/s", "k6_chunked_1m"),
         ("75 % pull / 25 % push, 4 KiB, 32 VUs (k6), ops/s", "k6_mix_4k"),
         ("1 MiB blob GET, 32 VUs (k6)", "k6_pull_1m"),
-        ("64 MiB monolithic push, 1 VU (k6), blobs/s", "k6_push_64m"),
     ]
     for label, key in rows:
         vals = [results[n][key] for n in ONLY]
@@ -514,7 +551,8 @@ def compare(work):
           + "".join(f" | {ratio(results['wharf'][key]['rps'], results[x][key]['rps'])}"
                     for x in peers) + " |")
     for label, key in [("1 MiB blob GET, 32 VUs (k6), MB/s", "k6_pull_1m"),
-                       ("1 MiB chunked push, 32 VUs (k6), MB/s", "k6_chunked_1m")]:
+                       ("1 MiB chunked push, 32 VUs (k6), MB/s", "k6_chunked_1m"),
+                       ("64 MiB monolithic push, 1 VU (k6), MB/s", "k6_push_64m")]:
         vals = [results[n][key]["mbps"] for n in ONLY]
         p(f"| {label} | " + " | ".join(f"{v:,.0f}" for v in vals)
           + "".join(f" | {ratio(results['wharf'][key]['mbps'], results[x][key]['mbps'])}"
@@ -526,13 +564,23 @@ def compare(work):
         p(f"| {label} | " + " | ".join(f"{v:,.0f}" for v in vals)
           + "".join(f" | {ratio(results['wharf'][key], results[x][key])}" for x in peers) + " |")
     p("")
+    sha, wr = limits["sha_mbps"], limits["write_mbps"]
+    serial = 1 / (1 / sha + 1 / wr)
     p(f"Machine, same run: one loopback TCP stream (iperf3) {limits['tcp_mbps']:,.0f} MB/s; "
-      f"single-core SHA-256 (openssl speed, 1 MiB blocks) {limits['sha_mbps']:,.0f} MB/s "
-      f"(Python hashlib {limits['py_sha_mbps']:,.0f} MB/s).")
+      f"single-core SHA-256 (openssl speed, 1 MiB blocks) {sha:,.0f} MB/s "
+      f"(Python hashlib {limits['py_sha_mbps']:,.0f} MB/s); writing 256 MiB into a new file + "
+      f"fdatasync (Python, 1 MiB writes, best of 3) {wr:,.0f} MB/s; hashing then writing, one after "
+      f"the other on one core, at most {serial:,.0f} MB/s.")
     if "wharf" in results:
         w = results["wharf"]
         p(f"wharf 256 MiB pull = {w['pull_256m'] / limits['tcp_mbps']:.0%} of the TCP stream; "
-          f"256 MiB push = {w['push_256m'] / limits['sha_mbps']:.0%} of single-core SHA-256.")
+          f"256 MiB push = {w['push_256m'] / sha:.0%} of single-core SHA-256, "
+          f"{w['push_256m'] / wr:.0%} of the new-file write, {w['push_256m'] / serial:.0%} of "
+          "hash-then-write.")
+        p("")
+        p("Server CPU, same run: " + "; ".join(
+            f"{n} {results[n]['cpu_us_get_4k']:.1f} µs per 4 KiB GET (wrk), "
+            f"{results[n]['cpu_s_per_gb_pull']:.2f} s per GB pulled (256 MiB GETs)" for n in ONLY) + ".")
     if tls:
         w = results["wharf"]
         p("")
@@ -546,6 +594,10 @@ def compare(work):
           f"{tls['mtls_k6_pull_4k']['rps'] / w['k6_pull_4k']['rps']:.0%} |")
         p(f"| 256 MiB GET, 1 conn (best of 5), MB/s | {tls['tls_pull_256m']:,.0f} | "
           f"{tls['tls_pull_256m'] / w['pull_256m']:.0%} |")
+        p(f"| server CPU per 4 KiB GET (wrk), µs | {tls['cpu_us_get_4k']:.1f} | "
+          f"{tls['cpu_us_get_4k'] / w['cpu_us_get_4k']:.0%} |")
+        p(f"| server CPU per GB pulled (256 MiB GETs), s | {tls['cpu_s_per_gb_pull']:.2f} | "
+          f"{tls['cpu_s_per_gb_pull'] / w['cpu_s_per_gb_pull']:.0%} |")
         p(f"| 256 MiB PUT, 1 conn (best of 3), MB/s | {tls['tls_push_256m']:,.0f} | "
           f"{tls['tls_push_256m'] / w['push_256m']:.0%} |")
     if mem:
