@@ -73,6 +73,13 @@ def status_mib(pid, field):
     return float("nan")
 
 
+def settle():
+    """Write back what earlier steps left dirty, so that no server is measured while the kernel
+    flushes someone else's data (the first server otherwise pays for the test files' writeback)."""
+    os.sync()
+    time.sleep(3)
+
+
 def cpu_seconds(pid):
     """User + system CPU a process has used so far (all its threads, io_uring workers included)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -512,6 +519,7 @@ def compare(work):
     results, versions = {}, {}
     for name in ONLY:
         log(f"{name}:")
+        settle()
         s = Server(name, work).start()
         try:
             versions[name] = s.version()
@@ -521,7 +529,9 @@ def compare(work):
         # Keep what was measured even if a later server or step fails.
         with open(os.environ.get("OUT", "compare-results.md") + ".json", "w") as f:
             json.dump({"limits": limits, "results": results}, f, indent=1)
+    settle()
     tls = tls_rows(work, big_path, big_digest, big_size) if "wharf" in ONLY else {}
+    settle()
     mem = memory_rows(work) if "wharf" in ONLY and not QUICK else {}
 
     peers = [n for n in ONLY if n != "wharf"]
