@@ -38,7 +38,7 @@ thread_local! {
 }
 
 /// A block-sized buffer from this thread's pool (or a new one).
-fn take_block() -> Vec<u8> {
+pub(crate) fn take_block() -> Vec<u8> {
     BLOCK_POOL
         .with(|p| p.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(BLOCK_BUF))
@@ -46,7 +46,7 @@ fn take_block() -> Vec<u8> {
 
 /// Return a block-sized buffer to this thread's pool (dropped if the pool is full or the buffer
 /// is not block-sized).
-fn give_block(buf: Vec<u8>) {
+pub(crate) fn give_block(buf: Vec<u8>) {
     BLOCK_POOL.with(|p| {
         let mut pool = p.borrow_mut();
         if pool.len() < BLOCK_POOL_MAX && buf.capacity() == BLOCK_BUF {
@@ -772,6 +772,24 @@ impl Body<'_> {
 
     pub fn put_buf(&mut self, buf: Vec<u8>) {
         self.conn.buf = buf;
+    }
+
+    /// Hand out the buffer holding the last block (its range stays valid) and continue in `spare`,
+    /// moving the input not yet consumed over (a pooled block buffer if `spare` is too small).
+    pub fn swap_buf(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
+        let cap = self.conn.buf.capacity();
+        if spare.capacity() < cap {
+            give_block(spare);
+            spare = if cap == BLOCK_BUF {
+                take_block()
+            } else {
+                Vec::with_capacity(cap)
+            };
+        }
+        spare.clear();
+        spare.extend_from_slice(&self.conn.buf[self.conn.pos..]);
+        self.conn.pos = 0;
+        std::mem::replace(&mut self.conn.buf, spare)
     }
 
     /// Read the whole body into memory, refusing more than `limit` bytes.

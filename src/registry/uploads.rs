@@ -75,6 +75,9 @@ fn check_chunk(
     Ok(())
 }
 
+/// Bodies larger than this (or of unknown length) are written with one block in flight.
+const PIPELINE_FROM: u64 = 1 << 20;
+
 impl Registry {
     /// Hot path: stream the request body into `w` (hash and positioned write from the same buffer).
     async fn stream_body(&self, w: &mut BlobWriter, body: &mut Body<'_>) -> Result<(), OciError> {
@@ -89,16 +92,33 @@ impl Registry {
         if max > 0 && body.declared_len().is_some_and(|n| w.offset() + n > max) {
             return Err(too_big());
         }
-        while let Some(r) = body.next_block().await? {
-            if max > 0 && w.offset() + r.len() as u64 > max {
-                return Err(too_big());
+        // Large bodies keep one block's write in flight while the next is received and hashed.
+        let pipelined = body.declared_len().is_none_or(|n| n > PIPELINE_FROM);
+        let streamed = async {
+            while let Some(r) = body.next_block().await? {
+                if max > 0 && w.offset() + r.len() as u64 > max {
+                    return Err(too_big());
+                }
+                if pipelined {
+                    let buf = body.swap_buf(w.take_spare());
+                    w.append_pipelined(buf, r)
+                        .await
+                        .map_err(|e| super::io_error(&e))?;
+                } else {
+                    let buf = body.take_buf();
+                    let (res, buf) = w.append(buf, r).await;
+                    body.put_buf(buf);
+                    res.map_err(|e| super::io_error(&e))?;
+                }
             }
-            let buf = body.take_buf();
-            let (res, buf) = w.append(buf, r).await;
-            body.put_buf(buf);
-            res.map_err(|e| super::io_error(&e))?;
+            Ok(())
         }
-        Ok(())
+        .await;
+        // Whatever happened, no write outlives the request.
+        let settled = w.settle().await;
+        crate::http::conn::give_block(w.take_spare());
+        streamed?;
+        settled.map_err(|e| super::io_error(&e))
     }
 
     pub(super) async fn start_upload(

@@ -70,7 +70,9 @@ impl Table {
 
 /// Streams body bytes into a file while hashing them (socket buffer → SHA → positioned write).
 pub struct BlobWriter {
-    file: monoio::fs::File,
+    /// Shared with the write in flight (large bodies keep one write going while the next block
+    /// is received and hashed).
+    file: std::rc::Rc<monoio::fs::File>,
     path: PathBuf,
     offset: u64,
     hasher: Hasher,
@@ -78,6 +80,10 @@ pub struct BlobWriter {
     failed: bool,
     /// Bytes before this offset have been handed to writeback (`sync_file_range`).
     flushed: u64,
+    /// The block being written while the caller receives the next one (`append_pipelined`).
+    inflight: Option<monoio::task::JoinHandle<(io::Result<()>, Vec<u8>)>>,
+    /// The buffer of the last finished pipelined write, for the caller's next block.
+    spare: Vec<u8>,
 }
 
 /// Start writeback of an upload's data every this many bytes, so the fsync that commits the blob
@@ -103,6 +109,48 @@ impl BlobWriter {
             self.start_writeback();
         }
         (res, slice.into_inner())
+    }
+
+    /// Hot path for large bodies: hash `buf[range]`, wait for the previous block's write, then start
+    /// this block's write and return at once, so that the caller receives and hashes the next block
+    /// while this one is copied into the page cache (by io_uring's worker, on the other core).
+    /// `buf` stays with the write; `take_spare` hands back the previous block's buffer.
+    /// `settle` must follow the last block.
+    pub async fn append_pipelined(&mut self, buf: Vec<u8>, range: Range<usize>) -> io::Result<()> {
+        self.hasher.update(&buf[range.clone()]);
+        if let Err(e) = self.settle().await {
+            // The hash now covers a block that was never written: the next lease re-hashes.
+            self.failed = true;
+            return Err(e);
+        }
+        let (file, at, len) = (std::rc::Rc::clone(&self.file), self.offset, range.len());
+        self.inflight = Some(monoio::spawn(async move {
+            let (res, slice) = file.write_all_at(buf.slice(range), at).await;
+            (res, slice.into_inner())
+        }));
+        self.offset += len as u64;
+        if self.offset - self.flushed >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
+        Ok(())
+    }
+
+    /// Wait for the write in flight, if any; a failure marks the writer failed.
+    pub async fn settle(&mut self) -> io::Result<()> {
+        let Some(write) = self.inflight.take() else {
+            return Ok(());
+        };
+        let (res, buf) = write.await;
+        self.spare = buf;
+        if res.is_err() {
+            self.failed = true;
+        }
+        res
+    }
+
+    /// The buffer of the last settled pipelined write (empty if none).
+    pub fn take_spare(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.spare)
     }
 
     /// Ask the kernel to start writing `flushed..offset` to disk without waiting for it
@@ -222,12 +270,14 @@ impl Storage {
         let path = self.uploads_dir().join(format!(".tmp-{}", random_id()));
         let file = open_rw(&path, true)?;
         Ok(BlobWriter {
-            file,
+            file: std::rc::Rc::new(file),
             path,
             offset: 0,
             hasher: alg.hasher(),
             failed: false,
             flushed: 0,
+            inflight: None,
+            spare: Vec::new(),
         })
     }
 
@@ -235,10 +285,12 @@ impl Storage {
     /// blob size. On a mismatch the data is deleted and `DigestMismatch` returned.
     pub async fn finish_writer(
         &self,
-        w: BlobWriter,
+        mut w: BlobWriter,
         expected: &Digest,
         repo: &RepoName,
     ) -> Result<u64> {
+        // A failed write marks the writer failed: the re-hash below then tells the truth.
+        let _ = w.settle().await;
         let result = async {
             w.file.sync_all().await?;
             let (hasher, size) = if w.failed || w.hasher.algorithm() != expected.algorithm() {
@@ -392,12 +444,14 @@ impl Storage {
             _ => rehash(&file, alg).await?,
         };
         lease.writer = Some(BlobWriter {
-            file,
+            file: std::rc::Rc::new(file),
             path,
             offset,
             hasher,
             failed: false,
             flushed: offset,
+            inflight: None,
+            spare: Vec::new(),
         });
         Ok(lease)
     }
