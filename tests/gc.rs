@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{
     Client, OCI_MANIFEST, Server, image_manifest, paths_under, push_blob, push_image, sha256,
+    start_upload,
 };
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -417,12 +418,7 @@ fn gc_in_a_loop_never_loses_a_pushed_blob(driver: &str) {
 fn server_gc_expires_sessions_without_data(driver: &str) {
     let s = Server::start_with(driver, "[gc]\ninterval = \"1s\"\ngrace = \"1s\"\n");
     let mut c = s.client();
-    let post = |c: &mut Client| {
-        c.request("POST", "/v2/idle/blobs/uploads/", &[], b"")
-            .header("location")
-            .unwrap()
-            .to_owned()
-    };
+    let post = |c: &mut Client| start_upload(c, "idle");
     let old = post(&mut c);
     assert_eq!(c.get(&old).status, 204);
     let mut expired = false;

@@ -202,12 +202,7 @@ fn upload_entries(s: &Server) -> Vec<String> {
 fn sessions_touch_the_disk_at_their_first_chunk(driver: &str) {
     let s = Server::start(driver);
     let mut c = s.client();
-    let post = |c: &mut Client| {
-        c.request("POST", "/v2/lazy/blobs/uploads/", &[], b"")
-            .header("Location")
-            .unwrap()
-            .to_owned()
-    };
+    let post = |c: &mut Client| start_upload(c, "lazy");
     let loc = post(&mut c);
     assert_eq!(upload_entries(&s), Vec::<String>::new());
     let data = b"whole blob in the PUT".to_vec();

@@ -173,6 +173,16 @@ pub fn remove_if_exists(path: &Path) -> io::Result<bool> {
 mod tests {
     use super::*;
 
+    /// `n` tasks that fsync `dir` at the same time.
+    fn concurrent_syncs(dir: &Path, n: usize) -> Vec<monoio::task::JoinHandle<io::Result<()>>> {
+        (0..n)
+            .map(|_| {
+                let p = dir.to_owned();
+                monoio::spawn(async move { fsync_dir(&p).await })
+            })
+            .collect()
+    }
+
     /// Callers that arrive while a directory fsync runs share the next one; it starts after the
     /// running one, and a failure reaches every caller of its round.
     #[test]
@@ -181,27 +191,14 @@ mod tests {
         let path = dir.path().to_owned();
         monoio::start::<monoio::LegacyDriver, _>(async move {
             let before = DIR_SYNC_ROUNDS.with(|c| c.get());
-            let tasks: Vec<_> = (0..50)
-                .map(|_| {
-                    let p = path.clone();
-                    monoio::spawn(async move { fsync_dir(&p).await })
-                })
-                .collect();
-            for t in tasks {
+            for t in concurrent_syncs(&path, 50) {
                 t.await.unwrap();
             }
             // The first caller's round, then one round for the 49 that queued behind it.
             assert_eq!(DIR_SYNC_ROUNDS.with(|c| c.get()) - before, 2);
             assert!(DIR_SYNCS.with(|m| m.borrow().is_empty()));
 
-            let gone = path.join("missing");
-            let tasks: Vec<_> = (0..3)
-                .map(|_| {
-                    let p = gone.clone();
-                    monoio::spawn(async move { fsync_dir(&p).await })
-                })
-                .collect();
-            for t in tasks {
+            for t in concurrent_syncs(&path.join("missing"), 3) {
                 let e = t.await.unwrap_err();
                 assert_eq!(e.kind(), io::ErrorKind::NotFound);
             }

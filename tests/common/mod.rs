@@ -391,6 +391,13 @@ pub fn sha256(data: &[u8]) -> String {
     )
 }
 
+/// POST an upload session for `repo`; its location.
+pub fn start_upload(c: &mut Client, repo: &str) -> String {
+    let r = c.request("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], b"");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.header("location").unwrap().to_owned()
+}
+
 /// Push a blob monolithically; asserts 201.
 pub fn push_blob(c: &mut Client, repo: &str, data: &[u8]) -> String {
     let d = sha256(data);
