@@ -91,6 +91,28 @@ pub struct BlobWriter {
 const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl BlobWriter {
+    /// A writer continuing `file` at `offset`, with `hasher` covering the bytes before it.
+    fn new(file: monoio::fs::File, path: PathBuf, offset: u64, hasher: Hasher) -> BlobWriter {
+        BlobWriter {
+            file: std::rc::Rc::new(file),
+            path,
+            offset,
+            hasher,
+            failed: false,
+            flushed: offset,
+            inflight: None,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Count `len` more bytes written (or in flight) and start writeback every `WRITEBACK_STEP`.
+    fn advance(&mut self, len: u64) {
+        self.offset += len;
+        if self.offset - self.flushed >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
+    }
+
     /// Bytes written so far.
     pub fn offset(&self) -> u64 {
         self.offset
@@ -102,11 +124,8 @@ impl BlobWriter {
         let len = range.len() as u64;
         let (res, slice) = self.file.write_all_at(buf.slice(range), self.offset).await;
         match &res {
-            Ok(()) => self.offset += len,
+            Ok(()) => self.advance(len),
             Err(_) => self.failed = true,
-        }
-        if self.offset - self.flushed >= WRITEBACK_STEP {
-            self.start_writeback();
         }
         (res, slice.into_inner())
     }
@@ -118,20 +137,15 @@ impl BlobWriter {
     /// `settle` must follow the last block.
     pub async fn append_pipelined(&mut self, buf: Vec<u8>, range: Range<usize>) -> io::Result<()> {
         self.hasher.update(&buf[range.clone()]);
-        if let Err(e) = self.settle().await {
-            // The hash now covers a block that was never written: the next lease re-hashes.
-            self.failed = true;
-            return Err(e);
-        }
+        // On failure the hash covers a block that was never written; `settle` marked the writer
+        // failed, so the next lease re-hashes.
+        self.settle().await?;
         let (file, at, len) = (std::rc::Rc::clone(&self.file), self.offset, range.len());
         self.inflight = Some(monoio::spawn(async move {
             let (res, slice) = file.write_all_at(buf.slice(range), at).await;
             (res, slice.into_inner())
         }));
-        self.offset += len as u64;
-        if self.offset - self.flushed >= WRITEBACK_STEP {
-            self.start_writeback();
-        }
+        self.advance(len as u64);
         Ok(())
     }
 
@@ -269,16 +283,7 @@ impl Storage {
     pub fn temp_writer(&self, alg: Algorithm) -> Result<BlobWriter> {
         let path = self.uploads_dir().join(format!(".tmp-{}", random_id()));
         let file = open_rw(&path, true)?;
-        Ok(BlobWriter {
-            file: std::rc::Rc::new(file),
-            path,
-            offset: 0,
-            hasher: alg.hasher(),
-            failed: false,
-            flushed: 0,
-            inflight: None,
-            spare: Vec::new(),
-        })
+        Ok(BlobWriter::new(file, path, 0, alg.hasher()))
     }
 
     /// fsync, verify against `expected`, move into the store and link into `repo`. Returns the
@@ -443,16 +448,7 @@ impl Storage {
             Some(h) if len == offset => (h, offset),
             _ => rehash(&file, alg).await?,
         };
-        lease.writer = Some(BlobWriter {
-            file: std::rc::Rc::new(file),
-            path,
-            offset,
-            hasher,
-            failed: false,
-            flushed: offset,
-            inflight: None,
-            spare: Vec::new(),
-        });
+        lease.writer = Some(BlobWriter::new(file, path, offset, hasher));
         Ok(lease)
     }
 
