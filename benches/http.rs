@@ -71,6 +71,7 @@ fn bench_per_request(c: &mut Criterion) {
         write_rps: 0.0,
         burst: 0,
         max_connections: 0,
+        ..Default::default()
     });
     let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
     let mut g = c.benchmark_group("per_request");

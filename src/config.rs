@@ -170,9 +170,13 @@ pub struct HttpConfig {
     /// Idle keep-alive time between requests before the connection is closed. Default `"60s"`.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub keep_alive_timeout: Duration,
-    /// Longest stall while reading a body or writing a response. Default `"60s"`.
+    /// Longest stall while reading a request body; 408 after. Default `"60s"`.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub body_timeout: Duration,
+    /// Longest a response write may wait for a client that stopped reading; the connection closes
+    /// after it (its buffers are freed). Default `"30s"`.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub send_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -184,6 +188,7 @@ impl Default for HttpConfig {
             head_timeout: l.head_timeout,
             keep_alive_timeout: l.keep_alive_timeout,
             body_timeout: l.body_timeout,
+            send_timeout: l.send_timeout,
         }
     }
 }
@@ -196,6 +201,7 @@ impl HttpConfig {
             head_timeout: self.head_timeout,
             keep_alive_timeout: self.keep_alive_timeout,
             body_timeout: self.body_timeout,
+            send_timeout: self.send_timeout,
         }
     }
 }
@@ -274,9 +280,17 @@ pub struct LimitsConfig {
     /// Requests a client may make in a burst above its rate (the token bucket's size). Default `0`
     /// = one second's worth of the rate (at least 1).
     pub burst: u32,
-    /// Open connections across all workers; the next one is answered 503 and closed (TLS: closed).
-    /// Default `16384`; `0` = unlimited.
+    /// Open connections across all workers. At the cap a new connection closes the longest-idle
+    /// keep-alive connection (idle at least a second) of the worker that accepts it; with none, it
+    /// is answered 503 and closed (TLS: closed). Default `16384`; `0` = unlimited.
     pub max_connections: usize,
+    /// Open connections per client address (IPv4 address, IPv6 /64); the next is answered 503 and
+    /// closed (TLS: closed). Default `256`; `0` = unlimited.
+    pub max_connections_per_client: usize,
+    /// Bytes of large response buffers (256 KiB TLS file blocks, 1 MiB loopback copies) that may
+    /// wait on clients at once; past it files go out in 16 KiB TLS records or by `sendfile`.
+    /// Default `16777216` (16 MiB).
+    pub response_buffer_budget: usize,
 }
 
 impl Default for LimitsConfig {
@@ -286,6 +300,8 @@ impl Default for LimitsConfig {
             write_rps: 0.0,
             burst: 0,
             max_connections: 16384,
+            max_connections_per_client: 256,
+            response_buffer_budget: crate::http::budget::DEFAULT,
         }
     }
 }
@@ -342,8 +358,13 @@ pub struct AuthConfig {
     /// again (per worker thread). Default `"60s"`.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub credential_cache_ttl: Duration,
-    /// Verified credentials remembered per worker thread. Default `1024`.
+    /// Credentials remembered per worker thread: this many that verified, and as many that did
+    /// not (kept apart, so wrong guesses never push out a user who verified). Default `1024`.
     pub credential_cache_size: usize,
+    /// Password checks one client address (IPv6: one /64) may have queued or running at once;
+    /// more are answered 429 before they queue, so no client can fill the verifier queue and lock
+    /// the others out. Default `4`; `0` = unlimited.
+    pub max_checks_per_client: u32,
     /// `[auth.identity.<id>]`: Basic-auth users; `<id>` is `identity.id` in policies.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub identity: BTreeMap<String, IdentityConfig>,
@@ -354,6 +375,7 @@ impl Default for AuthConfig {
         AuthConfig {
             credential_cache_ttl: Duration::from_secs(60),
             credential_cache_size: 1024,
+            max_checks_per_client: 4,
             identity: BTreeMap::new(),
         }
     }
@@ -499,6 +521,7 @@ impl Config {
             ("server.http.head_timeout", h.head_timeout),
             ("server.http.keep_alive_timeout", h.keep_alive_timeout),
             ("server.http.body_timeout", h.body_timeout),
+            ("server.http.send_timeout", h.send_timeout),
         ] {
             if d.is_zero() {
                 return invalid(key, "must be greater than zero");
@@ -545,6 +568,12 @@ impl Config {
             }
         }
         self.validate_listeners()?;
+        if self.limits.response_buffer_budget > 0 && self.limits.response_buffer_budget < 1 << 20 {
+            return invalid(
+                "limits.response_buffer_budget",
+                "must be at least 1048576 (1 MiB), or 0 for small buffers only",
+            );
+        }
         if self.auth.credential_cache_size == 0 {
             return invalid("auth.credential_cache_size", "must be at least 1");
         }

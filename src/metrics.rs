@@ -47,7 +47,31 @@ pub struct Worker {
     connections: Box<[AtomicI64]>,
     tls: [AtomicU64; 3],
     decisions: [AtomicU64; 2],
+    defences: [AtomicU64; DEFENCES.len()],
 }
+
+/// What the denial-of-service defences did (`wharf_defence_events_total{event=…}`).
+#[derive(Clone, Copy)]
+pub enum Defence {
+    /// A connection refused: its client address held `limits.max_connections_per_client`.
+    ClientConnectionCap = 0,
+    /// A connection refused at `limits.max_connections` with no idle connection to close.
+    GlobalConnectionCap = 1,
+    /// An idle keep-alive connection closed to admit a new one at `limits.max_connections`.
+    IdleEvicted = 2,
+    /// A password check refused: its client had `auth.max_checks_per_client` in flight.
+    ClientChecksCap = 3,
+    /// An open TLS connection closed after a reload: its client certificate no longer verifies.
+    CertificateRevoked = 4,
+}
+
+const DEFENCES: [&str; 5] = [
+    "client_connection_cap",
+    "global_connection_cap",
+    "idle_evicted",
+    "client_checks_cap",
+    "certificate_no_longer_valid",
+];
 
 /// TLS handshake outcomes.
 #[derive(Clone, Copy)]
@@ -73,6 +97,7 @@ impl Worker {
             connections: (0..listeners).map(|_| AtomicI64::new(0)).collect(),
             tls: zeros(),
             decisions: zeros(),
+            defences: zeros(),
         }
     }
 
@@ -118,6 +143,10 @@ impl Worker {
 
     pub fn decision(&self, allowed: bool) {
         add(&self.decisions[usize::from(!allowed)], 1);
+    }
+
+    pub fn defence(&self, d: Defence) {
+        add(&self.defences[d as usize], 1);
     }
 }
 
@@ -271,6 +300,18 @@ impl Metrics {
             sum(&|w| load(&w.decisions[1])),
             self.storage.bytes.load(Ordering::Relaxed),
             self.storage.blobs.load(Ordering::Relaxed),
+        );
+        out.push_str("# HELP wharf_defence_events_total What the denial-of-service defences did, by event.\n# TYPE wharf_defence_events_total counter\n");
+        for (i, event) in DEFENCES.iter().enumerate() {
+            let n = sum(&|w| load(&w.defences[i]));
+            let _ = writeln!(out, "wharf_defence_events_total{{event=\"{event}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wharf_response_buffer_bytes Bytes of response buffers in use against limits.response_buffer_budget.\n# TYPE wharf_response_buffer_bytes gauge\nwharf_response_buffer_bytes {}\n\
+             # HELP wharf_response_buffer_fallbacks_total Sends that found the budget spent and used small buffers.\n# TYPE wharf_response_buffer_fallbacks_total counter\nwharf_response_buffer_fallbacks_total {}",
+            crate::http::budget::in_use(),
+            crate::http::budget::fallbacks()
         );
         out.push_str("# HELP wharf_connections_open Open client connections, by listener.\n# TYPE wharf_connections_open gauge\n");
         for (i, name) in self.listeners.iter().enumerate() {

@@ -170,6 +170,8 @@ fn nginx_migration_config_behaves_as_documented() {
         .client
         .request("POST", "/v2/team/app/blobs/uploads/", &[], b"");
     assert_eq!(r.status, 401);
+    assert!(r.closes(), "a 401 ends the connection");
+    let mut m = tls_connect(main, anonymous.clone()).unwrap();
     // 4443 refuses a handshake without a client certificate.
     let refused = tls_connect(push, anonymous.clone()).and_then(|mut c| {
         c.client

@@ -403,7 +403,11 @@ fn raise_nofile() {
 
 fn slowloris_connections_time_out_while_others_are_served(driver: &str) {
     raise_nofile();
-    let s = Server::start_with(driver, "[server.http]\nhead_timeout = \"2s\"\n");
+    // 1,000 slow clients, all from 127.0.0.1 here: no per-client connection cap.
+    let s = Server::start_with(
+        driver,
+        "[server.http]\nhead_timeout = \"2s\"\n[limits]\nmax_connections_per_client = 0\n",
+    );
     let mut slow: Vec<TcpStream> = (0..1000)
         .map(|_| {
             let c = TcpStream::connect(s.addr).unwrap();

@@ -1,9 +1,10 @@
 //! Verified credentials per worker thread (no locks), keyed by a keyed SHA-256 of the whole
 //! `Authorization` header so no password is kept; checks of the same header that arrive while
-//! one is running wait for it instead of starting their own.
+//! one is running wait for it instead of starting their own. Successes and failures are kept in
+//! separate bounded sets, so a flood of wrong credentials never evicts a user who verified.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -15,11 +16,6 @@ pub type Key = [u8; 32];
 
 /// What checking a header found: the user's index, or wrong credentials.
 pub type Outcome = Option<usize>;
-
-struct Entry {
-    outcome: Outcome,
-    expires: Instant,
-}
 
 /// A check in flight that other requests with the same header wait for.
 #[derive(Default)]
@@ -51,29 +47,88 @@ impl Future for Wait {
     }
 }
 
+/// A map of at most `max` keys that forgets the oldest insertion first (FIFO, not a `clear()`).
+struct Bounded<V> {
+    max: usize,
+    /// Key → value and the sequence number of its insertion.
+    map: HashMap<Key, (V, u64)>,
+    /// Insertion order; entries whose sequence number no longer matches the map are stale.
+    order: VecDeque<(Key, u64)>,
+    seq: u64,
+}
+
+impl<V> Bounded<V> {
+    fn new(max: usize) -> Self {
+        Bounded {
+            max: max.max(1),
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            seq: 0,
+        }
+    }
+
+    fn get(&self, key: &Key) -> Option<&V> {
+        self.map.get(key).map(|(v, _)| v)
+    }
+
+    fn insert(&mut self, key: Key, value: V) {
+        self.seq += 1;
+        self.map.insert(key, (value, self.seq));
+        self.order.push_back((key, self.seq));
+        while self.map.len() > self.max {
+            let Some((k, s)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&k).is_some_and(|(_, at)| *at == s) {
+                self.map.remove(&k);
+            }
+        }
+        // Re-inserted keys leave stale order entries behind; keep the queue within 2 × max.
+        if self.order.len() > 2 * self.max {
+            let map = &self.map;
+            self.order
+                .retain(|(k, s)| map.get(k).is_some_and(|(_, at)| at == s));
+        }
+        debug_assert!(self.map.len() <= self.max && self.order.len() <= 2 * self.max + 1);
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 /// One worker thread's verified credentials.
 pub struct Cache {
     ttl: Duration,
-    max: usize,
-    entries: RefCell<HashMap<Key, Entry>>,
+    /// Headers that verified: user index and expiry. Only a correct password gets in here.
+    verified: RefCell<Bounded<(usize, Instant)>>,
+    /// Headers that did not verify, and their expiry.
+    refused: RefCell<Bounded<Instant>>,
     pending: RefCell<HashMap<Key, Rc<Pending>>>,
 }
 
 impl Cache {
+    /// `max` bounds each of the two sets (successes, failures).
     pub fn new(ttl: Duration, max: usize) -> Cache {
         Cache {
             ttl,
-            max: max.max(1),
-            entries: RefCell::new(HashMap::new()),
+            verified: RefCell::new(Bounded::new(max)),
+            refused: RefCell::new(Bounded::new(max)),
             pending: RefCell::new(HashMap::new()),
         }
     }
 
     /// Hot path: a verified (or refused) header seen within the TTL.
     pub fn lookup(&self, key: &Key, now: Instant) -> Option<Outcome> {
-        let entries = self.entries.borrow();
-        let e = entries.get(key)?;
-        (e.expires > now).then_some(e.outcome)
+        if let Some(&(user, expires)) = self.verified.borrow().get(key)
+            && expires > now
+        {
+            return Some(Some(user));
+        }
+        match self.refused.borrow().get(key) {
+            Some(&expires) if expires > now => Some(None),
+            _ => None,
+        }
     }
 
     /// The check already running for this header, if any.
@@ -90,21 +145,11 @@ impl Cache {
 
     /// Record a finished check (`None`: it could not run, remember nothing) and wake its waiters.
     pub fn finish(&self, key: Key, outcome: Option<Outcome>, now: Instant) {
-        if let Some(outcome) = outcome {
-            let mut entries = self.entries.borrow_mut();
-            if entries.len() >= self.max {
-                entries.retain(|_, e| e.expires > now);
-                if entries.len() >= self.max {
-                    entries.clear();
-                }
-            }
-            entries.insert(
-                key,
-                Entry {
-                    outcome,
-                    expires: now + self.ttl,
-                },
-            );
+        let expires = now + self.ttl;
+        match outcome {
+            Some(Some(user)) => self.verified.borrow_mut().insert(key, (user, expires)),
+            Some(None) => self.refused.borrow_mut().insert(key, expires),
+            None => {}
         }
         if let Some(p) = self.pending.borrow_mut().remove(&key) {
             p.outcome.set(Some(outcome));
@@ -114,9 +159,9 @@ impl Cache {
         }
     }
 
-    #[cfg(test)]
+    /// Headers remembered (verified and refused).
     pub fn remembered(&self) -> usize {
-        self.entries.borrow().len()
+        self.verified.borrow().len() + self.refused.borrow().len()
     }
 }
 
@@ -135,7 +180,7 @@ mod tests {
         assert_eq!(c.lookup(&[1; 32], t0), Some(Some(1)));
         assert_eq!(c.lookup(&[1; 32], t0 + Duration::from_secs(61)), None);
         c.finish([9; 32], Some(None), t0);
-        assert!(c.remembered() <= 3);
+        assert!(c.remembered() <= 6);
         assert_eq!(
             c.lookup(&[9; 32], t0),
             Some(None),
@@ -147,5 +192,35 @@ mod tests {
             None,
             "a check that could not run is not remembered"
         );
+    }
+
+    #[test]
+    fn a_flood_of_wrong_credentials_never_evicts_a_verified_user() {
+        let c = Cache::new(Duration::from_secs(60), 16);
+        let t0 = Instant::now();
+        c.finish([1; 32], Some(Some(0)), t0);
+        for i in 0..10_000u32 {
+            let mut k = [0xEE; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            c.finish(k, Some(None), t0);
+        }
+        assert_eq!(c.lookup(&[1; 32], t0), Some(Some(0)));
+        assert!(c.remembered() <= 32, "{}", c.remembered());
+    }
+
+    #[test]
+    fn the_oldest_entry_goes_first_and_reinsertion_refreshes() {
+        let mut b = Bounded::new(3);
+        for i in 0..3u8 {
+            b.insert([i; 32], i);
+        }
+        b.insert([0; 32], 10);
+        b.insert([7; 32], 7);
+        assert_eq!(b.get(&[1; 32]), None, "the oldest insertion was dropped");
+        assert_eq!(b.get(&[0; 32]), Some(&10), "re-inserted, so younger");
+        for i in 0..100u8 {
+            b.insert([0; 32], i);
+        }
+        assert!(b.order.len() <= 7 && b.len() <= 3);
     }
 }

@@ -119,7 +119,7 @@ impl Transport {
     }
 }
 
-/// The error of a write that waited longer than `body_timeout` for the client to read.
+/// The error of a write that waited longer than `send_timeout` for the client to read.
 pub(crate) fn stalled() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")
 }
@@ -218,6 +218,14 @@ impl Conn {
             self.received += n as u64;
         }
         res
+    }
+
+    /// The TLS client's certificate chain (leaf first), if it presented one.
+    pub fn client_chain(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        match &self.io {
+            Transport::Tls(t) => t.client_chain(),
+            Transport::Plain(_) => None,
+        }
     }
 
     /// Bytes read from the client since the connection opened (heads and bodies; over TLS, plaintext).
@@ -382,11 +390,12 @@ impl Conn {
             continue_pending: head.expect_continue,
             deferred: None,
             failed: false,
+            wire_limit: u64::MAX,
         }
     }
 
     async fn write_all(&mut self, data: Vec<u8>) -> io::Result<()> {
-        let stall = self.limits.body_timeout;
+        let stall = self.limits.send_timeout;
         match &mut self.io {
             Transport::Plain(stream) => {
                 match monoio::time::timeout(stall, stream.write_all(data)).await {
@@ -403,13 +412,20 @@ impl Conn {
         let (bytes, file) = super::response::encode(resp, head_only, close);
         self.write_all(bytes).await?;
         if let Some((file, offset, len)) = file {
-            let stall = self.limits.body_timeout;
+            // A file send may wait long on a slow reader: hold no read buffers meanwhile.
+            if self.pos == self.buf.len() {
+                self.park();
+            }
+            let stall = self.limits.send_timeout;
             match &mut self.io {
                 // Measured (docs/performance.md): to a loopback peer, sendfile's per-page socket
                 // buffers run at about half the speed of a buffered copy; to a real interface
-                // sendfile saves the copy.
+                // sendfile saves the copy. The copy's 1 MiB block counts against the budget.
                 Transport::Plain(stream) if peer_is_loopback(stream) => {
-                    copy_loop(stream, file, offset, len, stall).await?
+                    match super::budget::reserve(BLOCK_BUF) {
+                        Some(_held) => copy_loop(stream, file, offset, len, stall).await?,
+                        None => sendfile_loop(stream, &file, offset, len, stall).await?,
+                    }
                 }
                 Transport::Plain(stream) => {
                     sendfile_loop(stream, &file, offset, len, stall).await?
@@ -603,6 +619,9 @@ pub struct Body<'c> {
     deferred: Option<BodyError>,
     /// Reading failed: the rest of the body is unknown, so the connection must close.
     failed: bool,
+    /// `Conn::received` past which reading stops (`drain`): counts wire bytes, so chunk framing
+    /// and extensions cannot make a drain read without end.
+    wire_limit: u64,
 }
 
 impl Body<'_> {
@@ -727,6 +746,9 @@ impl Body<'_> {
         self.send_continue().await?;
         let stall = self.conn.limits.body_timeout;
         loop {
+            if self.conn.received > self.wire_limit {
+                return Err(BodyError::TooLarge);
+            }
             match &mut self.state {
                 BodyState::Done => return Ok(None),
                 BodyState::Length(left) => {
@@ -807,20 +829,16 @@ impl Body<'_> {
         Ok(out)
     }
 
-    /// Discard the rest of the body if it is at most `max` bytes; false if it is larger (close instead).
+    /// Discard the rest of the body if reading it takes at most `max` more bytes off the wire
+    /// (framing included); false if it is larger (close instead).
     pub async fn drain(&mut self, max: u64) -> bool {
         if self.continue_pending || self.failed {
             return false;
         }
-        let mut seen = 0u64;
+        self.wire_limit = self.conn.received.saturating_add(max);
         loop {
             match self.next().await {
-                Ok(Some(r)) => {
-                    seen += r.len() as u64;
-                    if seen > max {
-                        return false;
-                    }
-                }
+                Ok(Some(_)) => {}
                 Ok(None) => return true,
                 Err(_) => return false,
             }

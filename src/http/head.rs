@@ -11,6 +11,8 @@ pub struct Limits {
     pub head_timeout: Duration,
     pub keep_alive_timeout: Duration,
     pub body_timeout: Duration,
+    /// Longest a response write may wait for the client to read (then the connection closes).
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -21,6 +23,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -220,6 +223,10 @@ fn read_headers(
         } else if name.eq_ignore_ascii_case("range") {
             head.range = Some(value()?.to_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
+            // Which of two credentials counts is ambiguous (proxies and servers disagree): refuse.
+            if head.authorization.is_some() {
+                return Err(HeadError::Bad("duplicate Authorization"));
+            }
             head.authorization = Some(value()?.to_owned());
         }
     }
@@ -284,6 +291,18 @@ mod tests {
         assert_eq!(h.query, "x=1");
         assert_eq!(h.framing, Framing::None);
         assert!(!h.close);
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let two = "GET /v2/ HTTP/1.1\r\nAuthorization: Basic YTpi\r\nauthorization: Basic YzpkZA==\r\n\r\n";
+        assert_eq!(
+            p(two).unwrap_err(),
+            HeadError::Bad("duplicate Authorization")
+        );
+        let one = "GET /v2/ HTTP/1.1\r\nAuthorization: Basic YTpi\r\n\r\n";
+        let (h, _) = p(one).unwrap().unwrap();
+        assert_eq!(h.authorization.as_deref(), Some("Basic YTpi"));
     }
 
     #[test]

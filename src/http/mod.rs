@@ -2,6 +2,7 @@
 //! machine (`chunked`), `Range`/`Content-Range` parsing (`range`), responses (`response`), and the
 //! buffered connection with its timeouts, 100-continue and zero-copy file sending (`conn`).
 
+pub mod budget;
 pub mod chunked;
 pub mod conn;
 pub mod head;

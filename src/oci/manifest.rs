@@ -92,6 +92,11 @@ fn bare_type(ct: &str) -> &str {
     ct.split(';').next().unwrap_or("").trim()
 }
 
+/// Descriptors (layers, or an index's manifests) one manifest may list; more is refused with
+/// `MANIFEST_INVALID`. Images have at most a few hundred layers; this bounds the work a push asks
+/// of the registry.
+pub const MAX_DESCRIPTORS: usize = 4096;
+
 /// Validate `bytes` pushed with `content_type`.
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OciError> {
     let raw: RawManifest = serde_json::from_slice(bytes)
@@ -114,7 +119,15 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OciErro
     let kind = kind_of(&media_type)
         .ok_or_else(|| invalid(format!("unsupported manifest media type {media_type:?}")))?;
 
-    let mut required_blobs = Vec::new();
+    let listed =
+        raw.layers.as_ref().map_or(0, Vec::len) + raw.manifests.as_ref().map_or(0, Vec::len);
+    if listed > MAX_DESCRIPTORS {
+        return Err(invalid(format!(
+            "manifest lists {listed} descriptors; at most {MAX_DESCRIPTORS} are accepted"
+        )));
+    }
+    let mut required_blobs: Vec<Digest> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut children = Vec::new();
     let mut artifact_type = raw.artifact_type.clone();
     match kind {
@@ -123,7 +136,9 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OciErro
                 .config
                 .as_ref()
                 .ok_or_else(|| invalid("image manifest has no config"))?;
-            required_blobs.push(descriptor_digest(config, "config")?);
+            let config_digest = descriptor_digest(config, "config")?;
+            seen.insert(config_digest.clone());
+            required_blobs.push(config_digest);
             if artifact_type.is_none() {
                 artifact_type = config.media_type.clone();
             }
@@ -133,7 +148,8 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OciErro
                 .ok_or_else(|| invalid("image manifest has no layers"))?;
             for (i, layer) in layers.iter().enumerate() {
                 let d = descriptor_digest(layer, &format!("layers[{i}]"))?;
-                if !is_external(layer) {
+                // Each distinct blob once: a layer listed 4,000 times is one existence check.
+                if !is_external(layer) && seen.insert(d.clone()) {
                     required_blobs.push(d);
                 }
             }
@@ -189,6 +205,43 @@ mod tests {
 
     fn d(n: u8) -> String {
         format!("sha256:{}", format!("{n:02x}").repeat(32))
+    }
+
+    fn image_with_layers(layers: &[String]) -> String {
+        let layers: Vec<String> = layers
+            .iter()
+            .map(|l| format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{l}","size":3}}"#))
+            .collect();
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"a","digest":"{}","size":2}},"layers":[{}]}}"#,
+            d(1),
+            layers.join(",")
+        )
+    }
+
+    #[test]
+    fn a_layer_listed_many_times_is_one_required_blob() {
+        let m = image_with_layers(&vec![d(2); 4000]);
+        let p = parse(m.as_bytes(), Some(OCI_MANIFEST)).unwrap();
+        assert_eq!(
+            p.required_blobs,
+            vec![d(1).parse().unwrap(), d(2).parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn too_many_descriptors_are_refused() {
+        let m = image_with_layers(&vec![d(2); MAX_DESCRIPTORS + 1]);
+        let e = parse(m.as_bytes(), Some(OCI_MANIFEST)).unwrap_err();
+        assert_eq!(e.code, crate::oci::ErrorCode::ManifestInvalid);
+        assert!(e.message.contains("at most 4096"), "{}", e.message);
+        assert!(
+            parse(
+                image_with_layers(&vec![d(2); MAX_DESCRIPTORS]).as_bytes(),
+                Some(OCI_MANIFEST)
+            )
+            .is_ok()
+        );
     }
 
     #[test]

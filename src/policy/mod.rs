@@ -233,6 +233,32 @@ impl AccessControl {
         }
         decision
     }
+
+    /// Decide `action`, then, for every tag it creates, moves or removes (`request.tags`), the same
+    /// action as if that tag were its path reference: a `?tag=release` or a delete by digest that
+    /// takes `release` with it is allowed only where `PUT`/`DELETE …/manifests/release` would be, so
+    /// rules written against `request.reference` hold. The first denial decides.
+    pub fn decide_with_tags<'p, 'i>(
+        &'p self,
+        identity: impl Fn() -> IdentityVal<'i>,
+        action: &Action,
+        listener: &str,
+    ) -> Decision<'p> {
+        let decision = self.decide(identity(), action, listener);
+        if !decision.allowed {
+            return decision;
+        }
+        for tag in action.tags() {
+            let Some(as_tag) = action.as_tag(tag).filter(|a| a != action) else {
+                continue;
+            };
+            let d = self.decide(identity(), &as_tag, listener);
+            if !d.allowed {
+                return d;
+            }
+        }
+        decision
+    }
 }
 
 #[cfg(test)]
@@ -356,6 +382,86 @@ rules = ["!has(request.repository) && !has(request.reference) && !has(request.di
             None,
             &action("/v2/dev/app/tags/list", Get, "")
         ));
+    }
+
+    /// Decide with every tag the request changes, as the gate does.
+    fn allowed_with_tags(ac: &AccessControl, user: Option<&str>, a: &Action) -> bool {
+        let peer = Peer::new(None, "192.0.2.7".parse().unwrap());
+        let user = user.map(|u| (u, u));
+        ac.decide_with_tags(|| IdentityVal::new(&peer, user), a, "main")
+            .allowed
+    }
+
+    #[test]
+    fn every_tag_a_request_changes_is_decided_as_its_reference() {
+        // "Only the build server writes or removes `release`": the usual protected-tag rule.
+        let ac = control(
+            r#"[global.access_policy]
+default = "allow"
+rules = ["request.action in ['put-manifest', 'delete-manifest'] && has(request.reference) && request.reference == 'release' && identity.username != 'build'"]"#,
+        )
+        .unwrap();
+        let d = format!("sha256:{}", "c".repeat(64));
+        let by_digest = action(&format!("/v2/team/app/manifests/{d}"), Put, "tag=release");
+        let by_other_tag = action("/v2/team/app/manifests/innocent", Put, "tag=x&tag=release");
+        let plain = action("/v2/team/app/manifests/innocent", Put, "tag=x");
+        for a in [&by_digest, &by_other_tag] {
+            assert!(!allowed_with_tags(&ac, Some("dev"), a), "{a:?}");
+            assert!(allowed_with_tags(&ac, Some("build"), a), "{a:?}");
+            // The single decision (path reference only) was the bypass.
+            assert!(allowed(&ac, None, Some("dev"), a));
+        }
+        assert!(allowed_with_tags(&ac, Some("dev"), &plain));
+        let mut delete = action(
+            &format!("/v2/team/app/manifests/{d}"),
+            crate::http::Method::Delete,
+            "",
+        );
+        assert!(
+            allowed_with_tags(&ac, Some("dev"), &delete),
+            "no tag points at it"
+        );
+        if let Action::DeleteManifest { tags, .. } = &mut delete {
+            tags.push("release".parse().unwrap());
+        }
+        assert!(!allowed_with_tags(&ac, Some("dev"), &delete));
+        assert!(allowed_with_tags(&ac, Some("build"), &delete));
+    }
+
+    #[test]
+    fn request_tags_lists_the_tags_a_request_changes() {
+        let ac = control(
+            r#"[global.access_policy]
+default = "deny"
+rules = ["request.tags == ['latest', 'v1', 'v2']", "request.action == 'get-manifest' && request.tags == []"]"#,
+        )
+        .unwrap();
+        let put = action(
+            "/v2/a/manifests/latest",
+            Put,
+            "tag=v1&tag=latest&tag=v2&tag=v1",
+        );
+        assert!(allowed(&ac, None, None, &put));
+        assert!(allowed(&ac, None, None, &pull()));
+        assert!(
+            !allowed(&ac, None, None, &push()),
+            "request.tags is ['latest']"
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_look_like_ipv4_to_rules() {
+        let ac = control(
+            r#"[global.access_policy]
+default = "allow"
+rules = ["identity.client_ip == '203.0.113.9'"]"#,
+        )
+        .unwrap();
+        let peer = Peer::new(None, "::ffff:203.0.113.9".parse().unwrap());
+        assert!(
+            !ac.decide(IdentityVal::new(&peer, None), &pull(), "main")
+                .allowed
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use cel::common::types::{CelList, CelString, Type};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 
-use crate::oci::{Digest, Reference};
+use crate::oci::{Digest, Reference, Tag};
 use crate::registry::Action;
 use crate::tls::CertIdentity;
 
@@ -19,8 +19,15 @@ pub const IDENTITY_FIELDS: &[&str] = &["id", "username", "client_ip", "certifica
 /// The fields of `identity.certificate`.
 pub const CERTIFICATE_FIELDS: &[&str] = &["common_names", "organizations"];
 /// The fields `request` may have (`repository`, `reference` and `digest` only where the
-/// endpoint has them).
-pub const REQUEST_FIELDS: &[&str] = &["action", "listener", "repository", "reference", "digest"];
+/// endpoint has them; `tags` always, empty where the request changes no tag).
+pub const REQUEST_FIELDS: &[&str] = &[
+    "action",
+    "listener",
+    "repository",
+    "reference",
+    "digest",
+    "tags",
+];
 
 static IDENTITY_TYPE: Type = Type::new_unspecified_type("wharf.Identity");
 static CERTIFICATE_TYPE: Type = Type::new_unspecified_type("wharf.Certificate");
@@ -48,7 +55,8 @@ impl Peer {
         Peer {
             common_names: list(cert.map(|c| &c.common_names)),
             organizations: list(cert.map(|c| &c.organizations)),
-            client_ip: ip.to_string(),
+            // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; rules are written for a.b.c.d.
+            client_ip: ip.to_canonical().to_string(),
         }
     }
 }
@@ -94,8 +102,11 @@ pub struct RequestVal<'a> {
     repository: Option<CelString<'a>>,
     reference: Option<&'a Reference>,
     digest: Option<&'a Digest>,
+    /// Every tag the request creates, moves or removes (`Action::tags`).
+    tags: Vec<&'a Tag>,
     reference_text: OnceLock<CelString<'static>>,
     digest_text: OnceLock<CelString<'static>>,
+    tags_list: OnceLock<CelList<'static>>,
 }
 
 impl<'a> RequestVal<'a> {
@@ -122,8 +133,10 @@ impl<'a> RequestVal<'a> {
             repository: action.repository().map(|r| CelString::from(r.as_str())),
             reference,
             digest,
+            tags: action.tags(),
             reference_text: OnceLock::new(),
             digest_text: OnceLock::new(),
+            tags_list: OnceLock::new(),
         }
     }
 }
@@ -152,6 +165,7 @@ impl VariableResolver for Vars<'_> {
             "request.action" => &self.request.action,
             "request.listener" => &self.request.listener,
             "request.repository" => self.request.repository.as_ref()?,
+            "request.tags" => return self.request.lookup("tags").ok(),
             _ => return None,
         };
         Some(CowVal::Borrowed(v))
@@ -279,6 +293,14 @@ impl RequestVal<'_> {
                         .get_or_init(|| CelString::from(d.to_string())),
                 )
             }
+            "tags" => borrowed(self.tags_list.get_or_init(|| {
+                let items: Vec<Box<dyn Val>> = self
+                    .tags
+                    .iter()
+                    .map(|t| Box::new(CelString::from(t.as_str().to_owned())) as Box<dyn Val>)
+                    .collect();
+                CelList::from(items)
+            })),
             other => Err(absent(other)),
         }
     }

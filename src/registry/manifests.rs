@@ -84,9 +84,15 @@ impl Registry {
         Ok(r)
     }
 
-    pub(super) fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> HandlerResult {
+    /// `tags`: the tags the request was authorized to remove with the manifest (`Action::tags`).
+    pub(super) fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        tags: &[Tag],
+    ) -> HandlerResult {
         match reference {
-            Reference::Digest(d) => self.storage.delete_manifest(repo, d)?,
+            Reference::Digest(d) => self.storage.delete_manifest(repo, d, tags)?,
             Reference::Tag(t) => self.storage.delete_tag(repo, t)?,
         }
         Ok(Response::new(202))

@@ -36,6 +36,15 @@ pub struct Registry {
 type HandlerResult = Result<Response, OciError>;
 
 impl Registry {
+    /// The tags of `repo` pointing at `digest` (what a manifest delete by digest would remove).
+    pub fn tags_pointing_at(
+        &self,
+        repo: &crate::oci::RepoName,
+        digest: &crate::oci::Digest,
+    ) -> Result<Vec<crate::oci::Tag>, OciError> {
+        Ok(self.storage.tags_pointing_at(repo, digest)?)
+    }
+
     /// The store behind the registry.
     pub fn storage(&self) -> &Storage {
         &self.storage
@@ -121,7 +130,8 @@ impl Registry {
             Action::DeleteManifest {
                 repository,
                 reference,
-            } => self.delete_manifest(&repository, &reference),
+                tags,
+            } => self.delete_manifest(&repository, &reference, &tags),
             Action::GetReferrers {
                 repository,
                 digest,
@@ -173,6 +183,11 @@ impl From<StoreError> for OciError {
                 ErrorCode::DigestInvalid,
                 format!("content does not match digest {expected}"),
             ),
+            StoreError::TagMoved(tag) => OciError::new(
+                ErrorCode::Denied,
+                format!("tag {tag} was moved to this manifest while the delete was being decided; nothing was deleted, retry the delete"),
+            )
+            .with_status(409),
             StoreError::Io(err) => io_error(&err),
         }
     }

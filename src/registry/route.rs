@@ -50,14 +50,18 @@ pub enum Action {
         repository: RepoName,
         reference: Reference,
     },
+    /// `tags`: the `?tag=` parameters (at most `MAX_QUERY_TAGS`), deduplicated.
     PutManifest {
         repository: RepoName,
         reference: Reference,
         tags: Vec<Tag>,
     },
+    /// `tags`: by tag, that tag; by digest, the tags pointing at it when the gate decided (filled
+    /// in by the gate, since finding them reads storage). The handler removes no other tag.
     DeleteManifest {
         repository: RepoName,
         reference: Reference,
+        tags: Vec<Tag>,
     },
     GetReferrers {
         repository: RepoName,
@@ -98,6 +102,10 @@ pub const ACTIONS: [&str; 18] = [
     "get-health",
     "get-ready",
 ];
+
+/// `?tag=` parameters one manifest PUT may carry; more answer 400 (each tag is a policy decision
+/// and a tag write).
+pub const MAX_QUERY_TAGS: usize = 64;
 
 /// `n` / `last` pagination parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -142,6 +150,51 @@ impl Action {
             self,
             Action::GetMetrics | Action::GetHealth | Action::GetReady
         )
+    }
+
+    /// Every tag the action creates, moves or removes (`request.tags`): a manifest PUT's path tag
+    /// and `?tag=` tags, a manifest DELETE's tags. Empty for every other action.
+    pub fn tags(&self) -> Vec<&Tag> {
+        let mut out = Vec::new();
+        match self {
+            Action::PutManifest {
+                reference, tags, ..
+            } => {
+                let path = match reference {
+                    Reference::Tag(t) => Some(t),
+                    Reference::Digest(_) => None,
+                };
+                out.extend(path);
+                // `tags` has no repeats (route dedups them); skip the path tag among them.
+                out.extend(tags.iter().filter(|t| Some(*t) != path));
+            }
+            Action::DeleteManifest { tags, .. } => out.extend(tags),
+            _ => {}
+        }
+        out
+    }
+
+    /// The same manifest PUT or DELETE as if it named `tag` in its path: what a policy decides for
+    /// each tag the request changes. `None` for other actions.
+    pub fn as_tag(&self, tag: &Tag) -> Option<Action> {
+        let reference = Reference::Tag(tag.clone());
+        match self {
+            Action::PutManifest {
+                repository, tags, ..
+            } => Some(Action::PutManifest {
+                repository: repository.clone(),
+                reference,
+                tags: tags.clone(),
+            }),
+            Action::DeleteManifest {
+                repository, tags, ..
+            } => Some(Action::DeleteManifest {
+                repository: repository.clone(),
+                reference,
+                tags: tags.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// The repository the action is about (`None` for the API version check and the catalog).
@@ -402,7 +455,21 @@ fn manifests(method: Method, repository: RepoName, r: &str, q: &Query) -> Result
                     OciError::new(ErrorCode::ManifestInvalid, format!("tag {t:?}: {e}"))
                 })
             };
-            let tags = q.all("tag").map(tag).collect::<Result<Vec<_>, _>>()?;
+            if q.all("tag").count() > MAX_QUERY_TAGS {
+                return Err(OciError::new(
+                    ErrorCode::ManifestInvalid,
+                    format!(
+                        "at most {MAX_QUERY_TAGS} tag= parameters per manifest PUT; push the rest in further requests"
+                    ),
+                ));
+            }
+            let mut tags = Vec::new();
+            for t in q.all("tag") {
+                let t = tag(t)?;
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
             Ok(Action::PutManifest {
                 repository,
                 reference,
@@ -410,6 +477,10 @@ fn manifests(method: Method, repository: RepoName, r: &str, q: &Query) -> Result
             })
         }
         Method::Delete => Ok(Action::DeleteManifest {
+            tags: match &reference {
+                Reference::Tag(t) => vec![t.clone()],
+                Reference::Digest(_) => Vec::new(),
+            },
             repository,
             reference,
         }),
@@ -615,6 +686,45 @@ mod tests {
         assert_eq!(
             route(Method::Get, "/v2/_catalog", "n=1").unwrap().name(),
             "list-catalog"
+        );
+    }
+
+    #[test]
+    fn query_tags_are_capped_and_deduplicated() {
+        let q = |n: usize| {
+            (0..n)
+                .map(|i| format!("tag=t{i}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let ok = route(Method::Put, "/v2/a/manifests/latest", &q(MAX_QUERY_TAGS)).unwrap();
+        assert_eq!(
+            ok.tags().len(),
+            MAX_QUERY_TAGS + 1,
+            "the path tag and every query tag"
+        );
+        let e = route(
+            Method::Put,
+            "/v2/a/manifests/latest",
+            &q(MAX_QUERY_TAGS + 1),
+        )
+        .unwrap_err();
+        assert_eq!((e.code, e.status), (ErrorCode::ManifestInvalid, 400));
+        let dup = route(
+            Method::Put,
+            "/v2/a/manifests/latest",
+            "tag=x&tag=latest&tag=x",
+        )
+        .unwrap();
+        let names: Vec<&str> = dup.tags().iter().map(|t| t.as_str()).collect();
+        assert_eq!(names, ["latest", "x"]);
+        let del = route(Method::Delete, "/v2/a/manifests/latest", "").unwrap();
+        assert_eq!(del.tags().len(), 1);
+        assert!(
+            route(Method::Get, "/v2/a/manifests/latest", "")
+                .unwrap()
+                .tags()
+                .is_empty()
         );
     }
 

@@ -15,11 +15,12 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use super::gate::{self, Client};
-use super::limits::Slot;
+use super::idle::Evict;
+use super::limits::{Refusal, Slot};
 use super::{App, Listener, Local};
 use crate::http::conn::{NextRequest, Transport};
 use crate::http::{Conn, Method, Response};
-use crate::metrics::Handshake;
+use crate::metrics::{Defence, Handshake};
 use crate::oci::{ErrorCode, OciError};
 use crate::policy::Peer;
 use crate::registry::Action;
@@ -86,30 +87,36 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-/// A connection over `limits.max_connections`: plain HTTP gets a 503 with `Retry-After` (without
-/// reading its request), TLS is closed (answering would need a handshake).
+/// A connection over `limits.max_connections` or `max_connections_per_client`: plain HTTP gets a
+/// 503 with `Retry-After` (without reading its request), TLS is closed (answering would need a
+/// handshake).
 pub async fn over_capacity(
     stream: TcpStream,
     peer: SocketAddr,
+    refusal: Refusal,
     local: Rc<Local>,
     listener: Rc<Listener>,
 ) {
     let n = local.refused.get() + 1;
     local.refused.set(n);
+    let (key, message) = match refusal {
+        Refusal::Global => (
+            "limits.max_connections",
+            "too many open connections, retry later",
+        ),
+        Refusal::Client => (
+            "limits.max_connections_per_client",
+            "too many open connections from this client address, close some and retry",
+        ),
+    };
     if n % 1000 == 1 {
-        tracing::warn!(
-            "limits.max_connections reached: refusing {peer} ({n} refused by this worker so far)"
-        );
+        tracing::warn!("{key} reached: refusing {peer} ({n} refused by this worker so far)");
     }
     if listener.tls.is_some() {
         return;
     }
     let mut conn = Conn::new(Transport::Plain(stream), Rc::clone(&local.limits));
-    let e = OciError::new(
-        ErrorCode::TooManyRequests,
-        "too many open connections, retry later",
-    )
-    .with_status(503);
+    let e = OciError::new(ErrorCode::TooManyRequests, message).with_status(503);
     let _ = conn.send(error_response(e), false, true).await;
     conn.linger().await;
 }
@@ -166,6 +173,20 @@ async fn connect(
     requests(conn, peer, cert, &app, local, listener).await
 }
 
+/// Whether a TLS connection's client certificate still verifies after the listener's material
+/// was reloaded since `seen` (new client CAs): checked once per reload, before the next request.
+fn certificate_still_valid(conn: &Conn, listener: &Listener, seen: &mut u64) -> bool {
+    let (Some(acceptor), Some(chain)) = (&listener.tls, conn.client_chain()) else {
+        return true;
+    };
+    let now = acceptor.generation();
+    if now == *seen {
+        return true;
+    }
+    *seen = now;
+    acceptor.still_verifies(chain)
+}
+
 /// `/metrics`, `/healthz`, `/readyz`.
 fn admin(app: &App, action: &Action) -> Response {
     match action {
@@ -208,6 +229,8 @@ async fn requests(
     };
     let mut first = true;
     let mut counted = 0;
+    let evict = Rc::new(Evict::default());
+    let mut tls_generation = client.listener.tls.as_ref().map_or(0, |t| t.generation());
     loop {
         let wait = if first {
             app.limits.head_timeout
@@ -215,7 +238,17 @@ async fn requests(
             app.limits.keep_alive_timeout
         };
         first = false;
-        let head = match conn.next_request(wait, shutdown.wait()).await {
+        let next = {
+            let _idle = local.idle.enter(&evict);
+            let stop = async {
+                monoio::select! {
+                    _ = shutdown.wait() => {},
+                    _ = evict.wait() => {},
+                }
+            };
+            conn.next_request(wait, stop).await
+        };
+        let head = match next {
             NextRequest::Head(h) => h,
             NextRequest::Closed => return,
             NextRequest::Invalid(e) => {
@@ -226,12 +259,20 @@ async fn requests(
                 return refuse(conn, 408, "request head timed out\n".into()).await;
             }
         };
+        if !certificate_still_valid(&conn, &client.listener, &mut tls_generation) {
+            local.metrics.defence(Defence::CertificateRevoked);
+            tracing::info!(target: "wharf::tls", "closing TLS connection from {peer}: its client certificate no longer verifies after a reload");
+            return;
+        }
         let started = Instant::now();
         local.metrics.request_started();
         let mut body = conn.body(&head);
         let (live, credentials) = local.live.current(&app.live);
+        // Refused for credentials or rate: answered, then closed, so a client cannot hold a
+        // connection by failing (a client with credentials reconnects at once).
+        let mut refused = false;
         let (resp, user, action) =
-            match gate::admit(&live, &credentials, local, &client, &head).await {
+            match gate::admit(&live, &credentials, local, &app.registry, &client, &head).await {
                 Ok(ok) if ok.action.is_admin() => {
                     (admin(app, &ok.action), ok.user, Some(ok.action.index()))
                 }
@@ -243,7 +284,10 @@ async fn requests(
                         Some(index),
                     )
                 }
-                Err((e, user, action)) => (error_response(e), user, action),
+                Err((e, user, action)) => {
+                    refused = matches!(e.status, 401 | 429);
+                    (error_response(e), user, action)
+                }
             };
         let mut resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
         if let Some(hsts) = live.hsts.as_ref().filter(|_| tls) {
@@ -251,7 +295,7 @@ async fn requests(
         }
         // A body the handler left unread is drained if small, else the connection closes after replying.
         let body_done = body.finished() || body.drain(DRAIN_LIMIT).await;
-        let close = head.close || !body_done || shutdown.fired();
+        let close = head.close || !body_done || refused || shutdown.fired();
         let status = resp.status;
         let head_only = head.method == Method::Head;
         let bytes = if head_only { 0 } else { resp.payload.len() };

@@ -10,9 +10,9 @@ use super::live::Live;
 use super::{AdminEndpoints, Listener, Local};
 use crate::auth::{AuthError, Cache, User};
 use crate::http::{Method, RequestHead};
-use crate::oci::{ErrorCode, OciError};
+use crate::oci::{ErrorCode, OciError, Reference};
 use crate::policy::{IdentityVal, Peer};
-use crate::registry::{Action, route};
+use crate::registry::{Action, Registry, route};
 
 /// What a connection knows about its client for every request on it.
 pub struct Client {
@@ -65,6 +65,7 @@ pub async fn admit<'a>(
     live: &'a Live,
     credentials: &Rc<Cache>,
     local: &Local,
+    registry: &Registry,
     client: &Client,
     head: &RequestHead,
 ) -> Result<Admitted<'a>, Refused<'a>> {
@@ -81,7 +82,7 @@ pub async fn admit<'a>(
         .with_retry_after(wait);
         return Err((e, None, None));
     }
-    let action = route(head.method, &head.path, &head.query).map_err(|e| (e, None, None))?;
+    let mut action = route(head.method, &head.path, &head.query).map_err(|e| (e, None, None))?;
     let name = Some(action.index());
     let elsewhere = match client.listener.admin {
         AdminEndpoints::Also => false,
@@ -100,12 +101,31 @@ pub async fn admit<'a>(
     let user = match head.authorization.as_deref() {
         Some(h) => Some(
             live.auth
-                .authenticate(credentials, h)
+                .authenticate(credentials, h, client.addr.ip())
                 .await
-                .map_err(|e| (auth_error(e), None, name))?,
+                .map_err(|e| {
+                    if e == AuthError::ClientBusy {
+                        local
+                            .metrics
+                            .defence(crate::metrics::Defence::ClientChecksCap);
+                    }
+                    (auth_error(e), None, name)
+                })?,
         ),
         None => None,
     };
+    // A delete by digest removes every tag pointing at the manifest: each is decided, and the
+    // handler removes no tag that was not (Storage::delete_manifest).
+    if let Action::DeleteManifest {
+        repository,
+        reference: Reference::Digest(d),
+        tags,
+    } = &mut action
+    {
+        *tags = registry
+            .tags_pointing_at(repository, d)
+            .map_err(|e| (e, user, name))?;
+    }
     if live.access.is_open() {
         return Ok(Admitted { action, user });
     }
@@ -116,7 +136,7 @@ pub async fn admit<'a>(
         )
     };
     let listener = &*client.listener.name;
-    let decision = live.access.decide(identity(), &action, listener);
+    let decision = live.access.decide_with_tags(identity, &action, listener);
     local.metrics.decision(decision.allowed);
     tracing::debug!(
         target: "wharf::access",
@@ -125,16 +145,18 @@ pub async fn admit<'a>(
         action.name(),
         action.repository().map_or("-", |r| r.as_str())
     );
-    if !decision.allowed {
-        let e = if user.is_none() && !client.has_certificate {
+    let refusal = || {
+        if user.is_none() && !client.has_certificate {
             OciError::new(ErrorCode::Unauthorized, "authentication required")
         } else {
             OciError::new(
                 ErrorCode::Denied,
                 "requested access to the resource is denied",
             )
-        };
-        return Err((e, user, name));
+        }
+    };
+    if !decision.allowed {
+        return Err((refusal(), user, name));
     }
     let action = match action {
         Action::MountBlob {
@@ -162,12 +184,19 @@ pub async fn admit<'a>(
                     algorithm,
                 }
             } else {
-                // The spec's answer when a mount cannot be done: a new upload session (202).
-                Action::StartUpload {
+                // The spec's answer when a mount cannot be done: a new upload session (202),
+                // which is a `start-upload` and decided as one.
+                let upload = Action::StartUpload {
                     repository,
                     digest: None,
                     algorithm,
+                };
+                let d = live.access.decide(identity(), &upload, listener);
+                tracing::debug!(target: "wharf::access", "{} mount fallback start-upload: {d}", client.addr);
+                if !d.allowed {
+                    return Err((refusal(), user, name));
                 }
+                upload
             }
         }
         other => other,
@@ -177,7 +206,9 @@ pub async fn admit<'a>(
 
 fn auth_error(e: AuthError) -> OciError {
     match e {
-        AuthError::Busy => OciError::new(ErrorCode::TooManyRequests, e.to_string()),
+        AuthError::Busy | AuthError::ClientBusy => {
+            OciError::new(ErrorCode::TooManyRequests, e.to_string())
+        }
         AuthError::Basic(_) | AuthError::Invalid => {
             OciError::new(ErrorCode::Unauthorized, e.to_string())
         }

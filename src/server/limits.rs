@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::auth::client_key;
 use crate::config::LimitsConfig;
 
 const SHARDS: usize = 64;
@@ -112,55 +113,99 @@ impl RateLimits {
     }
 }
 
-/// IPv4 (also IPv4-mapped IPv6) by address, IPv6 by its /64: one host can hold a whole /64.
-fn client_key(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_ipv6_mapped().octets(),
-            None => {
-                let mut k = v6.octets();
-                k[8..].fill(0);
-                k
-            }
-        },
-    }
-}
-
 fn shard_of(key: &[u8; 16]) -> usize {
     let x = u128::from_le_bytes(*key);
     let h = (x as u64 ^ (x >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h >> 58) as usize % SHARDS
 }
 
-/// The process-wide count of open connections against `limits.max_connections`.
+/// Open connections against `limits.max_connections` (process-wide) and
+/// `limits.max_connections_per_client` (per client key, in shards shared by the workers).
 pub struct ConnectionCap {
     open: AtomicUsize,
     max: usize,
+    per_client: usize,
+    /// Open connections per client key; an entry exists only while its client has one open, so
+    /// the maps hold at most `max` entries.
+    clients: Box<[OpenPerClient]>,
 }
 
-/// One admitted connection; dropping it frees the slot.
-pub struct Slot(Arc<ConnectionCap>);
+/// One shard of open connections per client key.
+type OpenPerClient = Mutex<HashMap<[u8; 16], usize>>;
+
+/// Why a connection was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` are open.
+    Global,
+    /// The client holds `max_connections_per_client`.
+    Client,
+}
+
+/// One admitted connection; dropping it frees its places.
+pub struct Slot {
+    cap: Arc<ConnectionCap>,
+    key: [u8; 16],
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.cap.open.fetch_sub(1, Ordering::Relaxed);
+        let mut map = self.cap.shard(&self.key);
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
 }
 
 impl ConnectionCap {
-    pub fn new(max: usize) -> ConnectionCap {
+    /// `0` means unlimited, for either cap.
+    pub fn new(max: usize, per_client: usize) -> ConnectionCap {
+        let unlimited = |n: usize| if n == 0 { usize::MAX } else { n };
         ConnectionCap {
             open: AtomicUsize::new(0),
-            max: if max == 0 { usize::MAX } else { max },
+            max: unlimited(max),
+            per_client: unlimited(per_client),
+            clients: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
-    /// A slot for a new connection, or `None` when `max` are open.
-    pub fn admit(self: &Arc<Self>) -> Option<Slot> {
+    fn shard(&self, key: &[u8; 16]) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], usize>> {
+        self.clients[shard_of(key)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a new connection from `ip`. At the global cap `make_room` may close an idle
+    /// connection (it returns whether it did), and the new one is admitted in its place.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        make_room: impl FnOnce() -> bool,
+    ) -> Result<Slot, Refusal> {
+        let key = client_key(ip);
+        {
+            let mut map = self.shard(&key);
+            let n = map.entry(key).or_insert(0);
+            if *n >= self.per_client {
+                return Err(Refusal::Client);
+            }
+            *n += 1;
+        }
+        let slot = Slot {
+            cap: Arc::clone(self),
+            key,
+        };
         let before = self.open.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(Arc::clone(self));
-        (before < self.max).then_some(slot)
+        // The evicted connection frees its slot as it closes, a moment later.
+        if before < self.max || make_room() {
+            Ok(slot)
+        } else {
+            Err(Refusal::Global)
+        }
     }
 
     pub fn open(&self) -> usize {
@@ -192,7 +237,7 @@ mod tests {
             read_rps: read,
             write_rps: write,
             burst,
-            max_connections: 0,
+            ..LimitsConfig::default()
         })
     }
 
@@ -257,13 +302,54 @@ mod tests {
 
     #[test]
     fn connection_cap_counts_slots() {
-        let cap = Arc::new(ConnectionCap::new(2));
-        let a = cap.admit().unwrap();
-        let _b = cap.admit().unwrap();
-        assert!(cap.admit().is_none());
+        let cap = Arc::new(ConnectionCap::new(2, 0));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = cap.admit(ip, || false).unwrap();
+        let _b = cap.admit(ip, || false).unwrap();
+        assert_eq!(cap.admit(ip, || false).err(), Some(Refusal::Global));
         assert_eq!(cap.open(), 2);
         drop(a);
-        assert!(cap.admit().is_some());
-        assert!(Arc::new(ConnectionCap::new(0)).admit().is_some());
+        assert!(cap.admit(ip, || false).is_ok());
+        assert!(
+            Arc::new(ConnectionCap::new(0, 0))
+                .admit(ip, || false)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn at_the_global_cap_an_evicted_idle_connection_makes_room() {
+        let cap = Arc::new(ConnectionCap::new(1, 0));
+        let _a = cap.admit("192.0.2.1".parse().unwrap(), || false).unwrap();
+        let b = cap.admit("192.0.2.2".parse().unwrap(), || true);
+        assert!(b.is_ok(), "admitted in place of the evicted connection");
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share_of_connections() {
+        let cap = Arc::new(ConnectionCap::new(0, 2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let held: Vec<Slot> = (0..2).map(|_| cap.admit(a, || false).unwrap()).collect();
+        assert_eq!(
+            cap.admit("::ffff:192.0.2.1".parse().unwrap(), || false)
+                .err(),
+            Some(Refusal::Client),
+            "an IPv4-mapped address is the same client"
+        );
+        assert!(cap.admit("192.0.2.2".parse().unwrap(), || false).is_ok());
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let _x = cap.admit(v6("2001:db8::1"), || false).unwrap();
+        let _y = cap.admit(v6("2001:db8::2"), || false).unwrap();
+        assert!(
+            cap.admit(v6("2001:db8::3"), || false).is_err(),
+            "one /64 is one client"
+        );
+        drop(held);
+        assert!(cap.admit(a, || false).is_ok());
+        let key = client_key(a);
+        assert!(
+            !cap.shard(&key).contains_key(&key),
+            "entries go with their last slot"
+        );
     }
 }

@@ -34,7 +34,10 @@ impl Live {
         Ok(Live {
             access: AccessControl::from_config(cfg)?,
             auth: Authenticator::from_config(&cfg.auth)?,
-            rates: RateLimits::new(&cfg.limits),
+            rates: {
+                crate::http::budget::set_limit(cfg.limits.response_buffer_budget);
+                RateLimits::new(&cfg.limits)
+            },
             switches: Switches {
                 read_only: cfg.storage.read_only,
                 delete_enabled: cfg.storage.delete_enabled,
@@ -126,6 +129,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         || h.0.head_timeout != h.1.head_timeout
         || h.0.keep_alive_timeout != h.1.keep_alive_timeout
         || h.0.body_timeout != h.1.body_timeout
+        || h.0.send_timeout != h.1.send_timeout
     {
         keys.push("server.http");
     }
@@ -137,8 +141,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     {
         keys.push("global.max_blob_size/max_manifest_size");
     }
-    if old.limits.max_connections != new.limits.max_connections {
-        keys.push("limits.max_connections");
+    if old.limits.max_connections != new.limits.max_connections
+        || old.limits.max_connections_per_client != new.limits.max_connections_per_client
+    {
+        keys.push("limits.max_connections/max_connections_per_client");
     }
     if old.gc.interval != new.gc.interval
         || old.gc.grace != new.gc.grace

@@ -5,6 +5,7 @@
 
 mod connection;
 pub mod gate;
+mod idle;
 pub mod limits;
 pub mod live;
 mod notify;
@@ -20,6 +21,7 @@ use futures_channel::oneshot;
 use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::config::{Config, ConfigError, IoDriver};
+use crate::metrics::Defence;
 use crate::policy::RuleError;
 use crate::registry::{Registry, Settings};
 use crate::storage::Storage;
@@ -209,7 +211,10 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         live: Arc::clone(&shared),
         listeners,
         limits: cfg.server.http.limits(),
-        connections: Arc::new(limits::ConnectionCap::new(cfg.limits.max_connections)),
+        connections: Arc::new(limits::ConnectionCap::new(
+            cfg.limits.max_connections,
+            cfg.limits.max_connections_per_client,
+        )),
         metrics: crate::metrics::Metrics::new(names),
         shutdown_grace: cfg.server.shutdown_grace,
     });
@@ -375,6 +380,8 @@ pub struct Local {
     pub refused: std::cell::Cell<u64>,
     /// This thread's counters.
     pub metrics: Arc<crate::metrics::Worker>,
+    /// This thread's connections waiting for a request, longest-idle first.
+    pub idle: idle::Idle,
 }
 
 fn worker(
@@ -430,6 +437,7 @@ async fn worker_main(
         live: live::PerWorker::new(&app.live),
         refused: std::cell::Cell::new(0),
         metrics: app.metrics.worker(),
+        idle: idle::Idle::default(),
     });
     // One accept loop per listener; each ends when the stop signal fires.
     let stopped = Rc::new(shutdown::Shutdown::default());
@@ -481,8 +489,17 @@ async fn accept_loop(
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    match app.connections.admit() {
-                        Some(slot) => {
+                    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
+                    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                    let make_room = || {
+                        let evicted = local.idle.evict_oldest();
+                        if evicted {
+                            local.metrics.defence(Defence::IdleEvicted);
+                        }
+                        evicted
+                    };
+                    match app.connections.admit(peer.ip(), make_room) {
+                        Ok(slot) => {
                             monoio::spawn(connection::serve(
                                 stream,
                                 peer,
@@ -492,10 +509,15 @@ async fn accept_loop(
                                 slot,
                             ));
                         }
-                        None => {
+                        Err(refusal) => {
+                            local.metrics.defence(match refusal {
+                                limits::Refusal::Global => Defence::GlobalConnectionCap,
+                                limits::Refusal::Client => Defence::ClientConnectionCap,
+                            });
                             monoio::spawn(connection::over_capacity(
                                 stream,
                                 peer,
+                                refusal,
                                 Rc::clone(&local),
                                 Rc::clone(&listener),
                             ));

@@ -104,10 +104,31 @@ impl Storage {
         })
     }
 
-    /// Delete a manifest revision, the tags that point at it and its referrer entry.
-    pub fn delete_manifest(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+    /// The tags of `repo` that point at `d`, in lexical order.
+    pub fn tags_pointing_at(&self, repo: &RepoName, d: &Digest) -> Result<Vec<Tag>> {
+        let tags_dir = self.tags_dir(repo);
+        let wanted = d.to_string();
+        let mut out = Vec::new();
+        for tag in self.tag_names(repo)? {
+            if read_small(&tags_dir.join(&tag))?.is_some_and(|t| t.trim() == wanted) {
+                out.push(tag.parse().expect("tag_names returns valid tags"));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Delete a manifest revision, the tags that point at it and its referrer entry. `decided` are
+    /// the tags the request was authorized to remove: if another tag points at the manifest now
+    /// (moved there since), nothing is deleted and the answer is `TagMoved`, so a delete never
+    /// takes a tag nobody decided on, nor leaves a tag pointing at nothing.
+    pub fn delete_manifest(&self, repo: &RepoName, d: &Digest, decided: &[Tag]) -> Result<()> {
         let link = self.revision_link(repo, d);
         let media_type = read_small(&link)?.ok_or(StoreError::ManifestUnknown)?;
+        let tags = self.tags_pointing_at(repo, d)?;
+        if let Some(t) = tags.iter().find(|t| !decided.contains(t)) {
+            return Err(StoreError::TagMoved(t.to_string()));
+        }
         if let Ok(bytes) = std::fs::read(self.blob_path(d))
             && let Ok(parsed) = manifest::parse(&bytes, Some(&media_type))
             && let Some(subject) = parsed.subject
@@ -119,11 +140,8 @@ impl Storage {
             )?;
         }
         let tags_dir = self.tags_dir(repo);
-        let wanted = d.to_string();
-        for tag in self.tag_names(repo)? {
-            if read_small(&tags_dir.join(&tag))?.is_some_and(|t| t.trim() == wanted) {
-                fsio::remove_if_exists(&tags_dir.join(&tag))?;
-            }
+        for tag in &tags {
+            fsio::remove_if_exists(&tags_dir.join(tag.as_str()))?;
         }
         fsio::remove_if_exists(&link)?;
         Ok(())

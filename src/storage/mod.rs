@@ -32,6 +32,10 @@ pub enum StoreError {
     NameUnknown,
     #[error("content does not match digest {expected}")]
     DigestMismatch { expected: Digest },
+    /// A manifest delete found a tag pointing at the manifest that was not among the tags decided
+    /// for it (moved there meanwhile); nothing was deleted.
+    #[error("tag {0} now points at the manifest")]
+    TagMoved(String),
     #[error("storage i/o: {0}")]
     Io(#[from] io::Error),
 }

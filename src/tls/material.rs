@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
@@ -128,15 +129,29 @@ pub fn read_client_cas(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// A built server config and the client-certificate verifier inside it (kept to re-check the
+/// certificates of open connections after a reload).
+pub struct Material {
+    pub config: Arc<ServerConfig>,
+    pub verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
 /// Build the rustls server config: TLS 1.3 and 1.2, HTTP/1.1 ALPN, session tickets and a session
 /// cache, and client-certificate verification as configured (accepted CA names are advertised).
 pub fn build(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    build_material(cfg).map(|m| m.config)
+}
+
+/// `build`, keeping the verifier. Every build has a fresh ticket key and session cache, so a
+/// reload (new client CAs, say) also ends resumption of sessions verified under the old material.
+pub fn build_material(cfg: &TlsConfig) -> Result<Material, TlsError> {
     let chain = read_certs(CERT_KEY, &cfg.server_certificate_bundle)?;
     let key = read_key(&cfg.server_private_key)?;
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Other(e.to_string()))?;
+    let mut client_verifier: Option<Arc<dyn ClientCertVerifier>> = None;
     let builder = match &cfg.client_ca_bundle {
         None => builder.with_no_client_auth(),
         Some(path) => {
@@ -150,6 +165,7 @@ pub fn build(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
             let verifier = verifier
                 .build()
                 .map_err(|e| invalid(CA_KEY, path, e.to_string()))?;
+            client_verifier = Some(Arc::clone(&verifier));
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -167,5 +183,8 @@ pub fn build(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     sc.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     sc.ticketer = rustls::crypto::ring::Ticketer::new()
         .map_err(|e| TlsError::Other(format!("cannot create the session ticketer: {e}")))?;
-    Ok(Arc::new(sc))
+    Ok(Material {
+        config: Arc::new(sc),
+        verifier: client_verifier,
+    })
 }

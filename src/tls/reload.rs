@@ -10,7 +10,9 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
 
-use super::material::{self, TlsError};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use super::material::{self, Material, TlsError};
 use crate::config::TlsConfig;
 
 /// How often the watcher looks at the files (they are small: reading them is cheap).
@@ -21,7 +23,7 @@ pub struct Reloader {
     cfg: TlsConfig,
     /// Its config table (`server.tls`, `server.listener[<i>].tls`), for errors and logs.
     table: String,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Arc<Material>>,
     generation: AtomicU64,
     /// Fingerprint of the files last tried (loaded or rejected), so a broken file is reported once.
     seen: Mutex<[u8; 32]>,
@@ -31,11 +33,11 @@ impl Reloader {
     /// Load the files configured in `table`; any error here is a startup error.
     pub fn new(cfg: TlsConfig, table: &str) -> Result<Arc<Reloader>, TlsError> {
         let seen = fingerprint(&cfg);
-        let config = material::build(&cfg).map_err(|e| e.located(table))?;
+        let material = material::build_material(&cfg).map_err(|e| e.located(table))?;
         Ok(Arc::new(Reloader {
             cfg,
             table: table.to_owned(),
-            current: RwLock::new(config),
+            current: RwLock::new(Arc::new(material)),
             generation: AtomicU64::new(0),
             seen: Mutex::new(seen),
         }))
@@ -45,11 +47,11 @@ impl Reloader {
     pub fn reload(&self, why: &str) -> Result<(), TlsError> {
         let print = fingerprint(&self.cfg);
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = print;
-        match material::build(&self.cfg).map_err(|e| e.located(&self.table)) {
-            Ok(config) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
+        match material::build_material(&self.cfg).map_err(|e| e.located(&self.table)) {
+            Ok(material) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(material);
                 self.generation.fetch_add(1, Ordering::Release);
-                tracing::info!(target: "wharf::tls", "{}: TLS material reloaded ({why}); new handshakes use it", self.table);
+                tracing::info!(target: "wharf::tls", "{}: TLS material reloaded ({why}); new handshakes use it, sessions from before cannot resume, open connections' certificates are checked again", self.table);
                 Ok(())
             }
             Err(e) => {
@@ -84,7 +86,7 @@ impl Reloader {
         }
     }
 
-    fn current(&self) -> (u64, Arc<ServerConfig>) {
+    fn current(&self) -> (u64, Arc<Material>) {
         let g = self.generation.load(Ordering::Acquire);
         let c = Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()));
         (g, c)
@@ -111,10 +113,10 @@ fn fingerprint(cfg: &TlsConfig) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// One worker's handle: the config it last saw, refreshed when the generation moves.
+/// One worker's handle: the material it last saw, refreshed when the generation moves.
 pub struct Acceptor {
     reloader: Arc<Reloader>,
-    cached: RefCell<(u64, Arc<ServerConfig>)>,
+    cached: RefCell<(u64, Arc<Material>)>,
 }
 
 impl Acceptor {
@@ -123,13 +125,35 @@ impl Acceptor {
         Acceptor { reloader, cached }
     }
 
+    fn refreshed(&self) -> std::cell::Ref<'_, (u64, Arc<Material>)> {
+        let g = self.reloader.generation.load(Ordering::Acquire);
+        if self.cached.borrow().0 != g {
+            *self.cached.borrow_mut() = self.reloader.current();
+        }
+        self.cached.borrow()
+    }
+
     /// The server config for a new handshake (one atomic load when nothing changed).
     pub fn config(&self) -> Arc<ServerConfig> {
-        let g = self.reloader.generation.load(Ordering::Acquire);
-        let mut cached = self.cached.borrow_mut();
-        if cached.0 != g {
-            *cached = self.reloader.current();
-        }
-        Arc::clone(&cached.1)
+        Arc::clone(&self.refreshed().1.config)
+    }
+
+    /// Hot path: the generation of the material (it moves with every reload).
+    pub fn generation(&self) -> u64 {
+        self.reloader.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether a client chain accepted earlier still verifies under the current material (a
+    /// reload may have changed the client CAs). `chain` is the leaf, then its intermediates.
+    pub fn still_verifies(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let current = self.refreshed();
+        let (Some(verifier), Some((leaf, intermediates))) =
+            (current.1.verifier.as_ref(), chain.split_first())
+        else {
+            return false;
+        };
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok()
     }
 }

@@ -16,8 +16,15 @@ use crate::http::conn::{ConnError, stalled, timed_read};
 
 /// Ciphertext read per syscall: a few full records.
 const RX_BUF: usize = 64 * 1024;
-/// Plaintext of a file encrypted per write.
+/// Plaintext of a file encrypted per write while `http::budget` allows it.
 const FILE_BLOCK: usize = 256 * 1024;
+/// Plaintext per write when the budget is spent: one TLS record, so a client that stops
+/// reading pins about 17 KiB of ciphertext and nothing else.
+const SMALL_BLOCK: usize = 16 * 1024;
+/// Ciphertext buffer kept between writes (larger ones are freed after their write).
+const TX_KEEP: usize = 64 * 1024;
+/// rustls's outgoing buffer: one block and its record overhead, with room to spare.
+const BUFFER_LIMIT: usize = FILE_BLOCK + 64 * 1024;
 
 /// An established TLS connection.
 pub struct TlsStream {
@@ -56,8 +63,8 @@ impl TlsStream {
         wait: Duration,
     ) -> Result<TlsStream, HandshakeError> {
         let mut session = ServerConnection::new(config)?;
-        // Whole responses are encrypted at once; their size is bounded by the callers.
-        session.set_buffer_limit(None);
+        // `write_all` hands rustls at most one block before flushing it out, so this bound holds.
+        session.set_buffer_limit(Some(BUFFER_LIMIT));
         let mut s = TlsStream {
             tcp,
             session,
@@ -101,6 +108,11 @@ impl TlsStream {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.as_ref())
+    }
+
+    /// The client's certificate chain as presented (leaf first), if it presented one.
+    pub fn client_chain(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        self.session.peer_certificates()
     }
 
     /// Whether the handshake resumed an earlier session.
@@ -209,10 +221,13 @@ impl TlsStream {
         }
     }
 
-    /// Encrypt `data` and send it (one socket write when it fits the kernel buffer).
+    /// Encrypt `data` and send it, a block at a time (one socket write for a small response).
     pub async fn write_all(&mut self, data: &[u8], stall: Duration) -> io::Result<()> {
-        self.session.writer().write_all(data)?;
-        self.flush(stall).await
+        for block in data.chunks(FILE_BLOCK) {
+            self.session.writer().write_all(block)?;
+            self.flush(stall).await?;
+        }
+        Ok(())
     }
 
     /// Send what rustls has queued; `stall` bounds the wait for a client that stopped reading.
@@ -228,7 +243,7 @@ impl TlsStream {
             Ok((res, mut tx)) => {
                 tx.clear();
                 // Keep a small buffer for the next response; let a file-sized one go.
-                if tx.capacity() <= 64 * 1024 {
+                if tx.capacity() <= TX_KEEP {
                     self.tx = tx;
                 }
                 res.map(|_| ())
@@ -237,7 +252,9 @@ impl TlsStream {
         }
     }
 
-    /// Hot path for downloads over TLS: file → buffer → rustls → socket, 256 KiB at a time.
+    /// Hot path for downloads over TLS: file → buffer → rustls → socket, 256 KiB at a time while
+    /// `http::budget` holds the two buffers (plaintext and ciphertext), else one 16 KiB record at
+    /// a time with the plaintext freed before the write waits.
     pub async fn send_file(
         &mut self,
         file: std::fs::File,
@@ -246,16 +263,34 @@ impl TlsStream {
         stall: Duration,
     ) -> io::Result<()> {
         let file = monoio::fs::File::from_std(file)?;
-        let mut buf = Vec::with_capacity(FILE_BLOCK);
         let (mut pos, end) = (offset, offset + len);
+        let large = len > SMALL_BLOCK as u64;
+        let reserved = large
+            .then(|| crate::http::budget::reserve(2 * FILE_BLOCK + 1024))
+            .flatten();
+        let block = if reserved.is_some() {
+            FILE_BLOCK
+        } else {
+            SMALL_BLOCK
+        };
+        let mut buf = Vec::new();
         while pos < end {
-            let want = (end - pos).min(FILE_BLOCK as u64) as usize;
+            let want = (end - pos).min(block as u64) as usize;
+            if buf.capacity() < want {
+                buf = Vec::with_capacity(want);
+            }
             let (res, back) = crate::http::conn::read_block(&file, buf, pos, want).await;
             buf = back;
             let n = res?;
-            self.write_all(&buf[..n], stall).await?;
+            self.session.writer().write_all(&buf[..n])?;
+            if reserved.is_none() {
+                // Only ciphertext waits on the client.
+                buf = Vec::new();
+            }
+            self.flush(stall).await?;
             pos += n as u64;
         }
+        drop(reserved);
         Ok(())
     }
 

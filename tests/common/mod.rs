@@ -276,9 +276,15 @@ impl Resp {
 pub trait Wire: Read + Write + Send {}
 impl<T: Read + Write + Send> Wire for T {}
 
-/// A raw HTTP/1.1 client over one connection.
+/// A raw HTTP/1.1 client over one connection. Made by `connect`, it opens a new connection for
+/// the next `request` after a response that said `Connection: close` (as HTTP clients do: the
+/// server closes after 401 and 429); `send_raw` and the readers never reconnect.
 pub struct Client {
     reader: BufReader<Box<dyn Wire>>,
+    /// Where to reconnect (plain TCP clients only).
+    addr: Option<SocketAddr>,
+    /// The last response announced `Connection: close`.
+    server_closes: bool,
 }
 
 impl Client {
@@ -287,13 +293,17 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        Client::over(Box::new(stream))
+        let mut c = Client::over(Box::new(stream));
+        c.addr = Some(addr);
+        c
     }
 
     /// A client over an established stream (e.g. a TLS session).
     pub fn over(wire: Box<dyn Wire>) -> Client {
         Client {
             reader: BufReader::new(wire),
+            addr: None,
+            server_closes: false,
         }
     }
 
@@ -346,6 +356,7 @@ impl Client {
             resp.body = vec![0; len];
             self.reader.read_exact(&mut resp.body).ok()?;
         }
+        self.server_closes = resp.closes();
         Some(resp)
     }
 
@@ -372,6 +383,9 @@ impl Client {
         req.push_str("\r\n");
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
+        if let (true, Some(addr)) = (self.server_closes, self.addr) {
+            *self = Client::connect(addr);
+        }
         self.send_raw(&bytes);
         self.read_response(method == "HEAD")
     }
