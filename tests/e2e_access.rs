@@ -70,10 +70,15 @@ impl Setup {
     }
 
     fn target(&self, repo: &str) -> String {
-        format!("docker://{}/{repo}:v1", self.server.host())
+        let repo_tag = if repo.contains(':') {
+            repo.to_owned()
+        } else {
+            format!("{repo}:v1")
+        };
+        format!("docker://{}/{repo_tag}", self.server.host())
     }
 
-    /// skopeo copy of the test image to `repo`.
+    /// skopeo copy of the test image to `repo` (tag `v1` unless `repo` names one).
     fn push(&self, repo: &str, certs: &Path, creds: Option<&str>) -> (bool, String) {
         let mut c = skopeo();
         c.arg("copy").arg("--dest-cert-dir").arg(certs);
@@ -255,7 +260,70 @@ fn anonymous_pulls_authenticated_pushes(driver: &str) {
     assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"wharf\""));
 }
 
+/// The "protected tags" recipe: every user pushes, but `release` and `stable` move only for the
+/// release pipeline, whichever way a request names them (path, `?tag=`, delete by digest).
+fn protected_tags(driver: &str) {
+    let policy = format!(
+        "{}[global.access_policy]\ndefault = \"deny\"\nrules = [\n  \"identity.username != '' && !(request.action in ['put-manifest', 'delete-manifest'] && request.reference in ['release', 'stable'])\",\n  \"identity.username == 'release-bot'\",\n]\n",
+        users(&[("dev", "dev-pw"), ("release-bot", "bot-pw")])
+    );
+    let st = setup(driver, "optional", &policy);
+    let ca_only = st.cert_dir(None);
+    let (dev, bot) = (Some("dev:dev-pw"), Some("release-bot:bot-pw"));
+    succeeds("dev pushes a version", st.push("team/app", &ca_only, dev));
+    refused(
+        "dev pushes release",
+        st.push("team/app:release", &ca_only, dev),
+    );
+    succeeds(
+        "release-bot pushes release",
+        st.push("team/app:release", &ca_only, bot),
+    );
+    succeeds(
+        "dev pulls release",
+        st.pull("team/app:release", &ca_only, dev),
+    );
+    // The same image by digest with ?tag=stable, and a delete by digest of what release names.
+    let pki = Pki {
+        dir: st.pki_dir.clone(),
+    };
+    let mut conn = tls_connect(st.server.addr, pki.client_config(None, false)).unwrap();
+    let dev_auth = basic("dev", "dev-pw");
+    let auth = [
+        ("Authorization", dev_auth.as_str()),
+        ("Accept", OCI_MANIFEST),
+    ];
+    let got = conn
+        .client
+        .request("GET", "/v2/team/app/manifests/release", &auth, b"");
+    assert_eq!(got.status, 200);
+    let digest = got.header("docker-content-digest").unwrap().to_owned();
+    let media_type = got.header("content-type").unwrap().to_owned();
+    let r = conn.client.request(
+        "PUT",
+        &format!("/v2/team/app/manifests/{digest}?tag=stable"),
+        &[
+            ("Authorization", dev_auth.as_str()),
+            ("Content-Type", media_type.as_str()),
+        ],
+        &got.body,
+    );
+    assert_eq!(r.status, 403, "?tag=stable by dev");
+    let r = conn.client.request(
+        "DELETE",
+        &format!("/v2/team/app/manifests/{digest}"),
+        &[("Authorization", dev_auth.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 403, "a delete by digest takes release with it");
+    succeeds(
+        "release is intact",
+        st.pull("team/app:release", &ca_only, dev),
+    );
+}
+
 on_both_drivers!(
+    protected_tags,
     certificate_required,
     certificate_optional_devops_or_read_only_basic,
     organizations_own_repositories,
