@@ -1,6 +1,7 @@
 //! wharf: an OCI Distribution v1.1 registry on thread-per-core monoio.
 //! Module map and data flow: docs/architecture.md.
 
+pub mod action;
 pub mod auth;
 pub mod config;
 #[doc(hidden)]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::registry::route::ACTIONS;
+use crate::action::ACTIONS;
 
 /// Status codes counted individually; anything else is counted as "other".
 const STATUSES: [u16; 24] = [

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cel::{Context, Env, Program, Value};
 
+use crate::action::Action;
 use crate::config::{AccessPolicyConfig, Config, PolicyDefault};
-use crate::registry::Action;
 pub use compile::RuleError;
 pub use vars::{IdentityVal, Peer, RequestVal, Vars};
 

@@ -10,8 +10,8 @@ use cel::common::types::{CelList, CelString, Type};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 
+use crate::action::Action;
 use crate::oci::{Digest, Reference, Tag};
-use crate::registry::Action;
 use crate::tls::CertIdentity;
 
 /// The fields of `identity`, for the compile-time check of rules.

@@ -1,7 +1,7 @@
 //! Paginated tag and catalog listings, and the referrers index.
 
-use super::route::Page;
 use super::{HandlerResult, Registry};
+use crate::action::Page;
 use crate::http::Response;
 use crate::oci::manifest::OCI_INDEX;
 use crate::oci::{Digest, RepoName};

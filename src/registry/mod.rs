@@ -14,7 +14,9 @@ use crate::http::{Body, BodyError, RequestHead, Response};
 use crate::oci::{ErrorCode, OciError};
 use crate::storage::{Storage, StoreError};
 pub use listing::filter_referrers;
-pub use route::{Action, route};
+pub use route::route;
+
+use crate::action::Action;
 
 /// Responses up to this size are read into memory so head and body leave in one write.
 const INLINE_LIMIT: u64 = 64 * 1024;
@@ -103,18 +105,23 @@ impl Registry {
                     .await
             }
             Action::UpdateUpload { repository, upload } => {
-                self.update_upload(&repository, &upload, head, body).await
+                self.update_upload(&repository, upload.as_str(), head, body)
+                    .await
             }
             Action::CompleteUpload {
                 repository,
                 upload,
                 digest,
             } => {
-                self.complete_upload(&repository, &upload, &digest, head, body)
+                self.complete_upload(&repository, upload.as_str(), &digest, head, body)
                     .await
             }
-            Action::GetUpload { repository, upload } => self.get_upload(&repository, &upload),
-            Action::CancelUpload { repository, upload } => self.cancel_upload(&repository, &upload),
+            Action::GetUpload { repository, upload } => {
+                self.get_upload(&repository, upload.as_str())
+            }
+            Action::CancelUpload { repository, upload } => {
+                self.cancel_upload(&repository, upload.as_str())
+            }
             Action::GetManifest {
                 repository,
                 reference,

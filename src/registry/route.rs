@@ -1,226 +1,9 @@
 //! Request routing: method + path + query decode once into a typed `Action`. The same value is
 //! what policies will authorize (`request.action` is its kebab-case name) and what dispatch matches.
 
+use crate::action::{Action, MAX_QUERY_TAGS, Page, UploadId};
 use crate::http::Method;
 use crate::oci::{Algorithm, Digest, ErrorCode, OciError, Reference, RepoName, Tag};
-
-/// Everything a request can ask of the registry, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    GetApiVersion,
-    GetBlob {
-        repository: RepoName,
-        digest: Digest,
-    },
-    DeleteBlob {
-        repository: RepoName,
-        digest: Digest,
-    },
-    /// POST to uploads: a new session, or a monolithic upload when `digest` is given.
-    StartUpload {
-        repository: RepoName,
-        digest: Option<Digest>,
-        algorithm: Algorithm,
-    },
-    /// POST with `mount=`: cross-repository mount (`from` may be absent).
-    MountBlob {
-        repository: RepoName,
-        digest: Digest,
-        from: Option<RepoName>,
-        algorithm: Algorithm,
-    },
-    UpdateUpload {
-        repository: RepoName,
-        upload: String,
-    },
-    CompleteUpload {
-        repository: RepoName,
-        upload: String,
-        digest: Digest,
-    },
-    GetUpload {
-        repository: RepoName,
-        upload: String,
-    },
-    CancelUpload {
-        repository: RepoName,
-        upload: String,
-    },
-    GetManifest {
-        repository: RepoName,
-        reference: Reference,
-    },
-    /// `tags`: the `?tag=` parameters (at most `MAX_QUERY_TAGS`), deduplicated.
-    PutManifest {
-        repository: RepoName,
-        reference: Reference,
-        tags: Vec<Tag>,
-    },
-    /// `tags`: by tag, that tag; by digest, the tags pointing at it when the gate decided (filled
-    /// in by the gate, since finding them reads storage). The handler removes no other tag.
-    DeleteManifest {
-        repository: RepoName,
-        reference: Reference,
-        tags: Vec<Tag>,
-    },
-    GetReferrers {
-        repository: RepoName,
-        digest: Digest,
-        artifact_type: Option<String>,
-    },
-    ListTags {
-        repository: RepoName,
-        page: Page,
-    },
-    ListCatalog {
-        page: Page,
-    },
-    /// `GET /metrics`, `/healthz`, `/readyz`: answered by the server itself, not the registry.
-    GetMetrics,
-    GetHealth,
-    GetReady,
-}
-
-/// Every action name (`request.action`), in declaration order; `Action::index` points into it.
-pub const ACTIONS: [&str; 18] = [
-    "get-api-version",
-    "get-blob",
-    "delete-blob",
-    "start-upload",
-    "mount-blob",
-    "update-upload",
-    "complete-upload",
-    "get-upload",
-    "cancel-upload",
-    "get-manifest",
-    "put-manifest",
-    "delete-manifest",
-    "get-referrers",
-    "list-tags",
-    "list-catalog",
-    "get-metrics",
-    "get-health",
-    "get-ready",
-];
-
-/// `?tag=` parameters one manifest PUT may carry; more answer 400 (each tag is a policy decision
-/// and a tag write).
-pub const MAX_QUERY_TAGS: usize = 64;
-
-/// `n` / `last` pagination parameters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Page {
-    pub n: Option<usize>,
-    pub last: Option<String>,
-}
-
-impl Action {
-    /// The action's name as policies see it (`request.action`); HEAD uses the GET name.
-    pub fn name(&self) -> &'static str {
-        ACTIONS[self.index()]
-    }
-
-    /// The action's position in `ACTIONS` (metrics index their counters by it).
-    pub fn index(&self) -> usize {
-        match self {
-            Action::GetApiVersion => 0,
-            Action::GetBlob { .. } => 1,
-            Action::DeleteBlob { .. } => 2,
-            Action::StartUpload { .. } => 3,
-            Action::MountBlob { .. } => 4,
-            Action::UpdateUpload { .. } => 5,
-            Action::CompleteUpload { .. } => 6,
-            Action::GetUpload { .. } => 7,
-            Action::CancelUpload { .. } => 8,
-            Action::GetManifest { .. } => 9,
-            Action::PutManifest { .. } => 10,
-            Action::DeleteManifest { .. } => 11,
-            Action::GetReferrers { .. } => 12,
-            Action::ListTags { .. } => 13,
-            Action::ListCatalog { .. } => 14,
-            Action::GetMetrics => 15,
-            Action::GetHealth => 16,
-            Action::GetReady => 17,
-        }
-    }
-
-    /// `/metrics`, `/healthz` or `/readyz`.
-    pub fn is_admin(&self) -> bool {
-        matches!(
-            self,
-            Action::GetMetrics | Action::GetHealth | Action::GetReady
-        )
-    }
-
-    /// Every tag the action creates, moves or removes (`request.tags`): a manifest PUT's path tag
-    /// and `?tag=` tags, a manifest DELETE's tags. Empty for every other action.
-    pub fn tags(&self) -> Vec<&Tag> {
-        let mut out = Vec::new();
-        match self {
-            Action::PutManifest {
-                reference, tags, ..
-            } => {
-                let path = match reference {
-                    Reference::Tag(t) => Some(t),
-                    Reference::Digest(_) => None,
-                };
-                out.extend(path);
-                // `tags` has no repeats (route dedups them); skip the path tag among them.
-                out.extend(tags.iter().filter(|t| Some(*t) != path));
-            }
-            Action::DeleteManifest { tags, .. } => out.extend(tags),
-            _ => {}
-        }
-        out
-    }
-
-    /// The same manifest PUT or DELETE as if it named `tag` in its path: what a policy decides for
-    /// each tag the request changes. `None` for other actions.
-    pub fn as_tag(&self, tag: &Tag) -> Option<Action> {
-        let reference = Reference::Tag(tag.clone());
-        match self {
-            Action::PutManifest {
-                repository, tags, ..
-            } => Some(Action::PutManifest {
-                repository: repository.clone(),
-                reference,
-                tags: tags.clone(),
-            }),
-            Action::DeleteManifest {
-                repository, tags, ..
-            } => Some(Action::DeleteManifest {
-                repository: repository.clone(),
-                reference,
-                tags: tags.clone(),
-            }),
-            _ => None,
-        }
-    }
-
-    /// The repository the action is about (`None` for the API version check and the catalog).
-    pub fn repository(&self) -> Option<&RepoName> {
-        match self {
-            Action::GetApiVersion
-            | Action::ListCatalog { .. }
-            | Action::GetMetrics
-            | Action::GetHealth
-            | Action::GetReady => None,
-            Action::GetBlob { repository, .. }
-            | Action::DeleteBlob { repository, .. }
-            | Action::StartUpload { repository, .. }
-            | Action::MountBlob { repository, .. }
-            | Action::UpdateUpload { repository, .. }
-            | Action::CompleteUpload { repository, .. }
-            | Action::GetUpload { repository, .. }
-            | Action::CancelUpload { repository, .. }
-            | Action::GetManifest { repository, .. }
-            | Action::PutManifest { repository, .. }
-            | Action::DeleteManifest { repository, .. }
-            | Action::GetReferrers { repository, .. }
-            | Action::ListTags { repository, .. } => Some(repository),
-        }
-    }
-}
 
 /// Percent-decode a query component; `None` for bad escapes or non-UTF-8 results.
 pub fn percent_decode(s: &str) -> Option<String> {
@@ -297,15 +80,9 @@ fn reference(s: &str) -> Result<Reference, OciError> {
     })
 }
 
-fn upload_id(s: &str) -> Result<String, OciError> {
-    if crate::storage::is_upload_id(s) {
-        Ok(s.to_owned())
-    } else {
-        Err(OciError::new(
-            ErrorCode::BlobUploadUnknown,
-            "upload unknown",
-        ))
-    }
+fn upload_id(s: &str) -> Result<UploadId, OciError> {
+    s.parse()
+        .map_err(|_| OciError::new(ErrorCode::BlobUploadUnknown, "upload unknown"))
 }
 
 fn page(q: &Query) -> Result<Page, OciError> {
@@ -517,6 +294,7 @@ fn start_upload(method: Method, repository: RepoName, q: &Query) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::action::ACTIONS;
 
     #[test]
     fn every_action_has_its_own_index_and_name() {

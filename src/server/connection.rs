@@ -18,12 +18,12 @@ use super::gate::{self, Client};
 use super::idle::Evict;
 use super::limits::{Refusal, Slot};
 use super::{App, Listener, Local};
+use crate::action::Action;
 use crate::http::conn::{NextRequest, Transport};
 use crate::http::{Conn, Method, Response};
 use crate::metrics::{Defence, Handshake};
 use crate::oci::{ErrorCode, OciError};
 use crate::policy::Peer;
-use crate::registry::Action;
 use crate::registry::error_response;
 use crate::tls::{CertIdentity, TlsStream, identity};
 

@@ -8,11 +8,12 @@ use std::rc::Rc;
 use super::limits::Class;
 use super::live::Live;
 use super::{AdminEndpoints, Listener, Local};
+use crate::action::Action;
 use crate::auth::{AuthError, Cache, User};
 use crate::http::{Method, RequestHead};
 use crate::oci::{ErrorCode, OciError, Reference};
 use crate::policy::{IdentityVal, Peer};
-use crate::registry::{Action, Registry, route};
+use crate::registry::{Registry, route};
 
 /// What a connection knows about its client for every request on it.
 pub struct Client {
