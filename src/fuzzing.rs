@@ -1,5 +1,5 @@
 //! The checks each fuzz target runs (`fuzz/fuzz_targets/<name>.rs` calls the function of the same
-//! name), shared with `tests/fuzz_corpus.rs`, which replays every committed corpus file through them
+//! name), shared with `tests/it/fuzz_corpus.rs`, which replays every committed corpus file through them
 //! in `cargo test` so a fixed crash stays fixed. Each panics when its parser misbehaves.
 
 use crate::auth::parse_basic;

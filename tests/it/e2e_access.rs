@@ -2,14 +2,12 @@
 //! over TLS: certificate identities from `wharf cert client`, Basic credentials from
 //! `wharf hash-password`, each scenario's allowed and refused pushes and pulls.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::layout::Layout;
-use common::pki::{ClientSpec, Pki, run_cmd, tls_connect, wharf};
-use common::*;
+use crate::common::layout::Layout;
+use crate::common::pki::{ClientSpec, Pki, run_cmd, tls_connect, wharf};
+use crate::common::*;
 
 /// A TLS server with a policy, its PKI, and a small OCI image to copy.
 struct Setup {

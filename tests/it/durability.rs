@@ -1,11 +1,9 @@
 //! Concurrency and fault behaviour: many connections racing on one blob, tag and upload; clients that
 //! vanish mid-upload; upload sessions that survive a kill -9 of the server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn blob_file(s: &Server, d: &str) -> std::path::PathBuf {
     s.root().join("blobs/sha256").join(&d[7..9]).join(&d[7..])

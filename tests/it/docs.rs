@@ -1,12 +1,10 @@
 //! The commands in docs/quickstart.md, run as written (in a scratch directory, with the built binary
 //! on PATH, `cargo install` skipped, and the Docker Hub source image replaced by a local OCI layout).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::layout::Layout;
+use crate::common::layout::Layout;
 
 #[test]
 fn quickstart_runs_as_written() {
@@ -28,7 +26,7 @@ fn quickstart_runs_as_written() {
             &format!("oci:{}:3.20", work.path().join("src").display()),
         );
     assert!(script.contains("wharf serve -c wharf.toml"));
-    let bin_dir = Path::new(common::wharf_bin()).parent().unwrap().to_owned();
+    let bin_dir = Path::new(crate::common::wharf_bin()).parent().unwrap().to_owned();
     let path = format!(
         "{}:{}",
         bin_dir.display(),
@@ -85,7 +83,7 @@ impl Drop for Serving {
 /// client certificate on the push port, HSTS, deletes disabled, read rate limit.
 #[test]
 fn nginx_migration_config_behaves_as_documented() {
-    use common::pki::{Pki, run_cmd, tls_connect};
+    use crate::common::pki::{Pki, run_cmd, tls_connect};
     use std::io::BufRead;
 
     let doc = std::fs::read_to_string(
@@ -126,12 +124,12 @@ fn nginx_migration_config_behaves_as_documented() {
     let cfg = dir.path().join("wharf.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let (ok, text) = run_cmd(
-        Command::new(common::wharf_bin())
+        Command::new(crate::common::wharf_bin())
             .args(["check-config", "-c"])
             .arg(&cfg),
     );
     assert!(ok, "{text}");
-    let mut child = Command::new(common::wharf_bin())
+    let mut child = Command::new(crate::common::wharf_bin())
         .args(["serve", "-c"])
         .arg(&cfg)
         .stdout(std::process::Stdio::piped())
@@ -196,7 +194,7 @@ fn nginx_migration_config_behaves_as_documented() {
     let image = src.add_image(std::slice::from_ref(&layer), "amd64");
     src.tag(&image, "v1");
     let skopeo = |args: &[&str]| {
-        let mut c = Command::new(common::tool("skopeo"));
+        let mut c = Command::new(crate::common::tool("skopeo"));
         c.arg("--insecure-policy").args(args);
         run_cmd(&mut c)
     };

@@ -1,11 +1,9 @@
 //! The official OCI distribution-spec conformance suite (pinned in tests/setup.sh) against wharf,
 //! with pull, push, content discovery and content management all enabled, under both I/O drivers.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn oci_conformance_suite_passes(driver: &str) {
     let s = Server::start(driver);

@@ -1,12 +1,10 @@
 //! The command line as users meet it: check-config, startup errors naming the key, the embedded
 //! default (127.0.0.1:5000, ./data), SIGINT, and the access log.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn check_config(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();

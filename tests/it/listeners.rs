@@ -4,14 +4,12 @@
 //! reload, and startup errors that name the listener's keys. Driven by skopeo, curl and a raw
 //! HTTP/TLS client against the real binary.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::layout::Layout;
-use common::pki::{Pki, run_cmd, tls_connect};
-use common::*;
+use crate::common::layout::Layout;
+use crate::common::pki::{Pki, run_cmd, tls_connect};
+use crate::common::*;
 
 fn ok(cmd: &mut Command) -> String {
     let (ok, text) = run_cmd(cmd);

@@ -2,13 +2,11 @@
 //! at test time (by `wharf cert`, rcgen and openssl). Rogue certificates are presented with curl,
 //! which (unlike Go clients) sends whatever certificate it is given.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::pki::{ClientSpec, Pki, tls_connect};
-use common::*;
+use crate::common::pki::{ClientSpec, Pki, tls_connect};
+use crate::common::*;
 use rcgen::{DnType, DnValue, ExtendedKeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 

@@ -2,14 +2,12 @@
 //! file, the private-key formats users bring (PKCS#8, PKCS#1, SEC1) and full-chain bundles,
 //! `wharf check-tls`, and the `wharf cert` helpers.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::pki::{Pki, run_cmd, wharf};
-use common::*;
+use crate::common::pki::{Pki, run_cmd, wharf};
+use crate::common::*;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let (ok, text) = run_cmd(Command::new("openssl").current_dir(dir).args(args));

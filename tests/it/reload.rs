@@ -2,13 +2,11 @@
 //! load without a failed request; an invalid file is refused with its key and the old config keeps
 //! serving; settings that need a restart say so.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn config(alice: &str, bob: Option<&str>, rule: &str) -> String {
     let mut t = format!("[auth.identity.alice]\nusername = \"alice\"\npassword = \"{alice}\"\n");

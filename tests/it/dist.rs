@@ -2,15 +2,13 @@
 //! schema), the systemd unit passes `systemd-analyze verify` without warnings, and the server
 //! reports readiness and shutdown to systemd (`Type=notify`).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::pki::Pki;
+use crate::common::pki::Pki;
 use wharf::config::Config;
 
 fn dist(name: &str) -> PathBuf {
@@ -105,7 +103,7 @@ fn example_config_passes_check_config_with_real_certificates() {
         );
     let path = dir.path().join("wharf.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(common::wharf_bin())
+    let out = Command::new(crate::common::wharf_bin())
         .args(["check-config", "-c"])
         .arg(&path)
         .output()
@@ -125,7 +123,7 @@ fn systemd_unit_verifies_without_warnings() {
     // verify checks that ExecStart's program exists: point it at the built binary.
     let unit = std::fs::read_to_string(dist("wharf.service"))
         .unwrap()
-        .replace("/usr/local/bin/wharf", common::wharf_bin());
+        .replace("/usr/local/bin/wharf", crate::common::wharf_bin());
     for must in [
         "Type=notify",
         "NoNewPrivileges=yes",
@@ -165,7 +163,7 @@ fn readiness_and_stopping_are_reported_to_systemd() {
         .unwrap();
     let cfg = dir.path().join("w.toml");
     std::fs::write(&cfg, "[server]\nport = 0\n[storage]\nroot = \"data\"\n").unwrap();
-    let mut child = Command::new(common::wharf_bin())
+    let mut child = Command::new(crate::common::wharf_bin())
         .args(["serve", "-c"])
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &sock_path)

@@ -2,14 +2,12 @@
 //! grace period, untagged manifests, a collector looping while many clients push images that share
 //! layers, and fsck finding and quarantining damage.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{
+use crate::common::{
     Client, OCI_MANIFEST, Server, image_manifest, paths_under, push_blob, push_image, sha256,
     start_upload,
 };
@@ -304,7 +302,7 @@ fn gc_in_a_loop_never_loses_a_pushed_blob(driver: &str) {
         std::thread::spawn(move || {
             let mut runs = 0;
             while Instant::now() < stop_at {
-                let out = Command::new(common::wharf_bin())
+                let out = Command::new(crate::common::wharf_bin())
                     .args(["gc", "-c"])
                     .arg(&cfg)
                     .output()
@@ -459,7 +457,7 @@ fn gc_and_fsck_show_progress_only_on_a_terminal() {
     ] {
         let line = format!(
             "{} {cmd} -c {}",
-            common::wharf_bin(),
+            crate::common::wharf_bin(),
             s.config_file().display()
         );
         let out = Command::new("script")

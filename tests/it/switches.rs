@@ -1,12 +1,10 @@
 //! Operator switches: `storage.read_only` (maintenance mode), `storage.delete_enabled = false`, and
 //! `server.hsts_max_age` over TLS.
 
-mod common;
-
 use std::path::Path;
 
-use common::pki::{Pki, tls_connect};
-use common::*;
+use crate::common::pki::{Pki, tls_connect};
+use crate::common::*;
 
 /// A server over an existing storage directory (so a second config can serve the same content).
 fn server_over(store: &Path, driver: &str, extra: &str) -> Server {

@@ -2,14 +2,12 @@
 //! push and pull with the certs.d layout that `wharf cert install-client` writes; without a client
 //! certificate the handshake is refused.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::layout::Layout;
-use common::pki::{Pki, run_cmd};
-use common::*;
+use crate::common::layout::Layout;
+use crate::common::pki::{Pki, run_cmd};
+use crate::common::*;
 
 fn ok(cmd: &mut Command) -> String {
     let (ok, text) = run_cmd(cmd);

@@ -1,12 +1,10 @@
 //! `/metrics`, `/healthz` and `/readyz`: counters move as expected after a known sequence of
 //! requests; policy decisions and TLS handshakes are counted; readiness follows the storage.
 
-mod common;
-
 use std::time::Duration;
 
-use common::pki::{Pki, tls_connect};
-use common::*;
+use crate::common::pki::{Pki, tls_connect};
+use crate::common::*;
 
 /// The value of one sample line (`name{labels}`), or 0 when absent.
 fn sample(text: &str, series: &str) -> f64 {

@@ -3,8 +3,6 @@
 //! encoding tricks in every name the API takes. (Vanished and short bodies, stalls and oversize
 //! bodies are in durability.rs, http_layer.rs and limits.rs.)
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -13,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{Client, OCI_MANIFEST, Server, image_manifest, push_blob, push_image, sha256};
+use crate::common::{Client, OCI_MANIFEST, Server, image_manifest, push_blob, push_image, sha256};
 
 /// Deterministic pseudo-random bytes.
 fn data(seed: u32, len: usize) -> Vec<u8> {
@@ -45,7 +43,7 @@ enum Outcome {
 
 /// Send a request in 32 KiB pieces with small pauses (so the kill lands mid-body); `None` if the
 /// connection broke before a response.
-fn slow_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> Option<common::Resp> {
+fn slow_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> Option<crate::common::Resp> {
     paused_request(addr, head, body, None)
 }
 
@@ -61,7 +59,7 @@ fn paused_request(
     head: &str,
     body: &[u8],
     pause: Option<&Pause>,
-) -> Option<common::Resp> {
+) -> Option<crate::common::Resp> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
     s.write_all(head.as_bytes()).ok()?;

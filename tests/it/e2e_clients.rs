@@ -1,13 +1,11 @@
 //! Real clients against the real binary: skopeo (Debian package) and crane (go-containerregistry),
 //! copying multi-layer images and multi-arch indexes in and out and checking the bytes.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::layout::{Blob, Layout};
-use common::*;
+use crate::common::layout::{Blob, Layout};
+use crate::common::*;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd

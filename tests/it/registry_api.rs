@@ -1,8 +1,6 @@
 //! Every OCI endpoint and its error paths against the real binary, under both I/O drivers.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const MISSING: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 

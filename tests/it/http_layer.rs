@@ -2,11 +2,9 @@
 //! keep-alive, pipelining, chunked bodies, 100-continue, HEAD, graceful shutdown. Every test runs
 //! under io_uring and under the epoll fallback.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn smuggling_both_lengths_is_400_and_close(driver: &str) {
     let s = Server::start(driver);

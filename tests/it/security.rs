@@ -5,16 +5,14 @@
 //! like IPv4 to policies, a CA change closes connections whose certificate no longer verifies,
 //! duplicate `Authorization` headers, oversized manifests and padded chunked bodies are refused.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::pki::{Pki, tls_connect};
-use common::*;
+use crate::common::pki::{Pki, tls_connect};
+use crate::common::*;
 
 /// A TCP connection to `addr` from the loopback address `src` (127.0.0.0/8 is all ours).
 fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {

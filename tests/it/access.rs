@@ -3,12 +3,10 @@
 //! deny rules, mounts that need read access to their source, the credential cache, the decision
 //! log, and startup errors for bad rules and bad password hashes.
 
-mod common;
-
 use std::process::Command;
 
-use common::pki::{Pki, run_cmd, tls_connect};
-use common::*;
+use crate::common::pki::{Pki, run_cmd, tls_connect};
+use crate::common::*;
 
 /// `[auth.identity.*]` for admin/admin-pw and bob/bob-pw.
 fn users() -> String {

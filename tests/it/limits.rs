@@ -2,15 +2,13 @@
 //! (429 with Retry-After), the connection cap (503), and bodies over the blob limit (413, nothing
 //! stored, other clients served meanwhile).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Client, Server, push_blob, sha256};
+use crate::common::{Client, Server, push_blob, sha256};
 
-fn retry_after(r: &common::Resp) -> u64 {
+fn retry_after(r: &crate::common::Resp) -> u64 {
     r.header("retry-after")
         .expect("Retry-After header")
         .parse()
@@ -96,7 +94,7 @@ fn connection_cap_answers_503_and_frees_slots_on_close(driver: &str) {
 
 /// Send `len` declared bytes, streaming zeros until the server answers or closes; returns what was
 /// sent and the response (if one could be read).
-fn stream_until_refused(s: &Server, head: &str) -> (u64, Option<common::Resp>) {
+fn stream_until_refused(s: &Server, head: &str) -> (u64, Option<crate::common::Resp>) {
     let mut stream = TcpStream::connect(s.addr).unwrap();
     stream
         .set_write_timeout(Some(Duration::from_secs(10)))
@@ -175,7 +173,7 @@ fn bodies_over_max_blob_size_get_413_and_nothing_is_stored(driver: &str) {
     );
     assert_eq!(r.status, 413);
     // Nothing of the refused bodies became a blob.
-    let blobs: Vec<_> = common::paths_under(&s.root().join("blobs"))
+    let blobs: Vec<_> = crate::common::paths_under(&s.root().join("blobs"))
         .into_iter()
         .filter(|p| p.is_file())
         .collect();
@@ -202,7 +200,7 @@ fn invalid_limits_are_startup_errors_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.toml");
         std::fs::write(&path, toml).unwrap();
-        let out = std::process::Command::new(common::wharf_bin())
+        let out = std::process::Command::new(crate::common::wharf_bin())
             .args(["check-config", "-c"])
             .arg(&path)
             .output()

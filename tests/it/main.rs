@@ -1,0 +1,29 @@
+//! The integration tests: one binary (linked once, as ripgrep's tests/tests.rs), a module per topic.
+//! Server tests start the real `wharf` binary (both I/O drivers, via `on_both_drivers!`), real
+//! clients and real TLS; `common` holds the harness.
+
+#[macro_use]
+mod common;
+
+mod access;
+mod cli;
+mod conformance;
+mod dist;
+mod docs;
+mod durability;
+mod e2e_access;
+mod e2e_clients;
+mod e2e_tls;
+mod faults;
+mod fuzz_corpus;
+mod gc;
+mod http_layer;
+mod limits;
+mod listeners;
+mod metrics;
+mod registry_api;
+mod reload;
+mod security;
+mod switches;
+mod tls;
+mod tls_config;
