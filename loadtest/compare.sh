@@ -14,8 +14,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Pinned peers. distribution: `go install` from the Go module proxy. zot: its module path
 # (zotregistry.dev/zot) is not served by this machine's Go module proxy allowlist, but the proxy holds
 # github.com/project-zot/zot v1.4.3 (the last release published under that path; it declares itself
-# zotregistry.io/zot, so `go install` refuses it): we build its zot and zb commands from that module
-# zip, minimal (no extensions), with the pure-Go OpenPGP tag as zot's own `make binary-minimal` does.
+# zotregistry.io/zot, so `go install` refuses it): `go mod download` fetches it and we build its zot
+# and zb commands, minimal (no extensions), with the pure-Go OpenPGP tag as zot's own
+# `make binary-minimal` does.
 DISTRIBUTION_VERSION=v3.1.2
 ZOT_VERSION=v1.4.3
 export ZOT_VERSION
@@ -38,9 +39,12 @@ if [ ! -x "$PEERS/registry" ]; then
 fi
 if [ ! -x "$PEERS/zot" ] || [ ! -x "$PEERS/zb" ]; then
   echo "building zot $ZOT_VERSION (zot, zb)" >&2
+  # The Go toolchain fetches the module through its own configured proxy; we build a writable copy.
   src=$(mktemp -d)
-  curl -fsSL -o "$src/zot.zip" "https://proxy.golang.org/github.com/project-zot/zot/@v/$ZOT_VERSION.zip"
-  (cd "$src" && unzip -q zot.zip && chmod -R u+w . && cd "github.com/project-zot/zot@$ZOT_VERSION" &&
+  dir=$(cd "$src" && go mod download -json "github.com/project-zot/zot@$ZOT_VERSION" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  cp -r "$dir" "$src/zot" && chmod -R u+w "$src/zot"
+  (cd "$src/zot" &&
     GOFLAGS=-mod=mod go build -o "$PEERS/zot" -tags containers_image_openpgp ./cmd/zot &&
     GOFLAGS=-mod=mod go build -o "$PEERS/zb" -tags containers_image_openpgp ./cmd/zb)
   rm -rf "$src"

@@ -31,7 +31,7 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
 fi
 
 for t in go cargo; do
-  command -v "$t" >/dev/null || { echo "setup: $t is required (Rust >= 1.85, Go >= 1.24; see README.md)" >&2; exit 1; }
+  command -v "$t" >/dev/null || { echo "setup: $t is required (Rust >= 1.88, Go >= 1.24; see README.md)" >&2; exit 1; }
 done
 
 bin="$PWD/target/tools/bin"
