@@ -1,0 +1,195 @@
+//! The tables besides `[server]`: `[storage]`, `[global]`, `[limits]`, `[gc]`, `[repository."<name>"]`
+//! and `[auth]`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::{de_duration, ser_duration};
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Filesystem root; a relative path is taken from the config file's directory
+    /// (from the working directory for the embedded default). Default `"./data"`.
+    pub root: PathBuf,
+    /// Maintenance mode: every write (POST, PUT, PATCH, DELETE) answers 405 `UNSUPPORTED`.
+    /// Default `false`.
+    pub read_only: bool,
+    /// Whether manifests and blobs may be deleted through the API (tags go with their manifest);
+    /// `false` answers 405 `UNSUPPORTED`. Default `true`.
+    pub delete_enabled: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            root: PathBuf::from("./data"),
+            read_only: false,
+            delete_enabled: true,
+        }
+    }
+}
+
+/// `[global]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalConfig {
+    /// Largest manifest accepted; larger answers 413. Default `4194304` (4 MiB).
+    pub max_manifest_size: u64,
+    /// Largest blob accepted; larger answers 413 `SIZE_INVALID`. Default `0` = unlimited.
+    pub max_blob_size: u64,
+    /// `[global.access_policy]`: checked for every request. Default: absent (allow everything
+    /// unless a repository policy says otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_policy: Option<AccessPolicyConfig>,
+}
+
+impl Default for GlobalConfig {
+    fn default() -> Self {
+        GlobalConfig {
+            max_manifest_size: 4 * 1024 * 1024,
+            max_blob_size: 0,
+            access_policy: None,
+        }
+    }
+}
+
+/// `[global.access_policy]` or `[repository."<name>".access_policy]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPolicyConfig {
+    /// `"allow"` or `"deny"`: the decision when no rule is true. Required.
+    pub default: PolicyDefault,
+    /// CEL expressions; the first that is true flips `default` (allow rules under `"deny"`,
+    /// deny rules under `"allow"`). Default `[]`.
+    #[serde(default)]
+    pub rules: Vec<String>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Read requests (GET, HEAD) per second per client IP (IPv6: per /64); over it answers 429
+    /// `TOOMANYREQUESTS` with `Retry-After`. Default `0` = unlimited.
+    pub read_rps: f64,
+    /// Write requests (POST, PUT, PATCH, DELETE) per second per client IP (IPv6: per /64).
+    /// Default `0` = unlimited.
+    pub write_rps: f64,
+    /// Requests a client may make in a burst above its rate (the token bucket's size). Default `0`
+    /// = one second's worth of the rate (at least 1).
+    pub burst: u32,
+    /// Open connections across all workers. At the cap a new connection closes the longest-idle
+    /// keep-alive connection (idle at least a second) of the worker that accepts it; with none, it
+    /// is answered 503 and closed (TLS: closed). Default `16384`; `0` = unlimited.
+    pub max_connections: usize,
+    /// Open connections per client address (IPv4 address, IPv6 /64); the next is answered 503 and
+    /// closed (TLS: closed). Default `256`; `0` = unlimited.
+    pub max_connections_per_client: usize,
+    /// Bytes of large response buffers (256 KiB TLS file blocks, 1 MiB loopback copies) that may
+    /// wait on clients at once; past it files go out in 16 KiB TLS records or by `sendfile`.
+    /// Default `16777216` (16 MiB).
+    pub response_buffer_budget: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            read_rps: 0.0,
+            write_rps: 0.0,
+            burst: 0,
+            max_connections: 16384,
+            max_connections_per_client: 256,
+            response_buffer_budget: crate::http::budget::DEFAULT,
+        }
+    }
+}
+
+/// `[gc]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Run garbage collection inside the server this often. Default `"0s"` = never (use `wharf gc`).
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// Data younger than this is never collected, so blobs uploaded for a manifest that is not pushed
+    /// yet survive. Default `"1h"`.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub grace: Duration,
+    /// Also delete manifests that no tag reaches (directly, through an index, or as a referrer of
+    /// one that is kept). Default `false`.
+    pub delete_untagged: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: Duration::ZERO,
+            grace: Duration::from_secs(3600),
+            delete_untagged: false,
+        }
+    }
+}
+
+/// The decision a policy makes when none of its rules is true.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyDefault {
+    Allow,
+    Deny,
+}
+
+/// `[repository."<name>"]`: applies to `<name>` and every repository below it (`<name>/...`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// `[repository."<name>".access_policy]`: checked after the global policy for requests on
+    /// this repository (the longest configured name wins). Default: absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_policy: Option<AccessPolicyConfig>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How long a verified Basic credential is trusted without checking the password hash
+    /// again (per worker thread). Default `"60s"`.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub credential_cache_ttl: Duration,
+    /// Credentials remembered per worker thread: this many that verified, and as many that did
+    /// not (kept apart, so wrong guesses never push out a user who verified). Default `1024`.
+    pub credential_cache_size: usize,
+    /// Password checks one client address (IPv6: one /64) may have queued or running at once;
+    /// more are answered 429 before they queue, so no client can fill the verifier queue and lock
+    /// the others out. Default `4`; `0` = unlimited.
+    pub max_checks_per_client: u32,
+    /// `[auth.identity.<id>]`: Basic-auth users; `<id>` is `identity.id` in policies.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub identity: BTreeMap<String, IdentityConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            credential_cache_ttl: Duration::from_secs(60),
+            credential_cache_size: 1024,
+            max_checks_per_client: 4,
+            identity: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[auth.identity.<id>]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The Basic-auth user name. Required.
+    pub username: String,
+    /// Argon2id hash in PHC form (`$argon2id$v=19$...`), as `wharf hash-password` prints. Required.
+    pub password: String,
+}

@@ -1,0 +1,268 @@
+//! Defaults, parsing, validation and the configuration reference kept in step.
+
+use std::time::Duration;
+
+use super::server::loopback;
+use super::*;
+
+#[test]
+fn defaults_match_the_documentation() {
+    let c = Config::parse_str("").unwrap();
+    assert_eq!(c.server.port, 5000);
+    assert_eq!(c.server.bind_address.to_string(), "127.0.0.1");
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.server.http.max_head_size, 16384);
+    assert_eq!(c.server.http.max_target_size, 8192);
+    assert_eq!(c.server.http.head_timeout, Duration::from_secs(10));
+    assert_eq!(c.global.max_manifest_size, 4 << 20);
+    assert_eq!(c.storage.root, PathBuf::from("./data"));
+    c.validate().unwrap();
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let e = Config::parse_str("[server]\nprot = 1\n").unwrap_err();
+    assert!(e.contains("prot"), "{e}");
+    let e = Config::parse_str("[storrage]\n").unwrap_err();
+    assert!(e.contains("storrage"), "{e}");
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+    assert!(parse_duration("5 fortnights").is_err());
+    let c = Config::parse_str(
+        "[server]\nshutdown_grace = 5\n[server.http]\nhead_timeout = \"250ms\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+    assert_eq!(c.server.http.head_timeout, Duration::from_millis(250));
+}
+
+/// The defaults with every optional table present (required keys empty).
+fn defaults_with_optional_tables() -> toml::Value {
+    let mut c = Config::default();
+    c.server.tls = Some(TlsConfig {
+        server_certificate_bundle: PathBuf::new(),
+        server_private_key: PathBuf::new(),
+        client_ca_bundle: Some(PathBuf::new()),
+        client_auth: ClientAuth::default(),
+    });
+    let policy = AccessPolicyConfig {
+        default: PolicyDefault::Deny,
+        rules: vec![],
+    };
+    c.global.access_policy = Some(policy.clone());
+    c.repository.insert(
+        "<name>".into(),
+        RepositoryConfig {
+            access_policy: Some(policy),
+        },
+    );
+    c.auth.identity.insert(
+        "<id>".into(),
+        IdentityConfig {
+            username: String::new(),
+            password: String::new(),
+        },
+    );
+    c.server.admin = Some(AdminConfig {
+        bind_address: loopback(),
+        port: 0,
+    });
+    c.server.listener.push(ListenerConfig {
+        name: String::new(),
+        bind_address: loopback(),
+        port: 0,
+        tls: c.server.tls.clone(),
+    });
+    toml::Value::try_from(c).unwrap()
+}
+
+/// Every key the schema has, as `section.sub.key` (an array of tables as its first entry's
+/// keys), with its default.
+fn all_keys() -> Vec<(String, toml::Value)> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(_) => walk(&key, v, out),
+                    toml::Value::Array(a) if a.first().is_some_and(|e| e.is_table()) => {
+                        walk(&key, &a[0], out)
+                    }
+                    _ => out.push((key, v.clone())),
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &defaults_with_optional_tables(), &mut out);
+    out
+}
+
+#[test]
+fn configuration_doc_lists_every_key_with_its_default() {
+    let doc = include_str!("../../docs/configuration.md");
+    for (key, value) in all_keys() {
+        // Ports of extra listeners have no default (0 here).
+        let required_port = key.ends_with(".port") && key != "server.port";
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{key}` |")))
+            .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{key}`"));
+        // Keys without a default (empty here) are documented as required or optional.
+        // `access_policy.default` has no default either (an enum, so not empty here).
+        let expected = match value.as_str() {
+            Some("") => "(required)".to_owned(),
+            _ if required_port => "(required)".to_owned(),
+            _ if key.ends_with("access_policy.default") => "(required)".to_owned(),
+            _ => format!("`{value}`"),
+        };
+        assert!(
+            row.contains(&expected) || (expected == "(required)" && row.contains("(none)")),
+            "docs/configuration.md: `{key}` default should read {expected}: {row}"
+        );
+    }
+}
+
+#[test]
+fn defaults_serialize_and_parse_back() {
+    let text = toml::to_string(&Config::default()).unwrap();
+    let back = Config::parse_str(&text).unwrap();
+    assert_eq!(back.server.http.body_timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn tls_required_without_client_cas_names_both_keys() {
+    let c = Config::parse_str(
+        "[server.tls]\nserver_certificate_bundle = \"a.pem\"\nserver_private_key = \"k.pem\"\nclient_auth = \"required\"\n",
+    )
+    .unwrap();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("server.tls.client_auth"), "{e}");
+    assert!(e.contains("server.tls.client_ca_bundle"), "{e}");
+}
+
+#[test]
+fn tls_keys_are_exactly_the_documented_ones() {
+    let e = Config::parse_str(
+        "[server.tls]\ncertificate = \"a.pem\"\nserver_private_key = \"k.pem\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("certificate"), "{e}");
+    let e = Config::parse_str("[server.tls]\nserver_private_key = \"k.pem\"\n").unwrap_err();
+    assert!(e.contains("server_certificate_bundle"), "{e}");
+    let e = Config::parse_str(
+        "[server.tls]\nserver_certificate_bundle = \"a\"\nserver_private_key = \"k\"\nclient_auth = \"sometimes\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("sometimes"), "{e}");
+}
+
+#[test]
+fn tls_paths_are_taken_from_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("wharf.toml");
+    std::fs::write(
+        &p,
+        "[server.tls]\nserver_certificate_bundle = \"certs/full.pem\"\nserver_private_key = \"/abs/k.pem\"\nclient_ca_bundle = \"ca.pem\"\n",
+    )
+    .unwrap();
+    let c = Config::load(&p).unwrap();
+    let tls = c.server.tls.unwrap();
+    assert_eq!(
+        tls.server_certificate_bundle,
+        dir.path().join("certs/full.pem")
+    );
+    assert_eq!(tls.server_private_key, PathBuf::from("/abs/k.pem"));
+    assert_eq!(tls.client_ca_bundle.unwrap(), dir.path().join("ca.pem"));
+    assert_eq!(tls.client_auth, ClientAuth::Optional);
+}
+
+#[test]
+fn listeners_are_validated_with_their_keys() {
+    let error = |toml: &str| {
+        let c = Config::parse_str(toml).unwrap_or_else(|e| panic!("{toml}: {e}"));
+        c.validate().unwrap_err().to_string()
+    };
+    let one = |name: &str, extra: &str| {
+        format!("[[server.listener]]\nname = {name:?}\nport = 4443\n{extra}")
+    };
+    for (toml, key, says) in [
+        (one("Push", ""), "server.listener[0].name", "lowercase"),
+        (one("", ""), "server.listener[0].name", "lowercase"),
+        (one("main", ""), "server.listener[0].name", "reserved"),
+        (one("admin", ""), "server.listener[0].name", "reserved"),
+        (
+            format!("{}{}", one("a", ""), one("a", "bind_address = \"::1\"\n")),
+            "server.listener[1].name",
+            "also the name of server.listener[0]",
+        ),
+        (
+            one(
+                "a",
+                "[server.listener.tls]\nserver_certificate_bundle = \"c\"\nserver_private_key = \"k\"\nclient_auth = \"required\"\n",
+            ),
+            "server.listener[0].tls.client_auth",
+            "server.listener[0].tls.client_ca_bundle",
+        ),
+        (
+            format!("[server]\nport = 4443\n{}", one("a", "")),
+            "server.listener[0].bind_address/port",
+            "overlaps server.bind_address/server.port",
+        ),
+        (
+            format!(
+                "{}[server.admin]\nbind_address = \"0.0.0.0\"\nport = 4443\n",
+                one("a", "")
+            ),
+            "server.admin.bind_address/port",
+            "overlaps server.listener[0]",
+        ),
+        (
+            "[server]\nhsts_max_age = \"1h\"\n".to_owned(),
+            "server.hsts_max_age",
+            "needs a listener with TLS",
+        ),
+    ] {
+        let e = error(&toml);
+        assert!(e.contains(key) && e.contains(says), "{toml}\n=> {e}");
+    }
+    let e = Config::parse_str("[[server.listener]]\nname = \"a\"\n").unwrap_err();
+    assert!(e.contains("port"), "{e}");
+    let e =
+        Config::parse_str("[[server.listener]]\nname = \"a\"\nport = 1\nprot = 2\n").unwrap_err();
+    assert!(e.contains("prot"), "{e}");
+    // Same port on another address, or port 0 twice, is fine; HSTS with only a listener's TLS too.
+    let ok = "[server]\nhsts_max_age = \"1h\"\nport = 0\n[[server.listener]]\nname = \"a\"\nport = 0\n[server.listener.tls]\nserver_certificate_bundle = \"c\"\nserver_private_key = \"k\"\n[[server.listener]]\nname = \"b-2\"\nbind_address = \"127.0.0.2\"\nport = 5000\n[server.admin]\nport = 9100\n";
+    Config::parse_str(ok).unwrap().validate().unwrap();
+}
+
+#[test]
+fn listener_tls_paths_are_taken_from_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("wharf.toml");
+    std::fs::write(
+        &p,
+        "[[server.listener]]\nname = \"a\"\nport = 1\n[server.listener.tls]\nserver_certificate_bundle = \"c.pem\"\nserver_private_key = \"k.pem\"\n",
+    )
+    .unwrap();
+    let c = Config::load(&p).unwrap();
+    let tls = c.server.listener[0].tls.as_ref().unwrap();
+    assert_eq!(tls.server_certificate_bundle, dir.path().join("c.pem"));
+    assert_eq!(tls.server_private_key, dir.path().join("k.pem"));
+}
+
+#[test]
+fn validation_names_the_key() {
+    let c = Config::parse_str("[server.http]\nmax_target_size = 99999\n").unwrap();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("server.http.max_target_size"), "{e}");
+}
