@@ -26,7 +26,10 @@ fn quickstart_runs_as_written() {
             &format!("oci:{}:3.20", work.path().join("src").display()),
         );
     assert!(script.contains("wharf serve -c wharf.toml"));
-    let bin_dir = Path::new(crate::common::wharf_bin()).parent().unwrap().to_owned();
+    let bin_dir = Path::new(crate::common::wharf_bin())
+        .parent()
+        .unwrap()
+        .to_owned();
     let path = format!(
         "{}:{}",
         bin_dir.display(),

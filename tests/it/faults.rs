@@ -43,7 +43,11 @@ enum Outcome {
 
 /// Send a request in 32 KiB pieces with small pauses (so the kill lands mid-body); `None` if the
 /// connection broke before a response.
-fn slow_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> Option<crate::common::Resp> {
+fn slow_request(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> Option<crate::common::Resp> {
     paused_request(addr, head, body, None)
 }
 
