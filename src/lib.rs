@@ -8,6 +8,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod oci;
 pub mod policy;
 pub mod registry;

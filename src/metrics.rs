@@ -310,8 +310,8 @@ impl Metrics {
             out,
             "# HELP wharf_response_buffer_bytes Bytes of response buffers in use against limits.response_buffer_budget.\n# TYPE wharf_response_buffer_bytes gauge\nwharf_response_buffer_bytes {}\n\
              # HELP wharf_response_buffer_fallbacks_total Sends that found the budget spent and used small buffers.\n# TYPE wharf_response_buffer_fallbacks_total counter\nwharf_response_buffer_fallbacks_total {}",
-            crate::http::budget::in_use(),
-            crate::http::budget::fallbacks()
+            crate::net::budget::in_use(),
+            crate::net::budget::fallbacks()
         );
         out.push_str("# HELP wharf_connections_open Open client connections, by listener.\n# TYPE wharf_connections_open gauge\n");
         for (i, name) in self.listeners.iter().enumerate() {

@@ -104,7 +104,7 @@ impl Default for LimitsConfig {
             burst: 0,
             max_connections: 16384,
             max_connections_per_client: 256,
-            response_buffer_budget: crate::http::budget::DEFAULT,
+            response_buffer_budget: crate::net::budget::DEFAULT,
         }
     }
 }

@@ -1,59 +1,32 @@
 //! One client connection, plain TCP or TLS: a reused read buffer, head reading with its timeouts,
-//! body framing, `Expect: 100-continue`, and response writing (one write for small responses;
-//! files by `sendfile` on plain TCP, through a buffer and rustls over TLS).
+//! parking while idle, and response writing (one write for small responses; files by `sendfile`
+//! on plain TCP, through a buffer and rustls over TLS). Bodies are read by `body::Body`.
 
 use std::future::Future;
 use std::io;
-use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use crate::net::file::{copy_loop, peer_is_loopback, sendfile_loop};
+use crate::net::pool::{BLOCK_BUF, give_block, take_block};
+use crate::net::{ConnError, budget, stalled, timed_read};
 use crate::tls::TlsStream;
 
-use super::chunked::{ChunkError, ChunkedDecoder};
-use super::head::{self, Framing, HeadError, Limits, RequestHead};
+use super::body::Body;
+use super::head::{self, HeadError, Limits, RequestHead};
 use super::response::Response;
 
 /// Read-buffer size: large enough for a full head and for efficient small-body reads.
-const READ_BUF: usize = 64 * 1024;
-
-/// Buffer used while streaming a large body: blocks of up to this size are hashed and written at once
-/// (64 KiB writes made io_uring hand each one to a kernel worker; 0.5–1 MiB writes amortize that).
-const BLOCK_BUF: usize = 1 << 20;
-/// Block buffers kept per thread for reuse.
-const BLOCK_POOL_MAX: usize = 8;
+pub(super) const READ_BUF: usize = 64 * 1024;
 
 /// A keep-alive connection with no request for this long parks: it frees its read buffers and
 /// waits for readability alone, so 10,000 idle connections cost kilobytes each, not 64 KiB+.
 /// Clients that send request after request never wait this long and keep the read posted.
 const PARK_AFTER: Duration = Duration::from_millis(250);
-
-thread_local! {
-    static BLOCK_POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A block-sized buffer from this thread's pool (or a new one).
-pub(crate) fn take_block() -> Vec<u8> {
-    BLOCK_POOL
-        .with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(BLOCK_BUF))
-}
-
-/// Return a block-sized buffer to this thread's pool (dropped if the pool is full or the buffer
-/// is not block-sized).
-pub(crate) fn give_block(buf: Vec<u8>) {
-    BLOCK_POOL.with(|p| {
-        let mut pool = p.borrow_mut();
-        if pool.len() < BLOCK_POOL_MAX && buf.capacity() == BLOCK_BUF {
-            pool.push(buf);
-        }
-    });
-}
 
 thread_local! {
     static COLLECT_SCHEDULED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -72,17 +45,6 @@ fn return_freed_pages_soon() {
         // SAFETY: collects this thread's mimalloc heap; no pointers are involved.
         unsafe { libmimalloc_sys::mi_collect(true) };
     });
-}
-
-/// Why a connection-level read failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
-    #[error("timed out")]
-    Timeout,
-    #[error("peer closed the connection")]
-    Eof,
 }
 
 /// The outcome of waiting for the next request head.
@@ -119,54 +81,17 @@ impl Transport {
     }
 }
 
-/// The error of a write that waited longer than `send_timeout` for the client to read.
-pub(crate) fn stalled() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")
-}
-
-/// Read into the spare capacity of `buf`, waiting at most `wait`. On timeout the read is
-/// cancelled and then awaited, so the buffer (and anything that arrived meanwhile) always comes back.
-pub(crate) async fn timed_read(
-    stream: &mut TcpStream,
-    buf: Vec<u8>,
-    wait: Duration,
-) -> (Result<usize, ConnError>, Vec<u8>) {
-    let (len, cap) = (buf.len(), buf.capacity());
-    debug_assert!(len < cap, "read into a full buffer");
-    let canceller = Canceller::new();
-    let mut read =
-        std::pin::pin!(stream.cancelable_read(buf.slice_mut(len..cap), canceller.handle()));
-    let finished = monoio::select! {
-        r = &mut read => Some(r),
-        _ = monoio::time::sleep(wait) => None,
-    };
-    let timed_out = finished.is_none();
-    let (res, slice) = match finished {
-        Some(r) => r,
-        None => {
-            canceller.cancel();
-            read.await
-        }
-    };
-    let res = match res {
-        Ok(0) => Err(ConnError::Eof),
-        Ok(n) => Ok(n),
-        Err(_) if timed_out => Err(ConnError::Timeout),
-        Err(e) => Err(e.into()),
-    };
-    (res, slice.into_inner())
-}
-
 /// A client connection with its read buffer (`buf[pos..]` is unconsumed input).
 pub struct Conn {
     io: Transport,
-    buf: Vec<u8>,
-    pos: usize,
+    /// Input read so far; `buf[pos..]` is not consumed yet (`pos <= buf.len()` always).
+    pub(super) buf: Vec<u8>,
+    pub(super) pos: usize,
     /// Capacity of the small buffer an idle connection keeps (`shrink` returns to it).
     cap: usize,
-    limits: Rc<Limits>,
-    /// Bytes read from the client so far (for metrics).
-    received: u64,
+    pub(super) limits: Rc<Limits>,
+    /// Bytes read from the client so far (for metrics and the drain's wire limit).
+    pub(super) received: u64,
 }
 
 impl Conn {
@@ -190,7 +115,7 @@ impl Conn {
     }
 
     /// Read more input, waiting at most `wait`. Returns the number of bytes read.
-    async fn fill(&mut self, wait: Duration) -> Result<usize, ConnError> {
+    pub(super) async fn fill(&mut self, wait: Duration) -> Result<usize, ConnError> {
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -202,7 +127,7 @@ impl Conn {
     }
 
     /// Read more input after `buf.len()`, keeping everything already in the buffer.
-    async fn read_more(&mut self, wait: Duration) -> Result<usize, ConnError> {
+    pub(super) async fn read_more(&mut self, wait: Duration) -> Result<usize, ConnError> {
         if self.buf.capacity() == 0 {
             self.buf.reserve_exact(self.cap);
         }
@@ -329,7 +254,7 @@ impl Conn {
     }
 
     /// Switch to a pooled block-sized buffer (large bodies), keeping unread input at its front.
-    fn enlarge(&mut self) {
+    pub(super) fn enlarge(&mut self) {
         if self.buf.capacity() >= BLOCK_BUF {
             if self.pos > 0 {
                 self.buf.drain(..self.pos);
@@ -346,7 +271,7 @@ impl Conn {
 
     /// Make room to read more while a block ending at `end` is assembled: slide unparsed input
     /// down onto the block. False if the buffer is still full.
-    fn make_room(&mut self, end: usize) -> bool {
+    pub(super) fn make_room(&mut self, end: usize) -> bool {
         let (pos, len) = (self.pos, self.buf.len());
         if len < self.buf.capacity() {
             return true;
@@ -373,28 +298,10 @@ impl Conn {
 
     /// The body reader for `head`.
     pub fn body<'c>(&'c mut self, head: &RequestHead) -> Body<'c> {
-        let state = match head.framing {
-            Framing::None => BodyState::Done,
-            Framing::Length(n) => BodyState::Length(n),
-            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
-        };
-        let declared = match head.framing {
-            Framing::Length(n) => Some(n),
-            Framing::None => Some(0),
-            Framing::Chunked => None,
-        };
-        Body {
-            conn: self,
-            state,
-            declared,
-            continue_pending: head.expect_continue,
-            deferred: None,
-            failed: false,
-            wire_limit: u64::MAX,
-        }
+        Body::new(self, head)
     }
 
-    async fn write_all(&mut self, data: Vec<u8>) -> io::Result<()> {
+    pub(super) async fn write_all(&mut self, data: Vec<u8>) -> io::Result<()> {
         let stall = self.limits.send_timeout;
         match &mut self.io {
             Transport::Plain(stream) => {
@@ -422,7 +329,7 @@ impl Conn {
                 // buffers run at about half the speed of a buffered copy; to a real interface
                 // sendfile saves the copy. The copy's 1 MiB block counts against the budget.
                 Transport::Plain(stream) if peer_is_loopback(stream) => {
-                    match super::budget::reserve(BLOCK_BUF) {
+                    match budget::reserve(BLOCK_BUF) {
                         Some(_held) => copy_loop(stream, file, offset, len, stall).await?,
                         None => sendfile_loop(stream, &file, offset, len, stall).await?,
                     }
@@ -434,414 +341,5 @@ impl Conn {
             }
         }
         Ok(())
-    }
-}
-
-fn peer_is_loopback(stream: &TcpStream) -> bool {
-    stream.peer_addr().is_ok_and(|a| match a.ip() {
-        std::net::IpAddr::V4(ip) => ip.is_loopback(),
-        std::net::IpAddr::V6(ip) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    })
-}
-
-/// Read up to `want` bytes of `file` at `pos` into `buf` (cleared first); reaching the end of the
-/// file before `want` bytes is an error, since the response already announced its length.
-pub(crate) async fn read_block(
-    file: &monoio::fs::File,
-    mut buf: Vec<u8>,
-    pos: u64,
-    want: usize,
-) -> (io::Result<usize>, Vec<u8>) {
-    buf.clear();
-    let (res, slice) = file.read_at(buf.slice_mut(0..want), pos).await;
-    let res = match res {
-        Ok(0) => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "file shorter than announced",
-        )),
-        other => other,
-    };
-    (res, slice.into_inner())
-}
-
-/// A file region to the socket through a pooled block buffer: io_uring read, then write.
-async fn copy_loop(
-    stream: &mut TcpStream,
-    file: std::fs::File,
-    offset: u64,
-    len: u64,
-    stall: Duration,
-) -> io::Result<()> {
-    let file = monoio::fs::File::from_std(file)?;
-    let (result, buf) = copy_blocks(stream, &file, take_block(), offset, offset + len, stall).await;
-    give_block(buf);
-    result
-}
-
-/// The loop of `copy_loop`; hands the buffer back (empty if a stalled write took it).
-async fn copy_blocks(
-    stream: &mut TcpStream,
-    file: &monoio::fs::File,
-    mut buf: Vec<u8>,
-    mut pos: u64,
-    end: u64,
-    stall: Duration,
-) -> (io::Result<()>, Vec<u8>) {
-    while pos < end {
-        let want = (end - pos).min(BLOCK_BUF as u64) as usize;
-        let (res, back) = read_block(file, buf, pos, want).await;
-        buf = back;
-        let n = match res {
-            Ok(n) => n,
-            Err(e) => return (Err(e), buf),
-        };
-        buf.truncate(n);
-        match monoio::time::timeout(stall, stream.write_all(buf)).await {
-            Ok((res, back)) => {
-                buf = back;
-                if let Err(e) = res {
-                    return (Err(e), buf);
-                }
-            }
-            // The buffer went with the cancelled write.
-            Err(_) => return (Err(stalled()), Vec::new()),
-        }
-        pos += n as u64;
-    }
-    (Ok(()), buf)
-}
-
-/// Hot path: a file region to the socket with no copy through user space.
-/// `sendfile(2)` on the (temporarily non-blocking) socket, awaiting writability on EAGAIN.
-async fn sendfile_loop(
-    stream: &TcpStream,
-    file: &std::fs::File,
-    offset: u64,
-    len: u64,
-    stall: Duration,
-) -> io::Result<()> {
-    let sock = stream.as_raw_fd();
-    let _nb = NonBlocking::set(sock)?;
-    let mut off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
-    let end = offset + len;
-    loop {
-        let left = end - off as u64;
-        if left == 0 {
-            return Ok(());
-        }
-        let chunk = left.min(1 << 30) as usize;
-        // SAFETY: both descriptors are open for the duration of the call; `off` is a valid pointer.
-        let n = unsafe { libc::sendfile(sock, file.as_raw_fd(), &mut off, chunk) };
-        if n > 0 {
-            continue;
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shorter than announced",
-            ));
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::WouldBlock => {
-                match monoio::time::timeout(stall, stream.writable(false)).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(stalled()),
-                }
-            }
-            io::ErrorKind::Interrupted => {}
-            _ => return Err(err),
-        }
-    }
-}
-
-/// Sets `O_NONBLOCK` on a descriptor and restores the previous flags when dropped.
-struct NonBlocking {
-    fd: i32,
-    old: i32,
-}
-
-impl NonBlocking {
-    fn set(fd: i32) -> io::Result<Self> {
-        // SAFETY: fcntl on a descriptor we own; failures are reported through errno.
-        let old = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if old < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if old & libc::O_NONBLOCK == 0
-            && unsafe { libc::fcntl(fd, libc::F_SETFL, old | libc::O_NONBLOCK) } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(NonBlocking { fd, old })
-    }
-}
-
-impl Drop for NonBlocking {
-    fn drop(&mut self) {
-        if self.old & libc::O_NONBLOCK == 0 {
-            // SAFETY: restoring flags read from the same descriptor.
-            unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.old) };
-        }
-    }
-}
-
-/// Where the body reader stands.
-enum BodyState {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    Done,
-}
-
-/// Why reading a request body failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("client connection failed: {0}")]
-    Conn(#[from] ConnError),
-    #[error("malformed chunked body: {0}")]
-    Chunked(#[from] ChunkError),
-    #[error("body larger than allowed")]
-    TooLarge,
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
-}
-
-/// A request body, read in place from the connection buffer.
-pub struct Body<'c> {
-    conn: &'c mut Conn,
-    state: BodyState,
-    declared: Option<u64>,
-    continue_pending: bool,
-    /// A read error held back so that the bytes assembled before it are delivered first.
-    deferred: Option<BodyError>,
-    /// Reading failed: the rest of the body is unknown, so the connection must close.
-    failed: bool,
-    /// `Conn::received` past which reading stops (`drain`): counts wire bytes, so chunk framing
-    /// and extensions cannot make a drain read without end.
-    wire_limit: u64,
-}
-
-impl Body<'_> {
-    /// The Content-Length, when the body has one (0 for no body); `None` for chunked.
-    pub fn declared_len(&self) -> Option<u64> {
-        self.declared
-    }
-
-    /// Whether the whole body has been read.
-    pub fn finished(&self) -> bool {
-        matches!(self.state, BodyState::Done)
-    }
-
-    /// Send `100 Continue` if the client waits for it (once, before the first body read).
-    async fn send_continue(&mut self) -> Result<(), BodyError> {
-        if self.continue_pending {
-            self.continue_pending = false;
-            if !self.finished() {
-                self.conn
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Hot path for large bodies: the next block of body bytes, contiguous in `buf()`, gathered from
-    /// as many reads as it takes to fill half of a 1 MiB buffer (or to end the body). Chunk framing is
-    /// removed in place. `None` at the end of the body.
-    pub async fn next_block(&mut self) -> Result<Option<Range<usize>>, BodyError> {
-        let r = self.next_block_inner().await;
-        self.failed |= r.is_err();
-        r
-    }
-
-    async fn next_block_inner(&mut self) -> Result<Option<Range<usize>>, BodyError> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
-        self.send_continue().await?;
-        if self.finished() {
-            return Ok(None);
-        }
-        if self.declared.is_none_or(|n| n > READ_BUF as u64) {
-            self.conn.enlarge();
-        } else if self.conn.pos > 0 && self.conn.pos == self.conn.buf.len() {
-            self.conn.buf.clear();
-            self.conn.pos = 0;
-        }
-        let stall = self.conn.limits.body_timeout;
-        let start = self.conn.pos;
-        let mut end = start;
-        let target = self.conn.buf.capacity() / 2;
-        loop {
-            self.absorb(&mut end)?;
-            if self.finished() || end - start >= target {
-                break;
-            }
-            if !self.conn.make_room(end) {
-                if end > start {
-                    break;
-                }
-                return Err(BodyError::Chunked(ChunkError::TooLong));
-            }
-            if let Err(e) = self.conn.read_more(stall).await {
-                if end == start {
-                    return Err(e.into());
-                }
-                // Deliver what arrived (an upload keeps it for resuming), then report the error.
-                self.deferred = Some(e.into());
-                break;
-            }
-        }
-        Ok((end > start).then_some(start..end))
-    }
-
-    /// Move the buffered input into the block that ends at `end`: as it is for Content-Length
-    /// bodies, with the chunk framing squeezed out for chunked ones.
-    fn absorb(&mut self, end: &mut usize) -> Result<(), BodyError> {
-        let len = self.conn.buf.len();
-        match &mut self.state {
-            BodyState::Done => {}
-            BodyState::Length(left) => {
-                // No framing: data is the input itself, so `end` follows `pos`.
-                let n = ((len - self.conn.pos) as u64).min(*left) as usize;
-                *left -= n as u64;
-                self.conn.pos += n;
-                *end += n;
-                if *left == 0 {
-                    self.state = BodyState::Done;
-                }
-            }
-            BodyState::Chunked(dec) => {
-                while self.conn.pos < len && !dec.is_done() {
-                    let base = self.conn.pos;
-                    let step = dec.step(&self.conn.buf[base..len])?;
-                    self.conn.pos += step.consumed;
-                    if let Some(r) = step.data {
-                        let (s, e) = (base + r.start, base + r.end);
-                        if s != *end {
-                            self.conn.buf.copy_within(s..e, *end);
-                        }
-                        *end += e - s;
-                    }
-                }
-                if dec.is_done() {
-                    self.state = BodyState::Done;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The next run of body bytes as a range of `buf()`, or `None` at the end.
-    pub async fn next(&mut self) -> Result<Option<Range<usize>>, BodyError> {
-        let r = self.next_inner().await;
-        self.failed |= r.is_err();
-        r
-    }
-
-    async fn next_inner(&mut self) -> Result<Option<Range<usize>>, BodyError> {
-        self.send_continue().await?;
-        let stall = self.conn.limits.body_timeout;
-        loop {
-            if self.conn.received > self.wire_limit {
-                return Err(BodyError::TooLarge);
-            }
-            match &mut self.state {
-                BodyState::Done => return Ok(None),
-                BodyState::Length(left) => {
-                    if *left == 0 {
-                        self.state = BodyState::Done;
-                        return Ok(None);
-                    }
-                    if self.conn.pos == self.conn.buf.len() {
-                        self.conn.fill(stall).await?;
-                        continue;
-                    }
-                    let avail = (self.conn.buf.len() - self.conn.pos) as u64;
-                    let n = avail.min(*left) as usize;
-                    *left -= n as u64;
-                    let start = self.conn.pos;
-                    self.conn.pos += n;
-                    return Ok(Some(start..start + n));
-                }
-                BodyState::Chunked(dec) => {
-                    if dec.is_done() {
-                        self.state = BodyState::Done;
-                        return Ok(None);
-                    }
-                    if self.conn.pos == self.conn.buf.len() {
-                        self.conn.fill(stall).await?;
-                        continue;
-                    }
-                    let base = self.conn.pos;
-                    let step = dec.step(&self.conn.buf[base..])?;
-                    self.conn.pos += step.consumed;
-                    if let Some(r) = step.data {
-                        return Ok(Some(base + r.start..base + r.end));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Lend the buffer out for an owned-buffer write (e.g. `write_all_at`); give it back with `put_buf`.
-    pub fn take_buf(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.conn.buf)
-    }
-
-    pub fn put_buf(&mut self, buf: Vec<u8>) {
-        self.conn.buf = buf;
-    }
-
-    /// Hand out the buffer holding the last block (its range stays valid) and continue in `spare`,
-    /// moving the input not yet consumed over (a pooled block buffer if `spare` is too small).
-    pub fn swap_buf(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
-        let cap = self.conn.buf.capacity();
-        if spare.capacity() < cap {
-            give_block(spare);
-            spare = if cap == BLOCK_BUF {
-                take_block()
-            } else {
-                Vec::with_capacity(cap)
-            };
-        }
-        spare.clear();
-        spare.extend_from_slice(&self.conn.buf[self.conn.pos..]);
-        self.conn.pos = 0;
-        std::mem::replace(&mut self.conn.buf, spare)
-    }
-
-    /// Read the whole body into memory, refusing more than `limit` bytes.
-    pub async fn read_to_vec(&mut self, limit: u64) -> Result<Vec<u8>, BodyError> {
-        if self.declared.is_some_and(|n| n > limit) {
-            return Err(BodyError::TooLarge);
-        }
-        let mut out = Vec::with_capacity(self.declared.unwrap_or(0) as usize);
-        while let Some(r) = self.next().await? {
-            if out.len() as u64 + r.len() as u64 > limit {
-                return Err(BodyError::TooLarge);
-            }
-            out.extend_from_slice(&self.conn.buf[r]);
-        }
-        Ok(out)
-    }
-
-    /// Discard the rest of the body if reading it takes at most `max` more bytes off the wire
-    /// (framing included); false if it is larger (close instead).
-    pub async fn drain(&mut self, max: u64) -> bool {
-        if self.continue_pending || self.failed {
-            return false;
-        }
-        self.wire_limit = self.conn.received.saturating_add(max);
-        loop {
-            match self.next().await {
-                Ok(Some(_)) => {}
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
     }
 }

@@ -9,8 +9,8 @@ mod uploads;
 
 use std::sync::Arc;
 
-use crate::http::conn::ConnError;
 use crate::http::{Body, BodyError, RequestHead, Response};
+use crate::net::ConnError;
 use crate::oci::{ErrorCode, OciError};
 use crate::storage::{Storage, StoreError};
 pub use listing::filter_referrers;

@@ -116,7 +116,7 @@ impl Registry {
         .await;
         // Whatever happened, no write outlives the request.
         let settled = w.settle().await;
-        crate::http::conn::give_block(w.take_spare());
+        crate::net::pool::give_block(w.take_spare());
         streamed?;
         settled.map_err(|e| super::io_error(&e))
     }

@@ -35,7 +35,7 @@ impl Live {
             access: AccessControl::from_config(cfg)?,
             auth: Authenticator::from_config(&cfg.auth)?,
             rates: {
-                crate::http::budget::set_limit(cfg.limits.response_buffer_budget);
+                crate::net::budget::set_limit(cfg.limits.response_buffer_budget);
                 RateLimits::new(&cfg.limits)
             },
             switches: Switches {

@@ -1,5 +1,5 @@
 //! A server-side TLS connection over a monoio `TcpStream`: rustls's `ServerConnection` driven with
-//! monoio's owned-buffer I/O. Reads go through `http::conn::timed_read` (cancel-then-await), so a
+//! monoio's owned-buffer I/O. Reads go through `net::timed_read` (cancel-then-await), so a
 //! timeout never loses a buffer or leaves the TLS state half-updated; writes leave in one syscall
 //! per response (or per 256 KiB of a file) instead of one per 16 KiB record.
 
@@ -12,11 +12,11 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
 
-use crate::http::conn::{ConnError, stalled, timed_read};
+use crate::net::{ConnError, stalled, timed_read};
 
 /// Ciphertext read per syscall: a few full records.
 const RX_BUF: usize = 64 * 1024;
-/// Plaintext of a file encrypted per write while `http::budget` allows it.
+/// Plaintext of a file encrypted per write while `net::budget` allows it.
 const FILE_BLOCK: usize = 256 * 1024;
 /// Plaintext per write when the budget is spent: one TLS record, so a client that stops
 /// reading pins about 17 KiB of ciphertext and nothing else.
@@ -253,7 +253,7 @@ impl TlsStream {
     }
 
     /// Hot path for downloads over TLS: file → buffer → rustls → socket, 256 KiB at a time while
-    /// `http::budget` holds the two buffers (plaintext and ciphertext), else one 16 KiB record at
+    /// `net::budget` holds the two buffers (plaintext and ciphertext), else one 16 KiB record at
     /// a time with the plaintext freed before the write waits.
     pub async fn send_file(
         &mut self,
@@ -266,7 +266,7 @@ impl TlsStream {
         let (mut pos, end) = (offset, offset + len);
         let large = len > SMALL_BLOCK as u64;
         let reserved = large
-            .then(|| crate::http::budget::reserve(2 * FILE_BLOCK + 1024))
+            .then(|| crate::net::budget::reserve(2 * FILE_BLOCK + 1024))
             .flatten();
         let block = if reserved.is_some() {
             FILE_BLOCK
@@ -279,7 +279,7 @@ impl TlsStream {
             if buf.capacity() < want {
                 buf = Vec::with_capacity(want);
             }
-            let (res, back) = crate::http::conn::read_block(&file, buf, pos, want).await;
+            let (res, back) = crate::net::file::read_block(&file, buf, pos, want).await;
             buf = back;
             let n = res?;
             self.session.writer().write_all(&buf[..n])?;

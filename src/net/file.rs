@@ -1,0 +1,165 @@
+//! A file region to a plain TCP socket: `sendfile(2)`, or a buffered copy through a pooled block
+//! (faster to loopback peers), and the positioned block read the TLS path shares.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::pool::{BLOCK_BUF, give_block, take_block};
+use super::stalled;
+
+pub fn peer_is_loopback(stream: &TcpStream) -> bool {
+    stream.peer_addr().is_ok_and(|a| match a.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    })
+}
+
+/// Read up to `want` bytes of `file` at `pos` into `buf` (cleared first); reaching the end of the
+/// file before `want` bytes is an error, since the response already announced its length.
+pub async fn read_block(
+    file: &monoio::fs::File,
+    mut buf: Vec<u8>,
+    pos: u64,
+    want: usize,
+) -> (io::Result<usize>, Vec<u8>) {
+    buf.clear();
+    let (res, slice) = file.read_at(buf.slice_mut(0..want), pos).await;
+    let res = match res {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shorter than announced",
+        )),
+        other => other,
+    };
+    (res, slice.into_inner())
+}
+
+/// A file region to the socket through a pooled block buffer: io_uring read, then write.
+pub async fn copy_loop(
+    stream: &mut TcpStream,
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+    stall: Duration,
+) -> io::Result<()> {
+    let file = monoio::fs::File::from_std(file)?;
+    let (result, buf) = copy_blocks(stream, &file, take_block(), offset, offset + len, stall).await;
+    give_block(buf);
+    result
+}
+
+/// The loop of `copy_loop`; hands the buffer back (empty if a stalled write took it).
+async fn copy_blocks(
+    stream: &mut TcpStream,
+    file: &monoio::fs::File,
+    mut buf: Vec<u8>,
+    mut pos: u64,
+    end: u64,
+    stall: Duration,
+) -> (io::Result<()>, Vec<u8>) {
+    while pos < end {
+        let want = (end - pos).min(BLOCK_BUF as u64) as usize;
+        let (res, back) = read_block(file, buf, pos, want).await;
+        buf = back;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => return (Err(e), buf),
+        };
+        buf.truncate(n);
+        match monoio::time::timeout(stall, stream.write_all(buf)).await {
+            Ok((res, back)) => {
+                buf = back;
+                if let Err(e) = res {
+                    return (Err(e), buf);
+                }
+            }
+            // The buffer went with the cancelled write.
+            Err(_) => return (Err(stalled()), Vec::new()),
+        }
+        pos += n as u64;
+    }
+    (Ok(()), buf)
+}
+
+/// Hot path: a file region to the socket with no copy through user space.
+/// `sendfile(2)` on the (temporarily non-blocking) socket, awaiting writability on EAGAIN.
+pub async fn sendfile_loop(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    stall: Duration,
+) -> io::Result<()> {
+    let sock = stream.as_raw_fd();
+    let _nb = NonBlocking::set(sock)?;
+    let mut off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+    let end = offset + len;
+    loop {
+        let left = end - off as u64;
+        if left == 0 {
+            return Ok(());
+        }
+        let chunk = left.min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for the duration of the call; `off` is a valid pointer.
+        let n = unsafe { libc::sendfile(sock, file.as_raw_fd(), &mut off, chunk) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shorter than announced",
+            ));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => {
+                match monoio::time::timeout(stall, stream.writable(false)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(stalled()),
+                }
+            }
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Sets `O_NONBLOCK` on a descriptor and restores the previous flags when dropped.
+struct NonBlocking {
+    fd: i32,
+    old: i32,
+}
+
+impl NonBlocking {
+    fn set(fd: i32) -> io::Result<Self> {
+        // SAFETY: fcntl on a descriptor we own; failures are reported through errno.
+        let old = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if old < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if old & libc::O_NONBLOCK == 0
+            && unsafe { libc::fcntl(fd, libc::F_SETFL, old | libc::O_NONBLOCK) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(NonBlocking { fd, old })
+    }
+}
+
+impl Drop for NonBlocking {
+    fn drop(&mut self) {
+        if self.old & libc::O_NONBLOCK == 0 {
+            // SAFETY: restoring flags read from the same descriptor.
+            unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.old) };
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Beneath HTTP and TLS: cancel-safe timed reads (`ConnError`, `timed_read`), the per-thread pool
+//! of block buffers (`pool`), sending file regions to a socket (`file`), and the process-wide budget
+//! for response buffers that wait on slow readers (`budget`). Knows neither HTTP nor OCI.
+
+pub mod budget;
+pub mod file;
+pub mod pool;
+
+use std::io;
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{CancelableAsyncReadRent, Canceller};
+use monoio::net::TcpStream;
+
+/// Why a connection-level read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("peer closed the connection")]
+    Eof,
+}
+
+/// The error of a write that waited longer than `send_timeout` for the client to read.
+pub fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")
+}
+
+/// Read into the spare capacity of `buf`, waiting at most `wait`. On timeout the read is
+/// cancelled and then awaited, so the buffer (and anything that arrived meanwhile) always comes back.
+pub async fn timed_read(
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+    wait: Duration,
+) -> (Result<usize, ConnError>, Vec<u8>) {
+    let (len, cap) = (buf.len(), buf.capacity());
+    debug_assert!(len < cap, "read into a full buffer");
+    let canceller = Canceller::new();
+    let mut read =
+        std::pin::pin!(stream.cancelable_read(buf.slice_mut(len..cap), canceller.handle()));
+    let finished = monoio::select! {
+        r = &mut read => Some(r),
+        _ = monoio::time::sleep(wait) => None,
+    };
+    let timed_out = finished.is_none();
+    let (res, slice) = match finished {
+        Some(r) => r,
+        None => {
+            canceller.cancel();
+            read.await
+        }
+    };
+    let res = match res {
+        Ok(0) => Err(ConnError::Eof),
+        Ok(n) => Ok(n),
+        Err(_) if timed_out => Err(ConnError::Timeout),
+        Err(e) => Err(e.into()),
+    };
+    (res, slice.into_inner())
+}
