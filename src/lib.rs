@@ -1,5 +1,8 @@
 //! wharf: an OCI Distribution v1.1 registry on thread-per-core monoio.
 //! Module map and data flow: docs/architecture.md.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(unreachable_pub)]
 
 pub mod action;
 pub mod auth;
@@ -14,4 +17,6 @@ pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod storage;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod tls;

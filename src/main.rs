@@ -1,4 +1,5 @@
 //! The `wharf` command line: wiring only.
+#![deny(unsafe_code)]
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -12,13 +12,13 @@ type Counts = Mutex<HashMap<[u8; 16], u32>>;
 
 /// Counts per client key (`client_key`); an entry exists only while its client has checks in
 /// flight, so the maps hold at most the verifier queue's length plus its threads.
-pub struct InFlight {
+pub(crate) struct InFlight {
     max: u32,
     shards: Box<[Counts]>,
 }
 
 /// One check in flight; dropping it frees the client's place.
-pub struct Slot {
+pub(crate) struct Slot {
     owner: Arc<InFlight>,
     key: [u8; 16],
 }
@@ -37,7 +37,7 @@ impl Drop for Slot {
 
 impl InFlight {
     /// `max` checks per client; `0` means unlimited.
-    pub fn new(max: u32) -> InFlight {
+    pub(crate) fn new(max: u32) -> InFlight {
         InFlight {
             max: if max == 0 { u32::MAX } else { max },
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -53,7 +53,7 @@ impl InFlight {
     }
 
     /// A place for one more check by `ip`, or `None` when it has `max` in flight.
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
         let key = client_key(ip);
         let mut map = self.shard(&key);
         let n = map.entry(key).or_insert(0);

@@ -18,13 +18,13 @@ struct Job {
 }
 
 /// A few threads verifying argon2id hashes.
-pub struct Verifier {
+pub(crate) struct Verifier {
     jobs: SyncSender<Job>,
     checks: Arc<AtomicU64>,
 }
 
 impl Verifier {
-    pub fn start(threads: usize) -> std::io::Result<Verifier> {
+    pub(crate) fn start(threads: usize) -> std::io::Result<Verifier> {
         let (jobs, rx) = sync_channel::<Job>(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let checks = Arc::new(AtomicU64::new(0));
@@ -39,7 +39,11 @@ impl Verifier {
     }
 
     /// Queue a check; `None` when the queue is full.
-    pub fn submit(&self, phc: Arc<str>, password: String) -> Option<oneshot::Receiver<bool>> {
+    pub(crate) fn submit(
+        &self,
+        phc: Arc<str>,
+        password: String,
+    ) -> Option<oneshot::Receiver<bool>> {
         let (reply, rx) = oneshot::channel();
         match self.jobs.try_send(Job {
             phc,
@@ -52,7 +56,7 @@ impl Verifier {
     }
 
     /// Hash checks run so far.
-    pub fn checks(&self) -> u64 {
+    pub(crate) fn checks(&self) -> u64 {
         self.checks.load(Ordering::Relaxed)
     }
 }
@@ -70,7 +74,7 @@ fn run(rx: &Mutex<Receiver<Job>>, checks: &AtomicU64) {
 }
 
 /// Whether `password` matches the PHC string (parameters are taken from the string).
-pub fn verify(phc: &str, password: &str) -> bool {
+pub(crate) fn verify(phc: &str, password: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| {
         Argon2::default()
             .verify_password(password.as_bytes(), &h)

@@ -42,8 +42,7 @@ fn return_freed_pages_soon() {
     monoio::spawn(async {
         monoio::time::sleep(Duration::from_millis(100)).await;
         COLLECT_SCHEDULED.with(|c| c.set(false));
-        // SAFETY: collects this thread's mimalloc heap; no pointers are involved.
-        unsafe { libmimalloc_sys::mi_collect(true) };
+        crate::sys::return_freed_pages();
     });
 }
 
@@ -236,8 +235,7 @@ impl Conn {
         if let Transport::Tls(tls) = &mut self.io {
             tls.close_notify(Duration::from_secs(2)).await;
         }
-        // SAFETY: shutdown(2) on a descriptor this connection owns.
-        unsafe { libc::shutdown(self.io.raw_fd(), libc::SHUT_WR) };
+        crate::sys::shutdown_write(self.io.raw_fd());
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut seen = 0usize;
         while seen < 1 << 20 {

@@ -98,7 +98,7 @@ pub async fn sendfile_loop(
     stall: Duration,
 ) -> io::Result<()> {
     let sock = stream.as_raw_fd();
-    let _nb = NonBlocking::set(sock)?;
+    let _nb = crate::sys::NonBlocking::set(sock)?;
     let mut off =
         libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
     let end = offset + len;
@@ -108,18 +108,16 @@ pub async fn sendfile_loop(
             return Ok(());
         }
         let chunk = left.min(1 << 30) as usize;
-        // SAFETY: both descriptors are open for the duration of the call; `off` is a valid pointer.
-        let n = unsafe { libc::sendfile(sock, file.as_raw_fd(), &mut off, chunk) };
-        if n > 0 {
-            continue;
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shorter than announced",
-            ));
-        }
-        let err = io::Error::last_os_error();
+        let err = match crate::sys::sendfile(sock, file.as_raw_fd(), &mut off, chunk) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than announced",
+                ));
+            }
+            Ok(_) => continue,
+            Err(e) => e,
+        };
         match err.kind() {
             io::ErrorKind::WouldBlock => {
                 match monoio::time::timeout(stall, stream.writable(false)).await {
@@ -129,37 +127,6 @@ pub async fn sendfile_loop(
             }
             io::ErrorKind::Interrupted => {}
             _ => return Err(err),
-        }
-    }
-}
-
-/// Sets `O_NONBLOCK` on a descriptor and restores the previous flags when dropped.
-struct NonBlocking {
-    fd: i32,
-    old: i32,
-}
-
-impl NonBlocking {
-    fn set(fd: i32) -> io::Result<Self> {
-        // SAFETY: fcntl on a descriptor we own; failures are reported through errno.
-        let old = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if old < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if old & libc::O_NONBLOCK == 0
-            && unsafe { libc::fcntl(fd, libc::F_SETFL, old | libc::O_NONBLOCK) } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(NonBlocking { fd, old })
-    }
-}
-
-impl Drop for NonBlocking {
-    fn drop(&mut self) {
-        if self.old & libc::O_NONBLOCK == 0 {
-            // SAFETY: restoring flags read from the same descriptor.
-            unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.old) };
         }
     }
 }

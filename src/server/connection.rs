@@ -33,7 +33,7 @@ const DRAIN_LIMIT: u64 = 256 * 1024;
 /// Serve one connection accepted on `listener`; a panic in it is logged and ends only this
 /// connection, never the worker. `_slot` holds its place under `limits.max_connections` until it
 /// closes.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     app: Arc<App>,
@@ -45,7 +45,7 @@ pub async fn serve(
     local.metrics.connection_opened(listener.index);
     let _open = Closed(&local.metrics, listener.index);
     if let Err(panic) = (CatchUnwind {
-        inner: connect(stream, peer, app, &local, listener),
+        inner: Box::pin(connect(stream, peer, app, &local, listener)),
     })
     .await
     {
@@ -69,16 +69,15 @@ impl Drop for Closed<'_> {
     }
 }
 
-/// Polls a future inside `catch_unwind`.
+/// Polls a future inside `catch_unwind` (boxed, so pinning it needs no `unsafe`).
 struct CatchUnwind<F> {
-    inner: F,
+    inner: Pin<Box<F>>,
 }
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: `inner` is structurally pinned; it is never moved out of `self`.
-        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.inner) };
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.inner.as_mut();
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Ok(Poll::Pending) => Poll::Pending,
@@ -90,7 +89,7 @@ impl<F: Future> Future for CatchUnwind<F> {
 /// A connection over `limits.max_connections` or `max_connections_per_client`: plain HTTP gets a
 /// 503 with `Retry-After` (without reading its request), TLS is closed (answering would need a
 /// handshake).
-pub async fn over_capacity(
+pub(crate) async fn over_capacity(
     stream: TcpStream,
     peer: SocketAddr,
     refusal: Refusal,

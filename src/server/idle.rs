@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// A connection idle for less than this is between requests of a busy client, not idle.
-pub const MIN_IDLE: Duration = Duration::from_secs(1);
+pub(crate) const MIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Set when the connection is chosen to close; its request loop waits on it while idle.
 #[derive(Default)]

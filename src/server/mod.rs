@@ -199,7 +199,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         max_manifest_size: cfg.global.max_manifest_size,
         max_blob_size: cfg.global.max_blob_size,
     };
-    limits::raise_nofile_limit();
+    crate::sys::raise_nofile_limit();
     let opts = ListenerOpts::new()
         .reuse_port(true)
         .reuse_addr(true)

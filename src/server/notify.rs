@@ -4,7 +4,7 @@
 use std::os::unix::net::UnixDatagram;
 
 /// Send one notification to `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket).
-pub fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use futures_channel::oneshot;
 
 /// fsync a file or directory by path.
-pub async fn fsync_path(path: &Path) -> io::Result<()> {
+pub(crate) async fn fsync_path(path: &Path) -> io::Result<()> {
     let f = std::fs::File::open(path)?;
     fsync(f).await
 }
@@ -31,7 +31,7 @@ thread_local! {
 /// the fsync it waits for always began after its change. Thirty-two clients pushing to one
 /// repository make one link-directory fsync per round instead of one each. The rounds run in
 /// their own task: a caller that goes away never cancels an fsync others wait for.
-pub async fn fsync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) async fn fsync_dir(dir: &Path) -> io::Result<()> {
     let (tx, rx) = oneshot::channel();
     let alive = std::rc::Rc::new(());
     let lead = DIR_SYNCS.with(|m| {
@@ -83,14 +83,14 @@ pub async fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// fsync an open file (data and metadata).
-pub async fn fsync(f: std::fs::File) -> io::Result<()> {
+pub(crate) async fn fsync(f: std::fs::File) -> io::Result<()> {
     let f = monoio::fs::File::from_std(f)?;
     f.sync_all().await
 }
 
 /// Create `dir` and any missing parents, fsyncing the parent of each directory created so the
 /// new entries survive a crash. Concurrent creators are fine.
-pub async fn ensure_dir(dir: &Path) -> io::Result<()> {
+pub(crate) async fn ensure_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -116,7 +116,7 @@ pub async fn ensure_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// `ensure_dir` for code off the worker threads (the collector, fsck): plain blocking fsyncs.
-pub fn ensure_dir_sync(dir: &Path) -> io::Result<()> {
+pub(crate) fn ensure_dir_sync(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -128,7 +128,7 @@ pub fn ensure_dir_sync(dir: &Path) -> io::Result<()> {
 }
 
 /// Atomically replace `path` with `bytes`: temp file in the same directory, fsync, rename, fsync dir.
-pub async fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().expect("storage paths have a parent");
     ensure_dir(dir).await?;
     let tmp = dir.join(format!(".tmp-{}", super::random_id()));
@@ -146,7 +146,7 @@ pub async fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Create an empty marker file (a link) durably; succeeds if it already exists.
-pub async fn touch(path: &Path) -> io::Result<()> {
+pub(crate) async fn touch(path: &Path) -> io::Result<()> {
     if path.exists() {
         return Ok(());
     }
@@ -161,7 +161,7 @@ pub async fn touch(path: &Path) -> io::Result<()> {
 }
 
 /// Remove a file; `Ok(false)` if it did not exist.
-pub fn remove_if_exists(path: &Path) -> io::Result<bool> {
+pub(crate) fn remove_if_exists(path: &Path) -> io::Result<bool> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),

@@ -59,8 +59,8 @@ impl Lock {
             .truncate(false)
             .write(true)
             .open(root.join("gc.lock"))?;
-        // SAFETY: flock on a descriptor we own; released when the file closes.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // Released when the file closes.
+        if crate::sys::try_lock_exclusive(f.as_raw_fd()).is_err() {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 "another garbage collection is running on this storage",

@@ -173,15 +173,7 @@ impl BlobWriter {
     fn start_writeback(&mut self) {
         use std::os::fd::AsRawFd;
         let (start, len) = (self.flushed, self.offset - self.flushed);
-        // SAFETY: the descriptor is open for as long as `self.file` lives; no memory is passed.
-        unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                start as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+        crate::sys::start_writeback(self.file.as_raw_fd(), start, len);
         self.flushed = self.offset;
     }
 }

@@ -88,8 +88,7 @@ impl TlsStream {
             if first_read && s.rx.first().is_some_and(u8::is_ascii_uppercase) {
                 // Best effort: the connection closes either way.
                 let _ = monoio::time::timeout(wait, s.tcp.write_all(PLAIN_HTTP_ANSWER)).await;
-                // SAFETY: shutdown(2) on the descriptor this stream owns; the close follows.
-                unsafe { libc::shutdown(s.tcp.as_raw_fd(), libc::SHUT_WR) };
+                crate::sys::shutdown_write(s.tcp.as_raw_fd());
                 return Err(HandshakeError::PlainHttp);
             }
             if let Err(e) = s.session.process_new_packets() {
