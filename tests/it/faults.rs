@@ -385,26 +385,8 @@ fn full_disk_answers_507_damages_nothing_and_recovers(driver: &str) {
     assert!(ok, "{out}");
 }
 
-/// Raise this process's open-file limit (1,000 client sockets).
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-    assert!(
-        lim.rlim_cur >= 2500,
-        "open-file limit {} is too low for this test",
-        lim.rlim_cur
-    );
-}
-
 fn slowloris_connections_time_out_while_others_are_served(driver: &str) {
-    raise_nofile();
+    crate::common::raise_nofile(2500); // 1,000 client sockets
     // 1,000 slow clients, all from 127.0.0.1 here: no per-client connection cap.
     let s = Server::start_with(
         driver,

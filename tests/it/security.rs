@@ -412,23 +412,10 @@ fn rss(s: &Server) -> u64 {
     kb * 1024
 }
 
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-}
-
 /// Finding 5: 1,000 TLS downloads that never read pinned ~0.74 MiB each (4 MiB blob then; here
 /// 16 MiB).
 fn stalled_tls_downloads_stay_within_the_memory_bound(driver: &str) {
-    raise_fd_limit();
+    raise_nofile(2500);
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     // 1,000 clients, all from 127.0.0.1 here: no per-client connection cap.

@@ -395,6 +395,25 @@ impl Client {
     }
 }
 
+/// Raise this test process's open-file limit to the hard limit; fails the test below `need`.
+pub fn raise_nofile(need: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    assert!(
+        lim.rlim_cur >= need,
+        "open-file limit {} is too low for this test (needs {need})",
+        lim.rlim_cur
+    );
+}
+
 /// `sha256:<hex>` of bytes.
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
