@@ -27,7 +27,7 @@ PEERS = os.environ.get("PEERS", os.path.join(ROOT, "loadtest", ".peers", "bin"))
 SECS = int(os.environ.get("SECS", "10"))
 ONLY = os.environ.get("ONLY", "wharf,distribution,zot").split(",")
 QUICK = os.environ.get("QUICK") == "1"  # skip the 4 GiB and 10k-connection memory rows
-WHARF = os.path.join(ROOT, "target", "release", "wharf")
+WHARF = os.environ.get("WHARF_BIN", os.path.join(ROOT, "target", "release", "wharf"))
 K6_SCRIPT = os.path.join(ROOT, "loadtest", "registry.js")
 MIB = 1 << 20
 # zb: concurrency, requests per test, and how long it may run against one server.
