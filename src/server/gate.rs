@@ -25,32 +25,6 @@ pub struct Client {
     pub listener: Rc<Listener>,
 }
 
-/// Registry-wide refusals by configuration, decided before credentials.
-pub struct Switches {
-    /// `storage.read_only`: writes answer 405.
-    pub read_only: bool,
-    /// `storage.delete_enabled`: `false` makes manifest and blob deletes answer 405.
-    pub delete_enabled: bool,
-}
-
-impl Switches {
-    fn refuse(&self, method: Method, action: &Action) -> Option<OciError> {
-        let why = if self.read_only && !matches!(method, Method::Get | Method::Head) {
-            "the registry is read-only (storage.read_only)"
-        } else if !self.delete_enabled
-            && matches!(
-                action,
-                Action::DeleteManifest { .. } | Action::DeleteBlob { .. }
-            )
-        {
-            "deletes are disabled (storage.delete_enabled = false)"
-        } else {
-            return None;
-        };
-        Some(OciError::new(ErrorCode::Unsupported, why))
-    }
-}
-
 /// An admitted request: the action to run and the Basic user, if any.
 pub struct Admitted<'a> {
     pub action: Action,

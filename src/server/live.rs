@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::StartError;
-use super::gate::Switches;
 use super::limits::RateLimits;
+use crate::action::Action;
 use crate::auth::{Authenticator, Cache};
 use crate::config::Config;
+use crate::http::Method;
+use crate::oci::{ErrorCode, OciError};
 use crate::policy::AccessControl;
 
 /// Everything a request consults that a reload may replace.
@@ -46,6 +48,32 @@ impl Live {
                 .then(|| format!("max-age={}", cfg.server.hsts_max_age.as_secs())),
             admin_behind_policies: cfg.server.admin_behind_policies,
         })
+    }
+}
+
+/// Registry-wide refusals by configuration, decided before credentials.
+pub struct Switches {
+    /// `storage.read_only`: writes answer 405.
+    pub read_only: bool,
+    /// `storage.delete_enabled`: `false` makes manifest and blob deletes answer 405.
+    pub delete_enabled: bool,
+}
+
+impl Switches {
+    pub(super) fn refuse(&self, method: Method, action: &Action) -> Option<OciError> {
+        let why = if self.read_only && !matches!(method, Method::Get | Method::Head) {
+            "the registry is read-only (storage.read_only)"
+        } else if !self.delete_enabled
+            && matches!(
+                action,
+                Action::DeleteManifest { .. } | Action::DeleteBlob { .. }
+            )
+        {
+            "deletes are disabled (storage.delete_enabled = false)"
+        } else {
+            return None;
+        };
+        Some(OciError::new(ErrorCode::Unsupported, why))
     }
 }
 
