@@ -15,6 +15,7 @@ pub mod net;
 pub mod oci;
 pub mod policy;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod storage;
 #[allow(unsafe_code)]

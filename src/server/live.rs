@@ -6,8 +6,7 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use super::StartError;
 use super::limits::RateLimits;
@@ -78,29 +77,7 @@ impl Switches {
 }
 
 /// The current `Live`, shared by all workers; only reloads write it.
-pub struct Shared {
-    current: RwLock<Arc<Live>>,
-    generation: AtomicU64,
-}
-
-impl Shared {
-    pub fn new(live: Live) -> Shared {
-        Shared {
-            current: RwLock::new(Arc::new(live)),
-            generation: AtomicU64::new(0),
-        }
-    }
-
-    fn load(&self) -> (u64, Arc<Live>) {
-        let live = self.current.read().unwrap_or_else(|p| p.into_inner());
-        (self.generation.load(Ordering::Acquire), Arc::clone(&live))
-    }
-
-    fn swap(&self, live: Live) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
-        self.generation.fetch_add(1, Ordering::Release);
-    }
-}
+pub type Shared = crate::reload::Cell<Live>;
 
 /// A worker's copy of the current `Live` and its credential cache for it.
 pub struct PerWorker {
@@ -118,7 +95,7 @@ impl PerWorker {
 
     /// Hot path: the `Live` to use for one request (refreshed when a reload happened).
     pub fn current(&self, shared: &Shared) -> (Arc<Live>, Rc<Cache>) {
-        if shared.generation.load(Ordering::Acquire) != self.state.borrow().0 {
+        if shared.generation() != self.state.borrow().0 {
             let (generation, live) = shared.load();
             let cache = live.auth.new_cache();
             *self.state.borrow_mut() = (generation, live, cache);
@@ -245,18 +222,16 @@ impl Reloader {
     /// loaded or tried (so a change SIGHUP already applied is not applied twice).
     pub fn watch(self: &Arc<Self>, shared: Arc<Shared>) {
         let me = Arc::clone(self);
-        let _ = std::thread::Builder::new()
-            .name("wharf-config-watch".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                    let now = fingerprint(&me.path);
-                    let tried = *me.tried.lock().unwrap_or_else(|p| p.into_inner());
-                    if now.is_some() && now != tried {
-                        me.reload(&shared, "config file changed");
-                    }
-                }
-            });
+        let watched = crate::reload::watch("wharf-config-watch", move || {
+            let now = fingerprint(&me.path);
+            let tried = *me.tried.lock().unwrap_or_else(|p| p.into_inner());
+            if now.is_some() && now != tried {
+                me.reload(&shared, "config file changed");
+            }
+        });
+        if let Err(e) = watched {
+            tracing::warn!("cannot watch the config file (reload with SIGHUP): {e}");
+        }
     }
 }
 

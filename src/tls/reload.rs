@@ -1,11 +1,9 @@
-//! Certificate rotation without restart: the current server config behind a lock that only the
-//! reloader writes, a generation counter so workers notice a swap with one atomic load, a watcher
-//! thread that polls the three files' contents, and SIGHUP (wired in `server::run`).
+//! Certificate rotation without restart: the current material in a `reload::Cell` (workers notice a
+//! swap with one atomic load), a `reload::watch` thread that polls the three files' contents, and
+//! SIGHUP (wired in `server::run`).
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
@@ -15,16 +13,12 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use super::material::{self, Material, TlsError};
 use crate::config::TlsConfig;
 
-/// How often the watcher looks at the files (they are small: reading them is cheap).
-const POLL: Duration = Duration::from_secs(1);
-
 /// The live TLS material of one listener.
 pub struct Reloader {
     cfg: TlsConfig,
     /// Its config table (`server.tls`, `server.listener[<i>].tls`), for errors and logs.
     table: String,
-    current: RwLock<Arc<Material>>,
-    generation: AtomicU64,
+    current: crate::reload::Cell<Material>,
     /// Fingerprint of the files last tried (loaded or rejected), so a broken file is reported once.
     seen: Mutex<[u8; 32]>,
 }
@@ -37,8 +31,7 @@ impl Reloader {
         Ok(Arc::new(Reloader {
             cfg,
             table: table.to_owned(),
-            current: RwLock::new(Arc::new(material)),
-            generation: AtomicU64::new(0),
+            current: crate::reload::Cell::new(material),
             seen: Mutex::new(seen),
         }))
     }
@@ -49,8 +42,7 @@ impl Reloader {
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = print;
         match material::build_material(&self.cfg).map_err(|e| e.located(&self.table)) {
             Ok(material) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(material);
-                self.generation.fetch_add(1, Ordering::Release);
+                self.current.swap(material);
                 tracing::info!(target: "wharf::tls", "{}: TLS material reloaded ({why}); new handshakes use it, sessions from before cannot resume, open connections' certificates are checked again", self.table);
                 Ok(())
             }
@@ -73,23 +65,13 @@ impl Reloader {
     /// Poll the files in a background thread for the life of the process.
     pub fn watch(self: &Arc<Self>) {
         let me = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("wharf-tls-watch".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(POLL);
-                    me.reload_if_changed();
-                }
-            });
-        if let Err(e) = spawned {
+        if let Err(e) = crate::reload::watch("wharf-tls-watch", move || me.reload_if_changed()) {
             tracing::warn!(target: "wharf::tls", "cannot watch TLS files (reload with SIGHUP): {e}");
         }
     }
 
     fn current(&self) -> (u64, Arc<Material>) {
-        let g = self.generation.load(Ordering::Acquire);
-        let c = Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()));
-        (g, c)
+        self.current.load()
     }
 }
 
@@ -126,7 +108,7 @@ impl Acceptor {
     }
 
     fn refreshed(&self) -> std::cell::Ref<'_, (u64, Arc<Material>)> {
-        let g = self.reloader.generation.load(Ordering::Acquire);
+        let g = self.reloader.current.generation();
         if self.cached.borrow().0 != g {
             *self.cached.borrow_mut() = self.reloader.current();
         }
@@ -140,7 +122,7 @@ impl Acceptor {
 
     /// Hot path: the generation of the material (it moves with every reload).
     pub fn generation(&self) -> u64 {
-        self.reloader.generation.load(Ordering::Acquire)
+        self.reloader.current.generation()
     }
 
     /// Whether a client chain accepted earlier still verifies under the current material (a
