@@ -138,8 +138,10 @@ async fn connect(
     let limits = Rc::clone(&local.limits);
     let Some(tls) = &listener.tls else {
         let conn = Conn::new(Transport::Plain(stream), limits);
-        return requests(conn, peer, None, &app, local, listener).await;
+        return requests(conn, peer, None, 0, &app, local, listener).await;
     };
+    // Read before the material the handshake uses: a reload in between costs one re-check later.
+    let generation = tls.generation();
     let tls = match TlsStream::accept(stream, tls.config(), app.limits.head_timeout).await {
         Ok(t) => t,
         Err(e) => {
@@ -169,7 +171,7 @@ async fn connect(
         cert.as_deref()
     );
     let conn = Conn::new(Transport::Tls(Box::new(tls)), limits);
-    requests(conn, peer, cert, &app, local, listener).await
+    requests(conn, peer, cert, generation, &app, local, listener).await
 }
 
 /// Whether a TLS connection's client certificate still verifies after the listener's material
@@ -209,10 +211,13 @@ fn user_field(cert: Option<&CertIdentity>) -> String {
     }
 }
 
+/// Serve requests on an established connection; `generation` is the listener's TLS material
+/// generation the client certificate was verified under (0 for plain HTTP).
 async fn requests(
     mut conn: Conn,
     peer: SocketAddr,
     cert: Option<Rc<CertIdentity>>,
+    mut tls_generation: u64,
     app: &App,
     local: &Local,
     listener: Rc<Listener>,
@@ -229,7 +234,6 @@ async fn requests(
     let mut first = true;
     let mut counted = 0;
     let evict = Rc::new(Evict::default());
-    let mut tls_generation = client.listener.tls.as_ref().map_or(0, |t| t.generation());
     loop {
         let wait = if first {
             app.limits.head_timeout

@@ -90,7 +90,39 @@ pub async fn admit<'a>(
         None => None,
     };
     // A delete by digest removes every tag pointing at the manifest: each is decided, and the
-    // handler removes no tag that was not (Storage::delete_manifest).
+    // handler removes no tag that was not (Storage::delete_manifest). The tags are listed only
+    // for a client the policy lets delete the manifest at all.
+    let identity = || {
+        IdentityVal::new(
+            &client.peer,
+            user.map(|u| (u.id.as_str(), u.username.as_str())),
+        )
+    };
+    let listener = &*client.listener.name;
+    let refusal = || {
+        if user.is_none() && !client.has_certificate {
+            OciError::new(ErrorCode::Unauthorized, "authentication required")
+        } else {
+            OciError::new(
+                ErrorCode::Denied,
+                "requested access to the resource is denied",
+            )
+        }
+    };
+    let by_digest = matches!(
+        &action,
+        Action::DeleteManifest {
+            reference: Reference::Digest(_),
+            ..
+        }
+    );
+    if by_digest
+        && !live.access.is_open()
+        && !live.access.decide(identity(), &action, listener).allowed
+    {
+        local.metrics.decision(false);
+        return Err((refusal(), user, name));
+    }
     if let Action::DeleteManifest {
         repository,
         reference: Reference::Digest(d),
@@ -104,13 +136,6 @@ pub async fn admit<'a>(
     if live.access.is_open() {
         return Ok(Admitted { action, user });
     }
-    let identity = || {
-        IdentityVal::new(
-            &client.peer,
-            user.map(|u| (u.id.as_str(), u.username.as_str())),
-        )
-    };
-    let listener = &*client.listener.name;
     let decision = live.access.decide_with_tags(identity, &action, listener);
     local.metrics.decision(decision.allowed);
     tracing::debug!(
@@ -120,16 +145,6 @@ pub async fn admit<'a>(
         action.name(),
         action.repository().map_or("-", |r| r.as_str())
     );
-    let refusal = || {
-        if user.is_none() && !client.has_certificate {
-            OciError::new(ErrorCode::Unauthorized, "authentication required")
-        } else {
-            OciError::new(
-                ErrorCode::Denied,
-                "requested access to the resource is denied",
-            )
-        }
-    };
     if !decision.allowed {
         return Err((refusal(), user, name));
     }
