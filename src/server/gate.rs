@@ -35,6 +35,33 @@ pub struct Admitted<'a> {
 /// `Action::index` if the request routed.
 pub type Refused<'a> = (OciError, Option<&'a User>, Option<usize>);
 
+/// Who asks, once credentials are known: builds the policy identity and the refusal to answer.
+struct Asker<'a> {
+    client: &'a Client,
+    user: Option<&'a User>,
+}
+
+impl<'a> Asker<'a> {
+    fn identity(&self) -> IdentityVal<'a> {
+        IdentityVal::new(
+            &self.client.peer,
+            self.user.map(|u| (u.id.as_str(), u.username.as_str())),
+        )
+    }
+
+    /// 401 with a challenge when the client presented nothing, else 403.
+    fn refusal(&self) -> OciError {
+        if self.user.is_none() && !self.client.has_certificate {
+            OciError::new(ErrorCode::Unauthorized, "authentication required")
+        } else {
+            OciError::new(
+                ErrorCode::Denied,
+                "requested access to the resource is denied",
+            )
+        }
+    }
+}
+
 /// Route, authenticate and authorize; an `Err` is the OCI error to answer.
 pub async fn admit<'a>(
     live: &'a Live,
@@ -73,70 +100,18 @@ pub async fn admit<'a>(
     if action.is_admin() && !live.admin_behind_policies {
         return Ok(Admitted { action, user: None });
     }
-    let user = match head.authorization.as_deref() {
-        Some(h) => Some(
-            live.auth
-                .authenticate(credentials, h, client.addr.ip())
-                .await
-                .map_err(|e| {
-                    if e == AuthError::ClientBusy {
-                        local
-                            .metrics
-                            .defence(crate::metrics::Defence::ClientChecksCap);
-                    }
-                    (auth_error(e), None, name)
-                })?,
-        ),
-        None => None,
-    };
-    // A delete by digest removes every tag pointing at the manifest: each is decided, and the
-    // handler removes no tag that was not (Storage::delete_manifest). The tags are listed only
-    // for a client the policy lets delete the manifest at all.
-    let identity = || {
-        IdentityVal::new(
-            &client.peer,
-            user.map(|u| (u.id.as_str(), u.username.as_str())),
-        )
-    };
+    let user = authenticate(live, credentials, local, client, head)
+        .await
+        .map_err(|e| (e, None, name))?;
+    let asker = Asker { client, user };
     let listener = &*client.listener.name;
-    let refusal = || {
-        if user.is_none() && !client.has_certificate {
-            OciError::new(ErrorCode::Unauthorized, "authentication required")
-        } else {
-            OciError::new(
-                ErrorCode::Denied,
-                "requested access to the resource is denied",
-            )
-        }
-    };
-    let by_digest = matches!(
-        &action,
-        Action::DeleteManifest {
-            reference: Reference::Digest(_),
-            ..
-        }
-    );
-    if by_digest
-        && !live.access.is_open()
-        && !live.access.decide(identity(), &action, listener).allowed
-    {
-        local.metrics.decision(false);
-        return Err((refusal(), user, name));
-    }
-    if let Action::DeleteManifest {
-        repository,
-        reference: Reference::Digest(d),
-        tags,
-    } = &mut action
-    {
-        *tags = registry
-            .tags_pointing_at(repository, d)
-            .map_err(|e| (e, user, name))?;
-    }
+    list_deleted_tags(live, local, registry, &asker, &mut action).map_err(|e| (e, user, name))?;
     if live.access.is_open() {
         return Ok(Admitted { action, user });
     }
-    let decision = live.access.decide_with_tags(identity, &action, listener);
+    let decision = live
+        .access
+        .decide_with_tags(|| asker.identity(), &action, listener);
     local.metrics.decision(decision.allowed);
     tracing::debug!(
         target: "wharf::access",
@@ -146,52 +121,122 @@ pub async fn admit<'a>(
         action.repository().map_or("-", |r| r.as_str())
     );
     if !decision.allowed {
-        return Err((refusal(), user, name));
+        return Err((asker.refusal(), user, name));
     }
-    let action = match action {
-        Action::MountBlob {
+    let action = decide_mount(live, &asker, action).map_err(|e| (e, user, name))?;
+    Ok(Admitted { action, user })
+}
+
+/// The Basic user the `Authorization` header proves, if there is one.
+async fn authenticate<'a>(
+    live: &'a Live,
+    credentials: &Rc<Cache>,
+    local: &Local,
+    client: &Client,
+    head: &RequestHead,
+) -> Result<Option<&'a User>, OciError> {
+    let Some(h) = head.authorization.as_deref() else {
+        return Ok(None);
+    };
+    match live
+        .auth
+        .authenticate(credentials, h, client.addr.ip())
+        .await
+    {
+        Ok(user) => Ok(Some(user)),
+        Err(e) => {
+            if e == AuthError::ClientBusy {
+                local
+                    .metrics
+                    .defence(crate::metrics::Defence::ClientChecksCap);
+            }
+            Err(auth_error(e))
+        }
+    }
+}
+
+/// A delete by digest removes every tag pointing at the manifest: list them into the action so
+/// each is decided, and the handler removes no tag that was not (`Storage::delete_manifest`).
+/// The tags are listed only for a client the policy lets delete the manifest at all.
+fn list_deleted_tags(
+    live: &Live,
+    local: &Local,
+    registry: &Registry,
+    asker: &Asker<'_>,
+    action: &mut Action,
+) -> Result<(), OciError> {
+    let Action::DeleteManifest {
+        reference: Reference::Digest(_),
+        ..
+    } = action
+    else {
+        return Ok(());
+    };
+    let listener = &*asker.client.listener.name;
+    if !live.access.is_open()
+        && !live
+            .access
+            .decide(asker.identity(), action, listener)
+            .allowed
+    {
+        local.metrics.decision(false);
+        return Err(asker.refusal());
+    }
+    if let Action::DeleteManifest {
+        repository,
+        reference: Reference::Digest(d),
+        tags,
+    } = action
+    {
+        *tags = registry.tags_pointing_at(repository, d)?;
+    }
+    Ok(())
+}
+
+/// A mount also needs `get-blob` on its source; without it (or without a source) the spec's
+/// answer is a new upload session (202), which is a `start-upload` and decided as one.
+fn decide_mount(live: &Live, asker: &Asker<'_>, action: Action) -> Result<Action, OciError> {
+    let Action::MountBlob {
+        repository,
+        digest,
+        from,
+        algorithm,
+    } = action
+    else {
+        return Ok(action);
+    };
+    let (client, listener) = (asker.client, &*asker.client.listener.name);
+    // Without a source repository there is nothing to check, so no blob is mounted from the
+    // shared store.
+    let readable = from.as_ref().is_some_and(|src| {
+        let probe = Action::GetBlob {
+            repository: src.clone(),
+            digest: digest.clone(),
+        };
+        let d = live.access.decide(asker.identity(), &probe, listener);
+        tracing::debug!(target: "wharf::access", "{} mount source get-blob {src}: {d}", client.addr);
+        d.allowed
+    });
+    if readable {
+        return Ok(Action::MountBlob {
             repository,
             digest,
             from,
             algorithm,
-        } => {
-            // The source must be readable by this client; without a source repository there
-            // is nothing to check, so no blob is mounted from the shared store.
-            let readable = from.as_ref().is_some_and(|src| {
-                let probe = Action::GetBlob {
-                    repository: src.clone(),
-                    digest: digest.clone(),
-                };
-                let d = live.access.decide(identity(), &probe, listener);
-                tracing::debug!(target: "wharf::access", "{} mount source get-blob {src}: {d}", client.addr);
-                d.allowed
-            });
-            if readable {
-                Action::MountBlob {
-                    repository,
-                    digest,
-                    from,
-                    algorithm,
-                }
-            } else {
-                // The spec's answer when a mount cannot be done: a new upload session (202),
-                // which is a `start-upload` and decided as one.
-                let upload = Action::StartUpload {
-                    repository,
-                    digest: None,
-                    algorithm,
-                };
-                let d = live.access.decide(identity(), &upload, listener);
-                tracing::debug!(target: "wharf::access", "{} mount fallback start-upload: {d}", client.addr);
-                if !d.allowed {
-                    return Err((refusal(), user, name));
-                }
-                upload
-            }
-        }
-        other => other,
+        });
+    }
+    let upload = Action::StartUpload {
+        repository,
+        digest: None,
+        algorithm,
     };
-    Ok(Admitted { action, user })
+    let d = live.access.decide(asker.identity(), &upload, listener);
+    tracing::debug!(target: "wharf::access", "{} mount fallback start-upload: {d}", client.addr);
+    if d.allowed {
+        Ok(upload)
+    } else {
+        Err(asker.refusal())
+    }
 }
 
 fn auth_error(e: AuthError) -> OciError {
