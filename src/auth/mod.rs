@@ -4,7 +4,6 @@
 
 mod basic;
 pub mod cache;
-mod inflight;
 mod pool;
 
 use std::net::IpAddr;
@@ -17,9 +16,9 @@ use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::{AuthConfig, ConfigError};
+use crate::net::per_client::PerClient;
 pub use basic::{BasicError, Credentials, parse as parse_basic};
 pub use cache::Cache;
-pub use inflight::client_key;
 
 /// A configured Basic-auth identity.
 pub struct User {
@@ -54,7 +53,7 @@ pub struct Authenticator {
     ttl: std::time::Duration,
     cache_size: usize,
     /// Password checks queued or running per client address (`auth.max_checks_per_client`).
-    in_flight: Arc<inflight::InFlight>,
+    in_flight: Arc<PerClient>,
 }
 
 impl Authenticator {
@@ -95,7 +94,7 @@ impl Authenticator {
             verifier,
             ttl: cfg.credential_cache_ttl,
             cache_size: cfg.credential_cache_size,
-            in_flight: Arc::new(inflight::InFlight::new(cfg.max_checks_per_client)),
+            in_flight: Arc::new(PerClient::new(cfg.max_checks_per_client as usize)),
         })
     }
 

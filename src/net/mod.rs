@@ -1,9 +1,11 @@
 //! Beneath HTTP and TLS: cancel-safe timed reads (`ConnError`, `timed_read`), the per-thread pool
-//! of block buffers (`pool`), sending file regions to a socket (`file`), and the process-wide budget
-//! for response buffers that wait on slow readers (`budget`). Knows neither HTTP nor OCI.
+//! of block buffers (`pool`), sending file regions to a socket (`file`), the process-wide budget
+//! for response buffers that wait on slow readers (`budget`), and counts per client address
+//! (`per_client`). Knows neither HTTP nor OCI.
 
 pub mod budget;
 pub mod file;
+pub mod per_client;
 pub mod pool;
 
 use std::io;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::auth::client_key;
 use crate::config::LimitsConfig;
+use crate::net::per_client::{Held, PerClient, client_key};
 
 const SHARDS: usize = 64;
 /// Clients remembered per shard before idle (full) buckets are forgotten.
@@ -120,18 +120,12 @@ fn shard_of(key: &[u8; 16]) -> usize {
 }
 
 /// Open connections against `limits.max_connections` (process-wide) and
-/// `limits.max_connections_per_client` (per client key, in shards shared by the workers).
+/// `limits.max_connections_per_client` (per client address, shared by the workers).
 pub struct ConnectionCap {
     open: AtomicUsize,
     max: usize,
-    per_client: usize,
-    /// Open connections per client key; an entry exists only while its client has one open, so
-    /// the maps hold at most `max` entries.
-    clients: Box<[OpenPerClient]>,
+    clients: Arc<PerClient>,
 }
-
-/// One shard of open connections per client key.
-type OpenPerClient = Mutex<HashMap<[u8; 16], usize>>;
 
 /// Why a connection was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,38 +139,23 @@ pub enum Refusal {
 /// One admitted connection; dropping it frees its places.
 pub struct Slot {
     cap: Arc<ConnectionCap>,
-    key: [u8; 16],
+    _client: Held,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.cap.open.fetch_sub(1, Ordering::Relaxed);
-        let mut map = self.cap.shard(&self.key);
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
     }
 }
 
 impl ConnectionCap {
     /// `0` means unlimited, for either cap.
     pub fn new(max: usize, per_client: usize) -> ConnectionCap {
-        let unlimited = |n: usize| if n == 0 { usize::MAX } else { n };
         ConnectionCap {
             open: AtomicUsize::new(0),
-            max: unlimited(max),
-            per_client: unlimited(per_client),
-            clients: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            max: if max == 0 { usize::MAX } else { max },
+            clients: Arc::new(PerClient::new(per_client)),
         }
-    }
-
-    fn shard(&self, key: &[u8; 16]) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], usize>> {
-        self.clients[shard_of(key)]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// A slot for a new connection from `ip`. At the global cap `make_room` may close an idle
@@ -186,18 +165,10 @@ impl ConnectionCap {
         ip: IpAddr,
         make_room: impl FnOnce() -> bool,
     ) -> Result<Slot, Refusal> {
-        let key = client_key(ip);
-        {
-            let mut map = self.shard(&key);
-            let n = map.entry(key).or_insert(0);
-            if *n >= self.per_client {
-                return Err(Refusal::Client);
-            }
-            *n += 1;
-        }
+        let held = self.clients.acquire(ip).ok_or(Refusal::Client)?;
         let slot = Slot {
             cap: Arc::clone(self),
-            key,
+            _client: held,
         };
         let before = self.open.fetch_add(1, Ordering::Relaxed);
         // The evicted connection frees its slot as it closes, a moment later.
@@ -331,10 +302,5 @@ mod tests {
         );
         drop(held);
         assert!(cap.admit(a, || false).is_ok());
-        let key = client_key(a);
-        assert!(
-            !cap.shard(&key).contains_key(&key),
-            "entries go with their last slot"
-        );
     }
 }

@@ -1,5 +1,6 @@
-//! Password checks in flight per client address, shared by every worker: a client over its share
-//! is answered 429 before its check is queued, so one address cannot fill the verifier queue.
+//! Counts per client address shared by every worker (password checks in flight, open
+//! connections): a place is taken by `acquire` and given back when its `Held` drops. An address is
+//! its IPv4 address (IPv4-mapped IPv6 too) or its IPv6 /64 (`client_key`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -7,23 +8,23 @@ use std::sync::{Arc, Mutex};
 
 const SHARDS: usize = 16;
 
-/// One shard: client key → checks in flight.
-type Counts = Mutex<HashMap<[u8; 16], u32>>;
+/// One shard: client key → places held.
+type Counts = Mutex<HashMap<[u8; 16], usize>>;
 
-/// Counts per client key (`client_key`); an entry exists only while its client has checks in
-/// flight, so the maps hold at most the verifier queue's length plus its threads.
-pub(crate) struct InFlight {
-    max: u32,
+/// At most `max` places per client key; an entry exists only while its client holds a place, so
+/// the maps are bounded by what is held (checks queued, connections open).
+pub struct PerClient {
+    max: usize,
     shards: Box<[Counts]>,
 }
 
-/// One check in flight; dropping it frees the client's place.
-pub(crate) struct Slot {
-    owner: Arc<InFlight>,
+/// One place held by a client; dropping it gives the place back.
+pub struct Held {
+    owner: Arc<PerClient>,
     key: [u8; 16],
 }
 
-impl Drop for Slot {
+impl Drop for Held {
     fn drop(&mut self) {
         let mut map = self.owner.shard(&self.key);
         if let Some(n) = map.get_mut(&self.key) {
@@ -35,16 +36,16 @@ impl Drop for Slot {
     }
 }
 
-impl InFlight {
-    /// `max` checks per client; `0` means unlimited.
-    pub(crate) fn new(max: u32) -> InFlight {
-        InFlight {
-            max: if max == 0 { u32::MAX } else { max },
+impl PerClient {
+    /// `max` places per client; `0` means unlimited.
+    pub fn new(max: usize) -> PerClient {
+        PerClient {
+            max: if max == 0 { usize::MAX } else { max },
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
-    fn shard(&self, key: &[u8; 16]) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], u32>> {
+    fn shard(&self, key: &[u8; 16]) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], usize>> {
         let i = key
             .iter()
             .fold(0usize, |h, b| h.wrapping_mul(31) ^ *b as usize)
@@ -52,8 +53,8 @@ impl InFlight {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A place for one more check by `ip`, or `None` when it has `max` in flight.
-    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    /// One more place for `ip`, or `None` when it holds `max`.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Held> {
         let key = client_key(ip);
         let mut map = self.shard(&key);
         let n = map.entry(key).or_insert(0);
@@ -62,10 +63,16 @@ impl InFlight {
         }
         *n += 1;
         drop(map);
-        Some(Slot {
+        Some(Held {
             owner: Arc::clone(self),
             key,
         })
+    }
+
+    /// Clients holding a place now.
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
     }
 }
 
@@ -88,7 +95,7 @@ mod tests {
 
     #[test]
     fn slots_are_per_client_and_come_back() {
-        let f = Arc::new(InFlight::new(2));
+        let f = Arc::new(PerClient::new(2));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         let s1 = f.acquire(a).unwrap();
@@ -97,6 +104,8 @@ mod tests {
         assert!(f.acquire("2001:db8::1".parse().unwrap()).is_some());
         drop(s1);
         assert!(f.acquire(a).is_some());
+        drop(_s2);
+        assert_eq!(f.clients(), 0, "entries go with their last place");
         let same64: [IpAddr; 2] = [
             "2001:db8::1".parse().unwrap(),
             "2001:db8::ffff".parse().unwrap(),
