@@ -121,16 +121,6 @@ fn idle_keep_alive_connection_is_closed(driver: &str) {
     );
 }
 
-/// Resident memory of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Idle keep-alive connections give their 64 KiB read buffers back (they park after 250 ms of
 /// silence), and a parked connection wakes up for its next request, pipelined ones included.
 fn idle_connections_park_their_buffers(driver: &str) {

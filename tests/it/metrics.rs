@@ -8,9 +8,7 @@ use crate::common::*;
 
 /// The value of one sample line (`name{labels}`), or 0 when absent.
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    crate::common::sample(text, series).unwrap_or(0.0)
 }
 
 fn scrape(c: &mut Client) -> String {

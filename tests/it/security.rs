@@ -47,9 +47,7 @@ fn closed_within(s: &mut TcpStream, deadline: Duration) -> bool {
 /// One counter or gauge of `/metrics` (the first line starting with `name`).
 fn metric(s: &Server, name: &str) -> f64 {
     let text = String::from_utf8(s.client().get("/metrics").body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    sample(&text, name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 fn users(list: &[(&str, &str)]) -> String {
@@ -351,10 +349,7 @@ fn one_client_cannot_hold_every_connection(driver: &str) {
         c.send_raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         if let Some(r) = c.try_read_response(false).filter(|r| r.status == 200) {
             let text = String::from_utf8(r.body).unwrap();
-            break text
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-                .unwrap();
+            break sample(&text, name).unwrap();
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -401,17 +396,6 @@ fn refusals_for_credentials_or_rate_close_the_connection(driver: &str) {
     );
 }
 
-/// The server's resident memory in bytes.
-fn rss(s: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// Finding 5: 1,000 TLS downloads that never read pinned ~0.74 MiB each (4 MiB blob then; here
 /// 16 MiB).
 fn stalled_tls_downloads_stay_within_the_memory_bound(driver: &str) {
@@ -436,15 +420,9 @@ fn stalled_tls_downloads_stay_within_the_memory_bound(driver: &str) {
     let in_flight = |s: &Server| {
         let mut c = tls_connect(s.addr, Arc::clone(&tls)).unwrap().client;
         let text = String::from_utf8(c.get("/metrics").body).unwrap();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("wharf_requests_in_flight ")?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap()
+        sample(&text, "wharf_requests_in_flight").unwrap()
     };
-    let idle = rss(&s);
+    let idle = rss_kib(s.pid()) * 1024;
     let mut stalled = Vec::new();
     for _ in 0..1000 {
         let mut t = tls_connect(s.addr, Arc::clone(&tls)).unwrap();
@@ -463,7 +441,7 @@ fn stalled_tls_downloads_stay_within_the_memory_bound(driver: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let grown = rss(&s).saturating_sub(idle);
+    let grown = (rss_kib(s.pid()) * 1024).saturating_sub(idle);
     assert!(
         grown < 64 << 20,
         "1,000 stalled TLS downloads grew RSS by {} MiB",
@@ -547,9 +525,7 @@ fn a_ca_change_closes_connections_whose_certificate_no_longer_verifies(driver: &
 fn metric_tls(s: &Server, tls: &Arc<rustls::ClientConfig>, name: &str) -> f64 {
     let mut c = tls_connect(s.addr, Arc::clone(tls)).unwrap().client;
     let text = String::from_utf8(c.get("/metrics").body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    sample(&text, name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 /// Finding 8: two `Authorization` headers (the last won), a manifest repeating one layer 27,000

@@ -395,6 +395,22 @@ impl Client {
     }
 }
 
+/// The value of one Prometheus sample line (`name` or `name{labels}`), if the text has it.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// Raise this test process's open-file limit to the hard limit; fails the test below `need`.
 pub fn raise_nofile(need: u64) {
     let mut lim = libc::rlimit {
