@@ -6,17 +6,122 @@ use std::io;
 use std::ops::Range;
 
 use crate::net::ConnError;
-use crate::net::pool::{BLOCK_BUF, give_block, take_block};
+use crate::net::pool::Block;
 
+use super::buffer::ReadBuf;
 use super::chunked::{ChunkError, ChunkedDecoder};
 use super::conn::{Conn, READ_BUF};
 use super::head::{Framing, RequestHead};
 
-/// Where the body reader stands.
+/// Where the body reader stands: one state instead of flags for 100-continue, a held-back error
+/// and failure.
 enum BodyState {
+    /// `Expect: 100-continue`: the client sends the body (of this framing) only after
+    /// `100 Continue`, which the first read sends.
+    AwaitingContinue(Framing),
     Length(u64),
     Chunked(ChunkedDecoder),
     Done,
+    /// A read failed after part of a block had arrived: the part is delivered first (an upload
+    /// keeps it for resuming), this error with the next read.
+    Failing(BodyError),
+    /// Reading failed: the rest of the body is unknown, so the connection must close.
+    Failed,
+}
+
+/// What the framing makes of the input buffered so far (`BodyState::next_run`).
+#[derive(Debug, PartialEq, Eq)]
+enum Run {
+    /// Body bytes: a consumed range of the buffer.
+    Bytes(Range<usize>),
+    /// The buffer holds no more body bytes: read more input.
+    NeedInput,
+    /// The body ended.
+    End,
+}
+
+/// The framing, over the buffered input alone (no socket): the async `Body` reads more input when
+/// these ask for it.
+impl BodyState {
+    /// Reading a body of `framing`, the client not waiting for `100 Continue`.
+    fn reading(framing: Framing) -> BodyState {
+        match framing {
+            Framing::None => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
+        }
+    }
+
+    /// Consume body input from `buf` into the block that ends at `end` (all of `..end` consumed):
+    /// as it is for Content-Length bodies, with the chunk framing squeezed out for chunked ones.
+    fn absorb(&mut self, buf: &mut ReadBuf, end: &mut usize) -> Result<(), ChunkError> {
+        match self {
+            BodyState::Length(left) => {
+                // No framing: data is the input itself, so `end` follows the read position.
+                let n = (buf.unread().len() as u64).min(*left) as usize;
+                *left -= n as u64;
+                buf.consume(n);
+                *end += n;
+                if *left == 0 {
+                    *self = BodyState::Done;
+                }
+            }
+            BodyState::Chunked(dec) => {
+                while buf.has_unread() && !dec.is_done() {
+                    let base = buf.pos();
+                    let step = dec.step(buf.unread())?;
+                    buf.consume(step.consumed);
+                    if let Some(r) = step.data {
+                        let (s, e) = (base + r.start, base + r.end);
+                        if s != *end {
+                            buf.move_consumed(s..e, *end);
+                        }
+                        *end += e - s;
+                    }
+                }
+                if dec.is_done() {
+                    *self = BodyState::Done;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The next run of body bytes in `buf`, consumed, without moving any.
+    fn next_run(&mut self, buf: &mut ReadBuf) -> Result<Run, ChunkError> {
+        loop {
+            match self {
+                BodyState::Length(0) => {
+                    *self = BodyState::Done;
+                    return Ok(Run::End);
+                }
+                BodyState::Chunked(dec) if dec.is_done() => {
+                    *self = BodyState::Done;
+                    return Ok(Run::End);
+                }
+                BodyState::Length(_) | BodyState::Chunked(_) if !buf.has_unread() => {
+                    return Ok(Run::NeedInput);
+                }
+                BodyState::Length(left) => {
+                    let n = (buf.unread().len() as u64).min(*left) as usize;
+                    *left -= n as u64;
+                    let start = buf.pos();
+                    buf.consume(n);
+                    return Ok(Run::Bytes(start..start + n));
+                }
+                BodyState::Chunked(dec) => {
+                    let base = buf.pos();
+                    let step = dec.step(buf.unread())?;
+                    buf.consume(step.consumed);
+                    if let Some(r) = step.data {
+                        return Ok(Run::Bytes(base + r.start..base + r.end));
+                    }
+                }
+                _ => return Ok(Run::End),
+            }
+        }
+    }
 }
 
 /// Why reading a request body failed.
@@ -28,6 +133,8 @@ pub enum BodyError {
     Chunked(#[from] ChunkError),
     #[error("body larger than allowed")]
     TooLarge,
+    #[error("the body was cut short by an earlier error")]
+    Broken,
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -37,11 +144,6 @@ pub struct Body<'c> {
     conn: &'c mut Conn,
     state: BodyState,
     declared: Option<u64>,
-    continue_pending: bool,
-    /// A read error held back so that the bytes assembled before it are delivered first.
-    deferred: Option<BodyError>,
-    /// Reading failed: the rest of the body is unknown, so the connection must close.
-    failed: bool,
     /// `Conn::received` past which reading stops (`drain`): counts wire bytes, so chunk framing
     /// and extensions cannot make a drain read without end.
     wire_limit: u64,
@@ -52,8 +154,8 @@ impl<'c> Body<'c> {
     pub(super) fn new(conn: &'c mut Conn, head: &RequestHead) -> Body<'c> {
         let state = match head.framing {
             Framing::None => BodyState::Done,
-            Framing::Length(n) => BodyState::Length(n),
-            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
+            f if head.expect_continue => BodyState::AwaitingContinue(f),
+            f => BodyState::reading(f),
         };
         let declared = match head.framing {
             Framing::Length(n) => Some(n),
@@ -64,9 +166,6 @@ impl<'c> Body<'c> {
             conn,
             state,
             declared,
-            continue_pending: head.expect_continue,
-            deferred: None,
-            failed: false,
             wire_limit: u64::MAX,
         }
     }
@@ -81,52 +180,62 @@ impl<'c> Body<'c> {
         matches!(self.state, BodyState::Done)
     }
 
-    /// Send `100 Continue` if the client waits for it (once, before the first body read).
-    async fn send_continue(&mut self) -> Result<(), BodyError> {
-        if self.continue_pending {
-            self.continue_pending = false;
-            if !self.finished() {
+    /// Before reading: send `100 Continue` if the client waits for it, and refuse to read on
+    /// after a failure (the rest of the body is unknown).
+    async fn ready(&mut self) -> Result<(), BodyError> {
+        match std::mem::replace(&mut self.state, BodyState::Failed) {
+            BodyState::AwaitingContinue(framing) => {
+                self.state = BodyState::reading(framing);
                 self.conn
                     .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
                     .await?;
+                Ok(())
+            }
+            BodyState::Failing(e) => Err(e),
+            BodyState::Failed => Err(BodyError::Broken),
+            other => {
+                self.state = other;
+                Ok(())
             }
         }
-        Ok(())
     }
 
-    /// Hot path for large bodies: the next block of body bytes, contiguous in `buf()`, gathered from
-    /// as many reads as it takes to fill half of a 1 MiB buffer (or to end the body). Chunk framing is
-    /// removed in place. `None` at the end of the body.
-    pub async fn next_block(&mut self) -> Result<Option<Range<usize>>, BodyError> {
-        let r = self.next_block_inner().await;
-        self.failed |= r.is_err();
+    /// A read's result, remembering a failure (unless one is already held back).
+    fn settle<T>(&mut self, r: Result<T, BodyError>) -> Result<T, BodyError> {
+        if r.is_err() && !matches!(self.state, BodyState::Failing(_)) {
+            self.state = BodyState::Failed;
+        }
         r
     }
 
-    async fn next_block_inner(&mut self) -> Result<Option<Range<usize>>, BodyError> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
-        self.send_continue().await?;
+    /// Hot path for large bodies: the next block of body bytes, owned, gathered from as many reads
+    /// as it takes to fill half of a 1 MiB buffer (or to end the body). Chunk framing is removed in
+    /// place. `None` at the end of the body. Dropping the block returns its buffer to the pool.
+    pub async fn next_block(&mut self) -> Result<Option<Block>, BodyError> {
+        let r = self.next_block_inner().await;
+        self.settle(r)
+    }
+
+    async fn next_block_inner(&mut self) -> Result<Option<Block>, BodyError> {
+        self.ready().await?;
         if self.finished() {
             return Ok(None);
         }
         if self.declared.is_none_or(|n| n > READ_BUF as u64) {
-            self.conn.enlarge();
-        } else if self.conn.pos > 0 && self.conn.pos == self.conn.buf.len() {
-            self.conn.buf.clear();
-            self.conn.pos = 0;
+            self.conn.buf.enlarge();
+        } else {
+            self.conn.buf.reset_if_consumed();
         }
         let stall = self.conn.limits.body_timeout;
-        let start = self.conn.pos;
+        let start = self.conn.buf.pos();
         let mut end = start;
         let target = self.conn.buf.capacity() / 2;
         loop {
-            self.absorb(&mut end)?;
+            self.state.absorb(&mut self.conn.buf, &mut end)?;
             if self.finished() || end - start >= target {
                 break;
             }
-            if !self.conn.make_room(end) {
+            if !self.conn.buf.make_room(end) {
                 if end > start {
                     break;
                 }
@@ -137,127 +246,35 @@ impl<'c> Body<'c> {
                     return Err(e.into());
                 }
                 // Deliver what arrived (an upload keeps it for resuming), then report the error.
-                self.deferred = Some(e.into());
+                self.state = BodyState::Failing(e.into());
                 break;
             }
         }
-        Ok((end > start).then_some(start..end))
+        Ok((end > start).then(|| self.conn.buf.split_block(start..end)))
     }
 
-    /// Move the buffered input into the block that ends at `end`: as it is for Content-Length
-    /// bodies, with the chunk framing squeezed out for chunked ones.
-    fn absorb(&mut self, end: &mut usize) -> Result<(), BodyError> {
-        let len = self.conn.buf.len();
-        match &mut self.state {
-            BodyState::Done => {}
-            BodyState::Length(left) => {
-                // No framing: data is the input itself, so `end` follows `pos`.
-                let n = ((len - self.conn.pos) as u64).min(*left) as usize;
-                *left -= n as u64;
-                self.conn.pos += n;
-                *end += n;
-                if *left == 0 {
-                    self.state = BodyState::Done;
-                }
-            }
-            BodyState::Chunked(dec) => {
-                while self.conn.pos < len && !dec.is_done() {
-                    let base = self.conn.pos;
-                    let step = dec.step(&self.conn.buf[base..len])?;
-                    self.conn.pos += step.consumed;
-                    if let Some(r) = step.data {
-                        let (s, e) = (base + r.start, base + r.end);
-                        if s != *end {
-                            self.conn.buf.copy_within(s..e, *end);
-                        }
-                        *end += e - s;
-                    }
-                }
-                if dec.is_done() {
-                    self.state = BodyState::Done;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The next run of body bytes as a range of `buf()`, or `None` at the end.
-    pub async fn next(&mut self) -> Result<Option<Range<usize>>, BodyError> {
+    /// The next run of body bytes as a consumed range of the connection's buffer, or `None` at
+    /// the end.
+    async fn next(&mut self) -> Result<Option<Range<usize>>, BodyError> {
         let r = self.next_inner().await;
-        self.failed |= r.is_err();
-        r
+        self.settle(r)
     }
 
     async fn next_inner(&mut self) -> Result<Option<Range<usize>>, BodyError> {
-        self.send_continue().await?;
+        self.ready().await?;
         let stall = self.conn.limits.body_timeout;
         loop {
             if self.conn.received > self.wire_limit {
                 return Err(BodyError::TooLarge);
             }
-            match &mut self.state {
-                BodyState::Done => return Ok(None),
-                BodyState::Length(left) => {
-                    if *left == 0 {
-                        self.state = BodyState::Done;
-                        return Ok(None);
-                    }
-                    if self.conn.pos == self.conn.buf.len() {
-                        self.conn.fill(stall).await?;
-                        continue;
-                    }
-                    let avail = (self.conn.buf.len() - self.conn.pos) as u64;
-                    let n = avail.min(*left) as usize;
-                    *left -= n as u64;
-                    let start = self.conn.pos;
-                    self.conn.pos += n;
-                    return Ok(Some(start..start + n));
-                }
-                BodyState::Chunked(dec) => {
-                    if dec.is_done() {
-                        self.state = BodyState::Done;
-                        return Ok(None);
-                    }
-                    if self.conn.pos == self.conn.buf.len() {
-                        self.conn.fill(stall).await?;
-                        continue;
-                    }
-                    let base = self.conn.pos;
-                    let step = dec.step(&self.conn.buf[base..])?;
-                    self.conn.pos += step.consumed;
-                    if let Some(r) = step.data {
-                        return Ok(Some(base + r.start..base + r.end));
-                    }
+            match self.state.next_run(&mut self.conn.buf)? {
+                Run::Bytes(r) => return Ok(Some(r)),
+                Run::End => return Ok(None),
+                Run::NeedInput => {
+                    self.conn.fill(stall).await?;
                 }
             }
         }
-    }
-
-    /// Lend the buffer out for an owned-buffer write (e.g. `write_all_at`); give it back with `put_buf`.
-    pub fn take_buf(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.conn.buf)
-    }
-
-    pub fn put_buf(&mut self, buf: Vec<u8>) {
-        self.conn.buf = buf;
-    }
-
-    /// Hand out the buffer holding the last block (its range stays valid) and continue in `spare`,
-    /// moving the input not yet consumed over (a pooled block buffer if `spare` is too small).
-    pub fn swap_buf(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
-        let cap = self.conn.buf.capacity();
-        if spare.capacity() < cap {
-            give_block(spare);
-            spare = if cap == BLOCK_BUF {
-                take_block()
-            } else {
-                Vec::with_capacity(cap)
-            };
-        }
-        spare.clear();
-        spare.extend_from_slice(&self.conn.buf[self.conn.pos..]);
-        self.conn.pos = 0;
-        std::mem::replace(&mut self.conn.buf, spare)
     }
 
     /// Read the whole body into memory, refusing more than `limit` bytes.
@@ -270,15 +287,19 @@ impl<'c> Body<'c> {
             if out.len() as u64 + r.len() as u64 > limit {
                 return Err(BodyError::TooLarge);
             }
-            out.extend_from_slice(&self.conn.buf[r]);
+            out.extend_from_slice(self.conn.buf.consumed(r));
         }
         Ok(out)
     }
 
     /// Discard the rest of the body if reading it takes at most `max` more bytes off the wire
-    /// (framing included); false if it is larger (close instead).
-    pub async fn drain(&mut self, max: u64) -> bool {
-        if self.continue_pending || self.failed {
+    /// (framing included); false if it is larger, never invited (`100 Continue` not sent) or
+    /// broken: then the connection closes instead.
+    async fn drain(&mut self, max: u64) -> bool {
+        if matches!(
+            self.state,
+            BodyState::AwaitingContinue(_) | BodyState::Failing(_) | BodyState::Failed
+        ) {
             return false;
         }
         self.wire_limit = self.conn.received.saturating_add(max);
@@ -289,5 +310,109 @@ impl<'c> Body<'c> {
                 Err(_) => return false,
             }
         }
+    }
+
+    /// Whether the connection stays open after the response to this request: the one place
+    /// keep-alive is decided. A body the handler left unread is drained first when small (up to
+    /// `DRAIN_LIMIT` wire bytes); a larger one, a client asking to close, a refused client
+    /// (401/429, so failing cannot hold a connection) and a server shutting down all close.
+    pub async fn keep_alive(&mut self, head: &RequestHead, refused: bool, stopping: bool) -> bool {
+        let body_done = self.finished() || self.drain(DRAIN_LIMIT).await;
+        body_done && !head.close && !refused && !stopping
+    }
+}
+
+/// Unread body bytes we are willing to discard to keep a connection alive.
+const DRAIN_LIMIT: u64 = 256 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer that received `bytes`.
+    fn input(bytes: &[u8]) -> ReadBuf {
+        let mut b = ReadBuf::new(64, true);
+        let mut v = b.lend();
+        v.extend_from_slice(bytes);
+        b.restore(v);
+        b
+    }
+
+    /// Every run `next_run` yields from `bytes`, then what it says at the end of them.
+    fn runs(state: &mut BodyState, bytes: &[u8]) -> (Vec<Vec<u8>>, Run) {
+        let mut buf = input(bytes);
+        let mut out = Vec::new();
+        loop {
+            match state.next_run(&mut buf).unwrap() {
+                Run::Bytes(r) => out.push(buf.consumed(r).to_vec()),
+                other => return (out, other),
+            }
+        }
+    }
+
+    #[test]
+    fn content_length_stops_at_its_length_and_leaves_the_next_request() {
+        let mut state = BodyState::reading(Framing::Length(5));
+        let mut buf = input(b"helloGET / HTTP/1.1");
+        assert_eq!(state.next_run(&mut buf).unwrap(), Run::Bytes(0..5));
+        assert_eq!(state.next_run(&mut buf).unwrap(), Run::End);
+        assert_eq!(buf.unread(), b"GET / HTTP/1.1");
+    }
+
+    #[test]
+    fn a_short_body_asks_for_more_input() {
+        let mut state = BodyState::reading(Framing::Length(10));
+        let (got, end) = runs(&mut state, b"hello");
+        assert_eq!((got, end), (vec![b"hello".to_vec()], Run::NeedInput));
+        assert!(matches!(state, BodyState::Length(5)));
+    }
+
+    #[test]
+    fn chunked_runs_are_the_data_without_framing() {
+        let mut state = BodyState::reading(Framing::Chunked);
+        let (got, end) = runs(&mut state, b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\nNEXT");
+        assert_eq!(got.concat(), b"abcde");
+        assert_eq!(end, Run::End);
+        assert!(matches!(state, BodyState::Done));
+    }
+
+    #[test]
+    fn chunked_framing_is_squeezed_out_of_a_block_in_place() {
+        let mut state = BodyState::reading(Framing::Chunked);
+        let mut buf = input(b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\nrest");
+        let mut end = 0;
+        state.absorb(&mut buf, &mut end).unwrap();
+        assert_eq!(buf.consumed(0..end), b"abcdefg");
+        assert!(matches!(state, BodyState::Done));
+        assert_eq!(buf.unread(), b"rest");
+    }
+
+    #[test]
+    fn a_chunked_block_split_across_reads_keeps_its_bytes_in_order() {
+        let mut state = BodyState::reading(Framing::Chunked);
+        let mut buf = input(b"5\r\nab");
+        let mut end = 0;
+        state.absorb(&mut buf, &mut end).unwrap();
+        assert_eq!(buf.consumed(0..end), b"ab");
+        let mut v = buf.lend();
+        v.extend_from_slice(b"cde\r\n0\r\n\r\n");
+        buf.restore(v);
+        state.absorb(&mut buf, &mut end).unwrap();
+        assert_eq!(buf.consumed(0..end), b"abcde");
+        assert!(matches!(state, BodyState::Done));
+    }
+
+    #[test]
+    fn malformed_chunk_framing_is_an_error() {
+        let mut state = BodyState::reading(Framing::Chunked);
+        let mut buf = input(b"zz\r\n");
+        assert!(state.next_run(&mut buf).is_err());
+    }
+
+    #[test]
+    fn no_body_is_done_at_once_and_nothing_is_read_before_100_continue() {
+        assert!(matches!(BodyState::reading(Framing::None), BodyState::Done));
+        let mut state = BodyState::AwaitingContinue(Framing::Length(3));
+        assert_eq!(state.next_run(&mut input(b"abc")).unwrap(), Run::End);
     }
 }

@@ -12,11 +12,12 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::net::file::{copy_loop, peer_is_loopback, sendfile_loop};
-use crate::net::pool::{BLOCK_BUF, give_block, take_block};
+use crate::net::pool::BLOCK_BUF;
 use crate::net::{ConnError, budget, stalled, timed_read};
 use crate::tls::TlsStream;
 
 use super::body::Body;
+use super::buffer::ReadBuf;
 use super::head::{self, HeadError, Limits, RequestHead};
 use super::response::Response;
 
@@ -80,14 +81,31 @@ impl Transport {
     }
 }
 
-/// A client connection with its read buffer (`buf[pos..]` is unconsumed input).
+/// Where a connection stands. Replaces flags: the wait before a head, whether buffers are held and
+/// whether the connection is closing all follow from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Between requests (or before the first) with a read buffer, ready to read.
+    Idle,
+    /// Idle past `PARK_AFTER` (or a plain connection not yet read from): no buffers, waiting for
+    /// readability alone.
+    Parked,
+    /// Reading a request head.
+    Head,
+    /// Serving a request: its body is read, its response sent.
+    Request,
+    /// Answered for the last time: the write side is shut, input is discarded briefly.
+    Lingering,
+}
+
+/// A client connection: its transport, read buffer and phase.
 pub struct Conn {
     io: Transport,
-    /// Input read so far; `buf[pos..]` is not consumed yet (`pos <= buf.len()` always).
-    pub(super) buf: Vec<u8>,
-    pub(super) pos: usize,
-    /// Capacity of the small buffer an idle connection keeps (`shrink` returns to it).
-    cap: usize,
+    pub(super) buf: ReadBuf,
+    phase: Phase,
+    /// Requests whose heads were read: the first waits `head_timeout`, later ones the keep-alive
+    /// timeout.
+    requests: u64,
     pub(super) limits: Rc<Limits>,
     /// Bytes read from the client so far (for metrics and the drain's wire limit).
     pub(super) received: u64,
@@ -98,46 +116,44 @@ impl Conn {
     /// arrive. A TLS connection does not: the handshake's last flight may have carried the first
     /// request, already decrypted inside rustls where socket readiness cannot see it.
     pub fn new(io: Transport, limits: Rc<Limits>) -> Self {
-        let cap = READ_BUF.max(limits.max_head_size + 1);
-        let buf = match io {
-            Transport::Plain(_) => Vec::new(),
-            Transport::Tls(_) => Vec::with_capacity(cap),
+        let small = READ_BUF.max(limits.max_head_size + 1);
+        let (buf, phase) = match io {
+            Transport::Plain(_) => (ReadBuf::new(small, false), Phase::Parked),
+            Transport::Tls(_) => (ReadBuf::new(small, true), Phase::Idle),
         };
         Conn {
             io,
             buf,
-            cap,
-            pos: 0,
+            phase,
+            requests: 0,
             limits,
             received: 0,
         }
     }
 
-    /// Read more input, waiting at most `wait`. Returns the number of bytes read.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Read more input, waiting at most `wait`, after making room (consumed input is dropped).
+    /// Returns the number of bytes read.
     pub(super) async fn fill(&mut self, wait: Duration) -> Result<usize, ConnError> {
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.buf.len() == self.buf.capacity() && self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
+        self.buf.compact();
         self.read_more(wait).await
     }
 
-    /// Read more input after `buf.len()`, keeping everything already in the buffer.
+    /// Read more input after what the buffer holds, keeping all of it.
     pub(super) async fn read_more(&mut self, wait: Duration) -> Result<usize, ConnError> {
-        if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(self.cap);
-        }
+        let mut buf = self.buf.lend();
         let res = match &mut self.io {
             Transport::Plain(stream) => {
-                let (res, buf) = timed_read(stream, std::mem::take(&mut self.buf), wait).await;
-                self.buf = buf;
+                let (res, back) = timed_read(stream, buf, wait).await;
+                buf = back;
                 res
             }
-            Transport::Tls(tls) => tls.read_into(&mut self.buf, wait).await,
+            Transport::Tls(tls) => tls.read_into(&mut buf, wait).await,
         };
+        self.buf.restore(buf);
         if let Ok(n) = res {
             self.received += n as u64;
         }
@@ -157,27 +173,33 @@ impl Conn {
         self.received
     }
 
-    /// Wait for the next request head. `first_wait` bounds the wait for its first byte; `stop`
-    /// resolves when the server shuts down (only idle connections are closed by it).
-    pub async fn next_request(
-        &mut self,
-        first_wait: Duration,
-        stop: impl Future<Output = ()>,
-    ) -> NextRequest {
-        if self.pos == self.buf.len() {
+    /// Wait for the next request head: the first for `head_timeout`, later ones for the
+    /// keep-alive timeout. `stop` resolves when the server shuts down or evicts this idle
+    /// connection (only a connection with no request under way is closed by it).
+    pub async fn next_request(&mut self, stop: impl Future<Output = ()>) -> NextRequest {
+        debug_assert!(matches!(self.phase, Phase::Idle | Phase::Parked));
+        let wait = if self.requests == 0 {
+            self.limits.head_timeout
+        } else {
+            self.limits.keep_alive_timeout
+        };
+        if !self.buf.has_unread() {
             let filled = monoio::select! {
-                r = self.wait_input(first_wait) => r,
+                r = self.wait_input(wait) => r,
                 _ = stop => return NextRequest::Closed,
             };
             if filled.is_err() {
                 return NextRequest::Closed;
             }
         }
+        self.phase = Phase::Head;
         let deadline = Instant::now() + self.limits.head_timeout;
         loop {
-            match head::parse(&self.buf[self.pos..], &self.limits) {
+            match head::parse(self.buf.unread(), &self.limits) {
                 Ok(Some((h, n))) => {
-                    self.pos += n;
+                    self.buf.consume(n);
+                    self.requests += 1;
+                    self.phase = Phase::Request;
                     return NextRequest::Head(h);
                 }
                 Ok(None) => {}
@@ -199,7 +221,7 @@ impl Conn {
     /// the connection parks (buffers freed, readiness wait only) until input arrives.
     async fn wait_input(&mut self, wait: Duration) -> Result<usize, ConnError> {
         let deadline = Instant::now() + wait;
-        if self.buf.capacity() > 0 {
+        if self.phase == Phase::Idle {
             match self.fill(wait.min(PARK_AFTER)).await {
                 Err(ConnError::Timeout) if wait > PARK_AFTER => {}
                 other => return other,
@@ -214,24 +236,25 @@ impl Conn {
         }
         // Readable also means "closed"; the read tells which, with a deadline in case the
         // readiness was spurious.
+        self.phase = Phase::Idle;
         let left = deadline.saturating_duration_since(Instant::now());
         self.fill(left.max(Duration::from_millis(1))).await
     }
 
     /// Free the read buffers of a connection with no unread input.
     fn park(&mut self) {
-        debug_assert_eq!(self.pos, self.buf.len());
-        self.buf = Vec::new();
-        self.pos = 0;
+        self.buf.free();
         if let Transport::Tls(tls) = &mut self.io {
             tls.park();
         }
+        self.phase = Phase::Parked;
         return_freed_pages_soon();
     }
 
     /// Close politely: stop sending, then read and discard briefly so that unread input does not turn
     /// the close into a reset that destroys the response we just sent.
     pub async fn linger(mut self) {
+        self.phase = Phase::Lingering;
         if let Transport::Tls(tls) = &mut self.io {
             tls.close_notify(Duration::from_secs(2)).await;
         }
@@ -243,55 +266,12 @@ impl Conn {
             if left.is_zero() {
                 return;
             }
-            self.pos = self.buf.len();
+            self.buf.discard_unread();
             match self.fill(left).await {
                 Ok(n) => seen += n,
                 Err(_) => return,
             }
         }
-    }
-
-    /// Switch to a pooled block-sized buffer (large bodies), keeping unread input at its front.
-    pub(super) fn enlarge(&mut self) {
-        if self.buf.capacity() >= BLOCK_BUF {
-            if self.pos > 0 {
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-            }
-            return;
-        }
-        let mut big = take_block();
-        big.clear();
-        big.extend_from_slice(&self.buf[self.pos..]);
-        self.buf = big;
-        self.pos = 0;
-    }
-
-    /// Make room to read more while a block ending at `end` is assembled: slide unparsed input
-    /// down onto the block. False if the buffer is still full.
-    pub(super) fn make_room(&mut self, end: usize) -> bool {
-        let (pos, len) = (self.pos, self.buf.len());
-        if len < self.buf.capacity() {
-            return true;
-        }
-        if pos > end {
-            self.buf.copy_within(pos..len, end);
-            self.buf.truncate(end + (len - pos));
-            self.pos = end;
-        }
-        self.buf.len() < self.buf.capacity()
-    }
-
-    /// Return a block buffer to the pool once a request is done, so idle connections stay small.
-    pub fn shrink(&mut self) {
-        if self.buf.capacity() <= self.cap {
-            return;
-        }
-        let mut small = Vec::with_capacity(self.cap.max(self.buf.len() - self.pos));
-        small.extend_from_slice(&self.buf[self.pos..]);
-        let big = std::mem::replace(&mut self.buf, small);
-        self.pos = 0;
-        give_block(big);
     }
 
     /// The body reader for `head`.
@@ -314,11 +294,13 @@ impl Conn {
 
     /// Send `resp`; the head and an in-memory body leave in one write. `head_only` omits the body.
     pub async fn send(&mut self, resp: Response, head_only: bool, close: bool) -> io::Result<()> {
+        // The request is done with its buffers: a block goes back to the pool.
+        self.buf.shrink();
         let (bytes, file) = super::response::encode(resp, head_only, close);
         self.write_all(bytes).await?;
         if let Some((file, offset, len)) = file {
             // A file send may wait long on a slow reader: hold no read buffers meanwhile.
-            if self.pos == self.buf.len() {
+            if !self.buf.has_unread() {
                 self.park();
             }
             let stall = self.limits.send_timeout;
@@ -337,6 +319,9 @@ impl Conn {
                 }
                 Transport::Tls(tls) => tls.send_file(file, offset, len, stall).await?,
             }
+        }
+        if self.phase == Phase::Request {
+            self.phase = Phase::Idle;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! buffer, timeouts, parking and file sending (`conn`).
 
 pub mod body;
+mod buffer;
 pub mod chunked;
 pub mod conn;
 pub mod head;

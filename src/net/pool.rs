@@ -28,3 +28,43 @@ pub fn give_block(buf: Vec<u8>) {
         }
     });
 }
+
+/// Body bytes handed out by `Body::next_block`: `buf[range]`, owned, so a write can keep it while
+/// the next block is received. Dropping it returns a block-sized buffer to this thread's pool; its
+/// holder never names buffers or the pool.
+pub struct Block {
+    /// Never mutated while the block exists (io_uring reads it in place: see `sys`).
+    buf: Vec<u8>,
+    /// Where the bytes are; `range.end <= buf.len()`.
+    range: std::ops::Range<usize>,
+}
+
+impl Block {
+    /// The bytes `buf[range]`.
+    pub fn new(buf: Vec<u8>, range: std::ops::Range<usize>) -> Block {
+        assert!(
+            range.start <= range.end && range.end <= buf.len(),
+            "block range {range:?} outside a buffer of {} bytes",
+            buf.len()
+        );
+        Block { buf, range }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        give_block(std::mem::take(&mut self.buf));
+    }
+}

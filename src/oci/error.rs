@@ -2,9 +2,11 @@
 
 use std::fmt::Write as _;
 
-/// The error codes of the distribution spec (plus `RANGE_INVALID` and `TOOMANYREQUESTS`).
+/// Why a request is refused. Each kind has exactly one OCI error code (`code`) and one HTTP
+/// status (`status`): this is the one place errors become statuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
+pub enum ErrorKind {
+    // The distribution spec's errors, at the spec's statuses.
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
@@ -15,84 +17,125 @@ pub enum ErrorCode {
     NameInvalid,
     NameUnknown,
     SizeInvalid,
-    Unauthorized,
+    /// Credentials missing or wrong: 401 with a Basic challenge.
+    Unauthenticated,
+    /// The access policy refused: 403.
     Denied,
-    Unsupported,
-    TooManyRequests,
+    /// The path is no endpoint: 404.
+    NotFound,
+    /// The endpoint does not take this method: 405.
+    MethodNotAllowed,
+    /// Switched off by configuration (read-only, deletes disabled): 405.
+    Disabled,
+    /// A query parameter that cannot be read: 400.
+    BadQuery,
+    /// A body, blob or manifest over its configured limit: 413.
+    TooLarge,
+    /// A `Range` the blob cannot satisfy: 416.
     RangeInvalid,
-    /// Internal failure; the message never carries internals.
+    /// Another request is writing this upload: 416 (the client re-reads the offset and resumes).
+    UploadBusy,
+    /// The state changed while the request was decided (a tag moved under a delete): 409.
+    Conflict,
+    /// The request body stopped arriving: 408.
+    BodyStalled,
+    /// Too many requests or password checks from this client: 429 with `Retry-After`.
+    RateLimited,
+    /// Too many open connections: 503 with `Retry-After`.
+    OverCapacity,
+    /// Storage is full: 507 with `Retry-After`.
+    StorageFull,
+    /// Anything else failed inside; the message never carries internals: 500.
     Internal,
 }
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
+impl ErrorKind {
+    /// The error code of the JSON body.
+    pub fn code(self) -> &'static str {
         match self {
-            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
-            ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
-            ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
-            ErrorCode::DigestInvalid => "DIGEST_INVALID",
-            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
-            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
-            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
-            ErrorCode::NameInvalid => "NAME_INVALID",
-            ErrorCode::NameUnknown => "NAME_UNKNOWN",
-            ErrorCode::SizeInvalid => "SIZE_INVALID",
-            ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::Denied => "DENIED",
-            ErrorCode::Unsupported => "UNSUPPORTED",
-            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
-            ErrorCode::RangeInvalid => "RANGE_INVALID",
-            ErrorCode::Internal => "INTERNAL_ERROR",
+            ErrorKind::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorKind::BlobUploadInvalid | ErrorKind::UploadBusy | ErrorKind::BodyStalled => {
+                "BLOB_UPLOAD_INVALID"
+            }
+            ErrorKind::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            ErrorKind::DigestInvalid => "DIGEST_INVALID",
+            ErrorKind::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            ErrorKind::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorKind::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorKind::NameInvalid => "NAME_INVALID",
+            ErrorKind::NameUnknown => "NAME_UNKNOWN",
+            ErrorKind::SizeInvalid | ErrorKind::TooLarge => "SIZE_INVALID",
+            ErrorKind::Unauthenticated => "UNAUTHORIZED",
+            ErrorKind::Denied | ErrorKind::Conflict => "DENIED",
+            ErrorKind::NotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::Disabled
+            | ErrorKind::BadQuery => "UNSUPPORTED",
+            ErrorKind::RateLimited | ErrorKind::OverCapacity => "TOOMANYREQUESTS",
+            ErrorKind::RangeInvalid => "RANGE_INVALID",
+            ErrorKind::StorageFull | ErrorKind::Internal => "INTERNAL_ERROR",
         }
     }
 
-    /// The status the spec gives this code.
+    /// The HTTP status.
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::BlobUnknown
-            | ErrorCode::BlobUploadUnknown
-            | ErrorCode::ManifestBlobUnknown
-            | ErrorCode::ManifestUnknown
-            | ErrorCode::NameUnknown => 404,
-            ErrorCode::BlobUploadInvalid
-            | ErrorCode::DigestInvalid
-            | ErrorCode::ManifestInvalid
-            | ErrorCode::NameInvalid
-            | ErrorCode::SizeInvalid => 400,
-            ErrorCode::Unauthorized => 401,
-            ErrorCode::Denied => 403,
-            ErrorCode::Unsupported => 405,
-            ErrorCode::TooManyRequests => 429,
-            ErrorCode::RangeInvalid => 416,
-            ErrorCode::Internal => 500,
+            ErrorKind::BlobUnknown
+            | ErrorKind::BlobUploadUnknown
+            | ErrorKind::ManifestBlobUnknown
+            | ErrorKind::ManifestUnknown
+            | ErrorKind::NameUnknown
+            | ErrorKind::NotFound => 404,
+            ErrorKind::BlobUploadInvalid
+            | ErrorKind::DigestInvalid
+            | ErrorKind::ManifestInvalid
+            | ErrorKind::NameInvalid
+            | ErrorKind::SizeInvalid
+            | ErrorKind::BadQuery => 400,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::Denied => 403,
+            ErrorKind::MethodNotAllowed | ErrorKind::Disabled => 405,
+            ErrorKind::BodyStalled => 408,
+            ErrorKind::Conflict => 409,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::RangeInvalid | ErrorKind::UploadBusy => 416,
+            ErrorKind::RateLimited => 429,
+            ErrorKind::Internal => 500,
+            ErrorKind::OverCapacity => 503,
+            ErrorKind::StorageFull => 507,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the kinds that answer `Retry-After`.
+    pub fn default_retry_after(self) -> Option<u64> {
+        match self {
+            ErrorKind::RateLimited | ErrorKind::OverCapacity => Some(1),
+            ErrorKind::StorageFull => Some(60),
+            _ => None,
         }
     }
 }
 
-/// An error answered to the client: a code, a human message and the status to send.
+/// An error answered to the client: its kind and a message saying what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OciError {
-    pub code: ErrorCode,
+    pub kind: ErrorKind,
     pub message: String,
-    pub status: u16,
-    /// Seconds for the `Retry-After` header of a 429/503/507 (default 1, 60 for 507).
+    /// Seconds for `Retry-After`, when the kind answers one and the wait is known.
     pub retry_after: Option<u64>,
 }
 
 impl OciError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         OciError {
-            code,
+            kind,
             message: message.into(),
-            status: code.status(),
             retry_after: None,
         }
     }
 
-    /// Same code, a different status (e.g. 413 for an oversized manifest, 507 for a full disk).
-    pub fn with_status(mut self, status: u16) -> Self {
-        self.status = status;
-        self
+    pub fn status(&self) -> u16 {
+        self.kind.status()
     }
 
     /// Tell the client when to try again (`Retry-After`, whole seconds, at least 1).
@@ -102,11 +145,18 @@ impl OciError {
         self
     }
 
+    /// The `Retry-After` value, if this error answers one.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.kind
+            .default_retry_after()
+            .map(|d| self.retry_after.unwrap_or(d))
+    }
+
     /// The `{"errors":[{"code","message","detail"}]}` body.
     pub fn to_json(&self) -> Vec<u8> {
         let mut s = String::with_capacity(64 + self.message.len());
         s.push_str("{\"errors\":[{\"code\":\"");
-        s.push_str(self.code.as_str());
+        s.push_str(self.kind.code());
         s.push_str("\",\"message\":");
         json_string(&mut s, &self.message);
         s.push_str(",\"detail\":null}]}");
@@ -139,10 +189,51 @@ mod tests {
 
     #[test]
     fn error_json_is_spec_shaped_and_escaped() {
-        let e = OciError::new(ErrorCode::NameInvalid, "bad \"name\"\n");
+        let e = OciError::new(ErrorKind::NameInvalid, "bad \"name\"\n");
         let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
         assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
         assert_eq!(v["errors"][0]["message"], "bad \"name\"\n");
-        assert_eq!(e.status, 400);
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn every_kind_has_one_code_and_status() {
+        use ErrorKind::*;
+        let table = [
+            (BlobUnknown, "BLOB_UNKNOWN", 404),
+            (BlobUploadInvalid, "BLOB_UPLOAD_INVALID", 400),
+            (BlobUploadUnknown, "BLOB_UPLOAD_UNKNOWN", 404),
+            (DigestInvalid, "DIGEST_INVALID", 400),
+            (ManifestBlobUnknown, "MANIFEST_BLOB_UNKNOWN", 404),
+            (ManifestInvalid, "MANIFEST_INVALID", 400),
+            (ManifestUnknown, "MANIFEST_UNKNOWN", 404),
+            (NameInvalid, "NAME_INVALID", 400),
+            (NameUnknown, "NAME_UNKNOWN", 404),
+            (SizeInvalid, "SIZE_INVALID", 400),
+            (Unauthenticated, "UNAUTHORIZED", 401),
+            (Denied, "DENIED", 403),
+            (NotFound, "UNSUPPORTED", 404),
+            (MethodNotAllowed, "UNSUPPORTED", 405),
+            (Disabled, "UNSUPPORTED", 405),
+            (BadQuery, "UNSUPPORTED", 400),
+            (TooLarge, "SIZE_INVALID", 413),
+            (RangeInvalid, "RANGE_INVALID", 416),
+            (UploadBusy, "BLOB_UPLOAD_INVALID", 416),
+            (Conflict, "DENIED", 409),
+            (BodyStalled, "BLOB_UPLOAD_INVALID", 408),
+            (RateLimited, "TOOMANYREQUESTS", 429),
+            (OverCapacity, "TOOMANYREQUESTS", 503),
+            (StorageFull, "INTERNAL_ERROR", 507),
+            (Internal, "INTERNAL_ERROR", 500),
+        ];
+        for (kind, code, status) in table {
+            assert_eq!((kind.code(), kind.status()), (code, status), "{kind:?}");
+        }
+        let full = OciError::new(StorageFull, "full");
+        assert_eq!(full.retry_after(), Some(60));
+        let limited = OciError::new(RateLimited, "slow down")
+            .with_retry_after(std::time::Duration::from_millis(2500));
+        assert_eq!(limited.retry_after(), Some(3));
+        assert_eq!(OciError::new(Denied, "no").retry_after(), None);
     }
 }

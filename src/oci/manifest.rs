@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::digest::Digest;
-use super::error::{ErrorCode, OciError};
+use super::error::{ErrorKind, OciError};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -67,7 +67,7 @@ pub struct Parsed {
 }
 
 fn invalid(msg: impl Into<String>) -> OciError {
-    OciError::new(ErrorCode::ManifestInvalid, msg)
+    OciError::new(ErrorKind::ManifestInvalid, msg)
 }
 
 fn descriptor_digest(d: &RawDescriptor, what: &str) -> Result<Digest, OciError> {
@@ -233,7 +233,7 @@ mod tests {
     fn too_many_descriptors_are_refused() {
         let m = image_with_layers(&vec![d(2); MAX_DESCRIPTORS + 1]);
         let e = parse(m.as_bytes(), Some(OCI_MANIFEST)).unwrap_err();
-        assert_eq!(e.code, crate::oci::ErrorCode::ManifestInvalid);
+        assert_eq!(e.kind, crate::oci::ErrorKind::ManifestInvalid);
         assert!(e.message.contains("at most 4096"), "{}", e.message);
         assert!(
             parse(
@@ -269,7 +269,7 @@ mod tests {
     fn mismatched_media_type_is_invalid() {
         let m = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
         let e = parse(m.as_bytes(), Some(OCI_MANIFEST)).unwrap_err();
-        assert_eq!(e.code, ErrorCode::ManifestInvalid);
+        assert_eq!(e.kind, ErrorKind::ManifestInvalid);
         assert!(parse(m.as_bytes(), Some(OCI_INDEX)).is_ok());
     }
 

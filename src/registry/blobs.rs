@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use super::{HandlerResult, INLINE_LIMIT, Registry};
 use crate::http::range::{ByteRange, parse_range};
 use crate::http::{Payload, RequestHead, Response};
-use crate::oci::{Digest, ErrorCode, OciError, RepoName};
+use crate::oci::{Digest, ErrorKind, OciError, RepoName};
 
 /// A file region as a payload: small regions in memory (one write), large ones via sendfile.
 pub(super) fn file_payload(
@@ -50,7 +50,7 @@ impl Registry {
             }
             ByteRange::Unsatisfiable => {
                 let e = OciError::new(
-                    ErrorCode::RangeInvalid,
+                    ErrorKind::RangeInvalid,
                     format!("range not satisfiable for a blob of {size} bytes"),
                 );
                 Ok(super::error_response(e).header("Content-Range", format!("bytes */{size}")))

@@ -2,7 +2,7 @@
 
 use super::{HandlerResult, Registry};
 use crate::http::{Body, BodyError, RequestHead, Response};
-use crate::oci::{Algorithm, Digest, ErrorCode, OciError, Reference, RepoName, Tag, manifest};
+use crate::oci::{Algorithm, Digest, ErrorKind, OciError, Reference, RepoName, Tag, manifest};
 
 impl Registry {
     fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, OciError> {
@@ -35,10 +35,9 @@ impl Registry {
         let max = self.settings.max_manifest_size;
         let bytes = body.read_to_vec(max).await.map_err(|e| match e {
             BodyError::TooLarge => OciError::new(
-                ErrorCode::SizeInvalid,
+                ErrorKind::TooLarge,
                 format!("manifest exceeds the limit of {max} bytes"),
-            )
-            .with_status(413),
+            ),
             other => other.into(),
         })?;
         let parsed = manifest::parse(&bytes, head.content_type.as_deref())?;
@@ -47,7 +46,7 @@ impl Registry {
                 let actual = Digest::of(expected.algorithm(), &bytes);
                 if actual != *expected {
                     return Err(OciError::new(
-                        ErrorCode::DigestInvalid,
+                        ErrorKind::DigestInvalid,
                         format!("manifest digest is {actual}, not {expected}"),
                     ));
                 }
@@ -58,7 +57,7 @@ impl Registry {
         for blob in &parsed.required_blobs {
             if self.storage.blob_size(repo, blob)?.is_none() {
                 return Err(OciError::new(
-                    ErrorCode::ManifestBlobUnknown,
+                    ErrorKind::ManifestBlobUnknown,
                     format!("blob {blob} is not in repository {repo}"),
                 ));
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::http::{Body, BodyError, RequestHead, Response};
 use crate::net::ConnError;
-use crate::oci::{ErrorCode, OciError};
+use crate::oci::{ErrorKind, OciError};
 use crate::storage::{Storage, StoreError};
 pub use listing::filter_referrers;
 pub use route::route;
@@ -80,11 +80,9 @@ impl Registry {
         match action {
             Action::GetApiVersion => Ok(Response::new(200).json(b"{}".to_vec())),
             // The server answers these itself (it owns the counters); never dispatched here.
-            Action::GetMetrics | Action::GetHealth | Action::GetReady => Err(OciError::new(
-                ErrorCode::Unsupported,
-                "answered by the server",
-            )
-            .with_status(404)),
+            Action::GetMetrics | Action::GetHealth | Action::GetReady => {
+                Err(OciError::new(ErrorKind::NotFound, "answered by the server"))
+            }
             Action::GetBlob { repository, digest } => self.get_blob(&repository, &digest, head),
             Action::DeleteBlob { repository, digest } => self.delete_blob(&repository, &digest),
             Action::StartUpload {
@@ -154,12 +152,12 @@ impl Registry {
 /// after one), and `Retry-After` when rate-limited, over capacity, storage is full or password
 /// checks are queued up.
 pub fn error_response(e: OciError) -> Response {
-    let mut r = Response::new(e.status);
-    match e.status {
-        401 => r = r.header("WWW-Authenticate", "Basic realm=\"wharf\""),
-        429 | 503 => r = r.header("Retry-After", e.retry_after.unwrap_or(1).to_string()),
-        507 => r = r.header("Retry-After", e.retry_after.unwrap_or(60).to_string()),
-        _ => {}
+    let mut r = Response::new(e.status());
+    if e.kind == ErrorKind::Unauthenticated {
+        r = r.header("WWW-Authenticate", "Basic realm=\"wharf\"");
+    }
+    if let Some(secs) = e.retry_after() {
+        r = r.header("Retry-After", secs.to_string());
     }
     r.json(e.to_json())
 }
@@ -168,33 +166,33 @@ impl From<StoreError> for OciError {
     fn from(e: StoreError) -> OciError {
         match e {
             StoreError::BlobUnknown => {
-                OciError::new(ErrorCode::BlobUnknown, "blob unknown to registry")
+                OciError::new(ErrorKind::BlobUnknown, "blob unknown to registry")
             }
             StoreError::UploadUnknown => OciError::new(
-                ErrorCode::BlobUploadUnknown,
+                ErrorKind::BlobUploadUnknown,
                 "blob upload unknown to registry",
             ),
             StoreError::UploadBusy { .. } => OciError::new(
-                ErrorCode::BlobUploadInvalid,
+                ErrorKind::UploadBusy,
                 "upload is being written by another request",
-            )
-            .with_status(416),
+            ),
             StoreError::ManifestUnknown => {
-                OciError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry")
+                OciError::new(ErrorKind::ManifestUnknown, "manifest unknown to registry")
             }
             StoreError::NameUnknown => OciError::new(
-                ErrorCode::NameUnknown,
+                ErrorKind::NameUnknown,
                 "repository name not known to registry",
             ),
             StoreError::DigestMismatch { expected } => OciError::new(
-                ErrorCode::DigestInvalid,
+                ErrorKind::DigestInvalid,
                 format!("content does not match digest {expected}"),
             ),
             StoreError::TagMoved(tag) => OciError::new(
-                ErrorCode::Denied,
-                format!("tag {tag} was moved to this manifest while the delete was being decided; nothing was deleted, retry the delete"),
-            )
-            .with_status(409),
+                ErrorKind::Conflict,
+                format!(
+                    "tag {tag} was moved to this manifest while the delete was being decided; nothing was deleted, retry the delete"
+                ),
+            ),
             StoreError::Io(err) => io_error(&err),
         }
     }
@@ -204,29 +202,30 @@ impl From<StoreError> for OciError {
 fn io_error(err: &std::io::Error) -> OciError {
     if matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
         tracing::warn!("storage full: {err}");
-        return OciError::new(ErrorCode::Internal, "storage is full, retry later").with_status(507);
+        return OciError::new(ErrorKind::StorageFull, "storage is full, retry later");
     }
     tracing::error!("storage error: {err}");
-    OciError::new(ErrorCode::Internal, "internal storage error")
+    OciError::new(ErrorKind::Internal, "internal storage error")
 }
 
 impl From<BodyError> for OciError {
     fn from(e: BodyError) -> OciError {
         match e {
-            BodyError::TooLarge => {
-                OciError::new(ErrorCode::SizeInvalid, "body larger than allowed").with_status(413)
-            }
+            BodyError::TooLarge => OciError::new(ErrorKind::TooLarge, "body larger than allowed"),
             BodyError::Chunked(c) => OciError::new(
-                ErrorCode::BlobUploadInvalid,
+                ErrorKind::BlobUploadInvalid,
                 format!("malformed chunked body: {c}"),
             ),
             BodyError::Conn(ConnError::Timeout) => OciError::new(
-                ErrorCode::BlobUploadInvalid,
+                ErrorKind::BodyStalled,
                 "request body stalled past server.http.body_timeout",
-            )
-            .with_status(408),
+            ),
+            BodyError::Broken => OciError::new(
+                ErrorKind::BlobUploadInvalid,
+                "request body cut short by an earlier error",
+            ),
             BodyError::Conn(c) => {
-                OciError::new(ErrorCode::BlobUploadInvalid, format!("request body: {c}"))
+                OciError::new(ErrorKind::BlobUploadInvalid, format!("request body: {c}"))
             }
             BodyError::Io(err) => io_error(&err),
         }

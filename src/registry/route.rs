@@ -3,7 +3,7 @@
 
 use crate::action::{Action, MAX_QUERY_TAGS, Page, UploadId};
 use crate::http::Method;
-use crate::oci::{Algorithm, Digest, ErrorCode, OciError, Reference, RepoName, Tag};
+use crate::oci::{Algorithm, Digest, ErrorKind, OciError, Reference, RepoName, Tag};
 
 /// Percent-decode a query component; `None` for bad escapes or non-UTF-8 results.
 pub fn percent_decode(s: &str) -> Option<String> {
@@ -32,8 +32,7 @@ impl Query {
         let mut v = Vec::new();
         for part in q.split('&').filter(|p| !p.is_empty()) {
             let (k, val) = part.split_once('=').unwrap_or((part, ""));
-            let bad =
-                || OciError::new(ErrorCode::Unsupported, "malformed query string").with_status(400);
+            let bad = || OciError::new(ErrorKind::BadQuery, "malformed query string");
             v.push((
                 percent_decode(k).ok_or_else(bad)?,
                 percent_decode(val).ok_or_else(bad)?,
@@ -59,30 +58,30 @@ impl Query {
 
 fn name(s: &str) -> Result<RepoName, OciError> {
     s.parse().map_err(|e: crate::oci::name::NameError| {
-        OciError::new(ErrorCode::NameInvalid, e.to_string())
+        OciError::new(ErrorKind::NameInvalid, e.to_string())
     })
 }
 
 fn digest(s: &str) -> Result<Digest, OciError> {
     s.parse().map_err(|e: crate::oci::digest::DigestError| {
-        OciError::new(ErrorCode::DigestInvalid, format!("{s:?}: {e}"))
+        OciError::new(ErrorKind::DigestInvalid, format!("{s:?}: {e}"))
     })
 }
 
 fn reference(s: &str) -> Result<Reference, OciError> {
     s.parse().map_err(|e| match e {
         crate::oci::name::ReferenceError::Digest(e) => {
-            OciError::new(ErrorCode::DigestInvalid, format!("{s:?}: {e}"))
+            OciError::new(ErrorKind::DigestInvalid, format!("{s:?}: {e}"))
         }
         crate::oci::name::ReferenceError::Name(e) => {
-            OciError::new(ErrorCode::ManifestInvalid, format!("{s:?}: {e}")).with_status(400)
+            OciError::new(ErrorKind::ManifestInvalid, format!("{s:?}: {e}"))
         }
     })
 }
 
 fn upload_id(s: &str) -> Result<UploadId, OciError> {
     s.parse()
-        .map_err(|_| OciError::new(ErrorCode::BlobUploadUnknown, "upload unknown"))
+        .map_err(|_| OciError::new(ErrorKind::BlobUploadUnknown, "upload unknown"))
 }
 
 fn page(q: &Query) -> Result<Page, OciError> {
@@ -90,10 +89,9 @@ fn page(q: &Query) -> Result<Page, OciError> {
         None | Some("") => None,
         Some(v) => Some(v.parse::<usize>().map_err(|_| {
             OciError::new(
-                ErrorCode::Unsupported,
+                ErrorKind::BadQuery,
                 format!("n must be a non-negative integer, got {v:?}"),
             )
-            .with_status(400)
         })?),
     };
     Ok(Page {
@@ -107,7 +105,7 @@ fn algorithm(q: &Query) -> Result<Algorithm, OciError> {
         None => Ok(Algorithm::Sha256),
         Some(a) => a.parse().map_err(|_| {
             OciError::new(
-                ErrorCode::DigestInvalid,
+                ErrorKind::DigestInvalid,
                 format!("unsupported digest-algorithm {a:?}"),
             )
         }),
@@ -116,12 +114,12 @@ fn algorithm(q: &Query) -> Result<Algorithm, OciError> {
 
 /// A path that is not an endpoint (here).
 pub fn not_found() -> OciError {
-    OciError::new(ErrorCode::Unsupported, "no such endpoint").with_status(404)
+    OciError::new(ErrorKind::NotFound, "no such endpoint")
 }
 
 fn method_not_allowed() -> OciError {
     OciError::new(
-        ErrorCode::Unsupported,
+        ErrorKind::MethodNotAllowed,
         "method not allowed on this endpoint",
     )
 }
@@ -190,7 +188,7 @@ fn uploads(method: Method, repository: RepoName, id: &str, q: &Query) -> Result<
         Method::Patch => Ok(Action::UpdateUpload { repository, upload }),
         Method::Put => {
             let d = q.get("digest").ok_or_else(|| {
-                OciError::new(ErrorCode::DigestInvalid, "digest parameter missing")
+                OciError::new(ErrorKind::DigestInvalid, "digest parameter missing")
             })?;
             let digest = digest(d)?;
             Ok(Action::CompleteUpload {
@@ -229,12 +227,12 @@ fn manifests(method: Method, repository: RepoName, r: &str, q: &Query) -> Result
         Method::Put => {
             let tag = |t: &str| {
                 t.parse::<Tag>().map_err(|e| {
-                    OciError::new(ErrorCode::ManifestInvalid, format!("tag {t:?}: {e}"))
+                    OciError::new(ErrorKind::ManifestInvalid, format!("tag {t:?}: {e}"))
                 })
             };
             if q.all("tag").count() > MAX_QUERY_TAGS {
                 return Err(OciError::new(
-                    ErrorCode::ManifestInvalid,
+                    ErrorKind::ManifestInvalid,
                     format!(
                         "at most {MAX_QUERY_TAGS} tag= parameters per manifest PUT; push the rest in further requests"
                     ),
@@ -487,7 +485,7 @@ mod tests {
             &q(MAX_QUERY_TAGS + 1),
         )
         .unwrap_err();
-        assert_eq!((e.code, e.status), (ErrorCode::ManifestInvalid, 400));
+        assert_eq!((e.kind, e.status()), (ErrorKind::ManifestInvalid, 400));
         let dup = route(
             Method::Put,
             "/v2/a/manifests/latest",
@@ -517,25 +515,25 @@ mod tests {
     #[test]
     fn rejects_traversal_and_bad_ids() {
         let e = route(Method::Get, "/v2/../etc/manifests/latest", "").unwrap_err();
-        assert_eq!(e.code, ErrorCode::NameInvalid);
+        assert_eq!(e.kind, ErrorKind::NameInvalid);
         let e = route(Method::Get, "/v2/a%2f..%2fb/manifests/latest", "").unwrap_err();
-        assert_eq!(e.code, ErrorCode::NameInvalid);
+        assert_eq!(e.kind, ErrorKind::NameInvalid);
         let e = route(Method::Get, "/v2/a/blobs/sha256:..%2f..", "").unwrap_err();
-        assert_eq!(e.code, ErrorCode::DigestInvalid);
+        assert_eq!(e.kind, ErrorKind::DigestInvalid);
         let e = route(Method::Patch, "/v2/a/blobs/uploads/..", "").unwrap_err();
-        assert_eq!(e.code, ErrorCode::BlobUploadUnknown);
+        assert_eq!(e.kind, ErrorKind::BlobUploadUnknown);
         let e = route(
             Method::Put,
             &format!("/v2/a/blobs/uploads/{}", crate::storage::random_id()),
             "",
         )
         .unwrap_err();
-        assert_eq!(e.code, ErrorCode::DigestInvalid);
-        assert_eq!(route(Method::Get, "/v3/", "").unwrap_err().status, 404);
+        assert_eq!(e.kind, ErrorKind::DigestInvalid);
+        assert_eq!(route(Method::Get, "/v3/", "").unwrap_err().status(), 404);
         assert_eq!(
             route(Method::Post, "/v2/a/manifests/x", "")
                 .unwrap_err()
-                .status,
+                .status(),
             405
         );
     }

@@ -4,7 +4,7 @@
 use super::{HandlerResult, Registry};
 use crate::http::range::parse_content_range;
 use crate::http::{Body, RequestHead, Response};
-use crate::oci::{Algorithm, Digest, ErrorCode, OciError, RepoName};
+use crate::oci::{Algorithm, Digest, ErrorKind, OciError, RepoName};
 use crate::storage::{BlobWriter, StoreError, UploadLease};
 
 /// The `Range` header value for `offset` bytes received (`0-0` when none, as clients expect).
@@ -26,7 +26,7 @@ fn progress(repo: &RepoName, id: &str, offset: u64) -> Response {
 
 /// 416 for a chunk that does not continue the upload, telling the client where it stands.
 fn out_of_order(repo: &RepoName, id: &str, offset: u64, why: &str) -> Response {
-    super::error_response(OciError::new(ErrorCode::RangeInvalid, why))
+    super::error_response(OciError::new(ErrorKind::RangeInvalid, why))
         .header("Location", upload_location(repo, id))
         .header("Range", range_value(offset))
         .header("Docker-Upload-UUID", id)
@@ -52,7 +52,7 @@ fn check_chunk(
     };
     let Some((start, end)) = parse_content_range(cr) else {
         let e = OciError::new(
-            ErrorCode::BlobUploadInvalid,
+            ErrorKind::BlobUploadInvalid,
             format!("malformed Content-Range {cr:?}"),
         );
         return Err(super::error_response(e));
@@ -67,7 +67,7 @@ fn check_chunk(
     }
     if body.declared_len().is_some_and(|n| n != end - start + 1) {
         let e = OciError::new(
-            ErrorCode::SizeInvalid,
+            ErrorKind::SizeInvalid,
             "Content-Length does not match Content-Range",
         );
         return Err(super::error_response(e));
@@ -84,10 +84,9 @@ impl Registry {
         let max = self.settings.max_blob_size;
         let too_big = || {
             OciError::new(
-                ErrorCode::SizeInvalid,
+                ErrorKind::TooLarge,
                 format!("blob exceeds the limit of {max} bytes"),
             )
-            .with_status(413)
         };
         if max > 0 && body.declared_len().is_some_and(|n| w.offset() + n > max) {
             return Err(too_big());
@@ -95,28 +94,22 @@ impl Registry {
         // Large bodies keep one block's write in flight while the next is received and hashed.
         let pipelined = body.declared_len().is_none_or(|n| n > PIPELINE_FROM);
         let streamed = async {
-            while let Some(r) = body.next_block().await? {
-                if max > 0 && w.offset() + r.len() as u64 > max {
+            while let Some(block) = body.next_block().await? {
+                if max > 0 && w.offset() + block.len() as u64 > max {
                     return Err(too_big());
                 }
-                if pipelined {
-                    let buf = body.swap_buf(w.take_spare());
-                    w.append_pipelined(buf, r)
-                        .await
-                        .map_err(|e| super::io_error(&e))?;
+                let written = if pipelined {
+                    w.append_pipelined(block).await
                 } else {
-                    let buf = body.take_buf();
-                    let (res, buf) = w.append(buf, r).await;
-                    body.put_buf(buf);
-                    res.map_err(|e| super::io_error(&e))?;
-                }
+                    w.append(block).await
+                };
+                written.map_err(|e| super::io_error(&e))?;
             }
             Ok(())
         }
         .await;
         // Whatever happened, no write outlives the request.
         let settled = w.settle().await;
-        crate::net::pool::give_block(w.take_spare());
         streamed?;
         settled.map_err(|e| super::io_error(&e))
     }
@@ -131,7 +124,7 @@ impl Registry {
         let Some(digest) = digest else {
             if body.read_to_vec(0).await.is_err() {
                 let e = OciError::new(
-                    ErrorCode::BlobUploadInvalid,
+                    ErrorKind::BlobUploadInvalid,
                     "a body needs the digest parameter (monolithic upload)",
                 );
                 return Err(e);

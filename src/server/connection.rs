@@ -22,13 +22,10 @@ use crate::action::Action;
 use crate::http::conn::{NextRequest, Transport};
 use crate::http::{Conn, Method, Response};
 use crate::metrics::{Defence, Handshake};
-use crate::oci::{ErrorCode, OciError};
+use crate::oci::{ErrorKind, OciError};
 use crate::policy::Peer;
 use crate::registry::error_response;
 use crate::tls::{CertIdentity, TlsStream, identity};
-
-/// Unread body bytes we are willing to discard to keep a connection alive.
-const DRAIN_LIMIT: u64 = 256 * 1024;
 
 /// Serve one connection accepted on `listener`; a panic in it is logged and ends only this
 /// connection, never the worker. `_slot` holds its place under `limits.max_connections` until it
@@ -115,7 +112,7 @@ pub(crate) async fn over_capacity(
         return;
     }
     let mut conn = Conn::new(Transport::Plain(stream), Rc::clone(&local.limits));
-    let e = OciError::new(ErrorCode::TooManyRequests, message).with_status(503);
+    let e = OciError::new(ErrorKind::OverCapacity, message);
     let _ = conn.send(error_response(e), false, true).await;
     conn.linger().await;
 }
@@ -231,16 +228,9 @@ async fn requests(
         has_certificate: cert.is_some(),
         listener,
     };
-    let mut first = true;
     let mut counted = 0;
     let evict = Rc::new(Evict::default());
     loop {
-        let wait = if first {
-            app.limits.head_timeout
-        } else {
-            app.limits.keep_alive_timeout
-        };
-        first = false;
         let next = {
             let _idle = local.idle.enter(&evict);
             let stop = async {
@@ -249,7 +239,7 @@ async fn requests(
                     _ = evict.wait() => {},
                 }
             };
-            conn.next_request(wait, stop).await
+            conn.next_request(stop).await
         };
         let head = match next {
             NextRequest::Head(h) => h,
@@ -288,7 +278,7 @@ async fn requests(
                     )
                 }
                 Err((e, user, action)) => {
-                    refused = matches!(e.status, 401 | 429);
+                    refused = matches!(e.kind, ErrorKind::Unauthenticated | ErrorKind::RateLimited);
                     (error_response(e), user, action)
                 }
             };
@@ -296,13 +286,11 @@ async fn requests(
         if let Some(hsts) = live.hsts.as_ref().filter(|_| tls) {
             resp = resp.header("Strict-Transport-Security", hsts.clone());
         }
-        // A body the handler left unread is drained if small, else the connection closes after replying.
-        let body_done = body.finished() || body.drain(DRAIN_LIMIT).await;
-        let close = head.close || !body_done || refused || shutdown.fired();
+        let keep = body.keep_alive(&head, refused, shutdown.fired()).await;
+        let close = !keep;
         let status = resp.status;
         let head_only = head.method == Method::Head;
         let bytes = if head_only { 0 } else { resp.payload.len() };
-        conn.shrink();
         let sent = conn.send(resp, head_only, close).await;
         local.metrics.request_ended();
         local

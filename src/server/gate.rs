@@ -11,7 +11,7 @@ use super::{AdminEndpoints, Listener, Local};
 use crate::action::Action;
 use crate::auth::{AuthError, Cache, User};
 use crate::http::{Method, RequestHead};
-use crate::oci::{ErrorCode, OciError, Reference};
+use crate::oci::{ErrorKind, OciError, Reference};
 use crate::policy::{IdentityVal, Peer};
 use crate::registry::{Registry, route};
 
@@ -52,10 +52,10 @@ impl<'a> Asker<'a> {
     /// 401 with a challenge when the client presented nothing, else 403.
     fn refusal(&self) -> OciError {
         if self.user.is_none() && !self.client.has_certificate {
-            OciError::new(ErrorCode::Unauthorized, "authentication required")
+            OciError::new(ErrorKind::Unauthenticated, "authentication required")
         } else {
             OciError::new(
-                ErrorCode::Denied,
+                ErrorKind::Denied,
                 "requested access to the resource is denied",
             )
         }
@@ -78,7 +78,7 @@ pub async fn admit<'a>(
     // Before credentials: the limit also bounds password guessing.
     if let Err(wait) = live.rates.check(client.addr.ip(), class) {
         let e = OciError::new(
-            ErrorCode::TooManyRequests,
+            ErrorKind::RateLimited,
             "request rate limit for this client exceeded",
         )
         .with_retry_after(wait);
@@ -242,10 +242,10 @@ fn decide_mount(live: &Live, asker: &Asker<'_>, action: Action) -> Result<Action
 fn auth_error(e: AuthError) -> OciError {
     match e {
         AuthError::Busy | AuthError::ClientBusy => {
-            OciError::new(ErrorCode::TooManyRequests, e.to_string())
+            OciError::new(ErrorKind::RateLimited, e.to_string())
         }
         AuthError::Basic(_) | AuthError::Invalid => {
-            OciError::new(ErrorCode::Unauthorized, e.to_string())
+            OciError::new(ErrorKind::Unauthenticated, e.to_string())
         }
     }
 }

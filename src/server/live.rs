@@ -14,7 +14,7 @@ use crate::action::Action;
 use crate::auth::{Authenticator, Cache};
 use crate::config::Config;
 use crate::http::Method;
-use crate::oci::{ErrorCode, OciError};
+use crate::oci::{ErrorKind, OciError};
 use crate::policy::AccessControl;
 
 /// Everything a request consults that a reload may replace.
@@ -72,7 +72,7 @@ impl Switches {
         } else {
             return None;
         };
-        Some(OciError::new(ErrorCode::Unsupported, why))
+        Some(OciError::new(ErrorKind::Disabled, why))
     }
 }
 

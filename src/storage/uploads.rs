@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::IoBufMut;
 
 use super::{Result, Storage, StoreError, fsio, random_id};
+use crate::net::pool::Block;
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 
 const SHARDS: usize = 32;
@@ -81,9 +81,7 @@ pub struct BlobWriter {
     /// Bytes before this offset have been handed to writeback (`sync_file_range`).
     flushed: u64,
     /// The block being written while the caller receives the next one (`append_pipelined`).
-    inflight: Option<monoio::task::JoinHandle<(io::Result<()>, Vec<u8>)>>,
-    /// The buffer of the last finished pipelined write, for the caller's next block.
-    spare: Vec<u8>,
+    inflight: Option<monoio::task::JoinHandle<io::Result<()>>>,
 }
 
 /// Start writeback of an upload's data every this many bytes, so the fsync that commits the blob
@@ -101,7 +99,6 @@ impl BlobWriter {
             failed: false,
             flushed: offset,
             inflight: None,
-            spare: Vec::new(),
         }
     }
 
@@ -118,32 +115,32 @@ impl BlobWriter {
         self.offset
     }
 
-    /// Hot path: hash `buf[range]` and write it at the current offset, from the same buffer.
-    pub async fn append(&mut self, buf: Vec<u8>, range: Range<usize>) -> (io::Result<()>, Vec<u8>) {
-        self.hasher.update(&buf[range.clone()]);
-        let len = range.len() as u64;
-        let (res, slice) = self.file.write_all_at(buf.slice(range), self.offset).await;
+    /// Hot path: hash `block` and write it at the current offset, from the same buffer (which
+    /// returns to the pool when the write is done).
+    pub async fn append(&mut self, block: Block) -> io::Result<()> {
+        self.hasher.update(block.bytes());
+        let len = block.len() as u64;
+        let (res, _block) = self.file.write_all_at(block, self.offset).await;
         match &res {
             Ok(()) => self.advance(len),
             Err(_) => self.failed = true,
         }
-        (res, slice.into_inner())
+        res
     }
 
-    /// Hot path for large bodies: hash `buf[range]`, wait for the previous block's write, then start
+    /// Hot path for large bodies: hash `block`, wait for the previous block's write, then start
     /// this block's write and return at once, so that the caller receives and hashes the next block
     /// while this one is copied into the page cache (by io_uring's worker, on the other core).
-    /// `buf` stays with the write; `take_spare` hands back the previous block's buffer.
-    /// `settle` must follow the last block.
-    pub async fn append_pipelined(&mut self, buf: Vec<u8>, range: Range<usize>) -> io::Result<()> {
-        self.hasher.update(&buf[range.clone()]);
+    /// The block's buffer returns to the pool when its write is done. `settle` must follow the
+    /// last block.
+    pub async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
+        self.hasher.update(block.bytes());
         // On failure the hash covers a block that was never written; `settle` marked the writer
         // failed, so the next lease re-hashes.
         self.settle().await?;
-        let (file, at, len) = (std::rc::Rc::clone(&self.file), self.offset, range.len());
+        let (file, at, len) = (std::rc::Rc::clone(&self.file), self.offset, block.len());
         self.inflight = Some(monoio::spawn(async move {
-            let (res, slice) = file.write_all_at(buf.slice(range), at).await;
-            (res, slice.into_inner())
+            file.write_all_at(block, at).await.0
         }));
         self.advance(len as u64);
         Ok(())
@@ -154,17 +151,11 @@ impl BlobWriter {
         let Some(write) = self.inflight.take() else {
             return Ok(());
         };
-        let (res, buf) = write.await;
-        self.spare = buf;
+        let res = write.await;
         if res.is_err() {
             self.failed = true;
         }
         res
-    }
-
-    /// The buffer of the last settled pipelined write (empty if none).
-    pub fn take_spare(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.spare)
     }
 
     /// Ask the kernel to start writing `flushed..offset` to disk without waiting for it
