@@ -104,17 +104,3 @@ pub fn return_freed_pages() {
     // SAFETY: mi_collect only walks this thread's heap; no pointers are passed.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
-
-// SAFETY: io_uring reads `bytes_init()` bytes from `read_ptr()` while the runtime holds the block
-// pinned. Both come from `Block::bytes()`, a slice of a heap buffer the block owns: moving the
-// block does not move the heap allocation, and `Block` offers no way to mutate, grow or free the
-// buffer before it is dropped, so the pointer stays valid and the bytes unchanged for the write.
-unsafe impl monoio::buf::IoBuf for crate::net::pool::Block {
-    fn read_ptr(&self) -> *const u8 {
-        self.bytes().as_ptr()
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.len()
-    }
-}

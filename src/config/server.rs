@@ -160,27 +160,13 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        let l = crate::http::Limits::default();
         HttpConfig {
-            max_head_size: l.max_head_size,
-            max_target_size: l.max_target_size,
-            head_timeout: l.head_timeout,
-            keep_alive_timeout: l.keep_alive_timeout,
-            body_timeout: l.body_timeout,
-            send_timeout: l.send_timeout,
-        }
-    }
-}
-
-impl HttpConfig {
-    pub fn limits(&self) -> crate::http::Limits {
-        crate::http::Limits {
-            max_head_size: self.max_head_size,
-            max_target_size: self.max_target_size,
-            head_timeout: self.head_timeout,
-            keep_alive_timeout: self.keep_alive_timeout,
-            body_timeout: self.body_timeout,
-            send_timeout: self.send_timeout,
+            max_head_size: 16 * 1024,
+            max_target_size: 8 * 1024,
+            head_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }

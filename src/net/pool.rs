@@ -33,7 +33,6 @@ pub fn give_block(buf: Vec<u8>) {
 /// the next block is received. Dropping it returns a block-sized buffer to this thread's pool; its
 /// holder never names buffers or the pool.
 pub struct Block {
-    /// Never mutated while the block exists (io_uring reads it in place: see `sys`).
     buf: Vec<u8>,
     /// Where the bytes are; `range.end <= buf.len()`.
     range: std::ops::Range<usize>,
@@ -60,6 +59,18 @@ impl Block {
 
     pub fn is_empty(&self) -> bool {
         self.range.is_empty()
+    }
+
+    /// Write the bytes at `offset` of `file` from the block's own memory (one positioned write,
+    /// resumed until complete); the buffer then returns to the pool.
+    pub async fn write_at(mut self, file: &monoio::fs::File, offset: u64) -> std::io::Result<()> {
+        use monoio::buf::IoBuf;
+        let buf = std::mem::take(&mut self.buf);
+        let (res, slice) = file
+            .write_all_at(buf.slice(self.range.clone()), offset)
+            .await;
+        self.buf = slice.into_inner();
+        res
     }
 }
 

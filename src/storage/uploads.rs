@@ -120,7 +120,7 @@ impl BlobWriter {
     pub async fn append(&mut self, block: Block) -> io::Result<()> {
         self.hasher.update(block.bytes());
         let len = block.len() as u64;
-        let (res, _block) = self.file.write_all_at(block, self.offset).await;
+        let res = block.write_at(&self.file, self.offset).await;
         match &res {
             Ok(()) => self.advance(len),
             Err(_) => self.failed = true,
@@ -139,9 +139,9 @@ impl BlobWriter {
         // failed, so the next lease re-hashes.
         self.settle().await?;
         let (file, at, len) = (std::rc::Rc::clone(&self.file), self.offset, block.len());
-        self.inflight = Some(monoio::spawn(async move {
-            file.write_all_at(block, at).await.0
-        }));
+        self.inflight = Some(monoio::spawn(
+            async move { block.write_at(&file, at).await },
+        ));
         self.advance(len as u64);
         Ok(())
     }
