@@ -114,9 +114,9 @@ fn idle_keep_alive_connection_is_closed(driver: &str) {
     let s = Server::start_with(driver, "[server.http]\nkeep_alive_timeout = \"300ms\"\n");
     let mut c = s.client();
     assert_eq!(c.get("/v2/").status, 200);
-    std::thread::sleep(Duration::from_millis(800));
+    // The deadline derives from the configured 300 ms; a connection still open then fails.
     assert!(
-        c.is_closed(),
+        c.closes_within(Duration::from_millis(300) + CLOSE_WAIT),
         "idle connection should be closed after the keep-alive timeout"
     );
 }

@@ -273,8 +273,28 @@ impl Resp {
 }
 
 /// A byte stream a client can speak HTTP over (TCP or TLS).
-pub trait Wire: Read + Write + Send {}
-impl<T: Read + Write + Send> Wire for T {}
+pub trait Wire: Read + Write + Send {
+    /// The TCP socket under the stream (for read deadlines).
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Wire for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Wire for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
+/// How long a read waits by default before the test calls the server stuck.
+pub const READ_WAIT: Duration = Duration::from_secs(30);
+/// How long a server that promised to close (an error that closes, `Connection: close`) gets to
+/// do so before the connection counts as left open.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// A raw HTTP/1.1 client over one connection. Made by `connect`, it opens a new connection for
 /// the next `request` after a response that said `Connection: close` (as HTTP clients do: the
@@ -290,9 +310,7 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+        stream.set_read_timeout(Some(READ_WAIT)).unwrap();
         let mut c = Client::over(Box::new(stream));
         c.addr = Some(addr);
         c
@@ -360,10 +378,61 @@ impl Client {
         Some(resp)
     }
 
-    /// Whether the server closed the connection (EOF on read).
+    /// Send `GET path` and wait up to `wait` for the answer: the response, or the error that ended
+    /// the connection (a TLS alert, EOF, a reset). A deadline passing is an error of kind
+    /// `WouldBlock`/`TimedOut`, which no caller may count as a refusal.
+    pub fn get_within(&mut self, path: &str, wait: Duration) -> std::io::Result<Resp> {
+        let w = self.reader.get_mut();
+        w.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())?;
+        w.flush()?;
+        self.reader
+            .get_ref()
+            .socket()
+            .set_read_timeout(Some(wait))
+            .unwrap();
+        let first = self.reader.fill_buf().map(|b| b.len());
+        self.reader
+            .get_ref()
+            .socket()
+            .set_read_timeout(Some(READ_WAIT))
+            .unwrap();
+        match first? {
+            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(self.read_response(false)),
+        }
+    }
+
+    /// Whether the server closes the connection (EOF or reset) within `CLOSE_WAIT`.
     pub fn is_closed(&mut self) -> bool {
+        self.closes_within(CLOSE_WAIT)
+    }
+
+    /// Whether the server ends the connection — EOF, or a reset — within `wait`. A connection
+    /// still open at the deadline is not closed (a timeout never counts as a close), and neither
+    /// is one that sends more bytes.
+    pub fn closes_within(&mut self, wait: Duration) -> bool {
+        self.reader
+            .get_ref()
+            .socket()
+            .set_read_timeout(Some(wait))
+            .unwrap();
         let mut b = [0u8; 1];
-        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+        let read = self.reader.read(&mut b);
+        self.reader
+            .get_ref()
+            .socket()
+            .set_read_timeout(Some(READ_WAIT))
+            .unwrap();
+        match read {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+        }
     }
 
     pub fn request(
