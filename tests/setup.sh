@@ -3,6 +3,7 @@
 #   skopeo, podman, curl, openssl   Debian packages (TLS tests: real clients, rogue certificates)
 #   systemd-analyze, mount          Debian packages systemd, util-linux (dist/wharf.service check,
 #                                   the disk-full test's tmpfs)
+#   g++                             libFuzzer's C++ sources (tests/it/structure.rs checks the fuzz targets build)
 #   crane         go-containerregistry, built with `go install` from the Go module proxy
 #   conformance   the OCI distribution-spec conformance suite, same way (pinned below)
 # Go tools land in target/tools/bin, where the tests look first.
@@ -24,6 +25,7 @@ command -v tar >/dev/null || apt_packages+=(tar)
 command -v gzip >/dev/null || apt_packages+=(gzip)
 command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
 command -v mount >/dev/null || apt_packages+=(mount)
+command -v g++ >/dev/null || apt_packages+=(g++)   # libfuzzer-sys, built by the fuzz-target check
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: apt-get install ${apt_packages[*]}"
   as_root apt-get update -qq

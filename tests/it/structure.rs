@@ -150,3 +150,28 @@ fn no_source_file_outgrows_600_lines_of_code() {
         );
     }
 }
+
+/// `cargo check` of `args` in the repository; fails with cargo's output.
+fn cargo_check(args: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = std::process::Command::new(cargo)
+        .arg("check")
+        .args(args)
+        .current_dir(root)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo check {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The benches and the fuzz targets are not built by `cargo test`: compiling them here keeps them
+/// from rotting (the fuzz crate has its own lock file and target directory, fuzz/target).
+#[test]
+fn benches_and_fuzz_targets_compile() {
+    cargo_check(&["--release", "--benches"]);
+    cargo_check(&["--release", "--manifest-path", "fuzz/Cargo.toml", "--bins"]);
+}

@@ -95,7 +95,13 @@ impl Server {
             format!("{base}{}\n[storage]\nroot = \"data\"\n", self.extra)
         };
         std::fs::write(self.config_path(), cfg).unwrap();
-        let stderr = std::fs::File::create(self.dir.path().join("wharf.log")).unwrap();
+        // Appended across restarts, so a panic before a kill is still seen by `Drop`.
+        let mut stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("wharf.log"))
+            .unwrap();
+        writeln!(stderr, "--- launch on port {port} ---").unwrap();
         let mut child = Command::new(wharf_bin())
             .args(["serve", "-c"])
             .arg(self.config_path())
@@ -205,8 +211,16 @@ impl Server {
         child.wait().unwrap();
         // After SIGKILL the kernel tears down an io_uring instance asynchronously; until then the
         // dead process's SO_REUSEPORT listeners can still receive (and then reset) connections.
-        // Measured here: gone within a few ms, never after 200 ms.
-        std::thread::sleep(Duration::from_millis(300));
+        // A plain bind (no SO_REUSEPORT) succeeds only once every one of them is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpListener::bind(self.addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the killed server's listeners still hold {} after 10 s",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.launch(port);
     }
 }
