@@ -342,8 +342,21 @@ fn one_client_cannot_hold_every_connection(driver: &str) {
         1,
         "exactly one idle connection makes room"
     );
-    drop((held, newcomer));
-    // Once those close, the counters (a scrape is one more connection: wait for a place).
+    // Close the held connections and wait until the server has closed each (EOF after our FIN):
+    // a scrape made while they still counted would be at the cap and evict one more.
+    for mut c in held {
+        c.set_nonblocking(false).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        c.set_read_timeout(Some(crate::common::CLOSE_WAIT)).unwrap();
+        let mut rest = Vec::new();
+        match c.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the server kept a closed client's connection open: {e}"),
+        }
+    }
+    drop(newcomer);
+    // Then the counters (a scrape is one more connection: wait for a place).
     let scrape = |name: &str| loop {
         let mut c = Client::connect(s.addr);
         c.send_raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
