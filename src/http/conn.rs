@@ -1,20 +1,14 @@
-//! One client connection, plain TCP or TLS: a reused read buffer, head reading with its timeouts,
-//! parking while idle, and response writing (one write for small responses; files by `sendfile`
-//! on plain TCP, through a buffer and rustls over TLS). Bodies are read by `body::Body`.
+//! One client connection over a `net::transport::Transport`: its phase, read buffer, head reading
+//! with its timeouts, parking while idle, and response writing (one write for small responses;
+//! files through the transport). Bodies are read by `body::Body`.
 
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
-
-use crate::net::file::{copy_loop, peer_is_loopback, sendfile_loop};
-use crate::net::pool::BLOCK_BUF;
-use crate::net::{ConnError, budget, stalled, timed_read};
-use crate::tls::TlsStream;
+use crate::net::ConnError;
+pub use crate::net::transport::Transport;
 
 use super::body::Body;
 use super::buffer::ReadBuf;
@@ -56,29 +50,6 @@ pub enum NextRequest {
     Invalid(HeadError),
     /// Part of a head arrived but not all of it in time: answer 408 and close.
     TimedOut,
-}
-
-/// The byte stream under HTTP.
-pub enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream>),
-}
-
-impl Transport {
-    fn raw_fd(&self) -> i32 {
-        match self {
-            Transport::Plain(s) => s.as_raw_fd(),
-            Transport::Tls(t) => t.raw_fd(),
-        }
-    }
-
-    /// Wait until the socket has input (or the peer closed), holding no buffer meanwhile.
-    async fn readable(&self) -> io::Result<()> {
-        match self {
-            Transport::Plain(s) => s.readable(false).await,
-            Transport::Tls(t) => t.readable().await,
-        }
-    }
 }
 
 /// Where a connection stands. Replaces flags: the wait before a head, whether buffers are held and
@@ -145,14 +116,7 @@ impl Conn {
     /// Read more input after what the buffer holds, keeping all of it.
     pub(super) async fn read_more(&mut self, wait: Duration) -> Result<usize, ConnError> {
         let mut buf = self.buf.lend();
-        let res = match &mut self.io {
-            Transport::Plain(stream) => {
-                let (res, back) = timed_read(stream, buf, wait).await;
-                buf = back;
-                res
-            }
-            Transport::Tls(tls) => tls.read_into(&mut buf, wait).await,
-        };
+        let res = self.io.read_into(&mut buf, wait).await;
         self.buf.restore(buf);
         if let Ok(n) = res {
             self.received += n as u64;
@@ -162,10 +126,7 @@ impl Conn {
 
     /// The TLS client's certificate chain (leaf first), if it presented one.
     pub fn client_chain(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
-        match &self.io {
-            Transport::Tls(t) => t.client_chain(),
-            Transport::Plain(_) => None,
-        }
+        self.io.client_chain()
     }
 
     /// Bytes read from the client since the connection opened (heads and bodies; over TLS, plaintext).
@@ -244,9 +205,7 @@ impl Conn {
     /// Free the read buffers of a connection with no unread input.
     fn park(&mut self) {
         self.buf.free();
-        if let Transport::Tls(tls) = &mut self.io {
-            tls.park();
-        }
+        self.io.park();
         self.phase = Phase::Parked;
         return_freed_pages_soon();
     }
@@ -255,10 +214,7 @@ impl Conn {
     /// the close into a reset that destroys the response we just sent.
     pub async fn linger(mut self) {
         self.phase = Phase::Lingering;
-        if let Transport::Tls(tls) = &mut self.io {
-            tls.close_notify(Duration::from_secs(2)).await;
-        }
-        crate::sys::shutdown_write(self.io.raw_fd());
+        self.io.shutdown_write().await;
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut seen = 0usize;
         while seen < 1 << 20 {
@@ -280,16 +236,7 @@ impl Conn {
     }
 
     pub(super) async fn write_all(&mut self, data: Vec<u8>) -> io::Result<()> {
-        let stall = self.limits.send_timeout;
-        match &mut self.io {
-            Transport::Plain(stream) => {
-                match monoio::time::timeout(stall, stream.write_all(data)).await {
-                    Ok((res, _)) => res.map(|_| ()),
-                    Err(_) => Err(stalled()),
-                }
-            }
-            Transport::Tls(tls) => tls.write_all(&data, stall).await,
-        }
+        self.io.write_all(data, self.limits.send_timeout).await
     }
 
     /// Send `resp`; the head and an in-memory body leave in one write. `head_only` omits the body.
@@ -304,21 +251,7 @@ impl Conn {
                 self.park();
             }
             let stall = self.limits.send_timeout;
-            match &mut self.io {
-                // Measured (docs/performance.md): to a loopback peer, sendfile's per-page socket
-                // buffers run at about half the speed of a buffered copy; to a real interface
-                // sendfile saves the copy. The copy's 1 MiB block counts against the budget.
-                Transport::Plain(stream) if peer_is_loopback(stream) => {
-                    match budget::reserve(BLOCK_BUF) {
-                        Some(_held) => copy_loop(stream, file, offset, len, stall).await?,
-                        None => sendfile_loop(stream, &file, offset, len, stall).await?,
-                    }
-                }
-                Transport::Plain(stream) => {
-                    sendfile_loop(stream, &file, offset, len, stall).await?
-                }
-                Transport::Tls(tls) => tls.send_file(file, offset, len, stall).await?,
-            }
+            self.io.send_file(file, offset, len, stall).await?;
         }
         if self.phase == Phase::Request {
             self.phase = Phase::Idle;

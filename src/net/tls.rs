@@ -12,7 +12,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
 
-use crate::net::{ConnError, stalled, timed_read};
+use super::{ConnError, stalled, timed_read};
 
 /// Ciphertext read per syscall: a few full records.
 const RX_BUF: usize = 64 * 1024;
@@ -265,7 +265,7 @@ impl TlsStream {
         let (mut pos, end) = (offset, offset + len);
         let large = len > SMALL_BLOCK as u64;
         let reserved = large
-            .then(|| crate::net::budget::reserve(2 * FILE_BLOCK + 1024))
+            .then(|| super::budget::reserve(2 * FILE_BLOCK + 1024))
             .flatten();
         let block = if reserved.is_some() {
             FILE_BLOCK
@@ -278,7 +278,7 @@ impl TlsStream {
             if buf.capacity() < want {
                 buf = Vec::with_capacity(want);
             }
-            let (res, back) = crate::net::file::read_block(&file, buf, pos, want).await;
+            let (res, back) = super::file::read_block(&file, buf, pos, want).await;
             buf = back;
             let n = res?;
             self.session.writer().write_all(&buf[..n])?;

@@ -22,10 +22,11 @@ use crate::action::Action;
 use crate::http::conn::{NextRequest, Transport};
 use crate::http::{Conn, Method, Response};
 use crate::metrics::{Defence, Handshake};
+use crate::net::tls::TlsStream;
 use crate::oci::{ErrorKind, OciError};
 use crate::policy::Peer;
 use crate::registry::error_response;
-use crate::tls::{CertIdentity, TlsStream, identity};
+use crate::tls::{CertIdentity, identity};
 
 /// Serve one connection accepted on `listener`; a panic in it is logged and ends only this
 /// connection, never the worker. `_slot` holds its place under `limits.max_connections` until it

@@ -1,16 +1,14 @@
 //! TLS termination with rustls: the configured PEM files turned into a server config (`material`),
-//! reloaded on SIGHUP or when a file changes (`reload`), the per-connection stream over monoio
-//! (`stream`), the client-certificate identity and its per-thread cache (`identity`), and the
-//! `wharf cert` / `wharf check-tls` helpers (`certs`, `check`).
+//! reloaded on SIGHUP or when a file changes (`reload`), the client-certificate identity and its
+//! per-thread cache (`identity`), and the `wharf cert` / `wharf check-tls` helpers (`certs`,
+//! `check`). The TLS byte stream itself is transport: `net::tls`.
 
 pub mod certs;
 pub mod check;
 pub mod identity;
 pub mod material;
 pub mod reload;
-pub mod stream;
 
 pub use identity::CertIdentity;
 pub use material::TlsError;
 pub use reload::{Acceptor, Reloader};
-pub use stream::TlsStream;
