@@ -1,8 +1,6 @@
 //! Concurrency and fault behaviour: many connections racing on one blob, tag and upload; clients that
 //! vanish mid-upload; upload sessions that survive a kill -9 of the server.
 
-use std::time::Duration;
-
 use crate::common::*;
 
 fn blob_file(s: &Server, d: &str) -> std::path::PathBuf {
@@ -76,10 +74,18 @@ fn racing_patches_on_one_upload_never_corrupt(driver: &str) {
         .header("Location")
         .unwrap()
         .to_owned();
-    // 16 clients try to append the same first chunk at offset 0: exactly one wins, the rest get 416.
-    let chunk = vec![9u8; 200_000];
-    let threads: Vec<_> = (0..16)
-        .map(|_| {
+    // 16 clients try to append their own first chunk at offset 0: exactly one wins, the rest get
+    // 416. The chunks differ, so a mix of two clients' bytes cannot pass for the winner's.
+    let chunks: Vec<Vec<u8>> = (0..16u8)
+        .map(|i| {
+            (0..200_000u32)
+                .map(|k| (k as u8) ^ i.wrapping_mul(37))
+                .collect()
+        })
+        .collect();
+    let threads: Vec<_> = chunks
+        .iter()
+        .map(|chunk| {
             let (addr, loc, chunk) = (s.addr, loc.clone(), chunk.clone());
             std::thread::spawn(move || {
                 Client::connect(addr)
@@ -98,13 +104,14 @@ fn racing_patches_on_one_upload_never_corrupt(driver: &str) {
         statuses.iter().all(|&st| st == 202 || st == 416),
         "{statuses:?}"
     );
-    let d = sha256(&chunk);
+    let winner = &chunks[statuses.iter().position(|&st| st == 202).unwrap()];
+    let d = sha256(winner);
+    let r = c.request("PUT", &format!("{loc}?digest={d}"), &[], b"");
     assert_eq!(
-        c.request("PUT", &format!("{loc}?digest={d}"), &[], b"")
-            .status,
-        201
+        r.status, 201,
+        "the session does not hold the winner's bytes alone"
     );
-    assert_eq!(c.get(&format!("/v2/same/blobs/{d}")).body, chunk);
+    assert_eq!(c.get(&format!("/v2/same/blobs/{d}")).body, *winner);
 }
 
 fn client_vanishing_mid_upload_leaves_nothing_visible(driver: &str) {
@@ -121,9 +128,11 @@ fn client_vanishing_mid_upload_leaves_nothing_visible(driver: &str) {
             .as_bytes(),
         );
         c.send_raw(&data[..200_000]);
-        std::thread::sleep(Duration::from_millis(100));
     } // connection dropped
-    std::thread::sleep(Duration::from_millis(300));
+    // The server notices the close and removes the partial temp file.
+    wait_for("the vanished upload's temp file removed", || {
+        temp_files(&s).is_empty()
+    });
     let mut c = s.client();
     assert_eq!(c.get(&format!("/v2/gone/blobs/{d}")).status, 404);
     assert!(!blob_file(&s, &d).exists());
@@ -148,9 +157,16 @@ fn client_vanishing_mid_upload_leaves_nothing_visible(driver: &str) {
             .as_bytes(),
         );
         p.send_raw(&data[..100_000]);
-        std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the server notices the close, the session is leased (status answers 416 or an older
+    // offset); then it reports what was stored.
+    wait_for(
+        "the vanished PATCH's session released with its bytes",
+        || {
+            let st = c.get(&loc);
+            st.status == 204 && st.header("Range") == Some("0-99999")
+        },
+    );
     let st = c.get(&loc);
     let end: usize = st.header("Range").unwrap()[2..].parse().unwrap();
     let have = end + 1;

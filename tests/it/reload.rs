@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use crate::common::*;
 
@@ -39,17 +38,6 @@ fn push_as(s: &Server, auth: &str, data: &[u8]) -> u16 {
         data,
     )
     .status
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("never happened: {what}");
 }
 
 fn identities_and_policies_reload_under_load(driver: &str) {

@@ -641,3 +641,16 @@ pub fn tool(name: &str) -> PathBuf {
         panic!("{name} is not installed: run tests/setup.sh (it installs every tool the tests use)")
     })
 }
+
+/// Wait until `ok` holds (polled every 20 ms), failing the test if it never does within 10 s: for
+/// state the server reaches on its own time (a close noticed, a reload applied), never a sleep.
+pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("never happened within 10 s: {what}");
+}
