@@ -119,4 +119,98 @@ fn identities_and_policies_reload_under_load(driver: &str) {
     assert!(done.load(Ordering::Relaxed) > 20);
 }
 
-on_both_drivers!(identities_and_policies_reload_under_load);
+/// Rewrite the config file with `tables` after the harness's `[server]` keys and `storage` keys
+/// in `[storage]`, then SIGHUP.
+fn reconfigure(s: &Server, tables: &str, storage: &str) {
+    let path = s.config_file();
+    let old = std::fs::read_to_string(&path).unwrap();
+    let base = &old[..old.find("\n[").unwrap() + 1];
+    std::fs::write(
+        &path,
+        format!("{base}{tables}\n[storage]\nroot = \"data\"\n{storage}"),
+    )
+    .unwrap();
+    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+}
+
+/// The switches and the rate limits change on reload, not only identities and rules: read-only
+/// on and off, deletes off and on, a read rate appearing and going.
+fn switches_and_rate_limits_reload(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let d = push_blob(&mut c, "sw", b"before");
+    let blob = format!("/v2/sw/blobs/{d}");
+    let push = |data: &[u8]| {
+        Client::connect(s.addr)
+            .request(
+                "POST",
+                &format!("/v2/sw/blobs/uploads/?digest={}", sha256(data)),
+                &[],
+                data,
+            )
+            .status
+    };
+    reconfigure(&s, "", "read_only = true\n");
+    wait_for("writes refused after read_only = true", || {
+        push(b"ro") == 405
+    });
+    assert_eq!(Client::connect(s.addr).get(&blob).status, 200);
+
+    reconfigure(&s, "", "delete_enabled = false\n");
+    wait_for("writes accepted after read_only = false", || {
+        push(b"rw") == 201
+    });
+    let r = Client::connect(s.addr).request("DELETE", &blob, &[], b"");
+    assert_eq!(
+        r.status, 405,
+        "deletes still allowed after delete_enabled = false"
+    );
+
+    reconfigure(&s, "[limits]\nread_rps = 1\nburst = 1\n", "");
+    wait_for("a second read within the second answered 429", || {
+        let mut c = Client::connect(s.addr);
+        c.get("/v2/").status == 200 && Client::connect(s.addr).get("/v2/").status == 429
+    });
+    reconfigure(&s, "", "");
+    wait_for("reads unlimited again", || {
+        (0..5).all(|_| Client::connect(s.addr).get("/v2/").status == 200)
+    });
+    let r = Client::connect(s.addr).request("DELETE", &blob, &[], b"");
+    assert_eq!(
+        r.status, 202,
+        "deletes still refused after delete_enabled = true"
+    );
+}
+
+/// `server.hsts_max_age` changes on reload (new connections carry the new value).
+fn hsts_reloads(driver: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::common::pki::Pki::new(dir.path());
+    let extra = format!("hsts_max_age = \"8760h\"\n{}", pki.server_toml(None));
+    let s = Server::start_in(dir, driver, &extra, "warn");
+    let hsts = || {
+        let mut conn =
+            crate::common::pki::tls_connect(s.addr, pki.client_config(None, false)).unwrap();
+        conn.client
+            .get("/v2/")
+            .header("strict-transport-security")
+            .map(str::to_owned)
+    };
+    assert_eq!(hsts().as_deref(), Some("max-age=31536000"));
+    let cfg = std::fs::read_to_string(s.config_file()).unwrap();
+    std::fs::write(
+        s.config_file(),
+        cfg.replace("hsts_max_age = \"8760h\"", "hsts_max_age = \"1h\""),
+    )
+    .unwrap();
+    unsafe { libc::kill(s.pid() as i32, libc::SIGHUP) };
+    wait_for("the new HSTS max-age after reload", || {
+        hsts().as_deref() == Some("max-age=3600")
+    });
+}
+
+on_both_drivers!(
+    identities_and_policies_reload_under_load,
+    switches_and_rate_limits_reload,
+    hsts_reloads,
+);
