@@ -320,7 +320,85 @@ fn protected_tags(driver: &str) {
     );
 }
 
+/// The TOML block under `### heading` in docs/access-control.md, as documented.
+fn recipe(heading: &str) -> String {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/access-control.md"),
+    )
+    .unwrap();
+    let at = doc
+        .find(&format!("### {heading}\n"))
+        .unwrap_or_else(|| panic!("no recipe {heading:?} in docs/access-control.md"));
+    let block = &doc[at..];
+    let start = block.find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + block[start..].find("```").unwrap();
+    block[start..end].to_owned()
+}
+
+/// "Only admins delete": everyone else may do anything but delete.
+fn only_admins_delete(driver: &str) {
+    let identities = format!(
+        "[auth.identity.admin]\nusername = \"admin\"\npassword = \"{}\"\n[auth.identity.dev]\nusername = \"dev\"\npassword = \"{}\"\n",
+        hash_password("admin-pw"),
+        hash_password("dev-pw")
+    );
+    let s = Server::start_with(
+        driver,
+        &format!("{identities}{}", recipe("Only admins delete")),
+    );
+    let (admin, dev) = (basic("admin", "admin-pw"), basic("dev", "dev-pw"));
+    let mut c = s.client();
+    let d = sha256(b"layer");
+    let r = c.request(
+        "POST",
+        &format!("/v2/team/app/blobs/uploads/?digest={d}"),
+        &[("Authorization", &dev)],
+        b"layer",
+    );
+    assert_eq!(r.status, 201, "dev could not push");
+    let blob = format!("/v2/team/app/blobs/{d}");
+    fn auth(who: &str) -> [(&str, &str); 1] {
+        [("Authorization", who)]
+    }
+    assert_eq!(c.request("GET", &blob, &auth(&dev), b"").status, 200);
+    let r = Client::connect(s.addr).request("DELETE", &blob, &auth(&dev), b"");
+    assert_eq!(r.status, 403, "dev deleted a blob");
+    let r = Client::connect(s.addr).request("DELETE", &blob, &auth(&admin), b"");
+    assert_eq!(r.status, 202, "admin could not delete");
+}
+
+/// "Read-only mirror for a network": clients of one network read, nobody writes. Loopback
+/// stands in for the documented 10.20.0.0/16: the prefix becomes 127.20. and clients connect from
+/// 127.20.0.5 (inside) and 127.0.0.9 (outside).
+fn read_only_mirror_for_a_network(driver: &str) {
+    let policy = recipe("Read-only mirror for a network");
+    assert!(policy.contains("'10.20.'"), "{policy}");
+    let s = Server::start_with(driver, &policy.replace("'10.20.'", "'127.20.'"));
+    let d = sha256(b"x");
+    let get = |src: &str, path: &str| {
+        Client::over(Box::new(connect_from(src, s.addr)))
+            .get(path)
+            .status
+    };
+    assert_eq!(get("127.20.0.5", "/v2/"), 200);
+    assert_eq!(
+        get("127.20.0.5", &format!("/v2/m/blobs/{d}")),
+        404,
+        "inside reads"
+    );
+    assert_eq!(
+        get("127.0.0.9", &format!("/v2/m/blobs/{d}")),
+        401,
+        "outside is refused"
+    );
+    let mut inside = Client::over(Box::new(connect_from("127.20.0.5", s.addr)));
+    let r = inside.request("POST", "/v2/m/blobs/uploads/", &[], b"");
+    assert_eq!(r.status, 401, "inside pushed");
+}
+
 on_both_drivers!(
+    only_admins_delete,
+    read_only_mirror_for_a_network,
     protected_tags,
     certificate_required,
     certificate_optional_devops_or_read_only_basic,

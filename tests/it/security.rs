@@ -14,18 +14,6 @@ use std::time::{Duration, Instant};
 use crate::common::pki::{Pki, tls_connect};
 use crate::common::*;
 
-/// A TCP connection to `addr` from the loopback address `src` (127.0.0.0/8 is all ours).
-fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let from: SocketAddr = format!("{src}:0").parse().unwrap();
-    s.bind(&from.into()).unwrap();
-    s.connect(&addr.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s
-}
-
 fn client_from(src: &str, addr: SocketAddr) -> Client {
     Client::over(Box::new(connect_from(src, addr)))
 }

@@ -654,3 +654,15 @@ pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
     panic!("never happened within 10 s: {what}");
 }
+
+/// A TCP connection to `addr` from the loopback address `src` (127.0.0.0/8 is all ours).
+pub fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{src}:0").parse().unwrap();
+    s.bind(&from.into()).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(READ_WAIT)).unwrap();
+    s
+}
