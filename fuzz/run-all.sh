@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run every fuzz target for N seconds (default 600), one after another, and print one summary line
-# per target (executions, coverage, crash or not). Generated inputs go to a scratch corpus, so the
-# committed seeds in corpus/<target>/ stay hand-written. Needs nightly + cargo-fuzz.
-#   fuzz/run-all.sh [seconds] [target ...]
+# per target (executions, coverage, crash or not). Generated inputs go to a scratch corpus; with
+# KEEP=1 the committed corpus/<target>/ is replaced by the minimised union of the old corpus and the
+# run's (libFuzzer -merge=1), which `cargo test` replays (tests/it/fuzz_corpus.rs). Needs nightly +
+# cargo-fuzz.
+#   [KEEP=1] fuzz/run-all.sh [seconds] [target ...]
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-600}
@@ -43,9 +45,17 @@ for t in "${targets[@]}"; do
     verdict="FAILED (see fuzz/artifacts/$t)"
     status=1
   fi
+  if [ "${KEEP:-}" = 1 ] && [ $status = 0 ] && [ "$t" != cert_identity ]; then
+    merged="$scratch/$t.merged"
+    mkdir -p "$merged"
+    (cd "$scratch" && "$bins/$t" -merge=1 "$merged" "$scratch/$t" "${seeds[@]/#/$here/}") >"$log.merge" 2>&1
+    rm -rf "corpus/$t" && mkdir -p "corpus/$t" && cp "$merged"/* "corpus/$t/"
+  fi
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1)
-  printf '%-14s %5ss  %12s executions  %-10s %-10s  %s\n' "$t" "$secs" "${runs:-?}" "${cov:-}" "${ft:-}" "$verdict"
+  kept=""
+  [ "${KEEP:-}" = 1 ] && [ "$t" != cert_identity ] && kept="  corpus $(ls "corpus/$t" | wc -l) files"
+  printf '%-14s %5ss  %12s executions  %-10s %-10s  %s%s\n' "$t" "$secs" "${runs:-?}" "${cov:-}" "${ft:-}" "$verdict" "$kept"
 done
 exit $status
