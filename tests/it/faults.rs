@@ -550,10 +550,31 @@ fn traversal_and_encoding_tricks_never_leave_the_storage_root(driver: &str) {
         v.sort();
         v
     };
-    let before_dir = listing(s.dir.path());
-    let before_tmp = listing(Path::new("/tmp"));
     let mut c = s.client();
     push_image(&mut c, "real", "v1", b"layer");
+    push_image(&mut c, "real", "latest", b"layer");
+    // Canaries where the payloads below would land if a name were joined to a path unchecked: copies
+    // of the repository (with its `latest` tag) beside and above `repositories/`, so a traversal
+    // that resolved would answer 200 instead of 400/404.
+    let real = s.root().join("repositories/real");
+    let canaries = [
+        s.root().join("repositories/b"),
+        s.root().join("repositories/secret"),
+        s.root().join("b"),
+        s.root().join("secret"),
+        s.dir.path().join("b"),
+    ];
+    for canary in &canaries {
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(&real)
+            .arg(canary)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let before_dir = listing(s.dir.path());
+    let before_tmp = listing(Path::new("/tmp"));
     let zero = "0".repeat(64);
     let names = [
         "..",
@@ -702,6 +723,9 @@ fn traversal_and_encoding_tricks_never_leave_the_storage_root(driver: &str) {
         .filter(|f| !before_tmp.contains(f) && !f.starts_with(".tmp"))
         .collect();
     assert!(new_in_tmp.is_empty(), "{new_in_tmp:?}");
+    for canary in &canaries {
+        std::fs::remove_dir_all(canary).unwrap();
+    }
     // Inside the root, only the real repository exists.
     assert_eq!(
         c.get("/v2/_catalog").json()["repositories"],
