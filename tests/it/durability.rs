@@ -129,7 +129,9 @@ fn client_vanishing_mid_upload_leaves_nothing_visible(driver: &str) {
         );
         c.send_raw(&data[..200_000]);
         // The upload is under way (its temp file exists) before the client vanishes.
-        wait_for("the upload's temp file created", || !temp_files(&s).is_empty());
+        wait_for("the upload's temp file created", || {
+            !temp_files(&s).is_empty()
+        });
     } // connection dropped
     // The server notices the close and removes the partial temp file.
     wait_for("the vanished upload's temp file removed", || {
