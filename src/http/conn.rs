@@ -55,7 +55,7 @@ pub enum NextRequest {
 /// Where a connection stands. Replaces flags: the wait before a head, whether buffers are held and
 /// whether the connection is closing all follow from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+enum Phase {
     /// Between requests (or before the first) with a read buffer, ready to read.
     Idle,
     /// Idle past `PARK_AFTER` (or a plain connection not yet read from): no buffers, waiting for
@@ -100,10 +100,6 @@ impl Conn {
             limits,
             received: 0,
         }
-    }
-
-    pub fn phase(&self) -> Phase {
-        self.phase
     }
 
     /// Read more input, waiting at most `wait`, after making room (consumed input is dropped).
