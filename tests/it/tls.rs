@@ -419,7 +419,35 @@ fn kubernetes_secret_symlink_swap_is_picked_up(driver: &str) {
     assert_ne!(before, after);
 }
 
+/// Keep-alive and head timeouts hold over TLS too: an idle TLS connection is closed after
+/// `keep_alive_timeout`, a TLS client that stops mid-head gets 408 and the close.
+fn tls_keep_alive_and_head_timeouts(driver: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let extra = format!(
+        "[server.http]\nkeep_alive_timeout = \"300ms\"\nhead_timeout = \"300ms\"\n{}",
+        pki.server_toml(None)
+    );
+    let s = Server::start_in(dir, driver, &extra, LOG);
+    let mut idle = tls_connect(s.addr, pki.client_config(None, false)).unwrap();
+    assert_eq!(idle.client.get("/v2/").status, 200);
+    assert!(
+        idle.client
+            .closes_within(std::time::Duration::from_millis(300) + crate::common::CLOSE_WAIT),
+        "an idle TLS connection outlived keep_alive_timeout"
+    );
+    let mut slow = tls_connect(s.addr, pki.client_config(None, false)).unwrap();
+    slow.client.send_raw(b"GET /v2/ HTTP/1.1\r\nHost");
+    let r = slow.client.read_response(false);
+    assert_eq!(r.status, 408);
+    assert!(
+        slow.client.is_closed(),
+        "a TLS connection stayed open after its 408"
+    );
+}
+
 on_both_drivers!(
+    tls_keep_alive_and_head_timeouts,
     required_mode_accepts_valid_and_refuses_missing_or_rogue,
     optional_mode_accepts_anonymous_and_refuses_rogue,
     the_accepted_ca_names_are_advertised,
