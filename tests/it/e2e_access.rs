@@ -38,6 +38,13 @@ fn setup(driver: &str, client_auth: &str, policy: &str) -> Setup {
 }
 
 impl Setup {
+    /// The server's PKI (its CA, server and client certificates).
+    fn pki(&self) -> Pki {
+        Pki {
+            dir: self.pki_dir.clone(),
+        }
+    }
+
     /// A certs.d directory for this registry: the CA, plus the client certificate `name` (made
     /// with `wharf cert client --cn <cn> --org <org>...`) when given.
     fn cert_dir(&self, client: Option<(&str, &str, &[&str])>) -> PathBuf {
@@ -156,9 +163,7 @@ fn certificate_required(driver: &str) {
         st.pull("app/x", &builder, None),
     );
     // A certificate from the same CA without any CN passes the handshake but not the rule.
-    let pki = Pki {
-        dir: st.pki_dir.clone(),
-    };
+    let pki = st.pki();
     pki.client_cert(
         "nameless",
         ClientSpec {
@@ -247,9 +252,7 @@ fn anonymous_pulls_authenticated_pushes(driver: &str) {
         "anonymous list-tags:\n{tags}"
     );
     // The raw protocol answer for the anonymous push: 401 with the Basic challenge.
-    let pki = Pki {
-        dir: st.pki_dir.clone(),
-    };
+    let pki = st.pki();
     let mut conn = tls_connect(st.server.addr, pki.client_config(None, false)).unwrap();
     let r = conn
         .client
@@ -282,9 +285,7 @@ fn protected_tags(driver: &str) {
         st.pull("team/app:release", &ca_only, dev),
     );
     // The same image by digest with ?tag=stable, and a delete by digest of what release names.
-    let pki = Pki {
-        dir: st.pki_dir.clone(),
-    };
+    let pki = st.pki();
     let mut conn = tls_connect(st.server.addr, pki.client_config(None, false)).unwrap();
     let dev_auth = basic("dev", "dev-pw");
     let auth = [
