@@ -6,6 +6,7 @@
 
 pub mod action;
 pub mod auth;
+pub mod blocking;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

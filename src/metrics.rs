@@ -313,6 +313,19 @@ impl Metrics {
             crate::net::budget::in_use(),
             crate::net::budget::fallbacks()
         );
+        let b = crate::blocking::stats();
+        let _ = write!(
+            out,
+            "# HELP wharf_blocking_threads Threads running file operations off the workers (storage.blocking_threads).\n# TYPE wharf_blocking_threads gauge\nwharf_blocking_threads {}\n\
+             # HELP wharf_blocking_queue_capacity Jobs that may wait for a blocking thread.\n# TYPE wharf_blocking_queue_capacity gauge\nwharf_blocking_queue_capacity {}\n\
+             # HELP wharf_blocking_queued Jobs waiting for a blocking thread.\n# TYPE wharf_blocking_queued gauge\nwharf_blocking_queued {}\n\
+             # HELP wharf_blocking_running Jobs running on blocking threads.\n# TYPE wharf_blocking_running gauge\nwharf_blocking_running {}\n\
+             # HELP wharf_blocking_jobs_total Jobs the blocking threads finished.\n# TYPE wharf_blocking_jobs_total counter\nwharf_blocking_jobs_total {}\n\
+             # HELP wharf_blocking_full_waits_total Requests that waited because the blocking queue was full.\n# TYPE wharf_blocking_full_waits_total counter\nwharf_blocking_full_waits_total {}\n\
+             # HELP wharf_blocking_inline_total Clean-ups run on a worker because the blocking queue was full.\n# TYPE wharf_blocking_inline_total counter\nwharf_blocking_inline_total {}\n\
+             # HELP wharf_blocking_panics_total Blocking jobs that panicked (their request failed).\n# TYPE wharf_blocking_panics_total counter\nwharf_blocking_panics_total {}\n",
+            b.threads, b.capacity, b.queued, b.running, b.jobs, b.waits, b.inline, b.panics
+        );
         out.push_str("# HELP wharf_connections_open Open client connections, by listener.\n# TYPE wharf_connections_open gauge\n");
         for (i, name) in self.listeners.iter().enumerate() {
             let open = gauge_i(&|w| w.connections[i].load(Ordering::Relaxed));

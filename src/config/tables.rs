@@ -22,6 +22,10 @@ pub struct StorageConfig {
     /// Whether manifests and blobs may be deleted through the API (tags go with their manifest);
     /// `false` answers 405 `UNSUPPORTED`. Default `true`.
     pub delete_enabled: bool,
+    /// Threads that run the file operations a worker must not block on (all metadata calls and
+    /// directory listings; under epoll also reads, writes and fsyncs). Each may have 64 jobs
+    /// waiting; beyond that requests wait for room. Default `0` = 2 × `server.threads`, at least 4.
+    pub blocking_threads: usize,
 }
 
 impl Default for StorageConfig {
@@ -30,6 +34,7 @@ impl Default for StorageConfig {
             root: PathBuf::from("./data"),
             read_only: false,
             delete_enabled: true,
+            blocking_threads: 0,
         }
     }
 }

@@ -39,6 +39,12 @@ impl Config {
                 "must be at most 1024 (0 = available cores)",
             );
         }
+        if self.storage.blocking_threads > 1024 {
+            return invalid(
+                "storage.blocking_threads",
+                "must be at most 1024 (0 = twice server.threads, at least 4)",
+            );
+        }
         if self.server.backlog <= 0 {
             return invalid("server.backlog", "must be positive");
         }
@@ -213,6 +219,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `storage.blocking_threads`, with `0` resolved.
+    pub fn blocking_threads(&self) -> usize {
+        match self.storage.blocking_threads {
+            0 => (2 * self.threads()).max(4),
+            n => n,
+        }
     }
 
     /// Worker threads to start.

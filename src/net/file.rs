@@ -1,5 +1,6 @@
-//! A file region to a plain TCP socket: `sendfile(2)`, or a buffered copy through a pooled block
-//! (faster to loopback peers), and the positioned block read the TLS path shares.
+//! Files from a worker without blocking it (`DataFile`: io_uring, or the blocking pool under epoll),
+//! a file region to a plain TCP socket (`sendfile(2)`, or a buffered copy through a pooled block,
+//! faster to loopback peers), and the positioned block read the TLS path shares.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -11,6 +12,133 @@ use monoio::net::TcpStream;
 
 use super::pool::{BLOCK_BUF, give_block, take_block};
 use super::stalled;
+
+thread_local! {
+    /// This worker runs io_uring (file operations go to the ring, not to the blocking pool).
+    static RING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Say whether this thread's runtime is io_uring (set once when a worker starts).
+pub fn use_ring(on: bool) {
+    RING.with(|r| r.set(on));
+}
+
+/// Whether this thread's runtime is io_uring.
+pub fn ring() -> bool {
+    RING.with(|r| r.get())
+}
+
+/// An open file whose reads, writes and fsyncs never block the worker: io_uring operations under
+/// io_uring, the blocking pool under epoll (where monoio would run them inline).
+pub struct DataFile(Inner);
+
+enum Inner {
+    Ring(monoio::fs::File),
+    Pool(std::sync::Arc<std::fs::File>),
+}
+
+impl DataFile {
+    pub fn new(file: std::fs::File) -> io::Result<DataFile> {
+        Ok(DataFile(if ring() {
+            Inner::Ring(monoio::fs::File::from_std(file)?)
+        } else {
+            Inner::Pool(std::sync::Arc::new(file))
+        }))
+    }
+
+    /// Read up to `want` bytes at `pos` into `buf` (cleared first); `Ok(0)` at the end.
+    pub async fn read_at(
+        &self,
+        mut buf: Vec<u8>,
+        pos: u64,
+        want: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        buf.clear();
+        match &self.0 {
+            Inner::Ring(f) => {
+                let (res, slice) = f.read_at(buf.slice_mut(0..want), pos).await;
+                (res, slice.into_inner())
+            }
+            Inner::Pool(f) => {
+                let f = std::sync::Arc::clone(f);
+                let job = move || {
+                    use std::os::unix::fs::FileExt;
+                    buf.resize(want, 0);
+                    let res = loop {
+                        match f.read_at(&mut buf, pos) {
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            other => break other,
+                        }
+                    };
+                    buf.truncate(*res.as_ref().unwrap_or(&0));
+                    (res, buf)
+                };
+                match crate::blocking::run(job).await {
+                    Ok(done) => done,
+                    Err(e) => (Err(e), Vec::new()),
+                }
+            }
+        }
+    }
+
+    /// Write `buf[range]` at `pos` completely; the buffer comes back (empty if the pool lost it).
+    pub async fn write_all_at(
+        &self,
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+        pos: u64,
+    ) -> (io::Result<()>, Vec<u8>) {
+        use monoio::buf::IoBuf;
+        match &self.0 {
+            Inner::Ring(f) => {
+                let (res, slice) = f.write_all_at(buf.slice(range), pos).await;
+                (res, slice.into_inner())
+            }
+            Inner::Pool(f) => {
+                let f = std::sync::Arc::clone(f);
+                let job = move || {
+                    use std::os::unix::fs::FileExt;
+                    (f.write_all_at(&buf[range], pos), buf)
+                };
+                match crate::blocking::run(job).await {
+                    Ok(done) => done,
+                    Err(e) => (Err(e), Vec::new()),
+                }
+            }
+        }
+    }
+
+    /// fsync data and metadata.
+    pub async fn sync_all(&self) -> io::Result<()> {
+        match &self.0 {
+            Inner::Ring(f) => f.sync_all().await,
+            Inner::Pool(f) => {
+                let f = std::sync::Arc::clone(f);
+                crate::blocking::run(move || f.sync_all()).await?
+            }
+        }
+    }
+
+    /// The file's length now.
+    pub async fn len(&self) -> io::Result<u64> {
+        match &self.0 {
+            Inner::Ring(f) => Ok(f.metadata().await?.len()),
+            Inner::Pool(f) => {
+                let f = std::sync::Arc::clone(f);
+                Ok(crate::blocking::run(move || f.metadata()).await??.len())
+            }
+        }
+    }
+}
+
+impl AsRawFd for DataFile {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match &self.0 {
+            Inner::Ring(f) => f.as_raw_fd(),
+            Inner::Pool(f) => f.as_raw_fd(),
+        }
+    }
+}
 
 pub fn peer_is_loopback(stream: &TcpStream) -> bool {
     stream.peer_addr().is_ok_and(|a| match a.ip() {
@@ -24,13 +152,12 @@ pub fn peer_is_loopback(stream: &TcpStream) -> bool {
 /// Read up to `want` bytes of `file` at `pos` into `buf` (cleared first); reaching the end of the
 /// file before `want` bytes is an error, since the response already announced its length.
 pub async fn read_block(
-    file: &monoio::fs::File,
-    mut buf: Vec<u8>,
+    file: &DataFile,
+    buf: Vec<u8>,
     pos: u64,
     want: usize,
 ) -> (io::Result<usize>, Vec<u8>) {
-    buf.clear();
-    let (res, slice) = file.read_at(buf.slice_mut(0..want), pos).await;
+    let (res, buf) = file.read_at(buf, pos, want).await;
     let res = match res {
         Ok(0) => Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -38,7 +165,7 @@ pub async fn read_block(
         )),
         other => other,
     };
-    (res, slice.into_inner())
+    (res, buf)
 }
 
 /// A file region to the socket through a pooled block buffer: io_uring read, then write.
@@ -49,7 +176,7 @@ pub async fn copy_loop(
     len: u64,
     stall: Duration,
 ) -> io::Result<()> {
-    let file = monoio::fs::File::from_std(file)?;
+    let file = DataFile::new(file)?;
     let (result, buf) = copy_blocks(stream, &file, take_block(), offset, offset + len, stall).await;
     give_block(buf);
     result
@@ -58,7 +185,7 @@ pub async fn copy_loop(
 /// The loop of `copy_loop`; hands the buffer back (empty if a stalled write took it).
 async fn copy_blocks(
     stream: &mut TcpStream,
-    file: &monoio::fs::File,
+    file: &DataFile,
     mut buf: Vec<u8>,
     mut pos: u64,
     end: u64,

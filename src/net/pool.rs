@@ -63,13 +63,14 @@ impl Block {
 
     /// Write the bytes at `offset` of `file` from the block's own memory (one positioned write,
     /// resumed until complete); the buffer then returns to the pool.
-    pub async fn write_at(mut self, file: &monoio::fs::File, offset: u64) -> std::io::Result<()> {
-        use monoio::buf::IoBuf;
+    pub async fn write_at(
+        mut self,
+        file: &super::file::DataFile,
+        offset: u64,
+    ) -> std::io::Result<()> {
         let buf = std::mem::take(&mut self.buf);
-        let (res, slice) = file
-            .write_all_at(buf.slice(self.range.clone()), offset)
-            .await;
-        self.buf = slice.into_inner();
+        let (res, buf) = file.write_all_at(buf, self.range.clone(), offset).await;
+        self.buf = buf;
         res
     }
 }

@@ -261,7 +261,7 @@ impl TlsStream {
         len: u64,
         stall: Duration,
     ) -> io::Result<()> {
-        let file = monoio::fs::File::from_std(file)?;
+        let file = super::file::DataFile::new(file)?;
         let (mut pos, end) = (offset, offset + len);
         let large = len > SMALL_BLOCK as u64;
         let reserved = large

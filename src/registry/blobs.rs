@@ -4,62 +4,102 @@ use std::os::unix::fs::FileExt;
 
 use super::{HandlerResult, INLINE_LIMIT, Registry};
 use crate::http::range::{ByteRange, parse_range};
-use crate::http::{Payload, RequestHead, Response};
+use crate::http::{Method, Payload, RequestHead, Response};
 use crate::oci::{Digest, ErrorKind, OciError, RepoName};
+use crate::storage::{BlobContent, StoreError};
 
-/// A file region as a payload: small regions in memory (one write), large ones via sendfile.
-pub(super) fn file_payload(
+/// A file region as a payload: small regions read into memory off the worker (one write), large
+/// ones sent from the file. A HEAD request reads nothing.
+pub(super) async fn file_payload(
     file: std::fs::File,
     offset: u64,
     len: u64,
+    head: &RequestHead,
 ) -> Result<Payload, OciError> {
-    if len <= INLINE_LIMIT {
+    if head.method == Method::Head {
+        return Ok(Payload::Empty);
+    }
+    if len > INLINE_LIMIT {
+        return Ok(Payload::File { file, offset, len });
+    }
+    let read = crate::blocking::run(move || {
         let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, offset)
-            .map_err(|e| super::io_error(&e))?;
-        Ok(Payload::Bytes(buf))
-    } else {
-        Ok(Payload::File { file, offset, len })
+        file.read_exact_at(&mut buf, offset).map(|()| buf)
+    });
+    match read.await {
+        Ok(Ok(buf)) => Ok(Payload::Bytes(buf)),
+        Ok(Err(e)) | Err(e) => Err(super::io_error(&e)),
+    }
+}
+
+/// `bytes[start..start + len]` of a blob read whole, or the file region.
+fn region(content: BlobContent, start: u64, len: u64) -> Payload {
+    match content {
+        BlobContent::Bytes(mut b) => {
+            b.truncate((start + len) as usize);
+            b.drain(..start as usize);
+            Payload::Bytes(b)
+        }
+        BlobContent::File(file) => Payload::File {
+            file,
+            offset: start,
+            len,
+        },
     }
 }
 
 impl Registry {
-    pub(super) fn get_blob(
+    pub(super) async fn get_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         head: &RequestHead,
     ) -> HandlerResult {
-        let (file, size) = self.storage.open_blob(repo, digest)?;
+        let head_only = head.method == Method::Head;
+        let (size, content) = if head_only {
+            let size = self.storage.blob_size(repo, digest).await?;
+            (size.ok_or(StoreError::BlobUnknown)?, None)
+        } else {
+            let read = self.storage.open_blob(repo, digest, INLINE_LIMIT).await?;
+            (read.size, Some(read.content))
+        };
         let resp = Response::new(200)
             .header("Docker-Content-Digest", digest.to_string())
             .header("Accept-Ranges", "bytes")
             .header("ETag", format!("\"{digest}\""))
             .header("Content-Type", "application/octet-stream");
-        match parse_range(head.range.as_deref(), size) {
-            ByteRange::Full => Ok(Response {
-                payload: file_payload(file, 0, size)?,
-                ..resp
-            }),
-            ByteRange::Partial { start, end } => {
-                let len = end - start + 1;
-                let mut r = resp.header("Content-Range", format!("bytes {start}-{end}/{size}"));
-                r.status = 206;
-                r.payload = file_payload(file, start, len)?;
-                Ok(r)
-            }
+        let (status, start, len) = match parse_range(head.range.as_deref(), size) {
+            ByteRange::Full => (200, 0, size),
+            ByteRange::Partial { start, end } => (206, start, end - start + 1),
             ByteRange::Unsatisfiable => {
                 let e = OciError::new(
                     ErrorKind::RangeInvalid,
                     format!("range not satisfiable for a blob of {size} bytes"),
                 );
-                Ok(super::error_response(e).header("Content-Range", format!("bytes */{size}")))
+                return Ok(
+                    super::error_response(e).header("Content-Range", format!("bytes */{size}"))
+                );
             }
+        };
+        let mut r = resp;
+        if status == 206 {
+            r = r.header(
+                "Content-Range",
+                format!("bytes {start}-{}/{size}", start + len - 1),
+            );
+            r.status = 206;
         }
+        r.payload = match content {
+            Some(c) => region(c, start, len),
+            // HEAD: the length is announced, nothing is read or sent.
+            None => Payload::Empty,
+        };
+        r.content_length = head_only.then_some(len);
+        Ok(r)
     }
 
-    pub(super) fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> HandlerResult {
-        self.storage.unlink_blob(repo, digest)?;
+    pub(super) async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> HandlerResult {
+        self.storage.unlink_blob(repo, digest).await?;
         Ok(Response::new(202).header("Docker-Content-Digest", digest.to_string()))
     }
 }

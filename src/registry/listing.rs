@@ -6,21 +6,9 @@ use crate::http::Response;
 use crate::oci::manifest::OCI_INDEX;
 use crate::oci::{Digest, RepoName};
 
-/// Apply `last`/`n` to a sorted list; returns the page and, when more remain, the next `last`.
-fn paginate(items: Vec<String>, page: &Page) -> (Vec<String>, Option<String>) {
-    let start = match &page.last {
-        Some(last) => items.partition_point(|i| i <= last),
-        None => 0,
-    };
-    let mut rest: Vec<String> = items.into_iter().skip(start).collect();
-    match page.n {
-        Some(n) if rest.len() > n => {
-            rest.truncate(n);
-            let next = rest.last().cloned();
-            (rest, next)
-        }
-        _ => (rest, None),
-    }
+/// The `last` of the next page's link: the page's last item, when more follow.
+fn next_last(items: &[String], more: bool) -> Option<String> {
+    items.last().filter(|_| more).cloned()
 }
 
 /// `Link: <path?n=N&last=L>; rel="next"`.
@@ -41,8 +29,13 @@ fn link(path: &str, n: Option<usize>, last: &str) -> String {
 }
 
 impl Registry {
-    pub(super) fn list_tags(&self, repo: &RepoName, page: &Page) -> HandlerResult {
-        let (tags, next) = paginate(self.storage.list_tags(repo)?, page);
+    pub(super) async fn list_tags(&self, repo: &RepoName, page: &Page) -> HandlerResult {
+        let n = page.n.unwrap_or(usize::MAX);
+        let (tags, more) = self
+            .storage
+            .list_tags(repo, page.last.as_deref(), n)
+            .await?;
+        let next = next_last(&tags, more);
         let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags }))
             .expect("json");
         let mut r = Response::new(200).json(body);
@@ -55,8 +48,10 @@ impl Registry {
         Ok(r)
     }
 
-    pub(super) fn list_catalog(&self, page: &Page) -> HandlerResult {
-        let (repos, next) = paginate(self.storage.catalog()?, page);
+    pub(super) async fn list_catalog(&self, page: &Page) -> HandlerResult {
+        let n = page.n.unwrap_or(usize::MAX);
+        let (repos, more) = self.storage.catalog_page(page.last.as_deref(), n).await?;
+        let next = next_last(&repos, more);
         let body = serde_json::to_vec(&serde_json::json!({ "repositories": repos })).expect("json");
         let mut r = Response::new(200).json(body);
         if let Some(last) = next {
@@ -65,13 +60,14 @@ impl Registry {
         Ok(r)
     }
 
-    pub(super) fn get_referrers(
+    pub(super) async fn get_referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> HandlerResult {
-        let manifests = filter_referrers(self.storage.referrers(repo, subject)?, artifact_type);
+        let manifests =
+            filter_referrers(self.storage.referrers(repo, subject).await?, artifact_type);
         let index = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
         let mut r = Response::new(200).bytes(OCI_INDEX, serde_json::to_vec(&index).expect("json"));
         if artifact_type.is_some() {
@@ -108,48 +104,19 @@ mod tests {
 
     #[test]
     fn pagination() {
+        use crate::storage::page;
         let all = v(&["a", "b", "c", "d"]);
-        assert_eq!(paginate(all.clone(), &Page::default()), (all.clone(), None));
+        assert_eq!(page(all.clone(), None, usize::MAX), (all.clone(), false));
+        assert_eq!(page(all.clone(), None, 2), (v(&["a", "b"]), true));
+        assert_eq!(page(all.clone(), Some("b"), 2), (v(&["c", "d"]), false));
         assert_eq!(
-            paginate(
-                all.clone(),
-                &Page {
-                    n: Some(2),
-                    last: None
-                }
-            ),
-            (v(&["a", "b"]), Some("b".into()))
+            page(all.clone(), Some("bb"), usize::MAX),
+            (v(&["c", "d"]), false)
         );
-        assert_eq!(
-            paginate(
-                all.clone(),
-                &Page {
-                    n: Some(2),
-                    last: Some("b".into())
-                }
-            ),
-            (v(&["c", "d"]), None)
-        );
-        assert_eq!(
-            paginate(
-                all.clone(),
-                &Page {
-                    n: None,
-                    last: Some("bb".into())
-                }
-            ),
-            (v(&["c", "d"]), None)
-        );
-        assert_eq!(
-            paginate(
-                all,
-                &Page {
-                    n: Some(0),
-                    last: None
-                }
-            ),
-            (vec![], None)
-        );
+        assert_eq!(page(all.clone(), None, 0), (vec![], true));
+        assert_eq!(next_last(&[], true), None);
+        assert_eq!(next_last(&v(&["a", "b"]), true), Some("b".into()));
+        assert_eq!(next_last(&v(&["a", "b"]), false), None);
     }
 
     #[test]

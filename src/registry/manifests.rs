@@ -5,22 +5,30 @@ use crate::http::{Body, BodyError, RequestHead, Response};
 use crate::oci::{Algorithm, Digest, ErrorKind, OciError, Reference, RepoName, Tag, manifest};
 
 impl Registry {
-    fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, OciError> {
+    async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, OciError> {
         match reference {
             Reference::Digest(d) => Ok(d.clone()),
-            Reference::Tag(t) => Ok(self.storage.resolve_tag(repo, t)?),
+            Reference::Tag(t) => Ok(self.storage.resolve_tag(repo, t).await?),
         }
     }
 
-    pub(super) fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> HandlerResult {
-        let digest = self.resolve(repo, reference)?;
-        let m = self.storage.open_manifest(repo, &digest)?;
-        let payload = super::blobs::file_payload(m.file, 0, m.len)?;
+    pub(super) async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        head: &RequestHead,
+    ) -> HandlerResult {
+        let digest = self.resolve(repo, reference).await?;
+        let m = self.storage.open_manifest(repo, &digest).await?;
+        let payload = super::blobs::file_payload(m.file, 0, m.len, head).await?;
         let mut r = Response::new(200)
             .header("Docker-Content-Digest", digest.to_string())
             .header("ETag", format!("\"{digest}\""))
             .header("Content-Type", m.media_type);
         r.payload = payload;
+        if head.method == crate::http::Method::Head {
+            r.content_length = Some(m.len);
+        }
         Ok(r)
     }
 
@@ -55,7 +63,7 @@ impl Registry {
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &bytes),
         };
         for blob in &parsed.required_blobs {
-            if self.storage.blob_size(repo, blob)?.is_none() {
+            if self.storage.blob_size(repo, blob).await?.is_none() {
                 return Err(OciError::new(
                     ErrorKind::ManifestBlobUnknown,
                     format!("blob {blob} is not in repository {repo}"),
@@ -84,15 +92,15 @@ impl Registry {
     }
 
     /// `tags`: the tags the request was authorized to remove with the manifest (`Action::tags`).
-    pub(super) fn delete_manifest(
+    pub(super) async fn delete_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         tags: &[Tag],
     ) -> HandlerResult {
         match reference {
-            Reference::Digest(d) => self.storage.delete_manifest(repo, d, tags)?,
-            Reference::Tag(t) => self.storage.delete_tag(repo, t)?,
+            Reference::Digest(d) => self.storage.delete_manifest(repo, d, tags).await?,
+            Reference::Tag(t) => self.storage.delete_tag(repo, t).await?,
         }
         Ok(Response::new(202))
     }

@@ -39,16 +39,16 @@ type HandlerResult = Result<Response, OciError>;
 
 impl Registry {
     /// The tags of `repo` pointing at `digest` (what a manifest delete by digest would remove).
-    pub fn tags_pointing_at(
+    pub async fn tags_pointing_at(
         &self,
         repo: &crate::oci::RepoName,
         digest: &crate::oci::Digest,
     ) -> Result<Vec<crate::oci::Tag>, OciError> {
-        Ok(self.storage.tags_pointing_at(repo, digest)?)
+        Ok(self.storage.tags_pointing_at(repo, digest).await?)
     }
 
     /// The store behind the registry.
-    pub fn storage(&self) -> &Storage {
+    pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
     }
 }
@@ -83,8 +83,12 @@ impl Registry {
             Action::GetMetrics | Action::GetHealth | Action::GetReady => {
                 Err(OciError::new(ErrorKind::NotFound, "answered by the server"))
             }
-            Action::GetBlob { repository, digest } => self.get_blob(&repository, &digest, head),
-            Action::DeleteBlob { repository, digest } => self.delete_blob(&repository, &digest),
+            Action::GetBlob { repository, digest } => {
+                self.get_blob(&repository, &digest, head).await
+            }
+            Action::DeleteBlob { repository, digest } => {
+                self.delete_blob(&repository, &digest).await
+            }
             Action::StartUpload {
                 repository,
                 digest,
@@ -115,15 +119,15 @@ impl Registry {
                     .await
             }
             Action::GetUpload { repository, upload } => {
-                self.get_upload(&repository, upload.as_str())
+                self.get_upload(&repository, upload.as_str()).await
             }
             Action::CancelUpload { repository, upload } => {
-                self.cancel_upload(&repository, upload.as_str())
+                self.cancel_upload(&repository, upload.as_str()).await
             }
             Action::GetManifest {
                 repository,
                 reference,
-            } => self.get_manifest(&repository, &reference),
+            } => self.get_manifest(&repository, &reference, head).await,
             Action::PutManifest {
                 repository,
                 reference,
@@ -136,14 +140,17 @@ impl Registry {
                 repository,
                 reference,
                 tags,
-            } => self.delete_manifest(&repository, &reference, &tags),
+            } => self.delete_manifest(&repository, &reference, &tags).await,
             Action::GetReferrers {
                 repository,
                 digest,
                 artifact_type,
-            } => self.get_referrers(&repository, &digest, artifact_type.as_deref()),
-            Action::ListTags { repository, page } => self.list_tags(&repository, &page),
-            Action::ListCatalog { page } => self.list_catalog(&page),
+            } => {
+                self.get_referrers(&repository, &digest, artifact_type.as_deref())
+                    .await
+            }
+            Action::ListTags { repository, page } => self.list_tags(&repository, &page).await,
+            Action::ListCatalog { page } => self.list_catalog(&page).await,
         }
     }
 }

@@ -132,9 +132,9 @@ impl Registry {
             let id = self.storage.start_upload(repo, alg).await?;
             return Ok(progress(repo, &id, 0));
         };
-        let mut w = self.storage.temp_writer(digest.algorithm())?;
+        let mut w = self.storage.temp_writer(digest.algorithm()).await?;
         if let Err(e) = self.stream_body(&mut w, body).await {
-            self.storage.discard_writer(w);
+            self.storage.discard_writer(w).await;
             return Err(e);
         }
         self.storage.finish_writer(w, digest, repo).await?;
@@ -209,15 +209,15 @@ impl Registry {
         Ok(created(repo, digest))
     }
 
-    pub(super) fn get_upload(&self, repo: &RepoName, id: &str) -> HandlerResult {
-        let offset = self.storage.upload_offset(repo, id)?;
+    pub(super) async fn get_upload(&self, repo: &RepoName, id: &str) -> HandlerResult {
+        let offset = self.storage.upload_offset(repo, id).await?;
         let mut r = progress(repo, id, offset);
         r.status = 204;
         Ok(r)
     }
 
-    pub(super) fn cancel_upload(&self, repo: &RepoName, id: &str) -> HandlerResult {
-        self.storage.cancel_upload(repo, id)?;
+    pub(super) async fn cancel_upload(&self, repo: &RepoName, id: &str) -> HandlerResult {
+        self.storage.cancel_upload(repo, id).await?;
         Ok(Response::new(204))
     }
 }

@@ -187,13 +187,13 @@ fn certificate_still_valid(conn: &Conn, listener: &Listener, seen: &mut u64) -> 
 }
 
 /// `/metrics`, `/healthz`, `/readyz`.
-fn admin(app: &App, action: &Action) -> Response {
+async fn admin(app: &App, action: &Action) -> Response {
     match action {
         Action::GetMetrics => {
             let text = app.metrics.render(app.registry.storage().open_uploads());
             Response::new(200).bytes("text/plain; version=0.0.4", text.into_bytes())
         }
-        Action::GetReady if !app.registry.storage().writable() => {
+        Action::GetReady if !app.registry.storage().writable().await => {
             Response::new(503).bytes("text/plain", b"storage is not writable\n".to_vec())
         }
         Action::GetReady => Response::new(200).bytes("text/plain", b"ready\n".to_vec()),
@@ -267,9 +267,11 @@ async fn requests(
         let mut refused = false;
         let (resp, user, action) =
             match gate::admit(&live, &credentials, local, &app.registry, &client, &head).await {
-                Ok(ok) if ok.action.is_admin() => {
-                    (admin(app, &ok.action), ok.user, Some(ok.action.index()))
-                }
+                Ok(ok) if ok.action.is_admin() => (
+                    admin(app, &ok.action).await,
+                    ok.user,
+                    Some(ok.action.index()),
+                ),
                 Ok(ok) => {
                     let index = ok.action.index();
                     (

@@ -105,7 +105,9 @@ pub async fn admit<'a>(
         .map_err(|e| (e, None, name))?;
     let asker = Asker { client, user };
     let listener = &*client.listener.name;
-    list_deleted_tags(live, local, registry, &asker, &mut action).map_err(|e| (e, user, name))?;
+    list_deleted_tags(live, local, registry, &asker, &mut action)
+        .await
+        .map_err(|e| (e, user, name))?;
     if live.access.is_open() {
         return Ok(Admitted { action, user });
     }
@@ -158,7 +160,7 @@ async fn authenticate<'a>(
 /// A delete by digest removes every tag pointing at the manifest: list them into the action so
 /// each is decided, and the handler removes no tag that was not (`Storage::delete_manifest`).
 /// The tags are listed only for a client the policy lets delete the manifest at all.
-fn list_deleted_tags(
+async fn list_deleted_tags(
     live: &Live,
     local: &Local,
     registry: &Registry,
@@ -188,7 +190,7 @@ fn list_deleted_tags(
         tags,
     } = action
     {
-        *tags = registry.tags_pointing_at(repository, d)?;
+        *tags = registry.tags_pointing_at(repository, d).await?;
     }
     Ok(())
 }

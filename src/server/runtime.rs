@@ -81,6 +81,9 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         max_manifest_size: cfg.global.max_manifest_size,
         max_blob_size: cfg.global.max_blob_size,
     };
+    let blocking_threads = cfg.blocking_threads();
+    crate::blocking::start(blocking_threads)
+        .map_err(|e| StartError::Other(format!("cannot start the blocking threads: {e}")))?;
     crate::sys::raise_nofile_limit();
     let opts = ListenerOpts::new()
         .reuse_port(true)
@@ -249,6 +252,7 @@ fn worker(
     ready: Ready,
     stop: oneshot::Receiver<()>,
 ) {
+    crate::net::file::use_ring(driver == Driver::IoUring);
     let fut = worker_main(opts, addrs, app, ready.clone(), stop);
     let built = match driver {
         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()

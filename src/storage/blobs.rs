@@ -1,28 +1,73 @@
 //! The content-addressed blob store and per-repository blob links.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Result, Storage, StoreError, fsio};
 use crate::oci::{Digest, RepoName};
 
+/// A blob's content as the backend hands it out: small blobs read whole, larger ones as an open
+/// file (sent with `sendfile` on plain HTTP).
+pub enum BlobContent {
+    Bytes(Vec<u8>),
+    File(std::fs::File),
+}
+
+/// A blob to serve: its size and content.
+pub struct BlobRead {
+    pub size: u64,
+    pub content: BlobContent,
+}
+
 impl Storage {
     /// Size of a blob that `repo` may serve, or `None`. A blob reported present is held (see
-    /// `hold_blob_data`): the client may rely on it for a manifest.
-    pub fn blob_size(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
+    /// `hold_blob_data`): the client may rely on it for a manifest. Never reads the content.
+    pub async fn blob_size(self: &Arc<Self>, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
+        let (s, repo, d) = (Arc::clone(self), repo.clone(), d.clone());
+        Ok(fsio::off(move || s.blob_size_now(&repo, &d)).await?)
+    }
+
+    fn blob_size_now(&self, repo: &RepoName, d: &Digest) -> io::Result<Option<u64>> {
         if !self.layer_link(repo, d).exists() {
             return Ok(None);
         }
         Ok(self.hold_blob_data(d)?.map(|(_, len)| len))
     }
 
-    /// Open a blob that `repo` may serve (held like `blob_size`: HEAD is how clients ask).
-    pub fn open_blob(&self, repo: &RepoName, d: &Digest) -> Result<(std::fs::File, u64)> {
-        if !self.layer_link(repo, d).exists() {
-            return Err(StoreError::BlobUnknown);
-        }
-        self.hold_blob_data(d)?.ok_or(StoreError::BlobUnknown)
+    /// Open a blob that `repo` may serve (held like `blob_size`); blobs of at most `inline` bytes
+    /// come back read.
+    pub async fn open_blob(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        d: &Digest,
+        inline: u64,
+    ) -> Result<BlobRead> {
+        let (s, repo, d) = (Arc::clone(self), repo.clone(), d.clone());
+        let found = fsio::off(move || {
+            if !s.layer_link(&repo, &d).exists() {
+                return Ok(None);
+            }
+            match s.hold_blob_data(&d)? {
+                Some((file, size)) if size <= inline => {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; size as usize];
+                    file.read_exact_at(&mut buf, 0)?;
+                    Ok(Some(BlobRead {
+                        size,
+                        content: BlobContent::Bytes(buf),
+                    }))
+                }
+                Some((file, size)) => Ok(Some(BlobRead {
+                    size,
+                    content: BlobContent::File(file),
+                })),
+                None => Ok(None),
+            }
+        })
+        .await?;
+        found.ok_or(StoreError::BlobUnknown)
     }
 
     /// Open a stored blob and keep it out of garbage collection's reach for `gc.grace`: its mtime
@@ -73,8 +118,8 @@ impl Storage {
     }
 
     /// Remove `repo`'s link to a blob (the data stays until garbage collection).
-    pub fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
-        if fsio::remove_if_exists(&self.layer_link(repo, d))? {
+    pub async fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+        if fsio::remove(&self.layer_link(repo, d)).await? {
             Ok(())
         } else {
             Err(StoreError::BlobUnknown)
@@ -84,14 +129,14 @@ impl Storage {
     /// Cross-repository mount: link `d` into `repo` if `from` serves it (or, without `from`, if the
     /// store holds it). Returns whether the mount happened.
     pub async fn mount_blob(
-        &self,
+        self: &Arc<Self>,
         repo: &RepoName,
         d: &Digest,
         from: Option<&RepoName>,
     ) -> Result<bool> {
         let available = match from {
-            Some(src) => self.blob_size(src, d)?.is_some(),
-            None => self.hold_blob_data(d)?.is_some(),
+            Some(src) => self.blob_size(src, d).await?.is_some(),
+            None => self.has_blob_data(d).await?,
         };
         if available {
             self.link_blob(repo, d).await?;
@@ -103,7 +148,7 @@ impl Storage {
     /// `link` if given. Identical content may already be there (another push won the race); then
     /// the temp file is simply removed.
     pub(super) async fn commit_temp(
-        &self,
+        self: &Arc<Self>,
         tmp: &Path,
         d: &Digest,
         link: Option<&RepoName>,
@@ -115,13 +160,23 @@ impl Storage {
                 None => Ok(()),
             }
         };
-        if self.hold_blob_data(d)?.is_some() {
-            std::fs::remove_file(tmp)?;
+        let (s, digest, from, to) = (Arc::clone(self), d.clone(), tmp.to_owned(), target.clone());
+        // Already stored (another push won the race): drop ours. Otherwise move it in.
+        let moved: Option<Vec<PathBuf>> = fsio::off(move || {
+            if s.hold_blob_data(&digest)?.is_some() {
+                std::fs::remove_file(&from)?;
+                return Ok(None);
+            }
+            let created = fsio::create_missing(to.parent().expect("blob paths have a parent"))?;
+            std::fs::rename(&from, &to)?;
+            Ok(Some(created))
+        })
+        .await?;
+        let Some(created) = moved else {
             return touch_link.await;
-        }
+        };
+        fsio::sync_created(&created).await?;
         let dir = target.parent().expect("blob paths have a parent");
-        fsio::ensure_dir(dir).await?;
-        std::fs::rename(tmp, &target)?;
         // The directory's fsync and the link (with its own directory fsync) run together: the
         // answer waits for both, and a link whose data a crash lost is never served (links are
         // only read together with the data, see `blob_size`).
@@ -130,7 +185,8 @@ impl Storage {
     }
 
     /// Whether the store holds a blob at all (any repository); holds it like `blob_size`.
-    pub fn has_blob_data(&self, d: &Digest) -> io::Result<bool> {
-        Ok(self.hold_blob_data(d)?.is_some())
+    pub async fn has_blob_data(self: &Arc<Self>, d: &Digest) -> io::Result<bool> {
+        let (s, d) = (Arc::clone(self), d.clone());
+        fsio::off(move || Ok(s.hold_blob_data(&d)?.is_some())).await
     }
 }

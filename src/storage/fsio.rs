@@ -1,5 +1,7 @@
 //! Small filesystem helpers for atomic, durable updates: write a temp file, fsync, rename, fsync the
-//! directory. fsyncs go through monoio so that io_uring runs them without blocking the thread.
+//! directory. The async helpers run on worker threads and never block them: each sequence of plain
+//! file calls is one job on the blocking pool (`crate::blocking`), directory fsyncs are shared
+//! between concurrent callers (group commit).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,8 +12,15 @@ use futures_channel::oneshot;
 
 /// fsync a file or directory by path.
 pub(crate) async fn fsync_path(path: &Path) -> io::Result<()> {
-    let f = std::fs::File::open(path)?;
-    fsync(f).await
+    let path = path.to_owned();
+    crate::blocking::run(move || std::fs::File::open(path)?.sync_all()).await?
+}
+
+/// Run `f` on the blocking pool.
+pub(crate) async fn off<R: Send + 'static>(
+    f: impl FnOnce() -> io::Result<R> + Send + 'static,
+) -> io::Result<R> {
+    crate::blocking::run(f).await?
 }
 
 type Waiters = Vec<oneshot::Sender<io::Result<()>>>;
@@ -82,32 +91,33 @@ pub(crate) async fn fsync_dir(dir: &Path) -> io::Result<()> {
         .unwrap_or_else(|_| Err(io::Error::other("directory sync abandoned")))
 }
 
-/// fsync an open file (data and metadata).
-pub(crate) async fn fsync(f: std::fs::File) -> io::Result<()> {
-    let f = monoio::fs::File::from_std(f)?;
-    f.sync_all().await
-}
-
-/// Create `dir` and any missing parents, fsyncing the parent of each directory created so the
-/// new entries survive a crash. Concurrent creators are fine.
-pub(crate) async fn ensure_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
+/// Create `dir` and any missing parents (blocking); the directories created, outermost first.
+/// Concurrent creators are fine. Their parents must be fsynced (`sync_created`) before the new
+/// entries may be relied on.
+pub(crate) fn create_missing(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
     let mut cur = dir;
     while !cur.is_dir() {
-        missing.push(cur);
+        missing.push(cur.to_owned());
         cur = cur
             .parent()
             .ok_or_else(|| io::Error::other("no existing ancestor"))?;
     }
-    for d in missing.into_iter().rev() {
-        match std::fs::create_dir(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+    missing.reverse();
+    let mut created = Vec::with_capacity(missing.len());
+    for d in missing {
+        match std::fs::create_dir(&d) {
+            Ok(()) => created.push(d),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
+    }
+    Ok(created)
+}
+
+/// fsync the parent of each directory `create_missing` made, outermost first.
+pub(crate) async fn sync_created(created: &[PathBuf]) -> io::Result<()> {
+    for d in created {
         if let Some(parent) = d.parent() {
             fsync_dir(parent).await?;
         }
@@ -115,7 +125,7 @@ pub(crate) async fn ensure_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// `ensure_dir` for code off the worker threads (the collector, fsck): plain blocking fsyncs.
+/// Create `dir` durably, for code off the worker threads (the collector, fsck).
 pub(crate) fn ensure_dir_sync(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -127,37 +137,65 @@ pub(crate) fn ensure_dir_sync(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Atomically replace `path` with `bytes`: temp file in the same directory, fsync, rename, fsync dir.
-pub(crate) async fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Write `bytes` to a temp file beside `path`, fsync it and rename it over `path` (blocking; the
+/// temp file is removed on failure). `guard` is held around the rename. The directories created
+/// on the way are returned; the caller fsyncs them and `path`'s directory.
+pub(crate) fn replace_now(
+    path: &Path,
+    bytes: &[u8],
+    guard: Option<&std::sync::Mutex<()>>,
+) -> io::Result<Vec<PathBuf>> {
     let dir = path.parent().expect("storage paths have a parent");
-    ensure_dir(dir).await?;
+    let created = create_missing(dir)?;
     let tmp = dir.join(format!(".tmp-{}", super::random_id()));
-    let result = async {
-        std::fs::write(&tmp, bytes)?;
-        fsync_path(&tmp).await?;
-        std::fs::rename(&tmp, path)?;
-        fsync_dir(dir).await
-    }
-    .await;
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        let _held = guard.map(|g| g.lock().unwrap_or_else(|p| p.into_inner()));
+        std::fs::rename(&tmp, path)
+    })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map(|()| created)
+}
+
+/// Atomically replace `path` with `bytes`: temp file in the same directory, fsync, rename, fsync dir.
+pub(crate) async fn write_atomic(path: &Path, bytes: Vec<u8>) -> io::Result<()> {
+    let p = path.to_owned();
+    let created = off(move || replace_now(&p, &bytes, None)).await?;
+    sync_created(&created).await?;
+    fsync_dir(path.parent().expect("storage paths have a parent")).await
 }
 
 /// Create an empty marker file (a link) durably; succeeds if it already exists.
 pub(crate) async fn touch(path: &Path) -> io::Result<()> {
-    if path.exists() {
+    let p = path.to_owned();
+    let made = off(move || {
+        if p.exists() {
+            return Ok(None);
+        }
+        let created = create_missing(p.parent().expect("storage paths have a parent"))?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)?;
+        Ok(Some(created))
+    })
+    .await?;
+    let Some(created) = made else {
         return Ok(());
-    }
-    let dir = path.parent().expect("storage paths have a parent");
-    ensure_dir(dir).await?;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)?;
-    fsync_dir(dir).await
+    };
+    sync_created(&created).await?;
+    fsync_dir(path.parent().expect("storage paths have a parent")).await
+}
+
+/// Remove a file off the worker; `Ok(false)` if it did not exist.
+pub(crate) async fn remove(path: &Path) -> io::Result<bool> {
+    let p = path.to_owned();
+    off(move || remove_if_exists(&p)).await
 }
 
 /// Remove a file; `Ok(false)` if it did not exist.

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{Result, Storage, StoreError, fsio, random_id};
 use crate::oci::manifest::{self, Parsed};
@@ -31,28 +32,42 @@ impl Storage {
     /// Store manifest bytes under `digest` in `repo` (blob first, then the revision link, then the
     /// referrer entry), each step atomic, so a crash never leaves a link to missing bytes.
     pub async fn put_manifest(
-        &self,
+        self: &Arc<Self>,
         repo: &RepoName,
         bytes: &[u8],
         digest: &Digest,
         parsed: &Parsed,
     ) -> Result<()> {
-        if !self.has_blob_data(digest)? {
-            let tmp = self.uploads_dir().join(format!(".tmp-{}", random_id()));
-            let written = async {
-                std::fs::write(&tmp, bytes)?;
-                fsio::fsync_path(&tmp).await?;
-                self.commit_temp(&tmp, digest, None).await
+        let tmp = self.uploads_dir().join(format!(".tmp-{}", random_id()));
+        let (s, d, t, data) = (
+            Arc::clone(self),
+            digest.clone(),
+            tmp.clone(),
+            bytes.to_vec(),
+        );
+        // The bytes go to a fsynced temp file unless the store holds them already.
+        let written = fsio::off(move || {
+            if s.hold_blob_data(&d)?.is_some() {
+                return Ok(false);
             }
-            .await;
-            if let Err(e) = written {
-                let _ = fsio::remove_if_exists(&tmp);
-                return Err(e.into());
+            let result = (|| {
+                let mut f = std::fs::File::create(&t)?;
+                std::io::Write::write_all(&mut f, &data)?;
+                f.sync_all()
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&t);
             }
+            result.map(|()| true)
+        })
+        .await?;
+        if written && let Err(e) = self.commit_temp(&tmp, digest, None).await {
+            let _ = fsio::remove(&tmp).await;
+            return Err(e.into());
         }
         fsio::write_atomic(
             &self.revision_link(repo, digest),
-            parsed.media_type.as_bytes(),
+            parsed.media_type.as_bytes().to_vec(),
         )
         .await?;
         if let Some(subject) = &parsed.subject {
@@ -60,24 +75,33 @@ impl Storage {
             let path = self
                 .referrers_dir(repo, subject)
                 .join(referrer_file_name(digest));
-            fsio::write_atomic(&path, &desc).await?;
+            fsio::write_atomic(&path, desc).await?;
         }
         Ok(())
     }
 
-    /// Point `tag` at `digest` (atomic rename; concurrent writers leave one winner).
-    pub async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
-        fsio::write_atomic(
-            &self.tags_dir(repo).join(tag.as_str()),
-            digest.to_string().as_bytes(),
-        )
-        .await?;
+    /// Point `tag` at `digest` (atomic rename; concurrent writers leave one winner). The rename
+    /// holds the repository's tag lock, so a manifest delete never removes a tag it did not check.
+    pub async fn set_tag(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<()> {
+        let path = self.tags_dir(repo).join(tag.as_str());
+        let (s, p, r) = (Arc::clone(self), path.clone(), repo.clone());
+        let text = digest.to_string().into_bytes();
+        let created = fsio::off(move || fsio::replace_now(&p, &text, Some(s.tag_lock(&r)))).await?;
+        fsio::sync_created(&created).await?;
+        fsio::fsync_dir(path.parent().expect("tag paths have a parent")).await?;
         Ok(())
     }
 
     /// The digest a tag points at.
-    pub fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Digest> {
-        let text = read_small(&self.tags_dir(repo).join(tag.as_str()))?
+    pub async fn resolve_tag(self: &Arc<Self>, repo: &RepoName, tag: &Tag) -> Result<Digest> {
+        let path = self.tags_dir(repo).join(tag.as_str());
+        let text = fsio::off(move || read_small(&path))
+            .await?
             .ok_or(StoreError::ManifestUnknown)?;
         text.trim()
             .parse()
@@ -85,7 +109,16 @@ impl Storage {
     }
 
     /// Open a manifest of `repo` by digest.
-    pub fn open_manifest(&self, repo: &RepoName, d: &Digest) -> Result<StoredManifest> {
+    pub async fn open_manifest(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<StoredManifest> {
+        let (s, repo, d) = (Arc::clone(self), repo.clone(), d.clone());
+        fsio::off(move || Ok(s.open_manifest_now(&repo, &d))).await?
+    }
+
+    fn open_manifest_now(&self, repo: &RepoName, d: &Digest) -> Result<StoredManifest> {
         let media_type =
             read_small(&self.revision_link(repo, d))?.ok_or(StoreError::ManifestUnknown)?;
         let file = match std::fs::File::open(self.blob_path(d)) {
@@ -105,7 +138,16 @@ impl Storage {
     }
 
     /// The tags of `repo` that point at `d`, in lexical order.
-    pub fn tags_pointing_at(&self, repo: &RepoName, d: &Digest) -> Result<Vec<Tag>> {
+    pub async fn tags_pointing_at(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Vec<Tag>> {
+        let (s, repo, d) = (Arc::clone(self), repo.clone(), d.clone());
+        fsio::off(move || Ok(s.tags_pointing_at_now(&repo, &d))).await?
+    }
+
+    fn tags_pointing_at_now(&self, repo: &RepoName, d: &Digest) -> Result<Vec<Tag>> {
         let tags_dir = self.tags_dir(repo);
         let wanted = d.to_string();
         let mut out = Vec::new();
@@ -122,10 +164,26 @@ impl Storage {
     /// the tags the request was authorized to remove: if another tag points at the manifest now
     /// (moved there since), nothing is deleted and the answer is `TagMoved`, so a delete never
     /// takes a tag nobody decided on, nor leaves a tag pointing at nothing.
-    pub fn delete_manifest(&self, repo: &RepoName, d: &Digest, decided: &[Tag]) -> Result<()> {
+    pub async fn delete_manifest(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        d: &Digest,
+        decided: &[Tag],
+    ) -> Result<()> {
+        let (s, repo, d, decided) = (Arc::clone(self), repo.clone(), d.clone(), decided.to_vec());
+        fsio::off(move || Ok(s.delete_manifest_now(&repo, &d, &decided))).await?
+    }
+
+    /// `delete_manifest` on this thread, holding the repository's tag lock from the check of the
+    /// tags to their removal (a tag moved meanwhile would otherwise be deleted with the old one).
+    fn delete_manifest_now(&self, repo: &RepoName, d: &Digest, decided: &[Tag]) -> Result<()> {
         let link = self.revision_link(repo, d);
         let media_type = read_small(&link)?.ok_or(StoreError::ManifestUnknown)?;
-        let tags = self.tags_pointing_at(repo, d)?;
+        let _held = self
+            .tag_lock(repo)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let tags = self.tags_pointing_at_now(repo, d)?;
         if let Some(t) = tags.iter().find(|t| !decided.contains(t)) {
             return Err(StoreError::TagMoved(t.to_string()));
         }
@@ -148,8 +206,8 @@ impl Storage {
     }
 
     /// Remove a tag (the manifest stays).
-    pub fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<()> {
-        if fsio::remove_if_exists(&self.tags_dir(repo).join(tag.as_str()))? {
+    pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<()> {
+        if fsio::remove(&self.tags_dir(repo).join(tag.as_str())).await? {
             Ok(())
         } else {
             Err(StoreError::ManifestUnknown)
@@ -172,56 +230,66 @@ impl Storage {
         Ok(tags)
     }
 
-    /// The repository's tags in lexical order; `NameUnknown` if the repository does not exist.
-    pub fn list_tags(&self, repo: &RepoName) -> Result<Vec<String>> {
-        if !self.repo_dir(repo).is_dir() {
-            return Err(StoreError::NameUnknown);
-        }
-        let mut tags = self.tag_names(repo)?;
-        tags.sort_unstable();
-        Ok(tags)
+    /// One page of the repository's tags in lexical order: at most `n` after `last`, and whether
+    /// more follow. `NameUnknown` if the repository does not exist.
+    pub async fn list_tags(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<String>, bool)> {
+        let (s, repo, last) = (Arc::clone(self), repo.clone(), last.map(str::to_owned));
+        fsio::off(move || {
+            if !s.repo_dir(&repo).is_dir() {
+                return Ok(Err(StoreError::NameUnknown));
+            }
+            let mut tags = match s.tag_names(&repo) {
+                Ok(t) => t,
+                Err(e) => return Ok(Err(e)),
+            };
+            tags.sort_unstable();
+            Ok(Ok(super::page(tags, last.as_deref(), n)))
+        })
+        .await?
     }
 
-    /// Every repository name, in lexical order.
+    /// One page of repository names in lexical order: at most `n` after `last`, and whether more
+    /// follow. A walk off the worker that skips the subtrees before `last` and stops after `n`.
+    pub async fn catalog_page(
+        self: &Arc<Self>,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<String>, bool)> {
+        let (s, last) = (Arc::clone(self), last.map(str::to_owned));
+        Ok(fsio::off(move || s.catalog_walk(last.as_deref(), n)).await?)
+    }
+
+    /// Every repository name, in lexical order (the collector's walk).
     pub fn catalog(&self) -> Result<Vec<String>> {
+        Ok(self.catalog_walk(None, usize::MAX)?.0)
+    }
+
+    /// At most `n` repository names after `last`, in lexical order, and whether more follow.
+    fn catalog_walk(&self, last: Option<&str>, n: usize) -> io::Result<(Vec<String>, bool)> {
         let mut out = Vec::new();
         let base = self.root.join("repositories");
-        let mut stack = vec![(base, String::new())];
-        while let Some((dir, prefix)) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let name = entry.file_name().into_string().unwrap_or_default();
-                if !entry.file_type()?.is_dir() || name.starts_with('.') {
-                    continue;
-                }
-                if name.starts_with('_') {
-                    if (name == "_manifests" || name == "_layers")
-                        && out.last().is_none_or(|l| *l != prefix)
-                    {
-                        out.push(prefix.clone());
-                    }
-                    continue;
-                }
-                let child = if prefix.is_empty() {
-                    name
-                } else {
-                    format!("{prefix}/{name}")
-                };
-                stack.push((entry.path(), child));
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
+        walk_repos(&base, "", last, n.saturating_add(1), &mut out)?;
+        let more = out.len() > n;
+        out.truncate(n);
+        Ok((out, more))
     }
 
     /// Referrer descriptors (JSON objects) of `subject` in `repo`.
-    pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Vec<u8>>> {
+    pub async fn referrers(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Vec<u8>>> {
+        let (s, repo, subject) = (Arc::clone(self), repo.clone(), subject.clone());
+        fsio::off(move || Ok(s.referrers_now(&repo, &subject))).await?
+    }
+
+    fn referrers_now(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Vec<u8>>> {
         let dir = self.referrers_dir(repo, subject);
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -241,4 +309,61 @@ impl Storage {
         }
         Ok(out)
     }
+}
+
+/// Collect into `out` (until it holds `want`) the repository names under `dir` (whose name is
+/// `prefix`) that sort after `last`, in lexical order. A repository `a` and its sub-repositories
+/// `a/…` are not adjacent in that order (`a-b` sorts between them), so each child is two items,
+/// itself (if a repository) keyed `a` and its subtree keyed `a/`; subtrees wholly before `last`
+/// are never read.
+fn walk_repos(
+    dir: &Path,
+    prefix: &str,
+    last: Option<&str>,
+    want: usize,
+    out: &mut Vec<String>,
+) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut items: Vec<(String, Option<std::path::PathBuf>)> = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().into_string().unwrap_or_default();
+        if name.is_empty() || name.starts_with(['.', '_']) || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let full = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = entry.path();
+        if path.join("_manifests").is_dir() || path.join("_layers").is_dir() {
+            items.push((full.clone(), None));
+        }
+        items.push((format!("{full}/"), Some(path)));
+    }
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (key, subtree) in items {
+        if out.len() >= want {
+            break;
+        }
+        match subtree {
+            None => {
+                if last.is_none_or(|l| key.as_str() > l) {
+                    out.push(key);
+                }
+            }
+            Some(path) => {
+                if last.is_some_and(|l| l > key.as_str() && !l.starts_with(&key)) {
+                    continue;
+                }
+                walk_repos(&path, &key[..key.len() - 1], last, want, out)?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::config::GcConfig;
 use crate::oci::{Digest, RepoName};
 
+pub use blobs::{BlobContent, BlobRead};
 pub use uploads::{BlobWriter, UploadLease};
 
 /// Storage failures, mapped to OCI errors by the registry.
@@ -42,10 +43,38 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+const TAG_LOCKS: usize = 64;
+/// How long a `/readyz` probe's answer is reused.
+const READY_TTL_MS: u64 = 1000;
+
+/// The cached answer of the writability probe.
+#[derive(Default)]
+struct Ready {
+    ok: std::sync::atomic::AtomicBool,
+    /// Milliseconds after `born` (plus one) of the last probe; 0 = never.
+    probed_ms: std::sync::atomic::AtomicU64,
+    probing: std::sync::atomic::AtomicBool,
+}
+
+/// At most `n` of the sorted `items` after `last`, and whether more follow.
+pub(crate) fn page(items: Vec<String>, last: Option<&str>, n: usize) -> (Vec<String>, bool) {
+    let start = last.map_or(0, |l| items.partition_point(|i| i.as_str() <= l));
+    let mut rest: Vec<String> = items.into_iter().skip(start).collect();
+    let more = rest.len() > n;
+    rest.truncate(n);
+    (rest, more)
+}
+
 /// The filesystem store rooted at `root`.
 pub struct Storage {
     root: PathBuf,
     uploads: uploads::Table,
+    /// Held (on blocking threads only) around a tag's rename and from a manifest delete's check
+    /// of its tags to their removal; striped by repository.
+    tag_locks: Box<[std::sync::Mutex<()>]>,
+    /// The last `/readyz` probe.
+    ready: Ready,
+    born: std::time::Instant,
     /// A held blob's mtime is refreshed when older than this (a quarter of `gc.grace`).
     hold_refresh: std::time::Duration,
 }
@@ -63,6 +92,9 @@ impl Storage {
         Ok(Storage {
             root: root.to_path_buf(),
             uploads: uploads::Table::new(),
+            ready: Ready::default(),
+            born: std::time::Instant::now(),
+            tag_locks: (0..TAG_LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
             hold_refresh: GcConfig::default().grace / 4,
         })
     }
@@ -72,16 +104,41 @@ impl Storage {
         self.uploads.len()
     }
 
-    /// Whether a file can be created and removed under the root now (`/readyz`).
-    pub fn writable(&self) -> bool {
-        let probe = self.uploads_dir().join(format!(".ready-{}", random_id()));
-        std::fs::write(&probe, b"").is_ok() && std::fs::remove_file(&probe).is_ok()
+    /// Whether a file can be created and removed under the root (`/readyz`): a probe on the
+    /// blocking pool at most once per `READY_TTL`; meanwhile (and while a probe runs) the last
+    /// answer.
+    pub async fn writable(self: &std::sync::Arc<Self>) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.born.elapsed().as_millis() as u64 + 1;
+        let last = self.ready.probed_ms.load(Relaxed);
+        let cached = self.ready.ok.load(Relaxed);
+        if (last != 0 && now - last < READY_TTL_MS) || self.ready.probing.swap(true, Relaxed) {
+            return cached;
+        }
+        let dir = self.uploads_dir();
+        let ok = fsio::off(move || {
+            let probe = dir.join(format!(".ready-{}", random_id()));
+            Ok(std::fs::write(&probe, b"").is_ok() && std::fs::remove_file(&probe).is_ok())
+        })
+        .await
+        .unwrap_or(false);
+        self.ready.ok.store(ok, Relaxed);
+        self.ready.probed_ms.store(now, Relaxed);
+        self.ready.probing.store(false, Relaxed);
+        ok
     }
 
     /// Use the configured `gc.grace` (held blobs stay younger than a quarter of it).
     pub fn with_grace(mut self, grace: std::time::Duration) -> Storage {
         self.hold_refresh = grace / 4;
         self
+    }
+
+    fn tag_lock(&self, repo: &RepoName) -> &std::sync::Mutex<()> {
+        let h = repo.as_str().bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        &self.tag_locks[h % TAG_LOCKS]
     }
 
     /// Where the collector parks a blob it is about to delete (so a racing hold can take it back).

@@ -14,9 +14,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use monoio::buf::IoBufMut;
-
 use super::{Result, Storage, StoreError, fsio, random_id};
+use crate::net::file::DataFile;
 use crate::net::pool::Block;
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 
@@ -72,7 +71,7 @@ impl Table {
 pub struct BlobWriter {
     /// Shared with the write in flight (large bodies keep one write going while the next block
     /// is received and hashed).
-    file: std::rc::Rc<monoio::fs::File>,
+    file: std::rc::Rc<DataFile>,
     path: PathBuf,
     offset: u64,
     hasher: Hasher,
@@ -90,7 +89,7 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl BlobWriter {
     /// A writer continuing `file` at `offset`, with `hasher` covering the bytes before it.
-    fn new(file: monoio::fs::File, path: PathBuf, offset: u64, hasher: Hasher) -> BlobWriter {
+    fn new(file: DataFile, path: PathBuf, offset: u64, hasher: Hasher) -> BlobWriter {
         BlobWriter {
             file: std::rc::Rc::new(file),
             path,
@@ -196,7 +195,9 @@ impl Drop for UploadLease {
                 s.hasher = Some(s.algorithm.hasher());
             }
             if let Some(w) = w {
-                let _ = fsio::remove_if_exists(&w.path);
+                crate::blocking::detach(move || {
+                    let _ = fsio::remove_if_exists(&w.path);
+                });
             }
             return;
         }
@@ -234,14 +235,13 @@ fn parse_state(text: &str) -> Option<(RepoName, Algorithm)> {
 }
 
 /// Re-hash a file from the start.
-async fn rehash(file: &monoio::fs::File, alg: Algorithm) -> io::Result<(Hasher, u64)> {
+async fn rehash(file: &DataFile, alg: Algorithm) -> io::Result<(Hasher, u64)> {
     let mut hasher = alg.hasher();
     let mut buf = Vec::with_capacity(1 << 20);
     let mut off = 0u64;
     loop {
-        buf.clear();
-        let (res, b) = file.read_at(buf.slice_mut(0..1 << 20), off).await;
-        buf = b.into_inner();
+        let (res, b) = file.read_at(buf, off, 1 << 20).await;
+        buf = b;
         let n = res?;
         if n == 0 {
             return Ok((hasher, off));
@@ -251,28 +251,28 @@ async fn rehash(file: &monoio::fs::File, alg: Algorithm) -> io::Result<(Hasher, 
     }
 }
 
-fn open_rw(path: &Path, create: bool) -> io::Result<monoio::fs::File> {
-    let f = std::fs::OpenOptions::new()
+fn open_rw(path: &Path, create: bool) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(create)
         .truncate(false)
-        .open(path)?;
-    monoio::fs::File::from_std(f)
+        .open(path)
 }
 
 impl Storage {
     /// A writer on a fresh temp file (monolithic uploads and manifests).
-    pub fn temp_writer(&self, alg: Algorithm) -> Result<BlobWriter> {
+    pub async fn temp_writer(&self, alg: Algorithm) -> Result<BlobWriter> {
         let path = self.uploads_dir().join(format!(".tmp-{}", random_id()));
-        let file = open_rw(&path, true)?;
-        Ok(BlobWriter::new(file, path, 0, alg.hasher()))
+        let p = path.clone();
+        let file = fsio::off(move || open_rw(&p, true)).await?;
+        Ok(BlobWriter::new(DataFile::new(file)?, path, 0, alg.hasher()))
     }
 
     /// fsync, verify against `expected`, move into the store and link into `repo`. Returns the
     /// blob size. On a mismatch the data is deleted and `DigestMismatch` returned.
     pub async fn finish_writer(
-        &self,
+        self: &Arc<Self>,
         mut w: BlobWriter,
         expected: &Digest,
         repo: &RepoName,
@@ -296,14 +296,14 @@ impl Storage {
         }
         .await;
         if result.is_err() {
-            let _ = fsio::remove_if_exists(&w.path);
+            let _ = fsio::remove(&w.path).await;
         }
         result
     }
 
     /// Discard a temp writer's data.
-    pub fn discard_writer(&self, w: BlobWriter) {
-        let _ = fsio::remove_if_exists(&w.path);
+    pub async fn discard_writer(&self, w: BlobWriter) {
+        let _ = fsio::remove(&w.path).await;
     }
 
     fn upload_dir(&self, id: &str) -> PathBuf {
@@ -329,13 +329,14 @@ impl Storage {
         Ok(id)
     }
 
-    /// Create a session's directory, empty `data` and `state` (its first chunk is arriving).
-    fn persist_session(&self, id: &str, repo: &RepoName, alg: Algorithm) -> io::Result<()> {
-        let dir = self.upload_dir(id);
-        std::fs::create_dir(&dir)?;
+    /// Create a session's directory, empty `data` and `state` (its first chunk is arriving);
+    /// the open `data` file.
+    fn persist_session(dir: &Path, repo: &RepoName, alg: Algorithm) -> io::Result<std::fs::File> {
+        std::fs::create_dir(dir)?;
         // `data` before `state`: the session exists once its state does.
-        std::fs::File::create(dir.join("data"))?;
-        std::fs::write(dir.join("state"), state_text(repo, alg))
+        let data = open_rw(&dir.join("data"), true)?;
+        std::fs::write(dir.join("state"), state_text(repo, alg))?;
+        Ok(data)
     }
 
     /// Forget sessions that never received data and started before `cutoff`; how many.
@@ -351,8 +352,8 @@ impl Storage {
     }
 
     /// The session as stored on disk (after a restart): repository, algorithm.
-    fn load_session(&self, id: &str) -> Option<(RepoName, Algorithm)> {
-        let text = std::fs::read_to_string(self.upload_dir(id).join("state")).ok()?;
+    fn load_session(dir: &Path) -> Option<(RepoName, Algorithm)> {
+        let text = std::fs::read_to_string(dir.join("state")).ok()?;
         parse_state(&text)
     }
 
@@ -364,39 +365,46 @@ impl Storage {
         id: &str,
         completing: bool,
     ) -> Result<UploadLease> {
-        let (alg, hasher, offset, on_disk) = {
+        let known = {
             let mut shard = self.uploads.shard(id);
             match shard.get_mut(id) {
                 Some(s) if s.repo != *repo => return Err(StoreError::UploadUnknown),
                 Some(s) if s.busy => return Err(StoreError::UploadBusy { offset: s.offset }),
                 Some(s) => {
                     s.busy = true;
-                    (s.algorithm, s.hasher.take(), s.offset, s.on_disk)
+                    Some((s.algorithm, s.hasher.take(), s.offset, s.on_disk))
                 }
-                None => {
-                    drop(shard);
-                    let (srepo, alg) = self.load_session(id).ok_or(StoreError::UploadUnknown)?;
-                    if srepo != *repo {
-                        return Err(StoreError::UploadUnknown);
-                    }
-                    let mut shard = self.uploads.shard(id);
-                    if shard.contains_key(id) {
-                        return Err(StoreError::UploadBusy { offset: 0 });
-                    }
-                    shard.insert(
-                        id.to_owned(),
-                        Session {
-                            repo: repo.clone(),
-                            hasher: None,
-                            algorithm: alg,
-                            offset: 0,
-                            busy: true,
-                            on_disk: true,
-                            started: std::time::SystemTime::now(),
-                        },
-                    );
-                    (alg, None, 0, true)
+                None => None,
+            }
+        };
+        let (alg, hasher, offset, on_disk) = match known {
+            Some(k) => k,
+            // Not in this process's table: a session from before a restart, if its state says so.
+            None => {
+                let dir = self.upload_dir(id);
+                let (srepo, alg) = fsio::off(move || Ok(Self::load_session(&dir)))
+                    .await?
+                    .ok_or(StoreError::UploadUnknown)?;
+                if srepo != *repo {
+                    return Err(StoreError::UploadUnknown);
                 }
+                let mut shard = self.uploads.shard(id);
+                if shard.contains_key(id) {
+                    return Err(StoreError::UploadBusy { offset: 0 });
+                }
+                shard.insert(
+                    id.to_owned(),
+                    Session {
+                        repo: repo.clone(),
+                        hasher: None,
+                        algorithm: alg,
+                        offset: 0,
+                        busy: true,
+                        on_disk: true,
+                        started: std::time::SystemTime::now(),
+                    },
+                );
+                (alg, None, 0, true)
             }
         };
         let mut lease = UploadLease {
@@ -405,28 +413,33 @@ impl Storage {
             writer: None,
             temp: false,
         };
-        if !on_disk {
+        let path = self.upload_dir(id).join("data");
+        let file = if on_disk {
+            let p = path.clone();
+            match fsio::off(move || open_rw(&p, false)).await {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    drop(lease);
+                    self.uploads.shard(id).remove(id);
+                    return Err(StoreError::UploadUnknown);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
             if completing {
                 lease.temp = true;
-                lease.writer = Some(self.temp_writer(alg)?);
+                lease.writer = Some(self.temp_writer(alg).await?);
                 return Ok(lease);
             }
-            self.persist_session(id, repo, alg)?;
+            let (dir, r) = (self.upload_dir(id), repo.clone());
+            let file = fsio::off(move || Self::persist_session(&dir, &r, alg)).await?;
             if let Some(s) = self.uploads.shard(id).get_mut(id) {
                 s.on_disk = true;
             }
-        }
-        let path = self.upload_dir(id).join("data");
-        let file = match open_rw(&path, false) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                drop(lease);
-                self.uploads.shard(id).remove(id);
-                return Err(StoreError::UploadUnknown);
-            }
-            Err(e) => return Err(e.into()),
+            file
         };
-        let len = file.metadata().await?.len();
+        let file = DataFile::new(file)?;
+        let len = file.len().await?;
         let (hasher, offset) = match hasher {
             Some(h) if len == offset => (h, offset),
             _ => rehash(&file, alg).await?,
@@ -436,7 +449,7 @@ impl Storage {
     }
 
     /// Bytes received so far by an upload of `repo`.
-    pub fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
+    pub async fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
         {
             let shard = self.uploads.shard(id);
             if let Some(s) = shard.get(id) {
@@ -447,22 +460,24 @@ impl Storage {
                 };
             }
         }
-        match self.load_session(id) {
-            Some((r, _)) if r == *repo => {
-                match std::fs::metadata(self.upload_dir(id).join("data")) {
+        let (dir, repo) = (self.upload_dir(id), repo.clone());
+        fsio::off(move || {
+            Ok(match Self::load_session(&dir) {
+                Some((r, _)) if r == repo => match std::fs::metadata(dir.join("data")) {
                     Ok(m) => Ok(m.len()),
                     // State without data: a session torn by a crash is unknown, not an error.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::UploadUnknown),
                     Err(e) => Err(e.into()),
-                }
-            }
-            _ => Err(StoreError::UploadUnknown),
-        }
+                },
+                _ => Err(StoreError::UploadUnknown),
+            })
+        })
+        .await?
     }
 
     /// Verify and commit a leased upload as `expected`, then forget the session. Returns the size.
     pub async fn complete_upload(
-        &self,
+        self: &Arc<Self>,
         mut lease: UploadLease,
         expected: &Digest,
         repo: &RepoName,
@@ -472,15 +487,29 @@ impl Storage {
             .take()
             .expect("writer present until completion");
         let result = self.finish_writer(w, expected, repo).await;
-        self.forget_upload(&lease.id);
+        self.forget_upload_off(&lease.id).await;
         result
     }
 
     /// Cancel an upload of `repo`.
-    pub fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
-        self.upload_offset(repo, id)?;
-        self.forget_upload(id);
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        self.upload_offset(repo, id).await?;
+        self.forget_upload_off(id).await;
         Ok(())
+    }
+
+    /// `forget_upload` from a worker: the table at once, the files on the blocking pool.
+    async fn forget_upload_off(&self, id: &str) {
+        let known = self.uploads.shard(id).remove(id);
+        if known.is_some_and(|s| !s.on_disk) {
+            return;
+        }
+        let dir = self.upload_dir(id);
+        let _ = fsio::off(move || {
+            remove_session_files(&dir);
+            Ok(())
+        })
+        .await;
     }
 
     pub(super) fn forget_upload(&self, id: &str) {
@@ -488,12 +517,17 @@ impl Storage {
         if known.is_some_and(|s| !s.on_disk) {
             return;
         }
-        // `state` first: a session directory without it is unknown, so a crash in the middle of
-        // the removal leaves an unknown session (collected later), never a half-known one.
-        let dir = self.upload_dir(id);
+        remove_session_files(&self.upload_dir(id));
+    }
+}
+
+/// Remove a session's files. `state` first: a session directory without it is unknown, so a crash
+/// in the middle of the removal leaves an unknown session (collected later), never a half-known one.
+fn remove_session_files(dir: &Path) {
+    {
         let _ = std::fs::remove_file(dir.join("state"));
         // Usually `data` was renamed into the store and the directory is empty: one rmdir.
-        if std::fs::remove_dir(&dir).is_err() {
+        if std::fs::remove_dir(dir).is_err() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }

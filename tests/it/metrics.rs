@@ -107,12 +107,14 @@ fn storage_totals_and_readiness(driver: &str) {
     let uploads = store.path().join("uploads");
     std::fs::rename(&uploads, store.path().join("uploads.away")).unwrap();
     std::fs::write(&uploads, b"not a directory").unwrap();
-    let r = c.get("/readyz");
-    assert_eq!(r.status, 503);
+    // The probe's answer is reused for a second: the change shows within the next one.
+    wait_for("/readyz to answer 503", || c.get("/readyz").status == 503);
     assert_eq!(c.get("/healthz").status, 200, "the process is still alive");
     std::fs::remove_file(&uploads).unwrap();
     std::fs::rename(store.path().join("uploads.away"), &uploads).unwrap();
-    assert_eq!(c.get("/readyz").status, 200);
+    wait_for("/readyz to answer 200 again", || {
+        c.get("/readyz").status == 200
+    });
 }
 
 fn admin_endpoints_skip_policies_unless_configured(driver: &str) {
