@@ -315,10 +315,13 @@ impl<'c> Body<'c> {
     /// Whether the connection stays open after the response to this request: the one place
     /// keep-alive is decided. A body the handler left unread is drained first when small (up to
     /// `DRAIN_LIMIT` wire bytes); a larger one, a client asking to close, a refused client
-    /// (401/429, so failing cannot hold a connection) and a server shutting down all close.
+    /// (401/429, so failing cannot hold a connection, and 413, whose body is never read) and a
+    /// server shutting down all close without waiting for the body: the answer goes out first.
     pub async fn keep_alive(&mut self, head: &RequestHead, refused: bool, stopping: bool) -> bool {
-        let body_done = self.finished() || self.drain(DRAIN_LIMIT).await;
-        body_done && !head.close && !refused && !stopping
+        if head.close || refused || stopping {
+            return false;
+        }
+        self.finished() || self.drain(DRAIN_LIMIT).await
     }
 }
 

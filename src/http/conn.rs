@@ -22,6 +22,9 @@ pub(super) const READ_BUF: usize = 64 * 1024;
 /// waits for readability alone, so 10,000 idle connections cost kilobytes each, not 64 KiB+.
 /// Clients that send request after request never wait this long and keep the read posted.
 const PARK_AFTER: Duration = Duration::from_millis(250);
+/// A closing connection reads and discards at most this much, for at most `LINGER_TIME`.
+const LINGER_BYTES: usize = 64 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(2);
 
 thread_local! {
     static COLLECT_SCHEDULED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -207,13 +210,15 @@ impl Conn {
     }
 
     /// Close politely: stop sending, then read and discard briefly so that unread input does not turn
-    /// the close into a reset that destroys the response we just sent.
+    /// the close into a reset that destroys the response we just sent. A client that writes a whole
+    /// refused body before reading (Python's `http.client`) gets `LINGER_BYTES` and `LINGER_TIME`
+    /// to finish and read the answer.
     pub async fn linger(mut self) {
         self.phase = Phase::Lingering;
         self.io.shutdown_write().await;
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + LINGER_TIME;
         let mut seen = 0usize;
-        while seen < 1 << 20 {
+        while seen < LINGER_BYTES {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;

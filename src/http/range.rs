@@ -70,6 +70,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> ByteRange {
 }
 
 /// Parse an upload `Content-Range: <start>-<end>` (also `bytes <start>-<end>/<total>`), inclusive.
+/// A range whose length (`end - start + 1`) does not fit in 64 bits is malformed.
 pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let v = value.trim();
     let v = v
@@ -79,7 +80,7 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
     let (start, end) = (digits(a)?, digits(b)?);
-    (end >= start).then_some((start, end))
+    (end >= start && end - start < u64::MAX).then_some((start, end))
 }
 
 #[cfg(test)]
@@ -126,5 +127,10 @@ mod tests {
         assert_eq!(parse_content_range("-4"), None);
         assert_eq!(parse_content_range("a-b"), None);
         assert_eq!(parse_content_range("+1-2"), None);
+        assert_eq!(parse_content_range("0-18446744073709551615"), None);
+        assert_eq!(
+            parse_content_range("1-18446744073709551615"),
+            Some((1, u64::MAX))
+        );
     }
 }

@@ -289,6 +289,8 @@ async fn requests(
         if let Some(hsts) = live.hsts.as_ref().filter(|_| tls) {
             resp = resp.header("Strict-Transport-Security", hsts.clone());
         }
+        // A body refused as too large is not read at all: answered, then closed.
+        let refused = refused || resp.status == 413;
         let keep = body.keep_alive(&head, refused, shutdown.fired()).await;
         let close = !keep;
         let status = resp.status;

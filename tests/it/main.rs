@@ -24,6 +24,7 @@ mod metrics;
 mod registry_api;
 mod reload;
 mod security;
+mod storage_io;
 mod structure;
 mod switches;
 mod tls;

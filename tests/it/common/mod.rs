@@ -276,6 +276,10 @@ impl Resp {
         v["errors"][0]["code"].as_str().unwrap_or("").to_owned()
     }
 
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("json body")
     }

@@ -1,0 +1,159 @@
+//! Storage behind the worker (issue 16): races between tag updates and manifest deletes, upload
+//! ranges that overflow, oversized manifests refused from their head, the blocking pool's metrics.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::common::*;
+
+on_both_drivers!(
+    a_manifest_delete_racing_a_tag_update_never_deletes_the_fresh_tag,
+    an_upload_range_whose_length_overflows_is_refused,
+    an_oversized_manifest_is_refused_from_its_head_and_the_client_reads_413,
+    file_operations_run_on_the_blocking_pool,
+);
+
+/// A manifest with a distinct digest per `n` over the same config and layer, padded by `pad`
+/// bytes of annotation.
+fn manifest(cfg: &str, cfg_len: usize, layer: &str, n: usize, pad: usize) -> Vec<u8> {
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&image_manifest(cfg, cfg_len, &[(layer, 5)])).unwrap();
+    m["annotations"] = serde_json::json!({ "n": n.to_string(), "pad": "p".repeat(pad) });
+    serde_json::to_vec(&m).unwrap()
+}
+
+fn put_manifest(c: &mut Client, reference: &str, m: &[u8]) -> u16 {
+    c.request(
+        "PUT",
+        &format!("/v2/race/app/manifests/{reference}"),
+        &[("Content-Type", OCI_MANIFEST)],
+        m,
+    )
+    .status
+}
+
+/// DELETE of manifest A (tagged `t`) and PUT of manifest B as `t`, at the same moment, many
+/// times: whichever order they land in, `t` ends up at B. (A delete that removes the tags it
+/// listed without holding them would remove `t` after it moved to B; A is large so that the
+/// delete spends a while between listing and removing, reading it for its subject.)
+fn a_manifest_delete_racing_a_tag_update_never_deletes_the_fresh_tag(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = push_blob(&mut c, "race/app", cfg);
+    let ld = push_blob(&mut c, "race/app", b"layer");
+    let mut deleter = s.client();
+    let mut tagger = s.client();
+    for i in 0..100 {
+        let a = manifest(&cd, cfg.len(), &ld, 2 * i, 3 << 20);
+        let b = manifest(&cd, cfg.len(), &ld, 2 * i + 1, 0);
+        assert_eq!(put_manifest(&mut c, "t", &a), 201);
+        // B stored first, so the racing PUT only moves the tag.
+        assert_eq!(put_manifest(&mut c, &sha256(&b), &b), 201);
+        let start = std::sync::Barrier::new(2);
+        let (deleted, tagged) = std::thread::scope(|sc| {
+            let del = sc.spawn(|| {
+                start.wait();
+                deleter
+                    .request(
+                        "DELETE",
+                        &format!("/v2/race/app/manifests/{}", sha256(&a)),
+                        &[],
+                        b"",
+                    )
+                    .status
+            });
+            let tag = sc.spawn(|| {
+                start.wait();
+                put_manifest(&mut tagger, "t", &b)
+            });
+            (del.join().unwrap(), tag.join().unwrap())
+        });
+        assert_eq!(tagged, 201, "round {i}");
+        // 202, or 409 when the delete saw the tag move between its authorization and its check.
+        assert!(
+            matches!(deleted, 202 | 409),
+            "round {i}: delete answered {deleted}"
+        );
+        let r = c.request("HEAD", "/v2/race/app/manifests/t", &[], b"");
+        assert_eq!(r.status, 200, "round {i}: the fresh tag t was deleted");
+        assert_eq!(r.header("docker-content-digest"), Some(sha256(&b).as_str()));
+    }
+}
+
+/// `Content-Range: 0-18446744073709551615` with `Content-Length: 0`: the range's length does not
+/// fit in 64 bits, so it cannot match any body (it was once computed with a wrapping add).
+fn an_upload_range_whose_length_overflows_is_refused(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let loc = start_upload(&mut c, "ranges/app");
+    let r = c.request(
+        "PATCH",
+        &loc,
+        &[("Content-Range", "0-18446744073709551615")],
+        b"",
+    );
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "BLOB_UPLOAD_INVALID");
+    // The session is untouched: a proper chunk still lands at 0.
+    let r = c.request("PATCH", &loc, &[("Content-Range", "0-2")], b"abc");
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("range"), Some("0-2"));
+}
+
+/// A manifest PUT declaring more than `global.max_manifest_size` is answered 413 from its head,
+/// and a client that writes the whole body before reading (Python's http.client) still reads it.
+fn an_oversized_manifest_is_refused_from_its_head_and_the_client_reads_413(driver: &str) {
+    let s = Server::start_with(driver, "[global]\nmax_manifest_size = 1024\n");
+    // Without 100-continue, the whole body on the wire before the response is read.
+    let script = r#"
+import http.client, sys
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=20)
+c.request("PUT", "/v2/big/app/manifests/t", body=b"{" + b" " * (8 << 20) + b"}",
+          headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+r = c.getresponse()
+print(r.status, r.read().decode())
+"#;
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &s.addr.ip().to_string(),
+            &s.addr.port().to_string(),
+        ])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("413 ") && stdout.contains("SIZE_INVALID"),
+        "stdout {stdout:?}, stderr {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // From the head alone: the 413 arrives though the body never comes.
+    let mut raw = std::net::TcpStream::connect(s.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"PUT /v2/big/app/manifests/t HTTP/1.1\r\nHost: t\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 5000\r\n\r\n{").unwrap();
+    let mut got = [0u8; 64];
+    let n = raw.read(&mut got).unwrap();
+    assert!(
+        got[..n].starts_with(b"HTTP/1.1 413"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..n])
+    );
+}
+
+/// Pushes and pulls go through the blocking pool (its job counter moves) under both drivers, and
+/// its size and bound are visible.
+fn file_operations_run_on_the_blocking_pool(driver: &str) {
+    let s = Server::start_with(driver, "[storage]\nblocking_threads = 3\n");
+    let mut c = s.client();
+    let before = sample(&c.get("/metrics").body_text(), "wharf_blocking_jobs_total").unwrap();
+    push_image(&mut c, "pool/app", "v1", b"layer bytes");
+    assert_eq!(c.get("/v2/pool/app/manifests/v1").status, 200);
+    let text = c.get("/metrics").body_text();
+    let after = sample(&text, "wharf_blocking_jobs_total").unwrap();
+    assert!(after >= before + 6.0, "{before} -> {after}");
+    assert_eq!(sample(&text, "wharf_blocking_threads"), Some(3.0));
+    assert_eq!(sample(&text, "wharf_blocking_queue_capacity"), Some(192.0));
+    assert_eq!(sample(&text, "wharf_blocking_panics_total"), Some(0.0));
+}
