@@ -104,3 +104,73 @@ pub fn return_freed_pages() {
     // SAFETY: mi_collect only walks this thread's heap; no pointers are passed.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
+
+/// Open `path` only if the kernel can do it without I/O: every path component in the dentry cache
+/// (`openat2` with `RESOLVE_CACHED`, Linux ≥ 5.12). `WouldBlock` when the lookup needs the disk
+/// (or the kernel lacks the flag): the caller takes a blocking thread instead. `NotFound` from a
+/// cached negative entry is a real answer. `flags` are `open(2)` flags (`O_CLOEXEC` is added).
+pub fn open_cached(path: &std::path::Path, flags: i32) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: zeroed is a valid `open_how` (all integers); its fields are set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_CACHED;
+    // SAFETY: `c` is a NUL-terminated string and `how` a valid struct of the size passed, both
+    // alive for the call; the kernel returns a new descriptor we then own, or -1 and errno.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            // EAGAIN: not all cached; ENOSYS/EINVAL: no openat2 or no RESOLVE_CACHED here.
+            Some(libc::EAGAIN | libc::ENOSYS | libc::EINVAL | libc::E2BIG) => {
+                io::Error::from(io::ErrorKind::WouldBlock)
+            }
+            _ => e,
+        });
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd as RawFd) })
+}
+
+/// Read `buf.len()` bytes at `offset` from the page cache only (`preadv2` with `RWF_NOWAIT`);
+/// `WouldBlock` if any of it would need the disk, `UnexpectedEof` if the file is shorter.
+pub fn read_exact_cached(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::other("offset too large"))?;
+        // SAFETY: `iov` points into `buf[done..]`, valid and exclusively borrowed for the call,
+        // with its exact remaining length; the kernel writes at most that much.
+        let n = unsafe { libc::preadv2(fd, &iov, 1, at, libc::RWF_NOWAIT) };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}

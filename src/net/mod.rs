@@ -66,3 +66,19 @@ pub async fn timed_read(
     };
     (res, slice.into_inner())
 }
+
+/// Let the worker's other tasks run before this one goes on. A socket that always has data makes
+/// epoll-driver reads complete without suspending; a long body would then starve every other
+/// connection on the worker.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}

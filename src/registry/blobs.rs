@@ -1,36 +1,10 @@
 //! Blob GET/HEAD (with single ranges) and DELETE.
 
-use std::os::unix::fs::FileExt;
-
 use super::{HandlerResult, INLINE_LIMIT, Registry};
 use crate::http::range::{ByteRange, parse_range};
 use crate::http::{Method, Payload, RequestHead, Response};
 use crate::oci::{Digest, ErrorKind, OciError, RepoName};
 use crate::storage::{BlobContent, StoreError};
-
-/// A file region as a payload: small regions read into memory off the worker (one write), large
-/// ones sent from the file. A HEAD request reads nothing.
-pub(super) async fn file_payload(
-    file: std::fs::File,
-    offset: u64,
-    len: u64,
-    head: &RequestHead,
-) -> Result<Payload, OciError> {
-    if head.method == Method::Head {
-        return Ok(Payload::Empty);
-    }
-    if len > INLINE_LIMIT {
-        return Ok(Payload::File { file, offset, len });
-    }
-    let read = crate::blocking::run(move || {
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, offset).map(|()| buf)
-    });
-    match read.await {
-        Ok(Ok(buf)) => Ok(Payload::Bytes(buf)),
-        Ok(Err(e)) | Err(e) => Err(super::io_error(&e)),
-    }
-}
 
 /// `bytes[start..start + len]` of a blob read whole, or the file region.
 fn region(content: BlobContent, start: u64, len: u64) -> Payload {

@@ -1,33 +1,26 @@
 //! Manifest GET/HEAD/PUT/DELETE by tag or digest.
 
 use super::{HandlerResult, Registry};
-use crate::http::{Body, BodyError, RequestHead, Response};
+use crate::http::{Body, BodyError, Payload, RequestHead, Response};
 use crate::oci::{Algorithm, Digest, ErrorKind, OciError, Reference, RepoName, Tag, manifest};
 
 impl Registry {
-    async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, OciError> {
-        match reference {
-            Reference::Digest(d) => Ok(d.clone()),
-            Reference::Tag(t) => Ok(self.storage.resolve_tag(repo, t).await?),
-        }
-    }
-
     pub(super) async fn get_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         head: &RequestHead,
     ) -> HandlerResult {
-        let digest = self.resolve(repo, reference).await?;
-        let m = self.storage.open_manifest(repo, &digest).await?;
-        let payload = super::blobs::file_payload(m.file, 0, m.len, head).await?;
+        let m = self.storage.get_manifest(repo, reference).await?;
+        let digest = &m.digest;
         let mut r = Response::new(200)
             .header("Docker-Content-Digest", digest.to_string())
             .header("ETag", format!("\"{digest}\""))
             .header("Content-Type", m.media_type);
-        r.payload = payload;
         if head.method == crate::http::Method::Head {
-            r.content_length = Some(m.len);
+            r.content_length = Some(m.bytes.len() as u64);
+        } else {
+            r.payload = Payload::Bytes(m.bytes);
         }
         Ok(r)
     }

@@ -104,6 +104,8 @@ impl Registry {
                     w.append(block).await
                 };
                 written.map_err(|e| super::io_error(&e))?;
+                // A block is up to 1 MiB of hashing: other connections get a turn after each.
+                crate::net::yield_now().await;
             }
             Ok(())
         }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::cached::Cached;
 use super::{Result, Storage, StoreError, fsio};
 use crate::oci::{Digest, RepoName};
 
@@ -25,6 +26,12 @@ impl Storage {
     /// Size of a blob that `repo` may serve, or `None`. A blob reported present is held (see
     /// `hold_blob_data`): the client may rely on it for a manifest. Never reads the content.
     pub async fn blob_size(self: &Arc<Self>, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
+        match self.small_blob_cached(repo, d, 0, true) {
+            Ok(Cached::Hit(read)) => return Ok(Some(read.size)),
+            Err(StoreError::BlobUnknown) => return Ok(None),
+            Ok(Cached::Miss) => {}
+            Err(e) => return Err(e),
+        }
         let (s, repo, d) = (Arc::clone(self), repo.clone(), d.clone());
         Ok(fsio::off(move || s.blob_size_now(&repo, &d)).await?)
     }
@@ -44,6 +51,9 @@ impl Storage {
         d: &Digest,
         inline: u64,
     ) -> Result<BlobRead> {
+        if let Cached::Hit(read) = self.small_blob_cached(repo, d, inline, false)? {
+            return Ok(read);
+        }
         let (s, repo, d) = (Arc::clone(self), repo.clone(), d.clone());
         let found = fsio::off(move || {
             if !s.layer_link(&repo, &d).exists() {

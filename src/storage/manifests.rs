@@ -4,16 +4,25 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::cached::Cached;
 use super::{Result, Storage, StoreError, fsio, random_id};
 use crate::oci::manifest::{self, Parsed};
-use crate::oci::{Digest, RepoName, Tag};
+use crate::oci::{Digest, Reference, RepoName, Tag};
 
 /// A manifest ready to be served.
 pub struct StoredManifest {
     pub digest: Digest,
     pub media_type: String,
-    pub file: std::fs::File,
-    pub len: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The digest in a tag file (`None`: no such tag).
+fn parse_tag_file(text: Option<Vec<u8>>) -> Result<Digest> {
+    let text = text.ok_or(StoreError::ManifestUnknown)?;
+    std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| StoreError::Io(io::Error::other("corrupt tag file")))
 }
 
 fn read_small(path: &Path) -> io::Result<Option<String>> {
@@ -97,44 +106,71 @@ impl Storage {
         Ok(())
     }
 
-    /// The digest a tag points at.
-    pub async fn resolve_tag(self: &Arc<Self>, repo: &RepoName, tag: &Tag) -> Result<Digest> {
-        let path = self.tags_dir(repo).join(tag.as_str());
-        let text = fsio::off(move || read_small(&path))
-            .await?
-            .ok_or(StoreError::ManifestUnknown)?;
-        text.trim()
-            .parse()
-            .map_err(|_| StoreError::Io(io::Error::other("corrupt tag file")))
-    }
-
-    /// Open a manifest of `repo` by digest.
-    pub async fn open_manifest(
+    /// A manifest of `repo` by tag or digest, read whole (manifests are small: at most
+    /// `global.max_manifest_size` when pushed). From the caches on the worker, else one job.
+    pub async fn get_manifest(
         self: &Arc<Self>,
         repo: &RepoName,
-        d: &Digest,
+        reference: &Reference,
     ) -> Result<StoredManifest> {
-        let (s, repo, d) = (Arc::clone(self), repo.clone(), d.clone());
-        fsio::off(move || Ok(s.open_manifest_now(&repo, &d))).await?
+        if let Cached::Hit(m) = self.get_manifest_cached(repo, reference)? {
+            return Ok(m);
+        }
+        let (s, repo, reference) = (Arc::clone(self), repo.clone(), reference.clone());
+        fsio::off(move || Ok(s.get_manifest_now(&repo, &reference))).await?
     }
 
-    fn open_manifest_now(&self, repo: &RepoName, d: &Digest) -> Result<StoredManifest> {
+    fn get_manifest_now(&self, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => parse_tag_file(
+                read_small(&self.tags_dir(repo).join(t.as_str()))?.map(String::into_bytes),
+            )?,
+        };
         let media_type =
-            read_small(&self.revision_link(repo, d))?.ok_or(StoreError::ManifestUnknown)?;
-        let file = match std::fs::File::open(self.blob_path(d)) {
-            Ok(f) => f,
+            read_small(&self.revision_link(repo, &digest))?.ok_or(StoreError::ManifestUnknown)?;
+        let bytes = match std::fs::read(self.blob_path(&digest)) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::ManifestUnknown);
             }
             Err(e) => return Err(e.into()),
         };
-        let len = file.metadata()?.len();
         Ok(StoredManifest {
-            digest: d.clone(),
+            digest,
             media_type,
-            file,
-            len,
+            bytes,
         })
+    }
+
+    /// `get_manifest` from the caches only.
+    fn get_manifest_cached(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Cached<StoredManifest>> {
+        use super::cached::read_small as cached;
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => match cached(&self.tags_dir(repo).join(t.as_str()))? {
+                Cached::Hit(text) => parse_tag_file(text)?,
+                Cached::Miss => return Ok(Cached::Miss),
+            },
+        };
+        let Cached::Hit(link) = cached(&self.revision_link(repo, &digest))? else {
+            return Ok(Cached::Miss);
+        };
+        let link = link.ok_or(StoreError::ManifestUnknown)?;
+        let media_type = String::from_utf8(link)
+            .map_err(|_| StoreError::Io(io::Error::other("corrupt revision link")))?;
+        let Cached::Hit(bytes) = cached(&self.blob_path(&digest))? else {
+            return Ok(Cached::Miss);
+        };
+        Ok(Cached::Hit(StoredManifest {
+            digest,
+            media_type,
+            bytes: bytes.ok_or(StoreError::ManifestUnknown)?,
+        }))
     }
 
     /// The tags of `repo` that point at `d`, in lexical order.

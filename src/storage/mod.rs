@@ -3,6 +3,7 @@
 //! (`manifests`). Nothing here knows HTTP.
 
 pub mod blobs;
+mod cached;
 pub mod fsck;
 mod fsio;
 pub mod gc;
