@@ -11,6 +11,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod logq;
 pub mod metrics;
 pub mod net;
 pub mod oci;

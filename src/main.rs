@@ -373,15 +373,37 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // The server logs through a bounded queue to a writer thread (a worker never waits on
+    // stderr); the other commands write directly.
+    let log_guard = match &cli.command {
+        Command::Serve { .. } => {
+            let guard = wharf::logq::start();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(wharf::logq::Queue)
+                .with_ansi(ansi)
+                .init();
+            match guard {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    eprintln!("wharf: cannot start the log writer thread: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .init();
+            None
+        }
+    };
     let result = match cli.command {
         Command::Serve { config } => load(config.as_ref())
             .and_then(|cfg| wharf::server::run(cfg, config).map_err(|e| e.to_string())),
@@ -410,6 +432,8 @@ fn main() -> ExitCode {
             Ok(())
         }
     };
+    // Queued lines are written before anything else is said.
+    drop(log_guard);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

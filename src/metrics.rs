@@ -326,6 +326,14 @@ impl Metrics {
              # HELP wharf_blocking_panics_total Blocking jobs that panicked (their request failed).\n# TYPE wharf_blocking_panics_total counter\nwharf_blocking_panics_total {}\n",
             b.threads, b.capacity, b.queued, b.running, b.jobs, b.waits, b.inline, b.panics
         );
+        let _ = write!(
+            out,
+            "# HELP wharf_log_queue_lines Log lines waiting for the writer thread (at most {}).\n# TYPE wharf_log_queue_lines gauge\nwharf_log_queue_lines {}\n\
+             # HELP wharf_log_lines_dropped_total Log lines dropped because the log sink was stuck and the queue full.\n# TYPE wharf_log_lines_dropped_total counter\nwharf_log_lines_dropped_total {}\n",
+            crate::logq::QUEUE_LINES,
+            crate::logq::queued(),
+            crate::logq::dropped()
+        );
         out.push_str("# HELP wharf_connections_open Open client connections, by listener.\n# TYPE wharf_connections_open gauge\n");
         for (i, name) in self.listeners.iter().enumerate() {
             let open = gauge_i(&|w| w.connections[i].load(Ordering::Relaxed));

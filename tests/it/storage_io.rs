@@ -11,6 +11,7 @@ on_both_drivers!(
     an_upload_range_whose_length_overflows_is_refused,
     an_oversized_manifest_is_refused_from_its_head_and_the_client_reads_413,
     file_operations_run_on_the_blocking_pool,
+    a_stderr_nobody_reads_never_stops_answers,
 );
 
 /// A manifest with a distinct digest per `n` over the same config and layer, padded by `pad`
@@ -156,4 +157,48 @@ fn file_operations_run_on_the_blocking_pool(driver: &str) {
     assert_eq!(sample(&text, "wharf_blocking_threads"), Some(3.0));
     assert_eq!(sample(&text, "wharf_blocking_queue_capacity"), Some(192.0));
     assert_eq!(sample(&text, "wharf_blocking_panics_total"), Some(0.0));
+}
+
+/// The access log goes through a bounded queue to a writer thread: with stderr a pipe nobody
+/// reads (64 KiB, full after a few hundred lines), requests are still answered, and the lines
+/// that did not fit are counted, not waited for.
+fn a_stderr_nobody_reads_never_stops_answers(driver: &str) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("wharf.toml");
+    std::fs::write(&cfg, "[server]\nport = 0\n[storage]\nroot = \"data\"\n").unwrap();
+    let mut child = std::process::Command::new(wharf_bin())
+        .args(["serve", "-c"])
+        .arg(&cfg)
+        .env("WHARF_IO_DRIVER", driver)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut c = Client::connect(addr);
+    // More than the queue (8192 lines) and the pipe hold.
+    for i in 0..12000 {
+        let r = c.get_within(&format!("/v2/?n={i}"), Duration::from_secs(10));
+        assert_eq!(r.expect("answered").status, 200, "request {i}");
+    }
+    let text = c.get("/metrics").body_text();
+    let dropped = sample(&text, "wharf_log_lines_dropped_total").unwrap();
+    assert!(
+        dropped > 0.0,
+        "the queue and pipe cannot hold 12000 lines: {text}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
