@@ -22,4 +22,8 @@ pub mod server;
 pub mod storage;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod task;
 pub mod tls;
+
+/// Whether this build has the test-only fault hooks.
+pub const FAULT_HOOKS: bool = cfg!(feature = "fault-hooks");

@@ -429,6 +429,9 @@ fn main() -> ExitCode {
         Command::Fsck { config, repair } => fsck(config.as_ref(), repair),
         Command::Version => {
             println!("wharf {}", env!("CARGO_PKG_VERSION"));
+            if wharf::FAULT_HOOKS {
+                println!("built with test-only fault hooks");
+            }
             Ok(())
         }
     };

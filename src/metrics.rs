@@ -334,6 +334,11 @@ impl Metrics {
             crate::logq::queued(),
             crate::logq::dropped()
         );
+        let _ = writeln!(
+            out,
+            "# HELP wharf_connection_panics_total Connection tasks that panicked (each closed its connection).\n# TYPE wharf_connection_panics_total counter\nwharf_connection_panics_total {}",
+            crate::task::connection_panics()
+        );
         out.push_str("# HELP wharf_connections_open Open client connections, by listener.\n# TYPE wharf_connections_open gauge\n");
         for (i, name) in self.listeners.iter().enumerate() {
             let open = gauge_i(&|w| w.connections[i].load(Ordering::Relaxed));

@@ -164,7 +164,7 @@ impl Authenticator {
         let pending = cache.start(key);
         let cache = Rc::clone(cache);
         let name = creds.username;
-        monoio::spawn(async move {
+        crate::task::spawn("a password check's finisher", async move {
             let outcome = reply.await.ok().map(|ok| user.filter(|_| ok));
             drop(slot);
             let verdict = match outcome {

@@ -37,7 +37,7 @@ fn return_freed_pages_soon() {
     if COLLECT_SCHEDULED.with(|c| c.replace(true)) {
         return;
     }
-    monoio::spawn(async {
+    crate::task::spawn("returning freed pages", async {
         monoio::time::sleep(Duration::from_millis(100)).await;
         COLLECT_SCHEDULED.with(|c| c.set(false));
         crate::sys::return_freed_pages();

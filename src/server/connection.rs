@@ -2,14 +2,9 @@
 //! request loop (head → route/handle → response) with keep-alive, pipelining, draining or closing
 //! after unread bodies, and one access-log line per request.
 
-use std::any::Any;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use monoio::net::TcpStream;
@@ -28,8 +23,8 @@ use crate::policy::Peer;
 use crate::registry::error_response;
 use crate::tls::{CertIdentity, identity};
 
-/// Serve one connection accepted on `listener`; a panic in it is logged and ends only this
-/// connection, never the worker. `_slot` holds its place under `limits.max_connections` until it
+/// Serve one connection accepted on `listener` (spawned with `task::spawn_connection`: a panic
+/// ends only this connection). `_slot` holds its place under `limits.max_connections` until it
 /// closes.
 pub(crate) async fn serve(
     stream: TcpStream,
@@ -42,20 +37,7 @@ pub(crate) async fn serve(
     let _tracked = local.shutdown.track();
     local.metrics.connection_opened(listener.index);
     let _open = Closed(&local.metrics, listener.index);
-    if let Err(panic) = (CatchUnwind {
-        inner: Box::pin(connect(stream, peer, app, &local, listener)),
-    })
-    .await
-    {
-        let what = panic
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| panic.downcast_ref::<String>().map(String::as_str));
-        tracing::error!(
-            "connection from {peer} aborted by an internal error: {}",
-            what.unwrap_or("panic")
-        );
-    }
+    connect(stream, peer, app, &local, listener).await
 }
 
 /// Counts the connection closed however `serve` ends.
@@ -64,23 +46,6 @@ struct Closed<'a>(&'a crate::metrics::Worker, usize);
 impl Drop for Closed<'_> {
     fn drop(&mut self) {
         self.0.connection_closed(self.1);
-    }
-}
-
-/// Polls a future inside `catch_unwind` (boxed, so pinning it needs no `unsafe`).
-struct CatchUnwind<F> {
-    inner: Pin<Box<F>>,
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
     }
 }
 
@@ -258,6 +223,8 @@ async fn requests(
             tracing::info!(target: "wharf::tls", "closing TLS connection from {peer}: its client certificate no longer verifies after a reload");
             return;
         }
+        #[cfg(feature = "fault-hooks")]
+        crate::task::fault_hook(&head.path);
         let started = Instant::now();
         local.metrics.request_started();
         let mut body = conn.body(&head);

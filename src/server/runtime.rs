@@ -138,6 +138,9 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         handles.push(handle);
     }
     tracing::info!(threads, driver = driver.name(), storage = %root.display(), "wharf started");
+    if crate::FAULT_HOOKS && std::env::var_os("WHARF_FAULT_HOOKS").is_some_and(|v| v == "1") {
+        tracing::warn!("test-only fault hooks are on: GET /_fault/... makes tasks panic");
+    }
     for l in &app.listeners {
         if let Some(tls) = &l.tls {
             tls.watch();
@@ -254,7 +257,8 @@ fn worker(
 ) {
     crate::net::file::use_ring(driver == Driver::IoUring);
     let fut = worker_main(opts, addrs, app, ready.clone(), stop);
-    let built = match driver {
+    // A panic that reaches the runtime ends this worker: the process must not go on without it.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match driver {
         Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
             .with_entries(1024)
@@ -264,9 +268,13 @@ fn worker(
             .enable_timer()
             .build()
             .map(|mut rt| rt.block_on(fut)),
-    };
-    if let Err(e) = built {
-        let _ = ready.send(Err((0, e)));
+    }));
+    match ran {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = ready.send(Err((0, e)));
+        }
+        Err(panic) => crate::task::fatal("a worker thread", &*panic),
     }
 }
 
@@ -310,13 +318,16 @@ async fn worker_main(
             tls: spec.tls.clone().map(Acceptor::new),
             admin: spec.admin,
         });
-        loops.push(monoio::spawn(accept_loop(
-            socket,
-            listener,
-            Arc::clone(&app),
-            Rc::clone(&local),
-            Rc::clone(&stopped),
-        )));
+        loops.push(crate::task::spawn(
+            "an accept loop",
+            accept_loop(
+                socket,
+                listener,
+                Arc::clone(&app),
+                Rc::clone(&local),
+                Rc::clone(&stopped),
+            ),
+        ));
     }
     let _ = (&mut stop).await;
     stopped.trigger();
@@ -361,7 +372,7 @@ async fn accept_loop(
                     };
                     match app.connections.admit(peer.ip(), make_room) {
                         Ok(slot) => {
-                            monoio::spawn(connection::serve(
+                            crate::task::spawn_connection(peer, connection::serve(
                                 stream,
                                 peer,
                                 Arc::clone(&app),
@@ -375,7 +386,7 @@ async fn accept_loop(
                                 limits::Refusal::Global => Defence::GlobalConnectionCap,
                                 limits::Refusal::Client => Defence::ClientConnectionCap,
                             });
-                            monoio::spawn(connection::over_capacity(
+                            crate::task::spawn_connection(peer, connection::over_capacity(
                                 stream,
                                 peer,
                                 refusal,

@@ -58,7 +58,7 @@ pub(crate) async fn fsync_dir(dir: &Path) -> io::Result<()> {
     });
     if let Some(tx) = lead {
         let dir = dir.to_owned();
-        monoio::spawn(async move {
+        crate::task::spawn("a shared directory fsync", async move {
             let _alive = alive;
             let mut round = vec![tx];
             loop {

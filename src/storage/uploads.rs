@@ -138,9 +138,9 @@ impl BlobWriter {
         // failed, so the next lease re-hashes.
         self.settle().await?;
         let (file, at, len) = (std::rc::Rc::clone(&self.file), self.offset, block.len());
-        self.inflight = Some(monoio::spawn(
-            async move { block.write_at(&file, at).await },
-        ));
+        self.inflight = Some(crate::task::spawn("a block write", async move {
+            block.write_at(&file, at).await
+        }));
         self.advance(len as u64);
         Ok(())
     }

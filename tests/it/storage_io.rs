@@ -1,5 +1,6 @@
-//! Storage behind the worker (issue 16): races between tag updates and manifest deletes, upload
-//! ranges that overflow, oversized manifests refused from their head, the blocking pool's metrics.
+//! A worker that never blocks or silently dies (issue 16): races between tag updates and manifest
+//! deletes, upload ranges that overflow, oversized manifests refused from their head, the blocking
+//! pool, the log queue, and panics in tasks (through the test-only fault hooks).
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -12,6 +13,8 @@ on_both_drivers!(
     an_oversized_manifest_is_refused_from_its_head_and_the_client_reads_413,
     file_operations_run_on_the_blocking_pool,
     a_stderr_nobody_reads_never_stops_answers,
+    a_panic_in_a_connection_closes_only_that_connection,
+    a_panic_in_a_worker_task_ends_the_process_with_status_70,
 );
 
 /// A manifest with a distinct digest per `n` over the same config and layer, padded by `pad`
@@ -201,4 +204,79 @@ fn a_stderr_nobody_reads_never_stops_answers(driver: &str) {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Start wharf with the fault hooks on (the test build has them; `WHARF_FAULT_HOOKS=1` arms them).
+fn start_with_fault_hooks(
+    driver: &str,
+) -> (std::process::Child, std::net::SocketAddr, tempfile::TempDir) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("wharf.toml");
+    std::fs::write(&cfg, "[server]\nport = 0\n[storage]\nroot = \"data\"\n").unwrap();
+    let log = std::fs::File::create(dir.path().join("wharf.log")).unwrap();
+    let mut child = std::process::Command::new(wharf_bin())
+        .args(["serve", "-c"])
+        .arg(&cfg)
+        .env("WHARF_IO_DRIVER", driver)
+        .env("WHARF_FAULT_HOOKS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("wharf did not start: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr, dir)
+}
+
+/// A panic in one connection's task closes that connection; the worker and every other
+/// connection go on, and the panic is counted.
+fn a_panic_in_a_connection_closes_only_that_connection(driver: &str) {
+    let (mut child, addr, _dir) = start_with_fault_hooks(driver);
+    let mut other = Client::connect(addr);
+    assert_eq!(other.get("/v2/").status, 200);
+    let mut c = Client::connect(addr);
+    c.send_raw(b"GET /_fault/panic-connection HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        c.closes_within(Duration::from_secs(5)),
+        "the panicking connection closes"
+    );
+    assert_eq!(other.get("/v2/").status, 200, "another connection goes on");
+    for _ in 0..4 {
+        assert_eq!(Client::connect(addr).get("/v2/").status, 200);
+    }
+    let text = other.get("/metrics").body_text();
+    assert_eq!(sample(&text, "wharf_connection_panics_total"), Some(1.0));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A panic in a task the worker depends on ends the process with status 70 and says why.
+fn a_panic_in_a_worker_task_ends_the_process_with_status_70(driver: &str) {
+    let (mut child, addr, dir) = start_with_fault_hooks(driver);
+    let mut c = Client::connect(addr);
+    c.send_raw(b"GET /_fault/panic-worker HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut status = None;
+    wait_for("wharf to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(70));
+    let log = std::fs::read_to_string(dir.path().join("wharf.log")).unwrap();
+    assert!(
+        log.contains(
+            "wharf: fatal: a fault-hook task panicked (fault hook: panic in a worker task)"
+        ),
+        "{log}"
+    );
 }
