@@ -99,6 +99,17 @@ pub struct LimitsConfig {
     /// wait on clients at once; past it files go out in 16 KiB TLS records or by `sendfile`.
     /// Default `16777216` (16 MiB).
     pub response_buffer_budget: usize,
+    /// Open upload sessions across the server; a POST past it answers 429 `TOOMANYREQUESTS` with
+    /// `Retry-After`. Default `10000` (about 13 MiB of session state); `0` = unlimited.
+    pub max_upload_sessions: usize,
+    /// Open upload sessions per client address (IPv4 address, IPv6 /64); a POST past it answers
+    /// 429 `TOOMANYREQUESTS`. Default `1000`; `0` = unlimited.
+    pub max_upload_sessions_per_client: usize,
+    /// An upload session no request has used for this long leaves memory: without data it is
+    /// forgotten (`BLOB_UPLOAD_UNKNOWN`), with data it is reloaded from disk when used again.
+    /// Independent of `gc`. Default `"900s"` (15 minutes).
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub upload_idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -110,6 +121,9 @@ impl Default for LimitsConfig {
             max_connections: 16384,
             max_connections_per_client: 256,
             response_buffer_budget: crate::net::budget::DEFAULT,
+            max_upload_sessions: 10_000,
+            max_upload_sessions_per_client: 1000,
+            upload_idle_timeout: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -39,6 +39,12 @@ impl Config {
                 "must be at most 1024 (0 = available cores)",
             );
         }
+        if self.limits.upload_idle_timeout.is_zero() {
+            return invalid(
+                "limits.upload_idle_timeout",
+                "must be greater than zero (sessions would expire between PATCHes)",
+            );
+        }
         if self.storage.blocking_threads > 1024 {
             return invalid(
                 "storage.blocking_threads",

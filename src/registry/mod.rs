@@ -60,13 +60,15 @@ impl Registry {
 
     /// Answer one routed and authorized request. The body may be left unread (the connection
     /// decides whether to drain or close).
+    /// `client` is the peer's address (upload sessions are counted per client).
     pub async fn handle(
         &self,
         action: Action,
         head: &RequestHead,
         body: &mut Body<'_>,
+        client: std::net::IpAddr,
     ) -> Response {
-        self.dispatch(action, head, body)
+        self.dispatch(action, head, body, client)
             .await
             .unwrap_or_else(error_response)
     }
@@ -76,6 +78,7 @@ impl Registry {
         action: Action,
         head: &RequestHead,
         body: &mut Body<'_>,
+        client: std::net::IpAddr,
     ) -> HandlerResult {
         match action {
             Action::GetApiVersion => Ok(Response::new(200).json(b"{}".to_vec())),
@@ -94,7 +97,7 @@ impl Registry {
                 digest,
                 algorithm,
             } => {
-                self.start_upload(&repository, digest.as_ref(), algorithm, body)
+                self.start_upload(&repository, digest.as_ref(), algorithm, body, client)
                     .await
             }
             Action::MountBlob {
@@ -103,7 +106,7 @@ impl Registry {
                 from,
                 algorithm,
             } => {
-                self.mount_blob(&repository, &digest, from.as_ref(), algorithm, body)
+                self.mount_blob(&repository, &digest, from.as_ref(), algorithm, body, client)
                     .await
             }
             Action::UpdateUpload { repository, upload } => {
@@ -199,6 +202,18 @@ impl From<StoreError> for OciError {
                 format!(
                     "tag {tag} was moved to this manifest while the delete was being decided; nothing was deleted, retry the delete"
                 ),
+            ),
+            StoreError::TooManySessions { per_client, limit } => OciError::new(
+                ErrorKind::RateLimited,
+                if per_client {
+                    format!(
+                        "this client has {limit} open upload sessions (limits.max_upload_sessions_per_client): finish or cancel some, or retry later"
+                    )
+                } else {
+                    format!(
+                        "the registry has {limit} open upload sessions (limits.max_upload_sessions): retry later"
+                    )
+                },
             ),
             StoreError::Io(err) => io_error(&err),
         }

@@ -122,6 +122,7 @@ impl Registry {
         digest: Option<&Digest>,
         alg: Algorithm,
         body: &mut Body<'_>,
+        client: std::net::IpAddr,
     ) -> HandlerResult {
         let Some(digest) = digest else {
             if body.read_to_vec(0).await.is_err() {
@@ -131,7 +132,7 @@ impl Registry {
                 );
                 return Err(e);
             }
-            let id = self.storage.start_upload(repo, alg).await?;
+            let id = self.storage.start_upload(repo, alg, client).await?;
             return Ok(progress(repo, &id, 0));
         };
         let mut w = self.storage.temp_writer(digest.algorithm()).await?;
@@ -150,12 +151,13 @@ impl Registry {
         from: Option<&RepoName>,
         alg: Algorithm,
         body: &mut Body<'_>,
+        client: std::net::IpAddr,
     ) -> HandlerResult {
         if self.storage.mount_blob(repo, digest, from).await? {
             return Ok(created(repo, digest));
         }
         // Not mountable: fall back to a fresh upload session, as the spec allows.
-        self.start_upload(repo, None, alg, body).await
+        self.start_upload(repo, None, alg, body, client).await
     }
 
     /// Lease the upload and append this request's chunk (checked against its Content-Range);

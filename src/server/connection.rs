@@ -242,7 +242,9 @@ async fn requests(
                 Ok(ok) => {
                     let index = ok.action.index();
                     (
-                        app.registry.handle(ok.action, &head, &mut body).await,
+                        app.registry
+                            .handle(ok.action, &head, &mut body, peer.ip())
+                            .await,
                         ok.user,
                         Some(index),
                     )

@@ -72,8 +72,14 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
             path: root.display().to_string(),
             source,
         })?
-        .with_grace(cfg.gc.grace);
+        .with_grace(cfg.gc.grace)
+        .with_session_limits(crate::storage::SessionLimits {
+            max: cfg.limits.max_upload_sessions,
+            per_client: cfg.limits.max_upload_sessions_per_client,
+            idle: cfg.limits.upload_idle_timeout,
+        });
     let storage = Arc::new(storage);
+    expire_idle_sessions(Arc::clone(&storage))?;
     if !cfg.gc.interval.is_zero() {
         schedule_gc(Arc::clone(&storage), &cfg.gc)?;
     }
@@ -206,6 +212,25 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         let _ = h.join();
     }
     tracing::info!("wharf stopped");
+    Ok(())
+}
+
+/// Drop idle upload sessions from memory on their own thread, a few times per timeout.
+fn expire_idle_sessions(storage: Arc<Storage>) -> Result<(), StartError> {
+    let every = (storage.session_limits().idle / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(30));
+    std::thread::Builder::new()
+        .name("wharf-uploads".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let gone = storage.expire_idle_sessions();
+                if gone > 0 {
+                    tracing::debug!("{gone} idle upload sessions left memory");
+                }
+            }
+        })
+        .map_err(|e| StartError::Other(format!("cannot start the upload-session thread: {e}")))?;
     Ok(())
 }
 

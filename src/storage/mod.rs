@@ -9,6 +9,7 @@ mod fsio;
 pub mod gc;
 pub mod manifests;
 pub mod uploads;
+mod writer;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,8 @@ use crate::config::GcConfig;
 use crate::oci::{Digest, RepoName};
 
 pub use blobs::{BlobContent, BlobRead};
-pub use uploads::{BlobWriter, UploadLease};
+pub use uploads::{SessionLimits, UploadLease};
+pub use writer::BlobWriter;
 
 /// Storage failures, mapped to OCI errors by the registry.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,9 @@ pub enum StoreError {
     BlobUnknown,
     #[error("upload unknown")]
     UploadUnknown,
+    /// A cap on open upload sessions (`per_client`: the client's own) is reached.
+    #[error("too many open upload sessions")]
+    TooManySessions { per_client: bool, limit: usize },
     #[error("upload is in use by another request")]
     UploadBusy { offset: u64 },
     #[error("manifest unknown")]
@@ -92,7 +97,7 @@ impl Storage {
         std::fs::remove_file(&probe)?;
         Ok(Storage {
             root: root.to_path_buf(),
-            uploads: uploads::Table::new(),
+            uploads: uploads::Table::new(uploads::SessionLimits::default()),
             ready: Ready::default(),
             born: std::time::Instant::now(),
             tag_locks: (0..TAG_LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
@@ -127,6 +132,17 @@ impl Storage {
         self.ready.probed_ms.store(now, Relaxed);
         self.ready.probing.store(false, Relaxed);
         ok
+    }
+
+    /// Use the configured upload-session caps and idle timeout.
+    pub fn with_session_limits(mut self, limits: uploads::SessionLimits) -> Storage {
+        self.uploads = uploads::Table::new(limits);
+        self
+    }
+
+    /// The upload-session caps and idle timeout in force.
+    pub fn session_limits(&self) -> uploads::SessionLimits {
+        self.uploads.limits()
     }
 
     /// Use the configured `gc.grace` (held blobs stay younger than a quarter of it).

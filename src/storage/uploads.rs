@@ -11,12 +11,15 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use super::writer::{BlobWriter, open_rw, rehash};
 use super::{Result, Storage, StoreError, fsio, random_id};
 use crate::net::file::DataFile;
-use crate::net::pool::Block;
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 
 const SHARDS: usize = 32;
@@ -35,26 +38,78 @@ struct Session {
     on_disk: bool,
     /// When the session started (memory-only sessions expire with the stale uploads on disk).
     started: std::time::SystemTime,
+    /// Last started or released by a request (`limits.upload_idle_timeout` counts from here).
+    last_used: Instant,
+    /// Its place under `limits.max_upload_sessions_per_client` (none when loaded from disk).
+    _client: Option<crate::net::per_client::Held>,
+    /// Its place under `limits.max_upload_sessions`.
+    _counted: Counted,
 }
 
-/// Sharded map of upload sessions; critical sections never span an `.await`.
+/// One session counted in `Table::total`; dropping it gives the place back.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(total: &Arc<AtomicUsize>) -> Counted {
+        total.fetch_add(1, Ordering::Relaxed);
+        Counted(Arc::clone(total))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Caps and timeout of the session table (`[limits]`).
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// `limits.max_upload_sessions`; `0` = unlimited.
+    pub max: usize,
+    /// `limits.max_upload_sessions_per_client`; `0` = unlimited.
+    pub per_client: usize,
+    /// `limits.upload_idle_timeout`.
+    pub idle: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        let l = crate::config::LimitsConfig::default();
+        SessionLimits {
+            max: l.max_upload_sessions,
+            per_client: l.max_upload_sessions_per_client,
+            idle: l.upload_idle_timeout,
+        }
+    }
+}
+
+/// Sharded map of upload sessions; critical sections never span an `.await`. Bounded by
+/// `SessionLimits` (new sessions past a cap are refused) and by the idle timeout.
 pub(super) struct Table {
     shards: Box<[Mutex<HashMap<String, Session>>]>,
+    total: Arc<AtomicUsize>,
+    per_client: Arc<crate::net::per_client::PerClient>,
+    limits: SessionLimits,
 }
 
 impl Table {
     /// Sessions held in memory (open uploads this process has seen).
     pub(super) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.total.load(Ordering::Relaxed)
     }
 
-    pub(super) fn new() -> Table {
+    pub(super) fn new(limits: SessionLimits) -> Table {
         Table {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            total: Arc::new(AtomicUsize::new(0)),
+            per_client: Arc::new(crate::net::per_client::PerClient::new(limits.per_client)),
+            limits,
         }
+    }
+
+    pub(super) fn limits(&self) -> SessionLimits {
+        self.limits
     }
 
     fn shard(&self, id: &str) -> MutexGuard<'_, HashMap<String, Session>> {
@@ -64,107 +119,6 @@ impl Table {
         self.shards[h % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Streams body bytes into a file while hashing them (socket buffer → SHA → positioned write).
-pub struct BlobWriter {
-    /// Shared with the write in flight (large bodies keep one write going while the next block
-    /// is received and hashed).
-    file: std::rc::Rc<DataFile>,
-    path: PathBuf,
-    offset: u64,
-    hasher: Hasher,
-    /// A write failed: the hash no longer matches the file.
-    failed: bool,
-    /// Bytes before this offset have been handed to writeback (`sync_file_range`).
-    flushed: u64,
-    /// The block being written while the caller receives the next one (`append_pipelined`).
-    inflight: Option<monoio::task::JoinHandle<io::Result<()>>>,
-}
-
-/// Start writeback of an upload's data every this many bytes, so the fsync that commits the blob
-/// finds most of it on disk already instead of flushing the whole blob at the end.
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-impl BlobWriter {
-    /// A writer continuing `file` at `offset`, with `hasher` covering the bytes before it.
-    fn new(file: DataFile, path: PathBuf, offset: u64, hasher: Hasher) -> BlobWriter {
-        BlobWriter {
-            file: std::rc::Rc::new(file),
-            path,
-            offset,
-            hasher,
-            failed: false,
-            flushed: offset,
-            inflight: None,
-        }
-    }
-
-    /// Count `len` more bytes written (or in flight) and start writeback every `WRITEBACK_STEP`.
-    fn advance(&mut self, len: u64) {
-        self.offset += len;
-        if self.offset - self.flushed >= WRITEBACK_STEP {
-            self.start_writeback();
-        }
-    }
-
-    /// Bytes written so far.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    /// Hot path: hash `block` and write it at the current offset, from the same buffer (which
-    /// returns to the pool when the write is done).
-    pub async fn append(&mut self, block: Block) -> io::Result<()> {
-        self.hasher.update(block.bytes());
-        let len = block.len() as u64;
-        let res = block.write_at(&self.file, self.offset).await;
-        match &res {
-            Ok(()) => self.advance(len),
-            Err(_) => self.failed = true,
-        }
-        res
-    }
-
-    /// Hot path for large bodies: hash `block`, wait for the previous block's write, then start
-    /// this block's write and return at once, so that the caller receives and hashes the next block
-    /// while this one is copied into the page cache (by io_uring's worker, on the other core).
-    /// The block's buffer returns to the pool when its write is done. `settle` must follow the
-    /// last block.
-    pub async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
-        self.hasher.update(block.bytes());
-        // On failure the hash covers a block that was never written; `settle` marked the writer
-        // failed, so the next lease re-hashes.
-        self.settle().await?;
-        let (file, at, len) = (std::rc::Rc::clone(&self.file), self.offset, block.len());
-        self.inflight = Some(crate::task::spawn("a block write", async move {
-            block.write_at(&file, at).await
-        }));
-        self.advance(len as u64);
-        Ok(())
-    }
-
-    /// Wait for the write in flight, if any; a failure marks the writer failed.
-    pub async fn settle(&mut self) -> io::Result<()> {
-        let Some(write) = self.inflight.take() else {
-            return Ok(());
-        };
-        let res = write.await;
-        if res.is_err() {
-            self.failed = true;
-        }
-        res
-    }
-
-    /// Ask the kernel to start writing `flushed..offset` to disk without waiting for it
-    /// (`SYNC_FILE_RANGE_WRITE` only queues the I/O). Only a hint: the commit's fsync is what makes
-    /// the blob durable, so a failure here is ignored.
-    fn start_writeback(&mut self) {
-        use std::os::fd::AsRawFd;
-        let (start, len) = (self.flushed, self.offset - self.flushed);
-        crate::sys::start_writeback(self.file.as_raw_fd(), start, len);
-        self.flushed = self.offset;
     }
 }
 
@@ -192,6 +146,7 @@ impl Drop for UploadLease {
         if self.temp {
             if let Some(s) = self.storage.uploads.shard(&self.id).get_mut(&self.id) {
                 s.busy = false;
+                s.last_used = Instant::now();
                 s.hasher = Some(s.algorithm.hasher());
             }
             if let Some(w) = w {
@@ -204,6 +159,7 @@ impl Drop for UploadLease {
         let mut shard = self.storage.uploads.shard(&self.id);
         if let Some(s) = shard.get_mut(&self.id) {
             s.busy = false;
+            s.last_used = Instant::now();
             match w {
                 Some(w) if !w.failed => {
                     s.offset = w.offset;
@@ -232,32 +188,6 @@ fn parse_state(text: &str) -> Option<(RepoName, Algorithm)> {
         return None;
     }
     Some((repo.parse().ok()?, alg.parse().ok()?))
-}
-
-/// Re-hash a file from the start.
-async fn rehash(file: &DataFile, alg: Algorithm) -> io::Result<(Hasher, u64)> {
-    let mut hasher = alg.hasher();
-    let mut buf = Vec::with_capacity(1 << 20);
-    let mut off = 0u64;
-    loop {
-        let (res, b) = file.read_at(buf, off, 1 << 20).await;
-        buf = b;
-        let n = res?;
-        if n == 0 {
-            return Ok((hasher, off));
-        }
-        hasher.update(&buf[..n]);
-        off += n as u64;
-    }
-}
-
-fn open_rw(path: &Path, create: bool) -> io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
 }
 
 impl Storage {
@@ -312,7 +242,28 @@ impl Storage {
 
     /// Open a new upload session for `repo`, hashing with `alg` as data arrives. Nothing is written
     /// until the first chunk: a restart before then forgets the session (the client starts over).
-    pub async fn start_upload(&self, repo: &RepoName, alg: Algorithm) -> Result<String> {
+    /// `client` is who asked: a client holding `limits.max_upload_sessions_per_client` sessions,
+    /// or a table holding `limits.max_upload_sessions`, gets `TooManySessions`.
+    pub async fn start_upload(
+        &self,
+        repo: &RepoName,
+        alg: Algorithm,
+        client: IpAddr,
+    ) -> Result<String> {
+        let t = &self.uploads;
+        if t.limits.max > 0 && t.total.load(Ordering::Relaxed) >= t.limits.max {
+            return Err(StoreError::TooManySessions {
+                per_client: false,
+                limit: t.limits.max,
+            });
+        }
+        let place = t
+            .per_client
+            .acquire(client)
+            .ok_or(StoreError::TooManySessions {
+                per_client: true,
+                limit: t.limits.per_client,
+            })?;
         let id = random_id();
         self.uploads.shard(&id).insert(
             id.clone(),
@@ -324,6 +275,9 @@ impl Storage {
                 busy: false,
                 on_disk: false,
                 started: std::time::SystemTime::now(),
+                last_used: Instant::now(),
+                _client: Some(place),
+                _counted: Counted::new(&t.total),
             },
         );
         Ok(id)
@@ -346,6 +300,23 @@ impl Storage {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let before = shard.len();
             shard.retain(|_, s| s.on_disk || s.busy || s.started > cutoff);
+            n += before - shard.len();
+        }
+        n
+    }
+
+    /// Drop sessions no request has used for `limits.upload_idle_timeout`: one without data is
+    /// forgotten (its client starts over), one with data leaves memory only (its files stay; the
+    /// next request reloads it, and `wharf gc` removes it once stale). How many.
+    pub fn expire_idle_sessions(&self) -> usize {
+        let Some(cutoff) = Instant::now().checked_sub(self.uploads.limits.idle) else {
+            return 0;
+        };
+        let mut n = 0;
+        for shard in self.uploads.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let before = shard.len();
+            shard.retain(|_, s| s.busy || s.last_used > cutoff);
             n += before - shard.len();
         }
         n
@@ -402,6 +373,9 @@ impl Storage {
                         busy: true,
                         on_disk: true,
                         started: std::time::SystemTime::now(),
+                        last_used: Instant::now(),
+                        _client: None,
+                        _counted: Counted::new(&self.uploads.total),
                     },
                 );
                 (alg, None, 0, true)

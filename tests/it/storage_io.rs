@@ -15,6 +15,8 @@ on_both_drivers!(
     a_stderr_nobody_reads_never_stops_answers,
     a_panic_in_a_connection_closes_only_that_connection,
     a_panic_in_a_worker_task_ends_the_process_with_status_70,
+    upload_sessions_are_capped_per_client_and_in_total_and_expire_when_idle,
+    many_unused_upload_sessions_stay_bounded_and_leave_memory,
 );
 
 /// A manifest with a distinct digest per `n` over the same config and layer, padded by `pad`
@@ -278,5 +280,105 @@ fn a_panic_in_a_worker_task_ends_the_process_with_status_70(driver: &str) {
             "wharf: fatal: a fault-hook task panicked (fault hook: panic in a worker task)"
         ),
         "{log}"
+    );
+}
+
+fn post(c: &mut Client) -> Resp {
+    c.request("POST", "/v2/caps/app/blobs/uploads/", &[], b"")
+}
+
+fn open_sessions(c: &mut Client) -> f64 {
+    sample(&c.get("/metrics").body_text(), "wharf_upload_sessions_open").unwrap()
+}
+
+/// A client past `max_upload_sessions_per_client` gets 429 with `Retry-After` while another
+/// client still gets sessions until `max_upload_sessions`; after `upload_idle_timeout` unused
+/// sessions are gone from memory (an empty one is unknown, one with data continues from disk)
+/// and POSTs succeed again.
+fn upload_sessions_are_capped_per_client_and_in_total_and_expire_when_idle(driver: &str) {
+    let s = Server::start_with(
+        driver,
+        "[limits]\nmax_upload_sessions = 30\nmax_upload_sessions_per_client = 20\nupload_idle_timeout = \"1s\"\n",
+    );
+    let mut c = s.client();
+    let mut first = Vec::new();
+    for _ in 0..20 {
+        let r = post(&mut c);
+        assert_eq!(r.status, 202);
+        first.push(r.header("location").unwrap().to_owned());
+    }
+    let r = post(&mut c);
+    assert_eq!(r.status, 429, "{}", r.body_text());
+    assert_eq!(r.error_code(), "TOOMANYREQUESTS");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        r.body_text().contains("max_upload_sessions_per_client"),
+        "{}",
+        r.body_text()
+    );
+    // Another client: 10 more until the server-wide cap.
+    let mut other = Client::over(Box::new(connect_from("127.0.0.2", s.addr)));
+    for _ in 0..10 {
+        assert_eq!(post(&mut other).status, 202);
+    }
+    let r = post(&mut other);
+    assert_eq!(r.status, 429);
+    assert!(
+        r.body_text().contains("limits.max_upload_sessions)"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(open_sessions(&mut c), 30.0);
+    // One session gets data: it leaves memory too, but continues from disk.
+    let with_data = first.pop().unwrap();
+    let r = c.request("PATCH", &with_data, &[], b"abc");
+    assert_eq!(r.status, 202);
+    wait_for("idle sessions to leave memory", || {
+        open_sessions(&mut c) == 0.0
+    });
+    let r = c.get(&first[0]);
+    assert_eq!(r.status, 404, "an empty idle session is forgotten");
+    assert_eq!(r.error_code(), "BLOB_UPLOAD_UNKNOWN");
+    let r = c.request("PATCH", &with_data, &[("Content-Range", "3-5")], b"def");
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    assert_eq!(r.header("range"), Some("0-5"));
+    assert_eq!(post(&mut c).status, 202);
+}
+
+/// 20,000 POSTs that are never used: at most `max_upload_sessions` (here 5,000) are held, the
+/// rest are refused, and once the idle timeout passes the table is empty and memory is back
+/// near where it was.
+fn many_unused_upload_sessions_stay_bounded_and_leave_memory(driver: &str) {
+    let s = Server::start_with(
+        driver,
+        "[limits]\nmax_upload_sessions = 5000\nmax_upload_sessions_per_client = 0\nupload_idle_timeout = \"2s\"\n",
+    );
+    let mut c = s.client();
+    // Warm the connection, allocator and metrics before the baseline.
+    for _ in 0..50 {
+        assert_eq!(post(&mut c).status, 202);
+    }
+    wait_for("warm-up sessions to expire", || {
+        open_sessions(&mut c) == 0.0
+    });
+    let idle = rss_kib(s.pid());
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        match post(&mut c).status {
+            202 => accepted += 1,
+            429 => refused += 1,
+            other => panic!("POST answered {other}"),
+        }
+    }
+    assert_eq!((accepted, refused), (5000, 15_000));
+    let held = rss_kib(s.pid()).saturating_sub(idle);
+    // 5,000 sessions at about 1.3 KiB each, with room for allocator slack.
+    assert!(held < 16 * 1024, "5,000 sessions grew RSS by {held} KiB");
+    wait_for("sessions to expire", || open_sessions(&mut c) == 0.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(s.pid()).saturating_sub(idle);
+    assert!(
+        after < 4 * 1024,
+        "RSS stayed {after} KiB above idle after the sessions expired"
     );
 }

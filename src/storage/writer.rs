@@ -1,0 +1,137 @@
+//! Writing a blob while hashing it: the socket buffer is hashed and written with positioned
+//! writes from the same memory, one block in flight for large bodies, writeback started as it
+//! goes. The writer belongs to the backend (uploads and monolithic pushes both use it).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::net::file::DataFile;
+use crate::net::pool::Block;
+use crate::oci::{Algorithm, Hasher};
+
+/// Streams body bytes into a file while hashing them (socket buffer → SHA → positioned write).
+pub struct BlobWriter {
+    /// Shared with the write in flight (large bodies keep one write going while the next block
+    /// is received and hashed).
+    pub(super) file: std::rc::Rc<DataFile>,
+    pub(super) path: PathBuf,
+    pub(super) offset: u64,
+    pub(super) hasher: Hasher,
+    /// A write failed: the hash no longer matches the file.
+    pub(super) failed: bool,
+    /// Bytes before this offset have been handed to writeback (`sync_file_range`).
+    flushed: u64,
+    /// The block being written while the caller receives the next one (`append_pipelined`).
+    inflight: Option<monoio::task::JoinHandle<io::Result<()>>>,
+}
+
+/// Start writeback of an upload's data every this many bytes, so the fsync that commits the blob
+/// finds most of it on disk already instead of flushing the whole blob at the end.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+impl BlobWriter {
+    /// A writer continuing `file` at `offset`, with `hasher` covering the bytes before it.
+    pub(super) fn new(file: DataFile, path: PathBuf, offset: u64, hasher: Hasher) -> BlobWriter {
+        BlobWriter {
+            file: std::rc::Rc::new(file),
+            path,
+            offset,
+            hasher,
+            failed: false,
+            flushed: offset,
+            inflight: None,
+        }
+    }
+
+    /// Count `len` more bytes written (or in flight) and start writeback every `WRITEBACK_STEP`.
+    fn advance(&mut self, len: u64) {
+        self.offset += len;
+        if self.offset - self.flushed >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Hot path: hash `block` and write it at the current offset, from the same buffer (which
+    /// returns to the pool when the write is done).
+    pub async fn append(&mut self, block: Block) -> io::Result<()> {
+        self.hasher.update(block.bytes());
+        let len = block.len() as u64;
+        let res = block.write_at(&self.file, self.offset).await;
+        match &res {
+            Ok(()) => self.advance(len),
+            Err(_) => self.failed = true,
+        }
+        res
+    }
+
+    /// Hot path for large bodies: hash `block`, wait for the previous block's write, then start
+    /// this block's write and return at once, so that the caller receives and hashes the next block
+    /// while this one is copied into the page cache (by io_uring's worker, on the other core).
+    /// The block's buffer returns to the pool when its write is done. `settle` must follow the
+    /// last block.
+    pub async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
+        self.hasher.update(block.bytes());
+        // On failure the hash covers a block that was never written; `settle` marked the writer
+        // failed, so the next lease re-hashes.
+        self.settle().await?;
+        let (file, at, len) = (std::rc::Rc::clone(&self.file), self.offset, block.len());
+        self.inflight = Some(crate::task::spawn("a block write", async move {
+            block.write_at(&file, at).await
+        }));
+        self.advance(len as u64);
+        Ok(())
+    }
+
+    /// Wait for the write in flight, if any; a failure marks the writer failed.
+    pub async fn settle(&mut self) -> io::Result<()> {
+        let Some(write) = self.inflight.take() else {
+            return Ok(());
+        };
+        let res = write.await;
+        if res.is_err() {
+            self.failed = true;
+        }
+        res
+    }
+
+    /// Ask the kernel to start writing `flushed..offset` to disk without waiting for it
+    /// (`SYNC_FILE_RANGE_WRITE` only queues the I/O). Only a hint: the commit's fsync is what makes
+    /// the blob durable, so a failure here is ignored.
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let (start, len) = (self.flushed, self.offset - self.flushed);
+        crate::sys::start_writeback(self.file.as_raw_fd(), start, len);
+        self.flushed = self.offset;
+    }
+}
+
+/// Re-hash a file from the start.
+pub(super) async fn rehash(file: &DataFile, alg: Algorithm) -> io::Result<(Hasher, u64)> {
+    let mut hasher = alg.hasher();
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut off = 0u64;
+    loop {
+        let (res, b) = file.read_at(buf, off, 1 << 20).await;
+        buf = b;
+        let n = res?;
+        if n == 0 {
+            return Ok((hasher, off));
+        }
+        hasher.update(&buf[..n]);
+        off += n as u64;
+    }
+}
+
+pub(super) fn open_rw(path: &Path, create: bool) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+}
