@@ -196,7 +196,14 @@ impl Storage {
         let path = self.uploads_dir().join(format!(".tmp-{}", random_id()));
         let p = path.clone();
         let file = fsio::off(move || open_rw(&p, true)).await?;
-        Ok(BlobWriter::new(DataFile::new(file)?, path, 0, alg.hasher()))
+        let sync = file.try_clone()?;
+        Ok(BlobWriter::new(
+            DataFile::new(file)?,
+            sync,
+            path,
+            0,
+            alg.hasher(),
+        ))
     }
 
     /// fsync, verify against `expected`, move into the store and link into `repo`. Returns the
@@ -412,13 +419,14 @@ impl Storage {
             }
             file
         };
+        let sync = file.try_clone()?;
         let file = DataFile::new(file)?;
         let len = file.len().await?;
         let (hasher, offset) = match hasher {
             Some(h) if len == offset => (h, offset),
             _ => rehash(&file, alg).await?,
         };
-        lease.writer = Some(BlobWriter::new(file, path, offset, hasher));
+        lease.writer = Some(BlobWriter::new(file, sync, path, offset, hasher));
         Ok(lease)
     }
 

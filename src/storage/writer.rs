@@ -11,9 +11,10 @@ use crate::oci::{Algorithm, Hasher};
 
 /// Streams body bytes into a file while hashing them (socket buffer → SHA → positioned write).
 pub struct BlobWriter {
-    /// Shared with the write in flight (large bodies keep one write going while the next block
-    /// is received and hashed).
+    /// For the worker's own reads, writes and fsyncs.
     pub(super) file: std::rc::Rc<DataFile>,
+    /// The same file for the blocking pool, where large bodies are hashed and written.
+    sync: std::sync::Arc<std::fs::File>,
     pub(super) path: PathBuf,
     pub(super) offset: u64,
     pub(super) hasher: Hasher,
@@ -21,8 +22,9 @@ pub struct BlobWriter {
     pub(super) failed: bool,
     /// Bytes before this offset have been handed to writeback (`sync_file_range`).
     flushed: u64,
-    /// The block being written while the caller receives the next one (`append_pipelined`).
-    inflight: Option<monoio::task::JoinHandle<io::Result<()>>>,
+    /// The block being hashed and written while the caller receives the next one
+    /// (`append_pipelined`); it gives the hasher back.
+    inflight: Option<monoio::task::JoinHandle<io::Result<Hasher>>>,
 }
 
 /// Start writeback of an upload's data every this many bytes, so the fsync that commits the blob
@@ -31,9 +33,17 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl BlobWriter {
     /// A writer continuing `file` at `offset`, with `hasher` covering the bytes before it.
-    pub(super) fn new(file: DataFile, path: PathBuf, offset: u64, hasher: Hasher) -> BlobWriter {
+    /// `sync` is a second descriptor of the same file (`try_clone`).
+    pub(super) fn new(
+        file: DataFile,
+        sync: std::fs::File,
+        path: PathBuf,
+        offset: u64,
+        hasher: Hasher,
+    ) -> BlobWriter {
         BlobWriter {
             file: std::rc::Rc::new(file),
+            sync: std::sync::Arc::new(sync),
             path,
             offset,
             hasher,
@@ -69,34 +79,49 @@ impl BlobWriter {
         res
     }
 
-    /// Hot path for large bodies: hash `block`, wait for the previous block's write, then start
-    /// this block's write and return at once, so that the caller receives and hashes the next block
-    /// while this one is copied into the page cache (by io_uring's worker, on the other core).
-    /// The block's buffer returns to the pool when its write is done. `settle` must follow the
-    /// last block.
+    /// Hot path for large bodies: wait for the previous block, then hand `block` and the hasher
+    /// to the blocking pool, which hashes and writes it (from the same buffer), and return at
+    /// once. The worker only moves bytes: it receives the next block meanwhile, and its other
+    /// connections are not held up by hashing (a worker hashing three pushes itself served a
+    /// quarter of its GETs). The buffer comes back and returns to the worker's pool. `settle`
+    /// must follow the last block.
     pub async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
-        self.hasher.update(block.bytes());
-        // On failure the hash covers a block that was never written; `settle` marked the writer
-        // failed, so the next lease re-hashes.
         self.settle().await?;
-        let (file, at, len) = (std::rc::Rc::clone(&self.file), self.offset, block.len());
+        let alg = self.hasher.algorithm();
+        let mut hasher = std::mem::replace(&mut self.hasher, alg.hasher());
+        let (file, at, len) = (std::sync::Arc::clone(&self.sync), self.offset, block.len());
         self.inflight = Some(crate::task::spawn("a block write", async move {
-            block.write_at(&file, at).await
+            let job = move || {
+                use std::os::unix::fs::FileExt;
+                hasher.update(block.bytes());
+                let written = file.write_all_at(block.bytes(), at);
+                (written, hasher, block)
+            };
+            // A job dropped with its request drops its block on the pool thread (whose own
+            // block pool keeps at most a few).
+            let (written, hasher, _block) = crate::blocking::run(job).await?;
+            written.map(|()| hasher)
         }));
         self.advance(len as u64);
         Ok(())
     }
 
-    /// Wait for the write in flight, if any; a failure marks the writer failed.
+    /// Wait for the block in flight, if any; its hasher comes back. A failure marks the writer
+    /// failed (the hash no longer matches the file; the next lease re-hashes).
     pub async fn settle(&mut self) -> io::Result<()> {
         let Some(write) = self.inflight.take() else {
             return Ok(());
         };
-        let res = write.await;
-        if res.is_err() {
-            self.failed = true;
+        match write.await {
+            Ok(hasher) => {
+                self.hasher = hasher;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
         }
-        res
     }
 
     /// Ask the kernel to start writing `flushed..offset` to disk without waiting for it
