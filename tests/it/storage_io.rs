@@ -172,17 +172,19 @@ fn a_stderr_nobody_reads_never_stops_answers(driver: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("wharf.toml");
     std::fs::write(&cfg, "[server]\nport = 0\n[storage]\nroot = \"data\"\n").unwrap();
-    let mut child = std::process::Command::new(wharf_bin())
-        .args(["serve", "-c"])
-        .arg(&cfg)
-        .env("WHARF_IO_DRIVER", driver)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Spawned(
+        std::process::Command::new(wharf_bin())
+            .args(["serve", "-c"])
+            .arg(&cfg)
+            .env("WHARF_IO_DRIVER", driver)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let addr: std::net::SocketAddr = line
@@ -204,14 +206,20 @@ fn a_stderr_nobody_reads_never_stops_answers(driver: &str) {
         dropped > 0.0,
         "the queue and pipe cannot hold 12000 lines: {text}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A wharf process started by hand; killed when dropped (a failing assertion leaks nothing).
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Start wharf with the fault hooks on (the test build has them; `WHARF_FAULT_HOOKS=1` arms them).
-fn start_with_fault_hooks(
-    driver: &str,
-) -> (std::process::Child, std::net::SocketAddr, tempfile::TempDir) {
+fn start_with_fault_hooks(driver: &str) -> (Spawned, std::net::SocketAddr, tempfile::TempDir) {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("wharf.toml");
@@ -237,7 +245,7 @@ fn start_with_fault_hooks(
         .unwrap_or_else(|| panic!("wharf did not start: {line:?}"))
         .parse()
         .unwrap();
-    (child, addr, dir)
+    (Spawned(child), addr, dir)
 }
 
 /// A panic in one connection's task closes that connection; the worker and every other
@@ -258,9 +266,7 @@ fn a_panic_in_a_connection_closes_only_that_connection(driver: &str) {
     }
     let text = other.get("/metrics").body_text();
     assert_eq!(sample(&text, "wharf_connection_panics_total"), Some(1.0));
-    assert!(child.try_wait().unwrap().is_none(), "still running");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(child.0.try_wait().unwrap().is_none(), "still running");
 }
 
 /// A panic in a task the worker depends on ends the process with status 70 and says why.
@@ -270,7 +276,7 @@ fn a_panic_in_a_worker_task_ends_the_process_with_status_70(driver: &str) {
     c.send_raw(b"GET /_fault/panic-worker HTTP/1.1\r\nHost: t\r\n\r\n");
     let mut status = None;
     wait_for("wharf to exit", || {
-        status = child.try_wait().unwrap();
+        status = child.0.try_wait().unwrap();
         status.is_some()
     });
     assert_eq!(status.unwrap().code(), Some(70));
