@@ -364,7 +364,9 @@ fn walk_repos(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let mut items: Vec<(String, Option<std::path::PathBuf>)> = Vec::new();
+    // Keys only: whether a child is a repository is asked (one stat) just for the children the
+    // page reaches, not for every entry of a large directory.
+    let mut items: Vec<(String, bool)> = Vec::new();
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().into_string().unwrap_or_default();
@@ -376,30 +378,73 @@ fn walk_repos(
         } else {
             format!("{prefix}/{name}")
         };
-        let path = entry.path();
-        if path.join("_manifests").is_dir() || path.join("_layers").is_dir() {
-            items.push((full.clone(), None));
-        }
-        items.push((format!("{full}/"), Some(path)));
+        items.push((format!("{full}/"), true));
+        items.push((full, false));
     }
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (key, subtree) in items {
         if out.len() >= want {
             break;
         }
-        match subtree {
-            None => {
-                if last.is_none_or(|l| key.as_str() > l) {
+        if !subtree {
+            if last.is_none_or(|l| key.as_str() > l) {
+                let path = dir.join(key.rsplit('/').next().unwrap_or(&key));
+                if path.join("_manifests").is_dir() || path.join("_layers").is_dir() {
                     out.push(key);
                 }
             }
-            Some(path) => {
-                if last.is_some_and(|l| l > key.as_str() && !l.starts_with(&key)) {
-                    continue;
-                }
-                walk_repos(&path, &key[..key.len() - 1], last, want, out)?;
-            }
+            continue;
         }
+        if last.is_some_and(|l| l > key.as_str() && !l.starts_with(&key)) {
+            continue;
+        }
+        let name = &key[..key.len() - 1];
+        let path = dir.join(name.rsplit('/').next().unwrap_or(name));
+        walk_repos(&path, name, last, want, out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names sort as strings (`a-b` between `a` and `a/x`), pages continue after `last` wherever it
+    /// falls, and directories without `_manifests`/`_layers` are not repositories.
+    #[test]
+    fn catalog_pages_are_in_lexical_order_from_any_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = ["a", "a-b", "a/x", "a/x/y", "b", "b.c/d", "c/d"];
+        for r in repos {
+            std::fs::create_dir_all(dir.path().join(r).join("_layers")).unwrap();
+        }
+        // Not repositories: a plain directory and a hidden one.
+        std::fs::create_dir_all(dir.path().join("plain/dir")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".hidden/_layers")).unwrap();
+        let mut all: Vec<String> = repos.iter().map(|r| r.to_string()).collect();
+        all.sort();
+        let walk = |last: Option<&str>, n: usize| {
+            let mut out = Vec::new();
+            walk_repos(dir.path(), "", last, n.saturating_add(1), &mut out).unwrap();
+            let more = out.len() > n;
+            out.truncate(n);
+            (out, more)
+        };
+        assert_eq!(walk(None, usize::MAX), (all.clone(), false));
+        for n in 1..=all.len() {
+            let (mut got, mut last) = (Vec::new(), None::<String>);
+            loop {
+                let (page, more) = walk(last.as_deref(), n);
+                got.extend(page.iter().cloned());
+                last = page.last().cloned();
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(got, all, "pages of {n}");
+        }
+        // A cursor that is not a repository name.
+        assert_eq!(walk(Some("a/"), 2).0, vec!["a/x", "a/x/y"]);
+        assert_eq!(walk(Some("a0"), 1), (vec!["b".to_owned()], true));
+    }
 }

@@ -264,8 +264,16 @@ fn a_panic_in_a_connection_closes_only_that_connection(driver: &str) {
     for _ in 0..4 {
         assert_eq!(Client::connect(addr).get("/v2/").status, 200);
     }
-    let text = other.get("/metrics").body_text();
-    assert_eq!(sample(&text, "wharf_connection_panics_total"), Some(1.0));
+    // Counted right after the unwinding closed the socket, possibly on the other worker's clock.
+    let panics = |c: &mut Client| {
+        sample(
+            &c.get("/metrics").body_text(),
+            "wharf_connection_panics_total",
+        )
+    };
+    wait_for("the panic to be counted", || {
+        panics(&mut other) == Some(1.0)
+    });
     assert!(child.0.try_wait().unwrap().is_none(), "still running");
 }
 
@@ -376,7 +384,13 @@ fn many_unused_upload_sessions_stay_bounded_and_leave_memory(driver: &str) {
             other => panic!("POST answered {other}"),
         }
     }
-    assert_eq!((accepted, refused), (5000, 15_000));
+    // Exactly 5,000 then refusals, unless the loop outlasted the idle timeout (a loaded machine)
+    // and early sessions expired meanwhile: never more than the cap open at once.
+    assert!(
+        accepted >= 5000 && refused > 0,
+        "{accepted} accepted, {refused} refused"
+    );
+    assert!(open_sessions(&mut c) <= 5000.0);
     let held = rss_kib(s.pid()).saturating_sub(idle);
     // 5,000 sessions at about 1.3 KiB each, with room for allocator slack.
     assert!(held < 16 * 1024, "5,000 sessions grew RSS by {held} KiB");
