@@ -168,32 +168,7 @@ fn file_operations_run_on_the_blocking_pool(driver: &str) {
 /// reads (64 KiB, full after a few hundred lines), requests are still answered, and the lines
 /// that did not fit are counted, not waited for.
 fn a_stderr_nobody_reads_never_stops_answers(driver: &str) {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("wharf.toml");
-    std::fs::write(&cfg, "[server]\nport = 0\n[storage]\nroot = \"data\"\n").unwrap();
-    let mut child = Spawned(
-        std::process::Command::new(wharf_bin())
-            .args(["serve", "-c"])
-            .arg(&cfg)
-            .env("WHARF_IO_DRIVER", driver)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: std::net::SocketAddr = line
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (_child, addr, _dir) = spawn_wharf(driver, &[("RUST_LOG", "info")], None);
     let mut c = Client::connect(addr);
     // More than the queue (8192 lines) and the pipe hold.
     for i in 0..12000 {
@@ -218,24 +193,36 @@ impl Drop for Spawned {
     }
 }
 
-/// Start wharf with the fault hooks on (the test build has them; `WHARF_FAULT_HOOKS=1` arms them).
-fn start_with_fault_hooks(driver: &str) -> (Spawned, std::net::SocketAddr, tempfile::TempDir) {
+/// Start wharf by hand with `env`, its stderr into `log` (else a pipe nobody reads); its process
+/// (killed on drop), address and directory.
+fn spawn_wharf(
+    driver: &str,
+    env: &[(&str, &str)],
+    log: Option<&str>,
+) -> (Spawned, std::net::SocketAddr, tempfile::TempDir) {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("wharf.toml");
     std::fs::write(&cfg, "[server]\nport = 0\n[storage]\nroot = \"data\"\n").unwrap();
-    let log = std::fs::File::create(dir.path().join("wharf.log")).unwrap();
-    let mut child = std::process::Command::new(wharf_bin())
-        .args(["serve", "-c"])
+    let stderr = match log {
+        Some(name) => std::fs::File::create(dir.path().join(name)).unwrap().into(),
+        None => std::process::Stdio::piped(),
+    };
+    let mut cmd = std::process::Command::new(wharf_bin());
+    cmd.args(["serve", "-c"])
         .arg(&cfg)
-        .env("WHARF_IO_DRIVER", driver)
-        .env("WHARF_FAULT_HOOKS", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+        .env("WHARF_IO_DRIVER", driver);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = Spawned(
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let addr = line
@@ -245,7 +232,12 @@ fn start_with_fault_hooks(driver: &str) -> (Spawned, std::net::SocketAddr, tempf
         .unwrap_or_else(|| panic!("wharf did not start: {line:?}"))
         .parse()
         .unwrap();
-    (Spawned(child), addr, dir)
+    (child, addr, dir)
+}
+
+/// Start wharf with the fault hooks on (the test build has them; `WHARF_FAULT_HOOKS=1` arms them).
+fn start_with_fault_hooks(driver: &str) -> (Spawned, std::net::SocketAddr, tempfile::TempDir) {
+    spawn_wharf(driver, &[("WHARF_FAULT_HOOKS", "1")], Some("wharf.log"))
 }
 
 /// A panic in one connection's task closes that connection; the worker and every other
