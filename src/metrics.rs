@@ -313,19 +313,72 @@ impl Metrics {
             crate::net::budget::in_use(),
             crate::net::budget::fallbacks()
         );
-        let b = crate::blocking::stats();
-        let _ = write!(
-            out,
-            "# HELP wharf_blocking_threads Threads running file operations off the workers (storage.blocking_threads).\n# TYPE wharf_blocking_threads gauge\nwharf_blocking_threads {}\n\
-             # HELP wharf_blocking_queue_capacity Jobs that may wait for a blocking thread.\n# TYPE wharf_blocking_queue_capacity gauge\nwharf_blocking_queue_capacity {}\n\
-             # HELP wharf_blocking_queued Jobs waiting for a blocking thread.\n# TYPE wharf_blocking_queued gauge\nwharf_blocking_queued {}\n\
-             # HELP wharf_blocking_running Jobs running on blocking threads.\n# TYPE wharf_blocking_running gauge\nwharf_blocking_running {}\n\
-             # HELP wharf_blocking_jobs_total Jobs the blocking threads finished.\n# TYPE wharf_blocking_jobs_total counter\nwharf_blocking_jobs_total {}\n\
-             # HELP wharf_blocking_full_waits_total Requests that waited because the blocking queue was full.\n# TYPE wharf_blocking_full_waits_total counter\nwharf_blocking_full_waits_total {}\n\
-             # HELP wharf_blocking_inline_total Clean-ups run on a worker because the blocking queue was full.\n# TYPE wharf_blocking_inline_total counter\nwharf_blocking_inline_total {}\n\
-             # HELP wharf_blocking_panics_total Blocking jobs that panicked (their request failed).\n# TYPE wharf_blocking_panics_total counter\nwharf_blocking_panics_total {}\n",
-            b.threads, b.capacity, b.queued, b.running, b.jobs, b.waits, b.inline, b.panics
+        let lanes = crate::blocking::Lane::ALL.map(|l| (l.name(), crate::blocking::stats(l)));
+        type Family = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&crate::blocking::Stats) -> u64,
         );
+        let families: [Family; 8] = [
+            (
+                "threads",
+                "gauge",
+                "Threads running work off the workers, by lane (io: storage.blocking_threads; bulk: hashing, one per worker).",
+                |b| b.threads as u64,
+            ),
+            (
+                "queue_capacity",
+                "gauge",
+                "Jobs that may wait for a thread of the lane.",
+                |b| b.capacity as u64,
+            ),
+            (
+                "queued",
+                "gauge",
+                "Jobs waiting for a thread of the lane.",
+                |b| b.queued as u64,
+            ),
+            (
+                "running",
+                "gauge",
+                "Jobs running on the lane's threads.",
+                |b| b.running as u64,
+            ),
+            (
+                "jobs_total",
+                "counter",
+                "Jobs the lane's threads finished.",
+                |b| b.jobs,
+            ),
+            (
+                "full_waits_total",
+                "counter",
+                "Requests that waited because the lane's queue was full.",
+                |b| b.waits,
+            ),
+            (
+                "inline_total",
+                "counter",
+                "Clean-ups run on a worker because the io queue was full.",
+                |b| b.inline,
+            ),
+            (
+                "panics_total",
+                "counter",
+                "Jobs that panicked (their request failed).",
+                |b| b.panics,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(
+                out,
+                "# HELP wharf_blocking_{name} {help}\n# TYPE wharf_blocking_{name} {kind}"
+            );
+            for (lane, b) in &lanes {
+                let _ = writeln!(out, "wharf_blocking_{name}{{lane=\"{lane}\"}} {}", value(b));
+            }
+        }
         let _ = write!(
             out,
             "# HELP wharf_log_queue_lines Log lines waiting for the writer thread (at most {}).\n# TYPE wharf_log_queue_lines gauge\nwharf_log_queue_lines {}\n\

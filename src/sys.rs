@@ -174,3 +174,9 @@ pub fn read_exact_cached(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<(
     }
     Ok(())
 }
+
+/// Lower (or raise) the calling thread's CPU priority (Linux: `nice` is per thread).
+pub fn set_thread_nice(nice: i32) -> bool {
+    // SAFETY: setpriority with who = 0 changes only the calling thread.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 }
+}

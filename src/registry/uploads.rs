@@ -91,7 +91,8 @@ impl Registry {
         if max > 0 && body.declared_len().is_some_and(|n| w.offset() + n > max) {
             return Err(too_big());
         }
-        // Large bodies keep one block's write in flight while the next is received and hashed.
+        // Large bodies are hashed and written on a bulk thread, one block in flight while the next
+        // is received.
         let pipelined = body.declared_len().is_none_or(|n| n > PIPELINE_FROM);
         let streamed = async {
             while let Some(block) = body.next_block().await? {
@@ -104,7 +105,8 @@ impl Registry {
                     w.append(block).await
                 };
                 written.map_err(|e| super::io_error(&e))?;
-                // A block is up to 1 MiB of hashing: other connections get a turn after each.
+                // An epoll read of a full socket never suspends: other connections get a turn
+                // after each block.
                 crate::net::yield_now().await;
             }
             Ok(())

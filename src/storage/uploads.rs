@@ -196,7 +196,7 @@ impl Storage {
         let path = self.uploads_dir().join(format!(".tmp-{}", random_id()));
         let p = path.clone();
         let file = fsio::off(move || open_rw(&p, true)).await?;
-        let sync = file.try_clone()?;
+        let sync = std::sync::Arc::new(file.try_clone()?);
         Ok(BlobWriter::new(
             DataFile::new(file)?,
             sync,
@@ -219,7 +219,7 @@ impl Storage {
         let result = async {
             w.file.sync_all().await?;
             let (hasher, size) = if w.failed || w.hasher.algorithm() != expected.algorithm() {
-                rehash(&w.file, expected.algorithm()).await?
+                rehash(std::sync::Arc::clone(&w.sync), expected.algorithm()).await?
             } else {
                 (w.hasher, w.offset)
             };
@@ -419,12 +419,12 @@ impl Storage {
             }
             file
         };
-        let sync = file.try_clone()?;
+        let sync = std::sync::Arc::new(file.try_clone()?);
         let file = DataFile::new(file)?;
         let len = file.len().await?;
         let (hasher, offset) = match hasher {
             Some(h) if len == offset => (h, offset),
-            _ => rehash(&file, alg).await?,
+            _ => rehash(std::sync::Arc::clone(&sync), alg).await?,
         };
         lease.writer = Some(BlobWriter::new(file, sync, path, offset, hasher));
         Ok(lease)

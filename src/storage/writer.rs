@@ -14,7 +14,7 @@ pub struct BlobWriter {
     /// For the worker's own reads, writes and fsyncs.
     pub(super) file: std::rc::Rc<DataFile>,
     /// The same file for the blocking pool, where large bodies are hashed and written.
-    sync: std::sync::Arc<std::fs::File>,
+    pub(super) sync: std::sync::Arc<std::fs::File>,
     pub(super) path: PathBuf,
     pub(super) offset: u64,
     pub(super) hasher: Hasher,
@@ -36,14 +36,14 @@ impl BlobWriter {
     /// `sync` is a second descriptor of the same file (`try_clone`).
     pub(super) fn new(
         file: DataFile,
-        sync: std::fs::File,
+        sync: std::sync::Arc<std::fs::File>,
         path: PathBuf,
         offset: u64,
         hasher: Hasher,
     ) -> BlobWriter {
         BlobWriter {
             file: std::rc::Rc::new(file),
-            sync: std::sync::Arc::new(sync),
+            sync,
             path,
             offset,
             hasher,
@@ -99,7 +99,7 @@ impl BlobWriter {
             };
             // A job dropped with its request drops its block on the pool thread (whose own
             // block pool keeps at most a few).
-            let (written, hasher, _block) = crate::blocking::run(job).await?;
+            let (written, hasher, _block) = crate::blocking::run_bulk(job).await?;
             written.map(|()| hasher)
         }));
         self.advance(len as u64);
@@ -135,21 +135,28 @@ impl BlobWriter {
     }
 }
 
-/// Re-hash a file from the start.
-pub(super) async fn rehash(file: &DataFile, alg: Algorithm) -> io::Result<(Hasher, u64)> {
-    let mut hasher = alg.hasher();
-    let mut buf = Vec::with_capacity(1 << 20);
-    let mut off = 0u64;
-    loop {
-        let (res, b) = file.read_at(buf, off, 1 << 20).await;
-        buf = b;
-        let n = res?;
-        if n == 0 {
-            return Ok((hasher, off));
+/// Re-hash a file from the start (on a bulk thread).
+pub(super) async fn rehash(
+    file: std::sync::Arc<std::fs::File>,
+    alg: Algorithm,
+) -> io::Result<(Hasher, u64)> {
+    crate::blocking::run_bulk(move || {
+        use std::os::unix::fs::FileExt;
+        let mut hasher = alg.hasher();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0u64;
+        loop {
+            let n = match file.read_at(&mut buf, off) {
+                Ok(0) => return Ok((hasher, off)),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            off += n as u64;
         }
-        hasher.update(&buf[..n]);
-        off += n as u64;
-    }
+    })
+    .await?
 }
 
 pub(super) fn open_rw(path: &Path, create: bool) -> io::Result<std::fs::File> {

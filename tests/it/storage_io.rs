@@ -12,6 +12,7 @@ on_both_drivers!(
     an_upload_range_whose_length_overflows_is_refused,
     an_oversized_manifest_is_refused_from_its_head_and_the_client_reads_413,
     file_operations_run_on_the_blocking_pool,
+    pushed_bodies_are_hashed_on_low_priority_threads,
     a_stderr_nobody_reads_never_stops_answers,
     a_panic_in_a_connection_closes_only_that_connection,
     a_panic_in_a_worker_task_ends_the_process_with_status_70,
@@ -153,15 +154,78 @@ print(r.status, r.read().decode())
 fn file_operations_run_on_the_blocking_pool(driver: &str) {
     let s = Server::start_with(driver, "[storage]\nblocking_threads = 3\n");
     let mut c = s.client();
-    let before = sample(&c.get("/metrics").body_text(), "wharf_blocking_jobs_total").unwrap();
+    let before = sample(
+        &c.get("/metrics").body_text(),
+        "wharf_blocking_jobs_total{lane=\"io\"}",
+    )
+    .unwrap();
     push_image(&mut c, "pool/app", "v1", b"layer bytes");
     assert_eq!(c.get("/v2/pool/app/manifests/v1").status, 200);
     let text = c.get("/metrics").body_text();
-    let after = sample(&text, "wharf_blocking_jobs_total").unwrap();
+    let after = sample(&text, "wharf_blocking_jobs_total{lane=\"io\"}").unwrap();
     assert!(after >= before + 6.0, "{before} -> {after}");
-    assert_eq!(sample(&text, "wharf_blocking_threads"), Some(3.0));
-    assert_eq!(sample(&text, "wharf_blocking_queue_capacity"), Some(192.0));
-    assert_eq!(sample(&text, "wharf_blocking_panics_total"), Some(0.0));
+    assert_eq!(
+        sample(&text, "wharf_blocking_threads{lane=\"io\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, "wharf_blocking_queue_capacity{lane=\"io\"}"),
+        Some(192.0)
+    );
+    assert_eq!(
+        sample(&text, "wharf_blocking_panics_total{lane=\"io\"}"),
+        Some(0.0)
+    );
+}
+
+/// Large pushed bodies are hashed on the bulk lane, whose threads (one per worker) run at nice
+/// 10 while the workers and io threads keep the normal priority: a core busy hashing pushes still
+/// serves its worker's requests first (loadtest/headofline.sh measures the effect).
+fn pushed_bodies_are_hashed_on_low_priority_threads(driver: &str) {
+    let s = Server::start(driver); // two workers
+    let mut c = s.client();
+    let bulk_jobs = |c: &mut Client| {
+        sample(
+            &c.get("/metrics").body_text(),
+            "wharf_blocking_jobs_total{lane=\"bulk\"}",
+        )
+        .unwrap()
+    };
+    let before = bulk_jobs(&mut c);
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    push_blob(&mut c, "bulk/app", &data);
+    assert!(
+        bulk_jobs(&mut c) >= before + 3.0,
+        "3 MiB were not hashed on the bulk lane"
+    );
+    assert_eq!(
+        sample(
+            &c.get("/metrics").body_text(),
+            "wharf_blocking_threads{lane=\"bulk\"}"
+        ),
+        Some(2.0)
+    );
+    // Field 19 of /proc/<pid>/task/<tid>/stat is the thread's nice value.
+    let mut nice = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", s.pid())).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let value: i32 = after_name.split(' ').nth(16).unwrap().parse().unwrap();
+        nice.insert(comm.trim().to_string(), value);
+    }
+    assert_eq!(nice.get("wharf-bulk-0"), Some(&10), "{nice:?}");
+    assert_eq!(nice.get("wharf-bulk-1"), Some(&10), "{nice:?}");
+    assert_eq!(nice.get("wharf-io-0"), Some(&0), "{nice:?}");
+    let workers: Vec<_> = nice
+        .iter()
+        .filter(|(n, _)| n.starts_with("wharf-worker"))
+        .collect();
+    assert!(
+        !workers.is_empty() && workers.iter().all(|(_, v)| **v == 0),
+        "{nice:?}"
+    );
 }
 
 /// The access log goes through a bounded queue to a writer thread: with stderr a pipe nobody
