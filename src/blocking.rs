@@ -203,6 +203,23 @@ pub fn detach(f: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Run `f` on an io thread without waiting for it, unless the queue is full (then `f` is dropped
+/// and `false` returned): for hints that may be skipped.
+pub fn try_detach(f: impl FnOnce() + Send + 'static) -> bool {
+    let pool = pool(Lane::Io);
+    let job: Job = Box::new(move || {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+            pool.counters.panics.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    pool.counters.queued.fetch_add(1, Ordering::Relaxed);
+    if pool.tx.try_send(job).is_err() {
+        pool.counters.queued.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
 /// Puts a job in a lane's queue, waiting while it is full.
 struct Submit {
     lane: Lane,

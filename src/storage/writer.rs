@@ -53,11 +53,13 @@ impl BlobWriter {
         }
     }
 
-    /// Count `len` more bytes written (or in flight) and start writeback every `WRITEBACK_STEP`.
-    fn advance(&mut self, len: u64) {
+    /// Count `len` more bytes written or, the last `in_flight` of them, still being written; start
+    /// writeback of the written ones every `WRITEBACK_STEP`.
+    fn advance(&mut self, len: u64, in_flight: u64) {
         self.offset += len;
-        if self.offset - self.flushed >= WRITEBACK_STEP {
-            self.start_writeback();
+        let written = self.offset - in_flight;
+        if written - self.flushed >= WRITEBACK_STEP {
+            self.start_writeback(written);
         }
     }
 
@@ -73,7 +75,7 @@ impl BlobWriter {
         let len = block.len() as u64;
         let res = block.write_at(&self.file, self.offset).await;
         match &res {
-            Ok(()) => self.advance(len),
+            Ok(()) => self.advance(len, 0),
             Err(_) => self.failed = true,
         }
         res
@@ -102,7 +104,7 @@ impl BlobWriter {
             let (written, hasher, _block) = crate::blocking::run_bulk(job).await?;
             written.map(|()| hasher)
         }));
-        self.advance(len as u64);
+        self.advance(len as u64, len as u64);
         Ok(())
     }
 
@@ -124,14 +126,18 @@ impl BlobWriter {
         }
     }
 
-    /// Ask the kernel to start writing `flushed..offset` to disk without waiting for it
-    /// (`SYNC_FILE_RANGE_WRITE` only queues the I/O). Only a hint: the commit's fsync is what makes
-    /// the blob durable, so a failure here is ignored.
-    fn start_writeback(&mut self) {
-        use std::os::fd::AsRawFd;
-        let (start, len) = (self.flushed, self.offset - self.flushed);
-        crate::sys::start_writeback(self.file.as_raw_fd(), start, len);
-        self.flushed = self.offset;
+    /// Ask the kernel to start writing `flushed..end` to disk without waiting for it
+    /// (`SYNC_FILE_RANGE_WRITE` only queues the I/O, but may wait for a congested device queue,
+    /// so it runs on an io thread). Only a hint: the commit's fsync is what makes the blob
+    /// durable, so a failure, or a full queue that skips it, is ignored.
+    fn start_writeback(&mut self, end: u64) {
+        let (start, len) = (self.flushed, end - self.flushed);
+        let file = std::sync::Arc::clone(&self.sync);
+        crate::blocking::try_detach(move || {
+            use std::os::fd::AsRawFd;
+            crate::sys::start_writeback(file.as_raw_fd(), start, len);
+        });
+        self.flushed = end;
     }
 }
 
