@@ -325,6 +325,10 @@ impl Storage {
             let before = shard.len();
             shard.retain(|_, s| s.busy || s.last_used > cutoff);
             n += before - shard.len();
+            // A table does not shrink by itself: after a burst, give its memory back.
+            if shard.capacity() > 4 * shard.len().max(16) {
+                shard.shrink_to_fit();
+            }
         }
         n
     }

@@ -415,13 +415,14 @@ fn upload_sessions_are_capped_per_client_and_in_total_and_expire_when_idle(drive
     assert_eq!(post(&mut c).status, 202);
 }
 
-/// 20,000 POSTs that are never used: at most `max_upload_sessions` (here 5,000) are held, the
-/// rest are refused, and once the idle timeout passes the table is empty and memory is back
-/// near where it was.
+/// 100,000 POSTs that are never used (the figure): at most `max_upload_sessions` (the
+/// default 10,000) are held, RSS stays under the documented bound meanwhile, the rest are refused,
+/// and once the idle timeout passes the table is empty and memory is back near where it was.
 fn many_unused_upload_sessions_stay_bounded_and_leave_memory(driver: &str) {
+    // The default global cap (10,000); the per-client cap off, so one client reaches it.
     let s = Server::start_with(
         driver,
-        "[limits]\nmax_upload_sessions = 5000\nmax_upload_sessions_per_client = 0\nupload_idle_timeout = \"2s\"\n",
+        "[limits]\nmax_upload_sessions_per_client = 0\nupload_idle_timeout = \"3s\"\n",
     );
     let mut c = s.client();
     // Warm the connection, allocator and metrics before the baseline.
@@ -432,24 +433,26 @@ fn many_unused_upload_sessions_stay_bounded_and_leave_memory(driver: &str) {
         open_sessions(&mut c) == 0.0
     });
     let idle = rss_kib(s.pid());
-    let (mut accepted, mut refused) = (0, 0);
-    for _ in 0..20_000 {
+    let (mut accepted, mut refused, mut peak) = (0, 0, 0);
+    for i in 0..100_000 {
         match post(&mut c).status {
             202 => accepted += 1,
             429 => refused += 1,
             other => panic!("POST answered {other}"),
         }
+        if i % 10_000 == 9_999 {
+            assert!(open_sessions(&mut c) <= 10_000.0);
+            peak = peak.max(rss_kib(s.pid()).saturating_sub(idle));
+        }
     }
-    // Exactly 5,000 then refusals, unless the loop outlasted the idle timeout (a loaded machine)
-    // and early sessions expired meanwhile: never more than the cap open at once.
+    // 10,000 then refusals, unless the loop outlasted the idle timeout and early sessions expired
+    // meanwhile: never more than the cap open at once.
     assert!(
-        accepted >= 5000 && refused > 0,
+        accepted >= 10_000 && refused > 0,
         "{accepted} accepted, {refused} refused"
     );
-    assert!(open_sessions(&mut c) <= 5000.0);
-    let held = rss_kib(s.pid()).saturating_sub(idle);
-    // 5,000 sessions at about 1.3 KiB each, with room for allocator slack.
-    assert!(held < 16 * 1024, "5,000 sessions grew RSS by {held} KiB");
+    // docs/operations.md: 10,000 sessions are about 13 MiB; room for allocator slack.
+    assert!(peak < 24 * 1024, "10,000 sessions grew RSS by {peak} KiB");
     wait_for("sessions to expire", || open_sessions(&mut c) == 0.0);
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(s.pid()).saturating_sub(idle);
