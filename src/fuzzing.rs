@@ -11,10 +11,19 @@ use crate::oci::{Digest, Reference, RepoName, Tag, manifest};
 use crate::policy::{AccessControl, IdentityVal, Peer};
 use crate::tls::{CertIdentity, identity};
 
-/// Request heads: never panic, never claim more bytes than given.
+/// Request heads: never panic, never claim more bytes than given; their precondition fields
+/// parse to `*` or a non-empty list of entity tags without quotes, or are refused.
 pub fn http_head(data: &[u8]) {
-    if let Ok(Some((_, n))) = head::parse(data, &Limits::default()) {
+    if let Ok(Some((h, n))) = head::parse(data, &Limits::default()) {
         assert!(n <= data.len());
+        for field in [&h.if_match, &h.if_none_match].into_iter().flatten() {
+            if let Ok(crate::http::etag::EntityTags::List(l)) = crate::http::etag::parse(field) {
+                assert!(
+                    !l.is_empty() && l.iter().all(|t| !t.contains('"')),
+                    "{field:?}"
+                );
+            }
+        }
     }
 }
 

@@ -96,6 +96,9 @@ pub struct RequestHead {
     pub content_range: Option<String>,
     pub range: Option<String>,
     pub authorization: Option<String>,
+    /// `If-Match` / `If-None-Match`, several fields joined with commas.
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
 }
 
 /// Why a head was refused; each maps to one status, and the connection closes after it.
@@ -173,6 +176,8 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>
         content_range: None,
         range: None,
         authorization: None,
+        if_match: None,
+        if_none_match: None,
     };
     let framing_headers = read_headers(&mut head, req.headers, http10)?;
     head.framing = framing(framing_headers, http10)?;
@@ -185,6 +190,14 @@ struct FramingHeaders {
     content_length: Option<u64>,
     /// All Transfer-Encoding values, joined with commas.
     transfer_encoding: Option<String>,
+}
+
+/// Append a repeated list-valued field to the ones before it (RFC 9110 §5.3).
+fn join_field(field: &mut Option<String>, value: &str) {
+    *field = Some(match field.take() {
+        Some(prev) => format!("{prev}, {value}"),
+        None => value.to_owned(),
+    });
 }
 
 /// Copy the headers the registry uses into `head` and collect the framing headers.
@@ -228,6 +241,10 @@ fn read_headers(
             head.content_range = Some(value()?.to_owned());
         } else if name.eq_ignore_ascii_case("range") {
             head.range = Some(value()?.to_owned());
+        } else if name.eq_ignore_ascii_case("if-match") {
+            join_field(&mut head.if_match, value()?);
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            join_field(&mut head.if_none_match, value()?);
         } else if name.eq_ignore_ascii_case("authorization") {
             // Which of two credentials counts is ambiguous (proxies and servers disagree): refuse.
             if head.authorization.is_some() {

@@ -37,6 +37,8 @@ pub enum ErrorKind {
     UploadBusy,
     /// The state changed while the request was decided (a tag moved under a delete): 409.
     Conflict,
+    /// An `If-Match` / `If-None-Match` precondition did not hold: 412.
+    PreconditionFailed,
     /// The request body stopped arriving: 408.
     BodyStalled,
     /// Too many requests or password checks from this client: 429 with `Retry-After`.
@@ -66,7 +68,7 @@ impl ErrorKind {
             ErrorKind::NameUnknown => "NAME_UNKNOWN",
             ErrorKind::SizeInvalid | ErrorKind::TooLarge => "SIZE_INVALID",
             ErrorKind::Unauthenticated => "UNAUTHORIZED",
-            ErrorKind::Denied | ErrorKind::Conflict => "DENIED",
+            ErrorKind::Denied | ErrorKind::Conflict | ErrorKind::PreconditionFailed => "DENIED",
             ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
             | ErrorKind::Disabled
@@ -97,6 +99,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed | ErrorKind::Disabled => 405,
             ErrorKind::BodyStalled => 408,
             ErrorKind::Conflict => 409,
+            ErrorKind::PreconditionFailed => 412,
             ErrorKind::TooLarge => 413,
             ErrorKind::RangeInvalid | ErrorKind::UploadBusy => 416,
             ErrorKind::RateLimited => 429,
@@ -220,6 +223,7 @@ mod tests {
             (RangeInvalid, "RANGE_INVALID", 416),
             (UploadBusy, "BLOB_UPLOAD_INVALID", 416),
             (Conflict, "DENIED", 409),
+            (PreconditionFailed, "DENIED", 412),
             (BodyStalled, "BLOB_UPLOAD_INVALID", 408),
             (RateLimited, "TOOMANYREQUESTS", 429),
             (OverCapacity, "TOOMANYREQUESTS", 503),

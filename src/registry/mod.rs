@@ -143,7 +143,10 @@ impl Registry {
                 repository,
                 reference,
                 tags,
-            } => self.delete_manifest(&repository, &reference, &tags).await,
+            } => {
+                self.delete_manifest(&repository, &reference, &tags, head)
+                    .await
+            }
             Action::GetReferrers {
                 repository,
                 digest,
@@ -201,6 +204,16 @@ impl From<StoreError> for OciError {
                 ErrorKind::Conflict,
                 format!(
                     "tag {tag} was moved to this manifest while the delete was being decided; nothing was deleted, retry the delete"
+                ),
+            ),
+            StoreError::TagPrecondition { target, current } => OciError::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "{target} {} (If-Match / If-None-Match); nothing was changed: read it again and retry",
+                    match current {
+                        Some(d) => format!("points at {d}"),
+                        None => "does not exist".to_owned(),
+                    }
                 ),
             ),
             StoreError::TooManySessions { per_client, limit } => OciError::new(

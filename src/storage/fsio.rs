@@ -137,34 +137,48 @@ pub(crate) fn ensure_dir_sync(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Write `bytes` to a temp file beside `path`, fsync it and rename it over `path` (blocking; the
-/// temp file is removed on failure). `guard` is held around the rename. The directories created
-/// on the way are returned; the caller fsyncs them and `path`'s directory.
-pub(crate) fn replace_now(
-    path: &Path,
-    bytes: &[u8],
-    guard: Option<&std::sync::Mutex<()>>,
-) -> io::Result<Vec<PathBuf>> {
+/// A fsynced temp file beside its destination, ready to be renamed over it.
+pub(crate) struct Replacement {
+    pub temp: PathBuf,
+    /// Directories created on the way; the caller fsyncs them (`sync_created`).
+    pub created: Vec<PathBuf>,
+}
+
+/// Write `bytes` to a fsynced temp file beside `path` (blocking; removed again on failure).
+pub(crate) fn prepare_replacement(path: &Path, bytes: &[u8]) -> io::Result<Replacement> {
     let dir = path.parent().expect("storage paths have a parent");
     let created = create_missing(dir)?;
-    let tmp = dir.join(format!(".tmp-{}", super::random_id()));
+    let temp = dir.join(format!(".tmp-{}", super::random_id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::File::create(&temp)?;
         std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
-        let _held = guard.map(|g| g.lock().unwrap_or_else(|p| p.into_inner()));
-        std::fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(Replacement { temp, created }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
     }
-    result.map(|()| created)
+}
+
+/// Write `bytes` to a temp file beside `path`, fsync it and rename it over `path` (blocking; the
+/// temp file is removed on failure). The directories created on the way are returned; the caller
+/// fsyncs them and `path`'s directory.
+pub(crate) fn replace_now(path: &Path, bytes: &[u8]) -> io::Result<Vec<PathBuf>> {
+    let r = prepare_replacement(path, bytes)?;
+    if let Err(e) = std::fs::rename(&r.temp, path) {
+        let _ = std::fs::remove_file(&r.temp);
+        return Err(e);
+    }
+    Ok(r.created)
 }
 
 /// Atomically replace `path` with `bytes`: temp file in the same directory, fsync, rename, fsync dir.
 pub(crate) async fn write_atomic(path: &Path, bytes: Vec<u8>) -> io::Result<()> {
     let p = path.to_owned();
-    let created = off(move || replace_now(&p, &bytes, None)).await?;
+    let created = off(move || replace_now(&p, &bytes)).await?;
     sync_created(&created).await?;
     fsync_dir(path.parent().expect("storage paths have a parent")).await
 }

@@ -16,6 +16,40 @@ pub struct StoredManifest {
     pub bytes: Vec<u8>,
 }
 
+/// What a tag update expects the tag to point at now (HTTP `If-Match` / `If-None-Match` on a
+/// tag). The default expects nothing: an unconditional update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagExpect {
+    /// The tag must exist and, unless the list is empty (`If-Match: *`), point at one of these
+    /// (entity tags as sent, unquoted; anything that is not a digest never matches).
+    pub one_of: Option<Vec<String>>,
+    /// The tag must not point at any of these; an empty list (`If-None-Match: *`): must not exist.
+    pub none_of: Option<Vec<String>>,
+}
+
+impl TagExpect {
+    /// Whether a tag pointing at `current` (`None`: absent) satisfies the expectation.
+    pub fn holds(&self, current: Option<&Digest>) -> bool {
+        let cur = current.map(Digest::to_string);
+        let listed = |l: &[String]| cur.as_ref().is_some_and(|c| l.iter().any(|x| x == c));
+        let one_of = match &self.one_of {
+            None => true,
+            Some(l) => cur.is_some() && (l.is_empty() || listed(l)),
+        };
+        let none_of = match &self.none_of {
+            None => true,
+            Some(l) if l.is_empty() => cur.is_none(),
+            Some(l) => !listed(l),
+        };
+        one_of && none_of
+    }
+
+    /// Whether this expects anything at all.
+    pub fn is_conditional(&self) -> bool {
+        self.one_of.is_some() || self.none_of.is_some()
+    }
+}
+
 /// The digest in a tag file (`None`: no such tag).
 fn parse_tag_file(text: Option<Vec<u8>>) -> Result<Digest> {
     let text = text.ok_or(StoreError::ManifestUnknown)?;
@@ -89,21 +123,96 @@ impl Storage {
         Ok(())
     }
 
-    /// Point `tag` at `digest` (atomic rename; concurrent writers leave one winner). The rename
-    /// holds the repository's tag lock, so a manifest delete never removes a tag it did not check.
+    /// Point `tag` at `digest`, whatever it pointed at (concurrent writers leave one winner).
     pub async fn set_tag(
         self: &Arc<Self>,
         repo: &RepoName,
         tag: &Tag,
         digest: &Digest,
     ) -> Result<()> {
+        self.update_tag(repo, tag, TagExpect::default(), Some(digest))
+            .await
+    }
+
+    /// Compare and swap a tag: if what `tag` points at now satisfies `expect`, point it at `new`
+    /// (`None`: remove it), else change nothing and answer `TagPrecondition`. Removing a tag that
+    /// does not exist is `ManifestUnknown`. The check and the rename (or unlink) hold the
+    /// repository's tag lock, so concurrent updates and manifest deletes see one order.
+    pub async fn update_tag(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        tag: &Tag,
+        expect: TagExpect,
+        new: Option<&Digest>,
+    ) -> Result<()> {
         let path = self.tags_dir(repo).join(tag.as_str());
-        let (s, p, r) = (Arc::clone(self), path.clone(), repo.clone());
-        let text = digest.to_string().into_bytes();
-        let created = fsio::off(move || fsio::replace_now(&p, &text, Some(s.tag_lock(&r)))).await?;
+        let (s, p, r, t) = (Arc::clone(self), path.clone(), repo.clone(), tag.clone());
+        let text = new.map(|d| d.to_string().into_bytes());
+        let created =
+            fsio::off(move || Ok(s.update_tag_now(&r, &t, &p, &expect, text.as_deref()))).await??;
         fsio::sync_created(&created).await?;
         fsio::fsync_dir(path.parent().expect("tag paths have a parent")).await?;
         Ok(())
+    }
+
+    fn update_tag_now(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        path: &Path,
+        expect: &TagExpect,
+        text: Option<&[u8]>,
+    ) -> Result<Vec<std::path::PathBuf>> {
+        // The new content is written and fsynced before the lock is taken.
+        let prepared = match text {
+            Some(text) => Some(fsio::prepare_replacement(path, text)?),
+            None => None,
+        };
+        let result = (|| {
+            let _held = self
+                .tag_lock(repo)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let current = match read_small(path)? {
+                Some(t) => Some(parse_tag_file(Some(t.into_bytes()))?),
+                None => None,
+            };
+            if !expect.holds(current.as_ref()) {
+                return Err(StoreError::TagPrecondition {
+                    target: format!("tag {tag}"),
+                    current,
+                });
+            }
+            match &prepared {
+                Some(p) => std::fs::rename(&p.temp, path)?,
+                None if current.is_none() => return Err(StoreError::ManifestUnknown),
+                None => std::fs::remove_file(path)?,
+            }
+            Ok(())
+        })();
+        match (result, prepared) {
+            (Ok(()), Some(p)) => Ok(p.created),
+            (Ok(()), None) => Ok(Vec::new()),
+            (Err(e), p) => {
+                if let Some(p) = p {
+                    let _ = std::fs::remove_file(&p.temp);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// What `tag` points at now (`None`: no such tag).
+    pub async fn resolve_tag(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Digest>> {
+        let path = self.tags_dir(repo).join(tag.as_str());
+        match fsio::off(move || read_small(&path)).await? {
+            Some(t) => Ok(Some(parse_tag_file(Some(t.into_bytes()))?)),
+            None => Ok(None),
+        }
     }
 
     /// A manifest of `repo` by tag or digest, read whole (manifests are small: at most
@@ -242,12 +351,8 @@ impl Storage {
     }
 
     /// Remove a tag (the manifest stays).
-    pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<()> {
-        if fsio::remove(&self.tags_dir(repo).join(tag.as_str())).await? {
-            Ok(())
-        } else {
-            Err(StoreError::ManifestUnknown)
-        }
+    pub async fn delete_tag(self: &Arc<Self>, repo: &RepoName, tag: &Tag) -> Result<()> {
+        self.update_tag(repo, tag, TagExpect::default(), None).await
     }
 
     fn tag_names(&self, repo: &RepoName) -> Result<Vec<String>> {

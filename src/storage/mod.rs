@@ -18,6 +18,7 @@ use crate::config::GcConfig;
 use crate::oci::{Digest, RepoName};
 
 pub use blobs::{BlobContent, BlobRead};
+pub use manifests::TagExpect;
 pub use uploads::{SessionLimits, UploadLease};
 pub use writer::BlobWriter;
 
@@ -43,6 +44,13 @@ pub enum StoreError {
     /// for it (moved there meanwhile); nothing was deleted.
     #[error("tag {0} now points at the manifest")]
     TagMoved(String),
+    /// A conditional tag update found the tag elsewhere (`current`; `None`: absent); nothing
+    /// was changed.
+    #[error("{target} does not satisfy the precondition")]
+    TagPrecondition {
+        target: String,
+        current: Option<Digest>,
+    },
     #[error("storage i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -75,8 +83,8 @@ pub(crate) fn page(items: Vec<String>, last: Option<&str>, n: usize) -> (Vec<Str
 pub struct Storage {
     root: PathBuf,
     uploads: uploads::Table,
-    /// Held (on blocking threads only) around a tag's rename and from a manifest delete's check
-    /// of its tags to their removal; striped by repository.
+    /// Held (on blocking threads only) from a tag update's check to its rename or unlink, and
+    /// from a manifest delete's check of its tags to their removal; striped by repository.
     tag_locks: Box<[std::sync::Mutex<()>]>,
     /// The last `/readyz` probe.
     ready: Ready,

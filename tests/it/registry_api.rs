@@ -702,4 +702,124 @@ on_both_drivers!(
     referrers_with_filter,
     tags_and_catalog_pagination,
     wrong_methods_are_405,
+    conditional_tag_updates_are_compare_and_swap,
 );
+
+/// `If-Match` / `If-None-Match` on a tag make its update a compare-and-swap: the precondition is
+/// checked against what the tag points at (its ETag, the manifest digest) in the same step as the
+/// change, so of many clients racing to move a tag from one digest exactly one wins.
+fn conditional_tag_updates_are_compare_and_swap(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = push_blob(&mut c, "cas/app", cfg);
+    let ld = push_blob(&mut c, "cas/app", b"layer");
+    let variant = |n: usize| {
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&image_manifest(&cd, cfg.len(), &[(&ld, 5)])).unwrap();
+        m["annotations"] = serde_json::json!({ "n": n.to_string() });
+        serde_json::to_vec(&m).unwrap()
+    };
+    let put = |c: &mut Client, tag: &str, m: &[u8], cond: &[(&str, &str)]| {
+        let mut h = vec![("Content-Type", OCI_MANIFEST)];
+        h.extend_from_slice(cond);
+        c.request("PUT", &format!("/v2/cas/app/manifests/{tag}"), &h, m)
+    };
+    let points_at = |c: &mut Client, tag: &str| {
+        let r = c.request("HEAD", &format!("/v2/cas/app/manifests/{tag}"), &[], b"");
+        (r.status == 200).then(|| r.header("Docker-Content-Digest").unwrap().to_owned())
+    };
+    let (m1, m2) = (variant(1), variant(2));
+    let (d1, d2) = (sha256(&m1), sha256(&m2));
+    let quoted = |d: &str| format!("\"{d}\"");
+    assert_eq!(put(&mut c, "v1", &m1, &[]).status, 201);
+    assert_eq!(
+        c.get("/v2/cas/app/manifests/v1").header("ETag"),
+        Some(quoted(&d1).as_str())
+    );
+
+    // If-None-Match: * creates, never overwrites.
+    let r = put(&mut c, "v1", &m2, &[("If-None-Match", "*")]);
+    assert_eq!((r.status, r.error_code().as_str()), (412, "DENIED"));
+    assert!(
+        r.body_text().contains(&format!("tag v1 points at {d1}")),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(points_at(&mut c, "v1"), Some(d1.clone()));
+    assert_eq!(
+        put(&mut c, "fresh", &m2, &[("If-None-Match", "*")]).status,
+        201
+    );
+    assert_eq!(points_at(&mut c, "fresh"), Some(d2.clone()));
+
+    // If-Match moves a tag only from the digest named; If-Match: * only if it exists.
+    let r = put(&mut c, "v1", &m2, &[("If-Match", &quoted(&d2))]);
+    assert_eq!(r.status, 412, "{}", r.body_text());
+    assert_eq!(points_at(&mut c, "v1"), Some(d1.clone()));
+    assert_eq!(put(&mut c, "absent", &m2, &[("If-Match", "*")]).status, 412);
+    assert_eq!(points_at(&mut c, "absent"), None);
+    let both = format!("{}, {}", quoted(&d2), quoted(&d1));
+    assert_eq!(put(&mut c, "v1", &m2, &[("If-Match", &both)]).status, 201);
+    assert_eq!(points_at(&mut c, "v1"), Some(d2.clone()));
+    // A weak entity tag never matches.
+    let weak = format!("W/{}", quoted(&d2));
+    assert_eq!(put(&mut c, "v1", &m1, &[("If-Match", &weak)]).status, 412);
+
+    // Deletes: If-Match on the tag; on a digest, whether the manifest is there.
+    let del = |c: &mut Client, r: &str, cond: &[(&str, &str)]| {
+        c.request("DELETE", &format!("/v2/cas/app/manifests/{r}"), cond, b"")
+            .status
+    };
+    assert_eq!(del(&mut c, "v1", &[("If-Match", &quoted(&d1))]), 412);
+    assert_eq!(points_at(&mut c, "v1"), Some(d2.clone()));
+    assert_eq!(del(&mut c, "v1", &[("If-Match", &quoted(&d2))]), 202);
+    assert_eq!(points_at(&mut c, "v1"), None);
+    assert_eq!(del(&mut c, &d1, &[("If-None-Match", "*")]), 412);
+    assert_eq!(points_at(&mut c, &d1), Some(d1.clone()));
+
+    // Not entity tags: 400, saying what to send; nothing changed.
+    let r = put(&mut c, "fresh", &m1, &[("If-Match", "sha256:abc")]);
+    assert_eq!(r.status, 400);
+    assert!(r.body_text().contains("quoted digest"), "{}", r.body_text());
+    assert_eq!(points_at(&mut c, "fresh"), Some(d2.clone()));
+
+    // 16 clients race to move "race" from d1, each to its own manifest: exactly one wins, and
+    // the tag points at the winner's.
+    assert_eq!(put(&mut c, "race", &m1, &[]).status, 201);
+    let variants: Vec<Vec<u8>> = (10..26).map(variant).collect();
+    for m in &variants {
+        // Stored by digest first, so the race is only the tag's.
+        assert_eq!(put(&mut c, &sha256(m), m, &[]).status, 201);
+    }
+    let from = quoted(&d1);
+    let barrier = std::sync::Barrier::new(variants.len());
+    let results: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = variants
+            .iter()
+            .map(|m| {
+                let (barrier, from, addr) = (&barrier, &from, s.addr);
+                scope.spawn(move || {
+                    let mut c = Client::connect(addr);
+                    barrier.wait();
+                    let mut h = vec![("Content-Type", OCI_MANIFEST)];
+                    h.push(("If-Match", from.as_str()));
+                    let r = c.request("PUT", "/v2/cas/app/manifests/race", &h, m);
+                    (r.status, sha256(m))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<&String> = results
+        .iter()
+        .filter(|r| r.0 == 201)
+        .map(|r| &r.1)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results.iter().all(|r| r.0 == 201 || r.0 == 412),
+        "{results:?}"
+    );
+    assert_eq!(points_at(&mut c, "race").as_ref(), Some(winners[0]));
+}
