@@ -6,7 +6,7 @@
 #
 #   loadtest/compare.sh [seconds per scenario, default 10]
 #
-# Environment: ONLY=wharf,distribution (a subset), QUICK=1 (skip the 4 GiB and 10k-connection rows),
+# Environment: ONLY=wharf,wharf-epoll,distribution,zot (the default; a subset), QUICK=1 (skip the 4 GiB and 10k-connection rows),
 # OUT=file. A benchmark: no number ever fails it. Needs root or sudo for apt-get the first time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
