@@ -10,8 +10,16 @@ use std::path::{Path, PathBuf};
 
 use futures_channel::oneshot;
 
-/// fsync a file or directory by path.
+/// fsync a file or directory by path: over io_uring on io_uring workers (an fsync waits for the
+/// disk, and a blocking thread held for each one would cap concurrent commits at the pool's
+/// size), else on the blocking pool.
 pub(crate) async fn fsync_path(path: &Path) -> io::Result<()> {
+    if crate::net::file::ring() {
+        let f = monoio::fs::File::open(path).await?;
+        let synced = f.sync_all().await;
+        let closed = f.close().await;
+        return synced.and(closed);
+    }
     let path = path.to_owned();
     crate::blocking::run(move || std::fs::File::open(path)?.sync_all()).await?
 }
