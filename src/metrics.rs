@@ -63,14 +63,17 @@ pub enum Defence {
     ClientChecksCap = 3,
     /// An open TLS connection closed after a reload: its client certificate no longer verifies.
     CertificateRevoked = 4,
+    /// A password check refused: the verifier queue (256 checks) was full.
+    ChecksQueueFull = 5,
 }
 
-const DEFENCES: [&str; 5] = [
+const DEFENCES: [&str; 6] = [
     "client_connection_cap",
     "global_connection_cap",
     "idle_evicted",
     "client_checks_cap",
     "certificate_no_longer_valid",
+    "checks_queue_full",
 ];
 
 /// TLS handshake outcomes.
@@ -386,6 +389,23 @@ impl Metrics {
             crate::logq::QUEUE_LINES,
             crate::logq::queued(),
             crate::logq::dropped()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wharf_connections_parked Client connections idle past 250 ms (or not yet read from) holding no buffers.\n# TYPE wharf_connections_parked gauge\nwharf_connections_parked {}",
+            crate::http::conn::parked()
+        );
+        out.push_str("# HELP wharf_file_sends_total File bodies (blob GETs) sent, by path: sendfile to remote plain-HTTP peers, a buffered copy to loopback ones, TLS.\n# TYPE wharf_file_sends_total counter\n");
+        for (path, n) in crate::net::file::SEND_PATHS
+            .iter()
+            .zip(crate::net::file::sends())
+        {
+            let _ = writeln!(out, "wharf_file_sends_total{{path=\"{path}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wharf_password_checks_total Password-hash (argon2) checks run: known users', and the decoy hash's for unknown usernames.\n# TYPE wharf_password_checks_total counter\nwharf_password_checks_total {}",
+            crate::auth::password_checks()
         );
         let _ = writeln!(
             out,

@@ -115,6 +115,17 @@ pub fn fault_hook(path: &str) {
     }
 }
 
+/// Test-only (feature `fault-hooks`, `WHARF_FAULT_HOOKS=1` and `WHARF_FAULT_PEERS_REMOTE=1`):
+/// treat every peer as remote, so tests that listen on loopback reach the `sendfile` path.
+#[cfg(feature = "fault-hooks")]
+pub fn peers_look_remote() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| v == "1");
+        set("WHARF_FAULT_HOOKS") && set("WHARF_FAULT_PEERS_REMOTE")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ use crate::config::{AuthConfig, ConfigError};
 use crate::net::per_client::PerClient;
 pub use basic::{BasicError, Credentials, parse as parse_basic};
 pub use cache::Cache;
+pub use pool::checks_total as password_checks;
 
 /// A configured Basic-auth identity.
 pub struct User {

@@ -17,6 +17,14 @@ struct Job {
     reply: oneshot::Sender<bool>,
 }
 
+/// Hash checks run by every verifier (`wharf_password_checks_total`).
+static CHECKS_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Password-hash checks run in this process: known users' and the decoy's for unknown names.
+pub fn checks_total() -> u64 {
+    CHECKS_TOTAL.load(Ordering::Relaxed)
+}
+
 /// A few threads verifying argon2id hashes.
 pub(crate) struct Verifier {
     jobs: SyncSender<Job>,
@@ -68,8 +76,10 @@ fn run(rx: &Mutex<Receiver<Job>>, checks: &AtomicU64) {
             Err(_) => return,
         };
         let Ok(job) = job else { return };
+        let ok = verify(&job.phc, &job.password);
         checks.fetch_add(1, Ordering::Relaxed);
-        let _ = job.reply.send(verify(&job.phc, &job.password));
+        CHECKS_TOTAL.fetch_add(1, Ordering::Relaxed);
+        let _ = job.reply.send(ok);
     }
 }
 

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::net::ConnError;
@@ -55,6 +56,22 @@ pub enum NextRequest {
     TimedOut,
 }
 
+/// Connections parked now (no buffers held), for `wharf_connections_parked`.
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+/// Connections parked now, in every worker.
+pub fn parked() -> usize {
+    PARKED.load(Ordering::Relaxed)
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.phase == Phase::Parked {
+            PARKED.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Where a connection stands. Replaces flags: the wait before a head, whether buffers are held and
 /// whether the connection is closing all follow from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +112,9 @@ impl Conn {
             Transport::Plain(_) => (ReadBuf::new(small, false), Phase::Parked),
             Transport::Tls(_) => (ReadBuf::new(small, true), Phase::Idle),
         };
+        if phase == Phase::Parked {
+            PARKED.fetch_add(1, Ordering::Relaxed);
+        }
         Conn {
             io,
             buf,
@@ -103,6 +123,20 @@ impl Conn {
             limits,
             received: 0,
         }
+    }
+
+    /// Move to `next`, keeping `wharf_connections_parked` true.
+    fn set_phase(&mut self, next: Phase) {
+        match (self.phase == Phase::Parked, next == Phase::Parked) {
+            (false, true) => {
+                PARKED.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                PARKED.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        self.phase = next;
     }
 
     /// Read more input, waiting at most `wait`, after making room (consumed input is dropped).
@@ -152,14 +186,14 @@ impl Conn {
                 return NextRequest::Closed;
             }
         }
-        self.phase = Phase::Head;
+        self.set_phase(Phase::Head);
         let deadline = Instant::now() + self.limits.head_timeout;
         loop {
             match head::parse(self.buf.unread(), &self.limits) {
                 Ok(Some((h, n))) => {
                     self.buf.consume(n);
                     self.requests += 1;
-                    self.phase = Phase::Request;
+                    self.set_phase(Phase::Request);
                     return NextRequest::Head(h);
                 }
                 Ok(None) => {}
@@ -196,7 +230,7 @@ impl Conn {
         }
         // Readable also means "closed"; the read tells which, with a deadline in case the
         // readiness was spurious.
-        self.phase = Phase::Idle;
+        self.set_phase(Phase::Idle);
         let left = deadline.saturating_duration_since(Instant::now());
         self.fill(left.max(Duration::from_millis(1))).await
     }
@@ -205,7 +239,7 @@ impl Conn {
     fn park(&mut self) {
         self.buf.free();
         self.io.park();
-        self.phase = Phase::Parked;
+        self.set_phase(Phase::Parked);
         return_freed_pages_soon();
     }
 
@@ -214,7 +248,7 @@ impl Conn {
     /// refused body before reading (Python's `http.client`) gets `LINGER_BYTES` and `LINGER_TIME`
     /// to finish and read the answer.
     pub async fn linger(mut self) {
-        self.phase = Phase::Lingering;
+        self.set_phase(Phase::Lingering);
         self.io.shutdown_write().await;
         let deadline = Instant::now() + LINGER_TIME;
         let mut seen = 0usize;
@@ -255,7 +289,7 @@ impl Conn {
             self.io.send_file(file, offset, len, stall).await?;
         }
         if self.phase == Phase::Request {
-            self.phase = Phase::Idle;
+            self.set_phase(Phase::Idle);
         }
         Ok(())
     }

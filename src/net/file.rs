@@ -13,6 +13,33 @@ use monoio::net::TcpStream;
 use super::pool::{BLOCK_BUF, give_block, take_block};
 use super::stalled;
 
+/// How a file body was sent, for `wharf_file_sends_total{path}`.
+#[derive(Clone, Copy)]
+pub enum SendPath {
+    /// `sendfile(2)` to a plain TCP peer.
+    Sendfile = 0,
+    /// A buffered copy through a pooled block (plain TCP to a loopback peer).
+    Copy = 1,
+    /// Read, encrypt and write (TLS).
+    Tls = 2,
+}
+
+pub const SEND_PATHS: [&str; 3] = ["sendfile", "copy", "tls"];
+static SENDS: [std::sync::atomic::AtomicU64; 3] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+
+/// Count one file body sent by `path`.
+pub fn count_send(path: SendPath) {
+    SENDS[path as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// File bodies sent so far, by path (in `SEND_PATHS` order).
+pub fn sends() -> [u64; 3] {
+    SENDS
+        .each_ref()
+        .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 thread_local! {
     /// This worker runs io_uring (file operations go to the ring, not to the blocking pool).
     static RING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -141,6 +168,10 @@ impl AsRawFd for DataFile {
 }
 
 pub fn peer_is_loopback(stream: &TcpStream) -> bool {
+    #[cfg(feature = "fault-hooks")]
+    if crate::task::peers_look_remote() {
+        return false;
+    }
     stream.peer_addr().is_ok_and(|a| match a.ip() {
         std::net::IpAddr::V4(ip) => ip.is_loopback(),
         std::net::IpAddr::V6(ip) => {

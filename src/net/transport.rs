@@ -9,7 +9,7 @@ use std::time::Duration;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use super::file::{copy_loop, peer_is_loopback, sendfile_loop};
+use super::file::{SendPath, copy_loop, count_send, peer_is_loopback, sendfile_loop};
 use super::pool::BLOCK_BUF;
 use super::tls::TlsStream;
 use super::{ConnError, budget, stalled, timed_read};
@@ -88,12 +88,24 @@ impl Transport {
             // sendfile saves the copy. The copy's 1 MiB block counts against the budget.
             Transport::Plain(stream) if peer_is_loopback(stream) => {
                 match budget::reserve(BLOCK_BUF) {
-                    Some(_held) => copy_loop(stream, file, offset, len, stall).await,
-                    None => sendfile_loop(stream, &file, offset, len, stall).await,
+                    Some(_held) => {
+                        count_send(SendPath::Copy);
+                        copy_loop(stream, file, offset, len, stall).await
+                    }
+                    None => {
+                        count_send(SendPath::Sendfile);
+                        sendfile_loop(stream, &file, offset, len, stall).await
+                    }
                 }
             }
-            Transport::Plain(stream) => sendfile_loop(stream, &file, offset, len, stall).await,
-            Transport::Tls(tls) => tls.send_file(file, offset, len, stall).await,
+            Transport::Plain(stream) => {
+                count_send(SendPath::Sendfile);
+                sendfile_loop(stream, &file, offset, len, stall).await
+            }
+            Transport::Tls(tls) => {
+                count_send(SendPath::Tls);
+                tls.send_file(file, offset, len, stall).await
+            }
         }
     }
 

@@ -147,10 +147,14 @@ async fn authenticate<'a>(
     {
         Ok(user) => Ok(Some(user)),
         Err(e) => {
-            if e == AuthError::ClientBusy {
-                local
+            match e {
+                AuthError::ClientBusy => local
                     .metrics
-                    .defence(crate::metrics::Defence::ClientChecksCap);
+                    .defence(crate::metrics::Defence::ClientChecksCap),
+                AuthError::Busy => local
+                    .metrics
+                    .defence(crate::metrics::Defence::ChecksQueueFull),
+                _ => {}
             }
             Err(auth_error(e))
         }

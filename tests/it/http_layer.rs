@@ -78,7 +78,6 @@ fn slow_head_gets_408(driver: &str) {
     assert_eq!(r.status, 408);
     assert!(c.is_closed());
     // The server stays healthy afterwards (and its log, checked on drop, shows no panic).
-    std::thread::sleep(Duration::from_millis(300));
     for _ in 0..8 {
         assert_eq!(s.client().get("/v2/").status, 200);
     }
@@ -162,7 +161,13 @@ fn idle_connections_park_their_buffers(driver: &str) {
     for c in &mut conns {
         assert_eq!(c.get("/v2/").status, 200);
     }
-    std::thread::sleep(Duration::from_millis(400));
+    // All parked again (the scraping connection is served, not parked, while it scrapes).
+    wait_for("every idle connection to park", || {
+        sample(
+            &s.client().get("/metrics").body_text(),
+            "wharf_connections_parked",
+        ) == Some(CONNS as f64)
+    });
     let c = &mut conns[0];
     c.send_raw(b"GET /v2/ HTTP/1.1\r\n\r\nGET /v2/nope/tags/list HTTP/1.1\r\n\r\n");
     assert_eq!(c.read_response(false).status, 200);
@@ -316,9 +321,14 @@ fn graceful_shutdown_finishes_in_flight_upload(driver: &str) {
         .as_bytes(),
     );
     c.send_raw(&data[..50_000]);
-    std::thread::sleep(Duration::from_millis(200));
+    // The upload is being served (the scrape itself is the other request in flight).
     let mut idle = s.client();
-    assert_eq!(idle.get("/v2/").status, 200);
+    wait_for("the upload to be in flight", || {
+        sample(
+            &idle.get("/metrics").body_text(),
+            "wharf_requests_in_flight",
+        ) == Some(2.0)
+    });
     unsafe { libc::kill(s.pid() as i32, libc::SIGTERM) };
     // New connections are refused once the listeners are gone (polled: the signal takes a moment).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -653,36 +653,43 @@ fn wrong_methods_are_405(driver: &str) {
 
 /// This machine's address on its outbound interface (not loopback): learned from the route a UDP
 /// socket would take (nothing is sent).
-fn non_loopback_address() -> std::net::IpAddr {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-    s.connect("192.0.2.1:9")
-        .expect("this test needs a network interface with a route (to reach sendfile's path)");
-    let ip = s.local_addr().unwrap().ip();
-    assert!(!ip.is_loopback(), "no non-loopback address: {ip}");
-    ip
-}
-
-/// Downloads take two paths: a buffered copy to loopback peers and sendfile to others. Both
-/// deliver exactly the blob, whole and in ranges, several times over one connection.
+/// Downloads take two paths: a buffered copy to loopback peers and sendfile to others (tests
+/// listen on loopback only, so a test-only hook makes every peer look remote for the second
+/// server). Both deliver exactly the blob, whole and in ranges, several times over one
+/// connection, and `wharf_file_sends_total` shows which path each server took.
 fn blob_downloads_to_loopback_and_other_peers(driver: &str) {
-    let s = Server::start_with(driver, "bind_address = \"0.0.0.0\"\n");
-    let ip = non_loopback_address();
+    let loopback = Server::start(driver);
+    let remote = Server::start_with_env(
+        driver,
+        "",
+        &[
+            ("WHARF_FAULT_HOOKS", "1"),
+            ("WHARF_FAULT_PEERS_REMOTE", "1"),
+        ],
+    );
     let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let d = push_blob(&mut s.client(), "dl/x", &data);
-    let path = format!("/v2/dl/x/blobs/{d}");
-    for addr in [
-        std::net::SocketAddr::new([127, 0, 0, 1].into(), s.addr.port()),
-        std::net::SocketAddr::new(ip, s.addr.port()),
+    for (s, path_taken, not_taken) in [
+        (&loopback, "copy", "sendfile"),
+        (&remote, "sendfile", "copy"),
     ] {
-        let mut c = Client::connect(addr);
+        let d = push_blob(&mut s.client(), "dl/x", &data);
+        let path = format!("/v2/dl/x/blobs/{d}");
+        let mut c = s.client();
         for _ in 0..3 {
             let r = c.get(&path);
-            assert_eq!(r.status, 200, "{addr}");
-            assert!(r.body == data, "{addr}: body differs");
+            assert_eq!(r.status, 200, "{path_taken}");
+            assert!(r.body == data, "{path_taken}: body differs");
             let r = c.request("GET", &path, &[("Range", "bytes=1000-3999999")], b"");
-            assert_eq!(r.status, 206, "{addr}");
-            assert!(r.body[..] == data[1000..4_000_000], "{addr}: range differs");
+            assert_eq!(r.status, 206, "{path_taken}");
+            assert!(
+                r.body[..] == data[1000..4_000_000],
+                "{path_taken}: range differs"
+            );
         }
+        let metrics = c.get("/metrics").body_text();
+        let sends = |p: &str| sample(&metrics, &format!("wharf_file_sends_total{{path=\"{p}\"}}"));
+        assert_eq!(sends(path_taken), Some(6.0), "{metrics}");
+        assert_eq!(sends(not_taken), Some(0.0), "{metrics}");
     }
 }
 

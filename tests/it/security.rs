@@ -280,6 +280,94 @@ fn a_password_flood_does_not_lock_users_out(driver: &str) {
     assert!(still_flooding >= 1.0);
 }
 
+/// Issue 22, finding 8: an unknown username costs one argon2 check (against the decoy hash), as a
+/// wrong password for a known user does, so timing does not tell names apart.
+fn unknown_usernames_are_checked_against_the_decoy_hash(driver: &str) {
+    let cfg = format!(
+        "{}[global.access_policy]\ndefault = \"deny\"\nrules = [\"identity.username != ''\"]\n",
+        users(&[("alice", "alice-pw")])
+    );
+    let s = Server::start_with(driver, &cfg);
+    let checks = || metric(&s, "wharf_password_checks_total");
+    let get = |auth: &str| {
+        s.client()
+            .request("GET", "/v2/", &[("Authorization", auth)], b"")
+            .status
+    };
+    let before = checks();
+    assert_eq!(get(&basic("alice", "wrong")), 401);
+    let after_wrong = checks();
+    assert_eq!(
+        after_wrong,
+        before + 1.0,
+        "a wrong password was not hash-checked"
+    );
+    assert_eq!(get(&basic("nobody", "pw")), 401);
+    assert_eq!(
+        checks(),
+        after_wrong + 1.0,
+        "an unknown username was refused without a hash check"
+    );
+}
+
+/// Issue 22, finding 8: with the per-client cap off, 400 different passwords at once overflow the
+/// verifier queue (256 checks): the overflow is answered 429 at once, saying to retry, and
+/// counted; nothing else but 401 comes back.
+fn a_full_verifier_queue_answers_429(driver: &str) {
+    let cfg = format!(
+        "[auth]\nmax_checks_per_client = 0\n{}[global.access_policy]\ndefault = \"deny\"\nrules = [\"identity.username != ''\"]\n",
+        users(&[("alice", "alice-pw")])
+    );
+    let s = Server::start_with(driver, &cfg);
+    let addr = s.addr;
+    let barrier = Arc::new(std::sync::Barrier::new(400));
+    let answers: Vec<(u16, String)> = (0..400)
+        .map(|i| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                // Four source addresses: well under the per-client connection cap.
+                let mut c = client_from(&format!("127.0.0.{}", 2 + i % 4), addr);
+                barrier.wait();
+                let r = c.request(
+                    "GET",
+                    "/v2/",
+                    &[("Authorization", &basic("alice", &format!("guess-{i}")))],
+                    b"",
+                );
+                (r.status, r.body_text())
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        answers.iter().all(|(st, _)| matches!(st, 401 | 429)),
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.0 == 429)
+        .map(|a| &a.1)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "400 checks at once never filled the queue"
+    );
+    assert!(
+        refused[0].contains("too many password checks in progress, retry shortly"),
+        "{}",
+        refused[0]
+    );
+    assert!(
+        metric(
+            &s,
+            "wharf_defence_events_total{event=\"checks_queue_full\"}"
+        ) >= 1.0
+    );
+}
+
 /// Finding 4: one address held every connection slot; 401/429 kept connections open.
 fn one_client_cannot_hold_every_connection(driver: &str) {
     let cfg = "[limits]\nmax_connections = 16\nmax_connections_per_client = 8\n";
@@ -598,6 +686,8 @@ on_both_drivers!(
     query_tags_and_deletes_by_digest_are_decided_per_tag,
     a_refused_mount_is_an_upload_only_where_uploads_are_allowed,
     a_password_flood_does_not_lock_users_out,
+    unknown_usernames_are_checked_against_the_decoy_hash,
+    a_full_verifier_queue_answers_429,
     one_client_cannot_hold_every_connection,
     refusals_for_credentials_or_rate_close_the_connection,
     stalled_tls_downloads_stay_within_the_memory_bound,

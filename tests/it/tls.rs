@@ -258,7 +258,7 @@ fn blobs_stream_over_tls_both_ways(driver: &str) {
     let (s, pki) = tls_server(driver, Some("required"));
     let client = (pki.path("client.crt"), pki.path("client.key"));
     let cfg = pki.client_config(Some((&client.0, &client.1)), false);
-    let mut t = tls_connect(s.addr, cfg).unwrap();
+    let mut t = tls_connect(s.addr, cfg.clone()).unwrap();
     let data: Vec<u8> = (0..9_000_000u32)
         .map(|i| (i * 7 + i / 4099) as u8)
         .collect();
@@ -286,8 +286,13 @@ fn blobs_stream_over_tls_both_ways(driver: &str) {
         b"",
     );
     assert_eq!(r.status, 201);
-    // Idle long enough to park (ciphertext buffers freed), then pull on the same connection.
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    // Parked (ciphertext buffers freed; the gauge says so, the scraping connection is not
+    // parked while it is served), then pull on the same connection.
+    crate::common::wait_for("the TLS connection to park", || {
+        let mut m = tls_connect(s.addr, cfg.clone()).unwrap();
+        let text = m.client.get("/metrics").body_text();
+        crate::common::sample(&text, "wharf_connections_parked") == Some(1.0)
+    });
     // Pull (file → buffer → rustls), whole and by range, on the same keep-alive connection.
     let r = t.client.get(&format!("/v2/tls/big/blobs/{d}"));
     assert_eq!(r.status, 200);
@@ -446,7 +451,42 @@ fn tls_keep_alive_and_head_timeouts(driver: &str) {
     );
 }
 
+/// Issue 22, finding 8: a client that opens a TLS connection and stalls in the handshake —
+/// sending nothing, or half a ClientHello — is closed at `head_timeout`, and counted as a failed
+/// handshake.
+fn a_stalled_handshake_is_closed_at_head_timeout(driver: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let extra = format!(
+        "[server.http]\nhead_timeout = \"300ms\"\n{}",
+        pki.server_toml(None)
+    );
+    let s = Server::start_in(dir, driver, &extra, LOG);
+    let wait = std::time::Duration::from_millis(300) + crate::common::CLOSE_WAIT;
+    let mut silent = crate::common::Client::connect(s.addr);
+    // A TLS record header announcing 256 bytes of handshake, then the first few of them.
+    let mut half = crate::common::Client::connect(s.addr);
+    half.send_raw(&[
+        0x16, 0x03, 0x01, 0x01, 0x00, 0x01, 0x00, 0x00, 0xfc, 0x03, 0x03,
+    ]);
+    assert!(
+        silent.closes_within(wait),
+        "a silent client outlived the handshake deadline"
+    );
+    assert!(
+        half.closes_within(wait),
+        "half a ClientHello outlived the handshake deadline"
+    );
+    let mut c = tls_connect(s.addr, pki.client_config(None, false)).unwrap();
+    let text = c.client.get("/metrics").body_text();
+    assert!(
+        crate::common::sample(&text, "wharf_tls_handshakes_total{result=\"failed\"}") >= Some(2.0),
+        "{text}"
+    );
+}
+
 on_both_drivers!(
+    a_stalled_handshake_is_closed_at_head_timeout,
     tls_keep_alive_and_head_timeouts,
     required_mode_accepts_valid_and_refuses_missing_or_rogue,
     optional_mode_accepts_anonymous_and_refuses_rogue,

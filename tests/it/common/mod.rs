@@ -36,6 +36,8 @@ pub struct Server {
     pub scheme: String,
     /// The other listeners the server printed (` <name>=<url>`): name → URL.
     pub listeners: std::collections::BTreeMap<String, String>,
+    /// Extra environment of the server process (fault hooks).
+    env: Vec<(String, String)>,
 }
 
 pub fn wharf_bin() -> &'static str {
@@ -69,6 +71,27 @@ impl Server {
             log_filter: log_filter.into(),
             scheme: String::new(),
             listeners: Default::default(),
+            env: Vec::new(),
+        };
+        s.launch(0);
+        s
+    }
+
+    /// `start_with`, with extra environment variables for the server (test-only fault hooks).
+    pub fn start_with_env(driver: &str, extra: &str, env: &[(&str, &str)]) -> Server {
+        let mut s = Server {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            driver: driver.into(),
+            extra: extra.into(),
+            log_filter: "warn".into(),
+            scheme: String::new(),
+            listeners: Default::default(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.launch(0);
         s
@@ -107,6 +130,7 @@ impl Server {
             .arg(self.config_path())
             .env("WHARF_IO_DRIVER", &self.driver)
             .env("RUST_LOG", &self.log_filter)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
