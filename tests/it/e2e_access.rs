@@ -18,10 +18,17 @@ struct Setup {
 }
 
 fn setup(driver: &str, client_auth: &str, policy: &str) -> Setup {
+    setup_with(driver, |pki| {
+        format!("{}{policy}", pki.server_toml(Some(client_auth)))
+    })
+}
+
+/// A server whose TOML `config` makes from the fresh PKI.
+fn setup_with(driver: &str, config: impl FnOnce(&Pki) -> String) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let pki_dir = pki.dir.clone();
-    let toml = format!("{}{policy}", pki.server_toml(Some(client_auth)));
+    let toml = config(&pki);
     let server = Server::start_in(dir, driver, &toml, "warn");
     let work = tempfile::tempdir().unwrap();
     let mut src = Layout::new(&work.path().join("src"));
@@ -75,22 +82,32 @@ impl Setup {
     }
 
     fn target(&self, repo: &str) -> String {
+        self.target_at(&self.server.host(), repo)
+    }
+
+    /// `repo` (tag `v1` unless it names one) at `host` (a listener's address).
+    fn target_at(&self, host: &str, repo: &str) -> String {
         let repo_tag = if repo.contains(':') {
             repo.to_owned()
         } else {
             format!("{repo}:v1")
         };
-        format!("docker://{}/{repo_tag}", self.server.host())
+        format!("docker://{host}/{repo_tag}")
     }
 
     /// skopeo copy of the test image to `repo` (tag `v1` unless `repo` names one).
     fn push(&self, repo: &str, certs: &Path, creds: Option<&str>) -> (bool, String) {
+        self.push_at(&self.server.host(), repo, certs, creds)
+    }
+
+    /// `push` to the listener at `host`.
+    fn push_at(&self, host: &str, repo: &str, certs: &Path, creds: Option<&str>) -> (bool, String) {
         let mut c = skopeo();
         c.arg("copy").arg("--dest-cert-dir").arg(certs);
         if let Some(cr) = creds {
             c.args(["--dest-creds", cr]);
         }
-        run_cmd(c.args([&self.image, &self.target(repo)]))
+        run_cmd(c.args([&self.image, &self.target_at(host, repo)]))
     }
 
     /// skopeo copy from `repo` into a fresh OCI layout.
@@ -261,6 +278,51 @@ fn anonymous_pulls_authenticated_pushes(driver: &str) {
     assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"wharf\""));
 }
 
+/// "Anonymous pulls on one port, certificate pushes on another", from the documented TOML with
+/// loopback addresses, ephemeral ports and this test's PKI: anonymous clients pull on the main
+/// port and may not push there; a client certificate pushes on "push"; "push" refuses a client
+/// without one in the handshake.
+fn anonymous_pulls_one_port_certificate_pushes_another(driver: &str) {
+    let doc = recipe("Anonymous pulls on one port, certificate pushes on another");
+    let main_server = "[server]                      # \"main\": public, anonymous pulls\nbind_address = \"0.0.0.0\"\nport = 443\n";
+    assert!(doc.starts_with(main_server), "{doc}");
+    let st = setup_with(driver, |pki| {
+        // The harness writes [server] (loopback, port 0); the rest is the doc's, on loopback.
+        let file = |n: &str| format!("\"{}\"", pki.path(n).display());
+        doc[main_server.len()..]
+            .replace("bind_address = \"0.0.0.0\"", "bind_address = \"127.0.0.1\"")
+            .replace("port = 4443", "port = 0")
+            .replace("\"server.crt\"", &file("server.crt"))
+            .replace("\"server.key\"", &file("server.key"))
+            .replace("\"ca.crt\"", &file("ca.crt"))
+    });
+    let push_port = st.server.listener("push").to_string();
+    let builder = st.cert_dir(Some(("builder", "build-server", &["CI"])));
+    let ca_only = st.cert_dir(None);
+    refused(
+        "anonymous push on the main port",
+        st.push("pub/app", &ca_only, None),
+    );
+    refused(
+        "certificate push on the main port (no rule lets it)",
+        st.push("pub/app", &builder, None),
+    );
+    succeeds(
+        "certificate push on the push port",
+        st.push_at(&push_port, "pub/app", &builder, None),
+    );
+    succeeds(
+        "anonymous pull on the main port",
+        st.pull("pub/app", &ca_only, None),
+    );
+    let (ok, text) = st.push_at(&push_port, "pub/other", &ca_only, None);
+    assert!(
+        !ok,
+        "a push without a certificate passed the push port:\n{text}"
+    );
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+}
+
 /// The "protected tags" recipe: every user pushes, but `release` and `stable` move only for the
 /// release pipeline, whichever way a request names them (path, `?tag=`, delete by digest).
 fn protected_tags(driver: &str) {
@@ -405,4 +467,5 @@ on_both_drivers!(
     certificate_optional_devops_or_read_only_basic,
     organizations_own_repositories,
     anonymous_pulls_authenticated_pushes,
+    anonymous_pulls_one_port_certificate_pushes_another,
 );
