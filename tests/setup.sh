@@ -4,6 +4,7 @@
 #   systemd-analyze, mount          Debian packages systemd, util-linux (dist/wharf.service check,
 #                                   the disk-full test's tmpfs)
 #   g++                             libFuzzer's C++ sources (tests/it/structure.rs checks the fuzz targets build)
+#   strace                          the missing-fsync detector (tests/it/durability.rs)
 #   crane         go-containerregistry, built with `go install` from the Go module proxy
 #   conformance   the OCI distribution-spec conformance suite, same way (pinned below)
 # Go tools land in target/tools/bin, where the tests look first.
@@ -26,6 +27,7 @@ command -v gzip >/dev/null || apt_packages+=(gzip)
 command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
 command -v mount >/dev/null || apt_packages+=(mount)
 command -v g++ >/dev/null || apt_packages+=(g++)   # libfuzzer-sys, built by the fuzz-target check
+command -v strace >/dev/null || apt_packages+=(strace)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: apt-get install ${apt_packages[*]}"
   as_root apt-get update -qq
