@@ -189,16 +189,11 @@ where
 /// Run `f` on an io thread without waiting for it (clean-up from `Drop`). With the queue full it
 /// runs here instead, counted in `wharf_blocking_inline_total`: a drop cannot wait.
 pub fn detach(f: impl FnOnce() + Send + 'static) {
-    let pool = pool(Lane::Io);
-    let job: Job = Box::new(move || {
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-            pool.counters.panics.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    pool.counters.queued.fetch_add(1, Ordering::Relaxed);
-    if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = pool.tx.try_send(job) {
-        pool.counters.queued.fetch_sub(1, Ordering::Relaxed);
-        pool.counters.inline.fetch_add(1, Ordering::Relaxed);
+    if let Err(job) = queue_detached(f) {
+        pool(Lane::Io)
+            .counters
+            .inline
+            .fetch_add(1, Ordering::Relaxed);
         job();
     }
 }
@@ -206,6 +201,12 @@ pub fn detach(f: impl FnOnce() + Send + 'static) {
 /// Run `f` on an io thread without waiting for it, unless the queue is full (then `f` is dropped
 /// and `false` returned): for hints that may be skipped.
 pub fn try_detach(f: impl FnOnce() + Send + 'static) -> bool {
+    queue_detached(f).is_ok()
+}
+
+/// Queue `f` (its panic caught and counted) on the io lane without waiting; the job back if the
+/// queue is full.
+fn queue_detached(f: impl FnOnce() + Send + 'static) -> Result<(), Job> {
     let pool = pool(Lane::Io);
     let job: Job = Box::new(move || {
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
@@ -213,11 +214,13 @@ pub fn try_detach(f: impl FnOnce() + Send + 'static) -> bool {
         }
     });
     pool.counters.queued.fetch_add(1, Ordering::Relaxed);
-    if pool.tx.try_send(job).is_err() {
-        pool.counters.queued.fetch_sub(1, Ordering::Relaxed);
-        return false;
+    match pool.tx.try_send(job) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+            pool.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            Err(job)
+        }
     }
-    true
 }
 
 /// Puts a job in a lane's queue, waiting while it is full.
