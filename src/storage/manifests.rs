@@ -59,6 +59,13 @@ fn parse_tag_file(text: Option<Vec<u8>>) -> Result<Digest> {
         .ok_or_else(|| StoreError::Io(io::Error::other("corrupt tag file")))
 }
 
+/// What the tag file at `path` names (`None`: no such tag).
+fn read_tag(path: &Path) -> Result<Option<Digest>> {
+    read_small(path)?
+        .map(|t| parse_tag_file(Some(t.into_bytes())))
+        .transpose()
+}
+
 fn read_small(path: &Path) -> io::Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
@@ -173,10 +180,7 @@ impl Storage {
                 .tag_lock(repo)
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let current = match read_small(path)? {
-                Some(t) => Some(parse_tag_file(Some(t.into_bytes()))?),
-                None => None,
-            };
+            let current = read_tag(path)?;
             if !expect.holds(current.as_ref()) {
                 return Err(StoreError::TagPrecondition {
                     target: format!("tag {tag}"),
@@ -209,10 +213,7 @@ impl Storage {
         tag: &Tag,
     ) -> Result<Option<Digest>> {
         let path = self.tags_dir(repo).join(tag.as_str());
-        match fsio::off(move || read_small(&path)).await? {
-            Some(t) => Ok(Some(parse_tag_file(Some(t.into_bytes()))?)),
-            None => Ok(None),
-        }
+        fsio::off(move || Ok(read_tag(&path))).await?
     }
 
     /// A manifest of `repo` by tag or digest, read whole (manifests are small: at most
