@@ -721,12 +721,7 @@ fn conditional_tag_updates_are_compare_and_swap(driver: &str) {
     let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
     let cd = push_blob(&mut c, "cas/app", cfg);
     let ld = push_blob(&mut c, "cas/app", b"layer");
-    let variant = |n: usize| {
-        let mut m: serde_json::Value =
-            serde_json::from_slice(&image_manifest(&cd, cfg.len(), &[(&ld, 5)])).unwrap();
-        m["annotations"] = serde_json::json!({ "n": n.to_string() });
-        serde_json::to_vec(&m).unwrap()
-    };
+    let variant = |n: usize| numbered_manifest(&cd, cfg.len(), &ld, n, 0);
     let put = |c: &mut Client, tag: &str, m: &[u8], cond: &[(&str, &str)]| {
         let mut h = vec![("Content-Type", OCI_MANIFEST)];
         h.extend_from_slice(cond);

@@ -20,15 +20,6 @@ on_both_drivers!(
     many_unused_upload_sessions_stay_bounded_and_leave_memory,
 );
 
-/// A manifest with a distinct digest per `n` over the same config and layer, padded by `pad`
-/// bytes of annotation.
-fn manifest(cfg: &str, cfg_len: usize, layer: &str, n: usize, pad: usize) -> Vec<u8> {
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&image_manifest(cfg, cfg_len, &[(layer, 5)])).unwrap();
-    m["annotations"] = serde_json::json!({ "n": n.to_string(), "pad": "p".repeat(pad) });
-    serde_json::to_vec(&m).unwrap()
-}
-
 fn put_manifest(c: &mut Client, reference: &str, m: &[u8]) -> u16 {
     c.request(
         "PUT",
@@ -52,8 +43,8 @@ fn a_manifest_delete_racing_a_tag_update_never_deletes_the_fresh_tag(driver: &st
     let mut deleter = s.client();
     let mut tagger = s.client();
     for i in 0..100 {
-        let a = manifest(&cd, cfg.len(), &ld, 2 * i, 3 << 20);
-        let b = manifest(&cd, cfg.len(), &ld, 2 * i + 1, 0);
+        let a = numbered_manifest(&cd, cfg.len(), &ld, 2 * i, 3 << 20);
+        let b = numbered_manifest(&cd, cfg.len(), &ld, 2 * i + 1, 0);
         assert_eq!(put_manifest(&mut c, "t", &a), 201);
         // B stored first, so the racing PUT only moves the tag.
         assert_eq!(put_manifest(&mut c, &sha256(&b), &b), 201);

@@ -591,6 +591,15 @@ pub fn image_manifest(config: &str, config_len: usize, layers: &[(&str, usize)])
     .unwrap()
 }
 
+/// An image manifest over `cfg` and a 5-byte `layer` with a distinct digest per `n` (an
+/// annotation), padded by `pad` bytes of annotation.
+pub fn numbered_manifest(cfg: &str, cfg_len: usize, layer: &str, n: usize, pad: usize) -> Vec<u8> {
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&image_manifest(cfg, cfg_len, &[(layer, 5)])).unwrap();
+    m["annotations"] = serde_json::json!({ "n": n.to_string(), "pad": "p".repeat(pad) });
+    serde_json::to_vec(&m).unwrap()
+}
+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Push a small image (config + one layer) and tag it; returns the manifest digest.
