@@ -14,11 +14,16 @@ use crate::common::{
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// Make everything in the store look `age` old (as if pushed that long ago).
+/// Make everything in the store look `age` old (as if pushed that long ago). A file the running
+/// server or collector removes between the listing and the open is skipped.
 fn age_everything(root: &Path, age: Duration) {
     let t = SystemTime::now() - age;
     for p in paths_under(root) {
-        std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
+        match std::fs::File::open(&p) {
+            Ok(f) => f.set_modified(t).unwrap(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("{}: {e}", p.display()),
+        }
     }
 }
 
