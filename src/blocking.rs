@@ -8,7 +8,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
@@ -18,6 +18,8 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 const DEFAULT_THREADS: usize = 4;
 /// Jobs that may wait for a thread, per thread.
 const QUEUE_PER_THREAD: usize = 64;
+/// Idle this long after running jobs, a thread hands its freed memory back to the kernel.
+const IDLE_COLLECT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Which pool a job goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,11 +118,29 @@ fn spawn(lane: Lane, threads: usize) -> io::Result<Pool> {
 
 /// A pool thread: take jobs until the process ends.
 fn serve(lane: Lane, rx: &Mutex<Receiver<Job>>) {
+    // Jobs ran since this thread last handed its freed pages back.
+    let mut dirty = false;
     loop {
-        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-            Ok(job) => job,
-            Err(_) => return,
+        let next = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            if dirty {
+                rx.recv_timeout(IDLE_COLLECT)
+            } else {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            }
         };
+        let job = match next {
+            Ok(job) => job,
+            // Idle after a burst: mimalloc purges a thread's freed pages only when that thread
+            // allocates again, which an idle pool thread never does (the workers do the same).
+            Err(RecvTimeoutError::Timeout) => {
+                crate::sys::return_freed_pages();
+                dirty = false;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        dirty = true;
         let pool = pool(lane);
         pool.counters.queued.fetch_sub(1, Ordering::Relaxed);
         let waiting = std::mem::take(&mut *pool.room.lock().unwrap_or_else(|p| p.into_inner()));
