@@ -70,6 +70,7 @@ pub enum Action {
         repository: RepoName,
         digest: Digest,
         artifact_type: Option<String>,
+        page: Page,
     },
     ListTags {
         repository: RepoName,

@@ -247,8 +247,8 @@ fn open_storage(cfg: &Config) -> Result<wharf::storage::Storage, String> {
             root.display()
         ));
     }
-    wharf::storage::Storage::open(root)
-        .map(|s| s.with_grace(cfg.gc.grace))
+    let limits = wharf::storage::SessionLimits::default();
+    wharf::storage::Storage::filesystem(root, limits, cfg.gc.grace)
         .map_err(|e| format!("storage.root {}: {e}", root.display()))
 }
 
@@ -304,7 +304,7 @@ fn gc(config: Option<&PathBuf>, dry_run: bool, grace: Option<&str>) -> Result<()
         None => cfg.gc.grace,
     };
     let storage = open_storage(&cfg)?;
-    let opts = wharf::storage::gc::GcOptions {
+    let opts = wharf::storage::GcOptions {
         grace,
         delete_untagged: cfg.gc.delete_untagged,
         dry_run,

@@ -3,7 +3,6 @@
 //! minute, never from the request path.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -195,25 +194,11 @@ impl Metrics {
         w
     }
 
-    /// Walk `<root>/blobs` now and then every `every` on a background thread.
-    pub fn watch_storage(&self, root: PathBuf, every: Duration) {
+    /// Total the stored blobs now and then every `every` on a background thread.
+    pub fn watch_storage(&self, storage: Arc<crate::storage::Storage>, every: Duration) {
         let stats = Arc::clone(&self.storage);
         let walk = move || {
-            let (mut bytes, mut blobs) = (0u64, 0u64);
-            let dirs = |p: &std::path::Path| {
-                let entries = crate::storage::dir_entries(p).unwrap_or_default();
-                entries.into_iter().map(|(_, path)| path)
-            };
-            for alg in dirs(&root.join("blobs")) {
-                for prefix in dirs(&alg) {
-                    for blob in dirs(&prefix) {
-                        if let Ok(m) = std::fs::metadata(&blob) {
-                            bytes += m.len();
-                            blobs += 1;
-                        }
-                    }
-                }
-            }
+            let (bytes, blobs) = storage.usage();
             stats.bytes.store(bytes, Ordering::Relaxed);
             stats.blobs.store(blobs, Ordering::Relaxed);
         };
@@ -395,7 +380,7 @@ impl Metrics {
             "# HELP wharf_connections_parked Client connections idle past 250 ms (or not yet read from) holding no buffers.\n# TYPE wharf_connections_parked gauge\nwharf_connections_parked {}",
             crate::http::conn::parked()
         );
-        out.push_str("# HELP wharf_file_sends_total File bodies (blob GETs) sent, by path: sendfile to remote plain-HTTP peers, a buffered copy to loopback ones, TLS.\n# TYPE wharf_file_sends_total counter\n");
+        out.push_str("# HELP wharf_file_sends_total Blob bodies not held in memory, by how they were sent: sendfile to remote plain-HTTP peers, a buffered copy to loopback ones, from a file through TLS, a stream from the storage backend.\n# TYPE wharf_file_sends_total counter\n");
         for (path, n) in crate::net::file::SEND_PATHS
             .iter()
             .zip(crate::net::file::sends())

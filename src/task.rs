@@ -115,15 +115,29 @@ pub fn fault_hook(path: &str) {
     }
 }
 
-/// Test-only (feature `fault-hooks`, `WHARF_FAULT_HOOKS=1` and `WHARF_FAULT_PEERS_REMOTE=1`):
-/// treat every peer as remote, so tests that listen on loopback reach the `sendfile` path.
+/// The value of a test-only switch `key` (feature `fault-hooks` and `WHARF_FAULT_HOOKS=1`).
+#[cfg(feature = "fault-hooks")]
+fn fault_switch(key: &str) -> Option<String> {
+    let hooks = std::env::var_os("WHARF_FAULT_HOOKS").is_some_and(|v| v == "1");
+    hooks.then(|| std::env::var(key).ok()).flatten()
+}
+
+/// Test-only (`WHARF_FAULT_PEERS_REMOTE=1`): treat every peer as remote, so tests that listen on
+/// loopback reach the `sendfile` path.
 #[cfg(feature = "fault-hooks")]
 pub fn peers_look_remote() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        let set = |k: &str| std::env::var_os(k).is_some_and(|v| v == "1");
-        set("WHARF_FAULT_HOOKS") && set("WHARF_FAULT_PEERS_REMOTE")
-    })
+    *ON.get_or_init(|| fault_switch("WHARF_FAULT_PEERS_REMOTE").is_some_and(|v| v == "1"))
+}
+
+/// Test-only (`WHARF_FAULT_BLOB_STREAM`): the filesystem backend hands out blobs it would send
+/// from a file as streams instead (the path an object store takes): `1` whole, `short` one byte
+/// short of their length (a broken source); `redirect`: as a redirect to a URL elsewhere.
+#[cfg(feature = "fault-hooks")]
+pub fn blobs_as_streams() -> Option<&'static str> {
+    static ON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ON.get_or_init(|| fault_switch("WHARF_FAULT_BLOB_STREAM"))
+        .as_deref()
 }
 
 #[cfg(test)]

@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::net::ConnError;
+use crate::net::stream::ByteStream;
 pub use crate::net::transport::Transport;
 
 use super::body::Body;
 use super::buffer::ReadBuf;
 use super::head::{self, HeadError, Limits, RequestHead};
-use super::response::Response;
+use super::response::{Response, Tail};
 
 /// Read-buffer size: large enough for a full head and for efficient small-body reads.
 pub(super) const READ_BUF: usize = 64 * 1024;
@@ -274,19 +275,47 @@ impl Conn {
         self.io.write_all(data, self.limits.send_timeout).await
     }
 
+    /// Send a stream's bytes as they arrive. One that ends short of (or runs past) its length,
+    /// or fails, is an error: the connection closes and the client sees a broken body.
+    async fn send_stream(&mut self, mut stream: ByteStream) -> io::Result<()> {
+        crate::net::file::count_send(crate::net::file::SendPath::Stream);
+        let mut left = stream.len();
+        while let Some(chunk) = stream.next_chunk().await? {
+            if chunk.len() as u64 > left {
+                return Err(io::Error::other("a body stream ran past its length"));
+            }
+            left -= chunk.len() as u64;
+            if !chunk.is_empty() {
+                self.write_all(chunk).await?;
+            }
+        }
+        if left > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("a body stream ended {left} bytes short"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Send `resp`; the head and an in-memory body leave in one write. `head_only` omits the body.
     pub async fn send(&mut self, resp: Response, head_only: bool, close: bool) -> io::Result<()> {
         // The request is done with its buffers: a block goes back to the pool.
         self.buf.shrink();
-        let (bytes, file) = super::response::encode(resp, head_only, close);
+        let (bytes, tail) = super::response::encode(resp, head_only, close);
         self.write_all(bytes).await?;
-        if let Some((file, offset, len)) = file {
-            // A file send may wait long on a slow reader: hold no read buffers meanwhile.
+        if let Some(tail) = tail {
+            // A long send may wait on a slow reader: hold no read buffers meanwhile.
             if !self.buf.has_unread() {
                 self.park();
             }
             let stall = self.limits.send_timeout;
-            self.io.send_file(file, offset, len, stall).await?;
+            match tail {
+                Tail::File { file, offset, len } => {
+                    self.io.send_file(file, offset, len, stall).await?
+                }
+                Tail::Stream(stream) => self.send_stream(stream).await?,
+            }
         }
         if self.phase == Phase::Request {
             self.set_phase(Phase::Idle);

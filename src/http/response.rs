@@ -2,6 +2,8 @@
 
 use std::io::Write as _;
 
+use crate::net::stream::ByteStream;
+
 /// What follows the response head.
 pub enum Payload {
     Empty,
@@ -12,6 +14,18 @@ pub enum Payload {
         offset: u64,
         len: u64,
     },
+    /// Bytes from elsewhere, sent as they arrive; a short stream breaks the connection.
+    Stream(ByteStream),
+}
+
+/// The part of a body that leaves after the head: a file region or a stream.
+pub enum Tail {
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
+    Stream(ByteStream),
 }
 
 impl Payload {
@@ -20,6 +34,7 @@ impl Payload {
             Payload::Empty => 0,
             Payload::Bytes(b) => b.len() as u64,
             Payload::File { len, .. } => *len,
+            Payload::Stream(s) => s.len(),
         }
     }
 
@@ -90,12 +105,8 @@ impl Response {
 }
 
 /// A response as wire bytes: the head plus any in-memory body in one buffer (so it leaves in one
-/// write), and the file region still to send, if any.
-pub fn encode(
-    resp: Response,
-    head_only: bool,
-    close: bool,
-) -> (Vec<u8>, Option<(std::fs::File, u64, u64)>) {
+/// write), and the file region or stream still to send, if any.
+pub fn encode(resp: Response, head_only: bool, close: bool) -> (Vec<u8>, Option<Tail>) {
     let body_len = if head_only {
         0
     } else {
@@ -108,7 +119,10 @@ pub fn encode(
             out.extend_from_slice(&b);
             (out, None)
         }
-        Payload::File { file, offset, len } if !head_only => (out, Some((file, offset, len))),
+        Payload::File { file, offset, len } if !head_only => {
+            (out, Some(Tail::File { file, offset, len }))
+        }
+        Payload::Stream(s) if !head_only => (out, Some(Tail::Stream(s))),
         _ => (out, None),
     }
 }

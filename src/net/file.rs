@@ -22,11 +22,13 @@ pub enum SendPath {
     Copy = 1,
     /// Read, encrypt and write (TLS).
     Tls = 2,
+    /// A stream from elsewhere (`net::stream`), written as it arrives, over any transport.
+    Stream = 3,
 }
 
-pub const SEND_PATHS: [&str; 3] = ["sendfile", "copy", "tls"];
-static SENDS: [std::sync::atomic::AtomicU64; 3] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+pub const SEND_PATHS: [&str; 4] = ["sendfile", "copy", "tls", "stream"];
+static SENDS: [std::sync::atomic::AtomicU64; 4] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 4];
 
 /// Count one file body sent by `path`.
 pub fn count_send(path: SendPath) {
@@ -34,7 +36,7 @@ pub fn count_send(path: SendPath) {
 }
 
 /// File bodies sent so far, by path (in `SEND_PATHS` order).
-pub fn sends() -> [u64; 3] {
+pub fn sends() -> [u64; 4] {
     SENDS
         .each_ref()
         .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))

@@ -1,13 +1,15 @@
 //! Beneath HTTP: the transport (`transport`: plain TCP or the rustls stream of `tls`), cancel-safe
 //! timed reads (`ConnError`, `timed_read`), the per-thread pool of block buffers and owned blocks
-//! (`pool`), sending file regions to a socket (`file`), the process-wide budget for response
-//! buffers that wait on slow readers (`budget`), and counts per client address (`per_client`).
+//! (`pool`), sending file regions to a socket (`file`), byte streams from elsewhere (`stream`), the
+//! process-wide budget for response buffers that wait on slow readers (`budget`), and counts per
+//! client address (`per_client`).
 //! Knows neither HTTP nor OCI; `tls/` (certificates, verification, identity) sits beside it.
 
 pub mod budget;
 pub mod file;
 pub mod per_client;
 pub mod pool;
+pub mod stream;
 pub mod tls;
 pub mod transport;
 

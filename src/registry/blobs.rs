@@ -6,7 +6,7 @@ use crate::http::{Method, Payload, RequestHead, Response};
 use crate::oci::{Digest, ErrorKind, OciError, RepoName};
 use crate::storage::{BlobContent, StoreError};
 
-/// `bytes[start..start + len]` of a blob read whole, or the file region.
+/// `bytes[start..start + len]` of a blob read whole, the file region, or the stream of it.
 fn region(content: BlobContent, start: u64, len: u64) -> Payload {
     match content {
         BlobContent::Bytes(mut b) => {
@@ -19,7 +19,17 @@ fn region(content: BlobContent, start: u64, len: u64) -> Payload {
             offset: start,
             len,
         },
+        BlobContent::Stream(open) => Payload::Stream(open(start, len)),
+        BlobContent::Redirect(_) => unreachable!("redirects are answered before any region"),
     }
+}
+
+/// `307` to where the backend serves the content itself (a presigned object-store URL); the
+/// client asks there with its own `Range`.
+fn redirect(digest: &Digest, location: String) -> Response {
+    Response::new(307)
+        .header("Location", location)
+        .header("Docker-Content-Digest", digest.to_string())
 }
 
 impl Registry {
@@ -35,6 +45,9 @@ impl Registry {
             (size.ok_or(StoreError::BlobUnknown)?, None)
         } else {
             let read = self.storage.open_blob(repo, digest, INLINE_LIMIT).await?;
+            if let BlobContent::Redirect(location) = read.content {
+                return Ok(redirect(digest, location));
+            }
             (read.size, Some(read.content))
         };
         let resp = Response::new(200)

@@ -13,19 +13,31 @@ fn next_last(items: &[String], more: bool) -> Option<String> {
 
 /// `Link: <path?n=N&last=L>; rel="next"`.
 fn link(path: &str, n: Option<usize>, last: &str) -> String {
+    link_with(&format!("{path}?"), n, last)
+}
+
+/// `Link: <start n=N&last=L>; rel="next"`, `start` ending in `?` or `&`.
+fn link_with(start: &str, n: Option<usize>, last: &str) -> String {
     let mut q = String::new();
     if let Some(n) = n {
         q.push_str(&format!("n={n}&"));
     }
     q.push_str("last=");
-    for b in last.bytes() {
+    q.push_str(&escape(last));
+    format!("<{start}{q}>; rel=\"next\"")
+}
+
+/// Percent-encoding for a query value.
+fn escape(value: &str) -> String {
+    let mut q = String::new();
+    for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_') {
             q.push(char::from(b));
         } else {
             q.push_str(&format!("%{b:02X}"));
         }
     }
-    format!("<{path}?{q}>; rel=\"next\"")
+    q
 }
 
 impl Registry {
@@ -65,13 +77,25 @@ impl Registry {
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
+        page: &Page,
     ) -> HandlerResult {
-        let manifests =
-            filter_referrers(self.storage.referrers(repo, subject).await?, artifact_type);
+        let n = page.n.unwrap_or(usize::MAX);
+        let (stored, next) = self
+            .storage
+            .referrers(repo, subject, page.last.as_deref(), n)
+            .await?;
+        let manifests = filter_referrers(stored, artifact_type);
         let index = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
         let mut r = Response::new(200).bytes(OCI_INDEX, serde_json::to_vec(&index).expect("json"));
         if artifact_type.is_some() {
             r = r.header("OCI-Filters-Applied", "artifactType");
+        }
+        if let Some(last) = &next {
+            // The filter goes on to the next page.
+            let filter =
+                artifact_type.map_or(String::new(), |a| format!("artifactType={}&", escape(a)));
+            let start = format!("/v2/{repo}/referrers/{subject}?{filter}");
+            r = r.header("Link", link_with(&start, page.n, last));
         }
         Ok(r)
     }

@@ -151,8 +151,9 @@ impl Registry {
                 repository,
                 digest,
                 artifact_type,
+                page,
             } => {
-                self.get_referrers(&repository, &digest, artifact_type.as_deref())
+                self.get_referrers(&repository, &digest, artifact_type.as_deref(), &page)
                     .await
             }
             Action::ListTags { repository, page } => self.list_tags(&repository, &page).await,

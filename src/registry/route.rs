@@ -171,6 +171,7 @@ pub fn route(method: Method, path: &str, query: &str) -> Result<Action, OciError
                 repository: repo(2)?,
                 digest: digest(d)?,
                 artifact_type: artifact_type.map(str::to_owned),
+                page: page(&q)?,
             };
             only_get(method, action)
         }

@@ -67,17 +67,16 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
     let listeners = ListenerSpec::all(&cfg)?;
     let shared = Arc::new(live::Shared::new(live::Live::from_config(&cfg)?));
     let root = cfg.storage.root.clone();
-    let storage = Storage::open(&root)
-        .map_err(|source| StartError::Storage {
+    let limits = crate::storage::SessionLimits {
+        max: cfg.limits.max_upload_sessions,
+        per_client: cfg.limits.max_upload_sessions_per_client,
+        idle: cfg.limits.upload_idle_timeout,
+    };
+    let storage =
+        Storage::filesystem(&root, limits, cfg.gc.grace).map_err(|source| StartError::Storage {
             path: root.display().to_string(),
             source,
-        })?
-        .with_grace(cfg.gc.grace)
-        .with_session_limits(crate::storage::SessionLimits {
-            max: cfg.limits.max_upload_sessions,
-            per_client: cfg.limits.max_upload_sessions_per_client,
-            idle: cfg.limits.upload_idle_timeout,
-        });
+        })?;
     let storage = Arc::new(storage);
     expire_idle_sessions(Arc::clone(&storage))?;
     if !cfg.gc.interval.is_zero() {
@@ -110,7 +109,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
     });
 
     app.metrics
-        .watch_storage(root.clone(), Duration::from_secs(60));
+        .watch_storage(Arc::clone(app.registry.storage()), Duration::from_secs(60));
     let threads = cfg.threads();
     let mut stops = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
@@ -235,7 +234,7 @@ fn expire_idle_sessions(storage: Arc<Storage>) -> Result<(), StartError> {
 
 /// Run garbage collection every `gc.interval` on its own thread (it blocks on the filesystem).
 fn schedule_gc(storage: Arc<Storage>, gc: &crate::config::GcConfig) -> Result<(), StartError> {
-    let opts = crate::storage::gc::GcOptions {
+    let opts = crate::storage::GcOptions {
         grace: gc.grace,
         delete_untagged: gc.delete_untagged,
         dry_run: false,

@@ -1,26 +1,25 @@
-//! Filesystem storage: the on-disk layout, atomic commits (`fsio`), blob store and links (`blobs`),
-//! upload sessions that survive connections and restarts (`uploads`), manifests, tags and referrers
-//! (`manifests`). Nothing here knows HTTP.
+//! The storage interface: everything the registry, the server and `wharf gc`/`wharf fsck` ask of
+//! storage, whatever holds the bytes. `Storage` dispatches to one backend: the filesystem (`fs`,
+//! the embedded default) today; an object store is a second variant of `Backend` that fits
+//! without touching a handler. A blob read yields bytes, a local file (plain HTTP keeps
+//! sendfile), a stream or a redirect URL; blob and upload writes go through the backend's own
+//! writer (`BlobWriter`, `UploadLease`); listings take a cursor (`last`) and a page size; tag
+//! updates and deletes are compare-and-swap operations (`TagExpect`); garbage collection and
+//! fsck run through here too. Nothing here knows HTTP.
 
-pub mod blobs;
-mod cached;
-pub mod fsck;
-mod fsio;
-pub mod gc;
-pub mod manifests;
-pub mod uploads;
-mod writer;
+mod fs;
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::GcConfig;
-use crate::oci::{Digest, RepoName};
+use crate::net::stream::OpenRegion;
+use crate::oci::manifest::Parsed;
+use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
-pub use blobs::{BlobContent, BlobRead};
-pub use manifests::TagExpect;
-pub use uploads::{SessionLimits, UploadLease};
-pub use writer::BlobWriter;
+pub use fs::{BlobWriter, SessionLimits, UploadLease};
 
 /// Storage failures, mapped to OCI errors by the registry.
 #[derive(Debug, thiserror::Error)]
@@ -57,163 +56,372 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-const TAG_LOCKS: usize = 64;
-/// How long a `/readyz` probe's answer is reused.
-const READY_TTL_MS: u64 = 1000;
-
-/// The cached answer of the writability probe.
-#[derive(Default)]
-struct Ready {
-    ok: std::sync::atomic::AtomicBool,
-    /// Milliseconds after `born` (plus one) of the last probe; 0 = never.
-    probed_ms: std::sync::atomic::AtomicU64,
-    probing: std::sync::atomic::AtomicBool,
+/// A blob's content as a backend hands it out.
+pub enum BlobContent {
+    /// Read whole (small blobs).
+    Bytes(Vec<u8>),
+    /// An open local file: sent with `sendfile` on plain HTTP.
+    File(std::fs::File),
+    /// Bytes from elsewhere (an object store): the region the request wants is opened once the
+    /// range is known; every byte is checked by the backend before it is given out.
+    Stream(OpenRegion),
+    /// A URL the client fetches the content from itself (a presigned object-store URL): the
+    /// registry answers `307` with it as `Location`.
+    Redirect(String),
 }
 
-/// At most `n` of the sorted `items` after `last`, and whether more follow.
-pub(crate) fn page(items: Vec<String>, last: Option<&str>, n: usize) -> (Vec<String>, bool) {
-    let start = last.map_or(0, |l| items.partition_point(|i| i.as_str() <= l));
-    let mut rest: Vec<String> = items.into_iter().skip(start).collect();
-    let more = rest.len() > n;
-    rest.truncate(n);
-    (rest, more)
+/// A blob to serve: its size and content.
+pub struct BlobRead {
+    pub size: u64,
+    pub content: BlobContent,
 }
 
-/// The filesystem store rooted at `root`.
+/// A manifest ready to be served.
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What a tag update expects the tag to point at now (HTTP `If-Match` / `If-None-Match` on a
+/// tag). The default expects nothing: an unconditional update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagExpect {
+    /// The tag must exist and, unless the list is empty (`If-Match: *`), point at one of these
+    /// (entity tags as sent, unquoted; anything that is not a digest never matches).
+    pub one_of: Option<Vec<String>>,
+    /// The tag must not point at any of these; an empty list (`If-None-Match: *`): must not exist.
+    pub none_of: Option<Vec<String>>,
+}
+
+impl TagExpect {
+    /// Whether a tag pointing at `current` (`None`: absent) satisfies the expectation.
+    pub fn holds(&self, current: Option<&Digest>) -> bool {
+        let cur = current.map(Digest::to_string);
+        let listed = |l: &[String]| cur.as_ref().is_some_and(|c| l.iter().any(|x| x == c));
+        let one_of = match &self.one_of {
+            None => true,
+            Some(l) => cur.is_some() && (l.is_empty() || listed(l)),
+        };
+        let none_of = match &self.none_of {
+            None => true,
+            Some(l) if l.is_empty() => cur.is_none(),
+            Some(l) => !listed(l),
+        };
+        one_of && none_of
+    }
+
+    /// Whether this expects anything at all.
+    pub fn is_conditional(&self) -> bool {
+        self.one_of.is_some() || self.none_of.is_some()
+    }
+}
+
+/// What to collect.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Nothing younger than this is removed.
+    pub grace: Duration,
+    /// Also remove manifests that no tag reaches.
+    pub delete_untagged: bool,
+    /// Only report what would go.
+    pub dry_run: bool,
+}
+
+/// What a collection removed (or, in a dry run, would remove).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// `repository@digest` of each manifest removed.
+    pub manifests: Vec<String>,
+    /// Each blob removed with its size.
+    pub blobs: Vec<(Digest, u64)>,
+    /// Bytes of the removed blobs.
+    pub bytes: u64,
+    /// Unreferenced blobs kept because they are younger than the grace period.
+    pub young: usize,
+    /// Upload sessions and temp files expired.
+    pub uploads: usize,
+    /// Repository links to blobs that are gone, removed.
+    pub links: usize,
+    /// The run stopped early: it took longer than half the grace period, after which removing
+    /// more could race a hold (the next run continues).
+    pub stopped_early: bool,
+}
+
+/// One finding.
+#[derive(Debug)]
+pub struct Problem {
+    pub what: String,
+    /// Where it was moved to quarantine (with `repair`), as the backend names it.
+    pub quarantined: Option<String>,
+}
+
+/// What fsck saw.
+#[derive(Debug, Default)]
+pub struct FsckReport {
+    pub blobs: usize,
+    pub bytes: u64,
+    pub manifests: usize,
+    pub tags: usize,
+    pub problems: Vec<Problem>,
+}
+
+impl FsckReport {
+    /// Problems not moved to quarantine.
+    pub fn unresolved(&self) -> usize {
+        self.problems
+            .iter()
+            .filter(|p| p.quarantined.is_none())
+            .count()
+    }
+}
+
+/// The backends. Each variant's methods have the same names and meaning as `Storage`'s.
+enum Backend {
+    Filesystem(Arc<fs::Filesystem>),
+}
+
+/// The storage the registry uses: one backend behind one set of async operations.
 pub struct Storage {
-    root: PathBuf,
-    uploads: uploads::Table,
-    /// Held (on blocking threads only) from a tag update's check to its rename or unlink, and
-    /// from a manifest delete's check of its tags to their removal; striped by repository.
-    tag_locks: Box<[std::sync::Mutex<()>]>,
-    /// The last `/readyz` probe.
-    ready: Ready,
-    born: std::time::Instant,
-    /// A held blob's mtime is refreshed when older than this (a quarter of `gc.grace`).
-    hold_refresh: std::time::Duration,
+    backend: Backend,
+}
+
+/// `dispatch!(self, b => b.op(args))`: run the operation on whichever backend is configured.
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $e:expr) => {
+        match &$self.backend {
+            Backend::Filesystem($b) => $e,
+        }
+    };
 }
 
 impl Storage {
-    /// Open (creating the top-level folders of) a store at `root`.
-    pub fn open(root: &Path) -> io::Result<Storage> {
-        for dir in ["blobs", "repositories", "uploads"] {
-            std::fs::create_dir_all(root.join(dir))?;
-        }
-        // Probe writability now rather than on the first push.
-        let probe = root.join("uploads").join(".probe");
-        std::fs::write(&probe, b"")?;
-        std::fs::remove_file(&probe)?;
+    /// The filesystem backend rooted at `root` (creating its top-level folders), with upload-session
+    /// caps and the `gc.grace` its holds keep blobs young for.
+    pub fn filesystem(root: &Path, limits: SessionLimits, grace: Duration) -> io::Result<Storage> {
+        let fs = fs::Filesystem::open(root)?
+            .with_session_limits(limits)
+            .with_grace(grace);
         Ok(Storage {
-            root: root.to_path_buf(),
-            uploads: uploads::Table::new(uploads::SessionLimits::default()),
-            ready: Ready::default(),
-            born: std::time::Instant::now(),
-            tag_locks: (0..TAG_LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
-            hold_refresh: GcConfig::default().grace / 4,
+            backend: Backend::Filesystem(Arc::new(fs)),
         })
+    }
+
+    // ----- blobs -----
+
+    /// Size of a blob that `repo` may serve, or `None`; never reads the content. A blob reported
+    /// present is held: the client may rely on it for a manifest (docs/gc.md).
+    pub async fn blob_size(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
+        dispatch!(self, b => b.blob_size(repo, d).await)
+    }
+
+    /// Open a blob that `repo` may serve (held like `blob_size`); blobs of at most `inline` bytes
+    /// may come back read whole.
+    pub async fn open_blob(&self, repo: &RepoName, d: &Digest, inline: u64) -> Result<BlobRead> {
+        dispatch!(self, b => b.open_blob(repo, d, inline).await)
+    }
+
+    /// Remove `repo`'s link to a blob (the data stays until garbage collection).
+    pub async fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+        dispatch!(self, b => b.unlink_blob(repo, d).await)
+    }
+
+    /// Cross-repository mount: link `d` into `repo` if `from` serves it (or, without `from`, if
+    /// the store holds it). Returns whether the mount happened.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<bool> {
+        dispatch!(self, b => b.mount_blob(repo, d, from).await)
+    }
+
+    /// A writer for a monolithic upload (POST or PUT with the whole body).
+    pub async fn temp_writer(&self, alg: Algorithm) -> Result<BlobWriter> {
+        dispatch!(self, b => b.temp_writer(alg).await)
+    }
+
+    /// Verify a monolithic upload against `expected` and store it, linked into `repo`; returns
+    /// its size. On a mismatch nothing is stored.
+    pub async fn finish_writer(
+        &self,
+        w: BlobWriter,
+        expected: &Digest,
+        repo: &RepoName,
+    ) -> Result<u64> {
+        dispatch!(self, b => b.finish_writer(w, expected, repo).await)
+    }
+
+    /// Drop a monolithic upload that failed.
+    pub async fn discard_writer(&self, w: BlobWriter) {
+        dispatch!(self, b => b.discard_writer(w).await)
+    }
+
+    // ----- upload sessions -----
+
+    /// Open an upload session for `repo` (counted against the caps for `client`); its id.
+    pub async fn start_upload(
+        &self,
+        repo: &RepoName,
+        alg: Algorithm,
+        client: IpAddr,
+    ) -> Result<String> {
+        dispatch!(self, b => b.start_upload(repo, alg, client).await)
+    }
+
+    /// Take the session for one request's chunk (`completing`: the PUT that ends it).
+    pub async fn lease_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        completing: bool,
+    ) -> Result<UploadLease> {
+        dispatch!(self, b => b.lease_upload(repo, id, completing).await)
+    }
+
+    /// How many bytes the session holds.
+    pub async fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
+        dispatch!(self, b => b.upload_offset(repo, id).await)
+    }
+
+    /// Verify the session's bytes against `expected` and store the blob, linked into `repo`.
+    pub async fn complete_upload(
+        &self,
+        lease: UploadLease,
+        expected: &Digest,
+        repo: &RepoName,
+    ) -> Result<u64> {
+        dispatch!(self, b => b.complete_upload(lease, expected, repo).await)
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        dispatch!(self, b => b.cancel_upload(repo, id).await)
     }
 
     /// Upload sessions open in this process.
     pub fn open_uploads(&self) -> usize {
-        self.uploads.len()
-    }
-
-    /// Whether a file can be created and removed under the root (`/readyz`): a probe on the
-    /// blocking pool at most once per `READY_TTL`; meanwhile (and while a probe runs) the last
-    /// answer.
-    pub async fn writable(self: &std::sync::Arc<Self>) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = self.born.elapsed().as_millis() as u64 + 1;
-        let last = self.ready.probed_ms.load(Relaxed);
-        let cached = self.ready.ok.load(Relaxed);
-        if (last != 0 && now - last < READY_TTL_MS) || self.ready.probing.swap(true, Relaxed) {
-            return cached;
-        }
-        let dir = self.uploads_dir();
-        let ok = fsio::off(move || {
-            let probe = dir.join(format!(".ready-{}", random_id()));
-            Ok(std::fs::write(&probe, b"").is_ok() && std::fs::remove_file(&probe).is_ok())
-        })
-        .await
-        .unwrap_or(false);
-        self.ready.ok.store(ok, Relaxed);
-        self.ready.probed_ms.store(now, Relaxed);
-        self.ready.probing.store(false, Relaxed);
-        ok
-    }
-
-    /// Use the configured upload-session caps and idle timeout.
-    pub fn with_session_limits(mut self, limits: uploads::SessionLimits) -> Storage {
-        self.uploads = uploads::Table::new(limits);
-        self
+        dispatch!(self, b => b.open_uploads())
     }
 
     /// The upload-session caps and idle timeout in force.
-    pub fn session_limits(&self) -> uploads::SessionLimits {
-        self.uploads.limits()
+    pub fn session_limits(&self) -> SessionLimits {
+        dispatch!(self, b => b.session_limits())
     }
 
-    /// Use the configured `gc.grace` (held blobs stay younger than a quarter of it).
-    pub fn with_grace(mut self, grace: std::time::Duration) -> Storage {
-        self.hold_refresh = grace / 4;
-        self
+    /// Forget sessions idle past the timeout that hold no data; how many went.
+    pub fn expire_idle_sessions(&self) -> usize {
+        dispatch!(self, b => b.expire_idle_sessions())
     }
 
-    fn tag_lock(&self, repo: &RepoName) -> &std::sync::Mutex<()> {
-        let h = repo.as_str().bytes().fold(0usize, |h, b| {
-            h.wrapping_mul(31).wrapping_add(usize::from(b))
-        });
-        &self.tag_locks[h % TAG_LOCKS]
+    // ----- manifests and tags -----
+
+    /// Store a verified manifest (`parsed` from `bytes`, whose digest is `digest`) in `repo`.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        bytes: &[u8],
+        digest: &Digest,
+        parsed: &Parsed,
+    ) -> Result<()> {
+        dispatch!(self, b => b.put_manifest(repo, bytes, digest, parsed).await)
     }
 
-    /// Where the collector parks a blob it is about to delete (so a racing hold can take it back).
-    fn gc_trash_path(&self, d: &Digest) -> PathBuf {
-        self.root
-            .join(gc::TRASH)
-            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        dispatch!(self, b => b.get_manifest(repo, reference).await)
     }
 
-    fn blob_path(&self, d: &Digest) -> PathBuf {
-        let hex = d.hex();
-        self.root
-            .join("blobs")
-            .join(d.algorithm().as_str())
-            .join(&hex[..2])
-            .join(hex)
+    /// Point `tag` at `digest`, whatever it pointed at.
+    pub async fn set_tag(&self, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
+        dispatch!(self, b => b.set_tag(repo, tag, digest).await)
     }
 
-    fn repo_dir(&self, repo: &RepoName) -> PathBuf {
-        self.root.join("repositories").join(repo.as_str())
+    /// Compare-and-swap a tag: if it satisfies `expect`, point it at `new` (`None`: delete it);
+    /// else `TagPrecondition` and nothing changes.
+    pub async fn update_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        expect: TagExpect,
+        new: Option<&Digest>,
+    ) -> Result<()> {
+        dispatch!(self, b => b.update_tag(repo, tag, expect, new).await)
     }
 
-    fn layer_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.repo_dir(repo)
-            .join("_layers")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+    /// Where a tag points (`None`: no such tag).
+    pub async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        dispatch!(self, b => b.resolve_tag(repo, tag).await)
     }
 
-    fn revision_link(&self, repo: &RepoName, d: &Digest) -> PathBuf {
-        self.repo_dir(repo)
-            .join("_manifests")
-            .join("revisions")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+    /// The tags of `repo` pointing at `d`.
+    pub async fn tags_pointing_at(&self, repo: &RepoName, d: &Digest) -> Result<Vec<Tag>> {
+        dispatch!(self, b => b.tags_pointing_at(repo, d).await)
     }
 
-    fn tags_dir(&self, repo: &RepoName) -> PathBuf {
-        self.repo_dir(repo).join("_manifests").join("tags")
+    /// Delete a manifest and the tags `decided` for it; a tag found pointing at it that is not
+    /// among them fails with `TagMoved` and nothing is deleted.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        decided: &[Tag],
+    ) -> Result<()> {
+        dispatch!(self, b => b.delete_manifest(repo, d, decided).await)
     }
 
-    fn referrers_dir(&self, repo: &RepoName, subject: &Digest) -> PathBuf {
-        self.repo_dir(repo)
-            .join("_referrers")
-            .join(subject.algorithm().as_str())
-            .join(subject.hex())
+    // ----- listings: a cursor (`last`, exclusive) and a page size -----
+
+    /// At most `n` tags of `repo` after `last`, sorted, and whether more follow.
+    pub async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<String>, bool)> {
+        dispatch!(self, b => b.list_tags(repo, last, n).await)
     }
 
-    fn uploads_dir(&self) -> PathBuf {
-        self.root.join("uploads")
+    /// At most `n` repository names after `last`, sorted, and whether more follow.
+    pub async fn catalog_page(&self, last: Option<&str>, n: usize) -> Result<(Vec<String>, bool)> {
+        dispatch!(self, b => b.catalog_page(last, n).await)
+    }
+
+    /// At most `n` stored referrer descriptors of `subject` in `repo` after the cursor `last`,
+    /// and the cursor of the next page when more follow.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<String>)> {
+        dispatch!(self, b => b.referrers(repo, subject, last, n).await)
+    }
+
+    // ----- health and maintenance -----
+
+    /// Whether storage accepts writes now (`/readyz`; a cached probe).
+    pub async fn writable(&self) -> bool {
+        dispatch!(self, b => b.writable().await)
+    }
+
+    /// Bytes and number of the stored blobs (blocking: a walk of the whole store).
+    pub fn usage(&self) -> (u64, u64) {
+        dispatch!(self, b => b.usage())
+    }
+
+    /// Collect garbage (blocking: run it on its own thread); `out` gets a line per removal.
+    pub fn collect_garbage(&self, opts: &GcOptions, out: &mut dyn Report) -> io::Result<GcReport> {
+        dispatch!(self, b => b.collect_garbage(opts, out))
+    }
+
+    /// Check everything stored (blocking); with `repair`, quarantine what is broken.
+    pub fn fsck(&self, repair: bool, out: &mut dyn Report) -> io::Result<FsckReport> {
+        dispatch!(self, b => b.fsck(repair, out))
     }
 }
 
@@ -231,29 +439,13 @@ impl<F: FnMut(String)> Report for F {
     }
 }
 
-/// How many blob files the store holds (a directory walk; for progress totals).
-fn count_blob_files(root: &Path) -> u64 {
-    let mut n = 0;
-    for (_, alg) in dir_entries(&root.join("blobs")).unwrap_or_default() {
-        for (_, prefix) in dir_entries(&alg).unwrap_or_default() {
-            n += dir_entries(&prefix).map_or(0, |e| e.len() as u64);
-        }
-    }
-    n
-}
-
-/// The entries of `dir` as (name, path); empty if `dir` does not exist.
-pub(crate) fn dir_entries(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| {
-                let e = e?;
-                Ok((e.file_name().to_string_lossy().into_owned(), e.path()))
-            })
-            .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
+/// At most `n` of the sorted `items` after `last`, and whether more follow.
+pub(crate) fn page(items: Vec<String>, last: Option<&str>, n: usize) -> (Vec<String>, bool) {
+    let start = last.map_or(0, |l| items.partition_point(|i| i.as_str() <= l));
+    let mut rest: Vec<String> = items.into_iter().skip(start).collect();
+    let more = rest.len() > n;
+    rest.truncate(n);
+    (rest, more)
 }
 
 /// A fresh random identifier in UUID form (used for upload sessions and temp files).

@@ -1,6 +1,8 @@
 //! Every OCI endpoint and its error paths against the real binary, under both I/O drivers.
 
 use crate::common::*;
+use std::io::{Read, Write};
+use std::time::Duration;
 
 const MISSING: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -548,6 +550,9 @@ fn referrers_with_filter(driver: &str) {
     for (i, at) in [
         "application/vnd.example.sig",
         "application/vnd.example.sbom",
+        "application/vnd.example.sig",
+        "application/vnd.example.sbom",
+        "application/vnd.example.sig",
     ]
     .iter()
     .enumerate()
@@ -574,15 +579,53 @@ fn referrers_with_filter(driver: &str) {
         all.header("Content-Type"),
         Some("application/vnd.oci.image.index.v1+json")
     );
-    assert_eq!(all.json()["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(all.json()["manifests"].as_array().unwrap().len(), 5);
+    assert_eq!(all.header("Link"), None);
     let f = c.get(&format!(
         "/v2/r/referrers/{subject}?artifactType=application%2Fvnd.example.sbom"
     ));
     assert_eq!(f.header("OCI-Filters-Applied"), Some("artifactType"));
     let m = f.json()["manifests"].as_array().unwrap().clone();
-    assert_eq!(m.len(), 1);
-    assert_eq!(m[0]["digest"], refs[1].as_str());
-    assert_eq!(m[0]["annotations"]["n"], "1");
+    let mut sboms: Vec<&str> = m.iter().map(|d| d["digest"].as_str().unwrap()).collect();
+    sboms.sort();
+    let mut want = vec![refs[1].as_str(), refs[3].as_str()];
+    want.sort();
+    assert_eq!(sboms, want);
+    // Pages of n, by the Link header (which keeps the filter), each referrer once.
+    let walk = |c: &mut Client, first: String| {
+        let (mut seen, mut next, mut pages) = (Vec::new(), Some(first), 0);
+        while let Some(url) = next.take() {
+            let r = c.get(&url);
+            assert_eq!(r.status, 200, "{url}");
+            let page = r.json()["manifests"].as_array().unwrap().clone();
+            assert!(page.len() <= 2, "{url}: {} items", page.len());
+            seen.extend(
+                page.iter()
+                    .map(|d| d["digest"].as_str().unwrap().to_owned()),
+            );
+            next = r.header("Link").map(|l| {
+                l.strip_prefix('<')
+                    .unwrap()
+                    .split_once('>')
+                    .unwrap()
+                    .0
+                    .to_owned()
+            });
+            pages += 1;
+            assert!(pages < 10, "the Link walk does not end: {url}");
+        }
+        seen.sort();
+        (seen, pages)
+    };
+    let (seen, pages) = walk(&mut c, format!("/v2/r/referrers/{subject}?n=2"));
+    let mut every: Vec<String> = refs.clone();
+    every.sort();
+    assert_eq!((seen, pages), (every, 3));
+    let (seen, _) = walk(
+        &mut c,
+        format!("/v2/r/referrers/{subject}?n=2&artifactType=application%2Fvnd.example.sbom"),
+    );
+    assert_eq!(seen, want);
     // Deleting a referrer removes it from the index; unknown subjects give an empty index, not 404.
     c.request("DELETE", &format!("/v2/r/manifests/{}", refs[0]), &[], b"");
     assert_eq!(
@@ -590,7 +633,7 @@ fn referrers_with_filter(driver: &str) {
             .as_array()
             .unwrap()
             .len(),
-        1
+        4
     );
     let none = c.get(&format!("/v2/r/referrers/{MISSING}"));
     assert_eq!(
@@ -651,8 +694,6 @@ fn wrong_methods_are_405(driver: &str) {
     assert_eq!(c.request("OPTIONS", "/v2/", &[], b"").status, 405);
 }
 
-/// This machine's address on its outbound interface (not loopback): learned from the route a UDP
-/// socket would take (nothing is sent).
 /// Downloads take two paths: a buffered copy to loopback peers and sendfile to others (tests
 /// listen on loopback only, so a test-only hook makes every peer look remote for the second
 /// server). Both deliver exactly the blob, whole and in ranges, several times over one
@@ -693,7 +734,80 @@ fn blob_downloads_to_loopback_and_other_peers(driver: &str) {
     }
 }
 
+/// Blobs a backend hands out as streams or redirects (the object-store paths; a test-only hook makes the
+/// filesystem backend do it) arrive whole and in ranges, several times over one connection, and
+/// HEAD reads nothing. A stream that ends short of its length breaks the connection: the client
+/// gets fewer bytes than announced and then EOF, never a complete-looking body.
+fn blob_downloads_as_backend_streams(driver: &str) {
+    let env = |mode| {
+        [
+            ("WHARF_FAULT_HOOKS", "1"),
+            ("WHARF_FAULT_BLOB_STREAM", mode),
+        ]
+    };
+    let s = Server::start_with_env(driver, "", &env("1"));
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let d = push_blob(&mut s.client(), "st/x", &data);
+    let path = format!("/v2/st/x/blobs/{d}");
+    let mut c = s.client();
+    for _ in 0..2 {
+        let r = c.get(&path);
+        assert_eq!(r.status, 200);
+        assert!(r.body == data, "streamed body differs");
+        let r = c.request("GET", &path, &[("Range", "bytes=700000-2999999")], b"");
+        assert_eq!(r.status, 206);
+        assert_eq!(
+            r.header("Content-Range"),
+            Some("bytes 700000-2999999/3000000")
+        );
+        assert!(r.body[..] == data[700_000..], "streamed range differs");
+        let r = c.request("HEAD", &path, &[], b"");
+        assert_eq!(r.header("Content-Length"), Some("3000000"));
+    }
+    let metrics = c.get("/metrics").body_text();
+    let sends = |p: &str| sample(&metrics, &format!("wharf_file_sends_total{{path=\"{p}\"}}"));
+    assert_eq!(sends("stream"), Some(4.0), "{metrics}");
+    assert_eq!(sends("copy"), Some(0.0), "{metrics}");
+
+    let short = Server::start_with_env(driver, "", &env("short"));
+    let d = push_blob(&mut short.client(), "st/x", &data);
+    let mut tcp = std::net::TcpStream::connect(short.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!("GET /v2/st/x/blobs/{d} HTTP/1.1\r\nHost: test\r\n\r\n");
+    tcp.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    // Ends in EOF (a timeout here is an error, not a pass).
+    tcp.read_to_end(&mut got)
+        .expect("the server closes the broken response");
+    let split = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..split]);
+    assert!(head.contains("Content-Length: 3000000"), "{head}");
+    let body = &got[split..];
+    assert_eq!(
+        body.len(),
+        data.len() - 1,
+        "the short stream's bytes, then EOF"
+    );
+    assert!(body == &data[..data.len() - 1]);
+
+    // A backend that serves the content itself (presigned URLs): GET is a 307 there, HEAD is
+    // answered here.
+    let redirecting = Server::start_with_env(driver, "", &env("redirect"));
+    let mut c = redirecting.client();
+    let d = push_blob(&mut c, "st/x", &data);
+    let r = c.get(&format!("/v2/st/x/blobs/{d}"));
+    assert_eq!(r.status, 307);
+    let elsewhere = "http://127.0.0.1:9/elsewhere?size=3000000";
+    assert_eq!(r.header("Location"), Some(elsewhere));
+    assert_eq!(r.header("Docker-Content-Digest"), Some(d.as_str()));
+    assert!(r.body.is_empty());
+    let r = c.request("HEAD", &format!("/v2/st/x/blobs/{d}"), &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Length"), Some("3000000"));
+}
+
 on_both_drivers!(
+    blob_downloads_as_backend_streams,
     blob_downloads_to_loopback_and_other_peers,
     api_version_header,
     blob_get_head_range_and_isolation,

@@ -8,43 +8,15 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::Storage;
+use super::{Filesystem, FsckReport, Problem};
 use crate::oci::manifest;
 use crate::oci::{Digest, RepoName};
-
-/// One finding.
-#[derive(Debug)]
-pub struct Problem {
-    pub what: String,
-    /// Moved to quarantine (with `repair`).
-    pub quarantined: Option<PathBuf>,
-}
-
-/// What fsck saw.
-#[derive(Debug, Default)]
-pub struct FsckReport {
-    pub blobs: usize,
-    pub bytes: u64,
-    pub manifests: usize,
-    pub tags: usize,
-    pub problems: Vec<Problem>,
-}
-
-impl FsckReport {
-    /// Problems not moved to quarantine.
-    pub fn unresolved(&self) -> usize {
-        self.problems
-            .iter()
-            .filter(|p| p.quarantined.is_none())
-            .count()
-    }
-}
 
 /// Temp files younger than this may belong to a write in progress.
 const TEMP_AGE: Duration = Duration::from_secs(3600);
 
 struct Checker<'a> {
-    storage: &'a Storage,
+    storage: &'a Filesystem,
     repair: bool,
     quarantine: PathBuf,
     report: FsckReport,
@@ -62,13 +34,13 @@ impl Checker<'_> {
             let dest = self.quarantine.join(rel);
             super::fsio::ensure_dir_sync(dest.parent().expect("quarantine paths have a parent"))?;
             match fs::rename(p, &dest) {
-                Ok(()) => quarantined = Some(dest),
+                Ok(()) => quarantined = Some(dest.display().to_string()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
         self.out.line(match &quarantined {
-            Some(q) => format!("{what} (moved to {})", q.display()),
+            Some(q) => format!("{what} (moved to {q})"),
             None => what.clone(),
         });
         self.report.problems.push(Problem { what, quarantined });
@@ -127,9 +99,9 @@ fn hash_file(path: &Path, d: &Digest) -> io::Result<(Digest, u64)> {
     Ok((h.finish(), n))
 }
 
-impl Storage {
+impl Filesystem {
     /// Check the whole store; `out` receives one line per problem, and progress.
-    pub fn fsck(&self, repair: bool, out: &mut dyn super::Report) -> io::Result<FsckReport> {
+    pub(crate) fn fsck(&self, repair: bool, out: &mut dyn super::Report) -> io::Result<FsckReport> {
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()

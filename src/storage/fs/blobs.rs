@@ -6,26 +6,74 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::cached::Cached;
-use super::{Result, Storage, StoreError, fsio};
+use super::{BlobContent, BlobRead, Filesystem, Result, StoreError, fsio};
 use crate::oci::{Digest, RepoName};
 
-/// A blob's content as the backend hands it out: small blobs read whole, larger ones as an open
-/// file (sent with `sendfile` on plain HTTP).
-pub enum BlobContent {
-    Bytes(Vec<u8>),
-    File(std::fs::File),
+/// A stored file as blob content: the file itself (test builds may make it a stream instead, see
+/// `task::blobs_as_streams`).
+fn file_content(file: std::fs::File, size: u64) -> BlobContent {
+    #[cfg(feature = "fault-hooks")]
+    if let Some(mode) = crate::task::blobs_as_streams() {
+        if mode == "redirect" {
+            return BlobContent::Redirect(format!("http://127.0.0.1:9/elsewhere?size={size}"));
+        }
+        let short = u64::from(mode == "short");
+        return BlobContent::Stream(Box::new(move |offset, len| {
+            let source = FileChunks {
+                file: crate::net::file::DataFile::new(file),
+                pos: offset,
+                end: (offset + len).min(size) - short.min(len),
+            };
+            crate::net::stream::ByteStream::new(len, Box::new(source))
+        }));
+    }
+    let _ = size;
+    BlobContent::File(file)
 }
 
-/// A blob to serve: its size and content.
-pub struct BlobRead {
-    pub size: u64,
-    pub content: BlobContent,
+/// A file region read block by block (test builds' stand-in for an object-store stream).
+#[cfg(feature = "fault-hooks")]
+struct FileChunks {
+    file: std::io::Result<crate::net::file::DataFile>,
+    pos: u64,
+    end: u64,
 }
 
-impl Storage {
+#[cfg(feature = "fault-hooks")]
+impl crate::net::stream::Chunks for FileChunks {
+    fn next_chunk(&mut self) -> crate::net::stream::NextChunk<'_> {
+        Box::pin(async move {
+            let file = self
+                .file
+                .as_ref()
+                .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+            if self.pos >= self.end {
+                return Ok(None);
+            }
+            let want = (self.end - self.pos).min(256 * 1024) as usize;
+            let (got, buf) = file.read_at(Vec::with_capacity(want), self.pos, want).await;
+            match got? {
+                0 => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob file shrank",
+                )),
+                n => {
+                    self.pos += n as u64;
+                    Ok(Some(buf))
+                }
+            }
+        })
+    }
+}
+
+impl Filesystem {
     /// Size of a blob that `repo` may serve, or `None`. A blob reported present is held (see
     /// `hold_blob_data`): the client may rely on it for a manifest. Never reads the content.
-    pub async fn blob_size(self: &Arc<Self>, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
+    pub(crate) async fn blob_size(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<u64>> {
         match self.small_blob_cached(repo, d, 0, true) {
             Ok(Cached::Hit(read)) => return Ok(Some(read.size)),
             Err(StoreError::BlobUnknown) => return Ok(None),
@@ -45,7 +93,7 @@ impl Storage {
 
     /// Open a blob that `repo` may serve (held like `blob_size`); blobs of at most `inline` bytes
     /// come back read.
-    pub async fn open_blob(
+    pub(crate) async fn open_blob(
         self: &Arc<Self>,
         repo: &RepoName,
         d: &Digest,
@@ -71,7 +119,7 @@ impl Storage {
                 }
                 Some((file, size)) => Ok(Some(BlobRead {
                     size,
-                    content: BlobContent::File(file),
+                    content: file_content(file, size),
                 })),
                 None => Ok(None),
             }
@@ -84,7 +132,7 @@ impl Storage {
     /// is refreshed when older than `hold_refresh`, and a blob the collector is removing this
     /// moment is taken back from its trash. Every path that tells a client a blob exists, or relies
     /// on one for a manifest, comes through here (docs/gc.md has the argument why this is safe).
-    pub fn hold_blob_data(&self, d: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
+    pub(crate) fn hold_blob_data(&self, d: &Digest) -> io::Result<Option<(std::fs::File, u64)>> {
         let path = self.blob_path(d);
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
@@ -122,13 +170,13 @@ impl Storage {
     }
 
     /// Make a stored blob visible in `repo`.
-    pub async fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+    pub(crate) async fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
         fsio::touch(&self.layer_link(repo, d)).await?;
         Ok(())
     }
 
     /// Remove `repo`'s link to a blob (the data stays until garbage collection).
-    pub async fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+    pub(crate) async fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
         if fsio::remove(&self.layer_link(repo, d)).await? {
             Ok(())
         } else {
@@ -138,7 +186,7 @@ impl Storage {
 
     /// Cross-repository mount: link `d` into `repo` if `from` serves it (or, without `from`, if the
     /// store holds it). Returns whether the mount happened.
-    pub async fn mount_blob(
+    pub(crate) async fn mount_blob(
         self: &Arc<Self>,
         repo: &RepoName,
         d: &Digest,
@@ -195,7 +243,7 @@ impl Storage {
     }
 
     /// Whether the store holds a blob at all (any repository); holds it like `blob_size`.
-    pub async fn has_blob_data(self: &Arc<Self>, d: &Digest) -> io::Result<bool> {
+    pub(crate) async fn has_blob_data(self: &Arc<Self>, d: &Digest) -> io::Result<bool> {
         let (s, d) = (Arc::clone(self), d.clone());
         fsio::off(move || Ok(s.hold_blob_data(&d)?.is_some())).await
     }

@@ -8,8 +8,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use super::blobs::{BlobContent, BlobRead};
-use super::{Storage, StoreError};
+use super::{BlobContent, BlobRead, Filesystem, StoreError};
 use crate::oci::{Digest, RepoName};
 
 /// An answer from the caches, or `Miss`.
@@ -52,7 +51,7 @@ pub(super) fn read_small(path: &Path) -> super::Result<Cached<Option<Vec<u8>>>> 
     })())
 }
 
-impl Storage {
+impl Filesystem {
     /// A blob of `repo` (read whole if at most `inline` bytes; only its size for `head_only`)
     /// from the caches, when nothing about it needs the pool.
     pub(super) fn small_blob_cached(

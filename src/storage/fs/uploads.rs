@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::writer::{BlobWriter, open_rw, rehash};
-use super::{Result, Storage, StoreError, fsio, random_id};
+use super::{Filesystem, Result, StoreError, fsio, random_id};
 use crate::net::file::DataFile;
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 
@@ -124,7 +124,7 @@ impl Table {
 
 /// Exclusive use of an upload session for one request; returned to the table when dropped.
 pub struct UploadLease {
-    storage: Arc<Storage>,
+    storage: Arc<Filesystem>,
     id: String,
     writer: Option<BlobWriter>,
     /// The writer is a temp file (a completing PUT on a session without data): if the request
@@ -190,9 +190,9 @@ fn parse_state(text: &str) -> Option<(RepoName, Algorithm)> {
     Some((repo.parse().ok()?, alg.parse().ok()?))
 }
 
-impl Storage {
+impl Filesystem {
     /// A writer on a fresh temp file (monolithic uploads and manifests).
-    pub async fn temp_writer(&self, alg: Algorithm) -> Result<BlobWriter> {
+    pub(crate) async fn temp_writer(&self, alg: Algorithm) -> Result<BlobWriter> {
         let path = self.uploads_dir().join(format!(".tmp-{}", random_id()));
         let p = path.clone();
         let file = fsio::off(move || open_rw(&p, true)).await?;
@@ -208,7 +208,7 @@ impl Storage {
 
     /// fsync, verify against `expected`, move into the store and link into `repo`. Returns the
     /// blob size. On a mismatch the data is deleted and `DigestMismatch` returned.
-    pub async fn finish_writer(
+    pub(crate) async fn finish_writer(
         self: &Arc<Self>,
         mut w: BlobWriter,
         expected: &Digest,
@@ -239,7 +239,7 @@ impl Storage {
     }
 
     /// Discard a temp writer's data.
-    pub async fn discard_writer(&self, w: BlobWriter) {
+    pub(crate) async fn discard_writer(&self, w: BlobWriter) {
         let _ = fsio::remove(&w.path).await;
     }
 
@@ -251,7 +251,7 @@ impl Storage {
     /// until the first chunk: a restart before then forgets the session (the client starts over).
     /// `client` is who asked: a client holding `limits.max_upload_sessions_per_client` sessions,
     /// or a table holding `limits.max_upload_sessions`, gets `TooManySessions`.
-    pub async fn start_upload(
+    pub(crate) async fn start_upload(
         &self,
         repo: &RepoName,
         alg: Algorithm,
@@ -315,7 +315,7 @@ impl Storage {
     /// Drop sessions no request has used for `limits.upload_idle_timeout`: one without data is
     /// forgotten (its client starts over), one with data leaves memory only (its files stay; the
     /// next request reloads it, and `wharf gc` removes it once stale). How many.
-    pub fn expire_idle_sessions(&self) -> usize {
+    pub(crate) fn expire_idle_sessions(&self) -> usize {
         let Some(cutoff) = Instant::now().checked_sub(self.uploads.limits.idle) else {
             return 0;
         };
@@ -341,7 +341,7 @@ impl Storage {
 
     /// Take exclusive use of an upload of `repo` for one request; `completing` when the request is
     /// the PUT that ends the upload.
-    pub async fn lease_upload(
+    pub(crate) async fn lease_upload(
         self: &Arc<Self>,
         repo: &RepoName,
         id: &str,
@@ -435,7 +435,7 @@ impl Storage {
     }
 
     /// Bytes received so far by an upload of `repo`.
-    pub async fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
+    pub(crate) async fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
         {
             let shard = self.uploads.shard(id);
             if let Some(s) = shard.get(id) {
@@ -462,7 +462,7 @@ impl Storage {
     }
 
     /// Verify and commit a leased upload as `expected`, then forget the session. Returns the size.
-    pub async fn complete_upload(
+    pub(crate) async fn complete_upload(
         self: &Arc<Self>,
         mut lease: UploadLease,
         expected: &Digest,
@@ -478,7 +478,7 @@ impl Storage {
     }
 
     /// Cancel an upload of `repo`.
-    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+    pub(crate) async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         self.upload_offset(repo, id).await?;
         self.forget_upload_off(id).await;
         Ok(())

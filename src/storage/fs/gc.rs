@@ -9,45 +9,14 @@ use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use super::{Storage, random_id};
+use super::{Filesystem, GcOptions, GcReport, random_id};
 use crate::oci::manifest;
 use crate::oci::{Digest, RepoName, Tag};
 
 /// The trash directory under the storage root.
-pub const TRASH: &str = "gc-trash";
-
-/// What to collect.
-#[derive(Clone, Debug)]
-pub struct GcOptions {
-    /// Nothing younger than this is removed.
-    pub grace: Duration,
-    /// Also remove manifests that no tag reaches.
-    pub delete_untagged: bool,
-    /// Only report what would go.
-    pub dry_run: bool,
-}
-
-/// What a collection removed (or, in a dry run, would remove).
-#[derive(Debug, Default)]
-pub struct GcReport {
-    /// `repository@digest` of each manifest removed.
-    pub manifests: Vec<String>,
-    /// Each blob removed with its size.
-    pub blobs: Vec<(Digest, u64)>,
-    /// Bytes of the removed blobs.
-    pub bytes: u64,
-    /// Unreferenced blobs kept because they are younger than the grace period.
-    pub young: usize,
-    /// Upload sessions and temp files expired.
-    pub uploads: usize,
-    /// Repository links to blobs that are gone, removed.
-    pub links: usize,
-    /// The run stopped early: it took longer than half the grace period, after which removing
-    /// more could race a hold (the next run continues).
-    pub stopped_early: bool,
-}
+pub(crate) const TRASH: &str = "gc-trash";
 
 /// Holds `<root>/gc.lock` (flock) so two collectors never run at once.
 struct Lock(#[allow(dead_code)] fs::File);
@@ -130,7 +99,7 @@ struct Revision {
     young: bool,
 }
 
-impl Storage {
+impl Filesystem {
     /// Every repository, as names.
     pub(super) fn repositories(&self) -> io::Result<Vec<RepoName>> {
         let names = self.catalog().map_err(|e| match e {
@@ -140,13 +109,8 @@ impl Storage {
         Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
     }
 
-    /// The storage root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Collect garbage; `out` receives one line per removal (or would-be removal) and progress.
-    pub fn collect_garbage(
+    pub(crate) fn collect_garbage(
         &self,
         opts: &GcOptions,
         out: &mut dyn super::Report,

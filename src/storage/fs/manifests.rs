@@ -5,50 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::cached::Cached;
-use super::{Result, Storage, StoreError, fsio, random_id};
+use super::{Filesystem, Result, StoreError, StoredManifest, TagExpect, fsio, page, random_id};
 use crate::oci::manifest::{self, Parsed};
 use crate::oci::{Digest, Reference, RepoName, Tag};
-
-/// A manifest ready to be served.
-pub struct StoredManifest {
-    pub digest: Digest,
-    pub media_type: String,
-    pub bytes: Vec<u8>,
-}
-
-/// What a tag update expects the tag to point at now (HTTP `If-Match` / `If-None-Match` on a
-/// tag). The default expects nothing: an unconditional update.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TagExpect {
-    /// The tag must exist and, unless the list is empty (`If-Match: *`), point at one of these
-    /// (entity tags as sent, unquoted; anything that is not a digest never matches).
-    pub one_of: Option<Vec<String>>,
-    /// The tag must not point at any of these; an empty list (`If-None-Match: *`): must not exist.
-    pub none_of: Option<Vec<String>>,
-}
-
-impl TagExpect {
-    /// Whether a tag pointing at `current` (`None`: absent) satisfies the expectation.
-    pub fn holds(&self, current: Option<&Digest>) -> bool {
-        let cur = current.map(Digest::to_string);
-        let listed = |l: &[String]| cur.as_ref().is_some_and(|c| l.iter().any(|x| x == c));
-        let one_of = match &self.one_of {
-            None => true,
-            Some(l) => cur.is_some() && (l.is_empty() || listed(l)),
-        };
-        let none_of = match &self.none_of {
-            None => true,
-            Some(l) if l.is_empty() => cur.is_none(),
-            Some(l) => !listed(l),
-        };
-        one_of && none_of
-    }
-
-    /// Whether this expects anything at all.
-    pub fn is_conditional(&self) -> bool {
-        self.one_of.is_some() || self.none_of.is_some()
-    }
-}
 
 /// The digest in a tag file (`None`: no such tag).
 fn parse_tag_file(text: Option<Vec<u8>>) -> Result<Digest> {
@@ -78,10 +37,10 @@ fn referrer_file_name(d: &Digest) -> String {
     format!("{}-{}", d.algorithm().as_str(), d.hex())
 }
 
-impl Storage {
+impl Filesystem {
     /// Store manifest bytes under `digest` in `repo` (blob first, then the revision link, then the
     /// referrer entry), each step atomic, so a crash never leaves a link to missing bytes.
-    pub async fn put_manifest(
+    pub(crate) async fn put_manifest(
         self: &Arc<Self>,
         repo: &RepoName,
         bytes: &[u8],
@@ -131,7 +90,7 @@ impl Storage {
     }
 
     /// Point `tag` at `digest`, whatever it pointed at (concurrent writers leave one winner).
-    pub async fn set_tag(
+    pub(crate) async fn set_tag(
         self: &Arc<Self>,
         repo: &RepoName,
         tag: &Tag,
@@ -145,7 +104,7 @@ impl Storage {
     /// (`None`: remove it), else change nothing and answer `TagPrecondition`. Removing a tag that
     /// does not exist is `ManifestUnknown`. The check and the rename (or unlink) hold the
     /// repository's tag lock, so concurrent updates and manifest deletes see one order.
-    pub async fn update_tag(
+    pub(crate) async fn update_tag(
         self: &Arc<Self>,
         repo: &RepoName,
         tag: &Tag,
@@ -207,7 +166,7 @@ impl Storage {
     }
 
     /// What `tag` points at now (`None`: no such tag).
-    pub async fn resolve_tag(
+    pub(crate) async fn resolve_tag(
         self: &Arc<Self>,
         repo: &RepoName,
         tag: &Tag,
@@ -218,7 +177,7 @@ impl Storage {
 
     /// A manifest of `repo` by tag or digest, read whole (manifests are small: at most
     /// `global.max_manifest_size` when pushed). From the caches on the worker, else one job.
-    pub async fn get_manifest(
+    pub(crate) async fn get_manifest(
         self: &Arc<Self>,
         repo: &RepoName,
         reference: &Reference,
@@ -284,7 +243,7 @@ impl Storage {
     }
 
     /// The tags of `repo` that point at `d`, in lexical order.
-    pub async fn tags_pointing_at(
+    pub(crate) async fn tags_pointing_at(
         self: &Arc<Self>,
         repo: &RepoName,
         d: &Digest,
@@ -310,7 +269,7 @@ impl Storage {
     /// the tags the request was authorized to remove: if another tag points at the manifest now
     /// (moved there since), nothing is deleted and the answer is `TagMoved`, so a delete never
     /// takes a tag nobody decided on, nor leaves a tag pointing at nothing.
-    pub async fn delete_manifest(
+    pub(crate) async fn delete_manifest(
         self: &Arc<Self>,
         repo: &RepoName,
         d: &Digest,
@@ -351,11 +310,6 @@ impl Storage {
         Ok(())
     }
 
-    /// Remove a tag (the manifest stays).
-    pub async fn delete_tag(self: &Arc<Self>, repo: &RepoName, tag: &Tag) -> Result<()> {
-        self.update_tag(repo, tag, TagExpect::default(), None).await
-    }
-
     fn tag_names(&self, repo: &RepoName) -> Result<Vec<String>> {
         let mut tags = Vec::new();
         let entries = match std::fs::read_dir(self.tags_dir(repo)) {
@@ -374,7 +328,7 @@ impl Storage {
 
     /// One page of the repository's tags in lexical order: at most `n` after `last`, and whether
     /// more follow. `NameUnknown` if the repository does not exist.
-    pub async fn list_tags(
+    pub(crate) async fn list_tags(
         self: &Arc<Self>,
         repo: &RepoName,
         last: Option<&str>,
@@ -397,7 +351,7 @@ impl Storage {
 
     /// One page of repository names in lexical order: at most `n` after `last`, and whether more
     /// follow. A walk off the worker that skips the subtrees before `last` and stops after `n`.
-    pub async fn catalog_page(
+    pub(crate) async fn catalog_page(
         self: &Arc<Self>,
         last: Option<&str>,
         n: usize,
@@ -407,7 +361,7 @@ impl Storage {
     }
 
     /// Every repository name, in lexical order (the collector's walk).
-    pub fn catalog(&self) -> Result<Vec<String>> {
+    pub(crate) fn catalog(&self) -> Result<Vec<String>> {
         Ok(self.catalog_walk(None, usize::MAX)?.0)
     }
 
@@ -421,21 +375,31 @@ impl Storage {
         Ok((out, more))
     }
 
-    /// Referrer descriptors (JSON objects) of `subject` in `repo`.
-    pub async fn referrers(
+    /// At most `n` referrer descriptors of `subject` in `repo` after the cursor `last` (a
+    /// descriptor file name, `<alg>-<hex>`), and the next page's cursor when more follow.
+    pub(crate) async fn referrers(
         self: &Arc<Self>,
         repo: &RepoName,
         subject: &Digest,
-    ) -> Result<Vec<Vec<u8>>> {
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<String>)> {
         let (s, repo, subject) = (Arc::clone(self), repo.clone(), subject.clone());
-        fsio::off(move || Ok(s.referrers_now(&repo, &subject))).await?
+        let last = last.map(str::to_owned);
+        fsio::off(move || Ok(s.referrers_now(&repo, &subject, last.as_deref(), n))).await?
     }
 
-    fn referrers_now(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Vec<u8>>> {
+    fn referrers_now(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<String>)> {
         let dir = self.referrers_dir(repo, subject);
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
             Err(e) => return Err(e.into()),
         };
         let mut names: Vec<String> = entries
@@ -443,13 +407,15 @@ impl Storage {
             .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort_unstable();
+        let (names, more) = page(names, last, n);
+        let next = names.last().filter(|_| more).cloned();
         let mut out = Vec::with_capacity(names.len());
         for n in names {
             if let Some(s) = read_small(&dir.join(n))? {
                 out.push(s.into_bytes());
             }
         }
-        Ok(out)
+        Ok((out, next))
     }
 }
 
