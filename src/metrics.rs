@@ -389,6 +389,11 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP wharf_sendfile_cold_windows_total File windows (8 MiB) a sendfile found not all in the page cache and read on the blocking pool first.\n# TYPE wharf_sendfile_cold_windows_total counter\nwharf_sendfile_cold_windows_total {}",
+            crate::net::file::cold_windows()
+        );
+        let _ = writeln!(
+            out,
             "# HELP wharf_password_checks_total Password-hash (argon2) checks run: known users', and the decoy hash's for unknown usernames.\n# TYPE wharf_password_checks_total counter\nwharf_password_checks_total {}",
             crate::auth::password_checks()
         );

@@ -175,6 +175,50 @@ pub fn read_exact_cached(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<(
     Ok(())
 }
 
+/// Whether all of `fd`'s bytes `[offset, offset + len)` sit in the page cache (`cachestat(2)`);
+/// `None` when the kernel cannot say (no `cachestat`, Linux before 6.5).
+pub fn all_cached(fd: RawFd, offset: u64, len: u64) -> Option<bool> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // The same number on every architecture (the generic syscall table).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    if len == 0 {
+        return Some(true);
+    }
+    // SAFETY: sysconf reads a constant.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let (first, last) = (offset / page, (offset + len - 1) / page);
+    let range = Range {
+        off: first * page,
+        len: (last - first + 1) * page,
+    };
+    let mut stat = Stat::default();
+    // SAFETY: `range` and `stat` are valid `cachestat_range` / `cachestat` structs alive for
+    // the call; the kernel reads the one and writes the other, or fails with errno.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd,
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    (r == 0).then_some(stat.nr_cache > last - first)
+}
+
 /// Lower (or raise) the calling thread's CPU priority (Linux: `nice` is per thread).
 pub fn set_thread_nice(nice: i32) -> bool {
     // SAFETY: setpriority with who = 0 changes only the calling thread.

@@ -248,8 +248,44 @@ async fn copy_blocks(
     (Ok(()), buf)
 }
 
+/// How much of a file `sendfile_loop` checks for page-cache residency at a time.
+const WARM_WINDOW: u64 = 8 << 20;
+
+static COLD_WINDOWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Windows `sendfile_loop` found not (all) in the page cache and read on the blocking pool first.
+pub fn cold_windows() -> u64 {
+    COLD_WINDOWS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Read a file region into the page cache on the blocking pool, so that `sendfile` after it
+/// copies from memory instead of waiting on the disk on the worker.
+async fn warm(file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    COLD_WINDOWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Its own descriptor: the job outlives this future if the connection goes away meanwhile.
+    let file = file.try_clone()?;
+    crate::blocking::run(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 128 * 1024];
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            let want = ((end - at) as usize).min(buf.len());
+            match file.read_at(&mut buf[..want], at) {
+                Ok(0) => break,
+                Ok(n) => at += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await?
+}
+
 /// Hot path: a file region to the socket with no copy through user space.
-/// `sendfile(2)` on the (temporarily non-blocking) socket, awaiting writability on EAGAIN.
+/// `sendfile(2)` on the (temporarily non-blocking) socket, awaiting writability on EAGAIN. The
+/// file's pages are checked window by window (`cachestat`); a window not all in the page cache
+/// is read on the blocking pool first, since `sendfile` would wait on the disk on the worker.
 pub async fn sendfile_loop(
     stream: &TcpStream,
     file: &std::fs::File,
@@ -262,12 +298,21 @@ pub async fn sendfile_loop(
     let mut off =
         libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
     let end = offset + len;
+    let mut warm_to = offset;
     loop {
-        let left = end - off as u64;
+        let at = off as u64;
+        let left = end - at;
         if left == 0 {
             return Ok(());
         }
-        let chunk = left.min(1 << 30) as usize;
+        if at >= warm_to {
+            let window = left.min(WARM_WINDOW);
+            if crate::sys::all_cached(file.as_raw_fd(), at, window) != Some(true) {
+                warm(file, at, window).await?;
+            }
+            warm_to = at + window;
+        }
+        let chunk = (warm_to - at) as usize;
         let err = match crate::sys::sendfile(sock, file.as_raw_fd(), &mut off, chunk) {
             Ok(0) => {
                 return Err(io::Error::new(

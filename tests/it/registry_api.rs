@@ -806,7 +806,64 @@ fn blob_downloads_as_backend_streams(driver: &str) {
     assert_eq!(r.header("Content-Length"), Some("3000000"));
 }
 
+/// `sendfile` reads the file itself, on the worker: a blob not in the page cache would make the
+/// worker wait on the disk. Windows that are not all cached are read on the blocking pool first
+/// (`wharf_sendfile_cold_windows_total`); cached ones go straight out.
+fn cold_blobs_are_read_on_the_pool_before_sendfile(driver: &str) {
+    use std::os::fd::AsRawFd;
+    let s = Server::start_with_env(
+        driver,
+        "",
+        &[
+            ("WHARF_FAULT_HOOKS", "1"),
+            ("WHARF_FAULT_PEERS_REMOTE", "1"),
+        ],
+    );
+    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let mut c = s.client();
+    let d = push_blob(&mut c, "cold/x", &data);
+    let hex = d.strip_prefix("sha256:").unwrap();
+    let file =
+        std::fs::File::open(s.root().join("blobs/sha256").join(&hex[..2]).join(hex)).unwrap();
+    // Whether this kernel has cachestat(2) (Linux 6.5); without it every window counts as cold.
+    let (range, mut stat) = ([0u64, 4096], [0u64; 5]);
+    // SAFETY: valid cachestat_range and cachestat structs for the call.
+    let cachestat = unsafe {
+        libc::syscall(
+            451,
+            file.as_raw_fd(),
+            range.as_ptr(),
+            stat.as_mut_ptr(),
+            0u32,
+        )
+    } == 0;
+    let path = format!("/v2/cold/x/blobs/{d}");
+    let cold = |c: &mut Client| {
+        let m = c.get("/metrics").body_text();
+        sample(&m, "wharf_sendfile_cold_windows_total").unwrap()
+    };
+    // Just written: in the page cache.
+    assert!(c.get(&path).body == data);
+    let warm_get = cold(&mut c);
+    assert_eq!(warm_get, if cachestat { 0.0 } else { 3.0 });
+    // SAFETY: advice on an open descriptor; the clean pages of the file leave the cache.
+    assert_eq!(
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
+        0
+    );
+    assert!(c.get(&path).body == data, "cold blob differs");
+    let cold_get = cold(&mut c);
+    assert!(
+        cold_get > warm_get,
+        "a cold blob was sent without reading it on the pool"
+    );
+    assert!(c.get(&path).body == data);
+    let again = cold(&mut c);
+    assert_eq!(again - cold_get, if cachestat { 0.0 } else { 3.0 });
+}
+
 on_both_drivers!(
+    cold_blobs_are_read_on_the_pool_before_sendfile,
     blob_downloads_as_backend_streams,
     blob_downloads_to_loopback_and_other_peers,
     api_version_header,
