@@ -152,42 +152,63 @@ pub(crate) struct Replacement {
     pub created: Vec<PathBuf>,
 }
 
-/// Write `bytes` to a fsynced temp file beside `path` (blocking; removed again on failure).
-pub(crate) fn prepare_replacement(path: &Path, bytes: &[u8]) -> io::Result<Replacement> {
-    let dir = path.parent().expect("storage paths have a parent");
-    let created = create_missing(dir)?;
-    let temp = dir.join(format!(".tmp-{}", super::random_id()));
+/// Create `temp` holding `bytes` (blocking), unsynced; removed again on failure.
+pub(crate) fn create_written(temp: &Path, bytes: &[u8]) -> io::Result<std::fs::File> {
     let result = (|| {
-        let mut f = std::fs::File::create(&temp)?;
+        let mut f = std::fs::File::create(temp)?;
         std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()
+        Ok(f)
     })();
-    match result {
-        Ok(()) => Ok(Replacement { temp, created }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&temp);
-            Err(e)
-        }
+    if result.is_err() {
+        let _ = std::fs::remove_file(temp);
     }
+    result
 }
 
-/// Write `bytes` to a temp file beside `path`, fsync it and rename it over `path` (blocking; the
-/// temp file is removed on failure). The directories created on the way are returned; the caller
-/// fsyncs them and `path`'s directory.
-pub(crate) fn replace_now(path: &Path, bytes: &[u8]) -> io::Result<Vec<PathBuf>> {
-    let r = prepare_replacement(path, bytes)?;
-    if let Err(e) = std::fs::rename(&r.temp, path) {
-        let _ = std::fs::remove_file(&r.temp);
-        return Err(e);
+/// fsync a file a pool job created (over io_uring where the worker has it: an fsync waits for
+/// the disk, and a blocking thread held for each would cap concurrent commits at the pool's
+/// size); on failure `temp` is removed.
+pub(crate) async fn sync_new(file: std::fs::File, temp: &Path) -> io::Result<()> {
+    let synced = match crate::net::file::DataFile::new(file) {
+        Ok(f) => f.sync_all().await,
+        Err(e) => Err(e),
+    };
+    if synced.is_err() {
+        let _ = remove(temp).await;
     }
-    Ok(r.created)
+    synced
+}
+
+/// A fsynced temp file beside `path` holding `bytes` (see `sync_new`).
+pub(crate) async fn write_temp(path: &Path, bytes: Vec<u8>) -> io::Result<Replacement> {
+    let dir = path
+        .parent()
+        .expect("storage paths have a parent")
+        .to_owned();
+    let temp = dir.join(format!(".tmp-{}", super::random_id()));
+    let t = temp.clone();
+    let (file, created) = off(move || {
+        let created = create_missing(&dir)?;
+        Ok((create_written(&t, &bytes)?, created))
+    })
+    .await?;
+    sync_new(file, &temp).await?;
+    Ok(Replacement { temp, created })
 }
 
 /// Atomically replace `path` with `bytes`: temp file in the same directory, fsync, rename, fsync dir.
 pub(crate) async fn write_atomic(path: &Path, bytes: Vec<u8>) -> io::Result<()> {
-    let p = path.to_owned();
-    let created = off(move || replace_now(&p, &bytes)).await?;
-    sync_created(&created).await?;
+    let r = write_temp(path, bytes).await?;
+    let (temp, to) = (r.temp, path.to_owned());
+    off(move || {
+        let renamed = std::fs::rename(&temp, &to);
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        renamed
+    })
+    .await?;
+    sync_created(&r.created).await?;
     fsync_dir(path.parent().expect("storage paths have a parent")).await
 }
 

@@ -57,23 +57,30 @@ impl Filesystem {
         // The bytes go to a fsynced temp file unless the store holds them already.
         let written = fsio::off(move || {
             if s.hold_blob_data(&d)?.is_some() {
-                return Ok(false);
+                return Ok(None);
             }
-            let result = (|| {
-                let mut f = std::fs::File::create(&t)?;
-                std::io::Write::write_all(&mut f, &data)?;
-                f.sync_all()
-            })();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&t);
-            }
-            result.map(|()| true)
+            fsio::create_written(&t, &data).map(Some)
         })
         .await?;
-        if written && let Err(e) = self.commit_temp(&tmp, digest, None).await {
+        let Some(file) = written else {
+            return self.link_manifest(repo, bytes, digest, parsed).await;
+        };
+        fsio::sync_new(file, &tmp).await?;
+        if let Err(e) = self.commit_temp(&tmp, digest, None).await {
             let _ = fsio::remove(&tmp).await;
             return Err(e.into());
         }
+        self.link_manifest(repo, bytes, digest, parsed).await
+    }
+
+    /// The revision link and referrer entry of a stored manifest.
+    async fn link_manifest(
+        &self,
+        repo: &RepoName,
+        bytes: &[u8],
+        digest: &Digest,
+        parsed: &Parsed,
+    ) -> Result<()> {
         fsio::write_atomic(
             &self.revision_link(repo, digest),
             parsed.media_type.as_bytes().to_vec(),
@@ -112,10 +119,14 @@ impl Filesystem {
         new: Option<&Digest>,
     ) -> Result<()> {
         let path = self.tags_dir(repo).join(tag.as_str());
+        // The new content is written and fsynced before the lock is taken.
+        let prepared = match new {
+            Some(d) => Some(fsio::write_temp(&path, d.to_string().into_bytes()).await?),
+            None => None,
+        };
         let (s, p, r, t) = (Arc::clone(self), path.clone(), repo.clone(), tag.clone());
-        let text = new.map(|d| d.to_string().into_bytes());
         let created =
-            fsio::off(move || Ok(s.update_tag_now(&r, &t, &p, &expect, text.as_deref()))).await??;
+            fsio::off(move || Ok(s.update_tag_now(&r, &t, &p, &expect, prepared))).await??;
         fsio::sync_created(&created).await?;
         fsio::fsync_dir(path.parent().expect("tag paths have a parent")).await?;
         Ok(())
@@ -127,13 +138,8 @@ impl Filesystem {
         tag: &Tag,
         path: &Path,
         expect: &TagExpect,
-        text: Option<&[u8]>,
+        prepared: Option<fsio::Replacement>,
     ) -> Result<Vec<std::path::PathBuf>> {
-        // The new content is written and fsynced before the lock is taken.
-        let prepared = match text {
-            Some(text) => Some(fsio::prepare_replacement(path, text)?),
-            None => None,
-        };
         let result = (|| {
             let _held = self
                 .tag_lock(repo)
