@@ -7,6 +7,8 @@
 //           pull       GET one blob (seeded in setup) again and again
 //           mix        75 % pulls, 25 % monolithic pushes
 //           manifest   manifest storm: HEAD and GET of a manifest by tag, alternating
+//           tagpush    manifest push: PUT a distinct small manifest under a new tag (manifest bytes,
+//                      revision link and tag written and fsynced per request)
 // SIZE      blob size in bytes (4096, 1048576, 67108864, 1073741824; default 4096)
 // VUS       virtual users (1, 32, 256; default 32) — each is one keep-alive connection
 // DURATION  default 10s
@@ -137,7 +139,7 @@ export function setup() {
     headers: { 'Content-Type': MANIFEST_TYPE },
   });
   if (put.status !== 201) fail(`setup: manifest PUT answered ${put.status}`);
-  return { digest: digest };
+  return { digest: digest, config: configDigest, configSize: configBytes.length };
 }
 
 // Per VU: one random buffer, made unique per push by a counter in its first 8 bytes.
@@ -183,6 +185,24 @@ function manifestStorm() {
   }
 }
 
+function tagPush(data) {
+  const m = JSON.stringify({
+    schemaVersion: 2,
+    mediaType: MANIFEST_TYPE,
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: data.config, size: data.configSize },
+    layers: [],
+    annotations: { n: `${__VU}-${__ITER}` },
+  });
+  const res = http.put(`${TARGET}/v2/${REPO}/manifests/t${__VU}-${__ITER}`, m, {
+    headers: { 'Content-Type': MANIFEST_TYPE },
+    tags: { op: 'put-manifest' },
+  });
+  if (check(res, { 'manifest PUT 201': (r) => r.status === 201 })) {
+    pushMs.add(res.timings.duration);
+    ops.add(1);
+  }
+}
+
 export default function (data) {
   switch (SCENARIO) {
     case 'pull':
@@ -195,6 +215,8 @@ export default function (data) {
       return Math.random() < 0.75 ? pull(data) : push(false);
     case 'manifest':
       return manifestStorm();
+    case 'tagpush':
+      return tagPush(data);
     default:
       fail(`unknown SCENARIO ${SCENARIO}`);
   }
