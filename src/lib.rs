@@ -7,6 +7,7 @@
 pub mod action;
 pub mod auth;
 pub mod blocking;
+pub mod client;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

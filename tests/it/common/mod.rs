@@ -4,6 +4,7 @@
 
 pub mod layout;
 pub mod pki;
+pub mod seaweed;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,369 @@
+//! An HTTP/1.1 client for the services wharf talks to (an S3-compatible object store; upstream
+//! registries later): requests over plain TCP with keep-alive connections pooled per worker
+//! thread, a response head parsed with `httparse`, bodies framed by `Content-Length` and read
+//! whole (bounded) or chunk by chunk as they arrive. Knows neither OCI nor storage; runs on the
+//! worker's monoio runtime (no other runtime inside a worker).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use crate::net::{ConnError, timed_read};
+
+/// Idle connections kept per endpoint and worker thread.
+const IDLE_PER_ENDPOINT: usize = 32;
+/// Largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Read size for bodies read chunk by chunk.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Where requests go and how long each step may take.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The `Host` header (`host[:port]`).
+    pub host: String,
+    pub connect_timeout: Duration,
+    /// Longest wait for any read or write once connected.
+    pub io_timeout: Duration,
+}
+
+/// One request: method, path with query, extra headers, body.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub headers: Vec<(&'a str, String)>,
+    pub body: &'a [u8],
+}
+
+/// A response head and its body, still to be read.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+impl Response {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A response body of known length. Read to its end, its connection goes back to the pool;
+/// dropped early, the connection is closed.
+pub struct Body {
+    conn: Option<Conn>,
+    /// Bytes already read past the head.
+    early: Vec<u8>,
+    left: u64,
+    /// The connection may serve another request once the body is read (no `Connection: close`).
+    reuse: bool,
+    endpoint: SocketAddr,
+    io_timeout: Duration,
+}
+
+impl Body {
+    /// Bytes still to come.
+    pub fn remaining(&self) -> u64 {
+        self.left
+    }
+
+    /// The whole body, refused when longer than `limit`.
+    pub async fn bytes(mut self, limit: usize) -> io::Result<Vec<u8>> {
+        if self.left + self.early.len() as u64 > limit as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("response body of {} bytes, over {limit}", self.left),
+            ));
+        }
+        let mut out = Vec::with_capacity(self.left as usize);
+        while let Some(chunk) = self.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// The next bytes of the body, `None` at its end.
+    pub async fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if !self.early.is_empty() {
+            let early = std::mem::take(&mut self.early);
+            return Ok(Some(early));
+        }
+        if self.left == 0 {
+            self.finish();
+            return Ok(None);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(io::Error::other("response body already failed"));
+        };
+        let want = self.left.min(READ_CHUNK as u64) as usize;
+        let (res, buf) =
+            timed_read(&mut conn.stream, Vec::with_capacity(want), self.io_timeout).await;
+        match res {
+            Ok(n) => {
+                self.left -= n as u64;
+                if self.left == 0 {
+                    self.finish();
+                }
+                Ok(Some(buf))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(conn_error(e, "reading a response body"))
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reuse
+        {
+            give_back(self.endpoint, conn);
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+}
+
+thread_local! {
+    /// Idle keep-alive connections of this worker, by endpoint (`IDLE_PER_ENDPOINT` each).
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
+}
+
+fn take_idle(addr: SocketAddr) -> Option<Conn> {
+    IDLE.with(|m| m.borrow_mut().get_mut(&addr).and_then(Vec::pop))
+}
+
+fn give_back(addr: SocketAddr, conn: Conn) {
+    IDLE.with(|m| {
+        let mut m = m.borrow_mut();
+        let idle = m.entry(addr).or_default();
+        if idle.len() < IDLE_PER_ENDPOINT {
+            idle.push(conn);
+        }
+    });
+}
+
+/// Close this thread's idle connections. They belong to the runtime that opened them: a thread
+/// that ends its runtime and starts another (tests do; workers run one for life) calls this
+/// between the two.
+pub fn clear_idle() {
+    IDLE.with(|m| m.borrow_mut().clear());
+}
+
+/// Idle pooled connections on this thread (all endpoints).
+pub fn idle_connections() -> usize {
+    IDLE.with(|m| m.borrow().values().map(Vec::len).sum())
+}
+
+fn conn_error(e: ConnError, doing: &str) -> io::Error {
+    match e {
+        ConnError::Io(e) => io::Error::new(e.kind(), format!("{doing}: {e}")),
+        ConnError::Timeout => {
+            io::Error::new(io::ErrorKind::TimedOut, format!("{doing}: timed out"))
+        }
+        ConnError::Eof => io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{doing}: the server closed the connection"),
+        ),
+    }
+}
+
+async fn connect(ep: &Endpoint) -> io::Result<Conn> {
+    let stream = match monoio::time::timeout(ep.connect_timeout, TcpStream::connect(ep.addr)).await
+    {
+        Ok(s) => s?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {} timed out", ep.addr),
+            ));
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(Conn { stream })
+}
+
+fn encode(ep: &Endpoint, req: &Request<'_>) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(256 + req.body.len());
+    let _ = write!(
+        out,
+        "{} {} HTTP/1.1\r\nHost: {}\r\n",
+        req.method, req.target, ep.host
+    );
+    for (k, v) in &req.headers {
+        let _ = write!(out, "{k}: {v}\r\n");
+    }
+    if !req.body.is_empty() || matches!(req.method, "PUT" | "POST") {
+        let _ = write!(out, "Content-Length: {}\r\n", req.body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(req.body);
+    out
+}
+
+/// Send `req` and read the response head. A pooled connection the server closed meanwhile is
+/// retried once on a fresh one (only then: the request was not seen).
+pub async fn send(ep: &Endpoint, req: &Request<'_>) -> io::Result<Response> {
+    let wire = encode(ep, req);
+    if let Some(conn) = take_idle(ep.addr) {
+        match exchange(ep, conn, wire.clone(), req.method == "HEAD").await {
+            Err((e, stale)) if stale => {
+                tracing::debug!("pooled connection to {} was stale: {e}", ep.addr)
+            }
+            done => return done.map_err(|(e, _)| e),
+        }
+    }
+    let conn = connect(ep).await?;
+    exchange(ep, conn, wire, req.method == "HEAD")
+        .await
+        .map_err(|(e, _)| e)
+}
+
+/// Write the request and read the head; the error says whether nothing came back at all (a
+/// stale pooled connection).
+async fn exchange(
+    ep: &Endpoint,
+    mut conn: Conn,
+    wire: Vec<u8>,
+    head_request: bool,
+) -> Result<Response, (io::Error, bool)> {
+    match monoio::time::timeout(ep.io_timeout, conn.stream.write_all(wire)).await {
+        Ok((Ok(_), _)) => {}
+        Ok((Err(e), _)) => return Err((e, true)),
+        Err(_) => {
+            return Err((
+                io::Error::new(io::ErrorKind::TimedOut, "sending a request timed out"),
+                false,
+            ));
+        }
+    }
+    let mut buf = Vec::with_capacity(8 * 1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            if buf.len() >= MAX_HEAD {
+                return Err((
+                    io::Error::new(io::ErrorKind::InvalidData, "response head too large"),
+                    false,
+                ));
+            }
+            buf.reserve(buf.len());
+        }
+        let (res, back) = timed_read(&mut conn.stream, buf, ep.io_timeout).await;
+        buf = back;
+        match res {
+            Ok(_) => {}
+            Err(e) => {
+                let stale = buf.is_empty() && matches!(e, ConnError::Eof | ConnError::Io(_));
+                return Err((conn_error(e, "reading a response head"), stale));
+            }
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let end = match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(end)) => end,
+            Ok(httparse::Status::Partial) => continue,
+            Err(e) => {
+                return Err((
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad response head: {e}"),
+                    ),
+                    false,
+                ));
+            }
+        };
+        let status = parsed.code.unwrap_or(0);
+        let headers: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        return frame(ep, conn, status, headers, buf.split_off(end), head_request)
+            .map_err(|e| (e, false));
+    }
+}
+
+fn frame(
+    ep: &Endpoint,
+    conn: Conn,
+    status: u16,
+    headers: Vec<(String, String)>,
+    mut early: Vec<u8>,
+    head_request: bool,
+) -> io::Result<Response> {
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    if find("Transfer-Encoding").is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "chunked responses are not supported by this client",
+        ));
+    }
+    let len = if head_request || status == 204 || status == 304 {
+        0
+    } else {
+        match find("Content-Length") {
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad Content-Length {v:?}"),
+                )
+            })?,
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response without Content-Length",
+                ));
+            }
+        }
+    };
+    if early.len() as u64 > len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more bytes than the response announced",
+        ));
+    }
+    let closes = find("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let left = len - early.len() as u64;
+    if early.is_empty() {
+        early = Vec::new();
+    }
+    let mut body = Body {
+        conn: Some(conn),
+        early,
+        left,
+        reuse: !closes,
+        endpoint: ep.addr,
+        io_timeout: ep.io_timeout,
+    };
+    if left == 0 {
+        body.finish();
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}

@@ -1,0 +1,340 @@
+//! One bucket of an S3-compatible object store: the few operations the backend needs, each a
+//! signed request over `crate::client`. Conditional writes (`If-None-Match: *`, `If-Match`) make
+//! "write once" and compare-and-swap possible without locks; a failed condition is
+//! `S3Error::Precondition`, never an overwrite. Requests are presigned URLs (the query carries
+//! the signature, the payload is unsigned); the condition headers travel unsigned beside them
+//! (SeaweedFS 4.48 refuses a presigned request whose signature covers `If-None-Match`).
+
+use std::io;
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+
+use crate::client::{self, Endpoint, Request, Response};
+
+/// How long a signed request stays valid (it is sent at once).
+const SIGNED_FOR: Duration = Duration::from_secs(300);
+/// Largest error or listing body read.
+const MAX_SMALL_BODY: usize = 8 << 20;
+
+/// Where the bucket is and how to reach it.
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    /// `http://host:port` (path-style addressing).
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Prepended to every key (`registry/`); may be empty.
+    pub prefix: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+}
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    /// `If-None-Match` / `If-Match` did not hold: nothing was changed.
+    #[error("precondition failed")]
+    Precondition,
+    /// The store answered with an error (status, S3 error code, message).
+    #[error("object store answered {status} {code}: {message}")]
+    Status {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The store could not be reached or the exchange broke.
+    #[error("object store unreachable: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A write's condition.
+#[derive(Clone, Debug)]
+pub enum Cond<'a> {
+    /// Unconditional.
+    None,
+    /// Only if no object has the key (write once).
+    Absent,
+    /// Only if the object's ETag is this one (compare-and-swap).
+    Etag(&'a str),
+}
+
+/// An object's size and ETag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub len: u64,
+    pub etag: String,
+}
+
+/// One listed object.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// The key without the configured prefix.
+    pub key: String,
+    pub len: u64,
+}
+
+/// The bucket, ready to use from any worker.
+pub struct ObjectStore {
+    bucket: Bucket,
+    credentials: Credentials,
+    endpoint: Endpoint,
+    prefix: String,
+}
+
+impl ObjectStore {
+    /// Check the configuration and resolve the endpoint (blocking: startup only). Errors name
+    /// the `storage.s3` key at fault.
+    pub fn new(cfg: &S3Config) -> Result<ObjectStore, String> {
+        let url: url::Url = cfg
+            .endpoint
+            .parse()
+            .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?;
+        if url.scheme() != "http" {
+            return Err(format!(
+                "storage.s3.endpoint {:?}: only http:// endpoints are supported so far",
+                cfg.endpoint
+            ));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("storage.s3.endpoint {:?}: no host", cfg.endpoint))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?
+            .next()
+            .ok_or_else(|| format!("storage.s3.endpoint {:?}: no address", cfg.endpoint))?;
+        let bucket = Bucket::new(
+            url.clone(),
+            UrlStyle::Path,
+            cfg.bucket.clone(),
+            cfg.region.clone(),
+        )
+        .map_err(|e| format!("storage.s3.bucket {:?}: {e:?}", cfg.bucket))?;
+        Ok(ObjectStore {
+            bucket,
+            credentials: Credentials::new(&cfg.access_key_id, &cfg.secret_access_key),
+            endpoint: Endpoint {
+                addr,
+                host: match url.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host.to_owned(),
+                },
+                connect_timeout: cfg.connect_timeout,
+                io_timeout: cfg.io_timeout,
+            },
+            prefix: cfg.prefix.clone(),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        url: url::Url,
+        headers: Vec<(&str, String)>,
+        body: &[u8],
+    ) -> Result<Response, S3Error> {
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let req = Request {
+            method,
+            target: &target,
+            headers,
+            body,
+        };
+        Ok(client::send(&self.endpoint, &req).await?)
+    }
+
+    /// Whether the bucket answers (`HEAD` of the bucket).
+    pub async fn probe(&self) -> Result<(), S3Error> {
+        let url = self
+            .bucket
+            .head_bucket(Some(&self.credentials))
+            .sign(SIGNED_FOR);
+        let resp = self.send("HEAD", url, Vec::new(), b"").await?;
+        match resp.status {
+            200 => Ok(()),
+            status => Err(S3Error::Status {
+                status,
+                code: String::new(),
+                message: if status == 404 {
+                    format!("no bucket {:?}", self.bucket.name())
+                } else {
+                    "the bucket cannot be reached with these credentials".into()
+                },
+            }),
+        }
+    }
+
+    /// Write `body` under `key` if `cond` holds; the new ETag.
+    pub async fn put(&self, key: &str, body: &[u8], cond: Cond<'_>) -> Result<String, S3Error> {
+        let key = self.key(key);
+        let action = self.bucket.put_object(Some(&self.credentials), &key);
+        let header = match cond {
+            Cond::None => None,
+            Cond::Absent => Some(("If-None-Match", "*".to_owned())),
+            Cond::Etag(e) => Some(("If-Match", e.to_owned())),
+        };
+        let url = action.sign(SIGNED_FOR);
+        let resp = self
+            .send("PUT", url, header.into_iter().collect(), body)
+            .await?;
+        match resp.status {
+            200 => {
+                let etag = resp.header("ETag").unwrap_or_default().to_owned();
+                drain(resp).await;
+                Ok(etag)
+            }
+            _ => Err(failure(resp).await),
+        }
+    }
+
+    /// The object under `key` with its body still to read, or `None`.
+    pub async fn get(&self, key: &str) -> Result<Option<Response>, S3Error> {
+        let key = self.key(key);
+        let url = self
+            .bucket
+            .get_object(Some(&self.credentials), &key)
+            .sign(SIGNED_FOR);
+        let resp = self.send("GET", url, Vec::new(), b"").await?;
+        match resp.status {
+            200 => Ok(Some(resp)),
+            404 => {
+                drain(resp).await;
+                Ok(None)
+            }
+            _ => Err(failure(resp).await),
+        }
+    }
+
+    /// A small object read whole (at most `limit` bytes), or `None`.
+    pub async fn get_bytes(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, S3Error> {
+        match self.get(key).await? {
+            Some(resp) => Ok(Some(resp.body.bytes(limit).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Size and ETag of the object under `key`, or `None`.
+    pub async fn head(&self, key: &str) -> Result<Option<Meta>, S3Error> {
+        let key = self.key(key);
+        let url = self
+            .bucket
+            .head_object(Some(&self.credentials), &key)
+            .sign(SIGNED_FOR);
+        let resp = self.send("HEAD", url, Vec::new(), b"").await?;
+        match resp.status {
+            200 => {
+                let len = resp
+                    .header("Content-Length")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let etag = resp.header("ETag").unwrap_or_default().to_owned();
+                Ok(Some(Meta { len, etag }))
+            }
+            404 => Ok(None),
+            status => Err(S3Error::Status {
+                status,
+                code: String::new(),
+                message: format!("HEAD {key}"),
+            }),
+        }
+    }
+
+    /// Delete the object under `key` (only if its ETag is `if_match`, when given). Deleting
+    /// what is not there succeeds, as S3 does.
+    pub async fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), S3Error> {
+        let key = self.key(key);
+        let action = self.bucket.delete_object(Some(&self.credentials), &key);
+        let header = if_match.map(|e| ("If-Match", e.to_owned()));
+        let url = action.sign(SIGNED_FOR);
+        let resp = self
+            .send("DELETE", url, header.into_iter().collect(), b"")
+            .await?;
+        match resp.status {
+            200 | 204 | 404 => {
+                drain(resp).await;
+                Ok(())
+            }
+            _ => Err(failure(resp).await),
+        }
+    }
+
+    /// Up to `max` keys under `prefix` (relative to the configured prefix) after `start_after`
+    /// (exclusive), sorted, and whether more follow.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<(Vec<Listed>, bool), S3Error> {
+        let full = self.key(prefix);
+        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+        action.with_prefix(full.as_str());
+        let after = start_after.map(|a| self.key(a));
+        if let Some(a) = &after {
+            action.with_start_after(a.as_str());
+        }
+        action.with_max_keys(max.clamp(1, 1000));
+        let url = action.sign(SIGNED_FOR);
+        let resp = self.send("GET", url, Vec::new(), b"").await?;
+        if resp.status != 200 {
+            return Err(failure(resp).await);
+        }
+        let text = resp.body.bytes(MAX_SMALL_BODY).await?;
+        let text = String::from_utf8(text)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "listing is not UTF-8"))?;
+        let parsed = rusty_s3::actions::ListObjectsV2::parse_response(&text)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad listing: {e}")))?;
+        let more = parsed.next_continuation_token.is_some();
+        let items = parsed
+            .contents
+            .into_iter()
+            .filter_map(|c| {
+                let key = c.key.strip_prefix(&self.prefix)?.to_owned();
+                Some(Listed {
+                    key,
+                    len: c.size.unwrap_or(0),
+                })
+            })
+            .collect();
+        Ok((items, more))
+    }
+}
+
+/// Read and drop a body we do not need, so the connection can be reused.
+async fn drain(resp: Response) {
+    let _ = resp.body.bytes(MAX_SMALL_BODY).await;
+}
+
+/// The error a non-success response stands for.
+async fn failure(resp: Response) -> S3Error {
+    let status = resp.status;
+    if status == 412 {
+        drain(resp).await;
+        return S3Error::Precondition;
+    }
+    let text = resp.body.bytes(MAX_SMALL_BODY).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].to_owned())
+    };
+    S3Error::Status {
+        status,
+        code: tag("Code").unwrap_or_default(),
+        message: tag("Message").unwrap_or_else(|| text.chars().take(200).collect()),
+    }
+}

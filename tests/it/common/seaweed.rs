@@ -1,0 +1,122 @@
+//! A real SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one process) for the
+//! object-store tests: installed by tests/setup.sh, started per test on free loopback ports with
+//! one access key and one bucket, killed when dropped.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "wharf-test";
+pub const SECRET_KEY: &str = "wharf-test-secret";
+pub const BUCKET: &str = "wharf";
+
+pub struct Seaweed {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// The S3 gateway's port on 127.0.0.1.
+    pub s3_port: u16,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Seaweed {
+    pub fn start() -> Seaweed {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("s3.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"identities":[{{"name":"wharf","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let log = dir.path().join("weed.log");
+        let s3_port = free_port();
+        let mut args: Vec<String> = vec![
+            "mini".into(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-s3.port={s3_port}"),
+            format!("-s3.config={}", config.display()),
+            format!("-bucket={BUCKET}"),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-webdav=false".into(),
+            "-admin.ui=false".into(),
+        ];
+        for p in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        ] {
+            args.push(format!("-{p}={}", free_port()));
+        }
+        let child = Command::new(super::tool("weed"))
+            .args(&args)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .expect("weed starts");
+        let s = Seaweed {
+            child,
+            _dir: dir,
+            s3_port,
+            log,
+        };
+        s.wait_ready();
+        s
+    }
+
+    /// The bucket answers a signed request (the gateway starts after master, volume and filer).
+    fn wait_ready(&self) {
+        let until = Instant::now() + Duration::from_secs(60);
+        let url = format!("http://127.0.0.1:{}/{BUCKET}", self.s3_port);
+        while Instant::now() < until {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I"])
+                .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+                .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
+                .arg(&url)
+                .output()
+                .unwrap();
+            if out.stdout == b"200" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "SeaweedFS did not serve bucket {BUCKET} within 60 s:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
