@@ -209,3 +209,19 @@ pub fn referrers(data: &[u8]) {
         }
     }
 }
+
+/// What an object store (or anything answering on its address) sends back: response heads never
+/// claim a body start past the input or a length for bodyless answers; listings and error bodies
+/// parse or are refused, never panic.
+pub fn object_store(data: &[u8]) {
+    for head_request in [false, true] {
+        if let Ok(Some(h)) = crate::client::parse_head(data, head_request) {
+            assert!(h.end <= data.len());
+            if head_request {
+                assert_eq!(h.len, 0);
+            }
+        }
+    }
+    let _ = crate::storage::s3::api::parse_error(data);
+    let _ = crate::storage::s3::api::parse_listing(data, "registry/");
+}

@@ -217,136 +217,152 @@ fn encode(ep: &Endpoint, req: &Request<'_>) -> Vec<u8> {
 /// Send `req` and read the response head. A pooled connection the server closed meanwhile is
 /// retried once on a fresh one (only then: the request was not seen).
 pub async fn send(ep: &Endpoint, req: &Request<'_>) -> io::Result<Response> {
-    let wire = encode(ep, req);
+    let mut wire = encode(ep, req);
+    let head_request = req.method == "HEAD";
     if let Some(conn) = take_idle(ep.addr) {
-        match exchange(ep, conn, wire.clone(), req.method == "HEAD").await {
-            Err((e, stale)) if stale => {
-                tracing::debug!("pooled connection to {} was stale: {e}", ep.addr)
+        match exchange(ep, conn, wire, head_request).await {
+            Err(Failed::Stale(e, back)) => {
+                tracing::debug!("pooled connection to {} was stale: {e}", ep.addr);
+                wire = back;
             }
-            done => return done.map_err(|(e, _)| e),
+            done => return done.map_err(Failed::into_error),
         }
     }
     let conn = connect(ep).await?;
-    exchange(ep, conn, wire, req.method == "HEAD")
+    exchange(ep, conn, wire, head_request)
         .await
-        .map_err(|(e, _)| e)
+        .map_err(Failed::into_error)
 }
 
-/// Write the request and read the head; the error says whether nothing came back at all (a
-/// stale pooled connection).
+/// Why an exchange failed.
+enum Failed {
+    /// Nothing came back (a pooled connection the server had closed): the request, to retry.
+    Stale(io::Error, Vec<u8>),
+    Other(io::Error),
+}
+
+impl Failed {
+    fn into_error(self) -> io::Error {
+        match self {
+            Failed::Stale(e, _) | Failed::Other(e) => e,
+        }
+    }
+}
+
+/// Write the request and read the head.
 async fn exchange(
     ep: &Endpoint,
     mut conn: Conn,
     wire: Vec<u8>,
     head_request: bool,
-) -> Result<Response, (io::Error, bool)> {
-    match monoio::time::timeout(ep.io_timeout, conn.stream.write_all(wire)).await {
-        Ok((Ok(_), _)) => {}
-        Ok((Err(e), _)) => return Err((e, true)),
+) -> Result<Response, Failed> {
+    let wire = match monoio::time::timeout(ep.io_timeout, conn.stream.write_all(wire)).await {
+        Ok((Ok(_), wire)) => wire,
+        Ok((Err(e), wire)) => return Err(Failed::Stale(e, wire)),
         Err(_) => {
-            return Err((
-                io::Error::new(io::ErrorKind::TimedOut, "sending a request timed out"),
-                false,
-            ));
+            let e = io::Error::new(io::ErrorKind::TimedOut, "sending a request timed out");
+            return Err(Failed::Other(e));
         }
-    }
+    };
     let mut buf = Vec::with_capacity(8 * 1024);
     loop {
         if buf.len() == buf.capacity() {
-            if buf.len() >= MAX_HEAD {
-                return Err((
-                    io::Error::new(io::ErrorKind::InvalidData, "response head too large"),
-                    false,
-                ));
-            }
+            // Bounded: `parse_head` refuses a head still incomplete at `MAX_HEAD`.
             buf.reserve(buf.len());
         }
         let (res, back) = timed_read(&mut conn.stream, buf, ep.io_timeout).await;
         buf = back;
-        match res {
-            Ok(_) => {}
-            Err(e) => {
-                let stale = buf.is_empty() && matches!(e, ConnError::Eof | ConnError::Io(_));
-                return Err((conn_error(e, "reading a response head"), stale));
+        if let Err(e) = res {
+            let e = conn_error(e, "reading a response head");
+            return Err(if buf.is_empty() && e.kind() != io::ErrorKind::TimedOut {
+                Failed::Stale(e, wire)
+            } else {
+                Failed::Other(e)
+            });
+        }
+        match parse_head(&buf, head_request).map_err(Failed::Other)? {
+            None => continue,
+            Some(head) => {
+                let early = buf.split_off(head.end);
+                return frame(ep, conn, head, early).map_err(Failed::Other);
             }
         }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let end = match parsed.parse(&buf) {
-            Ok(httparse::Status::Complete(end)) => end,
-            Ok(httparse::Status::Partial) => continue,
-            Err(e) => {
-                return Err((
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("bad response head: {e}"),
-                    ),
-                    false,
-                ));
-            }
-        };
-        let status = parsed.code.unwrap_or(0);
-        let headers: Vec<(String, String)> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_owned(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        return frame(ep, conn, status, headers, buf.split_off(end), head_request)
-            .map_err(|e| (e, false));
     }
 }
 
-fn frame(
-    ep: &Endpoint,
-    conn: Conn,
-    status: u16,
-    headers: Vec<(String, String)>,
-    mut early: Vec<u8>,
-    head_request: bool,
-) -> io::Result<Response> {
+/// A parsed response head: status, headers, where the body starts in the buffer, how long it is
+/// and whether the connection may serve another request afterwards.
+#[derive(Debug)]
+pub struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub end: usize,
+    pub len: u64,
+    pub reuse: bool,
+}
+
+/// Parse a response head from the start of `buf` (`None`: incomplete). Bodies must have a
+/// `Content-Length` (chunked responses are refused); HEAD answers, 204 and 304 have none.
+pub fn parse_head(buf: &[u8], head_request: bool) -> io::Result<Option<Head>> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let end = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(end)) => end,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(bad("response head too large".into()));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(bad(format!("bad response head: {e}"))),
+    };
+    let status = parsed.code.unwrap_or(0);
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).trim().to_owned(),
+            )
+        })
+        .collect();
     let find = |name: &str| {
         headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_owned())
+            .map(|(_, v)| v.as_str())
     };
     if find("Transfer-Encoding").is_some() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "chunked responses are not supported by this client",
+        return Err(bad(
+            "chunked responses are not supported by this client".into()
         ));
     }
-    let len = if head_request || status == 204 || status == 304 {
+    let len = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
         0
     } else {
-        match find("Content-Length") {
-            Some(v) => v.parse::<u64>().map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("bad Content-Length {v:?}"),
-                )
-            })?,
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "response without Content-Length",
-                ));
-            }
-        }
+        let v =
+            find("Content-Length").ok_or_else(|| bad("response without Content-Length".into()))?;
+        v.parse::<u64>()
+            .map_err(|_| bad(format!("bad Content-Length {v:?}")))?
     };
-    if early.len() as u64 > len {
+    let reuse = !find("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    Ok(Some(Head {
+        status,
+        headers,
+        end,
+        len,
+        reuse,
+    }))
+}
+
+fn frame(ep: &Endpoint, conn: Conn, head: Head, mut early: Vec<u8>) -> io::Result<Response> {
+    if early.len() as u64 > head.len {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "more bytes than the response announced",
         ));
     }
-    let closes = find("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-    let left = len - early.len() as u64;
+    let left = head.len - early.len() as u64;
     if early.is_empty() {
         early = Vec::new();
     }
@@ -354,7 +370,7 @@ fn frame(
         conn: Some(conn),
         early,
         left,
-        reuse: !closes,
+        reuse: head.reuse,
         endpoint: ep.addr,
         io_timeout: ep.io_timeout,
     };
@@ -362,8 +378,8 @@ fn frame(
         body.finish();
     }
     Ok(Response {
-        status,
-        headers,
+        status: head.status,
+        headers: head.headers,
         body,
     })
 }

@@ -27,6 +27,7 @@ fn replay(target: &str, data: &[u8]) {
         "policy" => fuzzing::policy(data),
         "config" => fuzzing::config(data),
         "referrers" => fuzzing::referrers(data),
+        "object_store" => fuzzing::object_store(data),
         "names" => take::<&str>(data).into_iter().for_each(fuzzing::names),
         "ranges" => {
             if let Some((h, size)) = take::<(&str, u64)>(data) {

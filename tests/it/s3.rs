@@ -159,4 +159,30 @@ fn object_store_operations_on_seaweedfs(driver: &str) {
     assert!(bad.starts_with("storage.s3.endpoint"), "{bad}");
 }
 
-on_both_drivers!(object_store_operations_on_seaweedfs);
+/// A pooled keep-alive connection the store closed while idle is noticed when the next request
+/// gets nothing back, and that request goes out again on a fresh connection: the caller sees no
+/// error.
+fn requests_survive_the_store_closing_idle_connections(driver: &str) {
+    let weed = Seaweed::start_with(&["-s3.idleTimeout=1"]);
+    let store = ObjectStore::new(&config(weed.endpoint())).unwrap();
+    on_runtime(driver, async {
+        store.put("k", b"v", Cond::None).await.unwrap();
+        assert_eq!(wharf::client::idle_connections(), 1);
+        for _ in 0..2 {
+            // Past the store's idle timeout: the pooled connection is closed on its side.
+            monoio::time::sleep(Duration::from_millis(2500)).await;
+            let got = store
+                .get_bytes("k", 16)
+                .await
+                .expect("retried on a fresh connection");
+            assert_eq!(got.as_deref(), Some(&b"v"[..]));
+        }
+        assert_eq!(wharf::client::idle_connections(), 1);
+        wharf::client::clear_idle();
+    });
+}
+
+on_both_drivers!(
+    object_store_operations_on_seaweedfs,
+    requests_survive_the_store_closing_idle_connections
+);

@@ -292,23 +292,7 @@ impl ObjectStore {
             return Err(failure(resp).await);
         }
         let text = resp.body.bytes(MAX_SMALL_BODY).await?;
-        let text = String::from_utf8(text)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "listing is not UTF-8"))?;
-        let parsed = rusty_s3::actions::ListObjectsV2::parse_response(&text)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad listing: {e}")))?;
-        let more = parsed.next_continuation_token.is_some();
-        let items = parsed
-            .contents
-            .into_iter()
-            .filter_map(|c| {
-                let key = c.key.strip_prefix(&self.prefix)?.to_owned();
-                Some(Listed {
-                    key,
-                    len: c.size.unwrap_or(0),
-                })
-            })
-            .collect();
-        Ok((items, more))
+        Ok(parse_listing(&text, &self.prefix)?)
     }
 }
 
@@ -325,16 +309,45 @@ async fn failure(resp: Response) -> S3Error {
         return S3Error::Precondition;
     }
     let text = resp.body.bytes(MAX_SMALL_BODY).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
+    let (code, message) = parse_error(&text);
+    S3Error::Status {
+        status,
+        code,
+        message,
+    }
+}
+
+/// The `Code` and `Message` of an S3 error body (empty code and the start of the text when it
+/// is not one).
+pub fn parse_error(body: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(body);
     let tag = |name: &str| {
         let open = format!("<{name}>");
         let start = text.find(&open)? + open.len();
         let end = text[start..].find(&format!("</{name}>"))? + start;
         Some(text[start..end].to_owned())
     };
-    S3Error::Status {
-        status,
-        code: tag("Code").unwrap_or_default(),
-        message: tag("Message").unwrap_or_else(|| text.chars().take(200).collect()),
-    }
+    let message = tag("Message").unwrap_or_else(|| text.chars().take(200).collect());
+    (tag("Code").unwrap_or_default(), message)
+}
+
+/// A `ListObjectsV2` answer: the keys under `prefix` (with it removed) and whether more follow.
+pub fn parse_listing(body: &[u8], prefix: &str) -> io::Result<(Vec<Listed>, bool)> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let text = std::str::from_utf8(body).map_err(|_| bad("listing is not UTF-8".into()))?;
+    let parsed = rusty_s3::actions::ListObjectsV2::parse_response(text)
+        .map_err(|e| bad(format!("bad listing: {e}")))?;
+    let more = parsed.next_continuation_token.is_some();
+    let items = parsed
+        .contents
+        .into_iter()
+        .filter_map(|c| {
+            let key = c.key.strip_prefix(prefix)?.to_owned();
+            Some(Listed {
+                key,
+                len: c.size.unwrap_or(0),
+            })
+        })
+        .collect();
+    Ok((items, more))
 }

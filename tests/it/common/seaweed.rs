@@ -29,6 +29,11 @@ fn free_port() -> u16 {
 
 impl Seaweed {
     pub fn start() -> Seaweed {
+        Seaweed::start_with(&[])
+    }
+
+    /// With extra `weed mini` flags.
+    pub fn start_with(extra: &[&str]) -> Seaweed {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("s3.json");
         std::fs::write(
@@ -55,6 +60,7 @@ impl Seaweed {
             "-webdav=false".into(),
             "-admin.ui=false".into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         for p in [
             "master.port",
             "master.port.grpc",
