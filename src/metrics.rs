@@ -389,6 +389,22 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP wharf_client_idle_connections Idle keep-alive connections to object stores and upstreams, all workers (at most 32 per endpoint and worker).\n# TYPE wharf_client_idle_connections gauge\nwharf_client_idle_connections {}",
+            crate::client::idle_connections_total()
+        );
+        out.push_str("# HELP wharf_objectstore_requests_total Requests to the object store by operation; failed: no answer, or one other than success, not found or a failed precondition.\n# TYPE wharf_objectstore_requests_total counter\n# HELP wharf_objectstore_request_seconds_total Time until the response head, by operation.\n# TYPE wharf_objectstore_request_seconds_total counter\n");
+        for (op, (n, failed, secs)) in crate::storage::s3::api::OPS
+            .iter()
+            .zip(crate::storage::s3::api::op_counts())
+        {
+            let _ = writeln!(
+                out,
+                "wharf_objectstore_requests_total{{op=\"{op}\",outcome=\"ok\"}} {}\nwharf_objectstore_requests_total{{op=\"{op}\",outcome=\"failed\"}} {failed}\nwharf_objectstore_request_seconds_total{{op=\"{op}\"}} {secs}",
+                n - failed
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP wharf_sendfile_cold_windows_total File windows (8 MiB) a sendfile found not all in the page cache and read on the blocking pool first.\n# TYPE wharf_sendfile_cold_windows_total counter\nwharf_sendfile_cold_windows_total {}",
             crate::net::file::cold_windows()
         );

@@ -141,8 +141,15 @@ thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
 }
 
+/// Idle pooled connections of all workers (`wharf_client_idle_connections`).
+static IDLE_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn take_idle(addr: SocketAddr) -> Option<Conn> {
-    IDLE.with(|m| m.borrow_mut().get_mut(&addr).and_then(Vec::pop))
+    let conn = IDLE.with(|m| m.borrow_mut().get_mut(&addr).and_then(Vec::pop));
+    if conn.is_some() {
+        IDLE_TOTAL.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    conn
 }
 
 fn give_back(addr: SocketAddr, conn: Conn) {
@@ -151,6 +158,7 @@ fn give_back(addr: SocketAddr, conn: Conn) {
         let idle = m.entry(addr).or_default();
         if idle.len() < IDLE_PER_ENDPOINT {
             idle.push(conn);
+            IDLE_TOTAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     });
 }
@@ -159,7 +167,13 @@ fn give_back(addr: SocketAddr, conn: Conn) {
 /// that ends its runtime and starts another (tests do; workers run one for life) calls this
 /// between the two.
 pub fn clear_idle() {
-    IDLE.with(|m| m.borrow_mut().clear());
+    let gone = IDLE.with(|m| m.borrow_mut().drain().map(|(_, v)| v.len()).sum::<usize>());
+    IDLE_TOTAL.fetch_sub(gone, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Idle pooled connections of every thread.
+pub fn idle_connections_total() -> usize {
+    IDLE_TOTAL.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Idle pooled connections on this thread (all endpoints).

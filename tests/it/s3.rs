@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::common::seaweed::{self, Seaweed};
-use wharf::storage::s3::api::{Cond, ObjectStore, S3Config, S3Error};
+use wharf::storage::s3::api::{Cond, ObjectStore, S3Config, S3Error, op_counts};
 
 fn on_runtime<F: Future>(driver: &str, f: F) -> F::Output {
     if driver == "epoll" {
@@ -41,6 +41,7 @@ fn config(endpoint: String) -> S3Config {
 fn object_store_operations_on_seaweedfs(driver: &str) {
     let weed = Seaweed::start();
     let store = ObjectStore::new(&config(weed.endpoint())).unwrap();
+    let before = op_counts();
     on_runtime(driver, async {
         store.probe().await.expect("the bucket answers");
 
@@ -113,8 +114,15 @@ fn object_store_operations_on_seaweedfs(driver: &str) {
         assert!(chunks > 1, "read in one piece");
         // Every exchange above went over pooled keep-alive connections: one, used in turn.
         assert_eq!(wharf::client::idle_connections(), 1);
+        assert!(wharf::client::idle_connections_total() >= 1);
         wharf::client::clear_idle();
     });
+    // Counted per operation (put, get, head, delete, list); other tests in this process may add
+    // to the counts meanwhile, so only lower bounds.
+    let mid = op_counts();
+    let made: Vec<u64> = (0..5).map(|i| mid[i].0 - before[i].0).collect();
+    assert!(made[0] >= 32 && made[1] >= 4 && made[2] >= 4, "{made:?}");
+    assert!(made[3] >= 2 && made[4] >= 3, "{made:?}");
 
     // Errors that say what is wrong.
     let mut cfg = config(weed.endpoint());
@@ -153,6 +161,9 @@ fn object_store_operations_on_seaweedfs(driver: &str) {
         }
         assert!(matches!(dead.probe().await, Err(S3Error::Io(_))));
     });
+    // The 403 and the unreachable store count as failed puts and heads.
+    let after = op_counts();
+    assert!(after[0].1 > mid[0].1 && after[2].1 > mid[2].1, "{after:?}");
     let bad = ObjectStore::new(&config("ftp://127.0.0.1:1".into()))
         .err()
         .unwrap();

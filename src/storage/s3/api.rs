@@ -69,6 +69,31 @@ pub struct Meta {
     pub etag: String,
 }
 
+/// The operations counted in `wharf_objectstore_requests_total{op}`.
+pub const OPS: [&str; 5] = ["put", "get", "head", "delete", "list"];
+
+/// Per operation: requests, failures (no answer, or an answer other than success, not-found or a
+/// failed precondition), and microseconds spent until the response head.
+static COUNTS: [[std::sync::atomic::AtomicU64; 3]; 5] =
+    [const { [const { std::sync::atomic::AtomicU64::new(0) }; 3] }; 5];
+
+/// (requests, failures, seconds) per operation, in `OPS` order.
+pub fn op_counts() -> [(u64, u64, f64); 5] {
+    use std::sync::atomic::Ordering::Relaxed;
+    COUNTS.each_ref().map(|c| {
+        let micros = c[2].load(Relaxed);
+        (c[0].load(Relaxed), c[1].load(Relaxed), micros as f64 / 1e6)
+    })
+}
+
+fn count(op: usize, started: std::time::Instant, failed: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &COUNTS[op];
+    c[0].fetch_add(1, Relaxed);
+    c[1].fetch_add(u64::from(failed), Relaxed);
+    c[2].fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+}
+
 /// One listed object.
 #[derive(Clone, Debug)]
 pub struct Listed {
@@ -135,7 +160,27 @@ impl ObjectStore {
         format!("{}{key}", self.prefix)
     }
 
+    /// Send a signed request for operation `OPS[op]`, counting it (an answer other than
+    /// success, 404 or 412 counts as failed).
     async fn send(
+        &self,
+        op: usize,
+        method: &str,
+        url: url::Url,
+        headers: Vec<(&str, String)>,
+        body: &[u8],
+    ) -> Result<Response, S3Error> {
+        let started = std::time::Instant::now();
+        let sent = self.exchange(method, url, headers, body).await;
+        let failed = match &sent {
+            Ok(r) => !matches!(r.status, 200..=299 | 404 | 412),
+            Err(_) => true,
+        };
+        count(op, started, failed);
+        sent
+    }
+
+    async fn exchange(
         &self,
         method: &str,
         url: url::Url,
@@ -161,7 +206,7 @@ impl ObjectStore {
             .bucket
             .head_bucket(Some(&self.credentials))
             .sign(SIGNED_FOR);
-        let resp = self.send("HEAD", url, Vec::new(), b"").await?;
+        let resp = self.send(2, "HEAD", url, Vec::new(), b"").await?;
         match resp.status {
             200 => Ok(()),
             status => Err(S3Error::Status {
@@ -187,7 +232,7 @@ impl ObjectStore {
         };
         let url = action.sign(SIGNED_FOR);
         let resp = self
-            .send("PUT", url, header.into_iter().collect(), body)
+            .send(0, "PUT", url, header.into_iter().collect(), body)
             .await?;
         match resp.status {
             200 => {
@@ -206,7 +251,7 @@ impl ObjectStore {
             .bucket
             .get_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        let resp = self.send("GET", url, Vec::new(), b"").await?;
+        let resp = self.send(1, "GET", url, Vec::new(), b"").await?;
         match resp.status {
             200 => Ok(Some(resp)),
             404 => {
@@ -232,7 +277,7 @@ impl ObjectStore {
             .bucket
             .head_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        let resp = self.send("HEAD", url, Vec::new(), b"").await?;
+        let resp = self.send(2, "HEAD", url, Vec::new(), b"").await?;
         match resp.status {
             200 => {
                 let len = resp
@@ -259,7 +304,7 @@ impl ObjectStore {
         let header = if_match.map(|e| ("If-Match", e.to_owned()));
         let url = action.sign(SIGNED_FOR);
         let resp = self
-            .send("DELETE", url, header.into_iter().collect(), b"")
+            .send(3, "DELETE", url, header.into_iter().collect(), b"")
             .await?;
         match resp.status {
             200 | 204 | 404 => {
@@ -287,7 +332,7 @@ impl ObjectStore {
         }
         action.with_max_keys(max.clamp(1, 1000));
         let url = action.sign(SIGNED_FOR);
-        let resp = self.send("GET", url, Vec::new(), b"").await?;
+        let resp = self.send(4, "GET", url, Vec::new(), b"").await?;
         if resp.status != 200 {
             return Err(failure(resp).await);
         }
