@@ -51,11 +51,16 @@ pub struct Response {
 impl Response {
     /// The first header called `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
+}
+
+/// The first of `headers` called `name` (any case).
+fn header_in<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// A response body of known length. Read to its end, its connection goes back to the pool;
@@ -340,12 +345,7 @@ pub fn parse_head(buf: &[u8], head_request: bool) -> io::Result<Option<Head>> {
             )
         })
         .collect();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
+    let find = |name: &str| header_in(&headers, name);
     if find("Transfer-Encoding").is_some() {
         return Err(bad(
             "chunked responses are not supported by this client".into()
