@@ -240,6 +240,15 @@ fn hash_password() -> Result<(), String> {
 }
 
 fn open_storage(cfg: &Config) -> Result<wharf::storage::Storage, String> {
+    let limits = wharf::storage::SessionLimits::default();
+    if let (wharf::config::StorageBackend::S3, Some(s3)) = (&cfg.storage.backend, &cfg.storage.s3) {
+        let store = wharf::storage::s3::connect(s3)?;
+        let opts = wharf::storage::s3::Options {
+            limits,
+            redirect: None,
+        };
+        return Ok(wharf::storage::Storage::object_store(store, opts));
+    }
     let root = &cfg.storage.root;
     if !root.join("blobs").is_dir() {
         return Err(format!(
@@ -247,7 +256,6 @@ fn open_storage(cfg: &Config) -> Result<wharf::storage::Storage, String> {
             root.display()
         ));
     }
-    let limits = wharf::storage::SessionLimits::default();
     wharf::storage::Storage::filesystem(root, limits, cfg.gc.grace)
         .map_err(|e| format!("storage.root {}: {e}", root.display()))
 }
@@ -415,6 +423,12 @@ fn main() -> ExitCode {
             }
             wharf::auth::validate(&cfg.auth).map_err(|e| e.to_string())?;
             wharf::policy::AccessControl::from_config(&cfg).map_err(|e| e.to_string())?;
+            if let (wharf::config::StorageBackend::S3, Some(s3)) =
+                (&cfg.storage.backend, &cfg.storage.s3)
+            {
+                // The bucket must answer with these credentials, as `serve` will require.
+                wharf::storage::s3::connect(s3)?;
+            }
             println!("{}: ok", config.display());
             Ok(())
         }),

@@ -77,9 +77,9 @@ pub struct Body {
 }
 
 impl Body {
-    /// Bytes still to come.
+    /// Bytes of the body not handed out yet (read ahead with the head, or still to come).
     pub fn remaining(&self) -> u64 {
-        self.left
+        self.early.len() as u64 + self.left
     }
 
     /// The whole body, refused when longer than `limit`.

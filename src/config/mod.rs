@@ -77,6 +77,14 @@ impl Config {
             }
         };
         resolve(&mut cfg.storage.root);
+        if let Some(p) = cfg
+            .storage
+            .s3
+            .as_mut()
+            .and_then(|s| s.secret_access_key_file.as_mut())
+        {
+            resolve(p);
+        }
         let listeners = cfg.server.listener.iter_mut().map(|l| &mut l.tls);
         for tls in std::iter::once(&mut cfg.server.tls)
             .chain(listeners)

@@ -26,6 +26,12 @@ pub struct StorageConfig {
     /// directory listings; under epoll also reads, writes and fsyncs). Each may have 64 jobs
     /// waiting; beyond that requests wait for room. Default `0` = 2 × `server.threads`, at least 4.
     pub blocking_threads: usize,
+    /// Where everything is stored: `"filesystem"` (under `root`, the default) or `"s3"` (one
+    /// S3-compatible bucket, `[storage.s3]`; any number of wharf nodes may share it).
+    pub backend: StorageBackend,
+    /// `[storage.s3]`: the bucket, with `backend = "s3"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3StorageConfig>,
 }
 
 impl Default for StorageConfig {
@@ -35,8 +41,66 @@ impl Default for StorageConfig {
             read_only: false,
             delete_enabled: true,
             blocking_threads: 0,
+            backend: StorageBackend::Filesystem,
+            s3: None,
         }
     }
+}
+
+/// `storage.backend`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Filesystem,
+    S3,
+}
+
+/// `[storage.s3]`: an S3-compatible bucket. Credentials come from `access_key_id` and
+/// `secret_access_key_file`, else from the environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3StorageConfig {
+    /// `http://host:port` of the object store's S3 API.
+    pub endpoint: String,
+    /// Default `"us-east-1"`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub bucket: String,
+    /// Prepended to every key (e.g. `"registry/"`). Default empty.
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`). Default `true` (the only style so far).
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// A file holding the secret key (surrounding whitespace ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Blob GETs answer 307 to a presigned URL of the object store (clients fetch the bytes
+    /// from it directly). Default `false`: bytes stream through wharf.
+    #[serde(default)]
+    pub redirect: bool,
+    /// How long a redirect's presigned URL is valid. Default `"15m"`.
+    #[serde(
+        default = "default_redirect_ttl",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub redirect_ttl: Duration,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_redirect_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 /// `[global]`

@@ -68,6 +68,12 @@ fn defaults_with_optional_tables() -> toml::Value {
             password: String::new(),
         },
     );
+    c.storage.s3 = Some(
+        toml::from_str(
+            "endpoint = \"\"\nbucket = \"\"\naccess_key_id = \"\"\nsecret_access_key_file = \"\"",
+        )
+        .unwrap(),
+    );
     c.server.admin = Some(AdminConfig {
         bind_address: loopback(),
         port: 0,

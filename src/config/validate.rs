@@ -60,6 +60,7 @@ impl Config {
         if self.storage.root.as_os_str().is_empty() {
             return invalid("storage.root", "must not be empty");
         }
+        self.validate_s3()?;
         for (table, tls) in self.tls_tables() {
             let Some(tls) = tls else { continue };
             for (key, p) in [
@@ -223,6 +224,81 @@ impl Config {
             if let Some((other, ..)) = clash {
                 return invalid(key.clone(), format!("{addr} port {port} overlaps {other}"));
             }
+        }
+        Ok(())
+    }
+
+    /// `storage.backend` and `[storage.s3]` (what a startup can check without the network).
+    fn validate_s3(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        let s3 = match (self.storage.backend, &self.storage.s3) {
+            (StorageBackend::Filesystem, None) => return Ok(()),
+            (StorageBackend::Filesystem, Some(_)) => {
+                return invalid(
+                    "storage.backend",
+                    "[storage.s3] is set but storage.backend is \"filesystem\"; set backend = \"s3\" or remove [storage.s3]",
+                );
+            }
+            (StorageBackend::S3, None) => {
+                return invalid(
+                    "storage.s3",
+                    "storage.backend = \"s3\" needs a [storage.s3] table with endpoint and bucket",
+                );
+            }
+            (StorageBackend::S3, Some(s3)) => s3,
+        };
+        if !s3.endpoint.starts_with("http://") {
+            return invalid(
+                "storage.s3.endpoint",
+                "must be an http://host:port URL (https endpoints are not supported yet)",
+            );
+        }
+        if s3.bucket.is_empty() {
+            return invalid("storage.s3.bucket", "must not be empty");
+        }
+        if s3.region.is_empty() {
+            return invalid("storage.s3.region", "must not be empty");
+        }
+        if !s3.path_style {
+            return invalid(
+                "storage.s3.path_style",
+                "only path-style addressing (true) is supported so far",
+            );
+        }
+        if s3.prefix.starts_with('/') {
+            return invalid("storage.s3.prefix", "must not start with /");
+        }
+        match (&s3.access_key_id, &s3.secret_access_key_file) {
+            (Some(_), None) => {
+                return invalid(
+                    "storage.s3.secret_access_key_file",
+                    "must be set with storage.s3.access_key_id",
+                );
+            }
+            (None, Some(_)) => {
+                return invalid(
+                    "storage.s3.access_key_id",
+                    "must be set with storage.s3.secret_access_key_file",
+                );
+            }
+            _ => {}
+        }
+        if s3.redirect_ttl.is_zero() || s3.redirect_ttl > Duration::from_secs(7 * 86_400) {
+            return invalid(
+                "storage.s3.redirect_ttl",
+                "must be between 1s and 7d (the longest a presigned URL may live)",
+            );
+        }
+        if !self.gc.interval.is_zero() {
+            return invalid(
+                "gc.interval",
+                "scheduled garbage collection is not available with storage.backend = \"s3\" yet; set it to 0",
+            );
         }
         Ok(())
     }

@@ -194,7 +194,14 @@ impl Registry {
         body: &mut Body<'_>,
     ) -> HandlerResult {
         match self.append_chunk(repo, id, head, body, false).await? {
-            Ok(mut lease) => Ok(progress(repo, id, lease.writer().offset())),
+            Ok(lease) => match self.storage.release_upload(lease).await {
+                Ok(offset) => Ok(progress(repo, id, offset)),
+                Err(StoreError::UploadBusy { .. }) => {
+                    let offset = self.storage.upload_offset(repo, id).await?;
+                    Ok(out_of_order(repo, id, offset, "upload changed meanwhile"))
+                }
+                Err(e) => Err(e.into()),
+            },
             Err(resp) => Ok(resp),
         }
     }

@@ -72,11 +72,22 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         per_client: cfg.limits.max_upload_sessions_per_client,
         idle: cfg.limits.upload_idle_timeout,
     };
-    let storage =
-        Storage::filesystem(&root, limits, cfg.gc.grace).map_err(|source| StartError::Storage {
-            path: root.display().to_string(),
-            source,
-        })?;
+    let storage = match (&cfg.storage.backend, &cfg.storage.s3) {
+        (crate::config::StorageBackend::S3, Some(s3)) => {
+            let store = crate::storage::s3::connect(s3).map_err(StartError::Other)?;
+            let opts = crate::storage::s3::Options {
+                limits,
+                redirect: s3.redirect.then_some(s3.redirect_ttl),
+            };
+            Storage::object_store(store, opts)
+        }
+        _ => Storage::filesystem(&root, limits, cfg.gc.grace).map_err(|source| {
+            StartError::Storage {
+                path: root.display().to_string(),
+                source,
+            }
+        })?,
+    };
     let storage = Arc::new(storage);
     expire_idle_sessions(Arc::clone(&storage))?;
     if !cfg.gc.interval.is_zero() {

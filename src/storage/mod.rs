@@ -16,11 +16,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::pool::Block;
 use crate::net::stream::OpenRegion;
 use crate::oci::manifest::Parsed;
 use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
-pub use fs::{BlobWriter, SessionLimits, UploadLease};
+pub use fs::SessionLimits;
 
 /// Storage failures, mapped to OCI errors by the registry.
 #[derive(Debug, thiserror::Error)]
@@ -177,9 +178,95 @@ impl FsckReport {
     }
 }
 
+/// A blob being written (a monolithic push, or one request's chunk of an upload session): hashed
+/// as it arrives, stored by the backend that made it.
+pub struct BlobWriter(Writer);
+
+enum Writer {
+    File(fs::FileWriter),
+    Object(s3::BlobWriter),
+}
+
+impl BlobWriter {
+    fn file(w: fs::FileWriter) -> BlobWriter {
+        BlobWriter(Writer::File(w))
+    }
+
+    fn object(w: s3::BlobWriter) -> BlobWriter {
+        BlobWriter(Writer::Object(w))
+    }
+
+    /// The filesystem writer inside (each backend only ever gets back its own writers).
+    fn into_file(self) -> fs::FileWriter {
+        match self.0 {
+            Writer::File(w) => w,
+            Writer::Object(_) => unreachable!("an object-store writer given to the filesystem"),
+        }
+    }
+
+    fn into_object(self) -> s3::BlobWriter {
+        match self.0 {
+            Writer::Object(w) => w,
+            Writer::File(_) => unreachable!("a file writer given to the object store"),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn offset(&self) -> u64 {
+        match &self.0 {
+            Writer::File(w) => w.offset(),
+            Writer::Object(w) => w.offset(),
+        }
+    }
+
+    /// Hot path: hash `block` and write it.
+    pub async fn append(&mut self, block: Block) -> io::Result<()> {
+        match &mut self.0 {
+            Writer::File(w) => w.append(block).await,
+            Writer::Object(w) => w.append(block).await,
+        }
+    }
+
+    /// Hot path for large bodies: hand `block` on and return while it is hashed and written;
+    /// `settle` must follow the last block.
+    pub async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
+        match &mut self.0 {
+            Writer::File(w) => w.append_pipelined(block).await,
+            Writer::Object(w) => w.append_pipelined(block).await,
+        }
+    }
+
+    /// Wait for the writes in flight.
+    pub async fn settle(&mut self) -> io::Result<()> {
+        match &mut self.0 {
+            Writer::File(w) => w.settle().await,
+            Writer::Object(w) => w.settle().await,
+        }
+    }
+}
+
+/// Exclusive use of an upload session for one request.
+pub struct UploadLease(Lease);
+
+enum Lease {
+    File(fs::UploadLease),
+    Object(s3::UploadLease),
+}
+
+impl UploadLease {
+    /// Where this request's chunk goes.
+    pub fn writer(&mut self) -> &mut BlobWriter {
+        match &mut self.0 {
+            Lease::File(l) => l.writer(),
+            Lease::Object(l) => l.writer(),
+        }
+    }
+}
+
 /// The backends. Each variant's methods have the same names and meaning as `Storage`'s.
 enum Backend {
     Filesystem(Arc<fs::Filesystem>),
+    Object(Arc<s3::ObjectBackend>),
 }
 
 /// The storage the registry uses: one backend behind one set of async operations.
@@ -192,6 +279,7 @@ macro_rules! dispatch {
     ($self:ident, $b:ident => $e:expr) => {
         match &$self.backend {
             Backend::Filesystem($b) => $e,
+            Backend::Object($b) => $e,
         }
     };
 }
@@ -206,6 +294,13 @@ impl Storage {
         Ok(Storage {
             backend: Backend::Filesystem(Arc::new(fs)),
         })
+    }
+
+    /// The object-store backend on the bucket `store` reaches (startup: the caller probes it).
+    pub fn object_store(store: s3::api::ObjectStore, opts: s3::Options) -> Storage {
+        Storage {
+            backend: Backend::Object(Arc::new(s3::ObjectBackend::new(store, opts))),
+        }
     }
 
     // ----- blobs -----
@@ -278,7 +373,22 @@ impl Storage {
         id: &str,
         completing: bool,
     ) -> Result<UploadLease> {
-        dispatch!(self, b => b.lease_upload(repo, id, completing).await)
+        Ok(UploadLease(match &self.backend {
+            Backend::Filesystem(b) => Lease::File(b.lease_upload(repo, id, completing).await?),
+            Backend::Object(b) => Lease::Object(b.lease_upload(repo, id, completing).await?),
+        }))
+    }
+
+    /// Keep the chunk a lease received (the session continues from it, on any node); the new
+    /// offset.
+    pub async fn release_upload(&self, lease: UploadLease) -> Result<u64> {
+        match (&self.backend, lease.0) {
+            (_, Lease::File(mut l)) => Ok(l.writer().offset()),
+            (Backend::Object(b), Lease::Object(l)) => b.release_upload(l).await,
+            (Backend::Filesystem(_), Lease::Object(_)) => {
+                unreachable!("an object-store lease given to the filesystem")
+            }
+        }
     }
 
     /// How many bytes the session holds.
@@ -293,7 +403,11 @@ impl Storage {
         expected: &Digest,
         repo: &RepoName,
     ) -> Result<u64> {
-        dispatch!(self, b => b.complete_upload(lease, expected, repo).await)
+        match (&self.backend, lease.0) {
+            (Backend::Filesystem(b), Lease::File(l)) => b.complete_upload(l, expected, repo).await,
+            (Backend::Object(b), Lease::Object(l)) => b.complete_upload(l, expected, repo).await,
+            _ => unreachable!("a lease given to another backend"),
+        }
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {

@@ -57,3 +57,4 @@ fn oci_conformance_suite_passes(driver: &str) {
 }
 
 on_both_drivers!(oci_conformance_suite_passes);
+on_s3!(oci_conformance_suite_passes);

@@ -996,3 +996,18 @@ fn conditional_tag_updates_are_compare_and_swap(driver: &str) {
     );
     assert_eq!(points_at(&mut c, "race").as_ref(), Some(winners[0]));
 }
+
+on_s3!(
+    api_version_header,
+    blob_get_head_range_and_isolation,
+    chunked_upload_session,
+    upload_cancel_and_unknown_ids,
+    sha512_uploads_and_digest_algorithm_hint,
+    cross_repository_mount,
+    manifests_by_tag_and_digest,
+    manifest_validation_errors,
+    referrers_with_filter,
+    tags_and_catalog_pagination,
+    wrong_methods_are_405,
+    conditional_tag_updates_are_compare_and_swap,
+);

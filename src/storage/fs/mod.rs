@@ -22,8 +22,9 @@ use super::{
     BlobContent, BlobRead, FsckReport, GcOptions, GcReport, Problem, Report, Result, StoreError,
     StoredManifest, TagExpect, page, random_id,
 };
-pub use uploads::{SessionLimits, UploadLease};
-pub use writer::BlobWriter;
+pub use uploads::SessionLimits;
+pub(crate) use uploads::UploadLease;
+pub(crate) use writer::FileWriter;
 
 const TAG_LOCKS: usize = 64;
 /// How long a `/readyz` probe's answer is reused.

@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::writer::{BlobWriter, open_rw, rehash};
+use super::writer::{FileWriter, open_rw, rehash};
 use super::{Filesystem, Result, StoreError, fsio, random_id};
 use crate::net::file::DataFile;
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
+use crate::storage::BlobWriter;
 
 const SHARDS: usize = 32;
 const STATE_MAGIC: &str = "wharf-upload-v1";
@@ -123,7 +124,7 @@ impl Table {
 }
 
 /// Exclusive use of an upload session for one request; returned to the table when dropped.
-pub struct UploadLease {
+pub(crate) struct UploadLease {
     storage: Arc<Filesystem>,
     id: String,
     writer: Option<BlobWriter>,
@@ -133,7 +134,7 @@ pub struct UploadLease {
 }
 
 impl UploadLease {
-    pub fn writer(&mut self) -> &mut BlobWriter {
+    pub(crate) fn writer(&mut self) -> &mut BlobWriter {
         self.writer
             .as_mut()
             .expect("writer present until completion")
@@ -142,7 +143,7 @@ impl UploadLease {
 
 impl Drop for UploadLease {
     fn drop(&mut self) {
-        let w = self.writer.take();
+        let w = self.writer.take().map(BlobWriter::into_file);
         if self.temp {
             if let Some(s) = self.storage.uploads.shard(&self.id).get_mut(&self.id) {
                 s.busy = false;
@@ -197,23 +198,24 @@ impl Filesystem {
         let p = path.clone();
         let file = fsio::off(move || open_rw(&p, true)).await?;
         let sync = std::sync::Arc::new(file.try_clone()?);
-        Ok(BlobWriter::new(
+        Ok(BlobWriter::file(FileWriter::new(
             DataFile::new(file)?,
             sync,
             path,
             0,
             alg.hasher(),
-        ))
+        )))
     }
 
     /// fsync, verify against `expected`, move into the store and link into `repo`. Returns the
     /// blob size. On a mismatch the data is deleted and `DigestMismatch` returned.
     pub(crate) async fn finish_writer(
         self: &Arc<Self>,
-        mut w: BlobWriter,
+        w: BlobWriter,
         expected: &Digest,
         repo: &RepoName,
     ) -> Result<u64> {
+        let mut w = w.into_file();
         // A failed write marks the writer failed: the re-hash below then tells the truth.
         let _ = w.settle().await;
         let result = async {
@@ -240,7 +242,7 @@ impl Filesystem {
 
     /// Discard a temp writer's data.
     pub(crate) async fn discard_writer(&self, w: BlobWriter) {
-        let _ = fsio::remove(&w.path).await;
+        let _ = fsio::remove(&w.into_file().path).await;
     }
 
     fn upload_dir(&self, id: &str) -> PathBuf {
@@ -430,7 +432,9 @@ impl Filesystem {
             Some(h) if len == offset => (h, offset),
             _ => rehash(std::sync::Arc::clone(&sync), alg).await?,
         };
-        lease.writer = Some(BlobWriter::new(file, sync, path, offset, hasher));
+        lease.writer = Some(BlobWriter::file(FileWriter::new(
+            file, sync, path, offset, hasher,
+        )));
         Ok(lease)
     }
 

@@ -10,7 +10,7 @@ use crate::net::pool::Block;
 use crate::oci::{Algorithm, Hasher};
 
 /// Streams body bytes into a file while hashing them (socket buffer → SHA → positioned write).
-pub struct BlobWriter {
+pub(crate) struct FileWriter {
     /// For the worker's own reads, writes and fsyncs.
     pub(super) file: std::rc::Rc<DataFile>,
     /// The same file for the blocking pool, where large bodies are hashed and written.
@@ -31,7 +31,7 @@ pub struct BlobWriter {
 /// finds most of it on disk already instead of flushing the whole blob at the end.
 const WRITEBACK_STEP: u64 = 8 << 20;
 
-impl BlobWriter {
+impl FileWriter {
     /// A writer continuing `file` at `offset`, with `hasher` covering the bytes before it.
     /// `sync` is a second descriptor of the same file (`try_clone`).
     pub(super) fn new(
@@ -40,8 +40,8 @@ impl BlobWriter {
         path: PathBuf,
         offset: u64,
         hasher: Hasher,
-    ) -> BlobWriter {
-        BlobWriter {
+    ) -> FileWriter {
+        FileWriter {
             file: std::rc::Rc::new(file),
             sync,
             path,
@@ -64,13 +64,13 @@ impl BlobWriter {
     }
 
     /// Bytes written so far.
-    pub fn offset(&self) -> u64 {
+    pub(crate) fn offset(&self) -> u64 {
         self.offset
     }
 
     /// Hot path: hash `block` and write it at the current offset, from the same buffer (which
     /// returns to the pool when the write is done).
-    pub async fn append(&mut self, block: Block) -> io::Result<()> {
+    pub(crate) async fn append(&mut self, block: Block) -> io::Result<()> {
         self.hasher.update(block.bytes());
         let len = block.len() as u64;
         let res = block.write_at(&self.file, self.offset).await;
@@ -87,7 +87,7 @@ impl BlobWriter {
     /// connections are not held up by hashing (a worker hashing three pushes itself served a
     /// quarter of its GETs). The buffer comes back and returns to the worker's pool. `settle`
     /// must follow the last block.
-    pub async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
+    pub(crate) async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
         self.settle().await?;
         let alg = self.hasher.algorithm();
         let mut hasher = std::mem::replace(&mut self.hasher, alg.hasher());
@@ -110,7 +110,7 @@ impl BlobWriter {
 
     /// Wait for the block in flight, if any; its hasher comes back. A failure marks the writer
     /// failed (the hash no longer matches the file; the next lease re-hashes).
-    pub async fn settle(&mut self) -> io::Result<()> {
+    pub(crate) async fn settle(&mut self) -> io::Result<()> {
         let Some(write) = self.inflight.take() else {
             return Ok(());
         };

@@ -69,16 +69,17 @@ pub struct Meta {
     pub etag: String,
 }
 
-/// The operations counted in `wharf_objectstore_requests_total{op}`.
-pub const OPS: [&str; 5] = ["put", "get", "head", "delete", "list"];
+/// The operations counted in `wharf_objectstore_requests_total{op}` (`multipart`: creating,
+/// completing or aborting a multipart upload; `part`: uploading one part).
+pub const OPS: [&str; 7] = ["put", "get", "head", "delete", "list", "multipart", "part"];
 
 /// Per operation: requests, failures (no answer, or an answer other than success, not-found or a
 /// failed precondition), and microseconds spent until the response head.
-static COUNTS: [[std::sync::atomic::AtomicU64; 3]; 5] =
-    [const { [const { std::sync::atomic::AtomicU64::new(0) }; 3] }; 5];
+static COUNTS: [[std::sync::atomic::AtomicU64; 3]; OPS.len()] =
+    [const { [const { std::sync::atomic::AtomicU64::new(0) }; 3] }; OPS.len()];
 
 /// (requests, failures, seconds) per operation, in `OPS` order.
-pub fn op_counts() -> [(u64, u64, f64); 5] {
+pub fn op_counts() -> [(u64, u64, f64); OPS.len()] {
     use std::sync::atomic::Ordering::Relaxed;
     COUNTS.each_ref().map(|c| {
         let micros = c[2].load(Relaxed);
@@ -100,6 +101,8 @@ pub struct Listed {
     /// The key without the configured prefix.
     pub key: String,
     pub len: u64,
+    /// When it was last written, in seconds since the epoch (0 if the store did not say).
+    pub modified: u64,
 }
 
 /// The bucket, ready to use from any worker.
@@ -270,6 +273,134 @@ impl ObjectStore {
         }
     }
 
+    /// Bytes `offset..offset + len` of the object under `key` (`len` > 0), its body still to
+    /// read, or `None`.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Response>, S3Error> {
+        let key = self.key(key);
+        let url = self
+            .bucket
+            .get_object(Some(&self.credentials), &key)
+            .sign(SIGNED_FOR);
+        let range = format!("bytes={offset}-{}", offset + len - 1);
+        let resp = self
+            .send(1, "GET", url, vec![("Range", range)], b"")
+            .await?;
+        match resp.status {
+            200 | 206 => Ok(Some(resp)),
+            404 => {
+                drain(resp).await;
+                Ok(None)
+            }
+            _ => Err(failure(resp).await),
+        }
+    }
+
+    /// A URL anyone may GET the object under `key` with for `ttl`.
+    pub fn presigned_get(&self, key: &str, ttl: Duration) -> String {
+        let key = self.key(key);
+        self.bucket
+            .get_object(Some(&self.credentials), &key)
+            .sign(ttl)
+            .to_string()
+    }
+
+    /// Start a multipart upload to `key`; its upload id.
+    pub async fn create_multipart(&self, key: &str) -> Result<String, S3Error> {
+        let key = self.key(key);
+        let url = self
+            .bucket
+            .create_multipart_upload(Some(&self.credentials), &key)
+            .sign(SIGNED_FOR);
+        let resp = self.send(5, "POST", url, Vec::new(), b"").await?;
+        if resp.status != 200 {
+            return Err(failure(resp).await);
+        }
+        let text = resp.body.bytes(MAX_SMALL_BODY).await?;
+        let text = String::from_utf8_lossy(&text);
+        let parsed = rusty_s3::actions::CreateMultipartUpload::parse_response(&text)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e}")))?;
+        Ok(parsed.upload_id().to_owned())
+    }
+
+    /// Upload part `n` (from 1) of a multipart upload; its ETag.
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        n: u16,
+        body: &[u8],
+    ) -> Result<String, S3Error> {
+        let key = self.key(key);
+        let url = self
+            .bucket
+            .upload_part(Some(&self.credentials), &key, n, upload_id)
+            .sign(SIGNED_FOR);
+        let resp = self.send(6, "PUT", url, Vec::new(), body).await?;
+        if resp.status != 200 {
+            return Err(failure(resp).await);
+        }
+        let etag = resp.header("ETag").unwrap_or_default().to_owned();
+        drain(resp).await;
+        Ok(etag)
+    }
+
+    /// Complete a multipart upload from its parts' ETags (part `i + 1` is `etags[i]`).
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), S3Error> {
+        let key = self.key(key);
+        let action = self.bucket.complete_multipart_upload(
+            Some(&self.credentials),
+            &key,
+            upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let url = action.sign(SIGNED_FOR);
+        let body = action.body();
+        let resp = self
+            .send(5, "POST", url, Vec::new(), body.as_bytes())
+            .await?;
+        if resp.status != 200 {
+            return Err(failure(resp).await);
+        }
+        // S3 may report a failure inside a 200.
+        let text = resp.body.bytes(MAX_SMALL_BODY).await?;
+        if text.windows(7).any(|w| w == b"<Error>") {
+            let (code, message) = parse_error(&text);
+            return Err(S3Error::Status {
+                status: 200,
+                code,
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    /// Abort a multipart upload, dropping its parts.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+        let key = self.key(key);
+        let url = self
+            .bucket
+            .abort_multipart_upload(Some(&self.credentials), &key, upload_id)
+            .sign(SIGNED_FOR);
+        let resp = self.send(5, "DELETE", url, Vec::new(), b"").await?;
+        match resp.status {
+            200 | 204 | 404 => {
+                drain(resp).await;
+                Ok(())
+            }
+            _ => Err(failure(resp).await),
+        }
+    }
+
     /// Size and ETag of the object under `key`, or `None`.
     pub async fn head(&self, key: &str) -> Result<Option<Meta>, S3Error> {
         let key = self.key(key);
@@ -391,8 +522,46 @@ pub fn parse_listing(body: &[u8], prefix: &str) -> io::Result<(Vec<Listed>, bool
             Some(Listed {
                 key,
                 len: c.size.unwrap_or(0),
+                modified: c.last_modified.as_deref().and_then(parse_time).unwrap_or(0),
             })
         })
         .collect();
     Ok((items, more))
+}
+
+/// Seconds since the epoch of an S3 timestamp (`2026-12-02T08:00:00.000Z`), or `None`.
+pub fn parse_time(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_parse_to_epoch_seconds() {
+        assert_eq!(parse_time("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(parse_time("2000-03-01T00:00:00Z"), Some(951_868_800));
+        assert_eq!(parse_time("2026-12-02T08:09:38.123Z"), Some(1_796_198_978));
+        assert_eq!(parse_time("2026-13-02T08:09:38Z"), None);
+        assert_eq!(parse_time("yesterday"), None);
+    }
 }

@@ -1,6 +1,294 @@
-//! The object-store side of the S3 backend (issue 18, in progress): the bucket as wharf sees it
-//! (`ObjectStore`: put, conditional put, get, head, conditional delete, paged listing), requests
-//! signed with `rusty-s3` (SigV4, no I/O of its own) and sent over wharf's own HTTP/1.1 client
-//! (`crate::client`, keep-alive connections per worker). Not yet a `Backend` of `Storage`.
+//! The object-store backend: everything wharf stores, as objects in one S3-compatible bucket,
+//! so that any number of wharf nodes on the bucket serve any request with no state of their own
+//! and no lock service. `api` is the bucket (signed requests over `crate::client`); `writer`
+//! streams blobs into it and keeps upload sessions there.
+//!
+//! Keys (under the configured prefix):
+//! - `blobs/<alg>/<hex>`: a pointer to a blob's bytes (`wharf-blob-v1`, size, data key), written
+//!   once (`If-None-Match: *`) after the bytes are stored and verified;
+//! - `data/<id>`: the bytes, under the key they were uploaded to (no copy once the digest is known);
+//! - `repos/<repo>/_layers/<alg>/<hex>`: the repository may serve the blob (empty);
+//! - `repos/<repo>/_manifests/<alg>/<hex>`: a manifest revision (media type line, then the bytes);
+//! - `repos/<repo>/_tags/<tag>`: the digest a tag points at, changed by compare-and-swap on its ETag;
+//! - `repos/<repo>/_referrers/<alg>/<hex>/<alg>-<hex>`: a referrer's descriptor;
+//! - `catalog/<repo>`: the repository exists (listed for `/v2/_catalog`);
+//! - `uploads/<id>`: an upload session (see `writer`).
+//!
+//! Path components of repository names start with a letter or digit, so `_layers`, `_tags` and
+//! the like never collide with a nested repository's keys.
 
 pub mod api;
+mod blobs;
+mod manifests;
+mod uploads;
+mod writer;
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use api::{Cond, ObjectStore, S3Error};
+pub use uploads::UploadLease;
+pub use writer::BlobWriter;
+
+use super::{
+    BlobContent, BlobRead, FsckReport, GcOptions, GcReport, Report, Result, SessionLimits,
+    StoreError, StoredManifest, TagExpect, random_id,
+};
+use crate::net::stream::{ByteStream, Chunks, NextChunk};
+use crate::oci::manifest::{self, Parsed};
+use crate::oci::{Algorithm, Digest, Hasher, Reference, RepoName, Tag};
+
+const POINTER_MAGIC: &str = "wharf-blob-v1";
+/// Largest pointer, tag, link or referrer object read.
+const SMALL: usize = 64 * 1024;
+/// Largest manifest revision read (manifests are capped at push; this bounds a corrupt one).
+const MAX_REVISION: usize = 64 << 20;
+/// Largest upload-session object (a header and less than a part).
+const MAX_SESSION: usize = writer::PART + (1 << 20);
+/// How long a bucket probe answers `/readyz`.
+const PROBE_FOR: Duration = Duration::from_secs(2);
+
+impl From<S3Error> for StoreError {
+    fn from(e: S3Error) -> StoreError {
+        match e {
+            S3Error::Io(e) => StoreError::Io(e),
+            e => StoreError::Io(io::Error::other(e.to_string())),
+        }
+    }
+}
+
+fn alg_hex(d: &Digest) -> String {
+    format!("{}/{}", d.algorithm().as_str(), d.hex())
+}
+
+fn pointer_key(d: &Digest) -> String {
+    format!("blobs/{}", alg_hex(d))
+}
+
+fn link_key(repo: &RepoName, d: &Digest) -> String {
+    format!("repos/{repo}/_layers/{}", alg_hex(d))
+}
+
+fn revision_key(repo: &RepoName, d: &Digest) -> String {
+    format!("repos/{repo}/_manifests/{}", alg_hex(d))
+}
+
+fn tags_prefix(repo: &RepoName) -> String {
+    format!("repos/{repo}/_tags/")
+}
+
+fn referrers_prefix(repo: &RepoName, subject: &Digest) -> String {
+    format!("repos/{repo}/_referrers/{}/", alg_hex(subject))
+}
+
+fn catalog_key(repo: &RepoName) -> String {
+    format!("catalog/{repo}")
+}
+
+fn upload_key(id: &str) -> String {
+    format!("uploads/{id}")
+}
+
+fn corrupt(what: String) -> StoreError {
+    StoreError::Io(io::Error::new(io::ErrorKind::InvalidData, what))
+}
+
+/// A blob pointer: its size and where its bytes are.
+struct Pointer {
+    size: u64,
+    data_key: String,
+}
+
+impl Pointer {
+    fn encode(&self) -> Vec<u8> {
+        format!("{POINTER_MAGIC}\n{}\n{}\n", self.size, self.data_key).into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Pointer> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut lines = text.lines();
+        if lines.next()? != POINTER_MAGIC {
+            return None;
+        }
+        let size = lines.next()?.parse().ok()?;
+        let data_key = lines.next()?.to_owned();
+        data_key
+            .starts_with("data/")
+            .then_some(Pointer { size, data_key })
+    }
+}
+
+/// Upload sessions started on this node, for the per-node caps (`[limits]`): a session is
+/// counted until it is completed or cancelled here, or idle past the timeout.
+struct Started {
+    sessions: Mutex<std::collections::HashMap<String, (Instant, crate::net::per_client::Held)>>,
+    per_client: Arc<crate::net::per_client::PerClient>,
+}
+
+/// What the object-store backend needs besides the bucket.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub limits: SessionLimits,
+    /// Blob GETs answer 307 to a presigned URL valid this long (`storage.s3.redirect`).
+    pub redirect: Option<Duration>,
+}
+
+/// The backend.
+pub struct ObjectBackend {
+    store: Arc<ObjectStore>,
+    opts: Options,
+    started: Started,
+    /// Milliseconds since `epoch` of the last bucket probe, and its answer.
+    probed_at: AtomicU64,
+    probed_ok: AtomicBool,
+    epoch: Instant,
+}
+
+/// Seconds since the epoch.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl ObjectBackend {
+    pub fn new(store: ObjectStore, opts: Options) -> ObjectBackend {
+        let per_client = crate::net::per_client::PerClient::new(opts.limits.per_client);
+        ObjectBackend {
+            store: Arc::new(store),
+            started: Started {
+                sessions: Mutex::new(std::collections::HashMap::new()),
+                per_client: Arc::new(per_client),
+            },
+            opts,
+            probed_at: AtomicU64::new(u64::MAX),
+            probed_ok: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The bucket (for `check-config` and the tests).
+    pub fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    // ----- health and maintenance: the other operations are in blobs, uploads and manifests -----
+
+    /// Whether the bucket answers (probed at most every `PROBE_FOR`).
+    pub(crate) async fn writable(&self) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let at = self.probed_at.load(Ordering::Relaxed);
+        if at != u64::MAX && now.saturating_sub(at) < PROBE_FOR.as_millis() as u64 {
+            return self.probed_ok.load(Ordering::Relaxed);
+        }
+        let ok = self.store.probe().await.is_ok();
+        self.probed_ok.store(ok, Ordering::Relaxed);
+        self.probed_at.store(now, Ordering::Relaxed);
+        ok
+    }
+
+    /// Bytes and number of stored blobs (blocking: lists the whole bucket's data).
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        let store = Arc::clone(&self.store);
+        off_worker(async move {
+            let (mut bytes, mut count) = (0u64, 0u64);
+            let mut last: Option<String> = None;
+            loop {
+                let Ok((page, more)) = store.list("data/", last.as_deref(), 1000).await else {
+                    break;
+                };
+                bytes += page.iter().map(|l| l.len).sum::<u64>();
+                count += page.len() as u64;
+                last = page.last().map(|l| l.key.clone());
+                if !more || last.is_none() {
+                    break;
+                }
+            }
+            (bytes, count)
+        })
+    }
+
+    pub(crate) fn collect_garbage(
+        &self,
+        _opts: &GcOptions,
+        _out: &mut dyn Report,
+    ) -> io::Result<GcReport> {
+        Err(io::Error::other(
+            "garbage collection is not available on the object-store backend yet",
+        ))
+    }
+
+    pub(crate) fn fsck(&self, _repair: bool, _out: &mut dyn Report) -> io::Result<FsckReport> {
+        Err(io::Error::other(
+            "fsck is not available on the object-store backend yet",
+        ))
+    }
+}
+
+/// The bucket `[storage.s3]` names, checked to answer with the credentials (blocking: startup
+/// and `check-config`). Errors name the key at fault.
+pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<ObjectStore, String> {
+    let (key_id, secret) = match (&cfg.access_key_id, &cfg.secret_access_key_file) {
+        (Some(id), Some(file)) => {
+            let secret = std::fs::read_to_string(file).map_err(|e| {
+                format!("storage.s3.secret_access_key_file {}: {e}", file.display())
+            })?;
+            (id.clone(), secret.trim().to_owned())
+        }
+        _ => {
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+                (Some(id), Some(secret)) => (id, secret),
+                _ => {
+                    return Err("storage.s3: no credentials; set access_key_id and secret_access_key_file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment".into());
+                }
+            }
+        }
+    };
+    if secret.is_empty() {
+        return Err("storage.s3.secret_access_key_file: the file is empty".into());
+    }
+    let store = ObjectStore::new(&api::S3Config {
+        endpoint: cfg.endpoint.clone(),
+        region: cfg.region.clone(),
+        bucket: cfg.bucket.clone(),
+        prefix: cfg.prefix.clone(),
+        access_key_id: key_id,
+        secret_access_key: secret,
+        connect_timeout: Duration::from_secs(5),
+        io_timeout: Duration::from_secs(30),
+    })?;
+    off_worker(store.probe()).map_err(|e| match e {
+        S3Error::Io(e) => format!(
+            "storage.s3.endpoint {}: the object store cannot be reached: {e}",
+            cfg.endpoint
+        ),
+        S3Error::Status { status: 404, .. } => format!(
+            "storage.s3.bucket {:?}: no such bucket at {} (create it first)",
+            cfg.bucket, cfg.endpoint
+        ),
+        S3Error::Status { status, .. } => format!(
+            "storage.s3: the bucket {:?} answered {status}: check the credentials and region",
+            cfg.bucket
+        ),
+        S3Error::Precondition => "storage.s3: unexpected answer to a bucket probe".into(),
+    })?;
+    Ok(store)
+}
+
+/// Run `fut` to its end on a runtime of this (non-worker) thread, for the blocking maintenance
+/// calls; the connections it opened are closed with it.
+pub(crate) fn off_worker<F: std::future::Future>(fut: F) -> F::Output {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("a runtime for maintenance starts");
+    rt.block_on(async move {
+        let out = fut.await;
+        crate::client::clear_idle();
+        out
+    })
+}

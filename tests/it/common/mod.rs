@@ -108,6 +108,22 @@ impl Server {
 
     fn launch(&mut self, port: u16) {
         let base = format!("[server]\nport = {port}\nthreads = 2\nshutdown_grace = \"10s\"\n");
+        // `<driver>+s3`: the same server on the shared SeaweedFS, under a prefix of its own.
+        if let Some(driver) = self.driver.strip_suffix("+s3") {
+            self.driver = driver.to_owned();
+            let prefix = format!(
+                "t-{}/",
+                self.dir.path().file_name().unwrap().to_string_lossy()
+            );
+            let storage = seaweed::Seaweed::shared().wharf_storage(&prefix);
+            let extra = if self.extra.contains("[storage]\n") {
+                self.extra
+                    .replacen("[storage]\n", "[storage]\nbackend = \"s3\"\n", 1)
+            } else {
+                format!("{}\n[storage]\nbackend = \"s3\"\n", self.extra)
+            };
+            self.extra = format!("{extra}\n{storage}");
+        }
         // The storage root is always ./data; extra TOML may add keys to its own [storage] table.
         let cfg = if self.extra.contains("[storage]\n") {
             format!(
@@ -703,4 +719,13 @@ pub fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
     let s: TcpStream = s.into();
     s.set_read_timeout(Some(READ_WAIT)).unwrap();
     s
+}
+
+/// The named tests (each `fn name(driver: &str)`) again with the S3 backend on the shared
+/// SeaweedFS (`io_uring+s3`: `Server::start` puts the node on the bucket).
+#[macro_export]
+macro_rules! on_s3 {
+    ($($name:ident),* $(,)?) => {
+        mod s3_backend { $( #[test] fn $name() { super::$name("io_uring+s3") } )* }
+    };
 }

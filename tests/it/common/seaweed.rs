@@ -13,7 +13,7 @@ pub const BUCKET: &str = "wharf";
 
 pub struct Seaweed {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// The S3 gateway's port on 127.0.0.1.
     pub s3_port: u16,
     log: PathBuf,
@@ -74,7 +74,17 @@ impl Seaweed {
         ] {
             args.push(format!("-{p}={}", free_port()));
         }
-        let child = Command::new(super::tool("weed"))
+        std::fs::write(dir.path().join("secret"), SECRET_KEY).unwrap();
+        let mut cmd = Command::new(super::tool("weed"));
+        // The shared instance outlives every test: it dies with the test process.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(&args)
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::from(
@@ -84,7 +94,7 @@ impl Seaweed {
             .expect("weed starts");
         let s = Seaweed {
             child,
-            _dir: dir,
+            dir,
             s3_port,
             log,
         };
@@ -117,6 +127,41 @@ impl Seaweed {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// The `[storage.s3]` table of a wharf node keeping everything in this store's bucket
+    /// under `prefix` (with `backend = "s3"` in `[storage]`).
+    pub fn wharf_storage(&self, prefix: &str) -> String {
+        format!(
+            "[storage.s3]\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\nprefix = \"{prefix}\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\n",
+            self.endpoint(),
+            self.dir.path().join("secret").display()
+        )
+    }
+
+    /// Stop the store (kill) and start it again on the same ports and data.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// One store for every test that only needs a bucket (each uses its own prefix); started
+    /// on first use, killed with the test process.
+    pub fn shared() -> &'static Seaweed {
+        static SHARED: std::sync::OnceLock<&'static Seaweed> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            // Started from a thread that never ends: the kernel's parent-death signal follows the
+            // thread that spawned the process, and test threads end with their test.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let weed: &'static Seaweed = Box::leak(Box::new(Seaweed::start()));
+                tx.send(weed).unwrap();
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().expect("the shared SeaweedFS starts")
+        })
     }
 }
 

@@ -1,0 +1,293 @@
+//! Blobs: pointers, repository links, monolithic writes and verified streamed reads.
+
+use super::*;
+
+impl ObjectBackend {
+    /// The blob's pointer, if `repo` links it.
+    async fn linked_pointer(&self, repo: &RepoName, d: &Digest) -> Result<Option<Pointer>> {
+        let link = link_key(repo, d);
+        let (link, pointer) = monoio::join!(self.store.head(&link), self.pointer(d));
+        if link?.is_none() {
+            return Ok(None);
+        }
+        pointer
+    }
+
+    async fn pointer(&self, d: &Digest) -> Result<Option<Pointer>> {
+        match self.store.get_bytes(&pointer_key(d), SMALL).await? {
+            None => Ok(None),
+            Some(b) => Pointer::decode(&b)
+                .map(Some)
+                .ok_or_else(|| corrupt(format!("blob pointer of {d} is not one"))),
+        }
+    }
+
+    pub(crate) async fn blob_size(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
+        Ok(self.linked_pointer(repo, d).await?.map(|p| p.size))
+    }
+
+    pub(crate) async fn open_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        inline: u64,
+    ) -> Result<BlobRead> {
+        let p = self
+            .linked_pointer(repo, d)
+            .await?
+            .ok_or(StoreError::BlobUnknown)?;
+        if p.size <= inline {
+            let bytes = self
+                .store
+                .get_bytes(&p.data_key, p.size as usize)
+                .await?
+                .ok_or(StoreError::BlobUnknown)?;
+            if bytes.len() as u64 != p.size || Digest::of(d.algorithm(), &bytes) != *d {
+                return Err(corrupt(format!(
+                    "the object store returned bytes for {d} that do not match it"
+                )));
+            }
+            return Ok(BlobRead {
+                size: p.size,
+                content: BlobContent::Bytes(bytes),
+            });
+        }
+        if let Some(ttl) = self.opts.redirect {
+            return Ok(BlobRead {
+                size: p.size,
+                content: BlobContent::Redirect(self.store.presigned_get(&p.data_key, ttl)),
+            });
+        }
+        let (store, size, digest) = (Arc::clone(&self.store), p.size, d.clone());
+        let key = p.data_key;
+        Ok(BlobRead {
+            size,
+            content: BlobContent::Stream(Box::new(move |offset, len| {
+                let whole = offset == 0 && len == size;
+                ByteStream::new(
+                    len,
+                    Box::new(ObjectChunks {
+                        store,
+                        key,
+                        offset,
+                        len,
+                        verify: whole.then(|| (digest.algorithm().hasher(), digest)),
+                        body: None,
+                        held: None,
+                        done: len == 0,
+                    }),
+                )
+            })),
+        })
+    }
+
+    pub(crate) async fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+        let key = link_key(repo, d);
+        if self.store.head(&key).await?.is_none() {
+            return Err(StoreError::BlobUnknown);
+        }
+        self.store.delete(&key, None).await?;
+        Ok(())
+    }
+
+    async fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+        let (link, listed) = (link_key(repo, d), catalog_key(repo));
+        let (link, listed) = monoio::join!(
+            self.store.put(&link, b"", Cond::None),
+            self.store.put(&listed, b"", Cond::None)
+        );
+        link?;
+        listed?;
+        Ok(())
+    }
+
+    pub(crate) async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<bool> {
+        let available = match from {
+            Some(src) => self.blob_size(src, d).await?.is_some(),
+            None => self.pointer(d).await?.is_some(),
+        };
+        if available {
+            self.link_blob(repo, d).await?;
+        }
+        Ok(available)
+    }
+
+    pub(crate) async fn temp_writer(&self, alg: Algorithm) -> Result<crate::storage::BlobWriter> {
+        Ok(crate::storage::BlobWriter::object(writer::BlobWriter::new(
+            Arc::clone(&self.store),
+            format!("data/{}", random_id()),
+            alg.hasher(),
+        )))
+    }
+
+    /// Verify what `w` received against `expected`, store it under its pointer (unless an equal
+    /// blob is there already) and link it into `repo`; its size.
+    pub(crate) async fn finish_writer(
+        &self,
+        w: crate::storage::BlobWriter,
+        expected: &Digest,
+        repo: &RepoName,
+    ) -> Result<u64> {
+        let mut w = w.into_object();
+        let settled = w.settle().await;
+        if let Err(e) = settled.and_then(|()| {
+            if w.failed {
+                Err(io::Error::other("a part of the blob failed to store"))
+            } else {
+                Ok(())
+            }
+        }) {
+            w.discard().await;
+            return Err(e.into());
+        }
+        let size = w.offset();
+        let mismatch = || StoreError::DigestMismatch {
+            expected: expected.clone(),
+        };
+        // Hashed with another algorithm (a session's hint differed from the final digest): the
+        // stored bytes are read back and hashed with the right one before anything points at them.
+        let rehash = w.hasher.algorithm() != expected.algorithm();
+        if !rehash && w.hasher.clone().finish() != *expected {
+            w.discard().await;
+            return Err(mismatch());
+        }
+        let stored = !rehash && self.pointer(expected).await?.is_some();
+        if !stored {
+            if let Err(e) = w.store_data().await {
+                w.discard().await;
+                return Err(e.into());
+            }
+            if rehash {
+                match self.hash_object(&w.data_key, expected.algorithm()).await {
+                    Ok(d) if d == *expected => {}
+                    Ok(_) => {
+                        let _ = self.store.delete(&w.data_key, None).await;
+                        return Err(mismatch());
+                    }
+                    Err(e) => {
+                        let _ = self.store.delete(&w.data_key, None).await;
+                        return Err(e);
+                    }
+                }
+            }
+            let pointer = Pointer {
+                size,
+                data_key: w.data_key.clone(),
+            };
+            match self
+                .store
+                .put(&pointer_key(expected), &pointer.encode(), Cond::Absent)
+                .await
+            {
+                Ok(_) => {}
+                // Another upload of the same bytes won: keep its copy.
+                Err(S3Error::Precondition) => {
+                    let _ = self.store.delete(&w.data_key, None).await;
+                }
+                Err(e) => {
+                    let _ = self.store.delete(&w.data_key, None).await;
+                    return Err(e.into());
+                }
+            }
+        } else {
+            w.discard().await;
+        }
+        self.link_blob(repo, expected).await?;
+        Ok(size)
+    }
+
+    /// The digest of the object under `key`, read back whole.
+    async fn hash_object(&self, key: &str, alg: Algorithm) -> Result<Digest> {
+        let mut resp = self
+            .store
+            .get(key)
+            .await?
+            .ok_or_else(|| corrupt(format!("{key} vanished right after it was stored")))?;
+        let mut h = alg.hasher();
+        while let Some(chunk) = resp.body.next_chunk().await? {
+            h.update(&chunk);
+        }
+        Ok(h.finish())
+    }
+
+    pub(crate) async fn discard_writer(&self, w: crate::storage::BlobWriter) {
+        w.into_object().discard().await;
+    }
+}
+
+/// A region of an object as a stream. A read of the whole blob is hashed as it passes, and its
+/// last chunk is held back until the digest matches: a client never receives a complete body
+/// with wrong bytes, whatever the object store returns.
+struct ObjectChunks {
+    store: Arc<ObjectStore>,
+    key: String,
+    offset: u64,
+    len: u64,
+    verify: Option<(Hasher, Digest)>,
+    body: Option<crate::client::Body>,
+    held: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl ObjectChunks {
+    async fn next(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.body.is_none() {
+            let resp = self
+                .store
+                .get_range(&self.key, self.offset, self.len)
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?
+                .ok_or_else(|| io::Error::other(format!("{} is gone from the bucket", self.key)))?;
+            if resp.body.remaining() != self.len {
+                return Err(io::Error::other(format!(
+                    "the object store sent {} bytes of {} for a range of {}",
+                    resp.body.remaining(),
+                    self.key,
+                    self.len
+                )));
+            }
+            self.body = Some(resp.body);
+        }
+        let body = self.body.as_mut().expect("opened above");
+        loop {
+            match body.next_chunk().await? {
+                Some(chunk) => {
+                    if let Some((h, _)) = &mut self.verify {
+                        h.update(&chunk);
+                    } else {
+                        return Ok(Some(chunk));
+                    }
+                    if let Some(prev) = self.held.replace(chunk) {
+                        return Ok(Some(prev));
+                    }
+                }
+                None => {
+                    self.done = true;
+                    if let Some((h, d)) = self.verify.take()
+                        && h.finish() != d
+                    {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the object store returned bytes for {d} that do not match it"),
+                        ));
+                    }
+                    return Ok(self.held.take());
+                }
+            }
+        }
+    }
+}
+
+impl Chunks for ObjectChunks {
+    fn next_chunk(&mut self) -> NextChunk<'_> {
+        Box::pin(self.next())
+    }
+}
