@@ -47,6 +47,8 @@ pub enum ErrorKind {
     OverCapacity,
     /// Storage is full: 507 with `Retry-After`.
     StorageFull,
+    /// The object store cannot be reached or fails: 503 with `Retry-After`.
+    StorageUnavailable,
     /// Anything else failed inside; the message never carries internals: 500.
     Internal,
 }
@@ -76,6 +78,7 @@ impl ErrorKind {
             ErrorKind::RateLimited | ErrorKind::OverCapacity => "TOOMANYREQUESTS",
             ErrorKind::RangeInvalid => "RANGE_INVALID",
             ErrorKind::StorageFull | ErrorKind::Internal => "INTERNAL_ERROR",
+            ErrorKind::StorageUnavailable => "UNAVAILABLE",
         }
     }
 
@@ -104,7 +107,7 @@ impl ErrorKind {
             ErrorKind::RangeInvalid | ErrorKind::UploadBusy => 416,
             ErrorKind::RateLimited => 429,
             ErrorKind::Internal => 500,
-            ErrorKind::OverCapacity => 503,
+            ErrorKind::OverCapacity | ErrorKind::StorageUnavailable => 503,
             ErrorKind::StorageFull => 507,
         }
     }
@@ -114,6 +117,7 @@ impl ErrorKind {
         match self {
             ErrorKind::RateLimited | ErrorKind::OverCapacity => Some(1),
             ErrorKind::StorageFull => Some(60),
+            ErrorKind::StorageUnavailable => Some(5),
             _ => None,
         }
     }

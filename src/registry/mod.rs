@@ -229,6 +229,13 @@ impl From<StoreError> for OciError {
                     )
                 },
             ),
+            StoreError::Unavailable(why) => {
+                tracing::warn!("object store unavailable: {why}");
+                OciError::new(
+                    ErrorKind::StorageUnavailable,
+                    "the registry's object store is unavailable; nothing was stored by this request, retry later",
+                )
+            }
             StoreError::Io(err) => io_error(&err),
         }
     }
@@ -236,6 +243,9 @@ impl From<StoreError> for OciError {
 
 /// Map an I/O failure without leaking internals: a full disk is 507 (retry later), the rest 500.
 fn io_error(err: &std::io::Error) -> OciError {
+    if crate::storage::Unavailable::is(err) {
+        return crate::storage::StoreError::Unavailable(err.to_string()).into();
+    }
     if matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
         tracing::warn!("storage full: {err}");
         return OciError::new(ErrorKind::StorageFull, "storage is full, retry later");

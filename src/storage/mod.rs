@@ -52,8 +52,40 @@ pub enum StoreError {
         target: String,
         current: Option<Digest>,
     },
+    /// The object store cannot be reached or answers with a server error; nothing was changed
+    /// that a client was told about (retry later).
+    #[error("object store unavailable: {0}")]
+    Unavailable(String),
     #[error("storage i/o: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+/// Carried inside an `io::Error` (by blob writers, whose interface is `io`): the object store is
+/// unavailable, which the registry answers with 503 rather than 500.
+#[derive(Debug, thiserror::Error)]
+#[error("object store unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+impl Unavailable {
+    /// An `io::Error` carrying this.
+    pub fn io(why: impl std::fmt::Display) -> io::Error {
+        io::Error::other(Unavailable(why.to_string()))
+    }
+
+    /// Whether `e` carries an `Unavailable`.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Unavailable>())
+    }
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> StoreError {
+        if Unavailable::is(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Io(e)
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -234,3 +234,4 @@ fn crane_round_trip(driver: &str) {
 }
 
 on_both_drivers!(skopeo_round_trip, crane_round_trip);
+on_s3!(skopeo_round_trip, crane_round_trip);

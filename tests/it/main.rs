@@ -24,6 +24,7 @@ mod metrics;
 mod registry_api;
 mod reload;
 mod s3;
+mod scale_out;
 mod security;
 mod storage_io;
 mod structure;

@@ -209,7 +209,7 @@ impl ObjectBackend {
             .await?
             .ok_or_else(|| corrupt(format!("{key} vanished right after it was stored")))?;
         let mut h = alg.hasher();
-        while let Some(chunk) = resp.body.next_chunk().await? {
+        while let Some(chunk) = resp.body.next_chunk().await.map_err(unavailable)? {
             h.update(&chunk);
         }
         Ok(h.finish())

@@ -85,7 +85,7 @@ impl ObjectBackend {
             return Ok(None);
         };
         let etag = resp.header("ETag").unwrap_or_default().to_owned();
-        let text = resp.body.bytes(SMALL).await?;
+        let text = resp.body.bytes(SMALL).await.map_err(unavailable)?;
         let d = std::str::from_utf8(&text)
             .ok()
             .and_then(|t| t.trim().parse().ok())

@@ -54,7 +54,10 @@ const PROBE_FOR: Duration = Duration::from_secs(2);
 impl From<S3Error> for StoreError {
     fn from(e: S3Error) -> StoreError {
         match e {
-            S3Error::Io(e) => StoreError::Io(e),
+            S3Error::Io(e) => StoreError::Unavailable(e.to_string()),
+            S3Error::Status { status, .. } if status >= 500 => {
+                StoreError::Unavailable(e.to_string())
+            }
             e => StoreError::Io(io::Error::other(e.to_string())),
         }
     }
@@ -90,6 +93,11 @@ fn catalog_key(repo: &RepoName) -> String {
 
 fn upload_key(id: &str) -> String {
     format!("uploads/{id}")
+}
+
+/// A body read from the store that broke off.
+fn unavailable(e: io::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
 }
 
 fn corrupt(what: String) -> StoreError {

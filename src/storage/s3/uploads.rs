@@ -61,7 +61,7 @@ impl ObjectBackend {
             .await?
             .ok_or(StoreError::UploadUnknown)?;
         let etag = resp.header("ETag").unwrap_or_default().to_owned();
-        let bytes = resp.body.bytes(MAX_SESSION).await.map_err(StoreError::Io)?;
+        let bytes = resp.body.bytes(MAX_SESSION).await.map_err(unavailable)?;
         match writer::Session::decode(&bytes) {
             Some(s) if s.repo == *repo => Ok((s, etag)),
             _ => Err(StoreError::UploadUnknown),

@@ -23,11 +23,9 @@ pub(super) const PART: usize = 8 << 20;
 const MAX_PARTS: usize = 10_000;
 const STATE_MAGIC: &str = "wharf-upload-v1";
 
+/// A failed request to the store as the writer reports it (unavailable: 503, not 500).
 fn io_err(e: S3Error) -> io::Error {
-    match e {
-        S3Error::Io(e) => e,
-        e => io::Error::other(e.to_string()),
-    }
+    crate::storage::Unavailable::io(e)
 }
 
 /// Streams a blob's bytes into the bucket while hashing them.

@@ -13,6 +13,7 @@ pub const BUCKET: &str = "wharf";
 
 pub struct Seaweed {
     child: Child,
+    args: Vec<String>,
     dir: tempfile::TempDir,
     /// The S3 gateway's port on 127.0.0.1.
     pub s3_port: u16,
@@ -75,6 +76,19 @@ impl Seaweed {
             args.push(format!("-{p}={}", free_port()));
         }
         std::fs::write(dir.path().join("secret"), SECRET_KEY).unwrap();
+        let child = Seaweed::spawn(&args, &log);
+        let s = Seaweed {
+            child,
+            args,
+            dir,
+            s3_port,
+            log,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn spawn(args: &[String], log: &std::path::Path) -> Child {
         let mut cmd = Command::new(super::tool("weed"));
         // The shared instance outlives every test: it dies with the test process.
         unsafe {
@@ -84,22 +98,25 @@ impl Seaweed {
                 Ok(())
             });
         }
-        let child = cmd
-            .args(&args)
-            .stdout(std::fs::File::create(&log).unwrap())
+        cmd.args(args)
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            )
             .stderr(Stdio::from(
-                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+                std::fs::OpenOptions::new().append(true).open(log).unwrap(),
             ))
             .spawn()
-            .expect("weed starts");
-        let s = Seaweed {
-            child,
-            dir,
-            s3_port,
-            log,
-        };
-        s.wait_ready();
-        s
+            .expect("weed starts")
+    }
+
+    /// Start the store again after `kill`, on the same ports and data.
+    pub fn restart(&mut self) {
+        self.child = Seaweed::spawn(&self.args, &self.log);
+        self.wait_ready();
     }
 
     /// The bucket answers a signed request (the gateway starts after master, volume and filer).
@@ -139,7 +156,7 @@ impl Seaweed {
         )
     }
 
-    /// Stop the store (kill) and start it again on the same ports and data.
+    /// Stop the store at once (SIGKILL); `restart` brings it back.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,311 @@
+//! Several wharf nodes on one bucket of a real SeaweedFS, with no other shared state: an upload
+//! started on one node continues on the others, a tag raced from all of them ends with one
+//! winner, a node killed mid-chunk loses nothing it acknowledged, and an object store that goes
+//! away turns into 503s with `Retry-After` and comes back with everything intact.
+
+use std::io::Write;
+use std::process::Command;
+
+use crate::common::layout::Layout;
+use crate::common::seaweed::Seaweed;
+use crate::common::*;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// `n` wharf nodes on `weed`'s bucket under one prefix.
+fn nodes(weed: &Seaweed, prefix: &str, n: usize) -> Vec<Server> {
+    let storage = format!(
+        "[storage]\nbackend = \"s3\"\n{}",
+        weed.wharf_storage(prefix)
+    );
+    (0..n)
+        .map(|_| Server::start_with("io_uring", &storage))
+        .collect()
+}
+
+/// Pseudo-random bytes (incompressible, distinct per seed).
+fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn patch(c: &mut Client, loc: &str, start: usize, chunk: &[u8]) -> Resp {
+    let range = format!("{start}-{}", start + chunk.len() - 1);
+    c.request(
+        "PATCH",
+        loc,
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Range", &range),
+        ],
+        chunk,
+    )
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Push through A, continue a chunked upload through B and C, pull through C with skopeo and
+/// crane: byte-identical everywhere.
+#[test]
+fn three_nodes_serve_one_bucket() {
+    let weed = Seaweed::shared();
+    let [a, b, c]: [Server; 3] = nodes(weed, "three/", 3).try_into().ok().unwrap();
+    let (mut ca, mut cb, mut cc) = (a.client(), b.client(), c.client());
+
+    // One upload, three nodes: 6 MiB on A (all held as the session's tail), 6 MiB on B (a part
+    // goes up), 1 MiB on C, completed on A.
+    let data = noise(13 << 20, 1);
+    let digest = sha256(&data);
+    let r = ca.request("POST", "/v2/fleet/app/blobs/uploads/", &[], b"");
+    assert_eq!(r.status, 202);
+    let loc = r.header("Location").unwrap().to_owned();
+    let (x, y) = (6 << 20, 12 << 20);
+    assert_eq!(patch(&mut ca, &loc, 0, &data[..x]).status, 202);
+    let r = cb.request("GET", &loc, &[], b"");
+    assert_eq!(
+        (r.status, r.header("Range")),
+        (204, Some(format!("0-{}", x - 1).as_str())),
+        "B sees the chunk A acknowledged"
+    );
+    let r = patch(&mut cb, &loc, x, &data[x..y]);
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    assert_eq!(r.header("Range"), Some(format!("0-{}", y - 1).as_str()));
+    assert_eq!(patch(&mut cc, &loc, y, &data[y..]).status, 202);
+    let r = ca.request("PUT", &format!("{loc}?digest={digest}"), &[], b"");
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    for cl in [&mut ca, &mut cb, &mut cc] {
+        let got = cl.get(&format!("/v2/fleet/app/blobs/{digest}"));
+        assert_eq!(got.status, 200);
+        assert!(
+            got.body == data,
+            "the blob reads back whole from every node"
+        );
+    }
+    // The session is gone everywhere.
+    assert_eq!(cc.request("GET", &loc, &[], b"").status, 404);
+
+    // An image pushed through A with skopeo, pulled through C with skopeo and crane.
+    let work = tempfile::tempdir().unwrap();
+    let mut src = Layout::new(&work.path().join("src"));
+    let layers = vec![
+        src.add_tar_layer("big.bin", 9 << 20, 7),
+        src.add_tar_layer("small.bin", 3_000, 8),
+    ];
+    let image = src.add_image(&layers, "amd64");
+    src.tag(&image, "v1");
+    let skopeo = || {
+        let mut c = Command::new(tool("skopeo"));
+        c.arg("--insecure-policy");
+        c
+    };
+    run(skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", src.dir.display()),
+        &format!("docker://{}/fleet/image:v1", a.host()),
+    ]));
+    let out = work.path().join("out");
+    run(skopeo().args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/fleet/image:v1", c.host()),
+        &format!("oci:{}:v1", out.display()),
+    ]));
+    let back = Layout::new(&out);
+    for l in &layers {
+        let (x, y) = (
+            std::fs::read(src.blob_path(&l.digest)).unwrap(),
+            std::fs::read(back.blob_path(&l.digest)).unwrap(),
+        );
+        assert!(
+            x == y,
+            "layer {} differs after the trip through A and C",
+            l.digest
+        );
+    }
+    let pulled = work.path().join("crane.tar");
+    run(Command::new(tool("crane")).args([
+        "pull",
+        "--insecure",
+        "--format=oci",
+        &format!("{}/fleet/image:v1", c.host()),
+        &pulled.display().to_string(),
+    ]));
+    let digest_by_crane = run(Command::new(tool("crane")).args([
+        "digest",
+        "--insecure",
+        &format!("{}/fleet/image:v1", b.host()),
+    ]));
+    assert_eq!(digest_by_crane.trim(), image.digest);
+}
+
+/// 32 clients race on one tag through three nodes: unconditional pushes leave one tag that every
+/// node resolves to the same pushed manifest; `If-Match` pushes from the same start have exactly
+/// one winner.
+#[test]
+fn a_tag_raced_from_three_nodes_has_one_winner() {
+    let weed = Seaweed::shared();
+    let servers = nodes(weed, "race/", 3);
+    let mut c = servers[0].client();
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = push_blob(&mut c, "race/app", cfg);
+    let ld = push_blob(&mut c, "race/app", b"layer");
+    let manifests: Vec<Vec<u8>> = (0..32)
+        .map(|n| numbered_manifest(&cd, cfg.len(), &ld, n, 0))
+        .collect();
+    let put = |node: &Server, m: &[u8], cond: Option<&str>| {
+        let mut h = vec![("Content-Type", OCI_MANIFEST)];
+        if let Some(e) = cond {
+            h.push(("If-Match", e));
+        }
+        node.client()
+            .request("PUT", "/v2/race/app/manifests/t", &h, m)
+            .status
+    };
+    std::thread::scope(|s| {
+        for (i, m) in manifests.iter().enumerate() {
+            let node = &servers[i % 3];
+            s.spawn(move || assert_eq!(put(node, m, None), 201));
+        }
+    });
+    let resolved: Vec<String> = servers
+        .iter()
+        .map(|n| {
+            let r = n.client().get("/v2/race/app/manifests/t");
+            assert_eq!(r.status, 200);
+            assert_eq!(sha256(&r.body), r.header("Docker-Content-Digest").unwrap());
+            r.header("Docker-Content-Digest").unwrap().to_owned()
+        })
+        .collect();
+    assert!(resolved.iter().all(|d| *d == resolved[0]), "{resolved:?}");
+    assert!(manifests.iter().any(|m| sha256(m) == resolved[0]));
+
+    // Compare-and-swap from the same starting point: one 201, the rest 412.
+    let start = format!("\"{}\"", resolved[0]);
+    let fresh: Vec<Vec<u8>> = (100..132)
+        .map(|n| numbered_manifest(&cd, cfg.len(), &ld, n, 0))
+        .collect();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = fresh
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let (node, start) = (&servers[i % 3], start.as_str());
+                s.spawn(move || put(node, m, Some(start)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 201 || s == 412),
+        "{statuses:?}"
+    );
+    let tags = servers[2].client().get("/v2/race/app/tags/list").json();
+    assert_eq!(tags["tags"], serde_json::json!(["t"]));
+}
+
+/// A node killed in the middle of a chunk: the session is where the last acknowledged chunk left
+/// it, another node takes the rest, and the blob is whole.
+#[test]
+fn a_node_killed_mid_chunk_loses_nothing_acknowledged() {
+    let weed = Seaweed::shared();
+    let mut servers = nodes(weed, "killed/", 2);
+    let data = noise(20 << 20, 3);
+    let digest = sha256(&data);
+    let acked = 9 << 20;
+    let loc = {
+        let mut ca = servers[0].client();
+        let r = ca.request("POST", "/v2/k/app/blobs/uploads/", &[], b"");
+        let loc = r.header("Location").unwrap().to_owned();
+        assert_eq!(patch(&mut ca, &loc, 0, &data[..acked]).status, 202);
+        loc
+    };
+    // Half of the next chunk is on the wire when the node dies.
+    let mut raw = std::net::TcpStream::connect(servers[0].addr).unwrap();
+    let rest = data.len() - acked;
+    write!(
+        raw,
+        "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Range: {acked}-{}\r\nContent-Length: {rest}\r\n\r\n",
+        data.len() - 1
+    )
+    .unwrap();
+    raw.write_all(&data[acked..acked + rest / 2]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    servers[0].signal_and_wait(libc::SIGKILL);
+
+    let mut cb = servers[1].client();
+    let r = cb.request("GET", &loc, &[], b"");
+    assert_eq!(
+        (r.status, r.header("Range")),
+        (204, Some(format!("0-{}", acked - 1).as_str()))
+    );
+    let r = patch(&mut cb, &loc, acked, &data[acked..]);
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let r = cb.request("PUT", &format!("{loc}?digest={digest}"), &[], b"");
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    let got = cb.get(&format!("/v2/k/app/blobs/{digest}"));
+    assert!(got.body == data, "the blob is whole");
+}
+
+/// The object store dies under a node: requests answer 503 with `Retry-After` (never a 500 or a
+/// hang), `/readyz` says so, and once the store is back every image pulls intact and pushes go on.
+#[test]
+fn an_object_store_outage_is_503_and_loses_nothing() {
+    let mut weed = Seaweed::start();
+    let node = nodes(&weed, "", 1).pop().unwrap();
+    let mut c = node.client();
+    let layer = noise(300_000, 4);
+    let pushed = push_image(&mut c, "o/app", "v1", &layer);
+    assert_eq!(c.get("/readyz").status, 200);
+
+    weed.kill();
+    let mut c = node.client();
+    for (method, path, body) in [
+        ("GET", "/v2/o/app/manifests/v1".to_owned(), &b""[..]),
+        ("GET", format!("/v2/o/app/blobs/{}", sha256(&layer)), b""),
+        ("POST", "/v2/o/app/blobs/uploads/".to_owned(), b""),
+        (
+            "POST",
+            format!("/v2/o/app/blobs/uploads/?digest={}", sha256(b"new")),
+            b"new",
+        ),
+    ] {
+        let r = c.request(method, &path, &[], body);
+        assert_eq!(r.status, 503, "{method} {path}: {}", r.body_text());
+        assert_eq!(r.error_code(), "UNAVAILABLE");
+        assert_eq!(r.header("Retry-After"), Some("5"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    assert_eq!(c.get("/readyz").status, 503);
+
+    weed.restart();
+    wait_for("the node to see the store again", || {
+        node.client().get("/readyz").status == 200
+    });
+    let mut c = node.client();
+    let r = c.get("/v2/o/app/manifests/v1");
+    assert_eq!(r.header("Docker-Content-Digest"), Some(pushed.as_str()));
+    assert!(c.get(&format!("/v2/o/app/blobs/{}", sha256(&layer))).body == layer);
+    push_image(&mut c, "o/app", "v2", &noise(1000, 5));
+}
