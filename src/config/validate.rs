@@ -294,12 +294,6 @@ impl Config {
                 "must be between 1s and 7d (the longest a presigned URL may live)",
             );
         }
-        if !self.gc.interval.is_zero() {
-            return invalid(
-                "gc.interval",
-                "scheduled garbage collection is not available with storage.backend = \"s3\" yet; set it to 0",
-            );
-        }
         Ok(())
     }
 

@@ -55,7 +55,7 @@ fn put_manifest(c: &mut Client, repo: &str, reference: &str, body: &[u8], ct: &s
 }
 
 /// Pull a manifest and every blob it names, checking each digest; returns the digests.
-fn pull_verified(c: &mut Client, repo: &str, reference: &str) -> Vec<String> {
+pub(crate) fn pull_verified(c: &mut Client, repo: &str, reference: &str) -> Vec<String> {
     let r = c.request(
         "GET",
         &format!("/v2/{repo}/manifests/{reference}"),

@@ -309,3 +309,160 @@ fn an_object_store_outage_is_503_and_loses_nothing() {
     assert!(c.get(&format!("/v2/o/app/blobs/{}", sha256(&layer))).body == layer);
     push_image(&mut c, "o/app", "v2", &noise(1000, 5));
 }
+
+/// `wharf gc` on the bucket deletes an unreferenced blob past the grace period, keeps what a
+/// manifest references, what is younger than the grace period, and an old blob a client has
+/// just been told exists (its hold); the repository links of deleted blobs go too.
+#[test]
+fn gc_on_the_bucket_deletes_only_garbage() {
+    let weed = Seaweed::shared();
+    let node = Server::start_with(
+        "io_uring",
+        &format!(
+            "[gc]\ngrace = \"2s\"\n[storage]\nbackend = \"s3\"\n{}",
+            weed.wharf_storage("gc-once/")
+        ),
+    );
+    let mut c = node.client();
+    let image = push_image(&mut c, "g/app", "v1", &noise(50_000, 6));
+    let garbage = push_blob(&mut c, "g/app", &noise(20_000, 7));
+    let held = push_blob(&mut c, "g/app", &noise(20_000, 8));
+    // Past the grace period by the store's clock (whole seconds, so 1.5 s more).
+    std::thread::sleep(std::time::Duration::from_millis(3_500));
+    let young = push_blob(&mut c, "g/app", &noise(20_000, 9));
+    // A client asks about `held` (as before pushing a manifest that uses it).
+    let r = c.request("HEAD", &format!("/v2/g/app/blobs/{held}"), &[], b"");
+    assert_eq!(r.status, 200);
+
+    let (ok, out) = node.run_wharf(&["gc"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("deleted blob {garbage}")), "{out}");
+    for kept in [&held, &young] {
+        assert!(!out.contains(kept.as_str()), "{out}");
+        assert_eq!(c.get(&format!("/v2/g/app/blobs/{kept}")).status, 200);
+    }
+    let r = c.request("HEAD", &format!("/v2/g/app/blobs/{garbage}"), &[], b"");
+    assert_eq!(r.status, 404);
+    let r = c.get("/v2/g/app/manifests/v1");
+    assert_eq!(r.header("Docker-Content-Digest"), Some(image.as_str()));
+    crate::gc::pull_verified(&mut c, "g/app", "v1");
+    // The blob can be pushed again and serves.
+    let again = push_blob(&mut c, "g/app", &noise(20_000, 7));
+    assert_eq!(again, garbage);
+    assert_eq!(c.get(&format!("/v2/g/app/blobs/{garbage}")).status, 200);
+}
+
+/// Three nodes on one bucket: A collects every second and `wharf gc` runs in a loop, while B and
+/// C push images whose layers come from a shared pool (checked with HEAD and skipped when
+/// present, as Docker does, with a pause before the manifest) and delete the image each push
+/// replaces. With a 2-second grace, layers
+/// keep falling out of use and crossing it, so the collector keeps deleting blobs clients have
+/// just been told exist. Every manifest push succeeds and every tag pulls whole afterwards.
+#[test]
+fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
+    let weed = Seaweed::shared();
+    let storage = format!(
+        "[storage]\nbackend = \"s3\"\n{}",
+        weed.wharf_storage("gc-loop/")
+    );
+    let a = Server::start_logged(
+        "io_uring",
+        &format!("[gc]\ninterval = \"1s\"\ngrace = \"2s\"\n{storage}"),
+        "warn,wharf::gc=debug",
+    );
+    let pushers_at = [
+        Server::start_with("io_uring", &storage),
+        Server::start_with("epoll", &storage),
+    ];
+    let stop_at = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let collector = {
+        let cfg = a.config_file();
+        std::thread::spawn(move || {
+            let (mut runs, mut deleted) = (0, 0);
+            while std::time::Instant::now() < stop_at {
+                let out = Command::new(wharf_bin())
+                    .args(["gc", "-c"])
+                    .arg(&cfg)
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    out.status.success() || text.contains("another garbage collection is running"),
+                    "wharf gc failed: {text}"
+                );
+                deleted += String::from_utf8_lossy(&out.stdout)
+                    .matches("deleted blob")
+                    .count();
+                runs += 1;
+            }
+            (runs, deleted)
+        })
+    };
+    let pushed: u32 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let addr = pushers_at[t % 2].addr;
+                s.spawn(move || {
+                    let mut c = Client::connect(addr);
+                    let repo = format!("team{}/app", t % 3);
+                    let (mut pushed, mut i) = (0, 0usize);
+                    let mut previous: Option<String> = None;
+                    while std::time::Instant::now() < stop_at {
+                        i += 1;
+                        let k = (t * 7 + i * 13) % 30;
+                        let shared = vec![b'a' + (k % 26) as u8; 3000 + k];
+                        let d = sha256(&shared);
+                        let head = c.request("HEAD", &format!("/v2/{repo}/blobs/{d}"), &[], b"");
+                        if head.status != 200 {
+                            push_blob(&mut c, &repo, &shared);
+                        }
+                        let own = format!("layer {t}/{i}").into_bytes();
+                        let od = push_blob(&mut c, &repo, &own);
+                        let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+                        let cd = sha256(cfg);
+                        let head = c.request("HEAD", &format!("/v2/{repo}/blobs/{cd}"), &[], b"");
+                        if head.status != 200 {
+                            push_blob(&mut c, &repo, cfg);
+                        }
+                        let m = image_manifest(
+                            &cd,
+                            cfg.len(),
+                            &[(d.as_str(), shared.len()), (od.as_str(), own.len())],
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(150));
+                        let r = c.request(
+                            "PUT",
+                            &format!("/v2/{repo}/manifests/t{t}"),
+                            &[("Content-Type", OCI_MANIFEST)],
+                            &m,
+                        );
+                        assert_eq!(
+                            r.status,
+                            201,
+                            "manifest PUT while gc ran: {}",
+                            r.body_text()
+                        );
+                        pushed += 1;
+                        // The image it replaced goes: its layers become garbage unless shared.
+                        if let Some(old) = previous.replace(sha256(&m)) {
+                            let path = format!("/v2/{repo}/manifests/{old}");
+                            let r = c.request("DELETE", &path, &[], b"");
+                            assert_eq!(r.status, 202, "{}", r.body_text());
+                        }
+                    }
+                    pushed
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let (runs, by_cli) = collector.join().unwrap();
+    let deleted = by_cli + a.log().matches("deleted blob").count();
+    assert!(pushed > 50 && runs > 2, "pushed {pushed}, gc runs {runs}");
+    // The collector did collect while the pushes ran (else the test proves nothing).
+    assert!(deleted > 0, "no blob was deleted in {runs} runs");
+    let mut c = a.client();
+    for t in 0..6 {
+        crate::gc::pull_verified(&mut c, &format!("team{}/app", t % 3), &format!("t{t}"));
+    }
+}

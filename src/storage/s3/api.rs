@@ -67,6 +67,8 @@ pub enum Cond<'a> {
 pub struct Meta {
     pub len: u64,
     pub etag: String,
+    /// When it was last written, in seconds since the epoch by the store's clock (0: unknown).
+    pub modified: u64,
 }
 
 /// The operations counted in `wharf_objectstore_requests_total{op}` (`multipart`: creating,
@@ -103,6 +105,7 @@ pub struct Listed {
     pub len: u64,
     /// When it was last written, in seconds since the epoch (0 if the store did not say).
     pub modified: u64,
+    pub etag: String,
 }
 
 /// The bucket, ready to use from any worker.
@@ -201,6 +204,23 @@ impl ObjectStore {
             body,
         };
         Ok(client::send(&self.endpoint, &req).await?)
+    }
+
+    /// The store's clock, in seconds since the epoch (the `Date` of a bucket probe): the
+    /// collector compares the store's own timestamps with it, never with a node's clock.
+    pub async fn now(&self) -> Result<u64, S3Error> {
+        let url = self
+            .bucket
+            .head_bucket(Some(&self.credentials))
+            .sign(SIGNED_FOR);
+        let resp = self.send(2, "HEAD", url, Vec::new(), b"").await?;
+        resp.header("Date")
+            .and_then(parse_http_date)
+            .ok_or_else(|| S3Error::Status {
+                status: resp.status,
+                code: String::new(),
+                message: "the object store sent no Date".into(),
+            })
     }
 
     /// Whether the bucket answers (`HEAD` of the bucket).
@@ -416,7 +436,15 @@ impl ObjectStore {
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0);
                 let etag = resp.header("ETag").unwrap_or_default().to_owned();
-                Ok(Some(Meta { len, etag }))
+                let modified = resp
+                    .header("Last-Modified")
+                    .and_then(parse_http_date)
+                    .unwrap_or(0);
+                Ok(Some(Meta {
+                    len,
+                    etag,
+                    modified,
+                }))
             }
             404 => Ok(None),
             status => Err(S3Error::Status {
@@ -523,6 +551,7 @@ pub fn parse_listing(body: &[u8], prefix: &str) -> io::Result<(Vec<Listed>, bool
                 key,
                 len: c.size.unwrap_or(0),
                 modified: c.last_modified.as_deref().and_then(parse_time).unwrap_or(0),
+                etag: c.etag.clone().unwrap_or_default(),
             })
         })
         .collect();
@@ -552,9 +581,46 @@ pub fn parse_time(s: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
+/// Seconds since the epoch of an HTTP date (`Wed, 02 Dec 2026 08:09:38 GMT`), or `None`.
+pub fn parse_http_date(s: &str) -> Option<u64> {
+    let mut parts = s.split_whitespace().skip(1);
+    let day: u32 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: u32 = parts.next()?.parse().ok()?;
+    let time = parts.next()?;
+    if parts.next()? != "GMT" || time.len() != 8 {
+        return None;
+    }
+    parse_time(&format!("{year:04}-{month:02}-{day:02}T{time}Z"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_parse_to_epoch_seconds() {
+        assert_eq!(
+            parse_http_date("Wed, 02 Dec 2026 08:09:38 GMT"),
+            Some(1_796_198_978)
+        );
+        assert_eq!(parse_http_date("Wed, 02 Dek 2026 08:09:38 GMT"), None);
+        assert_eq!(parse_http_date("02 Dec 2026"), None);
+    }
 
     #[test]
     fn timestamps_parse_to_epoch_seconds() {

@@ -13,7 +13,7 @@ impl ObjectBackend {
         pointer
     }
 
-    async fn pointer(&self, d: &Digest) -> Result<Option<Pointer>> {
+    pub(super) async fn pointer(&self, d: &Digest) -> Result<Option<Pointer>> {
         match self.store.get_bytes(&pointer_key(d), SMALL).await? {
             None => Ok(None),
             Some(b) => Pointer::decode(&b)
@@ -22,8 +22,52 @@ impl ObjectBackend {
         }
     }
 
+    /// Tell the collector a client is relying on `d` (docs/gc.md): written before the blob is
+    /// found present, so a collection that has not yet doomed the blob sees it.
+    async fn hold(&self, d: &Digest) -> Result<()> {
+        // A nonce: every hold has its own ETag, so the collector's clean-up of an old hold
+        // (conditional on the ETag it listed) never removes a newer one.
+        self.store
+            .put(&hold_key(d), random_id().as_bytes(), Cond::None)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a collection is deleting `d` now (its tombstone exists).
+    async fn doomed(&self, d: &Digest) -> Result<bool> {
+        Ok(self.store.head(&doomed_key(d)).await?.is_some())
+    }
+
+    /// The pointer of a blob a client may rely on: held first, then found present and not
+    /// being deleted. A collector deciding about the blob this moment (its tombstone) is waited
+    /// for: it lifts the tombstone only after its decision is carried out, so what is found then
+    /// is what stays. A tombstone that outlives `DOOM_WAIT` (a collector that died) counts as
+    /// absent: the client uploads the blob again.
+    async fn held_pointer(&self, repo: Option<&RepoName>, d: &Digest) -> Result<Option<Pointer>> {
+        self.hold(d).await?;
+        let link = repo.map(|r| link_key(r, d));
+        let mut waited = Duration::ZERO;
+        loop {
+            let linked = async {
+                match &link {
+                    Some(l) => Ok(self.store.head(l).await?.is_some()),
+                    None => Ok::<bool, StoreError>(true),
+                }
+            };
+            let (linked, pointer, doomed) = monoio::join!(linked, self.pointer(d), self.doomed(d));
+            if !doomed? {
+                return if linked? { pointer } else { Ok(None) };
+            }
+            if waited >= DOOM_WAIT {
+                return Ok(None);
+            }
+            monoio::time::sleep(DOOM_POLL).await;
+            waited += DOOM_POLL;
+        }
+    }
+
     pub(crate) async fn blob_size(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>> {
-        Ok(self.linked_pointer(repo, d).await?.map(|p| p.size))
+        Ok(self.held_pointer(Some(repo), d).await?.map(|p| p.size))
     }
 
     pub(crate) async fn open_blob(
@@ -92,8 +136,9 @@ impl ObjectBackend {
 
     async fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
         let (link, listed) = (link_key(repo, d), catalog_key(repo));
+        let nonce = random_id();
         let (link, listed) = monoio::join!(
-            self.store.put(&link, b"", Cond::None),
+            self.store.put(&link, nonce.as_bytes(), Cond::None),
             self.store.put(&listed, b"", Cond::None)
         );
         link?;
@@ -108,8 +153,8 @@ impl ObjectBackend {
         from: Option<&RepoName>,
     ) -> Result<bool> {
         let available = match from {
-            Some(src) => self.blob_size(src, d).await?.is_some(),
-            None => self.pointer(d).await?.is_some(),
+            Some(src) => self.held_pointer(Some(src), d).await?.is_some(),
+            None => self.held_pointer(None, d).await?.is_some(),
         };
         if available {
             self.link_blob(repo, d).await?;
@@ -156,7 +201,9 @@ impl ObjectBackend {
             w.discard().await;
             return Err(mismatch());
         }
-        let stored = !rehash && self.pointer(expected).await?.is_some();
+        // Held before anything: this upload may end as "already stored".
+        self.hold(expected).await?;
+        let stored = !rehash && self.held_pointer(None, expected).await?.is_some();
         if !stored {
             if let Err(e) = w.store_data().await {
                 w.discard().await;
@@ -186,6 +233,15 @@ impl ObjectBackend {
             {
                 Ok(_) => {}
                 // Another upload of the same bytes won: keep its copy.
+                // Another upload of the same bytes won (keep its copy), or a collection is deleting
+                // the blob: then ours replaces its pointer, which makes the collector's
+                // conditional delete of the old one fail, and lifts the tombstone.
+                Err(S3Error::Precondition) if self.doomed(expected).await? => {
+                    self.store
+                        .put(&pointer_key(expected), &pointer.encode(), Cond::None)
+                        .await?;
+                    self.store.delete(&doomed_key(expected), None).await?;
+                }
                 Err(S3Error::Precondition) => {
                     let _ = self.store.delete(&w.data_key, None).await;
                 }

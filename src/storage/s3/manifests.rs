@@ -31,7 +31,11 @@ impl ObjectBackend {
         Ok(())
     }
 
-    async fn revision(&self, repo: &RepoName, d: &Digest) -> Result<Option<(String, Vec<u8>)>> {
+    pub(super) async fn revision(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<(String, Vec<u8>)>> {
         let Some(body) = self
             .store
             .get_bytes(&revision_key(repo, d), MAX_REVISION)

@@ -7,18 +7,24 @@
 //! - `blobs/<alg>/<hex>`: a pointer to a blob's bytes (`wharf-blob-v1`, size, data key), written
 //!   once (`If-None-Match: *`) after the bytes are stored and verified;
 //! - `data/<id>`: the bytes, under the key they were uploaded to (no copy once the digest is known);
-//! - `repos/<repo>/_layers/<alg>/<hex>`: the repository may serve the blob (empty);
+//! - `repos/<repo>/_layers/<alg>/<hex>`: the repository may serve the blob (a nonce, so that
+//!   each write has its own ETag for the collector's conditional delete);
 //! - `repos/<repo>/_manifests/<alg>/<hex>`: a manifest revision (media type line, then the bytes);
 //! - `repos/<repo>/_tags/<tag>`: the digest a tag points at, changed by compare-and-swap on its ETag;
 //! - `repos/<repo>/_referrers/<alg>/<hex>/<alg>-<hex>`: a referrer's descriptor;
 //! - `catalog/<repo>`: the repository exists (listed for `/v2/_catalog`);
-//! - `uploads/<id>`: an upload session (see `writer`).
+//! - `uploads/<id>`: an upload session (see `writer`);
+//! - `holds/<alg>/<hex>`: a client was told the blob exists (its time keeps it from collection;
+//!   a nonce, like links);
+//! - `doomed/<alg>/<hex>`: a collection is deleting the blob (docs/gc.md);
+//! - `gc/lock`: the running collection.
 //!
 //! Path components of repository names start with a letter or digit, so `_layers`, `_tags` and
 //! the like never collide with a nested repository's keys.
 
 pub mod api;
 mod blobs;
+mod gc;
 mod manifests;
 mod uploads;
 mod writer;
@@ -48,6 +54,9 @@ const SMALL: usize = 64 * 1024;
 const MAX_REVISION: usize = 64 << 20;
 /// Largest upload-session object (a header and less than a part).
 const MAX_SESSION: usize = writer::PART + (1 << 20);
+/// How long a request waits for a collector deciding about a blob, and how often it looks.
+const DOOM_WAIT: Duration = Duration::from_secs(2);
+const DOOM_POLL: Duration = Duration::from_millis(25);
 /// How long a bucket probe answers `/readyz`.
 const PROBE_FOR: Duration = Duration::from_secs(2);
 
@@ -69,6 +78,14 @@ fn alg_hex(d: &Digest) -> String {
 
 fn pointer_key(d: &Digest) -> String {
     format!("blobs/{}", alg_hex(d))
+}
+
+fn hold_key(d: &Digest) -> String {
+    format!("holds/{}", alg_hex(d))
+}
+
+fn doomed_key(d: &Digest) -> String {
+    format!("doomed/{}", alg_hex(d))
 }
 
 fn link_key(repo: &RepoName, d: &Digest) -> String {
@@ -217,16 +234,6 @@ impl ObjectBackend {
             }
             (bytes, count)
         })
-    }
-
-    pub(crate) fn collect_garbage(
-        &self,
-        _opts: &GcOptions,
-        _out: &mut dyn Report,
-    ) -> io::Result<GcReport> {
-        Err(io::Error::other(
-            "garbage collection is not available on the object-store backend yet",
-        ))
     }
 
     pub(crate) fn fsck(&self, _repair: bool, _out: &mut dyn Report) -> io::Result<FsckReport> {

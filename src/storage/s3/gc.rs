@@ -1,0 +1,324 @@
+//! Garbage collection on the bucket, safe while any number of nodes push, mount and pull
+//! (docs/gc.md has the argument). Mark: every manifest revision of every repository, and what it
+//! references. Sweep: each unmarked blob whose pointer is older than the grace period is doomed
+//! (a tombstone object), then its hold is checked; a blob a client was told about within the
+//! grace period is kept, any other is deleted with a conditional DELETE on the pointer's ETag (a
+//! pointer replaced meanwhile survives). Times are the store's clock throughout.
+
+use std::collections::HashSet;
+
+use super::*;
+
+/// Whether a store timestamp may be later than `cutoff`, both whole seconds truncated from the
+/// true times: every comparison leans towards keeping.
+fn maybe_after(modified: u64, cutoff: u64) -> bool {
+    modified >= cutoff
+}
+
+/// How long a collection's lock object keeps other collectors away (a killed collector's lock
+/// is taken over after this).
+const LOCK_FOR: u64 = 3600;
+
+impl ObjectBackend {
+    pub(crate) fn collect_garbage(
+        &self,
+        opts: &GcOptions,
+        out: &mut dyn Report,
+    ) -> io::Result<GcReport> {
+        if opts.delete_untagged {
+            return Err(io::Error::other(
+                "deleting untagged manifests is not available on the object-store backend yet",
+            ));
+        }
+        off_worker(self.collect(opts, out)).map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    async fn collect(&self, opts: &GcOptions, out: &mut dyn Report) -> Result<GcReport> {
+        let store = &self.store;
+        let now = store.now().await?;
+        self.lock(now).await?;
+        let result = self.collect_locked(now, opts, out).await;
+        let _ = store.delete("gc/lock", None).await;
+        result
+    }
+
+    /// Take `gc/lock` (write-once); a lock older than `LOCK_FOR` is a dead collector's.
+    async fn lock(&self, now: u64) -> Result<()> {
+        let body = now.to_string();
+        for _ in 0..2 {
+            match self
+                .store
+                .put("gc/lock", body.as_bytes(), Cond::Absent)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(S3Error::Precondition) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let Some(held) = self.store.head("gc/lock").await? else {
+                continue;
+            };
+            if now.saturating_sub(held.modified) < LOCK_FOR {
+                return Err(StoreError::Io(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "another garbage collection is running on this bucket (gc/lock)",
+                )));
+            }
+            match self.store.delete("gc/lock", Some(&held.etag)).await {
+                Ok(()) | Err(S3Error::Precondition) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Io(io::Error::other(
+            "could not take gc/lock: another collector keeps taking it",
+        )))
+    }
+
+    /// Every key under `prefix`, listed page by page.
+    async fn all(&self, prefix: &str) -> Result<Vec<api::Listed>> {
+        let mut out: Vec<api::Listed> = Vec::new();
+        loop {
+            let after = out.last().map(|l| l.key.clone());
+            let (page, more) = self.store.list(prefix, after.as_deref(), 1000).await?;
+            let empty = page.is_empty();
+            out.extend(page);
+            if !more || empty {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn collect_locked(
+        &self,
+        now: u64,
+        opts: &GcOptions,
+        out: &mut dyn Report,
+    ) -> Result<GcReport> {
+        let started = Instant::now();
+        let cutoff = now.saturating_sub(opts.grace.as_secs());
+        let verb = if opts.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        let mut report = GcReport::default();
+        // Tombstones of a collector that died: nothing is being deleted now.
+        if !opts.dry_run {
+            for t in self.all("doomed/").await? {
+                self.store.delete(&t.key, None).await?;
+            }
+        }
+
+        // Mark.
+        let mut marked: HashSet<Digest> = HashSet::new();
+        let repos = self.all("catalog/").await?;
+        for (i, repo) in repos.iter().enumerate() {
+            out.progress("marking repositories", i as u64, repos.len() as u64);
+            let Ok(name) = repo.key["catalog/".len()..].parse::<RepoName>() else {
+                continue;
+            };
+            let prefix = format!("repos/{name}/_manifests/");
+            for rev in self.all(&prefix).await? {
+                let Ok(d) = rev.key[prefix.len()..]
+                    .replacen('/', ":", 1)
+                    .parse::<Digest>()
+                else {
+                    continue;
+                };
+                // A revision that cannot be read or parsed keeps everything: nothing it might
+                // reference is known, so the sweep stops (fsck reports it).
+                let Some((media_type, bytes)) = self.revision(&name, &d).await? else {
+                    continue;
+                };
+                let parsed = manifest::parse(&bytes, Some(&media_type)).map_err(|e| {
+                    corrupt(format!(
+                        "manifest {name}@{d} cannot be parsed ({e:?}); nothing was collected"
+                    ))
+                })?;
+                marked.insert(d);
+                marked.extend(parsed.required_blobs);
+            }
+        }
+
+        // Sweep.
+        let pointers = self.all("blobs/").await?;
+        let mut deleted: HashSet<Digest> = HashSet::new();
+        for (i, p) in pointers.iter().enumerate() {
+            out.progress("sweeping blobs", i as u64, pointers.len() as u64);
+            let Ok(d) = p.key["blobs/".len()..]
+                .replacen('/', ":", 1)
+                .parse::<Digest>()
+            else {
+                continue;
+            };
+            if marked.contains(&d) {
+                continue;
+            }
+            if maybe_after(p.modified, cutoff) {
+                report.young += 1;
+                continue;
+            }
+            // A hold written after marking began is seen as young only while we run for less
+            // than half the grace period.
+            if started.elapsed() > opts.grace / 2 {
+                report.stopped_early = true;
+                break;
+            }
+            let Some(pointer) = self.pointer(&d).await? else {
+                continue;
+            };
+            if !opts.dry_run {
+                match self.delete_blob(&d, &pointer, &p.etag, cutoff).await? {
+                    Swept::Deleted => {}
+                    Swept::Held => {
+                        report.young += 1;
+                        continue;
+                    }
+                    Swept::Replaced => continue,
+                }
+            }
+            out.line(format!("{verb} blob {d} ({} bytes)", pointer.size));
+            report.bytes += pointer.size;
+            report.blobs.push((d.clone(), pointer.size));
+            deleted.insert(d);
+        }
+        if !opts.dry_run {
+            report.links = self.remove_links_to(&repos, &deleted).await?;
+            for h in self.all("holds/").await? {
+                if !maybe_after(h.modified, cutoff) {
+                    match self.store.delete(&h.key, Some(&h.etag)).await {
+                        Ok(()) | Err(S3Error::Precondition) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        report.uploads = self
+            .expire_sessions(cutoff, opts.dry_run, verb, out)
+            .await?;
+        Ok(report)
+    }
+
+    /// Doom, check the hold, delete (conditionally on the pointer's ETag), lift the tombstone.
+    async fn delete_blob(
+        &self,
+        d: &Digest,
+        pointer: &Pointer,
+        etag: &str,
+        cutoff: u64,
+    ) -> Result<Swept> {
+        // Most held blobs are passed over without a tombstone (which makes requests wait).
+        if let Some(hold) = self.store.head(&hold_key(d)).await?
+            && maybe_after(hold.modified, cutoff)
+        {
+            return Ok(Swept::Held);
+        }
+        let tomb = doomed_key(d);
+        self.store.put(&tomb, b"", Cond::None).await?;
+        let swept = async {
+            if let Some(hold) = self.store.head(&hold_key(d)).await?
+                && maybe_after(hold.modified, cutoff)
+            {
+                return Ok(Swept::Held);
+            }
+            match self.store.delete(&pointer_key(d), Some(etag)).await {
+                Ok(()) => {}
+                Err(S3Error::Precondition) => return Ok(Swept::Replaced),
+                Err(e) => return Err(StoreError::from(e)),
+            }
+            self.store.delete(&pointer.data_key, None).await?;
+            Ok(Swept::Deleted)
+        }
+        .await;
+        self.store.delete(&tomb, None).await?;
+        swept
+    }
+
+    /// Remove the repository links of blobs this run deleted. Each link object holds a nonce,
+    /// so the delete is conditional on the ETag listed: a link written again since (the blob
+    /// uploaded anew) stays.
+    async fn remove_links_to(
+        &self,
+        repos: &[api::Listed],
+        deleted: &HashSet<Digest>,
+    ) -> Result<usize> {
+        let mut n = 0;
+        if deleted.is_empty() {
+            return Ok(0);
+        }
+        for repo in repos {
+            let Ok(name) = repo.key["catalog/".len()..].parse::<RepoName>() else {
+                continue;
+            };
+            let prefix = format!("repos/{name}/_layers/");
+            for link in self.all(&prefix).await? {
+                let Ok(d) = link.key[prefix.len()..]
+                    .replacen('/', ":", 1)
+                    .parse::<Digest>()
+                else {
+                    continue;
+                };
+                if deleted.contains(&d) && self.pointer(&d).await?.is_none() {
+                    match self.store.delete(&link.key, Some(&link.etag)).await {
+                        Ok(()) => n += 1,
+                        Err(S3Error::Precondition) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Upload sessions untouched for the grace period: their parts are dropped and they go.
+    async fn expire_sessions(
+        &self,
+        cutoff: u64,
+        dry_run: bool,
+        verb: &str,
+        out: &mut dyn Report,
+    ) -> Result<usize> {
+        let mut n = 0;
+        for s in self.all("uploads/").await? {
+            if maybe_after(s.modified, cutoff) {
+                continue;
+            }
+            let id = &s.key["uploads/".len()..];
+            if !dry_run {
+                // Deleted only as listed (a chunk written since keeps it), then its parts go.
+                let Some(resp) = self.store.get(&s.key).await? else {
+                    continue;
+                };
+                let etag = resp.header("ETag").unwrap_or_default().to_owned();
+                let bytes = resp.body.bytes(MAX_SESSION).await.map_err(unavailable)?;
+                if etag != s.etag {
+                    continue;
+                }
+                match self.store.delete(&s.key, Some(&etag)).await {
+                    Ok(()) => {}
+                    Err(S3Error::Precondition) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                if let Some(session) = writer::Session::decode(&bytes)
+                    && let Some(upload_id) = &session.upload_id
+                {
+                    self.store
+                        .abort_multipart(&session.data_key, upload_id)
+                        .await?;
+                }
+            }
+            out.line(format!("{verb} stale upload session {id}"));
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// What became of a blob the sweep tried to delete.
+enum Swept {
+    Deleted,
+    /// A client was told it exists within the grace period.
+    Held,
+    /// Stored again while being deleted (its pointer changed).
+    Replaced,
+}
