@@ -224,4 +224,5 @@ pub fn object_store(data: &[u8]) {
     }
     let _ = crate::storage::s3::api::parse_error(data);
     let _ = crate::storage::s3::api::parse_listing(data, "registry/");
+    crate::storage::s3::fuzz_stored(data);
 }

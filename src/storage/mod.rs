@@ -9,6 +9,7 @@
 
 mod fs;
 pub mod s3;
+mod writers;
 
 use std::io;
 use std::net::IpAddr;
@@ -16,12 +17,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::net::pool::Block;
 use crate::net::stream::OpenRegion;
 use crate::oci::manifest::Parsed;
 use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
 pub use fs::SessionLimits;
+use writers::Lease;
+pub use writers::{BlobWriter, UploadLease};
 
 /// Storage failures, mapped to OCI errors by the registry.
 #[derive(Debug, thiserror::Error)]
@@ -207,91 +209,6 @@ impl FsckReport {
             .iter()
             .filter(|p| p.quarantined.is_none())
             .count()
-    }
-}
-
-/// A blob being written (a monolithic push, or one request's chunk of an upload session): hashed
-/// as it arrives, stored by the backend that made it.
-pub struct BlobWriter(Writer);
-
-enum Writer {
-    File(fs::FileWriter),
-    Object(s3::BlobWriter),
-}
-
-impl BlobWriter {
-    fn file(w: fs::FileWriter) -> BlobWriter {
-        BlobWriter(Writer::File(w))
-    }
-
-    fn object(w: s3::BlobWriter) -> BlobWriter {
-        BlobWriter(Writer::Object(w))
-    }
-
-    /// The filesystem writer inside (each backend only ever gets back its own writers).
-    fn into_file(self) -> fs::FileWriter {
-        match self.0 {
-            Writer::File(w) => w,
-            Writer::Object(_) => unreachable!("an object-store writer given to the filesystem"),
-        }
-    }
-
-    fn into_object(self) -> s3::BlobWriter {
-        match self.0 {
-            Writer::Object(w) => w,
-            Writer::File(_) => unreachable!("a file writer given to the object store"),
-        }
-    }
-
-    /// Bytes written so far.
-    pub fn offset(&self) -> u64 {
-        match &self.0 {
-            Writer::File(w) => w.offset(),
-            Writer::Object(w) => w.offset(),
-        }
-    }
-
-    /// Hot path: hash `block` and write it.
-    pub async fn append(&mut self, block: Block) -> io::Result<()> {
-        match &mut self.0 {
-            Writer::File(w) => w.append(block).await,
-            Writer::Object(w) => w.append(block).await,
-        }
-    }
-
-    /// Hot path for large bodies: hand `block` on and return while it is hashed and written;
-    /// `settle` must follow the last block.
-    pub async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
-        match &mut self.0 {
-            Writer::File(w) => w.append_pipelined(block).await,
-            Writer::Object(w) => w.append_pipelined(block).await,
-        }
-    }
-
-    /// Wait for the writes in flight.
-    pub async fn settle(&mut self) -> io::Result<()> {
-        match &mut self.0 {
-            Writer::File(w) => w.settle().await,
-            Writer::Object(w) => w.settle().await,
-        }
-    }
-}
-
-/// Exclusive use of an upload session for one request.
-pub struct UploadLease(Lease);
-
-enum Lease {
-    File(fs::UploadLease),
-    Object(s3::UploadLease),
-}
-
-impl UploadLease {
-    /// Where this request's chunk goes.
-    pub fn writer(&mut self) -> &mut BlobWriter {
-        match &mut self.0 {
-            Lease::File(l) => l.writer(),
-            Lease::Object(l) => l.writer(),
-        }
     }
 }
 

@@ -466,3 +466,53 @@ fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
         crate::gc::pull_verified(&mut c, &format!("team{}/app", t % 3), &format!("t{t}"));
     }
 }
+
+/// With `redirect = true`, blob GETs answer 307 to a presigned URL of the store, which clients
+/// follow (curl, crane); HEAD and small blobs stay on wharf.
+#[test]
+fn blob_gets_redirect_to_presigned_urls() {
+    let weed = Seaweed::shared();
+    let node = Server::start_with(
+        "io_uring",
+        &format!(
+            "[storage]\nbackend = \"s3\"\n{}redirect = true\nredirect_ttl = \"5m\"\n",
+            weed.wharf_storage("redirect/")
+        ),
+    );
+    let mut c = node.client();
+    let layer = noise(300_000, 10);
+    let image = push_image(&mut c, "r/app", "v1", &layer);
+    let d = sha256(&layer);
+    let r = c.get(&format!("/v2/r/app/blobs/{d}"));
+    assert_eq!(r.status, 307);
+    let location = r.header("Location").unwrap().to_owned();
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    let head = c.request("HEAD", &format!("/v2/r/app/blobs/{d}"), &[], b"");
+    assert_eq!(
+        (head.status, head.header("Content-Length")),
+        (200, Some("300000"))
+    );
+    let fetched = Command::new("curl")
+        .args([
+            "-sSfL",
+            &format!("http://{}/v2/r/app/blobs/{d}", node.host()),
+        ])
+        .output()
+        .unwrap();
+    assert!(fetched.status.success(), "{fetched:?}");
+    assert!(fetched.stdout == layer, "the presigned URL serves the blob");
+    let work = tempfile::tempdir().unwrap();
+    run(Command::new(tool("crane")).args([
+        "pull",
+        "--insecure",
+        "--format=oci",
+        &format!("{}/r/app:v1", node.host()),
+        &work.path().join("img").display().to_string(),
+    ]));
+    let digest = run(Command::new(tool("crane")).args([
+        "digest",
+        "--insecure",
+        &format!("{}/r/app:v1", node.host()),
+    ]));
+    assert_eq!(digest.trim(), image);
+}

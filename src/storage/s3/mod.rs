@@ -294,6 +294,23 @@ pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<Obje
     Ok(store)
 }
 
+/// The fuzz check of what the backend reads back from the store: upload sessions and blob
+/// pointers decode or are refused, and what decodes encodes back to an equal value.
+#[doc(hidden)]
+pub fn fuzz_stored(data: &[u8]) {
+    if let Some(s) = writer::Session::decode(data) {
+        assert_eq!(writer::Session::decode(&s.encode()), Some(s));
+    }
+    if let Some(p) = Pointer::decode(data) {
+        let back = Pointer::decode(&p.encode()).expect("an encoded pointer decodes");
+        assert_eq!((back.size, back.data_key), (p.size, p.data_key));
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = api::parse_time(text);
+        let _ = api::parse_http_date(text);
+    }
+}
+
 /// Run `fut` to its end on a runtime of this (non-worker) thread, for the blocking maintenance
 /// calls; the connections it opened are closed with it.
 pub(crate) fn off_worker<F: std::future::Future>(fut: F) -> F::Output {
