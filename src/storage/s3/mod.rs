@@ -26,6 +26,7 @@ pub mod api;
 mod blobs;
 mod gc;
 mod manifests;
+mod parse;
 mod uploads;
 mod writer;
 
