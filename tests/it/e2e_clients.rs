@@ -7,19 +7,6 @@ use std::process::Command;
 use crate::common::layout::{Blob, Layout};
 use crate::common::*;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (tests/setup.sh installs it)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn skopeo() -> Command {
     let mut c = Command::new(tool("skopeo"));
     c.arg("--insecure-policy");
@@ -81,13 +68,13 @@ fn skopeo_round_trip(driver: &str) {
     } = fixture(&work.path().join("src"));
     let reg = format!("docker://{}", s.host());
     let srcdir = src.dir.display().to_string();
-    run(skopeo().args([
+    run_ok(skopeo().args([
         "copy",
         "--dest-tls-verify=false",
         &format!("oci:{srcdir}:v1"),
         &format!("{reg}/e2e/image:v1"),
     ]));
-    run(skopeo().args([
+    run_ok(skopeo().args([
         "copy",
         "--all",
         "--dest-tls-verify=false",
@@ -97,7 +84,7 @@ fn skopeo_round_trip(driver: &str) {
 
     // Back out: every layer byte-identical.
     let out = work.path().join("out");
-    run(skopeo().args([
+    run_ok(skopeo().args([
         "copy",
         "--src-tls-verify=false",
         &format!("{reg}/e2e/image:v1"),
@@ -108,7 +95,7 @@ fn skopeo_round_trip(driver: &str) {
         assert_same_blob(&src.blob_path(&l.digest), &back.blob_path(&l.digest));
     }
     let out2 = work.path().join("out2");
-    run(skopeo().args([
+    run_ok(skopeo().args([
         "copy",
         "--all",
         "--src-tls-verify=false",
@@ -124,14 +111,14 @@ fn skopeo_round_trip(driver: &str) {
         assert_same_blob(&src.blob_path(&l.digest), &back2.blob_path(&l.digest));
     }
 
-    let tags: serde_json::Value = serde_json::from_str(&run(skopeo().args([
+    let tags: serde_json::Value = serde_json::from_str(&run_ok(skopeo().args([
         "list-tags",
         "--tls-verify=false",
         &format!("{reg}/e2e/image"),
     ])))
     .unwrap();
     assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
-    let info: serde_json::Value = serde_json::from_str(&run(skopeo().args([
+    let info: serde_json::Value = serde_json::from_str(&run_ok(skopeo().args([
         "inspect",
         "--tls-verify=false",
         &format!("{reg}/e2e/image:v1"),
@@ -139,7 +126,7 @@ fn skopeo_round_trip(driver: &str) {
     .unwrap();
     let want: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
     assert_eq!(info["Layers"], serde_json::json!(want));
-    let raw = run(skopeo().args([
+    let raw = run_ok(skopeo().args([
         "inspect",
         "--raw",
         "--tls-verify=false",
@@ -151,7 +138,7 @@ fn skopeo_round_trip(driver: &str) {
         "the index is stored and served exactly as pushed"
     );
 
-    run(skopeo().args([
+    run_ok(skopeo().args([
         "delete",
         "--tls-verify=false",
         &format!("{reg}/e2e/image:v1"),
@@ -173,36 +160,36 @@ fn crane_round_trip(driver: &str) {
         std::fs::copy(e.path(), single.join("blobs/sha256").join(e.file_name())).unwrap();
     }
     one.tag(&f.image, "v1");
-    run(crane().args([
+    run_ok(crane().args([
         "push",
         single.to_str().unwrap(),
         &format!("{host}/crane/image:v1"),
     ]));
-    run(crane().args([
+    run_ok(crane().args([
         "push",
         "--index",
         f.layout.dir.to_str().unwrap(),
         &format!("{host}/crane/multi:v1"),
     ]));
 
-    let digest = run(crane().args(["digest", &format!("{host}/crane/image:v1")]));
+    let digest = run_ok(crane().args(["digest", &format!("{host}/crane/image:v1")]));
     assert_eq!(digest.trim(), f.image.digest);
     assert_eq!(
-        run(crane().args(["ls", &format!("{host}/crane/image")])).trim(),
+        run_ok(crane().args(["ls", &format!("{host}/crane/image")])).trim(),
         "v1"
     );
     // Copy to another repository: crane mounts the layers across repositories.
-    run(crane().args([
+    run_ok(crane().args([
         "copy",
         &format!("{host}/crane/image:v1"),
         &format!("{host}/crane/copy:v2"),
     ]));
     assert_eq!(
-        run(crane().args(["digest", &format!("{host}/crane/copy:v2")])).trim(),
+        run_ok(crane().args(["digest", &format!("{host}/crane/copy:v2")])).trim(),
         f.image.digest
     );
     let pulled = work.path().join("pulled");
-    run(crane().args([
+    run_ok(crane().args([
         "pull",
         "--format=oci",
         &format!("{host}/crane/copy:v2"),
@@ -214,12 +201,12 @@ fn crane_round_trip(driver: &str) {
             &pulled.join("blobs/sha256").join(&l.digest[7..]),
         );
     }
-    let catalog = run(crane().args(["catalog", &host]));
+    let catalog = run_ok(crane().args(["catalog", &host]));
     for repo in ["crane/copy", "crane/image", "crane/multi"] {
         assert!(catalog.lines().any(|l| l == repo), "{catalog}");
     }
-    let multi: serde_json::Value = serde_json::from_str(&run(
-        crane().args(["manifest", &format!("{host}/crane/multi:v1")])
+    let multi: serde_json::Value = serde_json::from_str(&run_ok(
+        crane().args(["manifest", &format!("{host}/crane/multi:v1")]),
     ))
     .unwrap();
     let platforms: Vec<&str> = multi["manifests"]
@@ -229,7 +216,7 @@ fn crane_round_trip(driver: &str) {
         .filter_map(|m| m["digest"].as_str())
         .collect();
     assert!(platforms.len() >= 2, "{multi}");
-    run(crane().args(["delete", &format!("{host}/crane/copy@{}", f.image.digest)]));
+    run_ok(crane().args(["delete", &format!("{host}/crane/copy@{}", f.image.digest)]));
     assert_eq!(s.client().get("/v2/crane/copy/manifests/v2").status, 404);
 }
 

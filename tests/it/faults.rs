@@ -12,20 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use crate::common::{Client, OCI_MANIFEST, Server, image_manifest, push_blob, push_image, sha256};
-
-/// Deterministic pseudo-random bytes.
-fn data(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+use crate::common::{
+    Client, OCI_MANIFEST, Server, image_manifest, noise, push_blob, push_image, sha256,
+};
 
 /// What one in-flight push saw before the crash.
 enum Outcome {
@@ -99,7 +88,7 @@ fn kill_9_with_80_pushes_in_flight_loses_nothing_acknowledged(driver: &str) {
         for m in 0..16u32 {
             let cfg = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"n\":{m}}}");
             let cd = push_blob(&mut c, "crash/m", cfg.as_bytes());
-            let layer = data(1000 + m, 200_000);
+            let layer = noise(1000 + m, 200_000);
             let ld = push_blob(&mut c, "crash/m", &layer);
             prepared.push(image_manifest(&cd, cfg.len(), &[(&ld, layer.len())]));
         }
@@ -116,7 +105,7 @@ fn kill_9_with_80_pushes_in_flight_loses_nothing_acknowledged(driver: &str) {
             killed: Arc::clone(&killed),
         });
         threads.push(std::thread::spawn(move || {
-            let body = data(i, 256 * 1024 + i as usize * 4096);
+            let body = noise(i, 256 * 1024 + i as usize * 4096);
             let digest = sha256(&body);
             let (location, resp) = if i % 2 == 0 {
                 let head = format!(
@@ -184,7 +173,7 @@ fn kill_9_with_80_pushes_in_flight_loses_nothing_acknowledged(driver: &str) {
         let held_tx = held_tx.clone();
         let killed = Arc::clone(&killed);
         threads.push(std::thread::spawn(move || {
-            let body = data(500 + h, 300_000 + h as usize * 1000);
+            let body = noise(500 + h, 300_000 + h as usize * 1000);
             let half = body.len() / 2;
             let mut c = Client::connect(addr);
             let r = c.request("POST", "/v2/crash/held/blobs/uploads/", &[], b"");
@@ -401,10 +390,10 @@ fn full_disk_answers_507_damages_nothing_and_recovers(driver: &str) {
     std::os::unix::fs::symlink(mnt.path().join("data"), dir.path().join("data")).unwrap();
     let s = Server::start_in(dir, driver, "", "warn");
     let mut c = s.client();
-    let kept = push_image(&mut c, "disk", "kept", &data(1, 1 << 20));
+    let kept = push_image(&mut c, "disk", "kept", &noise(1, 1 << 20));
     let filler = fill(mnt.path());
 
-    let big = data(2, 2 << 20);
+    let big = noise(2, 2 << 20);
     let d = sha256(&big);
     let r = c.request(
         "POST",
@@ -499,7 +488,7 @@ fn slowloris_connections_time_out_while_others_are_served(driver: &str) {
         }
         sent += 1;
         for _ in 0..10 {
-            let body = data(served, 10_000);
+            let body = noise(served, 10_000);
             let d = push_blob(&mut normal, "busy", &body);
             assert_eq!(normal.get(&format!("/v2/busy/blobs/{d}")).body, body);
             served += 1;

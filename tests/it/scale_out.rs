@@ -23,19 +23,6 @@ fn nodes(weed: &Seaweed, prefix: &str, n: usize) -> Vec<Server> {
         .collect()
 }
 
-/// Pseudo-random bytes (incompressible, distinct per seed).
-fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 fn patch(c: &mut Client, loc: &str, start: usize, chunk: &[u8]) -> Resp {
     let range = format!("{start}-{}", start + chunk.len() - 1);
     c.request(
@@ -49,17 +36,6 @@ fn patch(c: &mut Client, loc: &str, start: usize, chunk: &[u8]) -> Resp {
     )
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Push through A, continue a chunked upload through B and C, pull through C with skopeo and
 /// crane: byte-identical everywhere.
 #[test]
@@ -70,7 +46,7 @@ fn three_nodes_serve_one_bucket() {
 
     // One upload, three nodes: 6 MiB on A (all held as the session's tail), 6 MiB on B (a part
     // goes up), 1 MiB on C, completed on A.
-    let data = noise(13 << 20, 1);
+    let data = noise(1, 13 << 20);
     let digest = sha256(&data);
     let r = ca.request("POST", "/v2/fleet/app/blobs/uploads/", &[], b"");
     assert_eq!(r.status, 202);
@@ -114,14 +90,14 @@ fn three_nodes_serve_one_bucket() {
         c.arg("--insecure-policy");
         c
     };
-    run(skopeo().args([
+    run_ok(skopeo().args([
         "copy",
         "--dest-tls-verify=false",
         &format!("oci:{}:v1", src.dir.display()),
         &format!("docker://{}/fleet/image:v1", a.host()),
     ]));
     let out = work.path().join("out");
-    run(skopeo().args([
+    run_ok(skopeo().args([
         "copy",
         "--src-tls-verify=false",
         &format!("docker://{}/fleet/image:v1", c.host()),
@@ -140,14 +116,14 @@ fn three_nodes_serve_one_bucket() {
         );
     }
     let pulled = work.path().join("crane.tar");
-    run(Command::new(tool("crane")).args([
+    run_ok(Command::new(tool("crane")).args([
         "pull",
         "--insecure",
         "--format=oci",
         &format!("{}/fleet/image:v1", c.host()),
         &pulled.display().to_string(),
     ]));
-    let digest_by_crane = run(Command::new(tool("crane")).args([
+    let digest_by_crane = run_ok(Command::new(tool("crane")).args([
         "digest",
         "--insecure",
         &format!("{}/fleet/image:v1", b.host()),
@@ -231,7 +207,7 @@ fn a_tag_raced_from_three_nodes_has_one_winner() {
 fn a_node_killed_mid_chunk_loses_nothing_acknowledged() {
     let weed = Seaweed::shared();
     let mut servers = nodes(weed, "killed/", 2);
-    let data = noise(20 << 20, 3);
+    let data = noise(3, 20 << 20);
     let digest = sha256(&data);
     let acked = 9 << 20;
     let loc = {
@@ -275,7 +251,7 @@ fn an_object_store_outage_is_503_and_loses_nothing() {
     let mut weed = Seaweed::start();
     let node = nodes(&weed, "", 1).pop().unwrap();
     let mut c = node.client();
-    let layer = noise(300_000, 4);
+    let layer = noise(4, 300_000);
     let pushed = push_image(&mut c, "o/app", "v1", &layer);
     assert_eq!(c.get("/readyz").status, 200);
 
@@ -307,7 +283,7 @@ fn an_object_store_outage_is_503_and_loses_nothing() {
     let r = c.get("/v2/o/app/manifests/v1");
     assert_eq!(r.header("Docker-Content-Digest"), Some(pushed.as_str()));
     assert!(c.get(&format!("/v2/o/app/blobs/{}", sha256(&layer))).body == layer);
-    push_image(&mut c, "o/app", "v2", &noise(1000, 5));
+    push_image(&mut c, "o/app", "v2", &noise(5, 1000));
 }
 
 /// `wharf gc` on the bucket deletes an unreferenced blob past the grace period, keeps what a
@@ -324,12 +300,12 @@ fn gc_on_the_bucket_deletes_only_garbage() {
         ),
     );
     let mut c = node.client();
-    let image = push_image(&mut c, "g/app", "v1", &noise(50_000, 6));
-    let garbage = push_blob(&mut c, "g/app", &noise(20_000, 7));
-    let held = push_blob(&mut c, "g/app", &noise(20_000, 8));
+    let image = push_image(&mut c, "g/app", "v1", &noise(6, 50_000));
+    let garbage = push_blob(&mut c, "g/app", &noise(7, 20_000));
+    let held = push_blob(&mut c, "g/app", &noise(8, 20_000));
     // Past the grace period by the store's clock (whole seconds, so 1.5 s more).
     std::thread::sleep(std::time::Duration::from_millis(3_500));
-    let young = push_blob(&mut c, "g/app", &noise(20_000, 9));
+    let young = push_blob(&mut c, "g/app", &noise(9, 20_000));
     // A client asks about `held` (as before pushing a manifest that uses it).
     let r = c.request("HEAD", &format!("/v2/g/app/blobs/{held}"), &[], b"");
     assert_eq!(r.status, 200);
@@ -347,7 +323,7 @@ fn gc_on_the_bucket_deletes_only_garbage() {
     assert_eq!(r.header("Docker-Content-Digest"), Some(image.as_str()));
     crate::gc::pull_verified(&mut c, "g/app", "v1");
     // The blob can be pushed again and serves.
-    let again = push_blob(&mut c, "g/app", &noise(20_000, 7));
+    let again = push_blob(&mut c, "g/app", &noise(7, 20_000));
     assert_eq!(again, garbage);
     assert_eq!(c.get(&format!("/v2/g/app/blobs/{garbage}")).status, 200);
 }
@@ -480,7 +456,7 @@ fn blob_gets_redirect_to_presigned_urls() {
         ),
     );
     let mut c = node.client();
-    let layer = noise(300_000, 10);
+    let layer = noise(10, 300_000);
     let image = push_image(&mut c, "r/app", "v1", &layer);
     let d = sha256(&layer);
     let r = c.get(&format!("/v2/r/app/blobs/{d}"));
@@ -502,14 +478,14 @@ fn blob_gets_redirect_to_presigned_urls() {
     assert!(fetched.status.success(), "{fetched:?}");
     assert!(fetched.stdout == layer, "the presigned URL serves the blob");
     let work = tempfile::tempdir().unwrap();
-    run(Command::new(tool("crane")).args([
+    run_ok(Command::new(tool("crane")).args([
         "pull",
         "--insecure",
         "--format=oci",
         &format!("{}/r/app:v1", node.host()),
         &work.path().join("img").display().to_string(),
     ]));
-    let digest = run(Command::new(tool("crane")).args([
+    let digest = run_ok(Command::new(tool("crane")).args([
         "digest",
         "--insecure",
         &format!("{}/r/app:v1", node.host()),
