@@ -201,9 +201,14 @@ impl ObjectBackend {
             w.discard().await;
             return Err(mismatch());
         }
-        // Held before anything: this upload may end as "already stored".
-        self.hold(expected).await?;
-        let stored = !rehash && self.held_pointer(None, expected).await?.is_some();
+        // Held before anything: this upload may end as "already stored" (`held_pointer` holds
+        // first itself; a re-hashed upload learns that only when its pointer write is refused).
+        let stored = if rehash {
+            self.hold(expected).await?;
+            false
+        } else {
+            self.held_pointer(None, expected).await?.is_some()
+        };
         if !stored {
             if let Err(e) = w.store_data().await {
                 w.discard().await;

@@ -114,15 +114,12 @@ impl ObjectBackend {
         let repos = self.all("catalog/").await?;
         for (i, repo) in repos.iter().enumerate() {
             out.progress("marking repositories", i as u64, repos.len() as u64);
-            let Ok(name) = repo.key["catalog/".len()..].parse::<RepoName>() else {
+            let Some(name) = catalog_repo(&repo.key) else {
                 continue;
             };
             let prefix = format!("repos/{name}/_manifests/");
             for rev in self.all(&prefix).await? {
-                let Ok(d) = rev.key[prefix.len()..]
-                    .replacen('/', ":", 1)
-                    .parse::<Digest>()
-                else {
+                let Some(d) = digest_after(&rev.key, &prefix) else {
                     continue;
                 };
                 // A revision that cannot be read or parsed keeps everything: nothing it might
@@ -145,10 +142,7 @@ impl ObjectBackend {
         let mut deleted: HashSet<Digest> = HashSet::new();
         for (i, p) in pointers.iter().enumerate() {
             out.progress("sweeping blobs", i as u64, pointers.len() as u64);
-            let Ok(d) = p.key["blobs/".len()..]
-                .replacen('/', ":", 1)
-                .parse::<Digest>()
-            else {
+            let Some(d) = digest_after(&p.key, "blobs/") else {
                 continue;
             };
             if marked.contains(&d) {
@@ -247,15 +241,12 @@ impl ObjectBackend {
             return Ok(0);
         }
         for repo in repos {
-            let Ok(name) = repo.key["catalog/".len()..].parse::<RepoName>() else {
+            let Some(name) = catalog_repo(&repo.key) else {
                 continue;
             };
             let prefix = format!("repos/{name}/_layers/");
             for link in self.all(&prefix).await? {
-                let Ok(d) = link.key[prefix.len()..]
-                    .replacen('/', ":", 1)
-                    .parse::<Digest>()
-                else {
+                let Some(d) = digest_after(&link.key, &prefix) else {
                     continue;
                 };
                 if deleted.contains(&d) && self.pointer(&d).await?.is_none() {

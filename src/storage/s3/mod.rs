@@ -77,6 +77,16 @@ fn alg_hex(d: &Digest) -> String {
     format!("{}/{}", d.algorithm().as_str(), d.hex())
 }
 
+/// The digest a key `<prefix><alg>/<hex>` names (the inverse of `alg_hex`).
+fn digest_after(key: &str, prefix: &str) -> Option<Digest> {
+    key.strip_prefix(prefix)?.replacen('/', ":", 1).parse().ok()
+}
+
+/// The repository a `catalog/<repo>` key names.
+fn catalog_repo(key: &str) -> Option<RepoName> {
+    key.strip_prefix("catalog/")?.parse().ok()
+}
+
 fn pointer_key(d: &Digest) -> String {
     format!("blobs/{}", alg_hex(d))
 }
