@@ -288,6 +288,34 @@ fn fsck_reports_damage_and_repair_quarantines_it(driver: &str) {
     );
 }
 
+/// `wharf gc -c <cfg>` run back to back until `stop_at` (another collector holding the lock is
+/// the only failure allowed); the number of runs and of "deleted blob" lines they printed.
+pub(crate) fn gc_in_a_loop(
+    cfg: std::path::PathBuf,
+    stop_at: Instant,
+) -> std::thread::JoinHandle<(usize, usize)> {
+    std::thread::spawn(move || {
+        let (mut runs, mut deleted) = (0, 0);
+        while Instant::now() < stop_at {
+            let out = Command::new(crate::common::wharf_bin())
+                .args(["gc", "-c"])
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() || text.contains("another garbage collection is running"),
+                "wharf gc failed: {text}"
+            );
+            deleted += String::from_utf8_lossy(&out.stdout)
+                .matches("deleted blob")
+                .count();
+            runs += 1;
+        }
+        (runs, deleted)
+    })
+}
+
 /// Many clients push images sharing layers from a pool (checking with HEAD and skipping what
 /// exists, as Docker does, then taking a while before the manifest), overwrite and delete tags,
 /// while the server collects every second and `wharf gc` runs in a loop too. With a 2-second grace
@@ -299,26 +327,7 @@ fn gc_in_a_loop_never_loses_a_pushed_blob(driver: &str) {
         "[gc]\ninterval = \"1s\"\ngrace = \"2s\"\ndelete_untagged = true\n",
     );
     let stop_at = Instant::now() + Duration::from_secs(10);
-    let collector = {
-        let cfg = s.config_file();
-        std::thread::spawn(move || {
-            let mut runs = 0;
-            while Instant::now() < stop_at {
-                let out = Command::new(crate::common::wharf_bin())
-                    .args(["gc", "-c"])
-                    .arg(&cfg)
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&out.stderr);
-                assert!(
-                    out.status.success() || text.contains("another garbage collection is running"),
-                    "wharf gc failed: {text}"
-                );
-                runs += 1;
-            }
-            runs
-        })
-    };
+    let collector = gc_in_a_loop(s.config_file(), stop_at);
     let addr = s.addr;
     let pushers: Vec<_> = (0..8)
         .map(|t| {
@@ -385,7 +394,7 @@ fn gc_in_a_loop_never_loses_a_pushed_blob(driver: &str) {
         })
         .collect();
     let pushed: u32 = pushers.into_iter().map(|p| p.join().unwrap()).sum();
-    let runs = collector.join().unwrap();
+    let (runs, _) = collector.join().unwrap();
     assert!(pushed > 100 && runs > 2, "pushed {pushed}, gc runs {runs}");
 
     // Every tag still points at a whole image.

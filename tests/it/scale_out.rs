@@ -351,29 +351,7 @@ fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
         Server::start_with("epoll", &storage),
     ];
     let stop_at = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let collector = {
-        let cfg = a.config_file();
-        std::thread::spawn(move || {
-            let (mut runs, mut deleted) = (0, 0);
-            while std::time::Instant::now() < stop_at {
-                let out = Command::new(wharf_bin())
-                    .args(["gc", "-c"])
-                    .arg(&cfg)
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&out.stderr);
-                assert!(
-                    out.status.success() || text.contains("another garbage collection is running"),
-                    "wharf gc failed: {text}"
-                );
-                deleted += String::from_utf8_lossy(&out.stdout)
-                    .matches("deleted blob")
-                    .count();
-                runs += 1;
-            }
-            (runs, deleted)
-        })
-    };
+    let collector = crate::gc::gc_in_a_loop(a.config_file(), stop_at);
     let pushed: u32 = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6)
             .map(|t| {
