@@ -56,7 +56,7 @@ const MAX_REVISION: usize = 64 << 20;
 /// Largest upload-session object (a header and less than a part).
 const MAX_SESSION: usize = writer::PART + (1 << 20);
 /// How long a request waits for a collector deciding about a blob, and how often it looks.
-const DOOM_WAIT: Duration = Duration::from_secs(2);
+const DOOM_WAIT: Duration = Duration::from_secs(10);
 const DOOM_POLL: Duration = Duration::from_millis(25);
 /// How long a bucket probe answers `/readyz`.
 const PROBE_FOR: Duration = Duration::from_secs(2);
