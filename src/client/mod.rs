@@ -1,5 +1,5 @@
 //! An HTTP/1.1 client for the services wharf talks to (an S3-compatible object store; upstream
-//! registries later): requests over plain TCP with keep-alive connections pooled per worker
+//! registries later): requests over plain TCP or TLS (rustls, through `net::tls`) with keep-alive connections pooled per worker
 //! thread, a response head parsed with `httparse`, bodies framed by `Content-Length` and read
 //! whole (bounded) or chunk by chunk as they arrive. Knows neither OCI nor storage; runs on the
 //! worker's monoio runtime (no other runtime inside a worker).
@@ -8,11 +8,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use crate::net::tls::{HandshakeError, TlsStream};
 use crate::net::{ConnError, timed_read};
 
 /// Idle connections kept per endpoint and worker thread.
@@ -31,6 +33,12 @@ pub struct Endpoint {
     pub connect_timeout: Duration,
     /// Longest wait for any read or write once connected.
     pub io_timeout: Duration,
+    /// TLS towards the endpoint: the client configuration (trusted roots) and the name its
+    /// certificate must carry. `None`: plain TCP.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
 }
 
 /// One request: method, path with query, extra headers, body.
@@ -72,7 +80,7 @@ pub struct Body {
     left: u64,
     /// The connection may serve another request once the body is read (no `Connection: close`).
     reuse: bool,
-    endpoint: SocketAddr,
+    endpoint: PoolKey,
     io_timeout: Duration,
 }
 
@@ -111,8 +119,7 @@ impl Body {
             return Err(io::Error::other("response body already failed"));
         };
         let want = self.left.min(READ_CHUNK as u64) as usize;
-        let (res, buf) =
-            timed_read(&mut conn.stream, Vec::with_capacity(want), self.io_timeout).await;
+        let (res, buf) = conn.read(Vec::with_capacity(want), self.io_timeout).await;
         match res {
             Ok(n) => {
                 self.left -= n as u64;
@@ -132,35 +139,97 @@ impl Body {
         if let Some(conn) = self.conn.take()
             && self.reuse
         {
-            give_back(self.endpoint, conn);
+            give_back(self.endpoint.clone(), conn);
         }
     }
 }
 
-struct Conn {
-    stream: TcpStream,
+/// A connection to an endpoint: plain TCP or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<rustls::ClientConnection>>),
+}
+
+impl Conn {
+    /// Read into the spare capacity of `buf`, waiting at most `wait`.
+    async fn read(
+        &mut self,
+        mut buf: Vec<u8>,
+        wait: Duration,
+    ) -> (Result<usize, ConnError>, Vec<u8>) {
+        match self {
+            Conn::Plain(stream) => timed_read(stream, buf, wait).await,
+            Conn::Tls(tls) => {
+                let res = tls.read_into(&mut buf, wait).await;
+                (res, buf)
+            }
+        }
+    }
+
+    /// Write all of `wire` (given back, for a retry on another connection).
+    async fn write(&mut self, wire: Vec<u8>, wait: Duration) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Conn::Plain(stream) => {
+                match monoio::time::timeout(wait, stream.write_all(wire)).await {
+                    Ok((res, wire)) => (res.map(|_| ()), wire),
+                    Err(_) => (Err(timed_out("sending a request")), Vec::new()),
+                }
+            }
+            Conn::Tls(tls) => {
+                let res = tls.write_all(&wire, wait).await;
+                (res, wire)
+            }
+        }
+    }
+}
+
+fn timed_out(doing: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{doing} timed out"))
+}
+
+/// What a pooled connection may be reused for: the same address, `Host` and TLS set-up (a
+/// connection verified under one set of roots never serves an endpoint with another).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: SocketAddr,
+    host: String,
+    /// The `ClientConfig`'s address and the server name (none: plain TCP).
+    tls: Option<(usize, String)>,
+}
+
+impl PoolKey {
+    fn of(ep: &Endpoint) -> PoolKey {
+        PoolKey {
+            addr: ep.addr,
+            host: ep.host.clone(),
+            tls: ep
+                .tls
+                .as_ref()
+                .map(|(c, name)| (Arc::as_ptr(c) as usize, name.to_str().into_owned())),
+        }
+    }
 }
 
 thread_local! {
     /// Idle keep-alive connections of this worker, by endpoint (`IDLE_PER_ENDPOINT` each).
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<PoolKey, Vec<Conn>>> = RefCell::new(HashMap::new());
 }
 
 /// Idle pooled connections of all workers (`wharf_client_idle_connections`).
 static IDLE_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn take_idle(addr: SocketAddr) -> Option<Conn> {
-    let conn = IDLE.with(|m| m.borrow_mut().get_mut(&addr).and_then(Vec::pop));
+fn take_idle(key: &PoolKey) -> Option<Conn> {
+    let conn = IDLE.with(|m| m.borrow_mut().get_mut(key).and_then(Vec::pop));
     if conn.is_some() {
         IDLE_TOTAL.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
     conn
 }
 
-fn give_back(addr: SocketAddr, conn: Conn) {
+fn give_back(key: PoolKey, conn: Conn) {
     IDLE.with(|m| {
         let mut m = m.borrow_mut();
-        let idle = m.entry(addr).or_default();
+        let idle = m.entry(key).or_default();
         if idle.len() < IDLE_PER_ENDPOINT {
             idle.push(conn);
             IDLE_TOTAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -211,7 +280,21 @@ async fn connect(ep: &Endpoint) -> io::Result<Conn> {
         }
     };
     stream.set_nodelay(true)?;
-    Ok(Conn { stream })
+    let Some((config, name)) = &ep.tls else {
+        return Ok(Conn::Plain(stream));
+    };
+    match TlsStream::connect(stream, config.clone(), name.clone(), ep.connect_timeout).await {
+        Ok(tls) => Ok(Conn::Tls(Box::new(tls))),
+        Err(HandshakeError::Tls(e)) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("TLS handshake with {} ({}): {e}", ep.host, ep.addr),
+        )),
+        Err(HandshakeError::Conn(e)) => Err(conn_error(e, "a TLS handshake")),
+        Err(e) => Err(io::Error::other(format!(
+            "TLS handshake with {}: {e}",
+            ep.host
+        ))),
+    }
 }
 
 fn encode(ep: &Endpoint, req: &Request<'_>) -> Vec<u8> {
@@ -238,7 +321,7 @@ fn encode(ep: &Endpoint, req: &Request<'_>) -> Vec<u8> {
 pub async fn send(ep: &Endpoint, req: &Request<'_>) -> io::Result<Response> {
     let mut wire = encode(ep, req);
     let head_request = req.method == "HEAD";
-    if let Some(conn) = take_idle(ep.addr) {
+    if let Some(conn) = take_idle(&PoolKey::of(ep)) {
         match exchange(ep, conn, wire, head_request).await {
             Err(Failed::Stale(e, back)) => {
                 tracing::debug!("pooled connection to {} was stale: {e}", ep.addr);
@@ -275,13 +358,10 @@ async fn exchange(
     wire: Vec<u8>,
     head_request: bool,
 ) -> Result<Response, Failed> {
-    let wire = match monoio::time::timeout(ep.io_timeout, conn.stream.write_all(wire)).await {
-        Ok((Ok(_), wire)) => wire,
-        Ok((Err(e), wire)) => return Err(Failed::Stale(e, wire)),
-        Err(_) => {
-            let e = io::Error::new(io::ErrorKind::TimedOut, "sending a request timed out");
-            return Err(Failed::Other(e));
-        }
+    let wire = match conn.write(wire, ep.io_timeout).await {
+        (Ok(()), wire) => wire,
+        (Err(e), _) if e.kind() == io::ErrorKind::TimedOut => return Err(Failed::Other(e)),
+        (Err(e), wire) => return Err(Failed::Stale(e, wire)),
     };
     let mut buf = Vec::with_capacity(8 * 1024);
     loop {
@@ -289,7 +369,7 @@ async fn exchange(
             // Bounded: `parse_head` refuses a head still incomplete at `MAX_HEAD`.
             buf.reserve(buf.len());
         }
-        let (res, back) = timed_read(&mut conn.stream, buf, ep.io_timeout).await;
+        let (res, back) = conn.read(buf, ep.io_timeout).await;
         buf = back;
         if let Err(e) = res {
             let e = conn_error(e, "reading a response head");
@@ -385,7 +465,7 @@ fn frame(ep: &Endpoint, conn: Conn, head: Head, mut early: Vec<u8>) -> io::Resul
         early,
         left,
         reuse: head.reuse,
-        endpoint: ep.addr,
+        endpoint: PoolKey::of(ep),
         io_timeout: ep.io_timeout,
     };
     if left == 0 {

@@ -77,13 +77,13 @@ impl Config {
             }
         };
         resolve(&mut cfg.storage.root);
-        if let Some(p) = cfg
-            .storage
-            .s3
-            .as_mut()
-            .and_then(|s| s.secret_access_key_file.as_mut())
-        {
-            resolve(p);
+        if let Some(s3) = cfg.storage.s3.as_mut() {
+            for p in [&mut s3.secret_access_key_file, &mut s3.ca_bundle]
+                .into_iter()
+                .flatten()
+            {
+                resolve(p);
+            }
         }
         let listeners = cfg.server.listener.iter_mut().map(|l| &mut l.tls);
         for tls in std::iter::once(&mut cfg.server.tls)

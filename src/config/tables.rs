@@ -61,8 +61,12 @@ pub enum StorageBackend {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3StorageConfig {
-    /// `http://host:port` of the object store's S3 API.
+    /// `http://host:port` or `https://host:port` of the object store's S3 API.
     pub endpoint: String,
+    /// PEM CA certificates the `https` endpoint's certificate must chain to (a private CA).
+    /// Default: the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
     /// Default `"us-east-1"`.
     #[serde(default = "default_region")]
     pub region: String,

@@ -70,7 +70,7 @@ fn defaults_with_optional_tables() -> toml::Value {
     );
     c.storage.s3 = Some(
         toml::from_str(
-            "endpoint = \"\"\nbucket = \"\"\naccess_key_id = \"\"\nsecret_access_key_file = \"\"",
+            "endpoint = \"\"\nca_bundle = \"\"\nbucket = \"\"\naccess_key_id = \"\"\nsecret_access_key_file = \"\"",
         )
         .unwrap(),
     );
@@ -271,4 +271,48 @@ fn validation_names_the_key() {
     let c = Config::parse_str("[server.http]\nmax_target_size = 99999\n").unwrap();
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("server.http.max_target_size"), "{e}");
+}
+
+#[test]
+fn storage_s3_errors_name_the_key() {
+    let base = "endpoint = \"http://127.0.0.1:8333\"\nbucket = \"b\"\n";
+    let cases = [
+        ("[storage]\nbackend = \"s3\"\n", "storage.s3"),
+        ("[storage.s3]\n{base}", "storage.backend"),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"ftp://h:1\"\nbucket = \"b\"\n",
+            "storage.s3.endpoint",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}ca_bundle = \"ca.pem\"\n",
+            "storage.s3.ca_bundle",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}path_style = false\n",
+            "storage.s3.path_style",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}access_key_id = \"k\"\n",
+            "storage.s3.secret_access_key_file",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}redirect_ttl = \"200h\"\n",
+            "storage.s3.redirect_ttl",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://h:1\"\nbucket = \"\"\n",
+            "storage.s3.bucket",
+        ),
+    ];
+    for (text, key) in cases {
+        let text = text.replace("{base}", base);
+        let c = Config::parse_str(&text).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+    let https = format!(
+        "[storage]\nbackend = \"s3\"\n[storage.s3]\n{}ca_bundle = \"ca.pem\"\n",
+        base.replace("http:", "https:")
+    );
+    Config::parse_str(&https).unwrap().validate().unwrap();
 }

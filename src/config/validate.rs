@@ -252,11 +252,25 @@ impl Config {
             }
             (StorageBackend::S3, Some(s3)) => s3,
         };
-        if !s3.endpoint.starts_with("http://") {
+        let https = s3.endpoint.starts_with("https://");
+        if !https && !s3.endpoint.starts_with("http://") {
             return invalid(
                 "storage.s3.endpoint",
-                "must be an http://host:port URL (https endpoints are not supported yet)",
+                "must be an http://host:port or https://host:port URL",
             );
+        }
+        if !https && s3.ca_bundle.is_some() {
+            return invalid(
+                "storage.s3.ca_bundle",
+                "is only used with an https:// endpoint; remove it or use https",
+            );
+        }
+        if s3
+            .ca_bundle
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return invalid("storage.s3.ca_bundle", "must name a PEM file");
         }
         if s3.bucket.is_empty() {
             return invalid("storage.s3.bucket", "must not be empty");
@@ -291,7 +305,7 @@ impl Config {
         if s3.redirect_ttl.is_zero() || s3.redirect_ttl > Duration::from_secs(7 * 86_400) {
             return invalid(
                 "storage.s3.redirect_ttl",
-                "must be between 1s and 7d (the longest a presigned URL may live)",
+                "must be between 1s and 168h (7 days, the longest a presigned URL may live)",
             );
         }
         Ok(())

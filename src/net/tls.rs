@@ -1,5 +1,5 @@
-//! A server-side TLS connection over a monoio `TcpStream`: rustls's `ServerConnection` driven with
-//! monoio's owned-buffer I/O. Reads go through `net::timed_read` (cancel-then-await), so a
+//! A TLS connection over a monoio `TcpStream`: rustls's server connection (clients of wharf) or
+//! client connection (the services wharf calls) driven with monoio's owned-buffer I/O. Reads go through `net::timed_read` (cancel-then-await), so a
 //! timeout never loses a buffer or leaves the TLS state half-updated; writes leave in one syscall
 //! per response (or per 256 KiB of a file) instead of one per 16 KiB record.
 
@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
-use rustls::{HandshakeKind, ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, ConnectionCommon, HandshakeKind, ServerConfig,
+    ServerConnection, SideData,
+};
+use rustls_pki_types::ServerName;
 
 use super::{ConnError, stalled, timed_read};
 
@@ -26,10 +30,28 @@ const TX_KEEP: usize = 64 * 1024;
 /// rustls's outgoing buffer: one block and its record overhead, with room to spare.
 const BUFFER_LIMIT: usize = FILE_BLOCK + 64 * 1024;
 
-/// An established TLS connection.
-pub struct TlsStream {
+/// rustls's connection of either side (each keeps its own concrete type here, so a server
+/// connection carries nothing of the client side).
+pub trait Session: std::ops::DerefMut<Target = ConnectionCommon<Self::Side>> {
+    type Side: SideData;
+    const SERVER: bool;
+}
+
+impl Session for ServerConnection {
+    type Side = rustls::server::ServerConnectionData;
+    const SERVER: bool = true;
+}
+
+impl Session for ClientConnection {
+    type Side = rustls::client::ClientConnectionData;
+    const SERVER: bool = false;
+}
+
+/// An established TLS connection: the server side (clients of wharf) by default, or the client
+/// side (`TlsStream<ClientConnection>`, towards the services wharf calls).
+pub struct TlsStream<C: Session = ServerConnection> {
     tcp: TcpStream,
-    session: ServerConnection,
+    session: C,
     /// Received ciphertext; `rx[rx_pos..]` is not yet handed to rustls.
     rx: Vec<u8>,
     rx_pos: usize,
@@ -62,7 +84,32 @@ impl TlsStream {
         config: Arc<ServerConfig>,
         wait: Duration,
     ) -> Result<TlsStream, HandshakeError> {
-        let mut session = ServerConnection::new(config)?;
+        let session = ServerConnection::new(config)?;
+        // Boxed: the handshake's state lives on the heap only while it runs, not in the future of
+        // every connection task (plain ones included) for the connection's whole life.
+        Box::pin(TlsStream::handshake(tcp, session, wait)).await
+    }
+}
+
+impl TlsStream<ClientConnection> {
+    /// Run the client handshake with `server` (its certificate must name it), bounded by `wait`.
+    pub async fn connect(
+        tcp: TcpStream,
+        config: Arc<ClientConfig>,
+        server: ServerName<'static>,
+        wait: Duration,
+    ) -> Result<TlsStream<ClientConnection>, HandshakeError> {
+        let session = ClientConnection::new(config, server)?;
+        Box::pin(TlsStream::handshake(tcp, session, wait)).await
+    }
+}
+
+impl<C: Session> TlsStream<C> {
+    async fn handshake(
+        tcp: TcpStream,
+        mut session: C,
+        wait: Duration,
+    ) -> Result<TlsStream<C>, HandshakeError> {
         // `write_all` hands rustls at most one block before flushing it out, so this bound holds.
         session.set_buffer_limit(Some(BUFFER_LIMIT));
         let mut s = TlsStream {
@@ -85,14 +132,14 @@ impl TlsStream {
             let first_read = s.rx.is_empty();
             s.receive(deadline).await?;
             // A TLS record starts with 0x16; an HTTP request line with an upper-case method.
-            if first_read && s.rx.first().is_some_and(u8::is_ascii_uppercase) {
+            if C::SERVER && first_read && s.rx.first().is_some_and(u8::is_ascii_uppercase) {
                 // Best effort: the connection closes either way.
                 let _ = monoio::time::timeout(wait, s.tcp.write_all(PLAIN_HTTP_ANSWER)).await;
                 crate::sys::shutdown_write(s.tcp.as_raw_fd());
                 return Err(HandshakeError::PlainHttp);
             }
             if let Err(e) = s.session.process_new_packets() {
-                // Tell the client why (e.g. bad_certificate) before closing.
+                // Tell the peer why (e.g. bad_certificate) before closing.
                 let _ = s.flush(Duration::from_secs(1)).await;
                 return Err(e.into());
             }

@@ -129,6 +129,42 @@ pub fn read_client_cas(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// A client config for services wharf calls over TLS (an object store, later upstreams):
+/// TLS 1.3 and 1.2, no client certificate, server certificates verified against the PEM roots
+/// in `ca_bundle` (named `key` in errors) or else the system's trusted roots.
+pub fn client_config(
+    ca_bundle: Option<&Path>,
+    key: &'static str,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_bundle {
+        Some(path) => {
+            for (i, cert) in read_certs(key, path)?.into_iter().enumerate() {
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(key, path, format!("certificate #{}: {e}", i + 1)))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(TlsError::Located(format!(
+                    "{key} is not set and no system root certificates were found ({:?}); name the CA bundle",
+                    found.errors.first().map(ToString::to_string)
+                )));
+            }
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Located(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A built server config and the client-certificate verifier inside it (kept to re-check the
 /// certificates of open connections after a reload).
 pub struct Material {

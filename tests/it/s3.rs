@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::common::pki::Pki;
 use crate::common::seaweed::{self, Seaweed};
 use wharf::storage::s3::api::{Cond, ObjectStore, S3Config, S3Error, op_counts};
 
@@ -27,6 +28,7 @@ fn on_runtime<F: Future>(driver: &str, f: F) -> F::Output {
 
 fn config(endpoint: String) -> S3Config {
     S3Config {
+        ca_bundle: None,
         endpoint,
         region: "us-east-1".into(),
         bucket: seaweed::BUCKET.into(),
@@ -193,7 +195,60 @@ fn requests_survive_the_store_closing_idle_connections(driver: &str) {
     });
 }
 
+/// An `https` endpoint whose certificate comes from a private CA: reached over TLS with the CA
+/// in `ca_bundle` (large bodies both ways, the connection pooled and reused), and refused with a
+/// certificate error without it or with another CA; a `ca_bundle` on an `http` endpoint is a
+/// configuration error.
+fn an_https_store_is_reached_with_its_private_ca(driver: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let other = Pki::new(other.path());
+    let weed = Seaweed::start_tls(&pki);
+    assert!(weed.endpoint().starts_with("https://"));
+    let mut cfg = config(weed.endpoint());
+    cfg.ca_bundle = Some(pki.path("ca.crt"));
+    let store = ObjectStore::new(&cfg).unwrap();
+    cfg.ca_bundle = None;
+    let system_roots = ObjectStore::new(&cfg).unwrap();
+    cfg.ca_bundle = Some(other.path("ca.crt"));
+    let other_ca = ObjectStore::new(&cfg).unwrap();
+    let data = crate::common::noise(3, 3 << 20);
+    on_runtime(driver, async {
+        store.probe().await.expect("the bucket answers over TLS");
+        store.put("tls/big", &data, Cond::Absent).await.unwrap();
+        let got = store.get_bytes("tls/big", 4 << 20).await.unwrap();
+        assert!(
+            got.as_deref() == Some(&data[..]),
+            "the bytes came back intact"
+        );
+        assert_eq!(
+            wharf::client::idle_connections(),
+            1,
+            "one TLS connection, reused"
+        );
+        for refused in [&system_roots, &other_ca] {
+            match refused.probe().await {
+                Err(S3Error::Io(e)) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("TLS handshake") && e.contains("certificate"),
+                        "{e}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        wharf::client::clear_idle();
+    });
+    let mut cfg = config("http://127.0.0.1:1".into());
+    cfg.ca_bundle = Some(pki.path("ca.crt"));
+    let e = ObjectStore::new(&cfg).err().unwrap();
+    assert!(e.starts_with("storage.s3.ca_bundle"), "{e}");
+}
+
 on_both_drivers!(
     object_store_operations_on_seaweedfs,
-    requests_survive_the_store_closing_idle_connections
+    requests_survive_the_store_closing_idle_connections,
+    an_https_store_is_reached_with_its_private_ca
 );

@@ -470,3 +470,57 @@ fn blob_gets_redirect_to_presigned_urls() {
     ]));
     assert_eq!(digest.trim(), image);
 }
+
+/// A node on an `https` object store with a private CA (`ca_bundle`): a multipart push, a chunked
+/// upload and pulls go over TLS to the store. Without the CA, `check-config` and `serve` stop
+/// with a certificate error naming `storage.s3.endpoint`.
+#[test]
+fn a_node_on_an_https_store_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::common::pki::Pki::new(dir.path());
+    let weed = Seaweed::start_tls(&pki);
+    let storage = format!(
+        "[storage]\nbackend = \"s3\"\n{}",
+        weed.wharf_storage("tls/")
+    );
+    let with_ca = format!(
+        "{storage}ca_bundle = \"{}\"\n",
+        pki.path("ca.crt").display()
+    );
+    let node = Server::start_with("io_uring", &with_ca);
+    let mut c = node.client();
+    let layer = noise(11, 9 << 20);
+    push_image(&mut c, "tls/app", "v1", &layer);
+    let data = noise(12, 7 << 20);
+    let r = c.request("POST", "/v2/tls/app/blobs/uploads/", &[], b"");
+    assert_eq!(r.status, 202);
+    let loc = r.header("Location").unwrap().to_owned();
+    assert_eq!(patch(&mut c, &loc, 0, &data[..6 << 20]).status, 202);
+    assert_eq!(patch(&mut c, &loc, 6 << 20, &data[6 << 20..]).status, 202);
+    let done = format!("{loc}?digest={}", sha256(&data));
+    assert_eq!(c.request("PUT", &done, &[], b"").status, 201);
+    let got = c.get(&format!("/v2/tls/app/blobs/{}", sha256(&data)));
+    assert!(
+        got.status == 200 && got.body == data,
+        "the chunked blob reads back"
+    );
+    crate::gc::pull_verified(&mut c, "tls/app", "v1");
+    let (ok, out) = node.run_wharf(&["check-config"]);
+    assert!(ok, "{out}");
+
+    let cfg = dir.path().join("no-ca.toml");
+    std::fs::write(&cfg, &storage).unwrap();
+    for cmd in ["check-config", "serve"] {
+        let out = Command::new(wharf_bin())
+            .args([cmd, "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}: {text}");
+        assert!(
+            text.contains("storage.s3.endpoint") && text.contains("certificate"),
+            "{cmd}: {text}"
+        );
+    }
+}

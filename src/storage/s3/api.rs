@@ -23,8 +23,10 @@ const MAX_SMALL_BODY: usize = 8 << 20;
 /// Where the bucket is and how to reach it.
 #[derive(Clone, Debug)]
 pub struct S3Config {
-    /// `http://host:port` (path-style addressing).
+    /// `http://host:port` or `https://host:port` (path-style addressing).
     pub endpoint: String,
+    /// PEM roots that the certificate of an `https` endpoint must chain to (`None`: the system's).
+    pub ca_bundle: Option<std::path::PathBuf>,
     pub region: String,
     pub bucket: String,
     /// Prepended to every key (`registry/`); may be empty.
@@ -126,16 +128,34 @@ impl ObjectStore {
             .endpoint
             .parse()
             .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?;
-        if url.scheme() != "http" {
-            return Err(format!(
-                "storage.s3.endpoint {:?}: only http:// endpoints are supported so far",
-                cfg.endpoint
-            ));
-        }
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => {
+                return Err(format!(
+                    "storage.s3.endpoint {:?}: must be an http:// or https:// URL",
+                    cfg.endpoint
+                ));
+            }
+        };
         let host = url
             .host_str()
             .ok_or_else(|| format!("storage.s3.endpoint {:?}: no host", cfg.endpoint))?;
         let port = url.port_or_known_default().unwrap_or(80);
+        let tls = if https {
+            let config =
+                crate::tls::client_config(cfg.ca_bundle.as_deref(), "storage.s3.ca_bundle")
+                    .map_err(|e| e.to_string())?;
+            // An IPv6 literal comes bracketed in URLs, bare in certificates.
+            let name = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls_pki_types::ServerName::try_from(name.to_owned())
+                .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?;
+            Some((config, name))
+        } else if cfg.ca_bundle.is_some() {
+            return Err("storage.s3.ca_bundle: only used with an https:// endpoint".into());
+        } else {
+            None
+        };
         let addr = (host, port)
             .to_socket_addrs()
             .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?
@@ -159,6 +179,7 @@ impl ObjectStore {
                 },
                 connect_timeout: cfg.connect_timeout,
                 io_timeout: cfg.io_timeout,
+                tls,
             },
             prefix: cfg.prefix.clone(),
         })
@@ -179,7 +200,9 @@ impl ObjectStore {
         body: &[u8],
     ) -> Result<Response, S3Error> {
         let started = std::time::Instant::now();
-        let sent = self.exchange(method, url, headers, body).await;
+        // Boxed: a request to the store is one allocation beside the network round trip, and the
+        // exchange (TLS included) stays out of the future of every connection task.
+        let sent = Box::pin(self.exchange(method, url, headers, body)).await;
         let failed = match &sent {
             Ok(r) => !matches!(r.status, 200..=299 | 404 | 412),
             Err(_) => true,

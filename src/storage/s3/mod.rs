@@ -279,6 +279,7 @@ pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<Obje
     }
     let store = ObjectStore::new(&api::S3Config {
         endpoint: cfg.endpoint.clone(),
+        ca_bundle: cfg.ca_bundle.clone(),
         region: cfg.region.clone(),
         bucket: cfg.bucket.clone(),
         prefix: cfg.prefix.clone(),

@@ -18,6 +18,8 @@ pub struct Seaweed {
     /// The S3 gateway's port on 127.0.0.1.
     pub s3_port: u16,
     log: PathBuf,
+    /// With TLS on the S3 port: the CA its certificate chains to.
+    tls_ca: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -33,8 +35,19 @@ impl Seaweed {
         Seaweed::start_with(&[])
     }
 
+    /// The S3 gateway over TLS only, with `pki`'s server certificate (127.0.0.1, localhost).
+    pub fn start_tls(pki: &super::pki::Pki) -> Seaweed {
+        let cert = format!("-s3.cert.file={}", pki.path("server.crt").display());
+        let key = format!("-s3.key.file={}", pki.path("server.key").display());
+        Seaweed::start_inner(&[&cert, &key], Some(pki.path("ca.crt")))
+    }
+
     /// With extra `weed mini` flags.
     pub fn start_with(extra: &[&str]) -> Seaweed {
+        Seaweed::start_inner(extra, None)
+    }
+
+    fn start_inner(extra: &[&str], tls_ca: Option<PathBuf>) -> Seaweed {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("s3.json");
         std::fs::write(
@@ -83,6 +96,7 @@ impl Seaweed {
             dir,
             s3_port,
             log,
+            tls_ca,
         };
         s.wait_ready();
         s
@@ -122,9 +136,13 @@ impl Seaweed {
     /// The bucket answers a signed request (the gateway starts after master, volume and filer).
     fn wait_ready(&self) {
         let until = Instant::now() + Duration::from_secs(60);
-        let url = format!("http://127.0.0.1:{}/{BUCKET}", self.s3_port);
+        let url = format!("{}/{BUCKET}", self.endpoint());
         while Instant::now() < until {
-            let out = Command::new("curl")
+            let mut curl = Command::new("curl");
+            if let Some(ca) = &self.tls_ca {
+                curl.arg("--cacert").arg(ca);
+            }
+            let out = curl
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I"])
                 .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
                 .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
@@ -143,7 +161,12 @@ impl Seaweed {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.s3_port)
     }
 
     /// The `[storage.s3]` table of a wharf node keeping everything in this store's bucket
