@@ -123,7 +123,7 @@ fn skopeo_pushes_and_pulls_over_mtls(driver: &str) {
 }
 
 /// podman with its own storage (vfs, no daemon, no mounts) under `root`.
-fn podman(root: &Path) -> Command {
+pub(crate) fn podman(root: &Path) -> Command {
     let mut c = Command::new("podman");
     c.arg("--root")
         .arg(root.join("storage"))

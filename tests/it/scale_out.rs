@@ -524,3 +524,156 @@ fn a_node_on_an_https_store_with_a_private_ca() {
         );
     }
 }
+
+/// skopeo and podman pull an image whose layers answer 307 to presigned URLs of the store: they
+/// follow the redirects (counted in the access log) and get every layer byte-identical.
+#[test]
+fn skopeo_and_podman_follow_redirects_to_the_store() {
+    let weed = Seaweed::shared();
+    let node = Server::start_logged(
+        "io_uring",
+        &format!(
+            "[storage]\nbackend = \"s3\"\n{}redirect = true\n",
+            weed.wharf_storage("redirect-clients/")
+        ),
+        "wharf::access=info",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let mut src = Layout::new(&work.path().join("src"));
+    let layers = [
+        src.add_tar_layer("a.bin", 300_000, 21),
+        src.add_tar_layer("b.bin", 2_000_000, 22),
+    ];
+    let image = src.add_image(&layers, "amd64");
+    src.tag(&image, "v1");
+    let target = format!("{}/rd/app:v1", node.host());
+    let skopeo = || {
+        let mut c = Command::new(tool("skopeo"));
+        c.arg("--insecure-policy");
+        c
+    };
+    run_ok(skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", src.dir.display()),
+        &format!("docker://{target}"),
+    ]));
+    let redirects = |n: &Server| n.log().matches(" 307 ").count();
+    assert_eq!(redirects(&node), 0);
+
+    let out = work.path().join("out");
+    run_ok(skopeo().args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:v1", out.display()),
+    ]));
+    let back = Layout::new(&out);
+    for l in &layers {
+        let (a, b) = (
+            std::fs::read(src.blob_path(&l.digest)).unwrap(),
+            std::fs::read(back.blob_path(&l.digest)).unwrap(),
+        );
+        assert!(a == b, "layer {} differs", l.digest);
+    }
+    let after_skopeo = redirects(&node);
+    assert!(
+        after_skopeo >= layers.len(),
+        "skopeo: {after_skopeo} redirects"
+    );
+
+    let root = work.path().join("podman");
+    run_ok(crate::e2e_tls::podman(&root).args(["pull", "--tls-verify=false", &target]));
+    let digest = run_ok(crate::e2e_tls::podman(&root).args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Digest}}",
+        &target,
+    ]));
+    assert_eq!(digest.trim(), image.digest);
+    assert!(
+        redirects(&node) >= after_skopeo + layers.len(),
+        "podman did not fetch the layers through the redirects:\n{}",
+        node.log()
+    );
+}
+
+/// `curl` signed for `weed`'s bucket: `key` under the bucket, extra arguments first.
+fn bucket_curl(weed: &Seaweed, key: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sSf", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+        .arg(format!(
+            "{}:{}",
+            crate::common::seaweed::ACCESS_KEY,
+            crate::common::seaweed::SECRET_KEY
+        ))
+        .args(args)
+        .arg(format!(
+            "{}/{}/{key}",
+            weed.endpoint(),
+            crate::common::seaweed::BUCKET
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {key}: {out:?}");
+    out.stdout
+}
+
+/// Bytes changed in the bucket behind wharf's back never reach a client as a complete body: a
+/// streamed blob's response breaks off before its last bytes, an inline one is an error.
+#[test]
+fn tampered_bytes_in_the_bucket_never_reach_a_client_whole() {
+    let weed = Seaweed::shared();
+    let node = Server::start_with(
+        "io_uring",
+        &format!(
+            "[storage]\nbackend = \"s3\"\n{}",
+            weed.wharf_storage("tamper/")
+        ),
+    );
+    let mut c = node.client();
+    for len in [3 << 20, 1000] {
+        let data = noise(13, len);
+        let d = push_blob(&mut c, "t/app", &data);
+        let pointer = bucket_curl(weed, &format!("tamper/blobs/{}", d.replace(':', "/")), &[]);
+        let pointer = String::from_utf8(pointer).unwrap();
+        let data_key = pointer.lines().nth(2).expect("a pointer names its data");
+        let mut tampered = data.clone();
+        tampered[len - 1] ^= 1;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &tampered).unwrap();
+        let upload = file.path().display().to_string();
+        bucket_curl(weed, &format!("tamper/{data_key}"), &["-T", &upload]);
+
+        let mut raw = std::net::TcpStream::connect(node.addr).unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        raw.write_all(
+            format!("GET /v2/t/app/blobs/{d} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        // EOF, not a timeout: the server ends the response.
+        std::io::Read::read_to_end(&mut raw, &mut got).expect("the server closes the connection");
+        let text = String::from_utf8_lossy(&got[..got.len().min(400)]).into_owned();
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let body = &got[head_end..];
+        if len > 1 << 20 {
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(
+                body.len() < len,
+                "a streamed body ends early: {} bytes",
+                body.len()
+            );
+            assert!(
+                body == &tampered[..body.len()],
+                "what was sent is the store's bytes"
+            );
+        } else {
+            assert!(text.starts_with("HTTP/1.1 5"), "{text}");
+            assert!(body != &tampered[..], "the inline blob was served whole");
+        }
+    }
+}
