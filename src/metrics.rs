@@ -403,6 +403,11 @@ impl Metrics {
                 n - failed
             );
         }
+        let (hits, misses) = crate::storage::s3::revisions::counts();
+        let _ = writeln!(
+            out,
+            "# HELP wharf_s3_revision_cache_total Manifest GETs by tag on the S3 backend whose revision came from the per-worker cache (hit) or the object store (miss); at most 1,024 revisions and 8 MiB per worker.\n# TYPE wharf_s3_revision_cache_total counter\nwharf_s3_revision_cache_total{{outcome=\"hit\"}} {hits}\nwharf_s3_revision_cache_total{{outcome=\"miss\"}} {misses}"
+        );
         let _ = writeln!(
             out,
             "# HELP wharf_sendfile_cold_windows_total File windows (8 MiB) a sendfile found not all in the page cache and read on the blocking pool first.\n# TYPE wharf_sendfile_cold_windows_total counter\nwharf_sendfile_cold_windows_total {}",

@@ -677,3 +677,46 @@ fn tampered_bytes_in_the_bucket_never_reach_a_client_whole() {
         }
     }
 }
+
+/// GETs by tag take a revision's bytes from the node's cache once read, yet every node sees
+/// another node's re-tag and delete at once: the tag object is read each time, and a GET by
+/// digest always asks the bucket.
+#[test]
+fn cached_revisions_never_hide_another_nodes_changes() {
+    let weed = Seaweed::shared();
+    let [a, b]: [Server; 2] = nodes(weed, "revisions/", 2).try_into().ok().unwrap();
+    let (mut ca, mut cb) = (a.client(), b.client());
+    let hits = |c: &mut Client| {
+        let text = String::from_utf8(c.get("/metrics").body).unwrap();
+        sample(&text, "wharf_s3_revision_cache_total{outcome=\"hit\"}").unwrap()
+    };
+    let first = push_image(&mut ca, "rv/app", "v1", &noise(14, 5_000));
+    let before = hits(&mut cb);
+    for _ in 0..3 {
+        let r = cb.get("/v2/rv/app/manifests/v1");
+        assert_eq!(r.header("Docker-Content-Digest"), Some(first.as_str()));
+    }
+    assert!(
+        hits(&mut cb) >= before + 2.0,
+        "repeated GETs by tag hit the cache"
+    );
+
+    let second = push_image(&mut ca, "rv/app", "v1", &noise(15, 5_000));
+    let r = cb.get("/v2/rv/app/manifests/v1");
+    assert_eq!(r.header("Docker-Content-Digest"), Some(second.as_str()));
+
+    let r = ca.request(
+        "DELETE",
+        &format!("/v2/rv/app/manifests/{second}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202);
+    assert_eq!(cb.get("/v2/rv/app/manifests/v1").status, 404);
+    assert_eq!(
+        cb.get(&format!("/v2/rv/app/manifests/{second}")).status,
+        404
+    );
+    let r = cb.get(&format!("/v2/rv/app/manifests/{first}"));
+    assert_eq!(r.status, 200, "the first image is still there by digest");
+}

@@ -63,18 +63,34 @@ impl ObjectBackend {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest> {
-        let digest = match reference {
-            Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => self
-                .tag(repo, t)
-                .await?
-                .map(|(d, _)| d)
-                .ok_or(StoreError::ManifestUnknown)?,
+        let (digest, by_tag) = match reference {
+            Reference::Digest(d) => (d.clone(), false),
+            Reference::Tag(t) => match self.tag(repo, t).await? {
+                Some((d, _)) => (d, true),
+                None => return Err(StoreError::ManifestUnknown),
+            },
         };
-        let (media_type, bytes) = self
-            .revision(repo, &digest)
-            .await?
-            .ok_or(StoreError::ManifestUnknown)?;
+        // By tag, the tag object just read says the manifest exists (see `revisions`).
+        let cached = by_tag
+            .then(|| revisions::get(self.id, repo.as_str(), &digest.to_string()))
+            .flatten();
+        let (media_type, bytes) = match cached {
+            Some(hit) => hit,
+            None => {
+                let (media_type, bytes) = self
+                    .revision(repo, &digest)
+                    .await?
+                    .ok_or(StoreError::ManifestUnknown)?;
+                revisions::put(
+                    self.id,
+                    repo.as_str(),
+                    &digest.to_string(),
+                    &media_type,
+                    &bytes,
+                );
+                (media_type, bytes)
+            }
+        };
         Ok(StoredManifest {
             digest,
             media_type,

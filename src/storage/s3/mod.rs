@@ -27,6 +27,7 @@ mod blobs;
 mod gc;
 mod manifests;
 mod parse;
+pub mod revisions;
 mod uploads;
 mod writer;
 
@@ -181,6 +182,8 @@ pub struct ObjectBackend {
     probed_at: AtomicU64,
     probed_ok: AtomicBool,
     epoch: Instant,
+    /// This backend's key space in the per-worker revision cache (`revisions`).
+    id: u64,
 }
 
 /// Seconds since the epoch.
@@ -203,6 +206,10 @@ impl ObjectBackend {
             probed_at: AtomicU64::new(u64::MAX),
             probed_ok: AtomicBool::new(false),
             epoch: Instant::now(),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         }
     }
 
