@@ -279,23 +279,51 @@ def _head(sock):
     return int(lines[0].split()[1]), headers, rest
 
 
+def timed_put(url, target, path, size, ok=(201,)):
+    """PUT a file to `target` (a path with query) over one new connection, the body sent with
+    sendfile (plain HTTP) so the client costs as little as possible; seconds until the answer."""
+    sock = _conn(url)
+    host = url.split("://", 1)[1]
+    t0 = time.perf_counter()
+    sock.sendall((f"PUT {target} HTTP/1.1\r\nHost: {host}\r\n"
+                  f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n").encode())
+    with open(path, "rb") as f:
+        sock.sendfile(f)
+    status, _, _ = _head(sock)
+    t = time.perf_counter() - t0
+    sock.close()
+    assert status in ok, status
+    return t
+
+
+def timed_get(url, target, size, buf):
+    """GET `target` over one new connection into the reused buffer `buf`; seconds to the last byte."""
+    sock = _conn(url)
+    host = url.split("://", 1)[1]
+    t0 = time.perf_counter()
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    status, headers, rest = _head(sock)
+    if status in (301, 302, 307):
+        raise RuntimeError(f"redirected to {headers.get('location')}")
+    assert status == 200, status
+    left = size - len(rest)
+    while left > 0:
+        n = sock.recv_into(buf)
+        if n == 0:
+            raise RuntimeError("closed early")
+        left -= n
+    t = time.perf_counter() - t0
+    sock.close()
+    return t
+
+
 def big_push(url, path, digest, size, best_of=3):
-    """Monolithic PUT of a file over one connection, the body sent with sendfile (plain HTTP) so
-    the client costs as little as possible; MB/s of the best run, timed to the 201."""
+    """Monolithic PUT of a file over one connection; MB/s of the best run, timed to the 201."""
     best = None
     for i in range(best_of):
         loc = start_upload(url, f"bench/big{i}")
         sep = "&" if "?" in loc else "?"
-        sock = _conn(url)
-        t0 = time.perf_counter()
-        sock.sendall((f"PUT {loc}{sep}digest={digest} HTTP/1.1\r\nHost: x\r\n"
-                      f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n").encode())
-        with open(path, "rb") as f:
-            sock.sendfile(f)
-        status, _, _ = _head(sock)
-        t = time.perf_counter() - t0
-        sock.close()
-        assert status == 201, status
+        t = timed_put(url, f"{loc}{sep}digest={digest}", path, size)
         best = t if best is None else min(best, t)
     return size / best / 1e6
 
@@ -303,24 +331,7 @@ def big_push(url, path, digest, size, best_of=3):
 def big_pull(url, digest, size, best_of=3, repo="bench/big0"):
     """GET of a blob over one connection into a reused 4 MiB buffer; MB/s of the best run."""
     buf = memoryview(bytearray(4 * MIB))
-    best = None
-    for _ in range(best_of):
-        sock = _conn(url)
-        t0 = time.perf_counter()
-        sock.sendall(f"GET /v2/{repo}/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        status, headers, rest = _head(sock)
-        if status in (301, 302, 307):
-            raise RuntimeError(f"redirected to {headers.get('location')}")
-        assert status == 200, status
-        left = size - len(rest)
-        while left > 0:
-            n = sock.recv_into(buf)
-            if n == 0:
-                raise RuntimeError("closed early")
-            left -= n
-        t = time.perf_counter() - t0
-        sock.close()
-        best = t if best is None else min(best, t)
+    best = min(timed_get(url, f"/v2/{repo}/blobs/{digest}", size, buf) for _ in range(best_of))
     return size / best / 1e6
 
 

@@ -111,15 +111,13 @@ class Weed:
         self.proc.wait(20)
 
 
-class Registry:
-    """wharf or distribution on the shared bucket under its own prefix."""
+class Registry(c.Server):
+    """wharf or distribution on the shared bucket under its own prefix (stopped and named as in
+    the filesystem comparison)."""
 
     def __init__(self, name, work, weed, prefix):
-        self.name, self.weed, self.prefix = name, weed, prefix
-        self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=work)
-        self.port = c.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = None
+        super().__init__(name, work)
+        self.weed, self.prefix = weed, prefix
 
     def start(self):
         d, w = self.dir, self.weed
@@ -146,20 +144,6 @@ class Registry:
                                      stderr=open(f"{d}/log", "w"))
         c.wait_http(self.url + "/v2/")
         return self
-
-    def version(self):
-        if self.name == "wharf":
-            return c.run([c.WHARF, "version"]).strip()
-        return c.run([f"{c.PEERS}/registry", "--version"]).strip()
-
-    def stop(self):
-        if self.proc:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
 
 
 def registry_rows(s, big_path, big_digest, big_size):
@@ -191,35 +175,14 @@ def direct_rows(weed, big_path, big_size):
                    input=small, check=True)
     c.log("  seaweedfs: wrk 4 KiB GET (presigned)")
     r["get_4k"] = c.wrk(presign(weed.endpoint, "GET", "direct/small"))["rps"]
-    best_put = best_get = None
     buf = memoryview(bytearray(4 * c.MIB))
+    best_put = best_get = None
     for _ in range(2):
         url = urllib.parse.urlsplit(presign(weed.endpoint, "PUT", "direct/big"))
-        sock = c._conn(weed.endpoint)
-        t0 = time.perf_counter()
-        sock.sendall((f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                      f"Content-Length: {big_size}\r\n\r\n").encode())
-        with open(big_path, "rb") as f:
-            sock.sendfile(f)
-        status, _, _ = c._head(sock)
-        t = time.perf_counter() - t0
-        sock.close()
-        assert status == 200, status
+        t = c.timed_put(weed.endpoint, f"{url.path}?{url.query}", big_path, big_size, ok=(200,))
         best_put = t if best_put is None else min(best_put, t)
         url = urllib.parse.urlsplit(presign(weed.endpoint, "GET", "direct/big"))
-        sock = c._conn(weed.endpoint)
-        t0 = time.perf_counter()
-        sock.sendall(f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
-        status, _, rest = c._head(sock)
-        assert status == 200, status
-        left = big_size - len(rest)
-        while left > 0:
-            n = sock.recv_into(buf)
-            if n == 0:
-                raise RuntimeError("closed early")
-            left -= n
-        t = time.perf_counter() - t0
-        sock.close()
+        t = c.timed_get(weed.endpoint, f"{url.path}?{url.query}", big_size, buf)
         best_get = t if best_get is None else min(best_get, t)
     r["push_256m"] = big_size / best_put / 1e6
     r["pull_256m"] = big_size / best_get / 1e6

@@ -7,13 +7,13 @@ use std::process::Command;
 use crate::common::layout::{Blob, Layout};
 use crate::common::*;
 
-fn skopeo() -> Command {
+pub(crate) fn skopeo() -> Command {
     let mut c = Command::new(tool("skopeo"));
     c.arg("--insecure-policy");
     c
 }
 
-fn assert_same_blob(a: &Path, b: &Path) {
+pub(crate) fn assert_same_blob(a: &Path, b: &Path) {
     let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let (x, y) = (read(a), read(b));
     assert!(x == y, "{} and {} differ", a.display(), b.display());

@@ -85,11 +85,7 @@ fn three_nodes_serve_one_bucket() {
     ];
     let image = src.add_image(&layers, "amd64");
     src.tag(&image, "v1");
-    let skopeo = || {
-        let mut c = Command::new(tool("skopeo"));
-        c.arg("--insecure-policy");
-        c
-    };
+    let skopeo = crate::e2e_clients::skopeo;
     run_ok(skopeo().args([
         "copy",
         "--dest-tls-verify=false",
@@ -547,11 +543,7 @@ fn skopeo_and_podman_follow_redirects_to_the_store() {
     let image = src.add_image(&layers, "amd64");
     src.tag(&image, "v1");
     let target = format!("{}/rd/app:v1", node.host());
-    let skopeo = || {
-        let mut c = Command::new(tool("skopeo"));
-        c.arg("--insecure-policy");
-        c
-    };
+    let skopeo = crate::e2e_clients::skopeo;
     run_ok(skopeo().args([
         "copy",
         "--dest-tls-verify=false",
@@ -570,11 +562,7 @@ fn skopeo_and_podman_follow_redirects_to_the_store() {
     ]));
     let back = Layout::new(&out);
     for l in &layers {
-        let (a, b) = (
-            std::fs::read(src.blob_path(&l.digest)).unwrap(),
-            std::fs::read(back.blob_path(&l.digest)).unwrap(),
-        );
-        assert!(a == b, "layer {} differs", l.digest);
+        crate::e2e_clients::assert_same_blob(&src.blob_path(&l.digest), &back.blob_path(&l.digest));
     }
     let after_skopeo = redirects(&node);
     assert!(
