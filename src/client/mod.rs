@@ -1,7 +1,7 @@
 //! An HTTP/1.1 client for the services wharf talks to (an S3-compatible object store; upstream
-//! registries later): requests over plain TCP or TLS (rustls, through `net::tls`) with keep-alive connections pooled per worker
-//! thread, a response head parsed with `httparse`, bodies framed by `Content-Length` and read
-//! whole (bounded) or chunk by chunk as they arrive. Knows neither OCI nor storage; runs on the
+//! registries later): requests over plain TCP or TLS (rustls, through `net::tls`) with keep-alive
+//! connections pooled per worker thread, a response head parsed with `httparse`, bodies framed by
+//! `Content-Length` and read whole (bounded) or chunk by chunk as they arrive. Knows neither OCI nor storage; runs on the
 //! worker's monoio runtime (no other runtime inside a worker).
 
 use std::cell::RefCell;
@@ -197,8 +197,28 @@ fn timed_out(doing: &str) -> io::Error {
 struct PoolKey {
     addr: SocketAddr,
     host: String,
-    /// The `ClientConfig`'s address and the server name (none: plain TCP).
-    tls: Option<(usize, String)>,
+    /// The client configuration and the server name (none: plain TCP).
+    tls: Option<TlsKey>,
+}
+
+/// A TLS set-up, equal only to itself: the same `ClientConfig` (by identity; the key holds it,
+/// so its address is never reused while connections made with it are pooled) and server name.
+#[derive(Clone, Debug)]
+struct TlsKey(Arc<rustls::ClientConfig>, String);
+
+impl PartialEq for TlsKey {
+    fn eq(&self, other: &TlsKey) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) && self.1 == other.1
+    }
+}
+
+impl Eq for TlsKey {}
+
+impl std::hash::Hash for TlsKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), h);
+        self.1.hash(h);
+    }
 }
 
 impl PoolKey {
@@ -209,7 +229,7 @@ impl PoolKey {
             tls: ep
                 .tls
                 .as_ref()
-                .map(|(c, name)| (Arc::as_ptr(c) as usize, name.to_str().into_owned())),
+                .map(|(c, name)| TlsKey(Arc::clone(c), name.to_str().into_owned())),
         }
     }
 }

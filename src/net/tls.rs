@@ -1,7 +1,8 @@
 //! A TLS connection over a monoio `TcpStream`: rustls's server connection (clients of wharf) or
-//! client connection (the services wharf calls) driven with monoio's owned-buffer I/O. Reads go through `net::timed_read` (cancel-then-await), so a
-//! timeout never loses a buffer or leaves the TLS state half-updated; writes leave in one syscall
-//! per response (or per 256 KiB of a file) instead of one per 16 KiB record.
+//! client connection (the services wharf calls) driven with monoio's owned-buffer I/O. Reads go
+//! through `net::timed_read` (cancel-then-await), so a timeout never loses a buffer or leaves the
+//! TLS state half-updated; writes leave in one syscall per response (or per 256 KiB of a file)
+//! instead of one per 16 KiB record.
 
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsRawFd, RawFd};
