@@ -12,12 +12,18 @@ use crate::common::*;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// `n` wharf nodes on `weed`'s bucket under one prefix.
-fn nodes(weed: &Seaweed, prefix: &str, n: usize) -> Vec<Server> {
-    let storage = format!(
+/// The `[storage]` tables of a node keeping everything in `weed`'s bucket under `prefix`
+/// (`[storage.s3]` last, so more of its keys may follow).
+fn on_bucket(weed: &Seaweed, prefix: &str) -> String {
+    format!(
         "[storage]\nbackend = \"s3\"\n{}",
         weed.wharf_storage(prefix)
-    );
+    )
+}
+
+/// `n` wharf nodes on `weed`'s bucket under one prefix.
+fn nodes(weed: &Seaweed, prefix: &str, n: usize) -> Vec<Server> {
+    let storage = on_bucket(weed, prefix);
     (0..n)
         .map(|_| Server::start_with("io_uring", &storage))
         .collect()
@@ -290,10 +296,7 @@ fn gc_on_the_bucket_deletes_only_garbage() {
     let weed = Seaweed::shared();
     let node = Server::start_with(
         "io_uring",
-        &format!(
-            "[gc]\ngrace = \"2s\"\n[storage]\nbackend = \"s3\"\n{}",
-            weed.wharf_storage("gc-once/")
-        ),
+        &format!("[gc]\ngrace = \"2s\"\n{}", on_bucket(weed, "gc-once/")),
     );
     let mut c = node.client();
     let image = push_image(&mut c, "g/app", "v1", &noise(6, 50_000));
@@ -333,10 +336,7 @@ fn gc_on_the_bucket_deletes_only_garbage() {
 #[test]
 fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
     let weed = Seaweed::shared();
-    let storage = format!(
-        "[storage]\nbackend = \"s3\"\n{}",
-        weed.wharf_storage("gc-loop/")
-    );
+    let storage = on_bucket(weed, "gc-loop/");
     let a = Server::start_logged(
         "io_uring",
         &format!("[gc]\ninterval = \"1s\"\ngrace = \"2s\"\n{storage}"),
@@ -425,8 +425,8 @@ fn blob_gets_redirect_to_presigned_urls() {
     let node = Server::start_with(
         "io_uring",
         &format!(
-            "[storage]\nbackend = \"s3\"\n{}redirect = true\nredirect_ttl = \"5m\"\n",
-            weed.wharf_storage("redirect/")
+            "{}redirect = true\nredirect_ttl = \"5m\"\n",
+            on_bucket(weed, "redirect/")
         ),
     );
     let mut c = node.client();
@@ -475,10 +475,7 @@ fn a_node_on_an_https_store_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     let pki = crate::common::pki::Pki::new(dir.path());
     let weed = Seaweed::start_tls(&pki);
-    let storage = format!(
-        "[storage]\nbackend = \"s3\"\n{}",
-        weed.wharf_storage("tls/")
-    );
+    let storage = on_bucket(&weed, "tls/");
     let with_ca = format!(
         "{storage}ca_bundle = \"{}\"\n",
         pki.path("ca.crt").display()
@@ -528,10 +525,7 @@ fn skopeo_and_podman_follow_redirects_to_the_store() {
     let weed = Seaweed::shared();
     let node = Server::start_logged(
         "io_uring",
-        &format!(
-            "[storage]\nbackend = \"s3\"\n{}redirect = true\n",
-            weed.wharf_storage("redirect-clients/")
-        ),
+        &format!("{}redirect = true\n", on_bucket(weed, "redirect-clients/")),
         "wharf::access=info",
     );
     let work = tempfile::tempdir().unwrap();
@@ -613,13 +607,7 @@ fn bucket_curl(weed: &Seaweed, key: &str, args: &[&str]) -> Vec<u8> {
 #[test]
 fn tampered_bytes_in_the_bucket_never_reach_a_client_whole() {
     let weed = Seaweed::shared();
-    let node = Server::start_with(
-        "io_uring",
-        &format!(
-            "[storage]\nbackend = \"s3\"\n{}",
-            weed.wharf_storage("tamper/")
-        ),
-    );
+    let node = Server::start_with("io_uring", &on_bucket(weed, "tamper/"));
     let mut c = node.client();
     for len in [3 << 20, 1000] {
         let data = noise(13, len);

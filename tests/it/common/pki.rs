@@ -38,14 +38,7 @@ pub fn run_cmd(cmd: &mut Command) -> (bool, String) {
 
 /// Run `wharf` with `args`, asserting success; returns stdout.
 pub fn wharf(args: &[&str]) -> String {
-    let out = Command::new(wharf_bin()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "wharf {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    super::run_ok(Command::new(wharf_bin()).args(args))
 }
 
 impl Pki {
