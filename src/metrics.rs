@@ -403,6 +403,12 @@ impl Metrics {
                 n - failed
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP wharf_s3_part_bytes_in_flight Bytes of multipart parts being uploaded to the object store, all pushes (each push up to 3 parts at once while the total stays under {} bytes; a push always has one).\n# TYPE wharf_s3_part_bytes_in_flight gauge\nwharf_s3_part_bytes_in_flight {}",
+            crate::storage::s3::writer::PART_BUDGET,
+            crate::storage::s3::writer::part_bytes_in_flight()
+        );
         let (hits, misses) = crate::storage::s3::revisions::counts();
         let _ = writeln!(
             out,

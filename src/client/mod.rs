@@ -46,7 +46,27 @@ pub struct Request<'a> {
     pub method: &'a str,
     pub target: &'a str,
     pub headers: Vec<(&'a str, String)>,
-    pub body: &'a [u8],
+    pub body: Payload<'a>,
+}
+
+/// A request body. Bytes the caller lends go out copied behind the head (one write, for small
+/// bodies); bytes it hands over go out as they are after the head (no copy of a multipart part,
+/// and no second part-sized buffer per request in flight).
+pub enum Payload<'a> {
+    Lent(&'a [u8]),
+    Given(bytes::Bytes),
+}
+
+impl Payload<'_> {
+    /// No body.
+    pub const NONE: Payload<'static> = Payload::Lent(b"");
+
+    fn len(&self) -> usize {
+        match self {
+            Payload::Lent(b) => b.len(),
+            Payload::Given(b) => b.len(),
+        }
+    }
 }
 
 /// A response head and its body, still to be read.
@@ -170,17 +190,34 @@ impl Conn {
         }
     }
 
-    /// Write all of `wire` (given back, for a retry on another connection).
-    async fn write(&mut self, wire: Vec<u8>, wait: Duration) -> (io::Result<()>, Vec<u8>) {
+    /// Write all of `wire`, then `body` (`wire` is given back, for a retry on another
+    /// connection).
+    async fn write(
+        &mut self,
+        wire: Vec<u8>,
+        body: Option<bytes::Bytes>,
+        wait: Duration,
+    ) -> (io::Result<()>, Vec<u8>) {
         match self {
             Conn::Plain(stream) => {
-                match monoio::time::timeout(wait, stream.write_all(wire)).await {
-                    Ok((res, wire)) => (res.map(|_| ()), wire),
-                    Err(_) => (Err(timed_out("sending a request")), Vec::new()),
+                let wire = match monoio::time::timeout(wait, stream.write_all(wire)).await {
+                    Ok((Ok(_), wire)) => wire,
+                    Ok((Err(e), wire)) => return (Err(e), wire),
+                    Err(_) => return (Err(timed_out("sending a request")), Vec::new()),
+                };
+                let Some(body) = body else {
+                    return (Ok(()), wire);
+                };
+                match monoio::time::timeout(wait, stream.write_all(body)).await {
+                    Ok((res, _)) => (res.map(|_| ()), wire),
+                    Err(_) => (Err(timed_out("sending a request body")), Vec::new()),
                 }
             }
             Conn::Tls(tls) => {
-                let res = tls.write_all(&wire, wait).await;
+                let mut res = tls.write_all(&wire, wait).await;
+                if let (Ok(()), Some(body)) = (&res, body) {
+                    res = tls.write_all(&body, wait).await;
+                }
                 (res, wire)
             }
         }
@@ -323,7 +360,11 @@ async fn connect(ep: &Endpoint) -> io::Result<Conn> {
 
 fn encode(ep: &Endpoint, req: &Request<'_>) -> Vec<u8> {
     use std::io::Write as _;
-    let mut out = Vec::with_capacity(256 + req.body.len());
+    let lent = match req.body {
+        Payload::Lent(b) => b.len(),
+        Payload::Given(_) => 0,
+    };
+    let mut out = Vec::with_capacity(256 + lent);
     let _ = write!(
         out,
         "{} {} HTTP/1.1\r\nHost: {}\r\n",
@@ -332,11 +373,13 @@ fn encode(ep: &Endpoint, req: &Request<'_>) -> Vec<u8> {
     for (k, v) in &req.headers {
         let _ = write!(out, "{k}: {v}\r\n");
     }
-    if !req.body.is_empty() || matches!(req.method, "PUT" | "POST") {
+    if req.body.len() > 0 || matches!(req.method, "PUT" | "POST") {
         let _ = write!(out, "Content-Length: {}\r\n", req.body.len());
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(req.body);
+    if let Payload::Lent(body) = req.body {
+        out.extend_from_slice(body);
+    }
     out
 }
 
@@ -344,9 +387,13 @@ fn encode(ep: &Endpoint, req: &Request<'_>) -> Vec<u8> {
 /// retried once on a fresh one (only then: the request was not seen).
 pub async fn send(ep: &Endpoint, req: &Request<'_>) -> io::Result<Response> {
     let mut wire = encode(ep, req);
+    let given = match &req.body {
+        Payload::Given(b) => Some(b),
+        Payload::Lent(_) => None,
+    };
     let head_request = req.method == "HEAD";
     if let Some(conn) = take_idle(&PoolKey::of(ep)) {
-        match exchange(ep, conn, wire, head_request).await {
+        match exchange(ep, conn, wire, given.cloned(), head_request).await {
             Err(Failed::Stale(e, back)) => {
                 tracing::debug!("pooled connection to {} was stale: {e}", ep.addr);
                 wire = back;
@@ -355,7 +402,7 @@ pub async fn send(ep: &Endpoint, req: &Request<'_>) -> io::Result<Response> {
         }
     }
     let conn = connect(ep).await?;
-    exchange(ep, conn, wire, head_request)
+    exchange(ep, conn, wire, given.cloned(), head_request)
         .await
         .map_err(Failed::into_error)
 }
@@ -380,9 +427,10 @@ async fn exchange(
     ep: &Endpoint,
     mut conn: Conn,
     wire: Vec<u8>,
+    body: Option<bytes::Bytes>,
     head_request: bool,
 ) -> Result<Response, Failed> {
-    let wire = match conn.write(wire, ep.io_timeout).await {
+    let wire = match conn.write(wire, body, ep.io_timeout).await {
         (Ok(()), wire) => wire,
         (Err(e), _) if e.kind() == io::ErrorKind::TimedOut => return Err(Failed::Other(e)),
         (Err(e), wire) => return Err(Failed::Stale(e, wire)),

@@ -581,6 +581,37 @@ fn skopeo_and_podman_follow_redirects_to_the_store() {
     );
 }
 
+/// A large push keeps three multipart parts going up at once, no more (one store stream is slower
+/// than the client): a relay in front of the store holds every part until the test lets them
+/// through, sees three waiting, and the in-flight gauge counts exactly three parts' bytes.
+#[test]
+fn a_large_push_sends_three_parts_at_once() {
+    let weed = Seaweed::shared();
+    let gate = crate::common::gate::PartGate::start(
+        format!("127.0.0.1:{}", weed.s3_port).parse().unwrap(),
+    );
+    let storage = on_bucket(weed, "parts-at-once/")
+        .replace(&weed.endpoint(), &format!("http://{}", gate.addr));
+    let node = Server::start_with("io_uring", &storage);
+    const PART: usize = 8 << 20;
+    let blob = noise(77, 5 * PART + 12_345);
+    let pushed = std::thread::scope(|s| {
+        let push = s.spawn(|| push_blob(&mut node.client(), "parts/big", &blob));
+        wait_for("three parts held at the store", || gate.waiting() == 3);
+        let metrics = node.client().get("/metrics").body_text();
+        let in_flight = sample(&metrics, "wharf_s3_part_bytes_in_flight");
+        gate.open();
+        assert_eq!(in_flight, Some((3 * PART) as f64), "{metrics}");
+        push.join().unwrap()
+    });
+    assert_eq!(gate.most_at_once(), 3);
+    let back = node.client().get(&format!("/v2/parts/big/blobs/{pushed}"));
+    assert_eq!(back.status, 200);
+    assert!(back.body == blob, "the blob came back different");
+    let metrics = node.client().get("/metrics").body_text();
+    assert_eq!(sample(&metrics, "wharf_s3_part_bytes_in_flight"), Some(0.0));
+}
+
 /// `curl` signed for `weed`'s bucket: `key` under the bucket, extra arguments first.
 fn bucket_curl(weed: &Seaweed, key: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new("curl")

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
-use crate::client::{self, Endpoint, Request, Response};
+use crate::client::{self, Endpoint, Payload, Request, Response};
 
 pub use super::parse::{parse_error, parse_http_date, parse_listing, parse_time};
 
@@ -197,7 +197,7 @@ impl ObjectStore {
         method: &str,
         url: url::Url,
         headers: Vec<(&str, String)>,
-        body: &[u8],
+        body: Payload<'_>,
     ) -> Result<Response, S3Error> {
         let started = std::time::Instant::now();
         // Boxed: a request to the store is one allocation beside the network round trip, and the
@@ -216,7 +216,7 @@ impl ObjectStore {
         method: &str,
         url: url::Url,
         headers: Vec<(&str, String)>,
-        body: &[u8],
+        body: Payload<'_>,
     ) -> Result<Response, S3Error> {
         let target = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
@@ -238,7 +238,7 @@ impl ObjectStore {
             .bucket
             .head_bucket(Some(&self.credentials))
             .sign(SIGNED_FOR);
-        let resp = self.send(2, "HEAD", url, Vec::new(), b"").await?;
+        let resp = self.send(2, "HEAD", url, Vec::new(), Payload::NONE).await?;
         resp.header("Date")
             .and_then(parse_http_date)
             .ok_or_else(|| S3Error::Status {
@@ -254,7 +254,7 @@ impl ObjectStore {
             .bucket
             .head_bucket(Some(&self.credentials))
             .sign(SIGNED_FOR);
-        let resp = self.send(2, "HEAD", url, Vec::new(), b"").await?;
+        let resp = self.send(2, "HEAD", url, Vec::new(), Payload::NONE).await?;
         match resp.status {
             200 => Ok(()),
             status => Err(S3Error::Status {
@@ -280,7 +280,13 @@ impl ObjectStore {
         };
         let url = action.sign(SIGNED_FOR);
         let resp = self
-            .send(0, "PUT", url, header.into_iter().collect(), body)
+            .send(
+                0,
+                "PUT",
+                url,
+                header.into_iter().collect(),
+                Payload::Lent(body),
+            )
             .await?;
         match resp.status {
             200 => {
@@ -299,7 +305,7 @@ impl ObjectStore {
             .bucket
             .get_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        let resp = self.send(1, "GET", url, Vec::new(), b"").await?;
+        let resp = self.send(1, "GET", url, Vec::new(), Payload::NONE).await?;
         match resp.status {
             200 => Ok(Some(resp)),
             404 => {
@@ -333,7 +339,7 @@ impl ObjectStore {
             .sign(SIGNED_FOR);
         let range = format!("bytes={offset}-{}", offset + len - 1);
         let resp = self
-            .send(1, "GET", url, vec![("Range", range)], b"")
+            .send(1, "GET", url, vec![("Range", range)], Payload::NONE)
             .await?;
         match resp.status {
             200 | 206 => Ok(Some(resp)),
@@ -361,7 +367,7 @@ impl ObjectStore {
             .bucket
             .create_multipart_upload(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        let resp = self.send(5, "POST", url, Vec::new(), b"").await?;
+        let resp = self.send(5, "POST", url, Vec::new(), Payload::NONE).await?;
         if resp.status != 200 {
             return Err(failure(resp).await);
         }
@@ -378,14 +384,16 @@ impl ObjectStore {
         key: &str,
         upload_id: &str,
         n: u16,
-        body: &[u8],
+        body: bytes::Bytes,
     ) -> Result<String, S3Error> {
         let key = self.key(key);
         let url = self
             .bucket
             .upload_part(Some(&self.credentials), &key, n, upload_id)
             .sign(SIGNED_FOR);
-        let resp = self.send(6, "PUT", url, Vec::new(), body).await?;
+        let resp = self
+            .send(6, "PUT", url, Vec::new(), Payload::Given(body))
+            .await?;
         if resp.status != 200 {
             return Err(failure(resp).await);
         }
@@ -411,7 +419,7 @@ impl ObjectStore {
         let url = action.sign(SIGNED_FOR);
         let body = action.body();
         let resp = self
-            .send(5, "POST", url, Vec::new(), body.as_bytes())
+            .send(5, "POST", url, Vec::new(), Payload::Lent(body.as_bytes()))
             .await?;
         if resp.status != 200 {
             return Err(failure(resp).await);
@@ -436,7 +444,9 @@ impl ObjectStore {
             .bucket
             .abort_multipart_upload(Some(&self.credentials), &key, upload_id)
             .sign(SIGNED_FOR);
-        let resp = self.send(5, "DELETE", url, Vec::new(), b"").await?;
+        let resp = self
+            .send(5, "DELETE", url, Vec::new(), Payload::NONE)
+            .await?;
         match resp.status {
             200 | 204 | 404 => {
                 drain(resp).await;
@@ -453,7 +463,7 @@ impl ObjectStore {
             .bucket
             .head_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        let resp = self.send(2, "HEAD", url, Vec::new(), b"").await?;
+        let resp = self.send(2, "HEAD", url, Vec::new(), Payload::NONE).await?;
         match resp.status {
             200 => {
                 let len = resp
@@ -488,7 +498,13 @@ impl ObjectStore {
         let header = if_match.map(|e| ("If-Match", e.to_owned()));
         let url = action.sign(SIGNED_FOR);
         let resp = self
-            .send(3, "DELETE", url, header.into_iter().collect(), b"")
+            .send(
+                3,
+                "DELETE",
+                url,
+                header.into_iter().collect(),
+                Payload::NONE,
+            )
             .await?;
         match resp.status {
             200 | 204 | 404 => {
@@ -516,7 +532,7 @@ impl ObjectStore {
         }
         action.with_max_keys(max.clamp(1, 1000));
         let url = action.sign(SIGNED_FOR);
-        let resp = self.send(4, "GET", url, Vec::new(), b"").await?;
+        let resp = self.send(4, "GET", url, Vec::new(), Payload::NONE).await?;
         if resp.status != 200 {
             return Err(failure(resp).await);
         }

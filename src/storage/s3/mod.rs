@@ -29,7 +29,7 @@ mod manifests;
 mod parse;
 pub mod revisions;
 mod uploads;
-mod writer;
+pub mod writer;
 
 use std::io;
 use std::net::IpAddr;

@@ -1,6 +1,8 @@
 //! Writing a blob into the bucket while hashing it. Bytes collect in memory until a part's worth
-//! (`PART`) is there, which goes up as one multipart part while the next fills; a blob smaller
-//! than a part is one plain PUT. The data lands under `data/<id>`, a key of its own: its digest is
+//! (`PART`) is there, which goes up as one multipart part while the next fills; up to
+//! `MAX_IN_FLIGHT` parts of one blob go up at once while the process's `PART_BUDGET` allows (one
+//! store stream is slower than the client's), always at least one. A blob smaller than a
+//! part is one plain PUT. The data lands under `data/<id>`, a key of its own: its digest is
 //! known only at the end, and the content-addressed pointer `blobs/<alg>/<hex>` written then
 //! names it (no copy of the bytes).
 //!
@@ -10,8 +12,10 @@
 //! and ends by replacing it with a compare-and-swap on its ETag, so any node can take the next
 //! chunk, and a node that dies mid-chunk leaves the session as the last answered chunk left it.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::api::{Cond, ObjectStore, S3Error};
 use crate::net::pool::Block;
@@ -22,6 +26,47 @@ pub(super) const PART: usize = 8 << 20;
 /// Most parts of one upload (S3's limit): blobs up to `PART * MAX_PARTS` bytes (78 GiB).
 const MAX_PARTS: usize = 10_000;
 const STATE_MAGIC: &str = "wharf-upload-v1";
+/// Parts of one blob going up at once, at most.
+const MAX_IN_FLIGHT: usize = 3;
+/// Part bytes the process holds in flight across its writers, beyond which each writer waits
+/// for its oldest part instead of starting another (a writer with none in flight always starts
+/// one, so this bound is exceeded by at most one part per writer that has no other).
+pub const PART_BUDGET: usize = 8 * PART;
+
+/// Bytes of the parts in flight, all workers.
+static PARTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of part uploads under way (for `/metrics`).
+pub fn part_bytes_in_flight() -> usize {
+    PARTS_IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// `PART` bytes counted against `PART_BUDGET` while a part upload holds them.
+struct PartBytes;
+
+impl PartBytes {
+    /// Unconditionally: a writer's only part.
+    fn take() -> PartBytes {
+        PARTS_IN_FLIGHT.fetch_add(PART, Ordering::Relaxed);
+        PartBytes
+    }
+
+    /// Within the budget, or `None`.
+    fn try_take() -> Option<PartBytes> {
+        PARTS_IN_FLIGHT
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n + PART <= PART_BUDGET).then_some(n + PART)
+            })
+            .ok()
+            .map(|_| PartBytes)
+    }
+}
+
+impl Drop for PartBytes {
+    fn drop(&mut self) {
+        PARTS_IN_FLIGHT.fetch_sub(PART, Ordering::Relaxed);
+    }
+}
 
 /// A failed request to the store as the writer reports it (unavailable: 503, not 500).
 fn io_err(e: S3Error) -> io::Error {
@@ -41,7 +86,8 @@ pub struct BlobWriter {
     pub(super) upload_id: Option<String>,
     /// ETags of the parts written (part `i + 1` is `etags[i]`).
     pub(super) etags: Vec<String>,
-    inflight: Option<monoio::task::JoinHandle<Result<String, S3Error>>>,
+    /// Part uploads under way, oldest (lowest part number) first.
+    inflight: VecDeque<monoio::task::JoinHandle<Result<String, S3Error>>>,
     /// A part failed: what the hash covers is not all stored.
     pub(super) failed: bool,
 }
@@ -56,7 +102,7 @@ impl BlobWriter {
             buf: Vec::new(),
             upload_id: None,
             etags: Vec::new(),
-            inflight: None,
+            inflight: VecDeque::new(),
             failed: false,
         }
     }
@@ -72,11 +118,20 @@ impl BlobWriter {
             return Err(io::Error::other("an earlier part failed"));
         }
         self.hasher.update(block.bytes());
-        self.buf.extend_from_slice(block.bytes());
         self.offset += block.len() as u64;
-        drop(block);
-        while self.buf.len() >= PART {
-            if let Err(e) = self.send_part().await {
+        let mut bytes = block.bytes();
+        while !bytes.is_empty() {
+            // A part is filled to exactly `PART` in one allocation once it is past the first
+            // MiB (small blobs stay small), and handed to its upload as it is.
+            if self.buf.len() + bytes.len() > 1 << 20 && self.buf.capacity() < PART {
+                self.buf.reserve_exact(PART - self.buf.len());
+            }
+            let take = bytes.len().min(PART - self.buf.len());
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buf.len() == PART
+                && let Err(e) = self.send_part().await
+            {
                 self.failed = true;
                 return Err(e);
             }
@@ -89,9 +144,16 @@ impl BlobWriter {
         self.append(block).await
     }
 
-    /// Wait for the part in flight.
+    /// Wait for every part in flight.
     pub async fn settle(&mut self) -> io::Result<()> {
-        let Some(part) = self.inflight.take() else {
+        while !self.inflight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_oldest(&mut self) -> io::Result<()> {
+        let Some(part) = self.inflight.pop_front() else {
             return Ok(());
         };
         match part.await {
@@ -106,10 +168,22 @@ impl BlobWriter {
         }
     }
 
-    /// Send the first `PART` bytes of the buffer as the next part (after the one in flight).
+    /// Send the buffer (`PART` bytes) as the next part, once this writer and the process have
+    /// room for one more in flight.
     async fn send_part(&mut self) -> io::Result<()> {
-        self.settle().await?;
-        if self.etags.len() >= MAX_PARTS - 1 {
+        let held = loop {
+            if self.inflight.is_empty() {
+                break PartBytes::take();
+            }
+            if self.inflight.len() < MAX_IN_FLIGHT
+                && let Some(held) = PartBytes::try_take()
+            {
+                break held;
+            }
+            self.settle_oldest().await?;
+        };
+        let number = self.etags.len() + self.inflight.len() + 1;
+        if number >= MAX_PARTS {
             return Err(io::Error::other(format!(
                 "blob larger than {} bytes, the most one object-store upload takes",
                 PART as u64 * MAX_PARTS as u64
@@ -127,13 +201,15 @@ impl BlobWriter {
                 id
             }
         };
-        let rest = self.buf.split_off(PART);
-        let part = std::mem::replace(&mut self.buf, rest);
-        let n = u16::try_from(self.etags.len() + 1).expect("parts are capped below u16::MAX");
+        let part = bytes::Bytes::from(std::mem::take(&mut self.buf));
+        let n = u16::try_from(number).expect("parts are capped below u16::MAX");
         let (store, key) = (Arc::clone(&self.store), self.data_key.clone());
-        self.inflight = Some(crate::task::spawn("a part upload", async move {
-            store.upload_part(&key, &id, n, &part).await
-        }));
+        self.inflight
+            .push_back(crate::task::spawn("a part upload", async move {
+                let etag = store.upload_part(&key, &id, n, part).await;
+                drop(held);
+                etag
+            }));
         Ok(())
     }
 
@@ -151,7 +227,7 @@ impl BlobWriter {
                     let n = u16::try_from(self.etags.len() + 1).expect("parts are capped");
                     let etag = self
                         .store
-                        .upload_part(&self.data_key, &id, n, &self.buf)
+                        .upload_part(&self.data_key, &id, n, std::mem::take(&mut self.buf).into())
                         .await?;
                     self.etags.push(etag);
                 }
@@ -165,7 +241,10 @@ impl BlobWriter {
 
     /// Drop whatever was stored for this writer (best effort: the collector removes leftovers).
     pub(super) async fn discard(mut self) {
-        let _ = self.settle().await;
+        // Every part ends first (an abort racing a part upload could leave that part behind).
+        for part in std::mem::take(&mut self.inflight) {
+            let _ = part.await;
+        }
         match &self.upload_id {
             Some(id) => {
                 let _ = self.store.abort_multipart(&self.data_key, id).await;

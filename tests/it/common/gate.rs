@@ -1,0 +1,134 @@
+//! A loopback HTTP/1.1 relay in front of the object store that holds back multipart part uploads
+//! (`PUT …?partNumber=…`) until the test opens it (or 30 s pass): how a test sees how many parts
+//! one push keeps in flight. It understands just enough HTTP for S3 traffic: bodies by `Content-Length`, none for
+//! HEAD, 204 and 304 (a chunked message fails the test loudly).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Parts {
+    waiting: usize,
+    most: usize,
+    open: bool,
+    released: u64,
+}
+
+pub struct PartGate {
+    pub addr: SocketAddr,
+    parts: Arc<(Mutex<Parts>, Condvar)>,
+}
+
+impl PartGate {
+    /// Relay to `upstream` (plain HTTP), holding part uploads until `open`.
+    pub fn start(upstream: SocketAddr) -> PartGate {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parts = Arc::new((Mutex::new(Parts::default()), Condvar::new()));
+        let shared = Arc::clone(&parts);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let parts = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let _ = relay(client, upstream, &parts);
+                });
+            }
+        });
+        PartGate { addr, parts }
+    }
+
+    /// Part uploads held now.
+    pub fn waiting(&self) -> usize {
+        self.parts.0.lock().unwrap().waiting
+    }
+
+    /// The most part uploads held at once.
+    pub fn most_at_once(&self) -> usize {
+        self.parts.0.lock().unwrap().most
+    }
+
+    /// Let every part through, now and from now on.
+    pub fn open(&self) {
+        self.parts.0.lock().unwrap().open = true;
+        self.parts.1.notify_all();
+    }
+
+    /// Part uploads passed on.
+    pub fn parts(&self) -> u64 {
+        self.parts.0.lock().unwrap().released
+    }
+}
+
+/// One HTTP message head (request or response) and its body length.
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, usize)>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        !lower.contains("transfer-encoding: chunked"),
+        "the part gate does not relay chunked messages:\n{head}"
+    );
+    let len = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    Ok(Some((head, len)))
+}
+
+fn copy_body(r: &mut impl Read, w: &mut impl Write, len: usize) -> std::io::Result<()> {
+    let n = std::io::copy(&mut r.take(len as u64), w)?;
+    if n != len as u64 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    parts: &(Mutex<Parts>, Condvar),
+) -> std::io::Result<()> {
+    let server = TcpStream::connect(upstream)?;
+    let (mut to_client, mut to_server) = (client.try_clone()?, server.try_clone()?);
+    let (mut from_client, mut from_server) = (BufReader::new(client), BufReader::new(server));
+    while let Some((head, len)) = read_head(&mut from_client)? {
+        let first = head.lines().next().unwrap_or_default().to_owned();
+        if first.starts_with("PUT ") && first.contains("partNumber=") {
+            let (lock, cv) = parts;
+            let mut p = lock.lock().unwrap();
+            p.waiting += 1;
+            p.most = p.most.max(p.waiting);
+            let (mut p, _) = cv
+                .wait_timeout_while(p, Duration::from_secs(30), |p| !p.open)
+                .unwrap();
+            p.waiting -= 1;
+            p.released += 1;
+        }
+        to_server.write_all(head.as_bytes())?;
+        copy_body(&mut from_client, &mut to_server, len)?;
+        let Some((answer, answer_len)) = read_head(&mut from_server)? else {
+            return Ok(());
+        };
+        let status = answer.split(' ').nth(1).unwrap_or_default();
+        let body = if first.starts_with("HEAD ") || status == "204" || status == "304" {
+            0
+        } else {
+            answer_len
+        };
+        to_client.write_all(answer.as_bytes())?;
+        copy_body(&mut from_server, &mut to_client, body)?;
+    }
+    Ok(())
+}
