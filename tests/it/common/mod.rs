@@ -2,6 +2,7 @@
 //! raw HTTP/1.1 client so tests can send exactly the bytes they mean (smuggling, limits, pipelining).
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod gate;
 pub mod layout;
 pub mod pki;
