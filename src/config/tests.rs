@@ -292,6 +292,14 @@ fn storage_s3_errors_name_the_key() {
             "storage.s3.path_style",
         ),
         (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://[::1]:1\"\nbucket = \"b\"\npath_style = false\n",
+            "storage.s3.path_style",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://s3.example:1\"\nbucket = \"my.bucket\"\npath_style = false\n",
+            "storage.s3.bucket",
+        ),
+        (
             "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}access_key_id = \"k\"\n",
             "storage.s3.secret_access_key_file",
         ),
@@ -315,4 +323,9 @@ fn storage_s3_errors_name_the_key() {
         base.replace("http:", "https:")
     );
     Config::parse_str(&https).unwrap().validate().unwrap();
+    let virtual_hosted = "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"https://s3.example:1\"\nbucket = \"b-1\"\npath_style = false\n";
+    Config::parse_str(virtual_hosted)
+        .unwrap()
+        .validate()
+        .unwrap();
 }

@@ -279,10 +279,28 @@ impl Config {
             return invalid("storage.s3.region", "must not be empty");
         }
         if !s3.path_style {
-            return invalid(
-                "storage.s3.path_style",
-                "only path-style addressing (true) is supported so far",
-            );
+            let host = url::Url::parse(&s3.endpoint)
+                .ok()
+                .and_then(|u| u.host().map(|h| matches!(h, url::Host::Domain(_))));
+            if host == Some(false) {
+                return invalid(
+                    "storage.s3.path_style",
+                    "false (virtual-hosted buckets, <bucket>.<host>) needs a DNS name in storage.s3.endpoint, not an IP address; set path_style = true",
+                );
+            }
+            let dns_label = s3.bucket.len() <= 63
+                && s3
+                    .bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s3.bucket.starts_with('-')
+                && !s3.bucket.ends_with('-');
+            if !dns_label {
+                return invalid(
+                    "storage.s3.bucket",
+                    "with path_style = false the bucket name is a host-name label: lowercase letters, digits and inner hyphens, at most 63",
+                );
+            }
         }
         if s3.prefix.starts_with('/') {
             return invalid("storage.s3.prefix", "must not start with /");

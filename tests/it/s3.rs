@@ -30,6 +30,7 @@ fn config(endpoint: String) -> S3Config {
     S3Config {
         ca_bundle: None,
         endpoint,
+        path_style: true,
         region: "us-east-1".into(),
         bucket: seaweed::BUCKET.into(),
         prefix: "registry/".into(),

@@ -612,6 +612,62 @@ fn a_large_push_sends_three_parts_at_once() {
     assert_eq!(sample(&metrics, "wharf_s3_part_bytes_in_flight"), Some(0.0));
 }
 
+/// Virtual-hosted buckets (`path_style = false`): the node reaches the bucket as
+/// `wharf.s3.wharf.test`, a name tests/setup.sh maps to 127.0.0.1 while `s3.wharf.test` itself
+/// resolves nowhere (so no path-style request could get through); it pushes an image in chunks,
+/// lists its tags and pulls, and its redirects name the bucket's host, which curl follows.
+#[test]
+fn a_virtual_hosted_bucket_is_reached_by_its_own_host_name() {
+    use std::net::ToSocketAddrs;
+    let weed = Seaweed::shared();
+    assert!(
+        ("wharf.s3.wharf.test", weed.s3_port)
+            .to_socket_addrs()
+            .is_ok_and(|mut a| a.any(|a| a.ip().is_loopback())),
+        "wharf.s3.wharf.test does not resolve to loopback: run tests/setup.sh (it maps the name in /etc/hosts)"
+    );
+    assert!(("s3.wharf.test", weed.s3_port).to_socket_addrs().is_err());
+    let endpoint = format!("http://s3.wharf.test:{}", weed.s3_port);
+    let storage = format!(
+        "{}path_style = false\nredirect = true\n",
+        on_bucket(weed, "virtual-hosted/").replace(&weed.endpoint(), &endpoint)
+    );
+    let node = Server::start_with("io_uring", &storage);
+    let mut c = node.client();
+    let layer = noise(61, 3 << 20);
+    let manifest = push_image(&mut c, "vh/app", "v1", &layer);
+    let loc = start_upload(&mut c, "vh/app");
+    let chunked = noise(62, 300_000);
+    assert_eq!(patch(&mut c, &loc, 0, &chunked[..100_000]).status, 202);
+    assert_eq!(node.client().get(&loc).status, 204);
+    let r = c.request(
+        "PUT",
+        &format!("{loc}?digest={}", sha256(&chunked)),
+        &[],
+        &chunked[100_000..],
+    );
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    let tags = c.get("/v2/vh/app/tags/list").json();
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]));
+    assert_eq!(c.get("/v2/vh/app/manifests/v1").status, 200, "{manifest}");
+
+    let r = c.get(&format!("/v2/vh/app/blobs/{}", sha256(&layer)));
+    assert_eq!(r.status, 307);
+    let to = r.header("Location").unwrap().to_owned();
+    let bucket_host = format!("http://wharf.s3.wharf.test:{}/", weed.s3_port);
+    assert!(to.starts_with(&bucket_host), "redirected to {to}");
+    let out = std::process::Command::new("curl")
+        .args(["-sSf", &to])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == layer, "the presigned URL gave other bytes");
+}
+
 /// The Docker daemon and containerd (`ctr`) pull through 307s to presigned URLs as well: the
 /// layers come from the store (counted in the access log), and the image they assemble is the
 /// one pushed.

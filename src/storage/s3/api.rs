@@ -23,8 +23,10 @@ const MAX_SMALL_BODY: usize = 8 << 20;
 /// Where the bucket is and how to reach it.
 #[derive(Clone, Debug)]
 pub struct S3Config {
-    /// `http://host:port` or `https://host:port` (path-style addressing).
+    /// `http://host:port` or `https://host:port`.
     pub endpoint: String,
+    /// `endpoint/bucket/key`; `false`: `bucket.endpoint/key` (virtual-hosted).
+    pub path_style: bool,
     /// PEM roots that the certificate of an `https` endpoint must chain to (`None`: the system's).
     pub ca_bundle: Option<std::path::PathBuf>,
     pub region: String,
@@ -138,10 +140,38 @@ impl ObjectStore {
                 ));
             }
         };
-        let host = url
-            .host_str()
+        url.host_str()
             .ok_or_else(|| format!("storage.s3.endpoint {:?}: no host", cfg.endpoint))?;
-        let port = url.port_or_known_default().unwrap_or(80);
+        let bucket = if cfg.path_style {
+            Bucket::new(
+                url.clone(),
+                UrlStyle::Path,
+                cfg.bucket.clone(),
+                cfg.region.clone(),
+            )
+            .map_err(|e| format!("storage.s3.bucket {:?}: {e:?}", cfg.bucket))?
+        } else {
+            Bucket::new(
+                url.clone(),
+                UrlStyle::VirtualHost,
+                cfg.bucket.clone(),
+                cfg.region.clone(),
+            )
+            .map_err(|e| {
+                format!(
+                    "storage.s3.path_style = false: the bucket's host name {:?}.{} is not one \
+                         ({e:?}); virtual-hosted buckets need a DNS name in storage.s3.endpoint \
+                         and a bucket name valid in a host name, else set path_style = true",
+                    cfg.bucket,
+                    url.host_str().unwrap_or_default()
+                )
+            })?
+        };
+        // Requests go where the bucket's URL points: the endpoint's host, or with virtual-hosted
+        // buckets `<bucket>.<host>` (resolved, sent as `Host` and verified in TLS as such).
+        let base = bucket.base_url();
+        let host = base.host_str().expect("a bucket URL has a host");
+        let port = base.port_or_known_default().unwrap_or(80);
         let tls = if https {
             let config =
                 crate::tls::client_config(cfg.ca_bundle.as_deref(), "storage.s3.ca_bundle")
@@ -158,25 +188,19 @@ impl ObjectStore {
         };
         let addr = (host, port)
             .to_socket_addrs()
-            .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?
+            .map_err(|e| format!("storage.s3.endpoint {:?}: {host}: {e}", cfg.endpoint))?
             .next()
-            .ok_or_else(|| format!("storage.s3.endpoint {:?}: no address", cfg.endpoint))?;
-        let bucket = Bucket::new(
-            url.clone(),
-            UrlStyle::Path,
-            cfg.bucket.clone(),
-            cfg.region.clone(),
-        )
-        .map_err(|e| format!("storage.s3.bucket {:?}: {e:?}", cfg.bucket))?;
+            .ok_or_else(|| format!("storage.s3.endpoint {:?}: {host}: no address", cfg.endpoint))?;
+        let host = match base.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
         Ok(ObjectStore {
             bucket,
             credentials: Credentials::new(&cfg.access_key_id, &cfg.secret_access_key),
             endpoint: Endpoint {
                 addr,
-                host: match url.port() {
-                    Some(p) => format!("{host}:{p}"),
-                    None => host.to_owned(),
-                },
+                host,
                 connect_timeout: cfg.connect_timeout,
                 io_timeout: cfg.io_timeout,
                 tls,

@@ -286,6 +286,7 @@ pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<Obje
     }
     let store = ObjectStore::new(&api::S3Config {
         endpoint: cfg.endpoint.clone(),
+        path_style: cfg.path_style,
         ca_bundle: cfg.ca_bundle.clone(),
         region: cfg.region.clone(),
         bucket: cfg.bucket.clone(),

@@ -73,6 +73,8 @@ impl Seaweed {
             "-s3.port.lance=0".into(),
             "-webdav=false".into(),
             "-admin.ui=false".into(),
+            // Virtual-hosted buckets: `<bucket>.s3.wharf.test` (tests/setup.sh maps the name).
+            "-s3.domainName=s3.wharf.test".into(),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         for p in [
