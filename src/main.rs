@@ -246,6 +246,7 @@ fn open_storage(cfg: &Config) -> Result<wharf::storage::Storage, String> {
         let opts = wharf::storage::s3::Options {
             limits,
             redirect: None,
+            grace: cfg.gc.grace,
         };
         return Ok(wharf::storage::Storage::object_store(store, opts));
     }
@@ -366,6 +367,8 @@ fn fsck(config: Option<&PathBuf>, repair: bool) -> Result<(), String> {
             "{n} problems remain{}",
             if repair {
                 ""
+            } else if matches!(cfg.storage.backend, wharf::config::StorageBackend::S3) {
+                " (on S3 fsck only reports: remove what it names with the store's tools)"
             } else {
                 " (--repair quarantines what can be)"
             }

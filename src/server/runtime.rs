@@ -78,6 +78,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
             let opts = crate::storage::s3::Options {
                 limits,
                 redirect: s3.redirect.then_some(s3.redirect_ttl),
+                grace: cfg.gc.grace,
             };
             Storage::object_store(store, opts)
         }

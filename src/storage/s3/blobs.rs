@@ -264,7 +264,7 @@ impl ObjectBackend {
     }
 
     /// The digest of the object under `key`, read back whole.
-    async fn hash_object(&self, key: &str, alg: Algorithm) -> Result<Digest> {
+    pub(super) async fn hash_object(&self, key: &str, alg: Algorithm) -> Result<Digest> {
         let mut resp = self
             .store
             .get(key)

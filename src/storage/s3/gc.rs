@@ -75,7 +75,7 @@ impl ObjectBackend {
     }
 
     /// Every key under `prefix`, listed page by page.
-    async fn all(&self, prefix: &str) -> Result<Vec<api::Listed>> {
+    pub(super) async fn all(&self, prefix: &str) -> Result<Vec<api::Listed>> {
         let mut out: Vec<api::Listed> = Vec::new();
         loop {
             let after = out.last().map(|l| l.key.clone());

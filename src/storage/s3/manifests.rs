@@ -99,7 +99,7 @@ impl ObjectBackend {
     }
 
     /// Where a tag points and the ETag of its object.
-    async fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<(Digest, String)>> {
+    pub(super) async fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<(Digest, String)>> {
         let key = format!("{}{tag}", tags_prefix(repo));
         let Some(resp) = self.store.get(&key).await? else {
             return Ok(None);

@@ -24,6 +24,7 @@
 
 pub mod api;
 mod blobs;
+mod fsck;
 mod gc;
 mod manifests;
 mod parse;
@@ -42,8 +43,8 @@ pub use uploads::UploadLease;
 pub use writer::BlobWriter;
 
 use super::{
-    BlobContent, BlobRead, FsckReport, GcOptions, GcReport, Report, Result, SessionLimits,
-    StoreError, StoredManifest, TagExpect, random_id,
+    BlobContent, BlobRead, GcOptions, GcReport, Report, Result, SessionLimits, StoreError,
+    StoredManifest, TagExpect, random_id,
 };
 use crate::net::stream::{ByteStream, Chunks, NextChunk};
 use crate::oci::manifest::{self, Parsed};
@@ -171,6 +172,8 @@ pub struct Options {
     pub limits: SessionLimits,
     /// Blob GETs answer 307 to a presigned URL valid this long (`storage.s3.redirect`).
     pub redirect: Option<Duration>,
+    /// `gc.grace`: what fsck takes as possibly in progress (younger objects are not findings).
+    pub grace: Duration,
 }
 
 /// The backend.
@@ -252,12 +255,6 @@ impl ObjectBackend {
             }
             (bytes, count)
         })
-    }
-
-    pub(crate) fn fsck(&self, _repair: bool, _out: &mut dyn Report) -> io::Result<FsckReport> {
-        Err(io::Error::other(
-            "fsck is not available on the object-store backend yet",
-        ))
     }
 }
 
