@@ -518,34 +518,71 @@ fn a_node_on_an_https_store_with_a_private_ca() {
     }
 }
 
+/// A node with `redirect = true` holding a two-layer image (300 kB and 2 MB tar layers from
+/// `seeds`) pushed by skopeo from an OCI layout, tagged `v1`; no redirect answered yet.
+struct RedirectedImage {
+    node: Server,
+    work: tempfile::TempDir,
+    src: Layout,
+    layers: [crate::common::layout::Blob; 2],
+    image: crate::common::layout::Blob,
+    /// `host:port/<repo>:v1`.
+    target: String,
+}
+
+impl RedirectedImage {
+    fn pushed(prefix: &str, repo: &str, seeds: [u32; 2]) -> RedirectedImage {
+        let weed = Seaweed::shared();
+        let node = Server::start_logged(
+            "io_uring",
+            &format!("{}redirect = true\n", on_bucket(weed, prefix)),
+            "wharf::access=info",
+        );
+        let work = tempfile::tempdir().unwrap();
+        let mut src = Layout::new(&work.path().join("src"));
+        let layers = [
+            src.add_tar_layer("a.bin", 300_000, seeds[0]),
+            src.add_tar_layer("b.bin", 2_000_000, seeds[1]),
+        ];
+        let image = src.add_image(&layers, "amd64");
+        src.tag(&image, "v1");
+        let target = format!("{}/{repo}:v1", node.host());
+        run_ok(crate::e2e_clients::skopeo().args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:v1", src.dir.display()),
+            &format!("docker://{target}"),
+        ]));
+        assert_eq!(redirects(&node), 0);
+        RedirectedImage {
+            node,
+            work,
+            src,
+            layers,
+            image,
+            target,
+        }
+    }
+}
+
+/// 307s a node answered (its access log).
+fn redirects(node: &Server) -> usize {
+    node.log().matches(" 307 ").count()
+}
+
 /// skopeo and podman pull an image whose layers answer 307 to presigned URLs of the store: they
 /// follow the redirects (counted in the access log) and get every layer byte-identical.
 #[test]
 fn skopeo_and_podman_follow_redirects_to_the_store() {
-    let weed = Seaweed::shared();
-    let node = Server::start_logged(
-        "io_uring",
-        &format!("{}redirect = true\n", on_bucket(weed, "redirect-clients/")),
-        "wharf::access=info",
-    );
-    let work = tempfile::tempdir().unwrap();
-    let mut src = Layout::new(&work.path().join("src"));
-    let layers = [
-        src.add_tar_layer("a.bin", 300_000, 21),
-        src.add_tar_layer("b.bin", 2_000_000, 22),
-    ];
-    let image = src.add_image(&layers, "amd64");
-    src.tag(&image, "v1");
-    let target = format!("{}/rd/app:v1", node.host());
+    let RedirectedImage {
+        node,
+        work,
+        src,
+        layers,
+        image,
+        target,
+    } = RedirectedImage::pushed("redirect-clients/", "rd/app", [21, 22]);
     let skopeo = crate::e2e_clients::skopeo;
-    run_ok(skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:v1", src.dir.display()),
-        &format!("docker://{target}"),
-    ]));
-    let redirects = |n: &Server| n.log().matches(" 307 ").count();
-    assert_eq!(redirects(&node), 0);
 
     let out = work.path().join("out");
     run_ok(skopeo().args([
@@ -673,29 +710,13 @@ fn a_virtual_hosted_bucket_is_reached_by_its_own_host_name() {
 /// one pushed.
 #[test]
 fn docker_and_containerd_follow_redirects_to_the_store() {
-    let weed = Seaweed::shared();
-    let node = Server::start_logged(
-        "io_uring",
-        &format!("{}redirect = true\n", on_bucket(weed, "redirect-daemons/")),
-        "wharf::access=info",
-    );
-    let work = tempfile::tempdir().unwrap();
-    let mut src = Layout::new(&work.path().join("src"));
-    let layers = [
-        src.add_tar_layer("a.bin", 400_000, 31),
-        src.add_tar_layer("b.bin", 1_500_000, 32),
-    ];
-    let image = src.add_image(&layers, "amd64");
-    src.tag(&image, "v1");
-    let target = format!("{}/rd/daemons:v1", node.host());
-    run_ok(crate::e2e_clients::skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:v1", src.dir.display()),
-        &format!("docker://{target}"),
-    ]));
-    let redirects = |n: &Server| n.log().matches(" 307 ").count();
-    assert_eq!(redirects(&node), 0);
+    let RedirectedImage {
+        node,
+        layers,
+        image,
+        target,
+        ..
+    } = RedirectedImage::pushed("redirect-daemons/", "rd/daemons", [31, 32]);
     let daemon = crate::common::docker::Dockerd::start();
 
     // Docker treats 127.0.0.0/8 as an insecure registry: plain HTTP, as this node speaks.

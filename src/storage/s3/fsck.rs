@@ -49,14 +49,13 @@ impl ObjectBackend {
                 problem(out, format!("stray object {}", p.key));
                 continue;
             };
-            let pointer = match self.pointer(&d).await {
+            let pointer = match damaged(self.pointer(&d).await)? {
                 Ok(Some(pointer)) => pointer,
                 Ok(None) => continue,
-                Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                Err(e) => {
                     problem(out, format!("blob {d}: {e}"));
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             named.insert(pointer.data_key.clone());
             let Some(data) = self.store.head(&pointer.data_key).await? else {
@@ -117,14 +116,13 @@ impl ObjectBackend {
                     problem(out, format!("stray object {}", rev.key));
                     continue;
                 };
-                let (media_type, body) = match self.revision(&repo, &d).await {
+                let (media_type, body) = match damaged(self.revision(&repo, &d).await)? {
                     Ok(Some(found)) => found,
                     Ok(None) => continue,
-                    Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                    Err(e) => {
                         problem(out, format!("{repo}@{d}: {e}"));
                         continue;
                     }
-                    Err(e) => return Err(e),
                 };
                 manifests.insert(d.clone());
                 report.manifests += 1;
@@ -150,16 +148,13 @@ impl ObjectBackend {
                     continue;
                 };
                 report.tags += 1;
-                match self.tag(&repo, &tag).await {
+                match damaged(self.tag(&repo, &tag).await)? {
                     Ok(Some((d, _))) if !manifests.contains(&d) && old(t.modified) => problem(
                         out,
                         format!("{repo}:{tag} points at {d}, which is not stored"),
                     ),
                     Ok(_) => {}
-                    Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                        problem(out, format!("{repo}:{tag}: {e}"))
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) => problem(out, format!("{repo}:{tag}: {e}")),
                 }
             }
         }
@@ -178,5 +173,15 @@ impl ObjectBackend {
             }
         }
         Ok(report)
+    }
+}
+
+/// A read whose object turned out damaged (torn, not what it should be) is a finding, `Ok(Err)`;
+/// any other failure (the store unreachable) ends the check.
+fn damaged<T>(read: Result<T>) -> Result<std::result::Result<T, io::Error>> {
+    match read {
+        Ok(v) => Ok(Ok(v)),
+        Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => Ok(Err(e)),
+        Err(e) => Err(e),
     }
 }
