@@ -142,31 +142,22 @@ impl ObjectStore {
         };
         url.host_str()
             .ok_or_else(|| format!("storage.s3.endpoint {:?}: no host", cfg.endpoint))?;
-        let bucket = if cfg.path_style {
-            Bucket::new(
-                url.clone(),
-                UrlStyle::Path,
-                cfg.bucket.clone(),
-                cfg.region.clone(),
-            )
-            .map_err(|e| format!("storage.s3.bucket {:?}: {e:?}", cfg.bucket))?
+        let style = if cfg.path_style {
+            UrlStyle::Path
         } else {
-            Bucket::new(
-                url.clone(),
-                UrlStyle::VirtualHost,
-                cfg.bucket.clone(),
-                cfg.region.clone(),
-            )
-            .map_err(|e| {
-                format!(
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(url.clone(), style, cfg.bucket.clone(), cfg.region.clone())
+            .map_err(|e| match style {
+                UrlStyle::Path => format!("storage.s3.bucket {:?}: {e:?}", cfg.bucket),
+                UrlStyle::VirtualHost => format!(
                     "storage.s3.path_style = false: the bucket's host name {:?}.{} is not one \
-                         ({e:?}); virtual-hosted buckets need a DNS name in storage.s3.endpoint \
-                         and a bucket name valid in a host name, else set path_style = true",
+                     ({e:?}); virtual-hosted buckets need a DNS name in storage.s3.endpoint \
+                     and a bucket name valid in a host name, else set path_style = true",
                     cfg.bucket,
                     url.host_str().unwrap_or_default()
-                )
-            })?
-        };
+                ),
+            })?;
         // Requests go where the bucket's URL points: the endpoint's host, or with virtual-hosted
         // buckets `<bucket>.<host>` (resolved, sent as `Host` and verified in TLS as such).
         let base = bucket.base_url();
