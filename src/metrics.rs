@@ -409,6 +409,11 @@ impl Metrics {
             crate::storage::s3::writer::PART_BUDGET,
             crate::storage::s3::writer::part_bytes_in_flight()
         );
+        let (skipped, written) = crate::storage::s3::listed::counts();
+        let _ = writeln!(
+            out,
+            "# HELP wharf_s3_catalog_writes_total Catalog entries a push on the S3 backend wrote (written) or knew to be there already (skipped: the worker wrote or saw it before; at most 4,096 repositories remembered per worker).\n# TYPE wharf_s3_catalog_writes_total counter\nwharf_s3_catalog_writes_total{{outcome=\"skipped\"}} {skipped}\nwharf_s3_catalog_writes_total{{outcome=\"written\"}} {written}"
+        );
         let (hits, misses) = crate::storage::s3::revisions::counts();
         let _ = writeln!(
             out,

@@ -959,3 +959,38 @@ fn fsck_on_the_bucket_names_what_is_broken() {
     assert!(!ok);
     assert!(out.contains("run it without --repair"), "{out}");
 }
+
+/// A worker writes a repository's catalog entry once, not with every blob link and manifest:
+/// the second push to a repository through the same connection skips it, a new repository is
+/// written, and another node lists both.
+#[test]
+fn the_catalog_entry_is_written_once_per_repository() {
+    let weed = Seaweed::shared();
+    let [a, b]: [Server; 2] = nodes(weed, "listed/", 2).try_into().ok().unwrap();
+    let (mut ca, mut cb) = (a.client(), b.client());
+    let writes = |c: &mut Client| {
+        let text = c.get("/metrics").body_text();
+        let n = |o: &str| {
+            sample(
+                &text,
+                &format!("wharf_s3_catalog_writes_total{{outcome=\"{o}\"}}"),
+            )
+            .unwrap()
+        };
+        (n("written"), n("skipped"))
+    };
+    push_image(&mut ca, "listed/one", "v1", &noise(21, 3_000));
+    push_image(&mut ca, "listed/one", "v2", &noise(22, 3_000));
+    // Two images: four blob links and two manifests, one entry written.
+    assert_eq!(writes(&mut ca), (1.0, 5.0));
+    push_blob(&mut ca, "listed/two", &noise(23, 100));
+    assert_eq!(writes(&mut ca), (2.0, 5.0));
+    let r = cb.get("/v2/_catalog");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body_text()
+            .contains(r#""repositories":["listed/one","listed/two"]"#),
+        "{}",
+        r.body_text()
+    );
+}

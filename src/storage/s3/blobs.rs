@@ -111,12 +111,12 @@ impl ObjectBackend {
                 ByteStream::new(
                     len,
                     Box::new(ObjectChunks {
-                        store,
-                        key,
+                        store: Arc::clone(&store),
+                        key: key.clone(),
                         offset,
                         len,
                         hasher: whole.then(|| digest.algorithm().hasher()),
-                        verify: whole.then_some(digest),
+                        verify: whole.then(|| digest.clone()),
                         body: None,
                         hashing: None,
                         done: len == 0,
@@ -136,15 +136,13 @@ impl ObjectBackend {
     }
 
     async fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
-        let (link, listed) = (link_key(repo, d), catalog_key(repo));
-        let nonce = random_id();
+        let (link, nonce) = (link_key(repo, d), random_id());
         let (link, listed) = monoio::join!(
             self.store.put(&link, nonce.as_bytes(), Cond::None),
-            self.store.put(&listed, b"", Cond::None)
+            self.list_repo(repo)
         );
         link?;
-        listed?;
-        Ok(())
+        listed
     }
 
     pub(crate) async fn mount_blob(

@@ -27,7 +27,15 @@ impl ObjectBackend {
             );
             self.store.put(&key, &desc, Cond::None).await?;
         }
-        self.store.put(&catalog_key(repo), b"", Cond::None).await?;
+        self.list_repo(repo).await
+    }
+
+    /// Make sure `repo` is in the catalog (written once per repository and worker: `listed`).
+    pub(super) async fn list_repo(&self, repo: &RepoName) -> Result<()> {
+        if listed::needs_write(self.id, repo.as_str()) {
+            self.store.put(&catalog_key(repo), b"", Cond::None).await?;
+            listed::remember(self.id, repo.as_str());
+        }
         Ok(())
     }
 

@@ -26,6 +26,7 @@ pub mod api;
 mod blobs;
 mod fsck;
 mod gc;
+pub mod listed;
 mod manifests;
 mod parse;
 pub mod revisions;
