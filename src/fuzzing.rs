@@ -5,7 +5,9 @@
 use crate::auth::parse_basic;
 use crate::config::{AccessPolicyConfig, Config, PolicyDefault};
 use crate::http::chunked::{ChunkedDecoder, decode_all};
-use crate::http::range::{ByteRange, parse_content_range, parse_range};
+use crate::http::range::{
+    ByteRange, MAX_RANGES, Ranges, parse_content_range, parse_range, parse_ranges,
+};
 use crate::http::{Limits, Method, head};
 use crate::oci::{Digest, Reference, RepoName, Tag, manifest};
 use crate::policy::{AccessControl, IdentityVal, Peer};
@@ -65,6 +67,17 @@ pub fn chunked(data: &[u8]) {
 pub fn ranges(header: &str, size: u64) {
     if let ByteRange::Partial { start, end } = parse_range(Some(header), size) {
         assert!(start <= end && end < size);
+    }
+    match parse_ranges(Some(header), size) {
+        Ranges::Partial(r) => {
+            assert!(!r.is_empty() && r.len() <= MAX_RANGES);
+            assert!(r.iter().all(|&(start, end)| start <= end && end < size));
+            let mut sorted = r.clone();
+            sorted.sort_unstable();
+            assert!(sorted.windows(2).all(|w| w[0].1 < w[1].0), "no byte twice");
+        }
+        Ranges::TooMany(n) => assert!(n > MAX_RANGES),
+        Ranges::Full | Ranges::Unsatisfiable => {}
     }
     if let Some((a, b)) = parse_content_range(header) {
         assert!(a <= b);

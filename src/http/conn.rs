@@ -302,15 +302,16 @@ impl Conn {
     pub async fn send(&mut self, resp: Response, head_only: bool, close: bool) -> io::Result<()> {
         // The request is done with its buffers: a block goes back to the pool.
         self.buf.shrink();
-        let (bytes, tail) = super::response::encode(resp, head_only, close);
+        let (bytes, pieces) = super::response::encode(resp, head_only, close);
         self.write_all(bytes).await?;
-        if let Some(tail) = tail {
-            // A long send may wait on a slow reader: hold no read buffers meanwhile.
-            if !self.buf.has_unread() {
-                self.park();
-            }
-            let stall = self.limits.send_timeout;
-            match tail {
+        // A long send may wait on a slow reader: hold no read buffers meanwhile.
+        if !pieces.is_empty() && !self.buf.has_unread() {
+            self.park();
+        }
+        let stall = self.limits.send_timeout;
+        for piece in pieces {
+            match piece {
+                Tail::Bytes(b) => self.write_all(b).await?,
                 Tail::File { file, offset, len } => {
                     self.io.send_file(file, offset, len, stall).await?
                 }

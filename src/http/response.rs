@@ -16,16 +16,33 @@ pub enum Payload {
     },
     /// Bytes from elsewhere, sent as they arrive; a short stream breaks the connection.
     Stream(ByteStream),
+    /// Pieces sent one after another (a `multipart/byteranges` body: part heads and regions).
+    Pieces(Vec<Tail>),
 }
 
-/// The part of a body that leaves after the head: a file region or a stream.
+/// A piece of a body that leaves after the head: bytes, a file region or a stream.
 pub enum Tail {
+    Bytes(Vec<u8>),
     File {
         file: std::fs::File,
         offset: u64,
         len: u64,
     },
     Stream(ByteStream),
+}
+
+impl Tail {
+    pub fn len(&self) -> u64 {
+        match self {
+            Tail::Bytes(b) => b.len() as u64,
+            Tail::File { len, .. } => *len,
+            Tail::Stream(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Payload {
@@ -35,6 +52,7 @@ impl Payload {
             Payload::Bytes(b) => b.len() as u64,
             Payload::File { len, .. } => *len,
             Payload::Stream(s) => s.len(),
+            Payload::Pieces(p) => p.iter().map(Tail::len).sum(),
         }
     }
 
@@ -105,8 +123,8 @@ impl Response {
 }
 
 /// A response as wire bytes: the head plus any in-memory body in one buffer (so it leaves in one
-/// write), and the file region or stream still to send, if any.
-pub fn encode(resp: Response, head_only: bool, close: bool) -> (Vec<u8>, Option<Tail>) {
+/// write), and the pieces still to send in turn (file regions, streams, bytes between them).
+pub fn encode(resp: Response, head_only: bool, close: bool) -> (Vec<u8>, Vec<Tail>) {
     let body_len = if head_only {
         0
     } else {
@@ -117,13 +135,21 @@ pub fn encode(resp: Response, head_only: bool, close: bool) -> (Vec<u8>, Option<
     match resp.payload {
         Payload::Bytes(b) if !head_only => {
             out.extend_from_slice(&b);
-            (out, None)
+            (out, Vec::new())
         }
         Payload::File { file, offset, len } if !head_only => {
-            (out, Some(Tail::File { file, offset, len }))
+            (out, vec![Tail::File { file, offset, len }])
         }
-        Payload::Stream(s) if !head_only => (out, Some(Tail::Stream(s))),
-        _ => (out, None),
+        Payload::Stream(s) if !head_only => (out, vec![Tail::Stream(s)]),
+        Payload::Pieces(mut pieces) if !head_only => {
+            // Leading bytes leave with the head.
+            if let Some(Tail::Bytes(b)) = pieces.first() {
+                out.extend_from_slice(b);
+                pieces.remove(0);
+            }
+            (out, pieces)
+        }
+        _ => (out, Vec::new()),
     }
 }
 
@@ -179,7 +205,7 @@ mod tests {
     fn small_response_is_one_buffer() {
         let r = Response::new(200).json(b"{\"a\":1}".to_vec());
         let (bytes, file) = encode(r, false, false);
-        assert!(file.is_none());
+        assert!(file.is_empty());
         assert!(bytes.ends_with(b"\r\n\r\n{\"a\":1}"));
         let (head_only, _) = encode(Response::new(200).json(b"{}".to_vec()), true, false);
         assert!(head_only.ends_with(b"Content-Length: 2\r\n\r\n"));

@@ -42,5 +42,5 @@ impl ByteStream {
 }
 
 /// Opens the stream of a region (`offset`, `len`) of some content: a stored blob served as a
-/// stream is opened only once the request's range is known.
-pub type OpenRegion = Box<dyn FnOnce(u64, u64) -> ByteStream + Send>;
+/// stream is opened only once the request's ranges are known (once per range).
+pub type OpenRegion = Box<dyn Fn(u64, u64) -> ByteStream + Send>;

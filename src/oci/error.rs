@@ -33,6 +33,8 @@ pub enum ErrorKind {
     TooLarge,
     /// A `Range` the blob cannot satisfy: 416.
     RangeInvalid,
+    /// More ranges in one `Range` header than are answered: 400.
+    TooManyRanges,
     /// Another request is writing this upload: 416 (the client re-reads the offset and resumes).
     UploadBusy,
     /// The state changed while the request was decided (a tag moved under a delete): 409.
@@ -76,7 +78,7 @@ impl ErrorKind {
             | ErrorKind::Disabled
             | ErrorKind::BadQuery => "UNSUPPORTED",
             ErrorKind::RateLimited | ErrorKind::OverCapacity => "TOOMANYREQUESTS",
-            ErrorKind::RangeInvalid => "RANGE_INVALID",
+            ErrorKind::RangeInvalid | ErrorKind::TooManyRanges => "RANGE_INVALID",
             ErrorKind::StorageFull | ErrorKind::Internal => "INTERNAL_ERROR",
             ErrorKind::StorageUnavailable => "UNAVAILABLE",
         }
@@ -96,6 +98,7 @@ impl ErrorKind {
             | ErrorKind::ManifestInvalid
             | ErrorKind::NameInvalid
             | ErrorKind::SizeInvalid
+            | ErrorKind::TooManyRanges
             | ErrorKind::BadQuery => 400,
             ErrorKind::Unauthenticated => 401,
             ErrorKind::Denied => 403,
@@ -225,6 +228,7 @@ mod tests {
             (BadQuery, "UNSUPPORTED", 400),
             (TooLarge, "SIZE_INVALID", 413),
             (RangeInvalid, "RANGE_INVALID", 416),
+            (TooManyRanges, "RANGE_INVALID", 400),
             (UploadBusy, "BLOB_UPLOAD_INVALID", 416),
             (Conflict, "DENIED", 409),
             (PreconditionFailed, "DENIED", 412),

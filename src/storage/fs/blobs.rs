@@ -20,7 +20,7 @@ fn file_content(file: std::fs::File, size: u64) -> BlobContent {
         let short = u64::from(mode == "short");
         return BlobContent::Stream(Box::new(move |offset, len| {
             let source = FileChunks {
-                file: crate::net::file::DataFile::new(file),
+                file: file.try_clone().and_then(crate::net::file::DataFile::new),
                 pos: offset,
                 end: (offset + len).min(size) - short.min(len),
             };
