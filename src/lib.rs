@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod logq;
 pub mod metrics;
+pub mod mirror;
 pub mod net;
 pub mod oci;
 pub mod policy;

@@ -7,6 +7,7 @@ mod server;
 mod tables;
 #[cfg(test)]
 mod tests;
+mod upstream;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::parse_duration;
 pub use server::*;
 pub use tables::*;
+pub use upstream::UpstreamConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -37,6 +39,9 @@ pub struct Config {
     /// `[repository."<name>"]`: settings for a repository name and everything below it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub repository: BTreeMap<String, RepositoryConfig>,
+    /// `[[upstream]]`: registries mirrored under a name prefix (pull-through caches).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstream: Vec<UpstreamConfig>,
 }
 
 /// Most `[[server.listener]]` entries (each costs every worker an accept loop).
@@ -79,6 +84,14 @@ impl Config {
         resolve(&mut cfg.storage.root);
         if let Some(s3) = cfg.storage.s3.as_mut() {
             for p in [&mut s3.secret_access_key_file, &mut s3.ca_bundle]
+                .into_iter()
+                .flatten()
+            {
+                resolve(p);
+            }
+        }
+        for u in &mut cfg.upstream {
+            for p in [&mut u.password_file, &mut u.ca_bundle]
                 .into_iter()
                 .flatten()
             {

@@ -84,6 +84,12 @@ fn defaults_with_optional_tables() -> toml::Value {
         port: 0,
         tls: c.server.tls.clone(),
     });
+    c.upstream.push(
+        toml::from_str(
+            "name = \"\"\nurl = \"\"\nprefix = \"\"\nusername = \"\"\npassword_file = \"\"\nca_bundle = \"\"",
+        )
+        .unwrap(),
+    );
     toml::Value::try_from(c).unwrap()
 }
 
@@ -328,4 +334,64 @@ fn storage_s3_errors_name_the_key() {
         .unwrap()
         .validate()
         .unwrap();
+}
+
+#[test]
+fn upstream_errors_name_the_key() {
+    let up = |body: &str| format!("[[upstream]]\n{body}\n");
+    let ok = "name = \"hub\"\nurl = \"https://r.example\"\nprefix = \"hub\"";
+    let cases = [
+        (
+            up("name = \"a b\"\nurl = \"http://h\"\nprefix = \"x\""),
+            "upstream[0].name",
+        ),
+        (format!("{}{}", up(ok), up(ok)), "upstream[1].name"),
+        (
+            up("name = \"a\"\nurl = \"ftp://h\"\nprefix = \"x\""),
+            "upstream[0].url",
+        ),
+        (
+            up("name = \"a\"\nurl = \"http://u:p@h\"\nprefix = \"x\""),
+            "upstream[0].url",
+        ),
+        (
+            up("name = \"a\"\nurl = \"http://h/v2/\"\nprefix = \"x\""),
+            "upstream[0].url",
+        ),
+        (
+            up("name = \"a\"\nurl = \"http://h\"\nprefix = \"Hub\""),
+            "upstream[0].prefix",
+        ),
+        (
+            format!(
+                "{}{}",
+                up(ok),
+                up("name = \"b\"\nurl = \"http://h\"\nprefix = \"hub/x\"")
+            ),
+            "upstream[1].prefix",
+        ),
+        (
+            up("name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\nca_bundle = \"c\""),
+            "upstream[0].ca_bundle",
+        ),
+        (
+            up("name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\nusername = \"u\""),
+            "upstream[0].username",
+        ),
+        (
+            up("name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\ntimeout = \"0s\""),
+            "upstream[0].timeout",
+        ),
+    ];
+    for (text, key) in cases {
+        let c = Config::parse_str(&text).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+    let two = format!(
+        "{}{}",
+        up(ok),
+        up("name = \"b\"\nurl = \"http://h:5000/\"\nprefix = \"hubx\"")
+    );
+    Config::parse_str(&two).unwrap().validate().unwrap();
 }

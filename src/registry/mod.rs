@@ -4,6 +4,7 @@
 mod blobs;
 mod listing;
 mod manifests;
+mod mirror;
 pub mod route;
 mod uploads;
 
@@ -33,6 +34,8 @@ pub struct Settings {
 pub struct Registry {
     storage: Arc<Storage>,
     settings: Settings,
+    /// The upstreams mirrored under name prefixes, if any.
+    mirror: Option<crate::mirror::Mirror>,
 }
 
 type HandlerResult = Result<Response, OciError>;
@@ -54,8 +57,16 @@ impl Registry {
 }
 
 impl Registry {
-    pub fn new(storage: Arc<Storage>, settings: Settings) -> Registry {
-        Registry { storage, settings }
+    pub fn new(
+        storage: Arc<Storage>,
+        settings: Settings,
+        mirror: Option<crate::mirror::Mirror>,
+    ) -> Registry {
+        Registry {
+            storage,
+            settings,
+            mirror,
+        }
     }
 
     /// Answer one routed and authorized request. The body may be left unread (the connection
@@ -80,6 +91,11 @@ impl Registry {
         body: &mut Body<'_>,
         client: std::net::IpAddr,
     ) -> HandlerResult {
+        if self.mirror.is_some()
+            && let Some(answer) = Box::pin(self.mirrored(&action, head)).await
+        {
+            return answer;
+        }
         match action {
             Action::GetApiVersion => Ok(Response::new(200).json(b"{}".to_vec())),
             // The server answers these itself (it owns the counters); never dispatched here.

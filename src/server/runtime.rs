@@ -94,6 +94,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
     if !cfg.gc.interval.is_zero() {
         schedule_gc(Arc::clone(&storage), &cfg.gc)?;
     }
+    let mirror = crate::mirror::Mirror::new(&cfg.upstream).map_err(StartError::Other)?;
     let settings = Settings {
         max_manifest_size: cfg.global.max_manifest_size,
         max_blob_size: cfg.global.max_blob_size,
@@ -108,7 +109,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
     let mut addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
     let names: Vec<String> = listeners.iter().map(|l| l.name.to_string()).collect();
     let app = Arc::new(App {
-        registry: Registry::new(storage, settings),
+        registry: Registry::new(storage, settings, mirror),
         live: Arc::clone(&shared),
         listeners,
         limits: crate::http::Limits::from(&cfg.server.http),

@@ -21,6 +21,7 @@ mod http_layer;
 mod limits;
 mod listeners;
 mod metrics;
+mod mirror;
 mod ranges;
 mod registry_api;
 mod reload;

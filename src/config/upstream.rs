@@ -1,0 +1,130 @@
+//! `[[upstream]]`: registries mirrored under a name prefix (pull-through caches), and their checks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::{de_duration, ser_duration};
+use super::{Config, ConfigError};
+
+/// One upstream registry: `<prefix>/<name>` in wharf is `<name>` upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Names the upstream in logs, metrics and errors (letters, digits, `-`, `_`).
+    pub name: String,
+    /// `http://host[:port]` or `https://host[:port]` of the upstream registry (its `/v2/` API).
+    pub url: String,
+    /// The repository-name prefix mirrored: `hub` makes `hub/library/alpine` upstream's
+    /// `library/alpine`. Pushes and deletes under it are refused.
+    pub prefix: String,
+    /// Basic credentials for the upstream: the user, with `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A file holding the upstream password (surrounding whitespace ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates an `https` upstream's certificate must chain to. Default: the
+    /// system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Longest wait for the upstream to connect or to send the next bytes. Default `"10s"`.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// `[[upstream]]`: names, URLs and prefixes that cannot be confused, credentials complete.
+    pub(super) fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        let invalid = |i: usize, key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: format!("upstream[{i}].{key}"),
+                message,
+            })
+        };
+        for (i, u) in self.upstream.iter().enumerate() {
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            {
+                return invalid(
+                    i,
+                    "name",
+                    format!("{:?}: use letters, digits, '-' and '_'", u.name),
+                );
+            }
+            if self.upstream[..i].iter().any(|o| o.name == u.name) {
+                return invalid(i, "name", format!("{:?} names two upstreams", u.name));
+            }
+            let url = match url::Url::parse(&u.url) {
+                Ok(url) => url,
+                Err(e) => return invalid(i, "url", format!("{:?}: {e}", u.url)),
+            };
+            if !matches!(url.scheme(), "http" | "https")
+                || url.host_str().is_none()
+                || url.query().is_some()
+                || !url.username().is_empty()
+                || !matches!(url.path(), "" | "/")
+            {
+                return invalid(
+                    i,
+                    "url",
+                    format!(
+                        "{:?}: give http(s)://host[:port] only (credentials go in username and \
+                         password_file)",
+                        u.url
+                    ),
+                );
+            }
+            if u.ca_bundle.is_some() && url.scheme() != "https" {
+                return invalid(i, "ca_bundle", "only used with an https:// url".into());
+            }
+            if u.prefix.parse::<crate::oci::RepoName>().is_err() {
+                return invalid(
+                    i,
+                    "prefix",
+                    format!(
+                        "{:?} is not a repository name (lower-case path components)",
+                        u.prefix
+                    ),
+                );
+            }
+            let nested = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+            if let Some(o) = self.upstream[..i]
+                .iter()
+                .find(|o| nested(&u.prefix, &o.prefix) || nested(&o.prefix, &u.prefix))
+            {
+                return invalid(
+                    i,
+                    "prefix",
+                    format!(
+                        "{:?} overlaps upstream {:?}'s prefix {:?}: give each its own",
+                        u.prefix, o.name, o.prefix
+                    ),
+                );
+            }
+            if u.username.is_some() != u.password_file.is_some() {
+                return invalid(
+                    i,
+                    "username",
+                    "username and password_file go together".into(),
+                );
+            }
+            if u.timeout.is_zero() {
+                return invalid(i, "timeout", "must be greater than zero".into());
+            }
+        }
+        Ok(())
+    }
+}

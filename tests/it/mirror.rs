@@ -1,0 +1,176 @@
+//! Pull-through mirrors (`[[upstream]]`): a second wharf holds the images; the mirror serves them
+//! under its prefix (to our client and to crane), keeps them, refuses writes under the prefix,
+//! serves cached tags marked stale when the upstream is gone and answers 503 for the rest, and
+//! never keeps bytes that do not match their digest (a lying upstream in Python).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::common::*;
+
+fn mirror_of(upstream_host: &str) -> Server {
+    Server::start_with(
+        "io_uring",
+        &format!(
+            "[[upstream]]\nname = \"up\"\nurl = \"http://{upstream_host}\"\nprefix = \"hub\"\ntimeout = \"3s\"\n"
+        ),
+    )
+}
+
+#[test]
+fn a_mirror_serves_and_keeps_what_the_upstream_holds() {
+    let up = Server::start("io_uring");
+    let mut cu = up.client();
+    let layer = noise(31, 300_000);
+    let md = push_image(&mut cu, "library/app", "v1", &layer);
+    let ld = sha256(&layer);
+    let m = mirror_of(&up.host());
+    let mut c = m.client();
+
+    let r = c.get("/v2/hub/library/app/manifests/v1");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.header("Docker-Content-Digest"), Some(md.as_str()));
+    assert_eq!(sha256(&r.body), md, "the upstream's bytes, unchanged");
+    let b = c.get(&format!("/v2/hub/library/app/blobs/{ld}"));
+    assert_eq!(b.status, 200, "{}", b.body_text());
+    assert!(b.body == layer, "the layer comes through whole");
+    let digest_by_crane = run_ok(Command::new(tool("crane")).args([
+        "digest",
+        "--insecure",
+        &format!("{}/hub/library/app:v1", m.host()),
+    ]));
+    assert_eq!(digest_by_crane.trim(), md);
+    let work = tempfile::tempdir().unwrap();
+    run_ok(Command::new(tool("crane")).args([
+        "pull",
+        "--insecure",
+        "--format=oci",
+        &format!("{}/hub/library/app:v1", m.host()),
+        &work.path().join("img").display().to_string(),
+    ]));
+
+    // Unknown upstream: 404 with the upstream named.
+    let r = c.get("/v2/hub/library/app/manifests/nope");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    assert!(r.body_text().contains("upstream up"), "{}", r.body_text());
+    // Writes under the prefix are refused with what to do.
+    let r = c.request("POST", "/v2/hub/library/app/blobs/uploads/", &[], b"");
+    assert_eq!((r.status, r.error_code().as_str()), (403, "DENIED"));
+    assert!(r.body_text().contains("read-only"), "{}", r.body_text());
+    let r = c.request(
+        "DELETE",
+        &format!("/v2/hub/library/app/manifests/{md}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 403);
+    // Outside the prefix the mirror is an ordinary registry.
+    push_blob(&mut c, "local/app", b"mine");
+
+    // The upstream goes away: what was fetched is still served, the tag marked stale; anything
+    // else is a quick 503 with Retry-After.
+    drop(up);
+    let r = c.get("/v2/hub/library/app/manifests/v1");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(
+        r.header("Warning").is_some_and(|w| w.contains("stale")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(
+        c.get(&format!("/v2/hub/library/app/manifests/{md}")).status,
+        200
+    );
+    let b = c.get(&format!("/v2/hub/library/app/blobs/{ld}"));
+    assert!(b.status == 200 && b.body == layer);
+    let r = c.get("/v2/hub/library/app/manifests/v2");
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    assert!(r.header("Retry-After").is_some());
+    assert!(
+        r.body_text().contains("cannot be reached"),
+        "{}",
+        r.body_text()
+    );
+}
+
+/// An upstream that answers every manifest and blob with bytes that are not what was asked.
+struct LyingUpstream(std::process::Child, u16);
+
+impl LyingUpstream {
+    fn start() -> LyingUpstream {
+        const SERVER: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if "/manifests/" in self.path:
+            body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}'
+            ct = "application/vnd.oci.image.manifest.v1+json"
+        else:
+            body, ct = b"not the bytes you asked for" * 1000, "application/octet-stream"
+        self.send_response(200)
+        self.send_header("Content-Type", ct)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", SERVER])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is missing (tests/setup.sh installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        LyingUpstream(child, line.trim().parse().unwrap())
+    }
+}
+
+impl Drop for LyingUpstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn bytes_that_do_not_match_their_digest_are_never_kept() {
+    let liar = LyingUpstream::start();
+    let m = mirror_of(&format!("127.0.0.1:{}", liar.1));
+    let mut c = m.client();
+    let want = sha256(b"the real layer");
+    for path in [
+        format!("/v2/hub/x/manifests/{want}"),
+        format!("/v2/hub/x/blobs/{want}"),
+    ] {
+        let r = c.get(&path);
+        assert_eq!(r.status, 503, "{path}: {}", r.body_text());
+        assert!(
+            r.body_text().contains("do not match"),
+            "{path}: {}",
+            r.body_text()
+        );
+    }
+    // Nothing was kept: with the upstream gone, both are still missing.
+    drop(liar);
+    for path in [
+        format!("/v2/hub/x/manifests/{want}"),
+        format!("/v2/hub/x/blobs/{want}"),
+    ] {
+        let r = c.get(&path);
+        assert_eq!(r.status, 503, "{path}");
+        assert!(
+            r.body_text().contains("cannot be reached"),
+            "{}",
+            r.body_text()
+        );
+    }
+}
