@@ -4,8 +4,12 @@
 //! which upstream mirrors a name, and the requests to it (over `crate::client`, on the worker's
 //! runtime). The handlers are in `registry::mirror`.
 
+pub mod flight;
+
 use std::io;
 use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::client::{self, Endpoint, Payload, Request};
 use crate::config::UpstreamConfig;
@@ -17,7 +21,9 @@ const ACCEPT: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST
 
 /// Every configured upstream.
 pub struct Mirror {
-    upstreams: Vec<Upstream>,
+    upstreams: Vec<Arc<Upstream>>,
+    /// Where blobs on their way from an upstream are spooled (unnamed files).
+    pub spool_dir: PathBuf,
 }
 
 /// One upstream registry and how to reach it.
@@ -48,23 +54,26 @@ pub enum UpstreamError {
 impl Mirror {
     /// The upstreams of the configuration (`None` without any). Host names are resolved here,
     /// at startup; an error names the key.
-    pub fn new(cfg: &[UpstreamConfig]) -> Result<Option<Mirror>, String> {
+    pub fn new(cfg: &[UpstreamConfig], spool_dir: PathBuf) -> Result<Option<Mirror>, String> {
         if cfg.is_empty() {
             return Ok(None);
         }
         let upstreams = cfg
             .iter()
             .enumerate()
-            .map(|(i, u)| Upstream::new(i, u))
+            .map(|(i, u)| Upstream::new(i, u).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(Some(Mirror { upstreams }))
+        Ok(Some(Mirror {
+            upstreams,
+            spool_dir,
+        }))
     }
 
     /// The upstream mirroring `repo`, and `repo`'s name there.
-    pub fn route(&self, repo: &RepoName) -> Option<(&Upstream, String)> {
+    pub fn route(&self, repo: &RepoName) -> Option<(Arc<Upstream>, String)> {
         self.upstreams.iter().find_map(|u| {
             let rest = repo.as_str().strip_prefix(&u.prefix)?.strip_prefix('/')?;
-            Some((u, rest.to_owned()))
+            Some((Arc::clone(u), rest.to_owned()))
         })
     }
 }

@@ -4,13 +4,16 @@
 //! every GET and, when the upstream cannot answer, served from the store with a `Warning`. Writes
 //! under the prefix are refused.
 
+use std::sync::Arc;
+
 use super::{HandlerResult, Registry};
 use crate::action::Action;
-use crate::http::RequestHead;
+use crate::http::{Method, Payload, RequestHead, Response};
+use crate::mirror::flight::{self, Flight, Joined};
 use crate::mirror::{Upstream, UpstreamError};
 use crate::net::pool::Block;
 use crate::oci::{Digest, ErrorKind, OciError, Reference, RepoName, manifest};
-use crate::storage::StoreError;
+use crate::storage::{Storage, StoreError};
 
 /// Why a request through the mirror failed, as the client sees it.
 fn upstream_error(up: &Upstream, what: &str, e: UpstreamError) -> OciError {
@@ -49,7 +52,8 @@ impl Registry {
         let (up, name) = mirror.route(repo)?;
         Some(match action {
             Action::GetManifest { reference, .. } => {
-                self.mirror_manifest(up, &name, repo, reference, head).await
+                self.mirror_manifest(&up, &name, repo, reference, head)
+                    .await
             }
             Action::GetBlob { digest, .. } => self.mirror_blob(up, &name, repo, digest, head).await,
             // Reads of what is cached.
@@ -138,72 +142,122 @@ impl Registry {
 
     async fn mirror_blob(
         &self,
-        up: &Upstream,
+        up: Arc<Upstream>,
         name: &str,
         repo: &RepoName,
         digest: &Digest,
         head: &RequestHead,
     ) -> HandlerResult {
-        if self.storage.blob_size(repo, digest).await?.is_none() {
-            self.fetch_blob(up, name, repo, digest).await?;
+        if self.storage.blob_size(repo, digest).await?.is_some() {
+            return self.get_blob(repo, digest, head).await;
         }
-        self.get_blob(repo, digest, head).await
-    }
-
-    /// Fetch a blob upstream into the store, verified against `digest` before it is visible.
-    async fn fetch_blob(
-        &self,
-        up: &Upstream,
-        name: &str,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<(), OciError> {
-        let what = format!("blob {digest} of {name}");
-        let mut resp = up.blob(name, digest).await.map_err(|e| match e {
-            UpstreamError::NotFound => OciError::new(
-                ErrorKind::BlobUnknown,
-                format!("{what} is not in upstream {} ({})", up.name, up.url),
-            ),
-            e => upstream_error(up, &what, e),
-        })?;
-        let max = self.settings.max_blob_size;
-        if max > 0 && resp.body.remaining() > max {
-            return Err(OciError::new(
-                ErrorKind::TooLarge,
-                format!("{what} is larger than global.max_blob_size ({max} bytes)"),
-            ));
-        }
-        let mut w = self.storage.temp_writer(digest.algorithm()).await?;
-        loop {
-            match resp.body.next_chunk().await {
-                Ok(Some(chunk)) => {
-                    let n = chunk.len();
-                    if let Err(e) = w.append(Block::new(chunk, 0..n)).await {
-                        self.storage.discard_writer(w).await;
-                        return Err(StoreError::from(e).into());
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    self.storage.discard_writer(w).await;
-                    return Err(upstream_error(
-                        up,
-                        &what,
-                        UpstreamError::Unavailable(e.to_string()),
-                    ));
-                }
+        let dir = self
+            .mirror
+            .as_ref()
+            .expect("a mirrored request")
+            .spool_dir
+            .clone();
+        let spool = flight::spool_in(dir).await.map_err(StoreError::from)?;
+        let f = match flight::join(&digest.to_string(), spool) {
+            Joined::Reader(f) => f,
+            Joined::Leader(f) => {
+                // The fetch is a task of its own: it goes on when the client that started it
+                // leaves, for the others reading it.
+                let (storage, flight) = (Arc::clone(&self.storage), Arc::clone(&f));
+                let (name, repo, digest) = (name.to_owned(), repo.clone(), digest.clone());
+                let max = self.settings.max_blob_size;
+                crate::task::spawn("an upstream blob fetch", async move {
+                    let outcome = fetch(&storage, &up, &name, &repo, &digest, &flight, max).await;
+                    flight.finish(outcome);
+                });
+                f
             }
+            Joined::Full => {
+                return Err(OciError::new(
+                    ErrorKind::OverCapacity,
+                    format!(
+                        "{} blobs are being fetched from upstreams already; try again shortly",
+                        flight::MAX_FLIGHTS
+                    ),
+                ));
+            }
+        };
+        let len = f.blob_len().await?;
+        let mut r = Response::new(200)
+            .header("Docker-Content-Digest", digest.to_string())
+            .header("ETag", format!("\"{digest}\""))
+            .header("Content-Type", "application/octet-stream");
+        if head.method == Method::Head {
+            r.content_length = Some(len);
+        } else {
+            r.payload = Payload::Stream(f.reader(len).map_err(StoreError::from)?);
         }
-        match self.storage.finish_writer(w, digest, repo).await {
-            Ok(_) => Ok(()),
-            Err(StoreError::DigestMismatch { .. }) => Err(OciError::new(
-                ErrorKind::StorageUnavailable,
-                format!(
-                    "upstream {} served bytes for {what} that do not match it; nothing was cached",
-                    up.name
-                ),
-            )),
-            Err(e) => Err(e.into()),
+        Ok(r)
+    }
+}
+
+/// Fetch a blob upstream into the spool and the store at once; committed (verified against
+/// `digest`) or not at all.
+async fn fetch(
+    storage: &Storage,
+    up: &Upstream,
+    name: &str,
+    repo: &RepoName,
+    digest: &Digest,
+    flight: &Flight,
+    max: u64,
+) -> Result<(), OciError> {
+    let what = format!("blob {digest} of {name}");
+    let mut resp = up.blob(name, digest).await.map_err(|e| match e {
+        UpstreamError::NotFound => OciError::new(
+            ErrorKind::BlobUnknown,
+            format!("{what} is not in upstream {} ({})", up.name, up.url),
+        ),
+        e => upstream_error(up, &what, e),
+    })?;
+    let len = resp.body.remaining();
+    if max > 0 && len > max {
+        return Err(OciError::new(
+            ErrorKind::TooLarge,
+            format!("{what} is larger than global.max_blob_size ({max} bytes)"),
+        ));
+    }
+    flight.set_len(len);
+    let spool = flight.spool().map_err(StoreError::from)?;
+    let mut w = storage.temp_writer(digest.algorithm()).await?;
+    let mut pos = 0u64;
+    let copied: Result<(), OciError> = async {
+        while let Some(chunk) = resp
+            .body
+            .next_chunk()
+            .await
+            .map_err(|e| upstream_error(up, &what, UpstreamError::Unavailable(e.to_string())))?
+        {
+            let n = chunk.len();
+            let (res, chunk) = spool.write_all_at(chunk, 0..n, pos).await;
+            res.map_err(StoreError::from)?;
+            w.append(Block::new(chunk, 0..n))
+                .await
+                .map_err(StoreError::from)?;
+            pos += n as u64;
+            flight.advance(n as u64);
         }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = copied {
+        storage.discard_writer(w).await;
+        return Err(e);
+    }
+    match storage.finish_writer(w, digest, repo).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::DigestMismatch { .. }) => Err(OciError::new(
+            ErrorKind::StorageUnavailable,
+            format!(
+                "upstream {} served bytes for {what} that do not match it; nothing was cached",
+                up.name
+            ),
+        )),
+        Err(e) => Err(e.into()),
     }
 }

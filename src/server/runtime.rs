@@ -94,7 +94,12 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
     if !cfg.gc.interval.is_zero() {
         schedule_gc(Arc::clone(&storage), &cfg.gc)?;
     }
-    let mirror = crate::mirror::Mirror::new(&cfg.upstream).map_err(StartError::Other)?;
+    // Blobs on their way from an upstream are spooled beside the store (or in the temp dir).
+    let spool_dir = match cfg.storage.backend {
+        crate::config::StorageBackend::Filesystem => root.clone(),
+        _ => std::env::temp_dir(),
+    };
+    let mirror = crate::mirror::Mirror::new(&cfg.upstream, spool_dir).map_err(StartError::Other)?;
     let settings = Settings {
         max_manifest_size: cfg.global.max_manifest_size,
         max_blob_size: cfg.global.max_blob_size,

@@ -147,18 +147,17 @@ fn bytes_that_do_not_match_their_digest_are_never_kept() {
     let m = mirror_of(&format!("127.0.0.1:{}", liar.1));
     let mut c = m.client();
     let want = sha256(b"the real layer");
-    for path in [
-        format!("/v2/hub/x/manifests/{want}"),
-        format!("/v2/hub/x/blobs/{want}"),
-    ] {
-        let r = c.get(&path);
-        assert_eq!(r.status, 503, "{path}: {}", r.body_text());
-        assert!(
-            r.body_text().contains("do not match"),
-            "{path}: {}",
-            r.body_text()
-        );
-    }
+    let r = c.get(&format!("/v2/hub/x/manifests/{want}"));
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    assert!(r.body_text().contains("do not match"), "{}", r.body_text());
+    // A blob is streamed as it arrives: the wrong bytes are found at the end, and the response
+    // is cut before its last byte (never completed).
+    let mut raw = m.client();
+    raw.send_raw(format!("GET /v2/hub/x/blobs/{want} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    assert!(
+        raw.try_read_response(false).is_none(),
+        "a blob with wrong bytes never arrives whole"
+    );
     // Nothing was kept: with the upstream gone, both are still missing.
     drop(liar);
     for path in [
@@ -173,4 +172,80 @@ fn bytes_that_do_not_match_their_digest_are_never_kept() {
             r.body_text()
         );
     }
+}
+
+/// `GET path` on a connection of its own, the body hashed as it arrives: (status, digest, length).
+fn pull_hashed(addr: std::net::SocketAddr, path: &str) -> (u16, String, usize) {
+    use sha2::{Digest as _, Sha256};
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line[9..12].parse().unwrap();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h.trim_end().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let (mut h, mut left, mut buf) = (Sha256::new(), len, vec![0u8; 1 << 20]);
+    while left > 0 {
+        let n = r.read(&mut buf[..left.min(1 << 20)]).unwrap();
+        assert!(n > 0, "the body ended {left} bytes short");
+        h.update(&buf[..n]);
+        left -= n;
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    (status, format!("sha256:{hex}"), len)
+}
+
+/// 32 clients pull one uncached 64 MiB layer through the mirror at once: every one gets it whole,
+/// and the upstream's access log shows exactly one GET of it.
+#[test]
+fn one_upstream_fetch_however_many_clients_wait() {
+    let up = Server::start_logged("io_uring", "", "wharf::access=info");
+    let layer = noise(41, 64 << 20);
+    let ld = push_blob(&mut up.client(), "library/big", &layer);
+    drop(layer);
+    let m = mirror_of(&up.host());
+    let path = format!("/v2/hub/library/big/blobs/{ld}");
+    let start = std::sync::Arc::new(std::sync::Barrier::new(32));
+    let pulls: Vec<_> = (0..32)
+        .map(|_| {
+            let (addr, path, start) = (m.addr, path.clone(), std::sync::Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                pull_hashed(addr, &path)
+            })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.join().unwrap(), (200, ld.clone(), 64 << 20));
+    }
+    // The upstream's log is written in order: once a later request is in it, so is every GET.
+    up.client().get("/v2/marker/tags/list");
+    up.wait_for_log("/v2/marker/tags/list");
+    let gets = up
+        .log()
+        .lines()
+        .filter(|l| l.contains("GET") && l.contains(&format!("/v2/library/big/blobs/{ld}")))
+        .count();
+    assert_eq!(gets, 1, "the upstream served the layer once");
+    let metrics = m.client().get("/metrics").body_text();
+    assert_eq!(sample(&metrics, "wharf_mirror_fetches_total"), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "wharf_mirror_fetches_in_flight"),
+        Some(0.0)
+    );
 }
