@@ -86,7 +86,7 @@ fn defaults_with_optional_tables() -> toml::Value {
     });
     c.upstream.push(
         toml::from_str(
-            "name = \"\"\nurl = \"\"\nprefix = \"\"\nusername = \"\"\npassword_file = \"\"\nca_bundle = \"\"",
+            "name = \"\"\nurl = \"\"\nprefix = \"\"\nnamespace = \"\"\nusername = \"\"\npassword_file = \"\"\nca_bundle = \"\"",
         )
         .unwrap(),
     );
@@ -383,7 +383,31 @@ fn upstream_errors_name_the_key() {
             "upstream[0].timeout",
         ),
     ];
-    for (text, key) in cases {
+    let more = [
+        (
+            up("name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\nnamespace = \"a/b\""),
+            "upstream[0].namespace",
+        ),
+        (
+            format!(
+                "{}{}",
+                up(
+                    "name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\nnamespace = \"docker.io\"\ndefault = true"
+                ),
+                up("name = \"b\"\nurl = \"http://h\"\nprefix = \"y\"\nnamespace = \"docker.io\"")
+            ),
+            "upstream[1].namespace",
+        ),
+        (
+            format!(
+                "{}{}",
+                up("name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\ndefault = true"),
+                up("name = \"b\"\nurl = \"http://h\"\nprefix = \"y\"\ndefault = true")
+            ),
+            "upstream[1].default",
+        ),
+    ];
+    for (text, key) in cases.into_iter().chain(more) {
         let c = Config::parse_str(&text).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains(key), "{text}: {e}");

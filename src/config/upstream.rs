@@ -19,6 +19,15 @@ pub struct UpstreamConfig {
     /// The repository-name prefix mirrored: `hub` makes `hub/library/alpine` upstream's
     /// `library/alpine`. Pushes and deletes under it are refused.
     pub prefix: String,
+    /// Requests with `?ns=<namespace>` (containerd's `hosts.toml` mirrors) for names outside
+    /// every prefix go to this upstream, e.g. `"docker.io"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Names outside every prefix (and without a `?ns=` another upstream claims) go to this
+    /// upstream: Docker's `registry-mirrors`. At most one upstream is the default; it makes every
+    /// such name a read-only mirror. Default `false`.
+    #[serde(default)]
+    pub default: bool,
     /// Basic credentials for the upstream: the user, with `password_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
@@ -111,6 +120,41 @@ impl Config {
                     format!(
                         "{:?} overlaps upstream {:?}'s prefix {:?}: give each its own",
                         u.prefix, o.name, o.prefix
+                    ),
+                );
+            }
+            if let Some(ns) = &u.namespace {
+                if ns.is_empty()
+                    || !ns
+                        .bytes()
+                        .all(|c| c.is_ascii_graphic() && c != b'/' && c != b'&')
+                {
+                    return invalid(
+                        i,
+                        "namespace",
+                        format!("{ns:?}: give a registry host name such as \"docker.io\""),
+                    );
+                }
+                if let Some(o) = self.upstream[..i]
+                    .iter()
+                    .find(|o| o.namespace.as_ref() == Some(ns))
+                {
+                    return invalid(
+                        i,
+                        "namespace",
+                        format!("{ns:?} is upstream {:?}'s namespace already", o.name),
+                    );
+                }
+            }
+            if u.default
+                && let Some(o) = self.upstream[..i].iter().find(|o| o.default)
+            {
+                return invalid(
+                    i,
+                    "default",
+                    format!(
+                        "upstream {:?} is the default already: at most one is",
+                        o.name
                     ),
                 );
             }

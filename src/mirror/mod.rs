@@ -26,11 +26,24 @@ pub struct Mirror {
     pub spool_dir: PathBuf,
 }
 
+/// Where a mirrored request goes.
+pub struct Route {
+    pub upstream: Arc<Upstream>,
+    /// The repository's name upstream.
+    pub name: String,
+    /// Where its content is kept here (under the upstream's prefix).
+    pub local: RepoName,
+}
+
 /// One upstream registry and how to reach it.
 pub struct Upstream {
     pub name: String,
     /// The mirrored prefix, e.g. `hub`.
     prefix: String,
+    /// `?ns=` this upstream answers for (names outside every prefix).
+    namespace: Option<String>,
+    /// Names outside every prefix come here.
+    default: bool,
     pub url: String,
     endpoint: Endpoint,
     /// `Authorization` sent with every request (Basic), if configured.
@@ -69,11 +82,36 @@ impl Mirror {
         }))
     }
 
-    /// The upstream mirroring `repo`, and `repo`'s name there.
-    pub fn route(&self, repo: &RepoName) -> Option<(Arc<Upstream>, String)> {
-        self.upstreams.iter().find_map(|u| {
+    /// The upstream mirroring `repo` (asked with `query`), the name there, and where its content
+    /// is kept here: `repo` under a prefix is that upstream's; a name outside every prefix goes
+    /// to the upstream whose `namespace` the query's `ns=` names, else to the default upstream,
+    /// and is kept under that upstream's prefix.
+    pub fn route(&self, repo: &RepoName, query: &str) -> Option<Route> {
+        let prefixed = self.upstreams.iter().find_map(|u| {
             let rest = repo.as_str().strip_prefix(&u.prefix)?.strip_prefix('/')?;
-            Some((Arc::clone(u), rest.to_owned()))
+            Some(Route {
+                upstream: Arc::clone(u),
+                name: rest.to_owned(),
+                local: repo.clone(),
+            })
+        });
+        if prefixed.is_some() {
+            return prefixed;
+        }
+        let ns = query.split('&').find_map(|p| p.strip_prefix("ns="));
+        let u = ns
+            .and_then(|ns| {
+                self.upstreams
+                    .iter()
+                    .find(|u| u.namespace.as_deref() == Some(ns))
+            })
+            .or_else(|| self.upstreams.iter().find(|u| u.default))?;
+        // A name too long once prefixed is not mirrored (it is refused as a name later).
+        let local = format!("{}/{repo}", u.prefix).parse().ok()?;
+        Some(Route {
+            upstream: Arc::clone(u),
+            name: repo.to_string(),
+            local,
         })
     }
 }
@@ -119,6 +157,8 @@ impl Upstream {
         Ok(Upstream {
             name: cfg.name.clone(),
             prefix: cfg.prefix.clone(),
+            namespace: cfg.namespace.clone(),
+            default: cfg.default,
             url: cfg.url.trim_end_matches('/').to_owned(),
             endpoint: Endpoint {
                 addr,

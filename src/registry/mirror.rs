@@ -10,7 +10,7 @@ use super::{HandlerResult, Registry};
 use crate::action::Action;
 use crate::http::{Method, Payload, RequestHead, Response};
 use crate::mirror::flight::{self, Flight, Joined};
-use crate::mirror::{Upstream, UpstreamError};
+use crate::mirror::{Route, Upstream, UpstreamError};
 use crate::net::pool::Block;
 use crate::oci::{Digest, ErrorKind, OciError, Reference, RepoName, manifest};
 use crate::storage::{Storage, StoreError};
@@ -49,20 +49,35 @@ impl Registry {
     ) -> Option<HandlerResult> {
         let mirror = self.mirror.as_ref()?;
         let repo = action.repository()?;
-        let (up, name) = mirror.route(repo)?;
+        let Route {
+            upstream: up,
+            name,
+            local,
+        } = mirror.route(repo, &head.query)?;
         Some(match action {
             Action::GetManifest { reference, .. } => {
-                self.mirror_manifest(&up, &name, repo, reference, head)
+                self.mirror_manifest(&up, &name, &local, reference, head)
                     .await
             }
-            Action::GetBlob { digest, .. } => self.mirror_blob(up, &name, repo, digest, head).await,
+            Action::GetBlob { digest, .. } => {
+                self.mirror_blob(up, &name, &local, digest, head).await
+            }
             // Reads of what is cached.
-            Action::ListTags { .. } | Action::GetReferrers { .. } => return None,
+            Action::ListTags { page, .. } => self.list_tags(&local, page).await,
+            Action::GetReferrers {
+                digest,
+                artifact_type,
+                page,
+                ..
+            } => {
+                self.get_referrers(&local, digest, artifact_type.as_deref(), page)
+                    .await
+            }
             _ => Err(OciError::new(
                 ErrorKind::Denied,
                 format!(
                     "{repo} mirrors {}/{name} (upstream {}): it is read-only here; push to a name \
-                     outside the prefix",
+                     outside the mirrored names",
                     up.url, up.name
                 ),
             )),

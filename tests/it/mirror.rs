@@ -249,3 +249,104 @@ fn one_upstream_fetch_however_many_clients_wait() {
         Some(0.0)
     );
 }
+
+/// The daemons' own mirror settings: dockerd's `registry-mirrors` (Docker Hub names, no prefix:
+/// the default upstream) and containerd's `hosts.toml` (`?ns=docker.io`: the upstream with that
+/// namespace) pull an image pushed upstream by skopeo, byte-identical, each kept under its
+/// upstream's prefix.
+#[test]
+fn docker_and_containerd_pull_through_their_mirror_settings() {
+    use crate::common::layout::Layout;
+    let up = Server::start("io_uring");
+    let work = tempfile::tempdir().unwrap();
+    let mut src = Layout::new(&work.path().join("src"));
+    let layers = vec![
+        src.add_tar_layer("a.bin", 300_000, 51),
+        src.add_tar_layer("b.bin", 2_000_000, 52),
+    ];
+    let image = src.add_image(&layers, "amd64");
+    src.tag(&image, "v1");
+    run_ok(crate::e2e_clients::skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", src.dir.display()),
+        &format!("docker://{}/library/app:v1", up.host()),
+    ]));
+    let upstream = |name: &str, prefix: &str, extra: &str| {
+        format!(
+            "[[upstream]]\nname = \"{name}\"\nurl = \"http://{}\"\nprefix = \"{prefix}\"\n{extra}\n",
+            up.host()
+        )
+    };
+    let m = Server::start_with(
+        "io_uring",
+        &format!(
+            "{}{}",
+            upstream("ns", "viahosts", "namespace = \"docker.io\""),
+            upstream("dflt", "viadefault", "default = true")
+        ),
+    );
+    let daemon = crate::common::docker::Dockerd::start_with(&format!(
+        "{{\"registry-mirrors\": [\"http://{}\"]}}",
+        m.host()
+    ));
+
+    // Docker: a Docker Hub name, asked of the mirror unprefixed.
+    run_ok(daemon.docker().args(["pull", "app:v1"]));
+    let ids = run_ok(daemon.docker().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}} {{json .RootFS.Layers}}",
+        "app:v1",
+    ]));
+    assert!(ids.contains(&image.digest), "docker pulled {ids}");
+    for l in &layers {
+        assert!(
+            ids.contains(&l.diff_id),
+            "layer {} missing in {ids}",
+            l.diff_id
+        );
+    }
+
+    // containerd: hosts.toml for docker.io names the mirror; it asks with ?ns=docker.io.
+    let hosts = work.path().join("hosts");
+    std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
+    std::fs::write(
+        hosts.join("docker.io/hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            m.host()
+        ),
+    )
+    .unwrap();
+    run_ok(daemon.ctr().args([
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts.display().to_string(),
+        "docker.io/library/app:v1",
+    ]));
+    let listed = run_ok(daemon.ctr().args(["images", "ls"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("docker.io/library/app:v1") && l.contains(&image.digest)),
+        "ctr lists {listed}"
+    );
+
+    // Each went through its own upstream and is kept under that prefix.
+    let mut c = m.client();
+    for prefix in ["viadefault", "viahosts"] {
+        let r = c.get(&format!("/v2/{prefix}/library/app/tags/list"));
+        assert_eq!(r.status, 200, "{prefix}: {}", r.body_text());
+        assert!(
+            r.body_text().contains("\"v1\""),
+            "{prefix}: {}",
+            r.body_text()
+        );
+    }
+    // Unprefixed names are the default upstream's, read-only.
+    let r = c.request("POST", "/v2/library/app/blobs/uploads/", &[], b"");
+    assert_eq!(r.status, 403);
+}

@@ -18,6 +18,11 @@ const CTR_NAMESPACE: &str = "wharf-test";
 
 impl Dockerd {
     pub fn start() -> Dockerd {
+        Dockerd::start_with("{}")
+    }
+
+    /// A daemon with `daemon_json` as its configuration (e.g. `registry-mirrors`).
+    pub fn start_with(daemon_json: &str) -> Dockerd {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
         let mut cmd = Command::new(super::tool("dockerd"));
@@ -35,7 +40,7 @@ impl Dockerd {
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
             // A daemon.json of its own: nothing from the machine's /etc/docker.
             .arg("--config-file")
-            .arg(Dockerd::write(&dir, "daemon.json", "{}"))
+            .arg(Dockerd::write(&dir, "daemon.json", daemon_json))
             .stdout(log.try_clone().unwrap())
             .stderr(Stdio::from(log))
             // Its own process group: dropping the daemon stops its containerd too.
