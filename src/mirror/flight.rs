@@ -68,7 +68,7 @@ pub enum Joined {
     Full,
 }
 
-/// Join the flight of `key` (a digest), or start one with `spool` (an empty file, made off the
+/// Join the flight of `key` (upstream, repository and digest), or start one with `spool` (an empty file, made off the
 /// worker; dropped if a flight is under way).
 pub fn join(key: &str, spool: std::fs::File) -> Joined {
     let mut map = FLIGHTS.lock().unwrap_or_else(|p| p.into_inner());

@@ -173,7 +173,10 @@ impl Registry {
             .spool_dir
             .clone();
         let spool = flight::spool_in(dir).await.map_err(StoreError::from)?;
-        let f = match flight::join(&digest.to_string(), spool) {
+        // One flight per blob of one upstream repository: a request for the same digest under
+        // another upstream or name fetches from there (each upstream's access stays its own).
+        let key = format!("{}/{name}@{digest}", up.name);
+        let f = match flight::join(&key, spool) {
             Joined::Reader(f) => f,
             Joined::Leader(f) => {
                 // The fetch is a task of its own: it goes on when the client that started it

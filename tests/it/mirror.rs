@@ -350,3 +350,98 @@ fn docker_and_containerd_pull_through_their_mirror_settings() {
     let r = c.request("POST", "/v2/library/app/blobs/uploads/", &[], b"");
     assert_eq!(r.status, 403);
 }
+
+/// An upstream that sends the first half of every blob, then waits until `release` exists.
+struct StallingUpstream(std::process::Child, u16, tempfile::TempDir);
+
+impl StallingUpstream {
+    fn start() -> StallingUpstream {
+        const SERVER: &str = r#"
+import http.server, os, sys, time
+release = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"x" * 200000
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:100000])
+        self.wfile.flush()
+        while not os.path.exists(release):
+            time.sleep(0.05)
+        self.wfile.write(body[100000:])
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("python3")
+            .args(["-c", SERVER])
+            .arg(dir.path().join("release"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is missing (tests/setup.sh installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        StallingUpstream(child, line.trim().parse().unwrap(), dir)
+    }
+
+    fn release(&self) {
+        std::fs::write(self.2.path().join("release"), b"").unwrap();
+    }
+}
+
+impl Drop for StallingUpstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A fetch under way from one upstream is not shared with a request for the same digest under
+/// another upstream: that one asks its own upstream (which may not grant it the blob).
+#[test]
+fn a_fetch_is_shared_only_within_its_upstream() {
+    let slow = StallingUpstream::start();
+    let other = Server::start("io_uring");
+    let m = Server::start_with(
+        "io_uring",
+        &format!(
+            "[[upstream]]\nname = \"slow\"\nurl = \"http://127.0.0.1:{}\"\nprefix = \"a\"\ntimeout = \"30s\"\n\
+             [[upstream]]\nname = \"other\"\nurl = \"http://{}\"\nprefix = \"b\"\n",
+            slow.1,
+            other.host()
+        ),
+    );
+    let d = sha256(&vec![b'x'; 200_000]);
+    // Through `a`: the first half arrives, then the upstream stalls with the fetch under way.
+    let mut first = m.client();
+    first.send_raw(format!("GET /v2/a/app/blobs/{d} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    wait_for("the fetch through a is under way", || {
+        let metrics = m.client().get("/metrics").body_text();
+        sample(&metrics, "wharf_mirror_fetches_in_flight") == Some(1.0)
+    });
+    // Through `b`: its own upstream, which does not have the blob.
+    let r = m
+        .client()
+        .get_within(
+            &format!("/v2/b/app/blobs/{d}"),
+            std::time::Duration::from_secs(20),
+        )
+        .expect("answered by b's own upstream, not held in a's fetch");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "BLOB_UNKNOWN"));
+    assert!(
+        r.body_text().contains("upstream other"),
+        "{}",
+        r.body_text()
+    );
+    slow.release();
+    let r = first.read_response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), d);
+}
