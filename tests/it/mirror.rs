@@ -96,16 +96,37 @@ fn a_mirror_serves_and_keeps_what_the_upstream_holds() {
     );
 }
 
-/// An upstream that answers every manifest and blob with bytes that are not what was asked.
-struct LyingUpstream(std::process::Child, u16);
+/// A Python HTTP server on a free loopback port running `handler` (the body of a
+/// `BaseHTTPRequestHandler.do_GET`, with `sys.argv[1]` as `arg`); stopped on drop.
+struct PyUpstream(std::process::Child, u16);
 
-impl LyingUpstream {
-    fn start() -> LyingUpstream {
-        const SERVER: &str = r#"
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if "/manifests/" in self.path:
+impl PyUpstream {
+    fn start(handler: &str, arg: &str) -> PyUpstream {
+        let server = format!(
+            "import http.server, os, sys, time\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n{handler}\n    def log_message(self, *a):\n        pass\ns = http.server.ThreadingHTTPServer((\"127.0.0.1\", 0), H)\nprint(s.server_address[1], flush=True)\ns.serve_forever()\n"
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &server, arg])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is missing (tests/setup.sh installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        PyUpstream(child, line.trim().parse().unwrap())
+    }
+}
+
+impl Drop for PyUpstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Answers every manifest and blob with bytes that are not what was asked.
+const LYING: &str = r#"        if "/manifests/" in self.path:
             body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}'
             ct = "application/vnd.oci.image.manifest.v1+json"
         else:
@@ -114,36 +135,23 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", ct)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"#;
-        let mut child = Command::new("python3")
-            .args(["-c", SERVER])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 is missing (tests/setup.sh installs it)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        LyingUpstream(child, line.trim().parse().unwrap())
-    }
-}
+        self.wfile.write(body)"#;
 
-impl Drop for LyingUpstream {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// Sends the first half of every blob, then waits until the file `sys.argv[1]` exists.
+const STALLING: &str = r#"        body = b"x" * 200000
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:100000])
+        self.wfile.flush()
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.05)
+        self.wfile.write(body[100000:])"#;
 
 #[test]
 fn bytes_that_do_not_match_their_digest_are_never_kept() {
-    let liar = LyingUpstream::start();
+    let liar = PyUpstream::start(LYING, "");
     let m = mirror_of(&format!("127.0.0.1:{}", liar.1));
     let mut c = m.client();
     let want = sha256(b"the real layer");
@@ -351,63 +359,13 @@ fn docker_and_containerd_pull_through_their_mirror_settings() {
     assert_eq!(r.status, 403);
 }
 
-/// An upstream that sends the first half of every blob, then waits until `release` exists.
-struct StallingUpstream(std::process::Child, u16, tempfile::TempDir);
-
-impl StallingUpstream {
-    fn start() -> StallingUpstream {
-        const SERVER: &str = r#"
-import http.server, os, sys, time
-release = sys.argv[1]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"x" * 200000
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[:100000])
-        self.wfile.flush()
-        while not os.path.exists(release):
-            time.sleep(0.05)
-        self.wfile.write(body[100000:])
-    def log_message(self, *a):
-        pass
-s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"#;
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("python3")
-            .args(["-c", SERVER])
-            .arg(dir.path().join("release"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 is missing (tests/setup.sh installs it)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        StallingUpstream(child, line.trim().parse().unwrap(), dir)
-    }
-
-    fn release(&self) {
-        std::fs::write(self.2.path().join("release"), b"").unwrap();
-    }
-}
-
-impl Drop for StallingUpstream {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A fetch under way from one upstream is not shared with a request for the same digest under
 /// another upstream: that one asks its own upstream (which may not grant it the blob).
 #[test]
 fn a_fetch_is_shared_only_within_its_upstream() {
-    let slow = StallingUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    let slow = PyUpstream::start(STALLING, &release.display().to_string());
     let other = Server::start("io_uring");
     let m = Server::start_with(
         "io_uring",
@@ -440,7 +398,7 @@ fn a_fetch_is_shared_only_within_its_upstream() {
         "{}",
         r.body_text()
     );
-    slow.release();
+    std::fs::write(&release, b"").unwrap();
     let r = first.read_response(false);
     assert_eq!(r.status, 200);
     assert_eq!(sha256(&r.body), d);
