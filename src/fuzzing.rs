@@ -84,6 +84,18 @@ pub fn ranges(header: &str, size: u64) {
     }
 }
 
+/// An upstream's `WWW-Authenticate` and its token realm's answer: an accepted challenge has a
+/// realm; an accepted token can go in a header as it is.
+pub fn upstream_auth(challenge: &str, token_body: &[u8]) {
+    if let Some(c) = crate::mirror::token::parse_challenge(challenge) {
+        assert!(!c.realm.is_empty());
+    }
+    if let Ok((token, life)) = crate::mirror::token::parse_token(token_body) {
+        assert!(!token.is_empty() && token.bytes().all(|c| c.is_ascii_graphic()));
+        assert!(!life.is_zero());
+    }
+}
+
 /// Names, tags, digests, references: whatever is accepted is a safe relative path.
 pub fn names(s: &str) {
     if let Ok(n) = s.parse::<RepoName>() {

@@ -409,12 +409,7 @@ impl Metrics {
             crate::storage::s3::writer::PART_BUDGET,
             crate::storage::s3::writer::part_bytes_in_flight()
         );
-        let (started, joined, now) = crate::mirror::flight::counts();
-        let _ = writeln!(
-            out,
-            "# HELP wharf_mirror_fetches_total Blobs fetched from upstreams (one fetch per blob however many clients wait for it).\n# TYPE wharf_mirror_fetches_total counter\nwharf_mirror_fetches_total {started}\n# HELP wharf_mirror_coalesced_total Blob requests that read a fetch another request had started instead of fetching again.\n# TYPE wharf_mirror_coalesced_total counter\nwharf_mirror_coalesced_total {joined}\n# HELP wharf_mirror_fetches_in_flight Blob fetches from upstreams under way (at most {}).\n# TYPE wharf_mirror_fetches_in_flight gauge\nwharf_mirror_fetches_in_flight {now}",
-            crate::mirror::flight::MAX_FLIGHTS
-        );
+        crate::mirror::write_metrics(&mut out);
         let (skipped, written) = crate::storage::s3::listed::counts();
         let _ = writeln!(
             out,

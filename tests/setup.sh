@@ -36,6 +36,8 @@ command -v g++ >/dev/null || apt_packages+=(g++)   # libfuzzer-sys, built by the
 command -v strace >/dev/null || apt_packages+=(strace)
 command -v dockerd >/dev/null || apt_packages+=(docker.io)
 command -v ctr >/dev/null || apt_packages+=(containerd)
+command -v docker-registry >/dev/null || apt_packages+=(docker-registry)   # CNCF distribution 2.8: an upstream with Basic and token auth
+command -v htpasswd >/dev/null || apt_packages+=(apache2-utils)
 python3 -m pip --version >/dev/null 2>&1 || apt_packages+=(python3-pip)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: apt-get install ${apt_packages[*]}"

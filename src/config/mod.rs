@@ -91,9 +91,14 @@ impl Config {
             }
         }
         for u in &mut cfg.upstream {
-            for p in [&mut u.password_file, &mut u.ca_bundle]
-                .into_iter()
-                .flatten()
+            for p in [
+                &mut u.password_file,
+                &mut u.ca_bundle,
+                &mut u.client_certificate,
+                &mut u.client_private_key,
+            ]
+            .into_iter()
+            .flatten()
             {
                 resolve(p);
             }

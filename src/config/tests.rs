@@ -86,7 +86,7 @@ fn defaults_with_optional_tables() -> toml::Value {
     });
     c.upstream.push(
         toml::from_str(
-            "name = \"\"\nurl = \"\"\nprefix = \"\"\nnamespace = \"\"\nusername = \"\"\npassword_file = \"\"\nca_bundle = \"\"",
+            "name = \"\"\nurl = \"\"\nprefix = \"\"\nnamespace = \"\"\nusername = \"\"\npassword_file = \"\"\nca_bundle = \"\"\nclient_certificate = \"\"\nclient_private_key = \"\"",
         )
         .unwrap(),
     );
@@ -387,6 +387,20 @@ fn upstream_errors_name_the_key() {
         (
             up("name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\nnamespace = \"a/b\""),
             "upstream[0].namespace",
+        ),
+        (
+            up("name = \"a\"\nurl = \"https://h\"\nprefix = \"x\"\nclient_certificate = \"c\""),
+            "upstream[0].client_certificate",
+        ),
+        (
+            up(
+                "name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\nclient_certificate = \"c\"\nclient_private_key = \"k\"",
+            ),
+            "upstream[0].client_certificate",
+        ),
+        (
+            up("name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\nmax_connections = 0"),
+            "upstream[0].max_connections",
         ),
         (
             format!(

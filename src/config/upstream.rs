@@ -38,6 +38,13 @@ pub struct UpstreamConfig {
     /// system's trusted roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<PathBuf>,
+    /// A PEM certificate chain wharf presents to an upstream that asks for one (mutual TLS),
+    /// with `client_private_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<PathBuf>,
+    /// The private key of `client_certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_private_key: Option<PathBuf>,
     /// Longest wait for the upstream to connect or to send the next bytes. Default `"10s"`.
     #[serde(
         default = "default_timeout",
@@ -45,10 +52,30 @@ pub struct UpstreamConfig {
         serialize_with = "ser_duration"
     )]
     pub timeout: Duration,
+    /// How long a tag checked upstream is served from the store before it is checked again
+    /// (with a `HEAD`). Default `"5m"`; `"0s"` checks on every request.
+    #[serde(
+        default = "default_check_interval",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub manifest_check_interval: Duration,
+    /// Requests to this upstream at once, process-wide (each on its own connection); more wait
+    /// for one to end, up to `timeout`. Default `16`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_max_connections() -> usize {
+    16
 }
 
 impl Config {
@@ -163,6 +190,27 @@ impl Config {
                     i,
                     "username",
                     "username and password_file go together".into(),
+                );
+            }
+            if u.client_certificate.is_some() != u.client_private_key.is_some() {
+                return invalid(
+                    i,
+                    "client_certificate",
+                    "client_certificate and client_private_key go together".into(),
+                );
+            }
+            if u.client_certificate.is_some() && url.scheme() != "https" {
+                return invalid(
+                    i,
+                    "client_certificate",
+                    "only used with an https:// url".into(),
+                );
+            }
+            if u.max_connections == 0 || u.max_connections > 1024 {
+                return invalid(
+                    i,
+                    "max_connections",
+                    format!("{}: give 1 to 1024", u.max_connections),
                 );
             }
             if u.timeout.is_zero() {

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
@@ -22,21 +21,13 @@ pub const MAX_FLIGHTS: usize = 64;
 const READ_CHUNK: usize = 256 * 1024;
 
 static FLIGHTS: Mutex<Option<HashMap<String, Arc<Flight>>>> = Mutex::new(None);
-static STARTED: AtomicU64 = AtomicU64::new(0);
-static JOINED: AtomicU64 = AtomicU64::new(0);
-
-/// (flights started, requests that joined a flight another request started, flights now).
-pub fn counts() -> (u64, u64, usize) {
-    let now = FLIGHTS
+/// Flights under way.
+pub fn in_flight() -> usize {
+    FLIGHTS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
-        .map_or(0, HashMap::len);
-    (
-        STARTED.load(Ordering::Relaxed),
-        JOINED.load(Ordering::Relaxed),
-        now,
-    )
+        .map_or(0, HashMap::len)
 }
 
 /// A blob on its way from the upstream.
@@ -74,7 +65,6 @@ pub fn join(key: &str, spool: std::fs::File) -> Joined {
     let mut map = FLIGHTS.lock().unwrap_or_else(|p| p.into_inner());
     let map = map.get_or_insert_with(HashMap::new);
     if let Some(f) = map.get(key) {
-        JOINED.fetch_add(1, Ordering::Relaxed);
         return Joined::Reader(Arc::clone(f));
     }
     if map.len() >= MAX_FLIGHTS {
@@ -86,7 +76,6 @@ pub fn join(key: &str, spool: std::fs::File) -> Joined {
         state: Mutex::new(State::default()),
     });
     map.insert(key.to_owned(), Arc::clone(&f));
-    STARTED.fetch_add(1, Ordering::Relaxed);
     Joined::Leader(f)
 }
 

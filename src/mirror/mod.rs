@@ -5,13 +5,15 @@
 //! runtime). The handlers are in `registry::mirror`.
 
 pub mod flight;
+mod permits;
+pub mod token;
+mod upstream;
 
-use std::io;
-use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::client::{self, Endpoint, Payload, Request};
+pub use upstream::{Answer, OUTCOMES, Upstream, UpstreamError};
+
 use crate::config::UpstreamConfig;
 use crate::oci::manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use crate::oci::{Digest, Reference, RepoName};
@@ -35,35 +37,6 @@ pub struct Route {
     pub local: RepoName,
 }
 
-/// One upstream registry and how to reach it.
-pub struct Upstream {
-    pub name: String,
-    /// The mirrored prefix, e.g. `hub`.
-    prefix: String,
-    /// `?ns=` this upstream answers for (names outside every prefix).
-    namespace: Option<String>,
-    /// Names outside every prefix come here.
-    default: bool,
-    pub url: String,
-    endpoint: Endpoint,
-    /// `Authorization` sent with every request (Basic), if configured.
-    authorization: Option<String>,
-}
-
-/// What went wrong upstream.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// The upstream does not have it (404).
-    #[error("not found upstream")]
-    NotFound,
-    /// The upstream could not be reached, timed out, or failed (5xx, 429).
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
-    /// The upstream refused (401, 403, other 4xx): the status and its body.
-    #[error("upstream answered {0}: {1}")]
-    Refused(u16, String),
-}
-
 impl Mirror {
     /// The upstreams of the configuration (`None` without any). Host names are resolved here,
     /// at startup; an error names the key.
@@ -71,148 +44,66 @@ impl Mirror {
         if cfg.is_empty() {
             return Ok(None);
         }
-        let upstreams = cfg
+        let upstreams: Vec<Arc<Upstream>> = cfg
             .iter()
             .enumerate()
             .map(|(i, u)| Upstream::new(i, u).map(Arc::new))
             .collect::<Result<_, _>>()?;
+        *REGISTERED.lock().unwrap_or_else(|p| p.into_inner()) = upstreams.clone();
         Ok(Some(Mirror {
             upstreams,
             spool_dir,
         }))
     }
 
-    /// The upstream mirroring `repo` (asked with `query`), the name there, and where its content
-    /// is kept here: `repo` under a prefix is that upstream's; a name outside every prefix goes
-    /// to the upstream whose `namespace` the query's `ns=` names, else to the default upstream,
-    /// and is kept under that upstream's prefix.
-    pub fn route(&self, repo: &RepoName, query: &str) -> Option<Route> {
+    /// The upstream mirroring `repo` (asked with `query`), and whether `repo` is under its
+    /// prefix: `repo` under a prefix is that upstream's; a name outside every prefix goes to the
+    /// upstream whose `namespace` the query's `ns=` names, else to the default upstream.
+    fn pick(&self, repo: &RepoName, query: &str) -> Option<(&Arc<Upstream>, Option<String>)> {
         let prefixed = self.upstreams.iter().find_map(|u| {
             let rest = repo.as_str().strip_prefix(&u.prefix)?.strip_prefix('/')?;
-            Some(Route {
-                upstream: Arc::clone(u),
-                name: rest.to_owned(),
-                local: repo.clone(),
-            })
+            Some((u, Some(rest.to_owned())))
         });
         if prefixed.is_some() {
             return prefixed;
         }
         let ns = query.split('&').find_map(|p| p.strip_prefix("ns="));
-        let u = ns
-            .and_then(|ns| {
-                self.upstreams
-                    .iter()
-                    .find(|u| u.namespace.as_deref() == Some(ns))
-            })
-            .or_else(|| self.upstreams.iter().find(|u| u.default))?;
-        // A name too long once prefixed is not mirrored (it is refused as a name later).
-        let local = format!("{}/{repo}", u.prefix).parse().ok()?;
+        ns.and_then(|ns| {
+            self.upstreams
+                .iter()
+                .find(|u| u.namespace.as_deref() == Some(ns))
+        })
+        .or_else(|| self.upstreams.iter().find(|u| u.default))
+        .map(|u| (u, None))
+    }
+
+    /// The name of the upstream whose mirror serves `repo` (asked with `query`), if any.
+    pub fn upstream_of(&self, repo: &RepoName, query: &str) -> Option<&str> {
+        self.pick(repo, query).map(|(u, _)| u.name.as_str())
+    }
+
+    /// Where a request for `repo` (asked with `query`) goes: the upstream, the name there, and
+    /// where its content is kept here (a name outside every prefix is kept under the prefix of
+    /// the upstream it goes to).
+    pub fn route(&self, repo: &RepoName, query: &str) -> Option<Route> {
+        let (u, rest) = self.pick(repo, query)?;
+        let (name, local) = match rest {
+            Some(rest) => (rest, repo.clone()),
+            // A name too long once prefixed is not mirrored (it is refused as a name later).
+            None => (
+                repo.to_string(),
+                format!("{}/{repo}", u.prefix).parse().ok()?,
+            ),
+        };
         Some(Route {
             upstream: Arc::clone(u),
-            name: repo.to_string(),
+            name,
             local,
         })
     }
 }
 
 impl Upstream {
-    fn new(i: usize, cfg: &UpstreamConfig) -> Result<Upstream, String> {
-        let key = |k: &str| format!("upstream[{i}].{k}");
-        let url = url::Url::parse(&cfg.url).map_err(|e| format!("{}: {e}", key("url")))?;
-        let host = url
-            .host_str()
-            .ok_or_else(|| format!("{}: no host", key("url")))?;
-        let port = url.port_or_known_default().unwrap_or(80);
-        let tls = if url.scheme() == "https" {
-            let config = crate::tls::client_config(cfg.ca_bundle.as_deref(), "upstream.ca_bundle")
-                .map_err(|e| format!("{}: {e}", key("ca_bundle")))?;
-            let name = host.trim_start_matches('[').trim_end_matches(']');
-            let name = rustls_pki_types::ServerName::try_from(name.to_owned())
-                .map_err(|e| format!("{} {:?}: {e}", key("url"), cfg.url))?;
-            Some((config, name))
-        } else {
-            None
-        };
-        let addr = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| format!("{} {:?}: {host}: {e}", key("url"), cfg.url))?
-            .next()
-            .ok_or_else(|| format!("{} {:?}: {host}: no address", key("url"), cfg.url))?;
-        let authorization = match (&cfg.username, &cfg.password_file) {
-            (Some(user), Some(file)) => {
-                let password = std::fs::read_to_string(file).map_err(|e| {
-                    format!(
-                        "{}: cannot read {}: {e}",
-                        key("password_file"),
-                        file.display()
-                    )
-                })?;
-                use base64ct::{Base64, Encoding};
-                let pair = format!("{user}:{}", password.trim());
-                Some(format!("Basic {}", Base64::encode_string(pair.as_bytes())))
-            }
-            _ => None,
-        };
-        Ok(Upstream {
-            name: cfg.name.clone(),
-            prefix: cfg.prefix.clone(),
-            namespace: cfg.namespace.clone(),
-            default: cfg.default,
-            url: cfg.url.trim_end_matches('/').to_owned(),
-            endpoint: Endpoint {
-                addr,
-                host: match url.port() {
-                    Some(p) => format!("{host}:{p}"),
-                    None => host.to_owned(),
-                },
-                connect_timeout: cfg.timeout,
-                io_timeout: cfg.timeout,
-                tls,
-            },
-            authorization,
-        })
-    }
-
-    /// GET `target`, the response head once it is a success (the body still to read).
-    async fn get(
-        &self,
-        target: &str,
-        accept: Option<String>,
-    ) -> Result<client::Response, UpstreamError> {
-        let mut headers = Vec::new();
-        if let Some(a) = &self.authorization {
-            headers.push(("Authorization", a.clone()));
-        }
-        if let Some(a) = accept {
-            headers.push(("Accept", a));
-        }
-        let req = Request {
-            method: "GET",
-            target,
-            headers,
-            body: Payload::NONE,
-        };
-        let resp = client::send(&self.endpoint, &req)
-            .await
-            .map_err(|e| UpstreamError::Unavailable(format!("{}: {e}", self.url)))?;
-        match resp.status {
-            200 => Ok(resp),
-            404 => Err(UpstreamError::NotFound),
-            s @ (429 | 500..=599) => Err(UpstreamError::Unavailable(format!(
-                "{} answered {s}",
-                self.url
-            ))),
-            s => {
-                let body = resp.body.bytes(4096).await.unwrap_or_default();
-                Err(UpstreamError::Refused(
-                    s,
-                    String::from_utf8_lossy(&body).into_owned(),
-                ))
-            }
-        }
-    }
-
     /// The manifest `name:reference` upstream: its media type and bytes (at most `limit`).
     pub async fn manifest(
         &self,
@@ -221,26 +112,99 @@ impl Upstream {
         limit: u64,
     ) -> Result<(String, Vec<u8>), UpstreamError> {
         let target = format!("/v2/{name}/manifests/{reference}");
-        let resp = self.get(&target, Some(ACCEPT.join(", "))).await?;
-        let media_type = resp.header("Content-Type").unwrap_or_default().to_owned();
-        let bytes = resp.body.bytes(limit as usize).await.map_err(|e| {
+        let a = self.send("GET", name, &target, Some(&accept())).await?;
+        let media_type = a.resp.header("Content-Type").unwrap_or_default().to_owned();
+        let bytes = a.resp.body.bytes(limit as usize).await.map_err(|e| {
             UpstreamError::Unavailable(format!("{}: manifest {name}:{reference}: {e}", self.url))
         })?;
         Ok((media_type, bytes))
     }
 
+    /// The digest `name:tag` has upstream now (asked with a `HEAD`), if the upstream says.
+    pub async fn tag_digest(&self, name: &str, tag: &str) -> Result<Option<Digest>, UpstreamError> {
+        self.manifest_digest(name, tag, &accept()).await
+    }
+
     /// The blob `digest` of `name` upstream, its body still to read.
-    pub async fn blob(
-        &self,
-        name: &str,
-        digest: &Digest,
-    ) -> Result<client::Response, UpstreamError> {
-        self.get(&format!("/v2/{name}/blobs/{digest}"), None).await
+    pub async fn blob(&self, name: &str, digest: &Digest) -> Result<Answer, UpstreamError> {
+        self.send("GET", name, &format!("/v2/{name}/blobs/{digest}"), None)
+            .await
     }
 }
 
-impl From<io::Error> for UpstreamError {
-    fn from(e: io::Error) -> UpstreamError {
-        UpstreamError::Unavailable(e.to_string())
+/// The `Accept` header for manifests.
+fn accept() -> String {
+    ACCEPT.join(", ")
+}
+
+/// Every upstream's name and counters, for `/metrics` (the latest `Mirror` of the process).
+static REGISTERED: Mutex<Vec<Arc<Upstream>>> = Mutex::new(Vec::new());
+
+/// Calls `f` with each configured upstream.
+pub fn each_upstream(mut f: impl FnMut(&Upstream)) {
+    for u in REGISTERED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        f(u);
     }
+}
+
+/// The mirror's lines of `/metrics`: per upstream, its requests by outcome, tokens fetched,
+/// connections in use, blobs fetched and requests that joined a fetch; fetches under way.
+pub fn write_metrics(out: &mut String) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut lines = [
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+    ];
+    each_upstream(|u| {
+        let n = &u.name;
+        for (o, c) in OUTCOMES.iter().zip(&u.stats.requests) {
+            let _ = writeln!(
+                lines[0],
+                "wharf_mirror_upstream_requests_total{{upstream=\"{n}\",outcome=\"{o}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            lines[1],
+            "wharf_mirror_upstream_tokens_total{{upstream=\"{n}\"}} {}",
+            u.stats.tokens.load(Relaxed)
+        );
+        let _ = writeln!(
+            lines[2],
+            "wharf_mirror_upstream_connections_in_use{{upstream=\"{n}\"}} {}",
+            u.connections_in_use()
+        );
+        let _ = writeln!(
+            lines[3],
+            "wharf_mirror_fetches_total{{upstream=\"{n}\"}} {}",
+            u.stats.fetches.load(Relaxed)
+        );
+        let _ = writeln!(
+            lines[4],
+            "wharf_mirror_coalesced_total{{upstream=\"{n}\"}} {}",
+            u.stats.coalesced.load(Relaxed)
+        );
+    });
+    let help = [
+        "wharf_mirror_upstream_requests_total counter Requests to each upstream by outcome (ok, not_found, refused, unavailable, throttled: a 429; shed: not sent, paused after a 429 or no connection free).",
+        "wharf_mirror_upstream_tokens_total counter Bearer tokens fetched from each upstream's token realm (cached until shortly before they expire).",
+        "wharf_mirror_upstream_connections_in_use gauge Requests under way to each upstream (at most its max_connections).",
+        "wharf_mirror_fetches_total counter Blobs fetched from each upstream (one fetch per blob however many clients wait for it).",
+        "wharf_mirror_coalesced_total counter Blob requests that read a fetch another request had started instead of fetching again.",
+    ];
+    for (h, l) in help.iter().zip(lines) {
+        let (name, rest) = h.split_once(' ').unwrap_or_default();
+        let (kind, text) = rest.split_once(' ').unwrap_or_default();
+        let _ = write!(out, "# HELP {name} {text}\n# TYPE {name} {kind}\n{l}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wharf_mirror_fetches_in_flight Blob fetches from upstreams under way (at most {}).\n# TYPE wharf_mirror_fetches_in_flight gauge\nwharf_mirror_fetches_in_flight {}",
+        flight::MAX_FLIGHTS,
+        flight::in_flight()
+    );
 }

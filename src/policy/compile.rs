@@ -124,14 +124,21 @@ pub fn environment() -> Arc<Env> {
     Arc::new(env)
 }
 
-/// Compile one rule; `table` and `index` locate it in error messages. `listeners` are the
-/// configured listener names a literal compared with `request.listener` must be one of.
+/// The configured names a literal compared with `request.listener` or `request.upstream` must
+/// be one of.
+pub struct Known<'a> {
+    pub listeners: Vec<&'a str>,
+    pub upstreams: Vec<&'a str>,
+}
+
+/// Compile one rule; `table` and `index` locate it in error messages; literals compared with
+/// `request.listener` and `request.upstream` must be `known`.
 pub fn compile(
     env: &Env,
     table: &str,
     index: usize,
     source: &str,
-    listeners: &[&str],
+    known: &Known<'_>,
 ) -> Result<Program, RuleError> {
     let error = |(line, column): (usize, usize), message: String| RuleError {
         table: table.to_owned(),
@@ -149,7 +156,7 @@ pub fn compile(
         error(pos, format!("syntax error: {msg}"))
     })?;
     let mut scope = Vec::new();
-    check(program.expression(), &mut scope, listeners)
+    check(program.expression(), &mut scope, known)
         .map_err(|(id, message)| error(position(source, program.source_info(), id), message))?;
     Ok(program)
 }
@@ -173,8 +180,8 @@ fn position(source: &str, info: &SourceInfo, id: u64) -> (usize, usize) {
 type CheckResult = Result<(), (u64, String)>;
 
 /// Reject names no request can ever have, so such a rule fails at startup, not per request.
-fn check(e: &IdedExpr, scope: &mut Vec<String>, listeners: &[&str]) -> CheckResult {
-    let check = |x: &IdedExpr, scope: &mut Vec<String>| check(x, scope, listeners);
+fn check(e: &IdedExpr, scope: &mut Vec<String>, known: &Known<'_>) -> CheckResult {
+    let check = |x: &IdedExpr, scope: &mut Vec<String>| check(x, scope, known);
     match &e.expr {
         Expr::Ident(name) => {
             if scope.iter().any(|s| s == name) || name == "identity" || name == "request" {
@@ -204,7 +211,8 @@ fn check(e: &IdedExpr, scope: &mut Vec<String>, listeners: &[&str]) -> CheckResu
             if name == "matches" {
                 check_regex(call.args.last())?;
             }
-            check_listener_literals(name, &call.args, listeners)?;
+            check_named_literals(name, &call.args, "listener", &known.listeners)?;
+            check_named_literals(name, &call.args, "upstream", &known.upstreams)?;
             if let Some(target) = &call.target {
                 check(target, scope)?;
             }
@@ -298,10 +306,16 @@ fn check_path(id: u64, segments: &[&str]) -> CheckResult {
     }
 }
 
-/// `request.listener == 'x'`, `!=` and `in [...]` must name configured listeners: a typo would
-/// otherwise never match, and under `default = "allow"` a deny rule would silently not apply.
-fn check_listener_literals(func: &str, args: &[IdedExpr], listeners: &[&str]) -> CheckResult {
-    let is_listener = |x: &IdedExpr| path(x).is_some_and(|p| p == ["request", "listener"]);
+/// `request.<field> == 'x'`, `!=` and `in [...]` must name configured listeners (`field` =
+/// `listener`) or upstreams (`upstream`): a typo would otherwise never match, and under
+/// `default = "allow"` a deny rule would silently not apply.
+fn check_named_literals(
+    func: &str,
+    args: &[IdedExpr],
+    field: &str,
+    listeners: &[&str],
+) -> CheckResult {
+    let is_listener = |x: &IdedExpr| path(x).is_some_and(|p| p == ["request", field]);
     let literals: Vec<&IdedExpr> = match (func, args) {
         ("_==_" | "_!=_", [a, b]) if is_listener(a) => vec![b],
         ("_==_" | "_!=_", [a, b]) if is_listener(b) => vec![a],
@@ -318,9 +332,13 @@ fn check_listener_literals(func: &str, args: &[IdedExpr], listeners: &[&str]) ->
             return Err((
                 lit.id,
                 format!(
-                    "unknown listener '{}' (configured: {})",
+                    "unknown {field} '{}' (configured: {})",
                     s.inner(),
-                    listeners.join(", ")
+                    if listeners.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        listeners.join(", ")
+                    }
                 ),
             ));
         }

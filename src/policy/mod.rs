@@ -89,7 +89,7 @@ impl Policy {
         env: &Env,
         table: String,
         cfg: &AccessPolicyConfig,
-        listeners: &[&str],
+        known: &compile::Known<'_>,
     ) -> Result<Policy, RuleError> {
         let rules = cfg
             .rules
@@ -98,7 +98,7 @@ impl Policy {
             .map(|(i, source)| {
                 Ok(Rule {
                     source: source.clone(),
-                    program: compile::compile(env, &table, i, source, listeners)?,
+                    program: compile::compile(env, &table, i, source, known)?,
                     warned: AtomicBool::new(false),
                 })
             })
@@ -162,10 +162,13 @@ impl AccessControl {
     /// Compile every policy of the config; the first bad rule is an error naming its place.
     pub fn from_config(cfg: &Config) -> Result<AccessControl, RuleError> {
         let env = compile::environment();
-        let listeners: Vec<&str> = std::iter::once("main")
-            .chain(cfg.server.listener.iter().map(|l| l.name.as_str()))
-            .chain(cfg.server.admin.as_ref().map(|_| "admin"))
-            .collect();
+        let listeners = compile::Known {
+            listeners: std::iter::once("main")
+                .chain(cfg.server.listener.iter().map(|l| l.name.as_str()))
+                .chain(cfg.server.admin.as_ref().map(|_| "admin"))
+                .collect(),
+            upstreams: cfg.upstream.iter().map(|u| u.name.as_str()).collect(),
+        };
         let global = cfg
             .global
             .access_policy
@@ -211,7 +214,18 @@ impl AccessControl {
         action: &Action,
         listener: &str,
     ) -> Decision<'p> {
-        let request = RequestVal::new(action, listener);
+        self.decide_through(identity, action, listener, None)
+    }
+
+    /// `decide`, for a request the mirror of `upstream` serves (`request.upstream`).
+    pub fn decide_through<'p>(
+        &'p self,
+        identity: IdentityVal<'_>,
+        action: &Action,
+        listener: &str,
+        upstream: Option<&str>,
+    ) -> Decision<'p> {
+        let request = RequestVal::new(action, listener).through(upstream);
         let repo = action.repository().map(|r| r.as_str());
         let vars = Vars { identity, request };
         // One context (no allocation) for both policies; the resolver serves the variables.
@@ -243,8 +257,9 @@ impl AccessControl {
         identity: impl Fn() -> IdentityVal<'i>,
         action: &Action,
         listener: &str,
+        upstream: Option<&str>,
     ) -> Decision<'p> {
-        let decision = self.decide(identity(), action, listener);
+        let decision = self.decide_through(identity(), action, listener, upstream);
         if !decision.allowed {
             return decision;
         }
@@ -252,7 +267,7 @@ impl AccessControl {
             let Some(as_tag) = action.as_tag(tag).filter(|a| a != action) else {
                 continue;
             };
-            let d = self.decide(identity(), &as_tag, listener);
+            let d = self.decide_through(identity(), &as_tag, listener, upstream);
             if !d.allowed {
                 return d;
             }

@@ -121,7 +121,7 @@ rules = ["!has(request.repository) && !has(request.reference) && !has(request.di
 fn allowed_with_tags(ac: &AccessControl, user: Option<&str>, a: &Action) -> bool {
     let peer = Peer::new(None, "192.0.2.7".parse().unwrap());
     let user = user.map(|u| (u, u));
-    ac.decide_with_tags(|| IdentityVal::new(&peer, user), a, "main")
+    ac.decide_with_tags(|| IdentityVal::new(&peer, user), a, "main", None)
         .allowed
 }
 
@@ -372,6 +372,50 @@ fn unknown_listener_names_in_rules_are_startup_errors() {
             "{bad}: {e}"
         );
     }
+}
+
+#[test]
+fn request_upstream_names_the_mirror_serving_a_pull() {
+    let ac = control(
+        r#"[[upstream]]
+name = "hub"
+url = "http://127.0.0.1:1"
+prefix = "hub"
+[global.access_policy]
+default = "deny"
+rules = ["has(request.upstream) && request.upstream == 'hub' && request.action.startsWith('get-')",
+         "identity.username == 'ci'"]"#,
+    )
+    .unwrap();
+    let peer = Peer::new(None, "192.0.2.7".parse().unwrap());
+    let decide = |a: &Action, user: Option<(&str, &str)>, up: Option<&str>| {
+        ac.decide_through(IdentityVal::new(&peer, user), a, "main", up)
+            .allowed
+    };
+    assert!(
+        decide(&pull(), None, Some("hub")),
+        "anonymous pulls through the mirror"
+    );
+    assert!(!decide(&pull(), None, None), "not of local content");
+    assert!(!decide(&push(), None, Some("hub")));
+    assert!(decide(&pull(), Some(("ci", "ci")), None));
+    // An unknown upstream name in a rule is a startup error.
+    let e = control(
+        r#"[[upstream]]
+name = "hub"
+url = "http://127.0.0.1:1"
+prefix = "hub"
+[global.access_policy]
+default = "allow"
+rules = ["request.upstream != 'dockerhub'"]"#,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("unknown upstream 'dockerhub' (configured: hub)"),
+        "{e}"
+    );
 }
 
 #[test]

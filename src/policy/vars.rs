@@ -27,6 +27,7 @@ pub const REQUEST_FIELDS: &[&str] = &[
     "reference",
     "digest",
     "tags",
+    "upstream",
 ];
 
 static IDENTITY_TYPE: Type = Type::new_unspecified_type("wharf.Identity");
@@ -104,6 +105,8 @@ pub struct RequestVal<'a> {
     digest: Option<&'a Digest>,
     /// Every tag the request creates, moves or removes (`Action::tags`).
     tags: Vec<&'a Tag>,
+    /// The `[[upstream]]` whose mirror serves the request, if it does.
+    upstream: Option<CelString<'a>>,
     reference_text: OnceLock<CelString<'static>>,
     digest_text: OnceLock<CelString<'static>>,
     tags_list: OnceLock<CelList<'static>>,
@@ -134,10 +137,19 @@ impl<'a> RequestVal<'a> {
             reference,
             digest,
             tags: action.tags(),
+            upstream: None,
             reference_text: OnceLock::new(),
             digest_text: OnceLock::new(),
             tags_list: OnceLock::new(),
         }
+    }
+}
+
+impl<'a> RequestVal<'a> {
+    /// The request is served through the mirror of upstream `name` (`request.upstream`).
+    pub fn through(mut self, upstream: Option<&'a str>) -> RequestVal<'a> {
+        self.upstream = upstream.map(CelString::from);
+        self
     }
 }
 
@@ -165,6 +177,7 @@ impl VariableResolver for Vars<'_> {
             "request.action" => &self.request.action,
             "request.listener" => &self.request.listener,
             "request.repository" => self.request.repository.as_ref()?,
+            "request.upstream" => self.request.upstream.as_ref()?,
             "request.tags" => return self.request.lookup("tags").ok(),
             _ => return None,
         };
@@ -293,6 +306,10 @@ impl RequestVal<'_> {
                         .get_or_init(|| CelString::from(d.to_string())),
                 )
             }
+            "upstream" => self
+                .upstream
+                .as_ref()
+                .map_or_else(|| Err(absent("upstream")), |u| borrowed(u)),
             "tags" => borrowed(self.tags_list.get_or_init(|| {
                 let items: Vec<Box<dyn Val>> = self
                     .tags

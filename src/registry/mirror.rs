@@ -5,6 +5,7 @@
 //! under the prefix are refused.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::{HandlerResult, Registry};
 use crate::action::Action;
@@ -12,7 +13,7 @@ use crate::http::{Method, Payload, RequestHead, Response};
 use crate::mirror::flight::{self, Flight, Joined};
 use crate::mirror::{Route, Upstream, UpstreamError};
 use crate::net::pool::Block;
-use crate::oci::{Digest, ErrorKind, OciError, Reference, RepoName, manifest};
+use crate::oci::{Digest, ErrorKind, OciError, Reference, RepoName, Tag, manifest};
 use crate::storage::{Storage, StoreError};
 
 /// Why a request through the mirror failed, as the client sees it.
@@ -29,6 +30,14 @@ fn upstream_error(up: &Upstream, what: &str, e: UpstreamError) -> OciError {
                 up.name
             ),
         ),
+        UpstreamError::Busy(why, wait) => OciError::new(
+            ErrorKind::StorageUnavailable,
+            format!(
+                "{what} is not cached and upstream {} is busy ({why}); try again later",
+                up.name
+            ),
+        )
+        .with_retry_after(wait),
         UpstreamError::Refused(status, body) => OciError::new(
             ErrorKind::StorageUnavailable,
             format!(
@@ -92,27 +101,48 @@ impl Registry {
         reference: &Reference,
         head: &RequestHead,
     ) -> HandlerResult {
-        if let Reference::Digest(_) = reference {
-            match self.storage.get_manifest(repo, reference).await {
-                Ok(_) => return self.get_manifest(repo, reference, head).await,
-                Err(StoreError::ManifestUnknown) => {}
-                Err(e) => return Err(e.into()),
+        let tag = match reference {
+            Reference::Digest(_) => {
+                match self.storage.get_manifest(repo, reference).await {
+                    Ok(_) => return self.get_manifest(repo, reference, head).await,
+                    Err(StoreError::ManifestUnknown) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                return self
+                    .fetch_manifest(up, name, repo, reference, None, head)
+                    .await;
             }
-        }
-        let what = format!("manifest {name}:{reference}");
-        let (media_type, bytes) = match up
-            .manifest(name, reference, self.settings.max_manifest_size)
-            .await
+            Reference::Tag(t) => t,
+        };
+        let what = format!("manifest {name}:{tag}");
+        // Checked a moment ago: the store answers.
+        if up.checked_recently(name, tag.as_str())
+            && let Ok(r) = self.get_manifest(repo, reference, head).await
         {
-            Ok(m) => m,
+            return Ok(r);
+        }
+        // Where the tag points upstream now (a HEAD); fetched only if it moved.
+        let fetch_ref = match up.tag_digest(name, tag.as_str()).await {
+            Ok(Some(d)) => {
+                let at = Reference::Digest(d.clone());
+                if self.storage.get_manifest(repo, &at).await.is_ok() {
+                    if self.storage.resolve_tag(repo, tag).await? != Some(d.clone()) {
+                        self.storage.set_tag(repo, tag, &d).await?;
+                    }
+                    up.mark_checked(name, tag.as_str());
+                    return self.get_manifest(repo, &at, head).await;
+                }
+                at
+            }
+            Ok(None) => reference.clone(),
             // A tag cached before is served while the upstream cannot answer, marked stale.
-            Err(UpstreamError::Unavailable(why)) if matches!(reference, Reference::Tag(_)) => {
+            Err(e @ (UpstreamError::Unavailable(_) | UpstreamError::Busy(..))) => {
                 return match self.get_manifest(repo, reference, head).await {
                     Ok(r) => Ok(r.header(
                         "Warning",
                         format!("110 wharf \"stale: upstream {} unreachable\"", up.name),
                     )),
-                    Err(_) => Err(upstream_error(up, &what, UpstreamError::Unavailable(why))),
+                    Err(_) => Err(upstream_error(up, &what, e)),
                 };
             }
             Err(UpstreamError::NotFound) => {
@@ -123,6 +153,35 @@ impl Registry {
             }
             Err(e) => return Err(upstream_error(up, &what, e)),
         };
+        self.fetch_manifest(up, name, repo, &fetch_ref, Some(tag), head)
+            .await
+    }
+
+    /// Fetch `name:reference` upstream, verify it (against the digest asked, or the one the
+    /// upstream announced for a tag), store it, point `tag` at it, and answer it.
+    async fn fetch_manifest(
+        &self,
+        up: &Upstream,
+        name: &str,
+        repo: &RepoName,
+        reference: &Reference,
+        tag: Option<&Tag>,
+        head: &RequestHead,
+    ) -> HandlerResult {
+        let what = format!(
+            "manifest {name}:{}",
+            tag.map_or(reference.to_string(), |t| t.to_string())
+        );
+        let (media_type, bytes) = up
+            .manifest(name, reference, self.settings.max_manifest_size)
+            .await
+            .map_err(|e| match e {
+                UpstreamError::NotFound => OciError::new(
+                    ErrorKind::ManifestUnknown,
+                    format!("{what} is not in upstream {} ({})", up.name, up.url),
+                ),
+                e => upstream_error(up, &what, e),
+            })?;
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(_) => Digest::of(crate::oci::Algorithm::Sha256, &bytes),
@@ -148,8 +207,9 @@ impl Registry {
         self.storage
             .put_manifest(repo, &bytes, &digest, &parsed)
             .await?;
-        if let Reference::Tag(t) = reference {
+        if let Some(t) = tag {
             self.storage.set_tag(repo, t, &digest).await?;
+            up.mark_checked(name, t.as_str());
         }
         self.get_manifest(repo, &Reference::Digest(digest), head)
             .await
@@ -177,8 +237,12 @@ impl Registry {
         // another upstream or name fetches from there (each upstream's access stays its own).
         let key = format!("{}/{name}@{digest}", up.name);
         let f = match flight::join(&key, spool) {
-            Joined::Reader(f) => f,
+            Joined::Reader(f) => {
+                up.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                f
+            }
             Joined::Leader(f) => {
+                up.stats.fetches.fetch_add(1, Ordering::Relaxed);
                 // The fetch is a task of its own: it goes on when the client that started it
                 // leaves, for the others reading it.
                 let (storage, flight) = (Arc::clone(&self.storage), Arc::clone(&f));
@@ -226,13 +290,15 @@ async fn fetch(
     max: u64,
 ) -> Result<(), OciError> {
     let what = format!("blob {digest} of {name}");
-    let mut resp = up.blob(name, digest).await.map_err(|e| match e {
+    let answer = up.blob(name, digest).await.map_err(|e| match e {
         UpstreamError::NotFound => OciError::new(
             ErrorKind::BlobUnknown,
             format!("{what} is not in upstream {} ({})", up.name, up.url),
         ),
         e => upstream_error(up, &what, e),
     })?;
+    let mut resp = answer.resp;
+    let _permit = answer.permit;
     let len = resp.body.remaining();
     if max > 0 && len > max {
         return Err(OciError::new(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::http::{Body, BodyError, RequestHead, Response};
 use crate::net::ConnError;
-use crate::oci::{ErrorKind, OciError};
+use crate::oci::{ErrorKind, OciError, RepoName};
 use crate::storage::{Storage, StoreError};
 pub use listing::filter_referrers;
 pub use route::route;
@@ -67,6 +67,11 @@ impl Registry {
             settings,
             mirror,
         }
+    }
+
+    /// The name of the upstream whose mirror serves `repo` (asked with `query`), if any.
+    pub fn upstream_of(&self, repo: &RepoName, query: &str) -> Option<&str> {
+        self.mirror.as_ref()?.upstream_of(repo, query)
     }
 
     /// Answer one routed and authorized request. The body may be left unread (the connection

@@ -111,9 +111,12 @@ pub async fn admit<'a>(
     if live.access.is_open() {
         return Ok(Admitted { action, user });
     }
+    let upstream = action
+        .repository()
+        .and_then(|r| registry.upstream_of(r, &head.query));
     let decision = live
         .access
-        .decide_with_tags(|| asker.identity(), &action, listener);
+        .decide_with_tags(|| asker.identity(), &action, listener, upstream);
     local.metrics.decision(decision.allowed);
     tracing::debug!(
         target: "wharf::access",
@@ -125,7 +128,7 @@ pub async fn admit<'a>(
     if !decision.allowed {
         return Err((asker.refusal(), user, name));
     }
-    let action = decide_mount(live, &asker, action).map_err(|e| (e, user, name))?;
+    let action = decide_mount(live, registry, head, &asker, action).map_err(|e| (e, user, name))?;
     Ok(Admitted { action, user })
 }
 
@@ -201,7 +204,13 @@ async fn list_deleted_tags(
 
 /// A mount also needs `get-blob` on its source; without it (or without a source) the spec's
 /// answer is a new upload session (202), which is a `start-upload` and decided as one.
-fn decide_mount(live: &Live, asker: &Asker<'_>, action: Action) -> Result<Action, OciError> {
+fn decide_mount(
+    live: &Live,
+    registry: &Registry,
+    head: &RequestHead,
+    asker: &Asker<'_>,
+    action: Action,
+) -> Result<Action, OciError> {
     let Action::MountBlob {
         repository,
         digest,
@@ -219,7 +228,10 @@ fn decide_mount(live: &Live, asker: &Asker<'_>, action: Action) -> Result<Action
             repository: src.clone(),
             digest: digest.clone(),
         };
-        let d = live.access.decide(asker.identity(), &probe, listener);
+        let through = registry.upstream_of(src, &head.query);
+        let d = live
+            .access
+            .decide_through(asker.identity(), &probe, listener, through);
         tracing::debug!(target: "wharf::access", "{} mount source get-blob {src}: {d}", client.addr);
         d.allowed
     });

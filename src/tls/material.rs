@@ -101,7 +101,12 @@ pub fn read_certs(
 
 /// The private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read(KEY_KEY, path)?;
+    read_key_as(KEY_KEY, path)
+}
+
+/// The private key of a PEM file named by the config key `key`.
+fn read_key_as(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = read(key, path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         let reason = match e {
             pem::Error::NoItemsFound if contains(&bytes, b"ENCRYPTED") => {
@@ -110,7 +115,7 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
             pem::Error::NoItemsFound => "contains no PEM private key (PKCS#8 \"PRIVATE KEY\", PKCS#1 \"RSA PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\")".to_owned(),
             e => format!("not a PEM private key: {e}"),
         };
-        invalid(KEY_KEY, path, reason)
+        invalid(key, path, reason)
     })
 }
 
@@ -136,6 +141,21 @@ pub fn client_config(
     ca_bundle: Option<&Path>,
     key: &'static str,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_config_with(ca_bundle, key, None)
+}
+
+/// Config keys naming a client certificate chain and its private key, and their paths.
+pub struct ClientIdentity<'a> {
+    pub certificate: (&'static str, &'a Path),
+    pub private_key: (&'static str, &'a Path),
+}
+
+/// `client_config`, presenting `identity` to servers that ask for a client certificate.
+pub fn client_config_with(
+    ca_bundle: Option<&Path>,
+    key: &'static str,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca_bundle {
         Some(path) => {
@@ -156,11 +176,22 @@ pub fn client_config(
             }
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Located(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => config.with_no_client_auth(),
+        Some(id) => {
+            let (ck, cp) = id.certificate;
+            let chain = read_certs(ck, cp)?;
+            let (kk, kp) = id.private_key;
+            let private = read_key_as(kk, kp)?;
+            config
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| invalid(kk, kp, format!("does not go with {ck}: {e}")))?
+        }
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -10,5 +10,5 @@ pub mod material;
 pub mod reload;
 
 pub use identity::CertIdentity;
-pub use material::{TlsError, client_config};
+pub use material::{ClientIdentity, TlsError, client_config, client_config_with};
 pub use reload::{Acceptor, Reloader};

@@ -22,6 +22,7 @@ mod limits;
 mod listeners;
 mod metrics;
 mod mirror;
+mod mirror_upstreams;
 mod ranges;
 mod registry_api;
 mod reload;

@@ -12,7 +12,7 @@ fn mirror_of(upstream_host: &str) -> Server {
     Server::start_with(
         "io_uring",
         &format!(
-            "[[upstream]]\nname = \"up\"\nurl = \"http://{upstream_host}\"\nprefix = \"hub\"\ntimeout = \"3s\"\n"
+            "[[upstream]]\nname = \"up\"\nurl = \"http://{upstream_host}\"\nprefix = \"hub\"\ntimeout = \"3s\"\nmanifest_check_interval = \"0s\"\n"
         ),
     )
 }
@@ -98,12 +98,12 @@ fn a_mirror_serves_and_keeps_what_the_upstream_holds() {
 
 /// A Python HTTP server on a free loopback port running `handler` (the body of a
 /// `BaseHTTPRequestHandler.do_GET`, with `sys.argv[1]` as `arg`); stopped on drop.
-struct PyUpstream(std::process::Child, u16);
+pub(crate) struct PyUpstream(std::process::Child, pub(crate) u16);
 
 impl PyUpstream {
-    fn start(handler: &str, arg: &str) -> PyUpstream {
+    pub(crate) fn start(handler: &str, arg: &str) -> PyUpstream {
         let server = format!(
-            "import http.server, os, sys, time\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n{handler}\n    def log_message(self, *a):\n        pass\ns = http.server.ThreadingHTTPServer((\"127.0.0.1\", 0), H)\nprint(s.server_address[1], flush=True)\ns.serve_forever()\n"
+            "import http.server, os, sys, time\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n{handler}\n    def do_HEAD(self):\n        self.do_GET()\n    def log_message(self, *a):\n        pass\ns = http.server.ThreadingHTTPServer((\"127.0.0.1\", 0), H)\nprint(s.server_address[1], flush=True)\ns.serve_forever()\n"
         );
         let mut child = Command::new("python3")
             .args(["-c", &server, arg])
@@ -251,7 +251,10 @@ fn one_upstream_fetch_however_many_clients_wait() {
         .count();
     assert_eq!(gets, 1, "the upstream served the layer once");
     let metrics = m.client().get("/metrics").body_text();
-    assert_eq!(sample(&metrics, "wharf_mirror_fetches_total"), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "wharf_mirror_fetches_total{upstream=\"up\"}"),
+        Some(1.0)
+    );
     assert_eq!(
         sample(&metrics, "wharf_mirror_fetches_in_flight"),
         Some(0.0)
@@ -402,4 +405,51 @@ fn a_fetch_is_shared_only_within_its_upstream() {
     let r = first.read_response(false);
     assert_eq!(r.status, 200);
     assert_eq!(sha256(&r.body), d);
+}
+
+#[test]
+fn podman_pulls_through_a_prefixed_mirror_in_registries_conf() {
+    use crate::common::layout::Layout;
+    let up = Server::start("io_uring");
+    let work = tempfile::tempdir().unwrap();
+    let mut src = Layout::new(&work.path().join("src"));
+    let layers = vec![src.add_tar_layer("p.bin", 500_000, 81)];
+    let image = src.add_image(&layers, "amd64");
+    src.tag(&image, "v1");
+    run_ok(crate::e2e_clients::skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", src.dir.display()),
+        &format!("docker://{}/library/app:v1", up.host()),
+    ]));
+    let m = mirror_of(&up.host());
+    // docker.io itself is unreachable here: the pull succeeds only through the mirror.
+    let conf = work.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"{}/hub\"\ninsecure = true\n",
+            m.host()
+        ),
+    )
+    .unwrap();
+    let root = work.path().join("podman");
+    run_ok(
+        crate::e2e_tls::podman(&root)
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .args(["pull", "docker.io/library/app:v1"]),
+    );
+    let digest = run_ok(
+        crate::e2e_tls::podman(&root)
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .args(["image", "inspect", "--format", "{{.Digest}}"])
+            .arg("docker.io/library/app:v1"),
+    );
+    assert_eq!(digest.trim(), image.digest);
+    let metrics = m.client().get("/metrics").body_text();
+    assert_eq!(
+        sample(&metrics, "wharf_mirror_fetches_total{upstream=\"up\"}"),
+        Some(2.0),
+        "the config and the layer came from the upstream through the mirror"
+    );
 }
