@@ -34,6 +34,11 @@ fn replay(target: &str, data: &[u8]) {
                 fuzzing::ranges(h, size)
             }
         }
+        "upstream_auth" => {
+            if let Some((c, t)) = take::<(&str, &[u8])>(data) {
+                fuzzing::upstream_auth(c, t)
+            }
+        }
         "manifest" => {
             if let Some((m, t)) = take::<(&[u8], Option<&str>)>(data) {
                 fuzzing::manifest(m, t)
