@@ -317,12 +317,13 @@ fn gc(config: Option<&PathBuf>, dry_run: bool, grace: Option<&str>) -> Result<()
         grace,
         delete_untagged: cfg.gc.delete_untagged,
         dry_run,
+        budgets: cfg.cache_budgets(),
     };
     let r = storage
         .collect_garbage(&opts, &mut Terminal::new())
         .map_err(|e| format!("gc: {e}"))?;
     println!(
-        "{}{} manifests, {} blobs ({} bytes), {} stale uploads; {} unreferenced blobs younger than {:?} kept{}",
+        "{}{} manifests, {} blobs ({} bytes), {} stale uploads, {} cached images evicted; {} unreferenced blobs younger than {:?} kept{}",
         if dry_run {
             "dry run, would delete: "
         } else {
@@ -332,6 +333,7 @@ fn gc(config: Option<&PathBuf>, dry_run: bool, grace: Option<&str>) -> Result<()
         r.blobs.len(),
         r.bytes,
         r.uploads,
+        r.evicted.len(),
         r.young,
         grace,
         if r.stopped_early {

@@ -64,6 +64,49 @@ pub struct UpstreamConfig {
     /// for one to end, up to `timeout`. Default `16`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Bytes the cached images of this upstream may take (their distinct blobs); over it, the
+    /// collector evicts the images pulled least recently. Bytes, or text such as `"50GiB"`.
+    /// Default `0` = no budget.
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_size: u64,
+}
+
+/// A size in bytes: a number, or text with a unit (`B`, `KiB`, `MiB`, `GiB`, `TiB`).
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(n) => Ok(n),
+        Raw::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `"50GiB"`, `"512MiB"`, `"1024"`: bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (use e.g. \"50GiB\" or a number of bytes)"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB or TiB)"
+            ));
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn default_timeout() -> Duration {
@@ -79,6 +122,15 @@ fn default_max_connections() -> usize {
 }
 
 impl Config {
+    /// (prefix, `max_size`) of every upstream with a budget, for the collector.
+    pub fn cache_budgets(&self) -> Vec<(String, u64)> {
+        self.upstream
+            .iter()
+            .filter(|u| u.max_size > 0)
+            .map(|u| (u.prefix.clone(), u.max_size))
+            .collect()
+    }
+
     /// `[[upstream]]`: names, URLs and prefixes that cannot be confused, credentials complete.
     pub(super) fn validate_upstreams(&self) -> Result<(), ConfigError> {
         let invalid = |i: usize, key: &str, message: String| {
@@ -213,10 +265,32 @@ impl Config {
                     format!("{}: give 1 to 1024", u.max_connections),
                 );
             }
+            if u.max_size > 0 && self.storage.backend == super::tables::StorageBackend::S3 {
+                return invalid(
+                    i,
+                    "max_size",
+                    "eviction by last pull needs storage.backend = \"filesystem\" (not built for \
+                     S3 yet); remove max_size"
+                        .into(),
+                );
+            }
             if u.timeout.is_zero() {
                 return invalid(i, "timeout", "must be greater than zero".into());
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(super::parse_size("1024"), Ok(1024));
+        assert_eq!(super::parse_size("50GiB"), Ok(50 << 30));
+        assert_eq!(super::parse_size(" 512 MiB "), Ok(512 << 20));
+        for bad in ["", "GiB", "5GB", "5 gib", "-1", "99999999999TiB"] {
+            assert!(super::parse_size(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -65,8 +65,20 @@ impl Registry {
         } = mirror.route(repo, &head.query)?;
         Some(match action {
             Action::GetManifest { reference, .. } => {
-                self.mirror_manifest(&up, &name, &local, reference, head)
-                    .await
+                let answer = self
+                    .mirror_manifest(&up, &name, &local, reference, head)
+                    .await;
+                // The last pull, which eviction under `upstream.max_size` goes by.
+                if let Ok(r) = &answer
+                    && let Some(d) = r
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("Docker-Content-Digest"))
+                        .and_then(|(_, d)| d.parse::<Digest>().ok())
+                {
+                    self.storage.note_pull(&local, &d);
+                }
+                answer
             }
             Action::GetBlob { digest, .. } => {
                 self.mirror_blob(up, &name, &local, digest, head).await

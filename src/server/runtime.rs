@@ -92,7 +92,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
     let storage = Arc::new(storage);
     expire_idle_sessions(Arc::clone(&storage))?;
     if !cfg.gc.interval.is_zero() {
-        schedule_gc(Arc::clone(&storage), &cfg.gc)?;
+        schedule_gc(Arc::clone(&storage), &cfg.gc, cfg.cache_budgets())?;
     }
     // Blobs on their way from an upstream are spooled beside the store (or in the temp dir).
     let spool_dir = match cfg.storage.backend {
@@ -251,11 +251,16 @@ fn expire_idle_sessions(storage: Arc<Storage>) -> Result<(), StartError> {
 }
 
 /// Run garbage collection every `gc.interval` on its own thread (it blocks on the filesystem).
-fn schedule_gc(storage: Arc<Storage>, gc: &crate::config::GcConfig) -> Result<(), StartError> {
+fn schedule_gc(
+    storage: Arc<Storage>,
+    gc: &crate::config::GcConfig,
+    budgets: Vec<(String, u64)>,
+) -> Result<(), StartError> {
     let opts = crate::storage::GcOptions {
         grace: gc.grace,
         delete_untagged: gc.delete_untagged,
         dry_run: false,
+        budgets,
     };
     let interval = gc.interval;
     std::thread::Builder::new()

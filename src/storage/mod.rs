@@ -158,6 +158,9 @@ impl TagExpect {
 pub struct GcOptions {
     /// Nothing younger than this is removed.
     pub grace: Duration,
+    /// Pull-through caches with a size budget: (repository prefix, bytes). Over it, the images
+    /// under the prefix pulled least recently are evicted (filesystem backend).
+    pub budgets: Vec<(String, u64)>,
     /// Also remove manifests that no tag reaches.
     pub delete_untagged: bool,
     /// Only report what would go.
@@ -169,6 +172,8 @@ pub struct GcOptions {
 pub struct GcReport {
     /// `repository@digest` of each manifest removed.
     pub manifests: Vec<String>,
+    /// `repository@digest` of each cached image evicted under a pull-through cache's budget.
+    pub evicted: Vec<String>,
     /// Each blob removed with its size.
     pub blobs: Vec<(Digest, u64)>,
     /// Bytes of the removed blobs.
@@ -414,6 +419,15 @@ impl Storage {
         new: Option<&Digest>,
     ) -> Result<()> {
         dispatch!(self, b => b.update_tag(repo, tag, expect, new).await)
+    }
+
+    /// Note that `repo@digest` was just pulled (a pull-through cache's last-pull time, which
+    /// eviction under `upstream.max_size` goes by): a hint, done off the worker and skipped when
+    /// the blocking pool is busy; at most once a minute per manifest.
+    pub fn note_pull(&self, repo: &RepoName, digest: &Digest) {
+        if let Backend::Filesystem(fs) = &self.backend {
+            fs.note_pull(repo, digest);
+        }
     }
 
     /// Where a tag points (`None`: no such tag).

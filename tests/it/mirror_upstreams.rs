@@ -431,3 +431,99 @@ fn an_upstream_requiring_client_certificates_is_mirrored_over_tls() {
     let r = without.client().get("/v2/hub/library/app/manifests/v1");
     assert_eq!(r.status, 503, "{}", r.body_text());
 }
+
+/// Set a file's mtime to `ago` before now.
+fn backdate(path: &Path, ago: std::time::Duration) {
+    let t = std::time::SystemTime::now() - ago;
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .set_modified(t)
+        .unwrap();
+}
+
+fn backdate_tree(dir: &Path, ago: std::time::Duration) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            backdate_tree(&p, ago);
+        } else {
+            backdate(&p, ago);
+        }
+    }
+}
+
+#[test]
+fn over_its_budget_the_cache_evicts_the_images_pulled_least_recently() {
+    let up = Server::start("io_uring");
+    let mut cu = up.client();
+    let images: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let layer = noise(90 + i, 300_000);
+            let md = push_image(&mut cu, &format!("team/app{i}"), "v1", &layer);
+            (md, layer)
+        })
+        .collect();
+    // Room for two of the three images.
+    let m = mirror(&format!("http://{}", up.host()), "max_size = \"700KiB\"");
+    let mut c = m.client();
+    let pull = |c: &mut Client, i: usize| {
+        let r = c.get(&format!("/v2/hub/team/app{i}/manifests/v1"));
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let b = c.get(&format!(
+            "/v2/hub/team/app{i}/blobs/{}",
+            sha256(&images[i].1)
+        ));
+        assert!(b.status == 200 && b.body == images[i].1);
+    };
+    for i in 0..3 {
+        pull(&mut c, i);
+    }
+    let root = m.root();
+    let revision = |i: usize| {
+        root.join(format!(
+            "repositories/hub/team/app{i}/_manifests/revisions/sha256/{}",
+            &images[i].0["sha256:".len()..]
+        ))
+    };
+    let layer = |i: usize| {
+        let hex = sha256(&images[i].1)["sha256:".len()..].to_owned();
+        root.join(format!("blobs/sha256/{}/{hex}", &hex[..2]))
+    };
+    // As if app1 was last pulled 3 h ago, app0 2 h ago, app2 1 h ago, every blob fetched 4 h ago.
+    let hours = |h: u64| std::time::Duration::from_secs(h * 3600);
+    backdate_tree(&root.join("blobs"), hours(4));
+    for (i, h) in [(1, 3), (0, 2), (2, 1)] {
+        backdate(&revision(i), hours(h));
+    }
+    let (ok, out) = m.run_wharf(&["gc", "--grace", "30m"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "evicted cached image hub/team/app1@{}",
+            images[1].0
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hub/team/app0@") && !out.contains("hub/team/app2@"),
+        "{out}"
+    );
+    assert!(!layer(1).exists(), "the evicted image's layer is collected");
+    assert!(layer(0).exists() && layer(2).exists());
+    // The evicted image comes back from the upstream, whole.
+    pull(&mut c, 1);
+    // A pull through the mirror moves its last pull.
+    backdate(&revision(0), hours(2));
+    pull(&mut c, 0);
+    wait_for("the pull is noted", || {
+        std::fs::metadata(revision(0))
+            .unwrap()
+            .modified()
+            .unwrap()
+            .elapsed()
+            .unwrap()
+            < std::time::Duration::from_secs(600)
+    });
+}

@@ -130,6 +130,11 @@ impl Filesystem {
             self.restore_trash()?;
         }
 
+        // Pull-through caches over their budget lose the images pulled least recently first.
+        for (prefix, budget) in &opts.budgets {
+            self.evict_over_budget(prefix, *budget, cutoff, opts.dry_run, out, &mut report)?;
+        }
+
         // Mark: every kept manifest, what it references, and its children.
         let mut marked: HashSet<Digest> = HashSet::new();
         let mut doomed: Vec<(RepoName, Revision)> = Vec::new();

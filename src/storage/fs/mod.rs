@@ -5,6 +5,7 @@
 
 pub(super) mod blobs;
 mod cached;
+mod evict;
 pub(super) mod fsck;
 mod fsio;
 pub(super) mod gc;
