@@ -117,6 +117,9 @@ impl Upstream {
         let bytes = a.resp.body.bytes(limit as usize).await.map_err(|e| {
             UpstreamError::Unavailable(format!("{}: manifest {name}:{reference}: {e}", self.url))
         })?;
+        self.stats
+            .bytes
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok((media_type, bytes))
     }
 
@@ -152,13 +155,7 @@ pub fn each_upstream(mut f: impl FnMut(&Upstream)) {
 pub fn write_metrics(out: &mut String) {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    let mut lines = [
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-    ];
+    let mut lines: [String; 7] = Default::default();
     each_upstream(|u| {
         let n = &u.name;
         for (o, c) in OUTCOMES.iter().zip(&u.stats.requests) {
@@ -188,6 +185,20 @@ pub fn write_metrics(out: &mut String) {
             "wharf_mirror_coalesced_total{{upstream=\"{n}\"}} {}",
             u.stats.coalesced.load(Relaxed)
         );
+        for (i, c) in u.stats.cache.iter().enumerate() {
+            let kind = if i < 2 { "manifest" } else { "blob" };
+            let outcome = if i % 2 == 0 { "hit" } else { "miss" };
+            let _ = writeln!(
+                lines[5],
+                "wharf_mirror_cache_total{{upstream=\"{n}\",kind=\"{kind}\",outcome=\"{outcome}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            lines[6],
+            "wharf_mirror_upstream_bytes_total{{upstream=\"{n}\"}} {}",
+            u.stats.bytes.load(Relaxed)
+        );
     });
     let help = [
         "wharf_mirror_upstream_requests_total counter Requests to each upstream by outcome (ok, not_found, refused, unavailable, throttled: a 429; shed: not sent, paused after a 429 or no connection free).",
@@ -195,6 +206,8 @@ pub fn write_metrics(out: &mut String) {
         "wharf_mirror_upstream_connections_in_use gauge Requests under way to each upstream (at most its max_connections).",
         "wharf_mirror_fetches_total counter Blobs fetched from each upstream (one fetch per blob however many clients wait for it).",
         "wharf_mirror_coalesced_total counter Blob requests that read a fetch another request had started instead of fetching again.",
+        "wharf_mirror_cache_total counter Manifest and blob requests through each mirror answered from the store (hit) or from the upstream (miss; a blob miss may join a fetch under way).",
+        "wharf_mirror_upstream_bytes_total counter Body bytes received from each upstream (manifests and blobs).",
     ];
     for (h, l) in help.iter().zip(lines) {
         let (name, rest) = h.split_once(' ').unwrap_or_default();

@@ -68,6 +68,19 @@ pub struct Stats {
     pub tokens: AtomicU64,
     pub fetches: AtomicU64,
     pub coalesced: AtomicU64,
+    /// Requests answered from the store (hit) or not (miss): manifest hit, manifest miss, blob
+    /// hit, blob miss.
+    pub cache: [AtomicU64; 4],
+    /// Body bytes received from the upstream (manifests and blobs).
+    pub bytes: AtomicU64,
+}
+
+impl Stats {
+    /// Count a manifest (`blob` false) or blob request answered from the store or not.
+    pub fn cache(&self, blob: bool, hit: bool) {
+        let i = usize::from(blob) * 2 + usize::from(!hit);
+        self.cache[i].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The outcomes of `Stats::requests`, in order.

@@ -116,7 +116,10 @@ impl Registry {
         let tag = match reference {
             Reference::Digest(_) => {
                 match self.storage.get_manifest(repo, reference).await {
-                    Ok(_) => return self.get_manifest(repo, reference, head).await,
+                    Ok(_) => {
+                        up.stats.cache(false, true);
+                        return self.get_manifest(repo, reference, head).await;
+                    }
                     Err(StoreError::ManifestUnknown) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -131,6 +134,7 @@ impl Registry {
         if up.checked_recently(name, tag.as_str())
             && let Ok(r) = self.get_manifest(repo, reference, head).await
         {
+            up.stats.cache(false, true);
             return Ok(r);
         }
         // Where the tag points upstream now (a HEAD); fetched only if it moved.
@@ -142,6 +146,7 @@ impl Registry {
                         self.storage.set_tag(repo, tag, &d).await?;
                     }
                     up.mark_checked(name, tag.as_str());
+                    up.stats.cache(false, true);
                     return self.get_manifest(repo, &at, head).await;
                 }
                 at
@@ -150,7 +155,11 @@ impl Registry {
             // A tag cached before is served while the upstream cannot answer, marked stale.
             Err(e @ (UpstreamError::Unavailable(_) | UpstreamError::Busy(..))) => {
                 return match self.get_manifest(repo, reference, head).await {
-                    Ok(r) => Ok(r.header(
+                    Ok(r) => Ok({
+                        up.stats.cache(false, true);
+                        r
+                    }
+                    .header(
                         "Warning",
                         format!("110 wharf \"stale: upstream {} unreachable\"", up.name),
                     )),
@@ -180,6 +189,7 @@ impl Registry {
         tag: Option<&Tag>,
         head: &RequestHead,
     ) -> HandlerResult {
+        up.stats.cache(false, false);
         let what = format!(
             "manifest {name}:{}",
             tag.map_or(reference.to_string(), |t| t.to_string())
@@ -236,8 +246,10 @@ impl Registry {
         head: &RequestHead,
     ) -> HandlerResult {
         if self.storage.blob_size(repo, digest).await?.is_some() {
+            up.stats.cache(true, true);
             return self.get_blob(repo, digest, head).await;
         }
+        up.stats.cache(true, false);
         let dir = self
             .mirror
             .as_ref()
@@ -336,6 +348,7 @@ async fn fetch(
                 .await
                 .map_err(StoreError::from)?;
             pos += n as u64;
+            up.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
             flight.advance(n as u64);
         }
         Ok(())

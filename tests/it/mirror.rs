@@ -259,6 +259,30 @@ fn one_upstream_fetch_however_many_clients_wait() {
         sample(&metrics, "wharf_mirror_fetches_in_flight"),
         Some(0.0)
     );
+    let series = |s: &str| sample(&metrics, &format!("{s}{{upstream=\"up\"}}"));
+    assert_eq!(
+        series("wharf_mirror_upstream_bytes_total"),
+        Some((64 << 20) as f64)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "wharf_mirror_cache_total{upstream=\"up\",kind=\"blob\",outcome=\"miss\"}"
+        ),
+        Some(32.0),
+        "every request found it missing"
+    );
+    let r = m.client().get(&path);
+    assert_eq!(r.status, 200);
+    let metrics = m.client().get("/metrics").body_text();
+    assert_eq!(
+        sample(
+            &metrics,
+            "wharf_mirror_cache_total{upstream=\"up\",kind=\"blob\",outcome=\"hit\"}"
+        ),
+        Some(1.0),
+        "then it is cached"
+    );
 }
 
 /// The daemons' own mirror settings: dockerd's `registry-mirrors` (Docker Hub names, no prefix:

@@ -241,6 +241,21 @@ fn a_basic_auth_upstream_is_mirrored() {
         ),
     );
     pulled_whole(&m, "hub/team/app", &image, &layers, &src);
+    // skopeo through the mirror: byte-identical blobs.
+    let out = d.join("pulled");
+    run_ok(crate::e2e_clients::skopeo().args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/hub/team/app:v1", m.host()),
+        &format!("oci:{}:v1", out.display()),
+    ]));
+    for l in &layers {
+        let hex = &l.digest["sha256:".len()..];
+        crate::e2e_clients::assert_same_blob(
+            &src.blob_path(&l.digest),
+            &out.join("blobs/sha256").join(hex),
+        );
+    }
     // Without credentials: a Basic challenge is no token flow; the refusal says what to do.
     let anonymous = mirror(&format!("http://{}", reg.host()), "");
     let r = anonymous.client().get("/v2/hub/team/app/manifests/v1");
@@ -280,6 +295,17 @@ fn tags_are_checked_upstream_at_most_every_interval() {
         assert_eq!(tag(m), d1);
     }
     assert_eq!(metric(&lazy, ok), 2.0, "checked a moment ago: not asked");
+    let cache = |m: &Server, o: &str| {
+        metric(
+            m,
+            &format!(
+                "wharf_mirror_cache_total{{upstream=\"dist\",kind=\"manifest\",outcome=\"{o}\"}}"
+            ),
+        )
+    };
+    for m in [&lazy, &eager] {
+        assert_eq!((cache(m, "miss"), cache(m, "hit")), (1.0, 1.0));
+    }
     assert_eq!(
         metric(&eager, ok),
         3.0,
