@@ -8,9 +8,15 @@ holding the layer, with its access log on, which counts the blob GETs the mirror
 Per mirror: upstream blob GETs and bytes while the fleet pulled, wall time until every client had
 the whole layer, aggregate MB/s, each client's time to first byte and to last (p50/max), and the
 warm round's wall time. Every client hashes what it received and checks it against the digest.
+
+Second table: the upstream behind a slow link (LINK_MBS, default 16 MB/s, shared by all
+connections, as a WAN link to Docker Hub is; a throttling TCP proxy in this script): one client
+pulling the uncached layer alone, then the whole fleet, each on fresh storage; the issue's target
+is the fleet's last client within 1.3x of the one alone. distribution's fleet is not run over the
+link (its 64 upstream fetches would share it: about 64 times the solo time); its solo pull is.
 A benchmark: it never fails on a number.
 
-  loadtest/fleet.py                 # CLIENTS=64 SIZE_MIB=256 ONLY=wharf,distribution OUT=file
+  loadtest/fleet.py                 # CLIENTS=64 SIZE_MIB=256 LINK_MBS=16 ONLY=wharf,distribution OUT=file
 Needs target/release/wharf and loadtest/.peers/bin/registry (loadtest/compare.sh builds both).
 """
 
@@ -31,6 +37,62 @@ import compare as c  # noqa: E402 - the helpers of the comparison
 CLIENTS = int(os.environ.get("CLIENTS", "64"))
 SIZE = int(os.environ.get("SIZE_MIB", "256")) * c.MIB
 ONLY = os.environ.get("ONLY", "wharf,distribution").split(",")
+LINK = float(os.environ.get("LINK_MBS", "16")) * 1e6
+
+
+class Link:
+    """A TCP proxy on loopback whose upstream-to-client bytes share one token bucket of `rate`
+    bytes/s (all connections together), like a WAN link."""
+
+    def __init__(self, target_port, rate):
+        import socket
+
+        self.rate, self.target = rate, target_port
+        self.lock = threading.Lock()
+        self.allowance, self.last = 0.0, time.monotonic()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def take(self, n):
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.allowance = min(self.rate * 0.05, self.allowance + (now - self.last) * self.rate)
+                self.last = now
+                if self.allowance >= n:
+                    self.allowance -= n
+                    return
+                wait = (n - self.allowance) / self.rate
+            time.sleep(wait)
+
+    def accept(self):
+        import socket
+
+        while True:
+            client, _ = self.sock.accept()
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self.pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self.pump, args=(server, client, True), daemon=True).start()
+
+    def pump(self, src, dst, slow):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if slow:
+                    self.take(len(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
 
 
 class Proc:
@@ -80,6 +142,14 @@ def upstream_gets(log, digest):
     return n, sent
 
 
+def start_mirror(name, d, port, up_url):
+    """The mirror `name` on `port` in front of `up_url`; (process, blob path prefix)."""
+    if name == "wharf":
+        p = wharf(d, port, f'[[upstream]]\nname = "up"\nurl = "{up_url}"\nprefix = "hub"\n')
+        return p, "/v2/hub/library/big/blobs/"
+    return distribution_proxy(d, port, up_url), "/v2/library/big/blobs/"
+
+
 def one_client(url, target, digest, start, out, i):
     buf = memoryview(bytearray(4 * c.MIB))
     start.wait()
@@ -103,12 +173,12 @@ def one_client(url, target, digest, start, out, i):
     out[i] = (ok and "sha256:" + h.hexdigest() == digest, first, time.perf_counter() - t0)
 
 
-def fleet(url, target, digest):
-    """CLIENTS clients GET `target` at once; (wall s, all verified, ttfb list, done list)."""
-    start = threading.Barrier(CLIENTS + 1)
-    out = [None] * CLIENTS
+def fleet(url, target, digest, clients=CLIENTS):
+    """`clients` clients GET `target` at once; (wall s, all verified, ttfb list, done list)."""
+    start = threading.Barrier(clients + 1)
+    out = [None] * clients
     threads = [threading.Thread(target=one_client, args=(url, target, digest, start, out, i))
-               for i in range(CLIENTS)]
+               for i in range(clients)]
     for t in threads:
         t.start()
     start.wait()
@@ -142,12 +212,8 @@ def main():
             d = tempfile.mkdtemp(prefix=f"{name}-", dir=work)
             port = c.free_port()
             url = f"http://127.0.0.1:{port}"
-            if name == "wharf":
-                p = wharf(d, port, f'[[upstream]]\nname = "up"\nurl = "{up_url}"\nprefix = "hub"\n')
-                target = f"/v2/hub/library/big/blobs/{digest}"
-            else:
-                p = distribution_proxy(d, port, up_url)
-                target = f"/v2/library/big/blobs/{digest}"
+            p, base = start_mirror(name, d, port, up_url)
+            target = base + digest
             before = upstream_gets(upstream.log, digest)
             c.settle()
             wall, ok, ttfb, done = fleet(url, target, digest)
@@ -164,6 +230,19 @@ def main():
                 "warm": warm,
             })
             c.log(rows[-1])
+        link = Link(up_port, LINK)
+        slow = []
+        for name in ONLY:
+            runs = [1, CLIENTS] if name == "wharf" else [1]
+            for n in runs:
+                d = tempfile.mkdtemp(prefix=f"{name}-link-{n}-", dir=work)
+                port = c.free_port()
+                p, base = start_mirror(name, d, port, f"http://127.0.0.1:{link.port}")
+                c.settle()
+                wall, ok, _, _ = fleet(f"http://127.0.0.1:{port}", base + digest, digest, n)
+                p.stop()
+                slow.append((name, n, wall, ok))
+                c.log(slow[-1])
     finally:
         upstream.stop()
     table = [
@@ -179,6 +258,17 @@ def main():
             f"| {label} | {r['gets']} | {r['bytes'] / c.MIB:,.0f} MiB | {r['wall']:.1f} s | "
             f"{r['mbs']:,.0f} MB/s | {r['ttfb50']:.2f} / {r['ttfbmax']:.2f} s | "
             f"{r['done50']:.1f} / {r['donemax']:.1f} s | {r['warm']:.1f} s | {'yes' if r['ok'] else 'NO'} |")
+    table += [
+        "",
+        f"The upstream behind a {LINK / 1e6:.0f} MB/s link shared by all its connections (fresh storage each run):",
+        "",
+        "| mirror | clients | last client done | ÷ one client alone | every client verified |",
+        "|---|---:|---:|---:|---|",
+    ]
+    alone = {name: wall for name, n, wall, _ in slow if n == 1}
+    for name, n, wall, ok in slow:
+        label = "wharf `[[upstream]]`" if name == "wharf" else "distribution v3.1.2 proxy"
+        table.append(f"| {label} | {n} | {wall:.1f} s | {wall / alone[name]:.2f}× | {'yes' if ok else 'NO'} |")
     text = "\n".join(table) + "\n"
     print(text)
     if os.environ.get("OUT"):
