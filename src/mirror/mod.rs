@@ -165,26 +165,6 @@ pub fn write_metrics(out: &mut String) {
                 c.load(Relaxed)
             );
         }
-        let _ = writeln!(
-            lines[1],
-            "wharf_mirror_upstream_tokens_total{{upstream=\"{n}\"}} {}",
-            u.stats.tokens.load(Relaxed)
-        );
-        let _ = writeln!(
-            lines[2],
-            "wharf_mirror_upstream_connections_in_use{{upstream=\"{n}\"}} {}",
-            u.connections_in_use()
-        );
-        let _ = writeln!(
-            lines[3],
-            "wharf_mirror_fetches_total{{upstream=\"{n}\"}} {}",
-            u.stats.fetches.load(Relaxed)
-        );
-        let _ = writeln!(
-            lines[4],
-            "wharf_mirror_coalesced_total{{upstream=\"{n}\"}} {}",
-            u.stats.coalesced.load(Relaxed)
-        );
         for (i, c) in u.stats.cache.iter().enumerate() {
             let kind = if i < 2 { "manifest" } else { "blob" };
             let outcome = if i % 2 == 0 { "hit" } else { "miss" };
@@ -194,11 +174,37 @@ pub fn write_metrics(out: &mut String) {
                 c.load(Relaxed)
             );
         }
-        let _ = writeln!(
-            lines[6],
-            "wharf_mirror_upstream_bytes_total{{upstream=\"{n}\"}} {}",
-            u.stats.bytes.load(Relaxed)
-        );
+        // One sample per upstream: (line, family, value).
+        let single = [
+            (
+                1,
+                "wharf_mirror_upstream_tokens_total",
+                u.stats.tokens.load(Relaxed),
+            ),
+            (
+                2,
+                "wharf_mirror_upstream_connections_in_use",
+                u.connections_in_use() as u64,
+            ),
+            (
+                3,
+                "wharf_mirror_fetches_total",
+                u.stats.fetches.load(Relaxed),
+            ),
+            (
+                4,
+                "wharf_mirror_coalesced_total",
+                u.stats.coalesced.load(Relaxed),
+            ),
+            (
+                6,
+                "wharf_mirror_upstream_bytes_total",
+                u.stats.bytes.load(Relaxed),
+            ),
+        ];
+        for (i, family, v) in single {
+            let _ = writeln!(lines[i], "{family}{{upstream=\"{n}\"}} {v}");
+        }
     });
     let help = [
         "wharf_mirror_upstream_requests_total counter Requests to each upstream by outcome (ok, not_found, refused, unavailable, throttled: a 429; shed: not sent, paused after a 429 or no connection free).",

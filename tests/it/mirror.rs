@@ -291,22 +291,11 @@ fn one_upstream_fetch_however_many_clients_wait() {
 /// upstream's prefix.
 #[test]
 fn docker_and_containerd_pull_through_their_mirror_settings() {
-    use crate::common::layout::Layout;
+    use crate::mirror_upstreams::{image, skopeo_push};
     let up = Server::start("io_uring");
     let work = tempfile::tempdir().unwrap();
-    let mut src = Layout::new(&work.path().join("src"));
-    let layers = vec![
-        src.add_tar_layer("a.bin", 300_000, 51),
-        src.add_tar_layer("b.bin", 2_000_000, 52),
-    ];
-    let image = src.add_image(&layers, "amd64");
-    src.tag(&image, "v1");
-    run_ok(crate::e2e_clients::skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:v1", src.dir.display()),
-        &format!("docker://{}/library/app:v1", up.host()),
-    ]));
+    let (src, image, layers) = image(work.path());
+    skopeo_push(&src, &format!("{}/library/app:v1", up.host()), None);
     let upstream = |name: &str, prefix: &str, extra: &str| {
         format!(
             "[[upstream]]\nname = \"{name}\"\nurl = \"http://{}\"\nprefix = \"{prefix}\"\n{extra}\n",
@@ -433,19 +422,11 @@ fn a_fetch_is_shared_only_within_its_upstream() {
 
 #[test]
 fn podman_pulls_through_a_prefixed_mirror_in_registries_conf() {
-    use crate::common::layout::Layout;
+    use crate::mirror_upstreams::{image, skopeo_push};
     let up = Server::start("io_uring");
     let work = tempfile::tempdir().unwrap();
-    let mut src = Layout::new(&work.path().join("src"));
-    let layers = vec![src.add_tar_layer("p.bin", 500_000, 81)];
-    let image = src.add_image(&layers, "amd64");
-    src.tag(&image, "v1");
-    run_ok(crate::e2e_clients::skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:v1", src.dir.display()),
-        &format!("docker://{}/library/app:v1", up.host()),
-    ]));
+    let (src, image, _) = image(work.path());
+    skopeo_push(&src, &format!("{}/library/app:v1", up.host()), None);
     let m = mirror_of(&up.host());
     // docker.io itself is unreachable here: the pull succeeds only through the mirror.
     let conf = work.path().join("registries.conf");
@@ -473,7 +454,7 @@ fn podman_pulls_through_a_prefixed_mirror_in_registries_conf() {
     let metrics = m.client().get("/metrics").body_text();
     assert_eq!(
         sample(&metrics, "wharf_mirror_fetches_total{upstream=\"up\"}"),
-        Some(2.0),
-        "the config and the layer came from the upstream through the mirror"
+        Some(3.0),
+        "the config and the two layers came from the upstream through the mirror"
     );
 }

@@ -71,7 +71,7 @@ impl Drop for Killed {
 }
 
 /// An image of two layers in an OCI layout under `dir`, tagged `v1`.
-fn image(dir: &Path) -> (Layout, Blob, Vec<Blob>) {
+pub(crate) fn image(dir: &Path) -> (Layout, Blob, Vec<Blob>) {
     let mut src = Layout::new(&dir.join("src"));
     let layers = vec![
         src.add_tar_layer("a.bin", 400_000, 61),
@@ -82,7 +82,7 @@ fn image(dir: &Path) -> (Layout, Blob, Vec<Blob>) {
     (src, image, layers)
 }
 
-fn skopeo_push(src: &Layout, to: &str, creds: Option<&str>) {
+pub(crate) fn skopeo_push(src: &Layout, to: &str, creds: Option<&str>) {
     let mut c = crate::e2e_clients::skopeo();
     c.args(["copy", "--dest-tls-verify=false"]);
     if let Some(creds) = creds {
