@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::permits::{Permit, Permits};
@@ -39,10 +39,9 @@ pub struct Upstream {
     endpoint: Endpoint,
     /// `Basic …` for the upstream and its token realm, if configured.
     basic: Option<String>,
-    /// TLS for `https` hosts other than the upstream (its roots and client certificate), made
-    /// when first needed for an `http` upstream.
-    tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
-    ca_bundle: Option<std::path::PathBuf>,
+    /// TLS for `https` hosts other than the upstream: the upstream's own (its roots and client
+    /// certificate), or for an `http` upstream the system's roots; made at startup.
+    tls: Result<Arc<rustls::ClientConfig>, String>,
     tokens: Tokens,
     hosts: Mutex<HashMap<String, (Endpoint, Instant)>>,
     permits: Arc<Permits>,
@@ -169,10 +168,14 @@ impl Upstream {
             }
             _ => None,
         };
-        let lazy_tls = OnceLock::new();
-        if let Some(t) = tls {
-            let _ = lazy_tls.set(Ok(t));
-        }
+        // Made now, not on a worker at the first redirect to an https host (it reads the system's
+        // roots); kept as an error for an http upstream on a machine without them.
+        let other_hosts = match tls {
+            Some(t) => Ok(t),
+            None => {
+                crate::tls::client_config(None, "upstream.ca_bundle").map_err(|e| e.to_string())
+            }
+        };
         Ok(Upstream {
             name: cfg.name.clone(),
             prefix: cfg.prefix.clone(),
@@ -181,8 +184,7 @@ impl Upstream {
             url: cfg.url.trim_end_matches('/').to_owned(),
             endpoint,
             basic,
-            tls: lazy_tls,
-            ca_bundle: cfg.ca_bundle.clone(),
+            tls: other_hosts,
             tokens: Tokens::default(),
             hosts: Mutex::new(HashMap::new()),
             permits: Permits::new(cfg.max_connections),
@@ -504,13 +506,7 @@ impl Upstream {
     }
 
     fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
-        self.tls
-            .get_or_init(|| {
-                crate::tls::client_config(self.ca_bundle.as_deref(), "upstream.ca_bundle")
-                    .map_err(|e| e.to_string())
-            })
-            .clone()
-            .map_err(UpstreamError::Unavailable)
+        self.tls.clone().map_err(UpstreamError::Unavailable)
     }
 
     /// The digest the upstream's `name:tag` has now (a `HEAD`), if it says.
