@@ -125,7 +125,15 @@ impl Upstream {
 
     /// The digest `name:tag` has upstream now (asked with a `HEAD`), if the upstream says.
     pub async fn tag_digest(&self, name: &str, tag: &str) -> Result<Option<Digest>, UpstreamError> {
-        self.manifest_digest(name, tag, &accept()).await
+        let target = format!("/v2/{name}/manifests/{tag}");
+        let a = self.send("HEAD", name, &target, Some(&accept())).await?;
+        let digest = a
+            .resp
+            .header("Docker-Content-Digest")
+            .and_then(|d| d.parse().ok());
+        // No body: read to its end, the connection goes back to the pool.
+        let _ = a.resp.body.bytes(0).await;
+        Ok(digest)
     }
 
     /// The blob `digest` of `name` upstream, its body still to read.

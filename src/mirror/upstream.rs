@@ -14,7 +14,6 @@ use super::permits::{Permit, Permits};
 use super::token::{self, Tokens};
 use crate::client::{self, Endpoint, Payload, Request};
 use crate::config::UpstreamConfig;
-use crate::oci::Digest;
 
 /// Redirects followed per request.
 const MAX_REDIRECTS: usize = 5;
@@ -278,7 +277,7 @@ impl Upstream {
                     return Err(UpstreamError::Busy(
                         format!(
                             "all {} connections to {} are busy (upstream.max_connections)",
-                            self.permits_max(),
+                            self.permits.max(),
                             self.url
                         ),
                         Duration::from_secs(1),
@@ -295,11 +294,6 @@ impl Upstream {
         };
         self.count(outcome);
         res.map(|resp| Answer { resp, permit })
-    }
-
-    fn permits_max(&self) -> usize {
-        // Kept in the permits; read back for messages only.
-        self.permits.max()
     }
 
     async fn send_with(
@@ -507,23 +501,6 @@ impl Upstream {
 
     fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
         self.tls.clone().map_err(UpstreamError::Unavailable)
-    }
-
-    /// The digest the upstream's `name:tag` has now (a `HEAD`), if it says.
-    pub async fn manifest_digest(
-        &self,
-        name: &str,
-        tag: &str,
-        accept: &str,
-    ) -> Result<Option<Digest>, UpstreamError> {
-        let target = format!("/v2/{name}/manifests/{tag}");
-        let a = self.send("HEAD", name, &target, Some(accept)).await?;
-        let digest = a
-            .resp
-            .header("Docker-Content-Digest")
-            .and_then(|d| d.parse().ok());
-        let _ = a.resp.body.bytes(0).await;
-        Ok(digest)
     }
 }
 

@@ -16,11 +16,12 @@ use crate::net::pool::Block;
 use crate::oci::{Digest, ErrorKind, OciError, Reference, RepoName, Tag, manifest};
 use crate::storage::{Storage, StoreError};
 
-/// Why a request through the mirror failed, as the client sees it.
-fn upstream_error(up: &Upstream, what: &str, e: UpstreamError) -> OciError {
+/// Why a request through the mirror for `what` failed, as the client sees it; `unknown` is the
+/// code for "not there" (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`).
+fn upstream_error(up: &Upstream, what: &str, unknown: ErrorKind, e: UpstreamError) -> OciError {
     match e {
         UpstreamError::NotFound => OciError::new(
-            ErrorKind::NotFound,
+            unknown,
             format!("{what} is not in upstream {} ({})", up.name, up.url),
         ),
         UpstreamError::Unavailable(why) => OciError::new(
@@ -163,16 +164,10 @@ impl Registry {
                         "Warning",
                         format!("110 wharf \"stale: upstream {} unreachable\"", up.name),
                     )),
-                    Err(_) => Err(upstream_error(up, &what, e)),
+                    Err(_) => Err(upstream_error(up, &what, ErrorKind::ManifestUnknown, e)),
                 };
             }
-            Err(UpstreamError::NotFound) => {
-                return Err(OciError::new(
-                    ErrorKind::ManifestUnknown,
-                    format!("{what} is not in upstream {} ({})", up.name, up.url),
-                ));
-            }
-            Err(e) => return Err(upstream_error(up, &what, e)),
+            Err(e) => return Err(upstream_error(up, &what, ErrorKind::ManifestUnknown, e)),
         };
         self.fetch_manifest(up, name, repo, &fetch_ref, Some(tag), head)
             .await
@@ -197,13 +192,7 @@ impl Registry {
         let (media_type, bytes) = up
             .manifest(name, reference, self.settings.max_manifest_size)
             .await
-            .map_err(|e| match e {
-                UpstreamError::NotFound => OciError::new(
-                    ErrorKind::ManifestUnknown,
-                    format!("{what} is not in upstream {} ({})", up.name, up.url),
-                ),
-                e => upstream_error(up, &what, e),
-            })?;
+            .map_err(|e| upstream_error(up, &what, ErrorKind::ManifestUnknown, e))?;
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(_) => Digest::of(crate::oci::Algorithm::Sha256, &bytes),
@@ -314,13 +303,10 @@ async fn fetch(
     max: u64,
 ) -> Result<(), OciError> {
     let what = format!("blob {digest} of {name}");
-    let answer = up.blob(name, digest).await.map_err(|e| match e {
-        UpstreamError::NotFound => OciError::new(
-            ErrorKind::BlobUnknown,
-            format!("{what} is not in upstream {} ({})", up.name, up.url),
-        ),
-        e => upstream_error(up, &what, e),
-    })?;
+    let answer = up
+        .blob(name, digest)
+        .await
+        .map_err(|e| upstream_error(up, &what, ErrorKind::BlobUnknown, e))?;
     let mut resp = answer.resp;
     let _permit = answer.permit;
     let len = resp.body.remaining();
@@ -335,12 +321,14 @@ async fn fetch(
     let mut w = storage.temp_writer(digest.algorithm()).await?;
     let mut pos = 0u64;
     let copied: Result<(), OciError> = async {
-        while let Some(chunk) = resp
-            .body
-            .next_chunk()
-            .await
-            .map_err(|e| upstream_error(up, &what, UpstreamError::Unavailable(e.to_string())))?
-        {
+        while let Some(chunk) = resp.body.next_chunk().await.map_err(|e| {
+            upstream_error(
+                up,
+                &what,
+                ErrorKind::BlobUnknown,
+                UpstreamError::Unavailable(e.to_string()),
+            )
+        })? {
             let n = chunk.len();
             let (res, chunk) = spool.write_all_at(chunk, 0..n, pos).await;
             res.map_err(StoreError::from)?;

@@ -39,8 +39,7 @@ impl Filesystem {
     pub(crate) fn note_pull(&self, repo: &RepoName, digest: &Digest) {
         let path = self.revision_link(repo, digest);
         crate::blocking::try_detach(move || {
-            let stale = fs::metadata(&path)
-                .and_then(|m| m.modified())
+            let stale = super::gc::mtime(&path)
                 .is_ok_and(|m| m.elapsed().is_ok_and(|age| age > NOTE_EVERY));
             if stale && let Ok(f) = fs::File::options().write(true).open(&path) {
                 let _ = f.set_modified(SystemTime::now());
@@ -131,20 +130,15 @@ impl Filesystem {
         let dir = self.repo_dir(repo).join("_manifests").join("revisions");
         let mut revs: HashMap<Digest, (PathBuf, Option<manifest::Parsed>, SystemTime)> =
             HashMap::new();
-        for (alg, alg_dir) in entries(&dir)? {
-            for (hex, path) in entries(&alg_dir)? {
-                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
-                    continue;
-                };
-                let Ok(media_type) = fs::read_to_string(&path) else {
-                    continue;
-                };
-                let when = fs::metadata(&path)?.modified()?;
-                let parsed = fs::read(self.blob_path(&d))
-                    .ok()
-                    .and_then(|b| manifest::parse(&b, Some(&media_type)).ok());
-                revs.insert(d, (path, parsed, when));
-            }
+        for (d, path) in super::gc::digest_files(&dir)? {
+            let Ok(media_type) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let when = super::gc::mtime(&path)?;
+            let parsed = fs::read(self.blob_path(&d))
+                .ok()
+                .and_then(|b| manifest::parse(&b, Some(&media_type)).ok());
+            revs.insert(d, (path, parsed, when));
         }
         let children: HashSet<Digest> = revs
             .values()

@@ -39,14 +39,14 @@ impl Lock {
     }
 }
 
-fn mtime(path: &Path) -> io::Result<SystemTime> {
+pub(super) fn mtime(path: &Path) -> io::Result<SystemTime> {
     fs::symlink_metadata(path)?.modified()
 }
 
 use super::dir_entries as entries;
 
 /// `<dir>/<alg>/<hex>` files as digests (the layout of revisions and layer links).
-fn digest_files(dir: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {
+pub(super) fn digest_files(dir: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {
     let mut out = Vec::new();
     for (alg, alg_dir) in entries(dir)? {
         for (hex, path) in entries(&alg_dir)? {
