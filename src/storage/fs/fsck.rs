@@ -159,6 +159,16 @@ impl Filesystem {
     }
 
     fn check_repository(&self, c: &mut Checker, repo: &RepoName) -> io::Result<()> {
+        // Broken manifests are named by their tags too: that is what users pull.
+        let mut tagged: std::collections::HashMap<Digest, Vec<String>> = Default::default();
+        for path in files(&self.tags_dir(repo))? {
+            if let Some(d) = fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse::<Digest>().ok())
+            {
+                tagged.entry(d).or_default().push(name_of(&path));
+            }
+        }
         let revisions = self.repo_dir(repo).join("_manifests").join("revisions");
         for alg_dir in files(&revisions)? {
             for path in files(&alg_dir)? {
@@ -167,7 +177,11 @@ impl Filesystem {
                     continue;
                 };
                 c.report.manifests += 1;
-                self.check_revision(c, repo, &d, &path)?;
+                let name = match tagged.get(&d) {
+                    Some(tags) => format!("{repo}@{d} (tagged {})", tags.join(", ")),
+                    None => format!("{repo}@{d}"),
+                };
+                self.check_revision(c, repo, &d, &name, &path)?;
             }
         }
         for path in files(&self.tags_dir(repo))? {
@@ -230,6 +244,7 @@ impl Filesystem {
         c: &mut Checker,
         repo: &RepoName,
         d: &Digest,
+        name: &str,
         path: &Path,
     ) -> io::Result<()> {
         let media_type = fs::read_to_string(path).unwrap_or_default();
@@ -237,7 +252,7 @@ impl Filesystem {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return c.broken(
-                    format!("manifest {repo}@{d}: its content is missing"),
+                    format!("manifest {name}: its content is missing"),
                     Some(path),
                 );
             }
@@ -246,28 +261,25 @@ impl Filesystem {
         if Digest::of(d.algorithm(), &bytes) != *d {
             // Reported (and quarantined) with the blobs; the revision goes too.
             return c.broken(
-                format!("manifest {repo}@{d}: its content is corrupt"),
+                format!("manifest {name}: its content is corrupt"),
                 Some(path),
             );
         }
         let parsed = match manifest::parse(&bytes, Some(&media_type)) {
             Ok(p) => p,
             Err(e) => {
-                return c.broken(
-                    format!("manifest {repo}@{d} is not valid: {}", e.message),
-                    None,
-                );
+                return c.broken(format!("manifest {name} is not valid: {}", e.message), None);
             }
         };
         for b in &parsed.required_blobs {
             if !self.blob_path(b).exists() {
                 c.broken(
-                    format!("manifest {repo}@{d} references blob {b}, which is missing (push the image again)"),
+                    format!("manifest {name} references blob {b}, which is missing (push the image again)"),
                     None,
                 )?;
             } else if !self.layer_link(repo, b).exists() {
                 c.broken(
-                    format!("manifest {repo}@{d} references blob {b}, which {repo} does not link"),
+                    format!("manifest {name} references blob {b}, which {repo} does not link"),
                     None,
                 )?;
             }
@@ -275,7 +287,7 @@ impl Filesystem {
         for m in &parsed.children {
             if !self.revision_link(repo, m).exists() {
                 c.broken(
-                    format!("index {repo}@{d} references manifest {m}, which is missing"),
+                    format!("index {name} references manifest {m}, which is missing"),
                     None,
                 )?;
             }

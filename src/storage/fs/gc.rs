@@ -206,7 +206,8 @@ impl Filesystem {
                     }
                     // A hold refreshes an mtime to within a quarter of the grace period, so any
                     // blob held since marking began stays young while we run for under half of it.
-                    if started.elapsed() > opts.grace / 2 {
+                    // With no grace at all (`--grace 0s`) nothing is held: no time limit either.
+                    if !opts.grace.is_zero() && started.elapsed() > opts.grace / 2 {
                         report.stopped_early = true;
                         break 'sweep;
                     }
