@@ -29,6 +29,7 @@ fn cert(cn: &str, org: &str) -> CertIdentity {
     CertIdentity {
         common_names: vec![cn.to_owned()],
         organizations: vec![org.to_owned()],
+        ..CertIdentity::default()
     }
 }
 

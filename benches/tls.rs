@@ -31,6 +31,7 @@ fn pki() -> Pki {
         server_private_key: dir.path().join("server.key"),
         client_ca_bundle: Some(dir.path().join("ca.crt")),
         client_auth: ClientAuth::Required,
+        client_crl: Vec::new(),
     })
     .unwrap();
     let mut roots = rustls::RootCertStore::empty();

@@ -170,6 +170,9 @@ pub fn policy(data: &[u8]) {
     let cert = CertIdentity {
         common_names: field(),
         organizations: field(),
+        uris: field(),
+        serial: field().join(","),
+        ..CertIdentity::default()
     };
     let username = field().join(",");
     let mut cfg = Config::default();

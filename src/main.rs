@@ -80,7 +80,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertCommand {
-    /// A new CA: OUT/ca.crt and OUT/ca.key (0600).
+    /// A new CA: OUT/NAME.crt and OUT/NAME.key (0600). Separate CAs for servers and clients:
+    /// `--name server-ca` and `--name client-ca`, then `--ca` on the other commands.
     Ca {
         /// The CA's Common Name.
         #[arg(long, default_value = "wharf CA")]
@@ -90,8 +91,10 @@ enum CertCommand {
         /// Directory for the files.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        #[arg(long, default_value = "ca")]
+        name: String,
     },
-    /// A server certificate signed by OUT/ca.crt: OUT/NAME.crt and OUT/NAME.key (serverAuth, SANs).
+    /// A server certificate signed by OUT/CA.crt: OUT/NAME.crt and OUT/NAME.key (serverAuth, SANs).
     Server {
         /// DNS name clients use (repeatable).
         #[arg(long = "host")]
@@ -105,12 +108,17 @@ enum CertCommand {
         out: PathBuf,
         #[arg(long, default_value = "server")]
         name: String,
+        /// The signing CA's name in OUT (OUT/CA.crt, OUT/CA.key).
+        #[arg(long, default_value = "ca")]
+        ca: String,
+        #[command(flatten)]
+        renew: Renew,
     },
-    /// A client certificate signed by OUT/ca.crt: OUT/NAME.crt and OUT/NAME.key (clientAuth).
+    /// A client certificate signed by OUT/CA.crt: OUT/NAME.crt and OUT/NAME.key (clientAuth).
     Client {
-        /// Subject Common Name (identity.certificate.common_names).
-        #[arg(long)]
-        cn: String,
+        /// Subject Common Name (identity.certificate.common_names). Required unless --renew.
+        #[arg(long, required_unless_present = "renew")]
+        cn: Option<String>,
         /// Subject Organization (identity.certificate.organizations).
         #[arg(long = "org")]
         orgs: Vec<String>,
@@ -120,8 +128,28 @@ enum CertCommand {
         out: PathBuf,
         #[arg(long, default_value = "client")]
         name: String,
+        /// The signing CA's name in OUT (OUT/CA.crt, OUT/CA.key).
+        #[arg(long, default_value = "ca")]
+        ca: String,
+        #[command(flatten)]
+        renew: Renew,
     },
-    /// Copy FROM/ca.crt and FROM/NAME.{crt,key} to DIR/REGISTRY/{ca.crt,client.cert,client.key} and
+    /// Revoke a certificate: add it to OUT/CA.crl (PEM, made if absent, signed by OUT/CA.key),
+    /// the file `client_crl` names. A running server picks the new CRL up by itself.
+    Revoke {
+        /// The certificate to revoke (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// The CA that issued it, by name in OUT.
+        #[arg(long, default_value = "ca")]
+        ca: String,
+        /// Days until the CRL's nextUpdate.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Copy FROM/CA.crt and FROM/NAME.{crt,key} to DIR/REGISTRY/{ca.crt,client.cert,client.key} and
     /// write DIR/REGISTRY/hosts.toml (DIR = /etc/docker/certs.d, /etc/containers/certs.d or
     /// /etc/containerd/certs.d).
     InstallClient {
@@ -136,19 +164,67 @@ enum CertCommand {
         from: PathBuf,
         #[arg(long, default_value = "client")]
         name: String,
+        /// The CA that signed the *server's* certificate, by name in FROM.
+        #[arg(long, default_value = "ca")]
+        ca: String,
     },
 }
 
+/// `--renew`: re-issue OUT/NAME.crt with its names and usage and a new validity.
+#[derive(clap::Args)]
+struct Renew {
+    /// Re-issue the existing OUT/NAME.crt (same names and usage, new validity and serial), keeping
+    /// OUT/NAME.key; the files are replaced atomically.
+    #[arg(long)]
+    renew: bool,
+    /// With --renew: a new key pair as well.
+    #[arg(long, requires = "renew")]
+    new_key: bool,
+}
+
 fn cert(cmd: CertCommand) -> Result<(), wharf::tls::certs::CertError> {
-    use wharf::tls::certs;
-    let ca_of = |dir: &Path| certs::load(&dir.join("ca.crt"), &dir.join("ca.key"));
+    use wharf::tls::{certs, lifecycle};
+    let ca_of = |dir: &Path, name: &str| {
+        certs::load(
+            &dir.join(format!("{name}.crt")),
+            &dir.join(format!("{name}.key")),
+        )
+    };
     let written = |(crt, key): (PathBuf, PathBuf)| {
         println!("wrote {} and {} (0600)", crt.display(), key.display());
     };
+    // Renewal replaces the pair; the key file only when it changed.
+    let renewed = |out: &Path, name: &str, ca: &certs::Issued, days: u32, r: &Renew| {
+        let (crt, key) = (
+            out.join(format!("{name}.crt")),
+            out.join(format!("{name}.key")),
+        );
+        let old_key = std::fs::read_to_string(&key).map_err(|source| certs::CertError::Io {
+            path: key.clone(),
+            source,
+        })?;
+        let issued = lifecycle::renew(ca, &crt, &old_key, days, r.new_key)?;
+        if r.new_key {
+            certs::replace(&key, &issued.key_pem, 0o600)?;
+        }
+        certs::replace(&crt, &issued.cert_pem, 0o644)?;
+        let kept = if r.new_key { "new key" } else { "key kept" };
+        println!(
+            "renewed {} for {days} days ({kept}: {})",
+            crt.display(),
+            key.display()
+        );
+        Ok(())
+    };
     match cmd {
-        CertCommand::Ca { cn, days, out } => {
+        CertCommand::Ca {
+            cn,
+            days,
+            out,
+            name,
+        } => {
             let ca = certs::new_ca(&cn, days)?;
-            certs::write_pair(&out, "ca", &ca).map(written)
+            certs::write_pair(&out, &name, &ca).map(written)
         }
         CertCommand::Server {
             hosts,
@@ -156,8 +232,13 @@ fn cert(cmd: CertCommand) -> Result<(), wharf::tls::certs::CertError> {
             days,
             out,
             name,
+            ca,
+            renew,
         } => {
-            let ca = ca_of(&out)?;
+            let ca = ca_of(&out, &ca)?;
+            if renew.renew {
+                return renewed(&out, &name, &ca, days, &renew);
+            }
             let issued = certs::server(&ca, &hosts, &ips, days)?;
             certs::write_pair(&out, &name, &issued).map(written)
         }
@@ -167,21 +248,39 @@ fn cert(cmd: CertCommand) -> Result<(), wharf::tls::certs::CertError> {
             days,
             out,
             name,
+            ca,
+            renew,
         } => {
-            let ca = ca_of(&out)?;
+            let ca = ca_of(&out, &ca)?;
+            if renew.renew {
+                return renewed(&out, &name, &ca, days, &renew);
+            }
+            let cn = cn.expect("clap requires --cn without --renew");
             let issued = certs::client(&ca, &cn, &orgs, days)?;
             certs::write_pair(&out, &name, &issued).map(written)
+        }
+        CertCommand::Revoke {
+            cert,
+            out,
+            ca,
+            days,
+        } => {
+            let issuer = ca_of(&out, &ca)?;
+            let crl = lifecycle::revoke(&issuer, &out, &ca, &cert, days)?;
+            println!("revoked {} in {}", cert.display(), crl.display());
+            Ok(())
         }
         CertCommand::InstallClient {
             registry,
             dir,
             from,
             name,
+            ca,
         } => {
             let d = certs::install_client(
                 &registry,
                 &dir,
-                &from.join("ca.crt"),
+                &from.join(format!("{ca}.crt")),
                 &from.join(format!("{name}.crt")),
                 &from.join(format!("{name}.key")),
             )?;
@@ -194,25 +293,41 @@ fn cert(cmd: CertCommand) -> Result<(), wharf::tls::certs::CertError> {
     }
 }
 
-fn check_tls(path: &Path, mut hosts: Vec<String>) -> Result<(), String> {
+/// Check every listener's TLS files, each under its table's name.
+fn check_tls(path: &Path, hosts: Vec<String>) -> Result<(), String> {
     use wharf::tls::check::{Level, check};
     let cfg = Config::load(path).map_err(|e| e.to_string())?;
-    let Some(tls) = &cfg.server.tls else {
-        return Err(format!("{}: no [server.tls] section", path.display()));
-    };
-    if hosts.is_empty() && !cfg.server.bind_address.is_unspecified() {
-        hosts.push(cfg.server.bind_address.to_string());
+    let binds = std::iter::once(cfg.server.bind_address)
+        .chain(cfg.server.listener.iter().map(|l| l.bind_address));
+    let mut checked = 0;
+    let mut failed = false;
+    for ((table, tls), bind) in cfg.tls_tables().zip(binds) {
+        let Some(tls) = tls else { continue };
+        checked += 1;
+        let mut hosts = hosts.clone();
+        if hosts.is_empty() && !bind.is_unspecified() {
+            hosts.push(bind.to_string());
+        }
+        println!("[{table}]");
+        let report = check(tls, &hosts);
+        for (level, msg) in &report.findings {
+            let tag = match level {
+                Level::Ok => "ok",
+                Level::Warning => "warning",
+                Level::Error => "error",
+            };
+            let msg = msg.replace("server.tls", &table);
+            println!("{tag}: {msg}");
+        }
+        failed |= report.has_errors();
     }
-    let report = check(tls, &hosts);
-    for (level, msg) in &report.findings {
-        let tag = match level {
-            Level::Ok => "ok",
-            Level::Warning => "warning",
-            Level::Error => "error",
-        };
-        println!("{tag}: {msg}");
+    if checked == 0 {
+        return Err(format!(
+            "{}: no [server.tls] or [server.listener.tls] section",
+            path.display()
+        ));
     }
-    if report.has_errors() {
+    if failed {
         Err("TLS check failed".into())
     } else {
         Ok(())
@@ -337,11 +452,16 @@ fn gc(config: Option<&PathBuf>, dry_run: bool, grace: Option<&str>) -> Result<()
         r.young,
         grace,
         if r.stopped_early {
-            "; stopped early (ran past half the grace period), run again"
+            "; stopped early (ran past half the grace period)"
         } else {
             ""
         }
     );
+    if r.stopped_early {
+        return Err(
+            "gc stopped before the sweep finished (it ran past half of the grace period, after which a blob pushed meanwhile could be taken); run it again, or with a longer --grace".into(),
+        );
+    }
     Ok(())
 }
 
@@ -427,7 +547,11 @@ fn main() -> ExitCode {
                 }
             }
             wharf::auth::validate(&cfg.auth).map_err(|e| e.to_string())?;
-            wharf::policy::AccessControl::from_config(&cfg).map_err(|e| e.to_string())?;
+            let access =
+                wharf::policy::AccessControl::from_config(&cfg).map_err(|e| e.to_string())?;
+            for w in wharf::server::exposure::warnings(&cfg, &access) {
+                println!("warning: {w}");
+            }
             if let (wharf::config::StorageBackend::S3, Some(s3)) =
                 (&cfg.storage.backend, &cfg.storage.s3)
             {

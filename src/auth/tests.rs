@@ -178,6 +178,6 @@ fn no_users_means_every_credential_is_refused() {
     monoio::start::<monoio::LegacyDriver, _>(async {
         let cache = a.new_cache();
         let r = a.authenticate(&cache, &basic("admin", "x"), ip()).await;
-        assert_eq!(r.err(), Some(AuthError::Invalid));
+        assert_eq!(r.err(), Some(AuthError::NoUsers));
     });
 }

@@ -94,6 +94,27 @@ pub struct TlsConfig {
     /// `"optional"` or `"required"` client certificates (only with `client_ca_bundle`). Default `"optional"`.
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// Certificate revocation lists (a file or a list of files, PEM or DER) for the client CAs:
+    /// a revoked client certificate fails the handshake, and open connections with it close
+    /// before their next request. Reloaded live like the other files. Once any is given, the CA
+    /// that issued a client certificate must have its CRL here, or the certificate is refused
+    /// (revocation status unknown). Default `[]`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub client_crl: Vec<PathBuf>,
+}
+
+/// A path or a list of paths.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// Whether a client certificate is needed to complete the handshake.

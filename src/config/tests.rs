@@ -49,6 +49,7 @@ fn defaults_with_optional_tables() -> toml::Value {
         server_private_key: PathBuf::new(),
         client_ca_bundle: Some(PathBuf::new()),
         client_auth: ClientAuth::default(),
+        client_crl: vec![],
     });
     let policy = AccessPolicyConfig {
         default: PolicyDefault::Deny,

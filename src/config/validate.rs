@@ -86,6 +86,20 @@ impl Config {
                 }
                 _ => {}
             }
+            if !tls.client_crl.is_empty() && tls.client_ca_bundle.is_none() {
+                return invalid(
+                    &format!("{table}.client_crl"),
+                    &format!(
+                        "revocation lists need {table}.client_ca_bundle (the CAs whose certificates they revoke)"
+                    ),
+                );
+            }
+            if tls.client_crl.iter().any(|p| p.as_os_str().is_empty()) {
+                return invalid(
+                    &format!("{table}.client_crl"),
+                    "must name CRL files (PEM or DER)",
+                );
+            }
         }
         self.validate_listeners()?;
         if self.limits.response_buffer_budget > 0 && self.limits.response_buffer_budget < 1 << 20 {

@@ -76,7 +76,9 @@ pub enum HandshakeError {
 }
 
 /// What a client that forgot `https://` gets back, in the protocol it understands.
-const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 48\r\nConnection: close\r\n\r\nThis port speaks TLS: use https:// to reach it.\n";
+/// An OCI error body (Docker prints its message, where plain text shows as a JSON syntax error).
+/// `net` sits below `oci`, so the JSON is written out here; a test below parses it.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 208\r\nConnection: close\r\n\r\n{\"errors\":[{\"code\":\"UNSUPPORTED\",\"message\":\"this port speaks TLS: use https:// to reach it (Docker: remove it from insecure-registries and put its CA in /etc/docker/certs.d/HOST:PORT/ca.crt)\",\"detail\":null}]}";
 
 impl TlsStream {
     /// Run the server handshake, bounded by `wait` in total.
@@ -345,5 +347,24 @@ impl<C: Session> TlsStream<C> {
     pub async fn close_notify(&mut self, stall: Duration) {
         self.session.send_close_notify();
         let _ = self.flush(stall).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The hand-written answer's length and JSON are right (Docker prints its message).
+    #[test]
+    fn the_plain_http_answer_is_an_oci_error_of_its_stated_length() {
+        let text = std::str::from_utf8(super::PLAIN_HTTP_ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("https://")
+        );
     }
 }

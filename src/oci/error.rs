@@ -164,14 +164,20 @@ impl OciError {
 
     /// The `{"errors":[{"code","message","detail"}]}` body.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut s = String::with_capacity(64 + self.message.len());
-        s.push_str("{\"errors\":[{\"code\":\"");
-        s.push_str(self.kind.code());
-        s.push_str("\",\"message\":");
-        json_string(&mut s, &self.message);
-        s.push_str(",\"detail\":null}]}");
-        s.into_bytes()
+        error_json(self.kind.code(), &self.message)
     }
+}
+
+/// `{"errors":[{"code","message","detail":null}]}` for any code, also for refusals below the OCI
+/// layer (a malformed head, plain HTTP on a TLS port) so that every client prints the message.
+pub fn error_json(code: &str, message: &str) -> Vec<u8> {
+    let mut s = String::with_capacity(64 + message.len());
+    s.push_str("{\"errors\":[{\"code\":\"");
+    s.push_str(code);
+    s.push_str("\",\"message\":");
+    json_string(&mut s, message);
+    s.push_str(",\"detail\":null}]}");
+    s.into_bytes()
 }
 
 /// Append `v` as a JSON string literal.

@@ -7,5 +7,5 @@ pub mod manifest;
 pub mod name;
 
 pub use digest::{Algorithm, Digest, Hasher};
-pub use error::{ErrorKind, OciError};
+pub use error::{ErrorKind, OciError, error_json};
 pub use name::{Reference, RepoName, Tag};

@@ -84,6 +84,19 @@ impl fmt::Display for Decision<'_> {
     }
 }
 
+impl Decision<'_> {
+    /// What decided, for a client's error message: the table and rule number, never the rule's
+    /// text (which may say more about the site than a refused client should learn).
+    pub fn origin(&self) -> String {
+        match (self.policy, self.reason) {
+            (None, _) | (_, Reason::Unrestricted) => "no policy applies".to_owned(),
+            (Some(p), Reason::Default) => format!("{}: no rule allowed it", p.table),
+            (Some(p), Reason::Rule(i)) => format!("{}.rules[{i}]", p.table),
+            (Some(p), Reason::Failed(i)) => format!("{}.rules[{i}] (it failed)", p.table),
+        }
+    }
+}
+
 impl Policy {
     fn compile(
         env: &Env,

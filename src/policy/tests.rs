@@ -12,6 +12,7 @@ fn cert(cns: &[&str], orgs: &[&str]) -> CertIdentity {
     CertIdentity {
         common_names: cns.iter().map(|s| s.to_string()).collect(),
         organizations: orgs.iter().map(|s| s.to_string()).collect(),
+        ..CertIdentity::default()
     }
 }
 
@@ -33,6 +34,47 @@ fn pull() -> Action {
 }
 fn push() -> Action {
     action("/v2/dev/app/manifests/latest", Put, "")
+}
+
+/// The certificate fields a leaked key or a SPIFFE workload is named by.
+#[test]
+fn rules_name_one_certificate_by_serial_fingerprint_san_issuer_or_expiry() {
+    let ac = control(
+        r#"[global.access_policy]
+default = "deny"
+rules = [
+  "identity.certificate.serial == '0a1b'",
+  "identity.certificate.fingerprint.startsWith('ff00')",
+  "'spiffe://example.org/ci' in identity.certificate.uris",
+  "identity.certificate.dns_names.exists(d, d.endsWith('.build.example.org'))",
+  "'ci@example.org' in identity.certificate.emails",
+  "identity.certificate.issuer == 'CN=CI CA' && identity.certificate.not_after > 2000000000",
+]"#,
+    )
+    .unwrap();
+    let with = |f: &dyn Fn(&mut CertIdentity)| {
+        let mut c = cert(&["x"], &[]);
+        f(&mut c);
+        allowed(&ac, Some(&c), None, &push())
+    };
+    assert!(!with(&|_| {}));
+    assert!(with(&|c| c.serial = "0a1b".into()));
+    assert!(!with(&|c| c.serial = "0a1c".into()));
+    assert!(with(&|c| c.fingerprint = "ff00aa".into()));
+    assert!(with(&|c| c.uris = vec!["spiffe://example.org/ci".into()]));
+    assert!(with(&|c| c.dns_names = vec!["r1.build.example.org".into()]));
+    assert!(with(&|c| c.emails = vec!["ci@example.org".into()]));
+    assert!(with(&|c| {
+        c.issuer = "CN=CI CA".into();
+        c.not_after = 2_100_000_000;
+    }));
+    assert!(!with(&|c| {
+        c.issuer = "CN=CI CA".into();
+        c.not_after = 1_900_000_000;
+    }));
+    // Without a certificate the fields are empty, never an error that flips a deny rule.
+    assert!(!allowed(&ac, None, None, &push()));
+    assert!(control("[global.access_policy]\ndefault = \"deny\"\nrules = [\"identity.certificate.serials == ''\"]").is_err());
 }
 
 #[test]

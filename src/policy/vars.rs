@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use cel::ExecutionError;
 use cel::common::traits::Indexer;
-use cel::common::types::{CelList, CelString, Type};
+use cel::common::types::{CelInt, CelList, CelString, Type};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 
@@ -17,7 +17,17 @@ use crate::tls::CertIdentity;
 /// The fields of `identity`, for the compile-time check of rules.
 pub const IDENTITY_FIELDS: &[&str] = &["id", "username", "client_ip", "certificate"];
 /// The fields of `identity.certificate`.
-pub const CERTIFICATE_FIELDS: &[&str] = &["common_names", "organizations"];
+pub const CERTIFICATE_FIELDS: &[&str] = &[
+    "common_names",
+    "organizations",
+    "serial",
+    "fingerprint",
+    "issuer",
+    "uris",
+    "dns_names",
+    "emails",
+    "not_after",
+];
 /// The fields `request` may have (`repository`, `reference` and `digest` only where the
 /// endpoint has them; `tags` always, empty where the request changes no tag).
 pub const REQUEST_FIELDS: &[&str] = &[
@@ -35,12 +45,25 @@ static CERTIFICATE_TYPE: Type = Type::new_unspecified_type("wharf.Certificate");
 static REQUEST_TYPE: Type = Type::new_unspecified_type("wharf.Request");
 
 /// What a connection knows about its peer, prepared once per connection: the certificate's
-/// names as CEL lists and the client IP as text.
+/// fields as CEL values and the client IP as text.
 #[derive(Debug)]
 pub struct Peer {
+    certificate: CertFields,
+    client_ip: String,
+}
+
+/// `identity.certificate` as CEL values: empty lists and strings, `not_after` 0, without one.
+#[derive(Debug)]
+struct CertFields {
     common_names: CelList<'static>,
     organizations: CelList<'static>,
-    client_ip: String,
+    serial: CelString<'static>,
+    fingerprint: CelString<'static>,
+    issuer: CelString<'static>,
+    uris: CelList<'static>,
+    dns_names: CelList<'static>,
+    emails: CelList<'static>,
+    not_after: CelInt,
 }
 
 impl Peer {
@@ -53,9 +76,19 @@ impl Peer {
                 .collect();
             CelList::from(items)
         };
+        let text = |t: Option<&String>| CelString::from(t.cloned().unwrap_or_default());
         Peer {
-            common_names: list(cert.map(|c| &c.common_names)),
-            organizations: list(cert.map(|c| &c.organizations)),
+            certificate: CertFields {
+                common_names: list(cert.map(|c| &c.common_names)),
+                organizations: list(cert.map(|c| &c.organizations)),
+                serial: text(cert.map(|c| &c.serial)),
+                fingerprint: text(cert.map(|c| &c.fingerprint)),
+                issuer: text(cert.map(|c| &c.issuer)),
+                uris: list(cert.map(|c| &c.uris)),
+                dns_names: list(cert.map(|c| &c.dns_names)),
+                emails: list(cert.map(|c| &c.emails)),
+                not_after: CelInt::from(cert.map_or(0, |c| c.not_after)),
+            },
             // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; rules are written for a.b.c.d.
             client_ip: ip.to_canonical().to_string(),
         }
@@ -79,20 +112,14 @@ impl<'a> IdentityVal<'a> {
             id: CelString::from(id),
             username: CelString::from(username),
             client_ip: CelString::from(peer.client_ip.as_str()),
-            certificate: CertificateVal {
-                common_names: &peer.common_names,
-                organizations: &peer.organizations,
-            },
+            certificate: CertificateVal(&peer.certificate),
         }
     }
 }
 
-/// `identity.certificate`: empty lists when no certificate was presented.
+/// `identity.certificate`: empty lists and strings when no certificate was presented.
 #[derive(Debug)]
-struct CertificateVal<'a> {
-    common_names: &'a CelList<'static>,
-    organizations: &'a CelList<'static>,
-}
+struct CertificateVal<'a>(&'a CertFields);
 
 /// What is asked (`request`): the action's name, the listener it came in on and, where the
 /// endpoint has them, the repository, reference and digest (formatted only if a rule reads them).
@@ -171,8 +198,8 @@ impl VariableResolver for Vars<'_> {
             "identity.id" => &id.id,
             "identity.client_ip" => &id.client_ip,
             "identity.certificate" => &id.certificate,
-            "identity.certificate.common_names" => id.certificate.common_names,
-            "identity.certificate.organizations" => id.certificate.organizations,
+            "identity.certificate.common_names" => &id.certificate.0.common_names,
+            "identity.certificate.organizations" => &id.certificate.0.organizations,
             "request" => &self.request,
             "request.action" => &self.request.action,
             "request.listener" => &self.request.listener,
@@ -271,9 +298,17 @@ impl CertificateVal<'_> {
     where
         Self: 'v,
     {
+        let c = self.0;
         match name {
-            "common_names" => borrowed(self.common_names),
-            "organizations" => borrowed(self.organizations),
+            "common_names" => borrowed(&c.common_names),
+            "organizations" => borrowed(&c.organizations),
+            "serial" => borrowed(&c.serial),
+            "fingerprint" => borrowed(&c.fingerprint),
+            "issuer" => borrowed(&c.issuer),
+            "uris" => borrowed(&c.uris),
+            "dns_names" => borrowed(&c.dns_names),
+            "emails" => borrowed(&c.emails),
+            "not_after" => borrowed(&c.not_after),
             other => Err(ExecutionError::no_such_key(other)),
         }
     }

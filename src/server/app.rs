@@ -135,6 +135,30 @@ pub struct Listener {
     /// This worker's handle on the listener's TLS material; `None` = plain HTTP.
     pub tls: Option<Acceptor>,
     pub admin: AdminEndpoints,
+    /// It asks clients for certificates (TLS with a client CA).
+    pub asks_certificates: bool,
+    /// Where else clients with a certificate are taken, for refusals on a port that takes none
+    /// (e.g. "listener 'mtls' on port 4443").
+    pub elsewhere: Option<Arc<str>>,
+}
+
+impl ListenerSpec {
+    /// Whether this listener asks clients for certificates.
+    pub fn asks_certificates(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.asks_client_certificates())
+    }
+
+    /// The other listeners that take client certificates, as a refusal names them.
+    pub(super) fn certificate_ports(all: &[ListenerSpec]) -> Option<Arc<str>> {
+        let names: Vec<String> = all
+            .iter()
+            .filter(|l| l.asks_certificates() && l.admin != AdminEndpoints::Only)
+            .map(|l| format!("listener '{}' on port {}", l.name, l.addr.port()))
+            .collect();
+        (!names.is_empty()).then(|| names.join(", ").into())
+    }
 }
 
 /// What one worker thread's connections share (no locks).

@@ -17,7 +17,7 @@ use crate::action::Action;
 use crate::http::conn::{NextRequest, Transport};
 use crate::http::{Conn, Method, Response};
 use crate::metrics::{Defence, Handshake};
-use crate::net::tls::TlsStream;
+use crate::net::tls::{HandshakeError, TlsStream};
 use crate::oci::{ErrorKind, OciError};
 use crate::policy::Peer;
 use crate::registry::error_response;
@@ -83,9 +83,10 @@ pub(crate) async fn over_capacity(
     conn.linger().await;
 }
 
-/// Answer a head we will not serve with a plain-text status, then close.
+/// Answer a head we will not serve with an OCI error body (clients print its message), then close.
 async fn refuse(mut conn: Conn, status: u16, message: String) {
-    let resp = Response::new(status).bytes("text/plain", message.into_bytes());
+    let body = crate::oci::error_json("UNSUPPORTED", &message);
+    let resp = Response::new(status).bytes("application/json", body);
     let _ = conn.send(resp, false, true).await;
     conn.linger().await;
 }
@@ -108,16 +109,23 @@ async fn connect(
     let tls = match TlsStream::accept(stream, tls.config(), app.limits.head_timeout).await {
         Ok(t) => t,
         Err(e) => {
-            local.metrics.handshake(Handshake::Failed);
-            tracing::info!(target: "wharf::tls", "TLS handshake with {peer} failed: {e}");
+            let why = failure(&e);
+            local.metrics.handshake(listener.index, why);
+            tracing::info!(
+                target: "wharf::tls",
+                "TLS handshake with {peer} on listener '{}' failed ({}): {e}",
+                listener.name,
+                why.reason()
+            );
             return;
         }
     };
-    local.metrics.handshake(if tls.resumed() {
+    let done = if tls.resumed() {
         Handshake::Resumed
     } else {
         Handshake::Full
-    });
+    };
+    local.metrics.handshake(listener.index, done);
     let cert = match tls.client_leaf().map(identity::of_leaf).transpose() {
         Ok(c) => c,
         Err(e) => {
@@ -135,6 +143,26 @@ async fn connect(
     );
     let conn = Conn::new(Transport::Tls(Box::new(tls)), limits);
     requests(conn, peer, cert, generation, &app, local, listener).await
+}
+
+/// Why a handshake failed, as the metrics and the log tell it: no certificate, an unknown
+/// issuer, expired and revoked are told apart because each has a different fix.
+fn failure(e: &HandshakeError) -> Handshake {
+    use rustls::{CertificateError as C, Error as E};
+    match e {
+        HandshakeError::PlainHttp => Handshake::PlainHttp,
+        HandshakeError::Tls(E::NoCertificatesPresented) => Handshake::NoCertificate,
+        HandshakeError::Tls(E::InvalidCertificate(c)) => match c {
+            C::UnknownIssuer => Handshake::UnknownIssuer,
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => Handshake::Expired,
+            C::Revoked | C::UnknownRevocationStatus => Handshake::Revoked,
+            _ => Handshake::BadCertificate,
+        },
+        _ => Handshake::Other,
+    }
 }
 
 /// Whether a TLS connection's client certificate still verifies after the listener's material
@@ -155,7 +183,8 @@ fn certificate_still_valid(conn: &Conn, listener: &Listener, seen: &mut u64) -> 
 async fn admin(app: &App, action: &Action) -> Response {
     match action {
         Action::GetMetrics => {
-            let text = app.metrics.render(app.registry.storage().open_uploads());
+            let mut text = app.metrics.render(app.registry.storage().open_uploads());
+            tls_expiries(app, &mut text);
             Response::new(200).bytes("text/plain; version=0.0.4", text.into_bytes())
         }
         Action::GetReady if !app.registry.storage().writable().await => {
@@ -163,6 +192,23 @@ async fn admin(app: &App, action: &Action) -> Response {
         }
         Action::GetReady => Response::new(200).bytes("text/plain", b"ready\n".to_vec()),
         _ => Response::new(200).bytes("text/plain", b"ok\n".to_vec()),
+    }
+}
+
+/// `wharf_tls_certificate_expiry_timestamp_seconds` of every TLS listener's material in use.
+fn tls_expiries(app: &App, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push_str("# HELP wharf_tls_certificate_expiry_timestamp_seconds notAfter of each listener's server certificate and client CAs, Unix seconds.\n# TYPE wharf_tls_certificate_expiry_timestamp_seconds gauge\n");
+    for l in &app.listeners {
+        let Some(tls) = &l.tls else { continue };
+        for (what, t) in tls.expiries() {
+            let what = what.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "wharf_tls_certificate_expiry_timestamp_seconds{{listener=\"{}\",certificate=\"{what}\"}} {t}",
+                l.name
+            );
+        }
     }
 }
 
@@ -191,7 +237,7 @@ async fn requests(
     let client = Client {
         addr: peer,
         peer: Peer::new(cert.as_deref(), peer.ip()),
-        has_certificate: cert.is_some(),
+        certificate: cert.clone(),
         listener,
     };
     let mut counted = 0;
@@ -211,11 +257,17 @@ async fn requests(
             NextRequest::Head(h) => h,
             NextRequest::Closed => return,
             NextRequest::Invalid(e) => {
-                tracing::info!(target: "wharf::access", "{peer} {cert_user} - - {} 0 rejected head: {e}", e.status());
-                return refuse(conn, e.status(), format!("{e}\n")).await;
+                tracing::info!(target: "wharf::access", "{peer} {cert_user} - - {} 0 rejected head: {e} listener={}", e.status(), client.listener.name);
+                return refuse(conn, e.status(), e.to_string()).await;
             }
             NextRequest::TimedOut => {
-                return refuse(conn, 408, "request head timed out\n".into()).await;
+                return refuse(
+                    conn,
+                    408,
+                    "the request head did not arrive in time (server.http.head_timeout); retry"
+                        .into(),
+                )
+                .await;
             }
         };
         if !certificate_still_valid(&conn, &client.listener, &mut tls_generation) {
@@ -275,7 +327,7 @@ async fn requests(
         counted = conn.received();
         tracing::info!(
             target: "wharf::access",
-            "{peer} {} {} {}{}{} {status} {bytes} {}us",
+            "{peer} {} {} {}{}{} {status} {bytes} {}us listener={}",
             match user {
                 Some(u) => format!("{:?}", u.username),
                 None => cert_user.clone(),
@@ -284,7 +336,8 @@ async fn requests(
             head.path,
             if head.query.is_empty() { "" } else { "?" },
             head.query,
-            started.elapsed().as_micros()
+            started.elapsed().as_micros(),
+            client.listener.name
         );
         if sent.is_err() {
             return;

@@ -12,15 +12,16 @@ use crate::action::Action;
 use crate::auth::{AuthError, Cache, User};
 use crate::http::{Method, RequestHead};
 use crate::oci::{ErrorKind, OciError, Reference};
-use crate::policy::{IdentityVal, Peer};
+use crate::policy::{Decision, IdentityVal, Peer};
 use crate::registry::{Registry, route};
 
 /// What a connection knows about its client for every request on it.
 pub struct Client {
     pub addr: SocketAddr,
     pub peer: Peer,
-    /// A verified client certificate was presented (so a denial is 403, not a 401 challenge).
-    pub has_certificate: bool,
+    /// The verified client certificate, if one was presented (then a denial is 403, not a 401
+    /// challenge).
+    pub certificate: Option<Rc<crate::tls::CertIdentity>>,
     /// The listener the connection came in on.
     pub listener: Rc<Listener>,
 }
@@ -49,14 +50,47 @@ impl<'a> Asker<'a> {
         )
     }
 
-    /// 401 with a challenge when the client presented nothing, else 403.
-    fn refusal(&self) -> OciError {
-        if self.user.is_none() && !self.client.has_certificate {
-            OciError::new(ErrorKind::Unauthenticated, "authentication required")
+    /// 401 with a challenge when the client presented nothing, else 403; the message says which
+    /// listener and rule refused and what would be accepted (Docker prints it and stops retrying,
+    /// where the canonical text makes it retry for a minute).
+    fn refusal(&self, live: &Live, action: &Action, decision: &Decision<'_>) -> OciError {
+        let l = &self.client.listener;
+        let what = match action.repository() {
+            Some(r) => format!("{} on {r}", action.name()),
+            None => action.name().to_owned(),
+        };
+        let origin = decision.origin();
+        if self.user.is_none() && self.client.certificate.is_none() {
+            let users = live.auth.has_users();
+            let how = match (users, l.asks_certificates, &l.elsewhere) {
+                (true, true, _) => "log in with a user of auth.identity (docker login) or connect with a client certificate".to_owned(),
+                (true, false, Some(there)) => format!("log in with a user of auth.identity (docker login), or connect with a client certificate to {there}"),
+                (true, false, None) => "log in with a user of auth.identity (docker login)".to_owned(),
+                (false, true, _) => "connect with a client certificate from this port's client CA".to_owned(),
+                (false, false, Some(there)) => format!("connect with a client certificate to {there}"),
+                (false, false, None) => "this registry takes no credentials on this port; ask its operator to change the access policy".to_owned(),
+            };
+            OciError::new(
+                ErrorKind::Unauthenticated,
+                format!(
+                    "anonymous {what} is not allowed on listener '{}' ({origin}): {how}",
+                    l.name
+                ),
+            )
         } else {
+            let cn = self.client.certificate.as_ref();
+            let cn = cn.and_then(|c| c.common_names.first());
+            let who = match (self.user, cn) {
+                (Some(u), _) => format!("user {:?}", u.username),
+                (None, Some(cn)) => format!("the client certificate CN={cn:?}"),
+                (None, None) => "this client certificate".to_owned(),
+            };
             OciError::new(
                 ErrorKind::Denied,
-                "requested access to the resource is denied",
+                format!(
+                    "{who} may not {what} on listener '{}' ({origin}); ask the registry's operator for access",
+                    l.name
+                ),
             )
         }
     }
@@ -77,9 +111,16 @@ pub async fn admit<'a>(
     };
     // Before credentials: the limit also bounds password guessing.
     if let Err(wait) = live.rates.check(client.addr.ip(), class) {
+        let key = match class {
+            Class::Read => "limits.read_rps",
+            Class::Write => "limits.write_rps",
+        };
         let e = OciError::new(
             ErrorKind::RateLimited,
-            "request rate limit for this client exceeded",
+            format!(
+                "this client sends more requests than {key} allows; retry in {:.1} s or slow down",
+                wait.as_secs_f64()
+            ),
         )
         .with_retry_after(wait);
         return Err((e, None, None));
@@ -126,7 +167,7 @@ pub async fn admit<'a>(
         action.repository().map_or("-", |r| r.as_str())
     );
     if !decision.allowed {
-        return Err((asker.refusal(), user, name));
+        return Err((asker.refusal(live, &action, &decision), user, name));
     }
     let action = decide_mount(live, registry, head, &asker, action).map_err(|e| (e, user, name))?;
     Ok(Admitted { action, user })
@@ -182,14 +223,12 @@ async fn list_deleted_tags(
         return Ok(());
     };
     let listener = &*asker.client.listener.name;
-    if !live.access.is_open()
-        && !live
-            .access
-            .decide(asker.identity(), action, listener)
-            .allowed
-    {
-        local.metrics.decision(false);
-        return Err(asker.refusal());
+    if !live.access.is_open() {
+        let d = live.access.decide(asker.identity(), action, listener);
+        if !d.allowed {
+            local.metrics.decision(false);
+            return Err(asker.refusal(live, action, &d));
+        }
     }
     if let Action::DeleteManifest {
         repository,
@@ -253,7 +292,7 @@ fn decide_mount(
     if d.allowed {
         Ok(upload)
     } else {
-        Err(asker.refusal())
+        Err(asker.refusal(live, &upload, &d))
     }
 }
 
@@ -262,7 +301,7 @@ fn auth_error(e: AuthError) -> OciError {
         AuthError::Busy | AuthError::ClientBusy => {
             OciError::new(ErrorKind::RateLimited, e.to_string())
         }
-        AuthError::Basic(_) | AuthError::Invalid => {
+        AuthError::Basic(_) | AuthError::Invalid | AuthError::NoUsers => {
             OciError::new(ErrorKind::Unauthenticated, e.to_string())
         }
     }

@@ -66,6 +66,11 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
     // TLS first: a broken certificate must stop startup before anything listens.
     let listeners = ListenerSpec::all(&cfg)?;
     let shared = Arc::new(live::Shared::new(live::Live::from_config(&cfg)?));
+    if let Ok(access) = crate::policy::AccessControl::from_config(&cfg) {
+        for w in super::exposure::warnings(&cfg, &access) {
+            tracing::warn!("{w}");
+        }
+    }
     let root = cfg.storage.root.clone();
     let limits = crate::storage::SessionLimits {
         max: cfg.limits.max_upload_sessions,
@@ -89,6 +94,11 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
             }
         })?,
     };
+    // Held for the process's life: a second `wharf serve` on this root must not start.
+    let _serving = match cfg.storage.backend {
+        crate::config::StorageBackend::Filesystem => Some(serve_lock(&root)?),
+        _ => None,
+    };
     let storage = Arc::new(storage);
     expire_idle_sessions(Arc::clone(&storage))?;
     if !cfg.gc.interval.is_zero() {
@@ -111,6 +121,10 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         .reuse_port(true)
         .reuse_addr(true)
         .backlog(cfg.server.backlog);
+    let mut listeners = listeners;
+    for l in &mut listeners {
+        l.addr = probe_port(l)?;
+    }
     let mut addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
     let names: Vec<String> = listeners.iter().map(|l| l.name.to_string()).collect();
     let app = Arc::new(App {
@@ -159,7 +173,13 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         stops.push(stop_tx);
         handles.push(handle);
     }
-    tracing::info!(threads, driver = driver.name(), storage = %root.display(), "wharf started");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        threads,
+        driver = driver.name(),
+        storage = %root.display(),
+        "wharf started"
+    );
     if crate::FAULT_HOOKS && std::env::var_os("WHARF_FAULT_HOOKS").is_some_and(|v| v == "1") {
         tracing::warn!("test-only fault hooks are on: GET /_fault/... makes tasks panic");
     }
@@ -290,6 +310,65 @@ fn schedule_gc(
     Ok(())
 }
 
+/// Bind `l`'s address once without `SO_REUSEPORT`: that fails while any other process listens
+/// there (with or without the option), so wharf's workers share a port only with each other. Port 0
+/// is resolved here. The probe closes before the workers bind.
+fn probe_port(l: &ListenerSpec) -> Result<SocketAddr, StartError> {
+    let bind_error = |source: std::io::Error| {
+        let source = if source.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                source.kind(),
+                "address already in use: another process (perhaps another wharf serve) listens there; stop it or choose another port",
+            )
+        } else {
+            source
+        };
+        StartError::Bind {
+            key: l.key.clone(),
+            addr: l.addr,
+            source,
+        }
+    };
+    let probe = std::net::TcpListener::bind(l.addr).map_err(bind_error)?;
+    probe.local_addr().map_err(bind_error)
+}
+
+/// `<root>/serve.lock`, flocked for as long as this server runs (`wharf gc` and `fsck` take no
+/// part in it and keep working beside the server). It holds the server's pid for the error.
+fn serve_lock(root: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::fd::AsRawFd as _;
+    let storage_error = |source: std::io::Error| StartError::Storage {
+        path: root.display().to_string(),
+        source,
+    };
+    let path = root.join("serve.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(storage_error)?;
+    if crate::sys::try_lock_exclusive(f.as_raw_fd()).is_err() {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(storage_error(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "another wharf serve (pid {}) already serves this storage root ({} is locked); stop it, or give this one another storage.root",
+                pid.trim(),
+                path.display()
+            ),
+        )));
+    }
+    f.set_len(0)
+        .and_then(|_| f.rewind())
+        .and_then(|_| writeln!(f, "{}", std::process::id()))
+        .map_err(storage_error)?;
+    Ok(f)
+}
+
 /// A worker's start: the bound addresses, or `Err((listener index, error))`.
 type Ready = mpsc::Sender<Result<Vec<SocketAddr>, (usize, std::io::Error)>>;
 
@@ -357,12 +436,15 @@ async fn worker_main(
     // One accept loop per listener; each ends when the stop signal fires.
     let stopped = Rc::new(Shutdown::default());
     let mut loops = Vec::with_capacity(sockets.len());
+    let certificate_ports = ListenerSpec::certificate_ports(&app.listeners);
     for (index, (socket, spec)) in sockets.into_iter().zip(&app.listeners).enumerate() {
         let listener = Rc::new(Listener {
             index,
             name: Arc::clone(&spec.name),
             tls: spec.tls.clone().map(Acceptor::new),
             admin: spec.admin,
+            asks_certificates: spec.asks_certificates(),
+            elsewhere: certificate_ports.clone(),
         });
         loops.push(crate::task::spawn(
             "an accept loop",

@@ -67,15 +67,24 @@ pub fn new_ca(common_name: &str, days: u32) -> Result<Issued, CertError> {
     })
 }
 
-/// A leaf signed by the CA in `ca` (PEM cert and key).
-fn leaf(ca: &Issued, mut p: CertificateParams, days: u32) -> Result<Issued, CertError> {
+/// A leaf signed by the CA in `ca` (PEM cert and key), with a new key pair.
+fn leaf(ca: &Issued, p: CertificateParams, days: u32) -> Result<Issued, CertError> {
+    leaf_with(ca, p, days, KeyPair::generate()?)
+}
+
+/// A leaf signed by the CA in `ca` for the key pair `key`.
+pub(super) fn leaf_with(
+    ca: &Issued,
+    mut p: CertificateParams,
+    days: u32,
+    key: KeyPair,
+) -> Result<Issued, CertError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     p.is_ca = IsCa::ExplicitNoCa;
     p.use_authority_key_identifier_extension = true;
     validity(&mut p, days);
     random_serial(&mut p);
-    let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
     Ok(Issued {
         cert_pem: cert.pem(),
@@ -90,6 +99,14 @@ pub fn server(
     ips: &[IpAddr],
     days: u32,
 ) -> Result<Issued, CertError> {
+    leaf(ca, server_params(hosts, ips)?, days)
+}
+
+/// What a server certificate for `hosts` and `ips` says (serverAuth, SANs).
+pub(super) fn server_params(
+    hosts: &[String],
+    ips: &[IpAddr],
+) -> Result<CertificateParams, CertError> {
     if hosts.is_empty() && ips.is_empty() {
         return Err(CertError::Invalid(
             "a server certificate needs at least one --host or --ip".into(),
@@ -106,7 +123,7 @@ pub fn server(
         KeyUsagePurpose::KeyEncipherment,
     ];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf(ca, p, days)
+    Ok(p)
 }
 
 /// A client certificate with subject CN and Os, with the clientAuth usage.
@@ -116,6 +133,14 @@ pub fn client(
     organizations: &[String],
     days: u32,
 ) -> Result<Issued, CertError> {
+    leaf(ca, client_params(common_name, organizations)?, days)
+}
+
+/// What a client certificate for CN `common_name` and `organizations` says (clientAuth).
+pub(super) fn client_params(
+    common_name: &str,
+    organizations: &[String],
+) -> Result<CertificateParams, CertError> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, common_name);
@@ -132,7 +157,7 @@ pub fn client(
     }
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    leaf(ca, p, days)
+    Ok(p)
 }
 
 fn read_text(p: &Path) -> Result<String, CertError> {
@@ -170,6 +195,17 @@ pub fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CertError
         })?;
     f.write_all(contents.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)
+}
+
+/// Replace `path` with `contents` (mode `mode`) atomically: written beside it, synced, renamed.
+pub fn replace(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
+    let tmp = path.with_extension("tmp-wharf");
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, contents, mode)?;
+    std::fs::rename(&tmp, path).map_err(|source| CertError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Write a certificate (0644) and its key (0600) as `<dir>/<name>.crt` and `<dir>/<name>.key`.

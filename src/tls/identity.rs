@@ -1,5 +1,5 @@
 //! The identity a verified client certificate gives: the leaf's subject Common Names and
-//! Organizations. Parsed with x509-parser once per distinct certificate: a per-thread cache keyed by
+//! Organizations, serial, fingerprint, issuer, subject alternative names and expiry. Parsed with x509-parser once per distinct certificate: a per-thread cache keyed by
 //! the SHA-256 of the leaf's DER serves reconnects and resumed sessions without parsing.
 
 use std::cell::{Cell, RefCell};
@@ -21,6 +21,20 @@ pub struct CertIdentity {
     pub common_names: Vec<String>,
     /// Every subject O, in certificate order, as UTF-8.
     pub organizations: Vec<String>,
+    /// The serial number in lower-case hex, without the DER sign byte
+    /// (`openssl x509 -noout -serial`, lower-cased).
+    pub serial: String,
+    /// SHA-256 of the certificate's DER in lower-case hex
+    /// (`openssl x509 -outform der | sha256sum`).
+    pub fingerprint: String,
+    /// The issuer's distinguished name (`CN=wharf client CA, O=...`).
+    pub issuer: String,
+    /// Subject alternative names by kind, in certificate order: URIs (SPIFFE IDs), DNS names, e-mails.
+    pub uris: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub emails: Vec<String>,
+    /// notAfter, seconds since the Unix epoch.
+    pub not_after: i64,
 }
 
 /// Why a certificate's subject could not be read.
@@ -61,10 +75,46 @@ pub fn parse(der: &[u8]) -> Result<CertIdentity, IdentityError> {
     PARSED.with(|p| p.set(p.get() + 1));
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError(e.to_string()))?;
     let subject = cert.subject();
+    let serial = cert.raw_serial();
+    // DER integers carry a leading zero byte when the high bit is set; the number is the rest.
+    let serial = match serial {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        s => s,
+    };
+    let (mut uris, mut dns_names, mut emails) = (Vec::new(), Vec::new(), Vec::new());
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| IdentityError(format!("subjectAltName: {e}")))?;
+    for name in san.iter().flat_map(|s| &s.value.general_names) {
+        use x509_parser::extensions::GeneralName;
+        match name {
+            GeneralName::URI(u) => uris.push((*u).to_owned()),
+            GeneralName::DNSName(d) => dns_names.push((*d).to_owned()),
+            GeneralName::RFC822Name(e) => emails.push((*e).to_owned()),
+            _ => {}
+        }
+    }
     Ok(CertIdentity {
         common_names: subject.iter_common_name().map(text).collect(),
         organizations: subject.iter_organization().map(text).collect(),
+        serial: hex(serial),
+        fingerprint: hex(&Sha256::digest(der)),
+        issuer: cert.issuer().to_string(),
+        uris,
+        dns_names,
+        emails,
+        not_after: cert.validity().not_after.timestamp(),
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// An attribute value as UTF-8, whatever its ASN.1 string type; invalid sequences become U+FFFD.

@@ -9,7 +9,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::config::{ClientAuth, TlsConfig};
 
@@ -123,6 +123,73 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+pub const CRL_KEY: &str = "server.tls.client_crl";
+
+/// Every CRL of the files named by `client_crl`: PEM (`X509 CRL` blocks) or one DER CRL per file.
+/// Each file is checked on its own against `roots`, so a broken one is named.
+fn read_crls(
+    paths: &[PathBuf],
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let bytes = read(CRL_KEY, path)?;
+        let crls = if contains(&bytes, b"-----BEGIN") {
+            let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(CRL_KEY, path, format!("not a PEM CRL: {e}")))?;
+            if crls.is_empty() {
+                return Err(invalid(
+                    CRL_KEY,
+                    path,
+                    "contains no PEM CRL (-----BEGIN X509 CRL-----)",
+                ));
+            }
+            crls
+        } else {
+            vec![CertificateRevocationListDer::from(bytes)]
+        };
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), Arc::clone(provider))
+            .with_crls(crls.iter().cloned())
+            .build()
+            .map_err(|e| invalid(CRL_KEY, path, format!("not a valid CRL: {e}")))?;
+        out.extend(crls);
+    }
+    Ok(out)
+}
+
+/// The first certificate of the server bundle must be a server's: not a CA (CA:true) and, when it
+/// limits its use (extendedKeyUsage), usable for TLS servers. Either mistake would start a server
+/// every client then refuses.
+fn check_server_leaf(leaf: &CertificateDer<'_>) -> Result<(), String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref())
+        .map_err(|e| format!("the first certificate cannot be parsed: {e}"))?;
+    // A self-signed server certificate (`openssl req -x509 -addext subjectAltName=...`) carries
+    // CA:true and its names; a CA certificate given by mistake has no subjectAltName.
+    let named = cert.subject_alternative_name().ok().flatten().is_some();
+    if cert.is_ca() && !named {
+        return Err(format!(
+            "the first certificate ({}) is a CA certificate (CA:true, no subjectAltName), not a server certificate; give the server's certificate first (wharf cert server makes one)",
+            cert.subject()
+        ));
+    }
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|e| format!("the first certificate's extendedKeyUsage: {e}"))?;
+    if let Some(eku) = eku
+        && !eku.value.server_auth
+        && !eku.value.any
+    {
+        return Err(format!(
+            "the first certificate ({}) is not for TLS servers (its extendedKeyUsage lacks serverAuth; a client certificate?); give the server's certificate (wharf cert server makes one)",
+            cert.subject()
+        ));
+    }
+    Ok(())
+}
+
 /// The trust anchors for client certificates.
 pub fn read_client_cas(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
@@ -201,6 +268,15 @@ pub fn client_config_with(
 pub struct Material {
     pub config: Arc<ServerConfig>,
     pub verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// `("server", notAfter)` and `("client_ca:<subject>", notAfter)`, Unix seconds (metrics).
+    pub expiries: Vec<(String, i64)>,
+}
+
+/// notAfter of a DER certificate and its subject, if it parses.
+fn not_after(der: &[u8]) -> Option<(String, i64)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, c) = X509Certificate::from_der(der).ok()?;
+    Some((c.subject().to_string(), c.validity().not_after.timestamp()))
 }
 
 /// Build the rustls server config: TLS 1.3 and 1.2, HTTP/1.1 ALPN, session tickets and a session
@@ -213,18 +289,35 @@ pub fn build(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
 /// reload (new client CAs, say) also ends resumption of sessions verified under the old material.
 pub fn build_material(cfg: &TlsConfig) -> Result<Material, TlsError> {
     let chain = read_certs(CERT_KEY, &cfg.server_certificate_bundle)?;
+    check_server_leaf(&chain[0])
+        .map_err(|reason| invalid(CERT_KEY, &cfg.server_certificate_bundle, reason))?;
     let key = read_key(&cfg.server_private_key)?;
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Other(e.to_string()))?;
+    let mut expiries: Vec<(String, i64)> = not_after(&chain[0])
+        .map(|(_, t)| ("server".to_owned(), t))
+        .into_iter()
+        .collect();
+    if let Some(path) = &cfg.client_ca_bundle {
+        for ca in read_certs(CA_KEY, path)? {
+            expiries.extend(not_after(&ca).map(|(s, t)| (format!("client_ca:{s}"), t)));
+        }
+    }
     let mut client_verifier: Option<Arc<dyn ClientCertVerifier>> = None;
     let builder = match &cfg.client_ca_bundle {
         None => builder.with_no_client_auth(),
         Some(path) => {
             let roots = read_client_cas(path)?;
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+            let roots = Arc::new(roots);
+            let crls = read_crls(&cfg.client_crl, &roots, &provider)?;
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider));
+            if !crls.is_empty() {
+                // The leaf's issuer must vouch for it; unknown status is a refusal (fail closed).
+                verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+            }
             let verifier = match cfg.client_auth {
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
                 ClientAuth::Required => verifier,
@@ -253,5 +346,6 @@ pub fn build_material(cfg: &TlsConfig) -> Result<Material, TlsError> {
     Ok(Material {
         config: Arc::new(sc),
         verifier: client_verifier,
+        expiries,
     })
 }

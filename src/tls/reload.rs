@@ -24,6 +24,11 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// Whether clients are asked for a certificate (a client CA is configured).
+    pub fn asks_client_certificates(&self) -> bool {
+        self.cfg.client_ca_bundle.is_some()
+    }
+
     /// Load the files configured in `table`; any error here is a startup error.
     pub fn new(cfg: TlsConfig, table: &str) -> Result<Arc<Reloader>, TlsError> {
         let seen = fingerprint(&cfg);
@@ -73,17 +78,21 @@ impl Reloader {
     fn current(&self) -> (u64, Arc<Material>) {
         self.current.load()
     }
+
+    /// notAfter (Unix seconds) of the material in use: the server certificate, then each client CA.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        self.current().1.expiries.clone()
+    }
 }
 
-/// SHA-256 over the three files' contents (symlinks followed, so secret swaps count), or their errors.
+/// SHA-256 over the files' contents (symlinks followed, so secret swaps count), or their errors.
 fn fingerprint(cfg: &TlsConfig) -> [u8; 32] {
     let mut h = Sha256::new();
-    let paths = [
-        Some(&cfg.server_certificate_bundle),
-        Some(&cfg.server_private_key),
-        cfg.client_ca_bundle.as_ref(),
-    ];
-    for p in paths.into_iter().flatten() {
+    let paths = [&cfg.server_certificate_bundle, &cfg.server_private_key]
+        .into_iter()
+        .chain(&cfg.client_ca_bundle)
+        .chain(&cfg.client_crl);
+    for p in paths {
         match std::fs::read(p) {
             Ok(b) => {
                 h.update((b.len() as u64).to_le_bytes());

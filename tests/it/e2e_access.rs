@@ -155,7 +155,7 @@ fn refused(what: &str, (ok, text): (bool, String)) {
     );
 }
 
-fn users(list: &[(&str, &str)]) -> String {
+pub(crate) fn users(list: &[(&str, &str)]) -> String {
     list.iter()
         .map(|(u, pw)| {
             let h = hash_password(pw);

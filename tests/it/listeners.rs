@@ -100,9 +100,11 @@ fn two_listeners_with_a_listener_rule_driven_by_skopeo(driver: &str) {
         !pushed,
         "a push through the main listener succeeded:\n{text}"
     );
-    let lower = text.to_lowercase();
+    // The refusal says which listener refused and where a certificate is taken.
+    let port = push.rsplit(':').next().unwrap();
     assert!(
-        lower.contains("authentication required") || lower.contains("unauthorized"),
+        text.contains("is not allowed on listener 'main'")
+            && text.contains(&format!("listener 'push' on port {port}")),
         "{text}"
     );
     // Without a client certificate the push listener refuses the handshake.
@@ -334,13 +336,61 @@ fn serve_fails(toml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("wharf.toml");
     std::fs::write(&p, toml).unwrap();
-    let out = Command::new(wharf_bin())
+    let mut child = Command::new(wharf_bin())
         .args(["serve", "-c"])
         .arg(&p)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A server that starts never exits: it is killed and the test fails rather than hanging.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "wharf started with:\n{toml}\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "wharf started with:\n{toml}");
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Two `wharf serve` never share a port (SO_REUSEPORT would split the connections between them)
+/// nor a storage root; `wharf gc` and `wharf fsck` still run beside the server.
+#[test]
+fn a_second_server_on_a_held_port_or_storage_root_does_not_start() {
+    let s = Server::start("epoll");
+    let port = s.addr.port();
+    let e = serve_fails(&format!(
+        "[server]\nport = {port}\n[storage]\nroot = \"data\"\n"
+    ));
+    assert!(
+        e.contains(&format!("server.bind_address/server.port 127.0.0.1:{port}"))
+            && e.contains("already in use"),
+        "{e}"
+    );
+    let e = serve_fails(&format!(
+        "[server]\nport = 0\n[storage]\nroot = {:?}\n",
+        s.root()
+    ));
+    assert!(
+        e.contains("storage.root") && e.contains(&format!("another wharf serve (pid {})", s.pid())),
+        "{e}"
+    );
+    // The first server still answers every request.
+    for _ in 0..4 {
+        assert_eq!(s.client().get("/v2/").status, 200);
+    }
+    let (ok, out) = s.run_wharf(&["gc", "--grace", "30m"]);
+    assert!(ok, "{out}");
+    let (ok, out) = s.run_wharf(&["fsck"]);
+    assert!(ok, "{out}");
 }
 
 #[test]
@@ -393,5 +443,46 @@ fn listener_startup_errors_name_the_key() {
         e.contains("global.access_policy.rules[0]: line 1, column")
             && e.contains("unknown listener 'pushh' (configured: main, push)"),
         "{e}"
+    );
+}
+
+/// `check-config` (and the startup log) warns when a listener other hosts reach lets anonymous
+/// clients push or delete; loopback, a policy that needs an identity and required client
+/// certificates are quiet.
+#[test]
+fn listeners_open_to_anonymous_writes_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |toml: &str| {
+        let p = dir.path().join("w.toml");
+        std::fs::write(&p, toml).unwrap();
+        let (ok, out) = run_cmd(
+            Command::new(wharf_bin())
+                .args(["check-config", "-c"])
+                .arg(&p),
+        );
+        assert!(ok, "{out}");
+        out
+    };
+    let out = check("[server]\nbind_address = \"0.0.0.0\"\nport = 5000\n");
+    assert!(
+        out.contains("warning: listener 'main' on 0.0.0.0:5000 lets anonymous clients from other hosts push to any repository, delete to any repository (there is no access policy)"),
+        "{out}"
+    );
+    let out = check(
+        "[server]\nbind_address = \"0.0.0.0\"\nport = 5000\n[global.access_policy]\ndefault = \"deny\"\n\
+         rules = [\"request.action.startsWith('get-')\", \"has(request.repository) && request.repository == 'scratch'\"]\n\
+         [repository.\"scratch\".access_policy]\ndefault = \"allow\"\n",
+    );
+    assert!(
+        out.contains("push to scratch, delete to scratch (the access policy allows it)")
+            && !out.contains("any repository"),
+        "{out}"
+    );
+    assert!(!check("[server]\nport = 5000\n").contains("warning"));
+    assert!(
+        !check(
+            "[server]\nbind_address = \"0.0.0.0\"\nport = 5000\n[global.access_policy]\ndefault = \"deny\"\nrules = [\"size(identity.certificate.common_names) > 0\"]\n"
+        )
+        .contains("warning")
     );
 }

@@ -158,22 +158,35 @@ fn tls_handshakes_are_counted(driver: &str) {
     let mut text = String::new();
     for _ in 0..100 {
         text = scrape(&mut second.client);
-        if sample(&text, "wharf_tls_handshakes_total{result=\"failed\"}") == 1.0 {
+        if sample(
+            &text,
+            "wharf_tls_handshakes_total{listener=\"main\",result=\"failed\",reason=\"other\"}",
+        ) == 1.0
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        sample(&text, "wharf_tls_handshakes_total{result=\"full\"}"),
+        sample(
+            &text,
+            "wharf_tls_handshakes_total{listener=\"main\",result=\"full\",reason=\"none\"}"
+        ),
         1.0,
         "{text}"
     );
     assert_eq!(
-        sample(&text, "wharf_tls_handshakes_total{result=\"resumed\"}"),
+        sample(
+            &text,
+            "wharf_tls_handshakes_total{listener=\"main\",result=\"resumed\",reason=\"none\"}"
+        ),
         1.0
     );
     assert_eq!(
-        sample(&text, "wharf_tls_handshakes_total{result=\"failed\"}"),
+        sample(
+            &text,
+            "wharf_tls_handshakes_total{listener=\"main\",result=\"failed\",reason=\"other\"}"
+        ),
         1.0
     );
 }

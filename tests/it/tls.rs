@@ -480,7 +480,10 @@ fn a_stalled_handshake_is_closed_at_head_timeout(driver: &str) {
     let mut c = tls_connect(s.addr, pki.client_config(None, false)).unwrap();
     let text = c.client.get("/metrics").body_text();
     assert!(
-        crate::common::sample(&text, "wharf_tls_handshakes_total{result=\"failed\"}") >= Some(2.0),
+        crate::common::sample(
+            &text,
+            "wharf_tls_handshakes_total{listener=\"main\",result=\"failed\",reason=\"other\"}"
+        ) >= Some(2.0),
         "{text}"
     );
 }

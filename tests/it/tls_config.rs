@@ -270,7 +270,10 @@ fn check_tls_reports_key_chain_expiry_and_names() {
     let (ok, text) = check_tls(dir.path(), "reversed.pem", &[]);
     assert!(!ok, "{text}");
     assert!(text.contains("error: chain order"), "{text}");
-    assert!(text.contains("does not match"), "{text}");
+    assert!(
+        text.contains("is a CA certificate (CA:true, no subjectAltName)"),
+        "{text}"
+    );
 
     // In the right order the chain is checked link by link.
     std::fs::write(
@@ -295,6 +298,65 @@ fn check_tls_reports_key_chain_expiry_and_names() {
         text.contains("(4 days left)") || text.contains("(5 days left)"),
         "{text}"
     );
+}
+
+/// `check-tls` looks at every listener's TLS table, each under its own name.
+#[test]
+fn check_tls_checks_every_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let _pki = Pki::new(dir.path());
+    let cfg = dir.path().join("listeners.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nport = 5000\n[[server.listener]]\nname = \"push\"\nport = 5001\n\
+         [server.listener.tls]\nserver_certificate_bundle = \"client.crt\"\nserver_private_key = \"client.key\"\n",
+    )
+    .unwrap();
+    let (ok, text) = run_cmd(
+        Command::new(wharf_bin())
+            .args(["check-tls", "-c"])
+            .arg(&cfg),
+    );
+    assert!(!ok, "{text}");
+    assert!(text.contains("[server.listener[0].tls]"), "{text}");
+    assert!(
+        text.contains("error: server.listener[0].tls.server_certificate_bundle")
+            && text.contains("lacks serverAuth"),
+        "{text}"
+    );
+}
+
+/// A CA or a client certificate given as the server certificate stops startup, naming the key.
+#[test]
+fn a_ca_or_client_certificate_as_server_certificate_is_a_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _pki = Pki::new(dir.path());
+    for (cert, key, says) in [
+        (
+            "ca.crt",
+            "ca.key",
+            "is a CA certificate (CA:true, no subjectAltName)",
+        ),
+        ("client.crt", "client.key", "lacks serverAuth"),
+    ] {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(
+            &cfg,
+            format!("[server]\nport = 0\n[server.tls]\nserver_certificate_bundle = \"{cert}\"\nserver_private_key = \"{key}\"\n"),
+        )
+        .unwrap();
+        for cmd in ["serve", "check-config"] {
+            let (ok, text) = run_cmd(Command::new(wharf_bin()).args([cmd, "-c"]).arg(&cfg));
+            assert!(
+                !ok,
+                "{cmd} accepted {cert} as the server certificate:\n{text}"
+            );
+            assert!(
+                text.contains("server.tls.server_certificate_bundle") && text.contains(says),
+                "{cmd} {cert}: {text}"
+            );
+        }
+    }
 }
 
 fn mode(p: &Path) -> u32 {
@@ -404,4 +466,207 @@ fn install_client_lays_out_certs_d_for_docker_podman_and_containerd() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+fn ossl(args: &[&str], dir: &Path) -> String {
+    let (ok, out) = run_cmd(Command::new("openssl").args(args).current_dir(dir));
+    assert!(ok, "openssl {args:?}: {out}");
+    out
+}
+
+/// Separate server and client CAs, renewal keeping (or replacing) the key, and revocation by the
+/// right CA only.
+#[test]
+fn cert_lifecycle_separate_cas_renewal_and_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = d.to_str().unwrap();
+    wharf(&[
+        "cert",
+        "ca",
+        "--out",
+        o,
+        "--name",
+        "server-ca",
+        "--cn",
+        "server CA",
+    ]);
+    wharf(&[
+        "cert",
+        "ca",
+        "--out",
+        o,
+        "--name",
+        "client-ca",
+        "--cn",
+        "client CA",
+    ]);
+    wharf(&[
+        "cert",
+        "server",
+        "--out",
+        o,
+        "--ca",
+        "server-ca",
+        "--host",
+        "registry.test",
+    ]);
+    wharf(&[
+        "cert",
+        "client",
+        "--out",
+        o,
+        "--ca",
+        "client-ca",
+        "--cn",
+        "ci",
+        "--org",
+        "CI",
+    ]);
+    assert!(ossl(&["x509", "-in", "server.crt", "-noout", "-issuer"], d).contains("server CA"));
+    assert!(ossl(&["x509", "-in", "client.crt", "-noout", "-issuer"], d).contains("client CA"));
+    ossl(&["verify", "-CAfile", "client-ca.crt", "client.crt"], d);
+
+    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap();
+    let serial = |n: &str| ossl(&["x509", "-in", n, "-noout", "-serial"], d);
+    let end = |n: &str| ossl(&["x509", "-in", n, "-noout", "-enddate"], d);
+    let pubkey = |n: &str| ossl(&["x509", "-in", n, "-noout", "-pubkey"], d);
+    let (key, s1, e1, p1) = (
+        read("client.key"),
+        serial("client.crt"),
+        end("client.crt"),
+        pubkey("client.crt"),
+    );
+    wharf(&[
+        "cert",
+        "client",
+        "--out",
+        o,
+        "--ca",
+        "client-ca",
+        "--renew",
+        "--days",
+        "5",
+    ]);
+    assert_eq!(read("client.key"), key, "--renew replaced the key");
+    assert_ne!(serial("client.crt"), s1);
+    assert_ne!(end("client.crt"), e1);
+    assert_eq!(pubkey("client.crt"), p1);
+    let subject = ossl(&["x509", "-in", "client.crt", "-noout", "-subject"], d);
+    assert!(
+        subject.contains("CN = ci") && subject.contains("O = CI"),
+        "{subject}"
+    );
+    ossl(&["verify", "-CAfile", "client-ca.crt", "client.crt"], d);
+    // A new key too; the server certificate keeps its names and usage.
+    let server_pub = pubkey("server.crt");
+    wharf(&[
+        "cert",
+        "server",
+        "--out",
+        o,
+        "--ca",
+        "server-ca",
+        "--renew",
+        "--new-key",
+    ]);
+    assert_ne!(pubkey("server.crt"), server_pub);
+    let ext = ossl(
+        &[
+            "x509",
+            "-in",
+            "server.crt",
+            "-noout",
+            "-ext",
+            "subjectAltName,extendedKeyUsage",
+        ],
+        d,
+    );
+    assert!(
+        ext.contains("DNS:registry.test") && ext.contains("TLS Web Server Authentication"),
+        "{ext}"
+    );
+    let (ok, out) = run_cmd(Command::new(wharf_bin()).args(["check-tls", "-c"]).arg({
+        let p = d.join("t.toml");
+        std::fs::write(&p, "[server.tls]\nserver_certificate_bundle = \"server.crt\"\nserver_private_key = \"server.key\"\n").unwrap();
+        p
+    }).args(["--host", "registry.test"]));
+    assert!(ok, "the renewed pair does not load: {out}");
+
+    // Revocation names the right CA only.
+    let (ok, out) = run_cmd(
+        Command::new(wharf_bin())
+            .args(["cert", "revoke", "--out", o, "--ca", "server-ca", "--cert"])
+            .arg(d.join("client.crt")),
+    );
+    assert!(!ok && out.contains("name its CA with --ca"), "{out}");
+    wharf(&[
+        "cert",
+        "revoke",
+        "--out",
+        o,
+        "--ca",
+        "client-ca",
+        "--cert",
+        d.join("client.crt").to_str().unwrap(),
+    ]);
+    let crl = ossl(&["crl", "-in", "client-ca.crl", "-noout", "-text"], d);
+    let hex = serial("client.crt")
+        .trim()
+        .trim_start_matches("serial=")
+        .to_owned();
+    assert!(crl.contains(&hex), "{crl}");
+    let (ok, out) = run_cmd(
+        Command::new("openssl")
+            .args([
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                "client-ca.crt",
+                "-CRLfile",
+                "client-ca.crl",
+                "client.crt",
+            ])
+            .current_dir(d),
+    );
+    assert!(!ok && out.contains("revoked"), "{out}");
+}
+
+/// `wharf_build_info` and the notAfter of each listener's certificate and client CAs.
+#[test]
+fn build_info_and_certificate_expiry_are_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let not_after = |n: &str| {
+        let out = ossl(&["x509", "-in", n, "-noout", "-enddate"], dir.path());
+        let (ok, secs) = run_cmd(Command::new("date").args([
+            "-u",
+            "+%s",
+            "-d",
+            out.trim().trim_start_matches("notAfter="),
+        ]));
+        assert!(ok, "{secs}");
+        secs.trim().to_owned()
+    };
+    let (server, ca) = (not_after("server.crt"), not_after("ca.crt"));
+    let s = Server::start_in(dir, "epoll", &pki.server_toml(Some("optional")), "warn");
+    let mut c = crate::common::pki::tls_connect(s.addr, pki.client_config(None, false))
+        .unwrap()
+        .client;
+    let text = c.get("/metrics").body_text();
+    assert!(
+        text.contains(&format!(
+            "wharf_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("wharf_tls_certificate_expiry_timestamp_seconds{{listener=\"main\",certificate=\"server\"}} {server}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("wharf_tls_certificate_expiry_timestamp_seconds{{listener=\"main\",certificate=\"client_ca:CN=wharf test CA\"}} {ca}\n")),
+        "{text}"
+    );
 }

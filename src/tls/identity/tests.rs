@@ -64,7 +64,35 @@ fn non_utf8_string_types_become_utf8() {
 #[test]
 fn no_subject_gives_empty_lists() {
     let id = parse(&cert(&[])).unwrap();
-    assert_eq!(id, CertIdentity::default());
+    assert!(id.common_names.is_empty() && id.organizations.is_empty());
+}
+
+/// Serial, fingerprint, issuer, SANs and expiry, as rules name them.
+#[test]
+fn serial_fingerprint_issuer_sans_and_expiry() {
+    let mut p = CertificateParams::new(vec!["r1.build.example.org".to_owned()]).unwrap();
+    p.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://example.org/ci".try_into().unwrap(),
+    ));
+    p.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+        "ci@example.org".try_into().unwrap(),
+    ));
+    p.serial_number = Some(vec![0x00, 0x8f, 0x01].into());
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, "CI CA");
+    p.not_after = rcgen::date_time_ymd(2040, 1, 2);
+    let key = KeyPair::generate().unwrap();
+    let der = p.self_signed(&key).unwrap().der().to_vec();
+    let id = parse(&der).unwrap();
+    // The DER sign byte is not part of the number.
+    assert_eq!(id.serial, "8f01");
+    assert_eq!(id.fingerprint, hex(&Sha256::digest(&der)));
+    assert_eq!(id.fingerprint.len(), 64);
+    assert_eq!(id.issuer, "CN=CI CA");
+    assert_eq!(id.uris, ["spiffe://example.org/ci"]);
+    assert_eq!(id.dns_names, ["r1.build.example.org"]);
+    assert_eq!(id.emails, ["ci@example.org"]);
+    assert_eq!(id.not_after, 2_209_075_200);
 }
 
 #[test]
