@@ -186,3 +186,101 @@ fn readiness_and_stopping_are_reported_to_systemd() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
+
+fn run(cmd: &mut Command) -> String {
+    let (ok, out) = crate::common::pki::run_cmd(cmd);
+    assert!(ok, "{cmd:?}:\n{out}");
+    out
+}
+
+/// The Debian package for bare-metal sites: built by dist/deb/build.sh (dpkg-deb), installed with
+/// `dpkg -i` on this machine (the tests run as root), and the installed binary serves as the
+/// `wharf` system user from /var/lib/wharf. Purged afterwards; the stored data stays.
+#[test]
+fn the_debian_package_installs_and_its_binary_serves_as_the_wharf_user() {
+    let out = tempfile::tempdir().unwrap();
+    let deb = run(Command::new("bash")
+        .arg(dist("deb/build.sh"))
+        .arg(out.path())
+        .env("WHARF_BIN", crate::common::wharf_bin()));
+    let deb = PathBuf::from(deb.trim());
+    let contents = run(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    for f in [
+        "./usr/bin/wharf",
+        "./lib/systemd/system/wharf.service",
+        "./etc/wharf/wharf.toml",
+        "./usr/share/doc/wharf/wharf.toml.example",
+    ] {
+        assert!(contents.contains(f), "{f} missing:\n{contents}");
+    }
+    run(Command::new("dpkg").arg("-i").arg(&deb));
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg").args(["--purge", "wharf"]).output();
+        }
+    }
+    let _purge = Purge;
+    assert!(
+        run(Command::new("/usr/bin/wharf").arg("version"))
+            .contains(&format!("wharf {}", env!("CARGO_PKG_VERSION")))
+    );
+    run(Command::new("getent").args(["passwd", "wharf"]));
+    let st = run(Command::new("stat").args(["-c", "%U %a", "/var/lib/wharf"]));
+    assert_eq!(st.trim(), "wharf 700");
+    let unit = std::fs::read_to_string("/lib/systemd/system/wharf.service").unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/bin/wharf serve -c /etc/wharf/wharf.toml"),
+        "{unit}"
+    );
+    run(Command::new("/usr/bin/wharf").args(["check-config", "-c", "/etc/wharf/wharf.toml"]));
+
+    // The installed binary, as the system user, on the installed storage root (a free port).
+    let cfg = out.path().join("pkg.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nport = 0\n[storage]\nroot = \"/var/lib/wharf\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut child = Command::new("runuser")
+        .args(["-u", "wharf", "--", "/usr/bin/wharf", "serve", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = line
+        .strip_prefix("wharf listening on http://")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the installed wharf did not start: {line:?}"))
+        .parse()
+        .unwrap();
+    let mut c = crate::common::Client::connect(addr);
+    let digest = crate::common::push_blob(&mut c, "pkg/test", b"stored by the packaged wharf");
+    assert_eq!(c.get(&format!("/v2/pkg/test/blobs/{digest}")).status, 200);
+    let hex = digest.split_once(':').unwrap().1;
+    let owner = run(Command::new("stat")
+        .args(["-c", "%U"])
+        .arg(format!("/var/lib/wharf/blobs/sha256/{}/{hex}", &hex[..2])));
+    assert_eq!(owner.trim(), "wharf");
+    // The server's pid is in its storage lock; runuser waits for it.
+    let pid: i32 = std::fs::read_to_string("/var/lib/wharf/serve.lock")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the server this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = child.wait();
+}
