@@ -269,7 +269,38 @@ fn certificate_and_basic_credentials_fill_one_identity(driver: &str) {
     assert_eq!(get_as(&mut connect(false), "/v2/", None).status, 401);
 }
 
+/// Where anonymous clients may do everything, credentials that match no user are still refused
+/// (401), never ignored; with no Basic users at all the message says so.
+fn credentials_matching_no_user_are_refused_where_anonymous_is_allowed(driver: &str) {
+    let open = Server::start(driver);
+    let mut c = open.client();
+    assert_eq!(get_as(&mut c, "/v2/", None).status, 200);
+    let r = get_as(&mut c, "/v2/", Some(&basic("bogus", "bogus")));
+    assert_eq!(r.status, 401);
+    assert!(
+        r.body_text()
+            .contains("this registry has no Basic users (auth.identity)"),
+        "{}",
+        r.body_text()
+    );
+    let with_users = Server::start_with(driver, &users());
+    let mut c = with_users.client();
+    assert_eq!(get_as(&mut c, "/v2/", None).status, 200);
+    let r = get_as(&mut c, "/v2/", Some(&basic("admin", "wrong")));
+    assert_eq!(r.status, 401);
+    assert!(
+        r.body_text().contains("invalid username or password"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(
+        get_as(&mut c, "/v2/", Some(&basic("admin", "admin-pw"))).status,
+        200
+    );
+}
+
 on_both_drivers!(
+    credentials_matching_no_user_are_refused_where_anonymous_is_allowed,
     certificate_and_basic_credentials_fill_one_identity,
     admin_only_policy_answers_401_403_and_200,
     failing_and_non_boolean_rules_deny,

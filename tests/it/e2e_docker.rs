@@ -65,18 +65,7 @@ fn pki(dir: &Path) -> Pki {
 }
 
 fn tls_table(pki: &Pki, table: &str, client_auth: Option<&str>) -> String {
-    let mut t = format!(
-        "[{table}]\nserver_certificate_bundle = \"{}\"\nserver_private_key = \"{}\"\n",
-        pki.path("docker.crt").display(),
-        pki.path("docker.key").display()
-    );
-    if let Some(mode) = client_auth {
-        t.push_str(&format!(
-            "client_ca_bundle = \"{}\"\nclient_auth = \"{mode}\"\n",
-            pki.path("ca.crt").display()
-        ));
-    }
-    t
+    pki.tls_toml(table, "docker", client_auth)
 }
 
 /// An image made in the daemon from a small tarball (no registry needed): `docker import`.

@@ -118,10 +118,15 @@ impl Pki {
 
     /// The `[server.tls]` table for these files.
     pub fn server_toml(&self, client_auth: Option<&str>) -> String {
+        self.tls_toml("server.tls", "server", client_auth)
+    }
+
+    /// A TLS table (`table`, e.g. `server.listener.tls`) serving `<name>.crt` / `<name>.key`.
+    pub fn tls_toml(&self, table: &str, name: &str, client_auth: Option<&str>) -> String {
         let mut t = format!(
-            "[server.tls]\nserver_certificate_bundle = \"{}\"\nserver_private_key = \"{}\"\n",
-            self.path("server.crt").display(),
-            self.path("server.key").display()
+            "[{table}]\nserver_certificate_bundle = \"{}\"\nserver_private_key = \"{}\"\n",
+            self.path(&format!("{name}.crt")).display(),
+            self.path(&format!("{name}.key")).display()
         );
         if let Some(mode) = client_auth {
             t.push_str(&format!(
