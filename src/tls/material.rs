@@ -86,17 +86,35 @@ pub fn read_certs(
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(key, path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    pem_items(
+        key,
+        path,
+        &bytes,
+        ("certificate bundle", "certificate"),
+        "CERTIFICATE",
+    )
+}
+
+/// Every PEM item of type `T` in `bytes` (the file `path`, named `key` in errors); at least one.
+/// `(file, item)` name what the file and each item are in the errors.
+fn pem_items<T: PemObject>(
+    key: &'static str,
+    path: &Path,
+    bytes: &[u8],
+    (file, item): (&str, &str),
+    label: &str,
+) -> Result<Vec<T>, TlsError> {
+    let items = T::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(key, path, format!("not a PEM certificate bundle: {e}")))?;
-    if certs.is_empty() {
+        .map_err(|e| invalid(key, path, format!("not a PEM {file}: {e}")))?;
+    if items.is_empty() {
         return Err(invalid(
             key,
             path,
-            "contains no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            format!("contains no PEM {item} (-----BEGIN {label}-----)"),
         ));
     }
-    Ok(certs)
+    Ok(items)
 }
 
 /// The private key of a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
@@ -136,17 +154,7 @@ fn read_crls(
     for path in paths {
         let bytes = read(CRL_KEY, path)?;
         let crls = if contains(&bytes, b"-----BEGIN") {
-            let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| invalid(CRL_KEY, path, format!("not a PEM CRL: {e}")))?;
-            if crls.is_empty() {
-                return Err(invalid(
-                    CRL_KEY,
-                    path,
-                    "contains no PEM CRL (-----BEGIN X509 CRL-----)",
-                ));
-            }
-            crls
+            pem_items(CRL_KEY, path, &bytes, ("CRL", "CRL"), "X509 CRL")?
         } else {
             vec![CertificateRevocationListDer::from(bytes)]
         };
@@ -192,8 +200,13 @@ fn check_server_leaf(leaf: &CertificateDer<'_>) -> Result<(), String> {
 
 /// The trust anchors for client certificates.
 pub fn read_client_cas(path: &Path) -> Result<RootCertStore, TlsError> {
+    client_roots(path, read_certs(CA_KEY, path)?)
+}
+
+/// `cas` (read from `path`) as trust anchors.
+fn client_roots(path: &Path, cas: Vec<CertificateDer<'static>>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for (i, cert) in read_certs(CA_KEY, path)?.into_iter().enumerate() {
+    for (i, cert) in cas.into_iter().enumerate() {
         roots
             .add(cert)
             .map_err(|e| invalid(CA_KEY, path, format!("certificate #{}: {e}", i + 1)))?;
@@ -300,17 +313,15 @@ pub fn build_material(cfg: &TlsConfig) -> Result<Material, TlsError> {
         .map(|(_, t)| ("server".to_owned(), t))
         .into_iter()
         .collect();
-    if let Some(path) = &cfg.client_ca_bundle {
-        for ca in read_certs(CA_KEY, path)? {
-            expiries.extend(not_after(&ca).map(|(s, t)| (format!("client_ca:{s}"), t)));
-        }
-    }
     let mut client_verifier: Option<Arc<dyn ClientCertVerifier>> = None;
     let builder = match &cfg.client_ca_bundle {
         None => builder.with_no_client_auth(),
         Some(path) => {
-            let roots = read_client_cas(path)?;
-            let roots = Arc::new(roots);
+            let cas = read_certs(CA_KEY, path)?;
+            for ca in &cas {
+                expiries.extend(not_after(ca).map(|(s, t)| (format!("client_ca:{s}"), t)));
+            }
+            let roots = Arc::new(client_roots(path, cas)?);
             let crls = read_crls(&cfg.client_crl, &roots, &provider)?;
             let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider));
