@@ -18,7 +18,7 @@ cat > policy/wharf.toml <<T
 [server]
 port = 0
 [storage]
-root = "../data"
+root = "data"
 [auth.identity.ci]
 username = "ci"
 password = "$hash"
@@ -32,10 +32,13 @@ rules = [
   "request.action.startsWith('get-') || request.action == 'list-tags'",
 ]
 T
-open=$(start open); pol=$(start policy)
+open=$(start open)
 head -c 4096 /dev/urandom > blob
 d=sha256:$(sha256sum blob | cut -d' ' -f1)
 curl -sS -o /dev/null --data-binary @blob "http://$open/v2/bench/app/blobs/uploads/?digest=$d"
+# One server per storage root (serve.lock): the policy server gets a copy holding the blob.
+cp -r data policy/data
+pol=$(start policy)
 echo "wharf $($bin version | cut -d' ' -f2), $(nproc) cores, wrk -t2 -c32 -d${secs}s, 4 KiB blob GET"
 cat > auth.lua <<'L'
 wrk.headers["Authorization"] = "Basic Y2k6YmVuY2gtcHc="
