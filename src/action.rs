@@ -83,10 +83,13 @@ pub enum Action {
     GetMetrics,
     GetHealth,
     GetReady,
+    /// `GET`/`POST /token` (with `[auth.token]`): a registry token for whoever the client proves
+    /// to be; answered by the server, not decided by policies (every request made with the token is).
+    GetToken,
 }
 
 /// Every action name (`request.action`), in declaration order; `Action::index` points into it.
-pub const ACTIONS: [&str; 18] = [
+pub const ACTIONS: [&str; 19] = [
     "get-api-version",
     "get-blob",
     "delete-blob",
@@ -105,6 +108,7 @@ pub const ACTIONS: [&str; 18] = [
     "get-metrics",
     "get-health",
     "get-ready",
+    "get-token",
 ];
 
 /// `?tag=` parameters one manifest PUT may carry; more answer 400 (each tag is a policy decision
@@ -145,6 +149,7 @@ impl Action {
             Action::GetMetrics => 15,
             Action::GetHealth => 16,
             Action::GetReady => 17,
+            Action::GetToken => 18,
         }
     }
 
@@ -208,7 +213,8 @@ impl Action {
             | Action::ListCatalog { .. }
             | Action::GetMetrics
             | Action::GetHealth
-            | Action::GetReady => None,
+            | Action::GetReady
+            | Action::GetToken => None,
             Action::GetBlob { repository, .. }
             | Action::DeleteBlob { repository, .. }
             | Action::StartUpload { repository, .. }

@@ -96,6 +96,29 @@ pub fn upstream_auth(challenge: &str, token_body: &[u8]) {
     }
 }
 
+/// JWTs (OIDC ID tokens, registry tokens) and JWKs: parsing never panics; an accepted token has
+/// a supported algorithm and its signed part is the token's start; the claim checks, the claims'
+/// CEL values and a key made of the input never panic, and no key verifies an unsigned token.
+pub fn jwt(data: &[u8]) {
+    use crate::token::jws::{self, Alg, PublicKey};
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(j) = jws::parse(text, &Alg::ALL)
+    {
+        assert!(Alg::ALL.contains(&j.alg));
+        assert!(data.starts_with(j.signed) && data.get(j.signed.len()) == Some(&b'.'));
+        let _ = jws::check_times(&j.claims, 1_800_000_000, 60);
+        let _ = jws::check_audience(&j.claims, "registry");
+        let _ = jws::check_issuer(&j.claims, "https://issuer");
+        let _ = crate::policy::OidcFields::new("ci", &j.claims);
+        if let Some(k) = PublicKey::from_jwk(&j.claims) {
+            assert!(!(j.signature.is_empty() && k.verifies(&j)));
+        }
+    }
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = PublicKey::from_jwk(&m);
+    }
+}
+
 /// Names, tags, digests, references: whatever is accepted is a safe relative path.
 pub fn names(s: &str) {
     if let Ok(n) = s.parse::<RepoName>() {

@@ -26,6 +26,7 @@ pub mod storage;
 pub mod sys;
 pub mod task;
 pub mod tls;
+pub mod token;
 
 /// Whether this build has the test-only fault hooks.
 pub const FAULT_HOOKS: bool = cfg!(feature = "fault-hooks");

@@ -105,6 +105,8 @@ pub struct Cache {
     /// Headers that did not verify, and their expiry.
     refused: RefCell<Bounded<Instant>>,
     pending: RefCell<HashMap<Key, Rc<Pending>>>,
+    /// Registry tokens that verified, until they expire (bounded like `verified`).
+    tokens: RefCell<Bounded<(Rc<crate::token::Subject>, Instant)>>,
 }
 
 impl Cache {
@@ -115,6 +117,7 @@ impl Cache {
             verified: RefCell::new(Bounded::new(max)),
             refused: RefCell::new(Bounded::new(max)),
             pending: RefCell::new(HashMap::new()),
+            tokens: RefCell::new(Bounded::new(max)),
         }
     }
 
@@ -157,6 +160,23 @@ impl Cache {
                 w.wake();
             }
         }
+    }
+
+    /// Hot path: who a registry token verified within its lifetime speaks for.
+    pub fn token(&self, key: &Key, now: Instant) -> Option<Rc<crate::token::Subject>> {
+        let found = self
+            .tokens
+            .borrow()
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(s, _)| Rc::clone(s));
+        crate::token::cache_lookup(found.is_some());
+        found
+    }
+
+    /// Remember a verified registry token until `until`.
+    pub fn remember_token(&self, key: Key, subject: Rc<crate::token::Subject>, until: Instant) {
+        self.tokens.borrow_mut().insert(key, (subject, until));
     }
 
     /// Headers remembered (verified and refused).

@@ -110,7 +110,13 @@ impl Authenticator {
         Rc::new(Cache::new(self.ttl, self.cache_size))
     }
 
-    fn cache_key(&self, header: &str) -> cache::Key {
+    /// The user configured as `[auth.identity.<id>]`.
+    pub fn user_by_id(&self, id: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.id == id)
+    }
+
+    /// A header's key in the worker's cache: keyed SHA-256, so no credential is kept.
+    pub fn cache_key(&self, header: &str) -> cache::Key {
         let mut h = Sha256::new();
         h.update(self.key);
         h.update(header.as_bytes());

@@ -2,6 +2,7 @@
 //! documented defaults (`server`, `tables`), durations (`duration`), and validation with errors that
 //! name the key (`validate`). Unknown keys are rejected.
 
+mod auth;
 mod duration;
 mod server;
 mod tables;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{OidcConfig, TokenConfig};
 pub use duration::parse_duration;
 pub use server::*;
 pub use tables::*;
@@ -87,6 +89,14 @@ impl Config {
                 .into_iter()
                 .flatten()
             {
+                resolve(p);
+            }
+        }
+        if let Some(t) = cfg.auth.token.as_mut() {
+            resolve(&mut t.signing_key);
+        }
+        for o in cfg.auth.oidc.values_mut() {
+            if let Some(p) = o.ca_bundle.as_mut() {
                 resolve(p);
             }
         }

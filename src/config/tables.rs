@@ -258,6 +258,12 @@ pub struct AuthConfig {
     /// `[auth.identity.<id>]`: Basic-auth users; `<id>` is `identity.id` in policies.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub identity: BTreeMap<String, IdentityConfig>,
+    /// `[auth.token]`: wharf's token endpoint (Docker registry token flow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<super::TokenConfig>,
+    /// `[auth.oidc.<name>]`: OIDC issuers whose ID tokens the token endpoint exchanges.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub oidc: BTreeMap<String, super::OidcConfig>,
 }
 
 impl Default for AuthConfig {
@@ -267,6 +273,8 @@ impl Default for AuthConfig {
             credential_cache_size: 1024,
             max_checks_per_client: 4,
             identity: BTreeMap::new(),
+            token: None,
+            oidc: BTreeMap::new(),
         }
     }
 }

@@ -61,6 +61,7 @@ impl Config {
             return invalid("storage.root", "must not be empty");
         }
         self.validate_s3()?;
+        self.validate_token_auth()?;
         self.validate_upstreams()?;
         for (table, tls) in self.tls_tables() {
             let Some(tls) = tls else { continue };

@@ -96,6 +96,8 @@ pub struct RequestHead {
     pub content_range: Option<String>,
     pub range: Option<String>,
     pub authorization: Option<String>,
+    /// `Host` (token challenges name the endpoint by it).
+    pub host: Option<String>,
     /// `If-Match` / `If-None-Match`, several fields joined with commas.
     pub if_match: Option<String>,
     pub if_none_match: Option<String>,
@@ -176,6 +178,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>
         content_range: None,
         range: None,
         authorization: None,
+        host: None,
         if_match: None,
         if_none_match: None,
     };
@@ -245,6 +248,8 @@ fn read_headers(
             join_field(&mut head.if_match, value()?);
         } else if name.eq_ignore_ascii_case("if-none-match") {
             join_field(&mut head.if_none_match, value()?);
+        } else if name.eq_ignore_ascii_case("host") {
+            head.host = Some(value()?.to_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
             // Which of two credentials counts is ambiguous (proxies and servers disagree): refuse.
             if head.authorization.is_some() {

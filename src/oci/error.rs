@@ -133,6 +133,9 @@ pub struct OciError {
     pub message: String,
     /// Seconds for `Retry-After`, when the kind answers one and the wait is known.
     pub retry_after: Option<u64>,
+    /// The `WWW-Authenticate` value of a 401 when it is not the Basic one (the token flow's
+    /// `Bearer realm=…,service=…,scope=…`).
+    pub challenge: Option<String>,
 }
 
 impl OciError {
@@ -141,6 +144,7 @@ impl OciError {
             kind,
             message: message.into(),
             retry_after: None,
+            challenge: None,
         }
     }
 

@@ -12,7 +12,7 @@ use cel::common::types::{self, CelBool, CelString};
 use cel::common::value::CowVal;
 use cel::{Env, ExecutionError, IdedExpr, Program};
 
-use super::vars::{CERTIFICATE_FIELDS, IDENTITY_FIELDS, REQUEST_FIELDS};
+use super::vars::{CERTIFICATE_FIELDS, IDENTITY_FIELDS, OIDC_FIELDS, REQUEST_FIELDS};
 
 /// A rule that cannot be used, located in the config.
 #[derive(Debug, thiserror::Error)]
@@ -124,11 +124,13 @@ pub fn environment() -> Arc<Env> {
     Arc::new(env)
 }
 
-/// The configured names a literal compared with `request.listener` or `request.upstream` must
-/// be one of.
+/// The configured names a literal compared with `request.listener`, `request.upstream` or
+/// `identity.oidc.provider` must be one of.
 pub struct Known<'a> {
     pub listeners: Vec<&'a str>,
     pub upstreams: Vec<&'a str>,
+    /// `[auth.oidc.<name>]` names.
+    pub providers: Vec<&'a str>,
 }
 
 /// Compile one rule; `table` and `index` locate it in error messages; literals compared with
@@ -211,8 +213,10 @@ fn check(e: &IdedExpr, scope: &mut Vec<String>, known: &Known<'_>) -> CheckResul
             if name == "matches" {
                 check_regex(call.args.last())?;
             }
-            check_named_literals(name, &call.args, "listener", &known.listeners)?;
-            check_named_literals(name, &call.args, "upstream", &known.upstreams)?;
+            check_named_literals(name, &call.args, &["request", "listener"], &known.listeners)?;
+            check_named_literals(name, &call.args, &["request", "upstream"], &known.upstreams)?;
+            let provider = ["identity", "oidc", "provider"];
+            check_named_literals(name, &call.args, &provider, &known.providers)?;
             if let Some(target) = &call.target {
                 check(target, scope)?;
             }
@@ -292,6 +296,16 @@ fn check_path(id: u64, segments: &[&str]) -> CheckResult {
     if !fields.contains(first) {
         return unknown(first, root, fields);
     }
+    if *root == "identity" && *first == "oidc" {
+        return match rest {
+            [] | ["claims", ..] => Ok(()),
+            [field] if OIDC_FIELDS.contains(field) => Ok(()),
+            [field, ..] if !OIDC_FIELDS.contains(field) => {
+                unknown(field, "identity.oidc", OIDC_FIELDS)
+            }
+            _ => Err((id, "identity.oidc.provider has no fields".to_owned())),
+        };
+    }
     let nested = *root == "identity" && *first == "certificate";
     match (nested, rest) {
         (_, []) => Ok(()),
@@ -306,16 +320,22 @@ fn check_path(id: u64, segments: &[&str]) -> CheckResult {
     }
 }
 
-/// `request.<field> == 'x'`, `!=` and `in [...]` must name configured listeners (`field` =
-/// `listener`) or upstreams (`upstream`): a typo would otherwise never match, and under
-/// `default = "allow"` a deny rule would silently not apply.
+/// `<field> == 'x'`, `!=` and `in [...]` must name configured listeners (`request.listener`),
+/// upstreams (`request.upstream`) or OIDC providers (`identity.oidc.provider`): a typo would
+/// otherwise never match, and under `default = "allow"` a deny rule would silently not apply.
 fn check_named_literals(
     func: &str,
     args: &[IdedExpr],
-    field: &str,
+    field_path: &[&str],
     listeners: &[&str],
 ) -> CheckResult {
-    let is_listener = |x: &IdedExpr| path(x).is_some_and(|p| p == ["request", field]);
+    let field = *field_path.last().expect("a field path");
+    let field = if field == "provider" {
+        "OIDC provider"
+    } else {
+        field
+    };
+    let is_listener = |x: &IdedExpr| path(x).is_some_and(|p| p == field_path);
     let literals: Vec<&IdedExpr> = match (func, args) {
         ("_==_" | "_!=_", [a, b]) if is_listener(a) => vec![b],
         ("_==_" | "_!=_", [a, b]) if is_listener(b) => vec![a],
@@ -326,7 +346,9 @@ fn check_named_literals(
         _ => vec![],
     };
     for lit in literals {
+        // `identity.oidc.provider != ''`: any OIDC identity.
         if let Expr::Literal(LiteralValue::String(s)) = &lit.expr
+            && !(field == "OIDC provider" && s.inner().is_empty())
             && !listeners.contains(&s.inner())
         {
             return Err((

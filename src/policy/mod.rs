@@ -14,7 +14,7 @@ use cel::{Context, Env, Program, Value};
 use crate::action::Action;
 use crate::config::{AccessPolicyConfig, Config, PolicyDefault};
 pub use compile::RuleError;
-pub use vars::{IdentityVal, Peer, RequestVal, Vars};
+pub use vars::{IdentityVal, OidcFields, Peer, RequestVal, Vars};
 
 /// One compiled rule and its text (for logs).
 pub struct Rule {
@@ -181,6 +181,7 @@ impl AccessControl {
                 .chain(cfg.server.admin.as_ref().map(|_| "admin"))
                 .collect(),
             upstreams: cfg.upstream.iter().map(|u| u.name.as_str()).collect(),
+            providers: cfg.auth.oidc.keys().map(String::as_str).collect(),
         };
         let global = cfg
             .global

@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 
 use cel::ExecutionError;
 use cel::common::traits::Indexer;
-use cel::common::types::{CelInt, CelList, CelString, Type};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, Type,
+};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 
@@ -15,7 +17,9 @@ use crate::oci::{Digest, Reference, Tag};
 use crate::tls::CertIdentity;
 
 /// The fields of `identity`, for the compile-time check of rules.
-pub const IDENTITY_FIELDS: &[&str] = &["id", "username", "client_ip", "certificate"];
+pub const IDENTITY_FIELDS: &[&str] = &["id", "username", "client_ip", "certificate", "oidc"];
+/// The fields of `identity.oidc` (`claims` is a map: any field may follow it).
+pub const OIDC_FIELDS: &[&str] = &["provider", "claims"];
 /// The fields of `identity.certificate`.
 pub const CERTIFICATE_FIELDS: &[&str] = &[
     "common_names",
@@ -42,6 +46,7 @@ pub const REQUEST_FIELDS: &[&str] = &[
 
 static IDENTITY_TYPE: Type = Type::new_unspecified_type("wharf.Identity");
 static CERTIFICATE_TYPE: Type = Type::new_unspecified_type("wharf.Certificate");
+static OIDC_TYPE: Type = Type::new_unspecified_type("wharf.Oidc");
 static REQUEST_TYPE: Type = Type::new_unspecified_type("wharf.Request");
 
 /// What a connection knows about its peer, prepared once per connection: the certificate's
@@ -50,6 +55,55 @@ static REQUEST_TYPE: Type = Type::new_unspecified_type("wharf.Request");
 pub struct Peer {
     certificate: CertFields,
     client_ip: String,
+    /// `identity.oidc` of a request without an OIDC identity: `""` and `{}`.
+    no_oidc: OidcFields,
+}
+
+/// `identity.oidc` as CEL values: the provider's name and the token's claims.
+#[derive(Debug)]
+pub struct OidcFields {
+    provider: CelString<'static>,
+    claims: CelMap<'static>,
+}
+
+impl OidcFields {
+    pub fn new(provider: &str, claims: &serde_json::Map<String, serde_json::Value>) -> OidcFields {
+        OidcFields {
+            provider: CelString::from(provider.to_owned()),
+            claims: json_map(claims),
+        }
+    }
+
+    fn none() -> OidcFields {
+        OidcFields {
+            provider: CelString::from(String::new()),
+            claims: CelMap::default(),
+        }
+    }
+}
+
+fn json_map(m: &serde_json::Map<String, serde_json::Value>) -> CelMap<'static> {
+    let entries: std::collections::HashMap<CelMapKey<'static>, Box<dyn Val>> = m
+        .iter()
+        .map(|(k, v)| (CelMapKey::from(k.clone()), json_val(v)))
+        .collect();
+    CelMap::from(entries)
+}
+
+/// A JSON value as CEL sees it: numbers that are integers as `int`, others as `double`.
+fn json_val(v: &serde_json::Value) -> Box<dyn Val> {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Box::new(CelNull),
+        J::Bool(b) => Box::new(CelBool::from(*b)),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Box::new(CelInt::from(i)),
+            None => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
+        },
+        J::String(s) => Box::new(CelString::from(s.clone())),
+        J::Array(a) => Box::new(CelList::from(a.iter().map(json_val).collect::<Vec<_>>())),
+        J::Object(m) => Box::new(json_map(m)),
+    }
 }
 
 /// `identity.certificate` as CEL values: empty lists and strings, `not_after` 0, without one.
@@ -91,6 +145,7 @@ impl Peer {
             },
             // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; rules are written for a.b.c.d.
             client_ip: ip.to_canonical().to_string(),
+            no_oidc: OidcFields::none(),
         }
     }
 }
@@ -102,6 +157,7 @@ pub struct IdentityVal<'a> {
     username: CelString<'a>,
     client_ip: CelString<'a>,
     certificate: CertificateVal<'a>,
+    oidc: OidcVal<'a>,
 }
 
 impl<'a> IdentityVal<'a> {
@@ -113,9 +169,22 @@ impl<'a> IdentityVal<'a> {
             username: CelString::from(username),
             client_ip: CelString::from(peer.client_ip.as_str()),
             certificate: CertificateVal(&peer.certificate),
+            oidc: OidcVal(&peer.no_oidc),
         }
     }
+
+    /// The identity of an OIDC workload (`identity.oidc`).
+    pub fn with_oidc(mut self, oidc: Option<&'a OidcFields>) -> IdentityVal<'a> {
+        if let Some(o) = oidc {
+            self.oidc = OidcVal(o);
+        }
+        self
+    }
 }
+
+/// `identity.oidc`: `""` and `{}` without an OIDC identity.
+#[derive(Debug)]
+struct OidcVal<'a>(&'a OidcFields);
 
 /// `identity.certificate`: empty lists and strings when no certificate was presented.
 #[derive(Debug)]
@@ -200,6 +269,9 @@ impl VariableResolver for Vars<'_> {
             "identity.certificate" => &id.certificate,
             "identity.certificate.common_names" => &id.certificate.0.common_names,
             "identity.certificate.organizations" => &id.certificate.0.organizations,
+            "identity.oidc" => &id.oidc,
+            "identity.oidc.provider" => &id.oidc.0.provider,
+            "identity.oidc.claims" => &id.oidc.0.claims,
             "request" => &self.request,
             "request.action" => &self.request.action,
             "request.listener" => &self.request.listener,
@@ -277,6 +349,20 @@ macro_rules! record_val {
 record_val!(IdentityVal, IDENTITY_TYPE);
 record_val!(CertificateVal, CERTIFICATE_TYPE);
 record_val!(RequestVal, REQUEST_TYPE);
+record_val!(OidcVal, OIDC_TYPE);
+
+impl OidcVal<'_> {
+    fn lookup<'b, 'v>(&'b self, name: &str) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        match name {
+            "provider" => borrowed(&self.0.provider),
+            "claims" => borrowed(&self.0.claims),
+            other => Err(ExecutionError::no_such_key(other)),
+        }
+    }
+}
 
 impl IdentityVal<'_> {
     fn lookup<'b, 'v>(&'b self, name: &str) -> Result<CowVal<'b, 'v>, ExecutionError>
@@ -288,6 +374,7 @@ impl IdentityVal<'_> {
             "username" => borrowed(&self.username),
             "client_ip" => borrowed(&self.client_ip),
             "certificate" => borrowed(&self.certificate),
+            "oidc" => borrowed(&self.oidc),
             other => Err(ExecutionError::no_such_key(other)),
         }
     }

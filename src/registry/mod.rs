@@ -104,7 +104,7 @@ impl Registry {
         match action {
             Action::GetApiVersion => Ok(Response::new(200).json(b"{}".to_vec())),
             // The server answers these itself (it owns the counters); never dispatched here.
-            Action::GetMetrics | Action::GetHealth | Action::GetReady => {
+            Action::GetMetrics | Action::GetHealth | Action::GetReady | Action::GetToken => {
                 Err(OciError::new(ErrorKind::NotFound, "answered by the server"))
             }
             Action::GetBlob { repository, digest } => {
@@ -189,7 +189,10 @@ impl Registry {
 pub fn error_response(e: OciError) -> Response {
     let mut r = Response::new(e.status());
     if e.kind == ErrorKind::Unauthenticated {
-        r = r.header("WWW-Authenticate", "Basic realm=\"wharf\"");
+        r = match e.challenge {
+            Some(ref c) => r.header("WWW-Authenticate", c.clone()),
+            None => r.header("WWW-Authenticate", "Basic realm=\"wharf\""),
+        };
     }
     if let Some(secs) = e.retry_after() {
         r = r.header("Retry-After", secs.to_string());

@@ -143,6 +143,8 @@ pub fn route(method: Method, path: &str, query: &str) -> Result<Action, OciError
                 "/metrics" => only_get(method, Action::GetMetrics),
                 "/healthz" => only_get(method, Action::GetHealth),
                 "/readyz" => only_get(method, Action::GetReady),
+                "/token" if matches!(method, Method::Get | Method::Post) => Ok(Action::GetToken),
+                "/token" => Err(method_not_allowed()),
                 _ => Err(not_found()),
             };
         }

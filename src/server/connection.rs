@@ -185,6 +185,7 @@ async fn admin(app: &App, action: &Action) -> Response {
         Action::GetMetrics => {
             let mut text = app.metrics.render(app.registry.storage().open_uploads());
             tls_expiries(app, &mut text);
+            crate::token::render(&mut text);
             Response::new(200).bytes("text/plain; version=0.0.4", text.into_bytes())
         }
         Action::GetReady if !app.registry.storage().writable().await => {
@@ -284,26 +285,32 @@ async fn requests(
         // Refused for credentials or rate: answered, then closed, so a client cannot hold a
         // connection by failing (a client with credentials reconnects at once).
         let mut refused = false;
-        let (resp, user, action) =
+        let (resp, who, action) =
             match gate::admit(&live, &credentials, local, &app.registry, &client, &head).await {
                 Ok(ok) if ok.action.is_admin() => (
                     admin(app, &ok.action).await,
-                    ok.user,
+                    ok.who.log_name(),
                     Some(ok.action.index()),
                 ),
+                Ok(ok) if ok.action == Action::GetToken => {
+                    let (resp, who) =
+                        super::token::answer(&live, &credentials, &client, &head, &mut body).await;
+                    refused = resp.status == 401 || resp.status == 429;
+                    (resp, who, Some(ok.action.index()))
+                }
                 Ok(ok) => {
                     let index = ok.action.index();
                     (
                         app.registry
                             .handle(ok.action, &head, &mut body, peer.ip())
                             .await,
-                        ok.user,
+                        ok.who.log_name(),
                         Some(index),
                     )
                 }
-                Err((e, user, action)) => {
+                Err((e, who, action)) => {
                     refused = matches!(e.kind, ErrorKind::Unauthenticated | ErrorKind::RateLimited);
-                    (error_response(e), user, action)
+                    (error_response(e), who.log_name(), action)
                 }
             };
         let mut resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
@@ -328,10 +335,7 @@ async fn requests(
         tracing::info!(
             target: "wharf::access",
             "{peer} {} {} {}{}{} {status} {bytes} {}us listener={}",
-            match user {
-                Some(u) => format!("{:?}", u.username),
-                None => cert_user.clone(),
-            },
+            who.as_deref().unwrap_or(&cert_user),
             head.method.as_str(),
             head.path,
             if head.query.is_empty() { "" } else { "?" },

@@ -14,6 +14,7 @@ use crate::http::{Method, RequestHead};
 use crate::oci::{ErrorKind, OciError, Reference};
 use crate::policy::{Decision, IdentityVal, Peer};
 use crate::registry::{Registry, route};
+use crate::token::OidcIdentity;
 
 /// What a connection knows about its client for every request on it.
 pub struct Client {
@@ -26,28 +27,48 @@ pub struct Client {
     pub listener: Rc<Listener>,
 }
 
-/// An admitted request: the action to run and the Basic user, if any.
+/// Who the credentials of a request prove it comes from: a Basic user (by password or by a
+/// registry token), an OIDC workload (by a registry token), or nobody beyond its certificate.
+#[derive(Clone, Default)]
+pub struct Who<'a> {
+    pub user: Option<&'a User>,
+    pub oidc: Option<Rc<OidcIdentity>>,
+}
+
+impl Who<'_> {
+    /// The access log's user field, when credentials named someone.
+    pub fn log_name(&self) -> Option<String> {
+        match (&self.user, &self.oidc) {
+            (Some(u), _) => Some(format!("{:?}", u.username)),
+            (None, Some(o)) => Some(format!("{:?}", o.display())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// An admitted request: the action to run and who asks.
 pub struct Admitted<'a> {
     pub action: Action,
-    pub user: Option<&'a User>,
+    pub who: Who<'a>,
 }
 
-/// A refused request: the error to answer, the Basic user if one was verified, and the action's
-/// `Action::index` if the request routed.
-pub type Refused<'a> = (OciError, Option<&'a User>, Option<usize>);
+/// A refused request: the error to answer, who asked if credentials were verified, and the
+/// action's `Action::index` if the request routed.
+pub type Refused<'a> = (OciError, Who<'a>, Option<usize>);
 
 /// Who asks, once credentials are known: builds the policy identity and the refusal to answer.
-struct Asker<'a> {
+struct Asker<'a, 'w> {
     client: &'a Client,
-    user: Option<&'a User>,
+    who: &'w Who<'a>,
 }
 
-impl<'a> Asker<'a> {
-    fn identity(&self) -> IdentityVal<'a> {
+impl<'a, 'w> Asker<'a, 'w> {
+    fn identity(&self) -> IdentityVal<'w> {
         IdentityVal::new(
             &self.client.peer,
-            self.user.map(|u| (u.id.as_str(), u.username.as_str())),
+            self.who.user.map(|u| (u.id.as_str(), u.username.as_str())),
         )
+        .with_oidc(self.who.oidc.as_ref().map(|o| &o.cel))
     }
 
     /// 401 with a challenge when the client presented nothing, else 403; the message says which
@@ -60,8 +81,8 @@ impl<'a> Asker<'a> {
             None => action.name().to_owned(),
         };
         let origin = decision.origin();
-        if self.user.is_none() && self.client.certificate.is_none() {
-            let users = live.auth.has_users();
+        if self.who.user.is_none() && self.who.oidc.is_none() && self.client.certificate.is_none() {
+            let users = live.auth.has_users() || live.tokens.is_some();
             let how = match (users, l.asks_certificates, &l.elsewhere) {
                 (true, true, _) => "log in with a user of auth.identity (docker login) or connect with a client certificate".to_owned(),
                 (true, false, Some(there)) => format!("log in with a user of auth.identity (docker login), or connect with a client certificate to {there}"),
@@ -69,6 +90,20 @@ impl<'a> Asker<'a> {
                 (false, true, _) => "connect with a client certificate from this port's client CA".to_owned(),
                 (false, false, Some(there)) => format!("connect with a client certificate to {there}"),
                 (false, false, None) => "this registry takes no credentials on this port; ask its operator to change the access policy".to_owned(),
+            };
+            let providers: Vec<&str> = live
+                .tokens
+                .iter()
+                .flat_map(|t| &t.providers)
+                .map(|p| p.name.as_str())
+                .collect();
+            let how = if providers.is_empty() {
+                how
+            } else {
+                format!(
+                    "{how}; a CI job logs in with its OIDC ID token as password of user {}",
+                    providers.join(" or ")
+                )
             };
             OciError::new(
                 ErrorKind::Unauthenticated,
@@ -80,10 +115,11 @@ impl<'a> Asker<'a> {
         } else {
             let cn = self.client.certificate.as_ref();
             let cn = cn.and_then(|c| c.common_names.first());
-            let who = match (self.user, cn) {
-                (Some(u), _) => format!("user {:?}", u.username),
-                (None, Some(cn)) => format!("the client certificate CN={cn:?}"),
-                (None, None) => "this client certificate".to_owned(),
+            let who = match (self.who.user, &self.who.oidc, cn) {
+                (Some(u), _, _) => format!("user {:?}", u.username),
+                (None, Some(o), _) => format!("OIDC identity {:?}", o.display()),
+                (None, None, Some(cn)) => format!("the client certificate CN={cn:?}"),
+                (None, None, None) => "this client certificate".to_owned(),
             };
             OciError::new(
                 ErrorKind::Denied,
@@ -96,8 +132,28 @@ impl<'a> Asker<'a> {
     }
 }
 
-/// Route, authenticate and authorize; an `Err` is the OCI error to answer.
+/// Route, authenticate and authorize; an `Err` is the OCI error to answer (a 401 with the
+/// token flow's challenge when `[auth.token]` is configured).
 pub async fn admit<'a>(
+    live: &'a Live,
+    credentials: &Rc<Cache>,
+    local: &Local,
+    registry: &Registry,
+    client: &Client,
+    head: &RequestHead,
+) -> Result<Admitted<'a>, Refused<'a>> {
+    let admitted = decide(live, credentials, local, registry, client, head).await;
+    admitted.map_err(|(mut e, who, action)| {
+        if let Some(tokens) = live.tokens.as_ref()
+            && e.kind == ErrorKind::Unauthenticated
+        {
+            e.challenge = Some(super::token::challenge(tokens, client, head));
+        }
+        (e, who, action)
+    })
+}
+
+async fn decide<'a>(
     live: &'a Live,
     credentials: &Rc<Cache>,
     local: &Local,
@@ -123,9 +179,10 @@ pub async fn admit<'a>(
             ),
         )
         .with_retry_after(wait);
-        return Err((e, None, None));
+        return Err((e, Who::default(), None));
     }
-    let mut action = route(head.method, &head.path, &head.query).map_err(|e| (e, None, None))?;
+    let mut action =
+        route(head.method, &head.path, &head.query).map_err(|e| (e, Who::default(), None))?;
     let name = Some(action.index());
     let elsewhere = match client.listener.admin {
         AdminEndpoints::Also => false,
@@ -133,24 +190,34 @@ pub async fn admit<'a>(
         AdminEndpoints::Never => action.is_admin(),
     };
     if elsewhere {
-        return Err((crate::registry::route::not_found(), None, name));
+        return Err((crate::registry::route::not_found(), Who::default(), name));
+    }
+    // The token endpoint authenticates by itself; what its tokens do is decided per request.
+    if action == Action::GetToken {
+        return Ok(Admitted {
+            action,
+            who: Who::default(),
+        });
     }
     if let Some(e) = live.switches.refuse(head.method, &action) {
-        return Err((e, None, name));
+        return Err((e, Who::default(), name));
     }
     if action.is_admin() && !live.admin_behind_policies {
-        return Ok(Admitted { action, user: None });
+        return Ok(Admitted {
+            action,
+            who: Who::default(),
+        });
     }
-    let user = authenticate(live, credentials, local, client, head)
+    let who = authenticate(live, credentials, local, client, head)
         .await
-        .map_err(|e| (e, None, name))?;
-    let asker = Asker { client, user };
+        .map_err(|e| (e, Who::default(), name))?;
+    let asker = Asker { client, who: &who };
     let listener = &*client.listener.name;
-    list_deleted_tags(live, local, registry, &asker, &mut action)
-        .await
-        .map_err(|e| (e, user, name))?;
+    if let Err(e) = list_deleted_tags(live, local, registry, &asker, &mut action).await {
+        return Err((e, who, name));
+    }
     if live.access.is_open() {
-        return Ok(Admitted { action, user });
+        return Ok(Admitted { action, who });
     }
     let upstream = action
         .repository()
@@ -167,29 +234,39 @@ pub async fn admit<'a>(
         action.repository().map_or("-", |r| r.as_str())
     );
     if !decision.allowed {
-        return Err((asker.refusal(live, &action, &decision), user, name));
+        let e = asker.refusal(live, &action, &decision);
+        return Err((e, who, name));
     }
-    let action = decide_mount(live, registry, head, &asker, action).map_err(|e| (e, user, name))?;
-    Ok(Admitted { action, user })
+    match decide_mount(live, registry, head, &asker, action) {
+        Ok(action) => Ok(Admitted { action, who }),
+        Err(e) => Err((e, who, name)),
+    }
 }
 
-/// The Basic user the `Authorization` header proves, if there is one.
+/// Who the `Authorization` header proves the client is: a Basic user, or whoever a registry
+/// token names.
 async fn authenticate<'a>(
     live: &'a Live,
     credentials: &Rc<Cache>,
     local: &Local,
     client: &Client,
     head: &RequestHead,
-) -> Result<Option<&'a User>, OciError> {
+) -> Result<Who<'a>, OciError> {
     let Some(h) = head.authorization.as_deref() else {
-        return Ok(None);
+        return Ok(Who::default());
     };
+    if let Some(token) = super::token::bearer_of(h) {
+        return super::token::admit_bearer(live, credentials, client, h, token);
+    }
     match live
         .auth
         .authenticate(credentials, h, client.addr.ip())
         .await
     {
-        Ok(user) => Ok(Some(user)),
+        Ok(user) => Ok(Who {
+            user: Some(user),
+            oidc: None,
+        }),
         Err(e) => {
             match e {
                 AuthError::ClientBusy => local
@@ -212,7 +289,7 @@ async fn list_deleted_tags(
     live: &Live,
     local: &Local,
     registry: &Registry,
-    asker: &Asker<'_>,
+    asker: &Asker<'_, '_>,
     action: &mut Action,
 ) -> Result<(), OciError> {
     let Action::DeleteManifest {
@@ -247,7 +324,7 @@ fn decide_mount(
     live: &Live,
     registry: &Registry,
     head: &RequestHead,
-    asker: &Asker<'_>,
+    asker: &Asker<'_, '_>,
     action: Action,
 ) -> Result<Action, OciError> {
     let Action::MountBlob {
@@ -296,7 +373,7 @@ fn decide_mount(
     }
 }
 
-fn auth_error(e: AuthError) -> OciError {
+pub(super) fn auth_error(e: AuthError) -> OciError {
     match e {
         AuthError::Busy | AuthError::ClientBusy => {
             OciError::new(ErrorKind::RateLimited, e.to_string())

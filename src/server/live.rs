@@ -27,12 +27,17 @@ pub struct Live {
     pub hsts: Option<String>,
     /// `server.admin_behind_policies`.
     pub admin_behind_policies: bool,
+    /// `[auth.token]` and `[auth.oidc.<name>]`: the token endpoint and the tokens it signs.
+    pub tokens: Option<crate::token::Tokens>,
 }
 
 impl Live {
-    /// Build from a validated config (compiles policies, starts password verifier threads).
-    pub fn from_config(cfg: &Config) -> Result<Live, StartError> {
+    /// Build from a validated config (compiles policies, starts password verifier threads);
+    /// `before` is the state a reload replaces (its token keys keep verifying their tokens).
+    pub fn from_config(cfg: &Config, before: Option<&Live>) -> Result<Live, StartError> {
         Ok(Live {
+            tokens: crate::token::Tokens::from_config(cfg, before.and_then(|b| b.tokens.as_ref()))
+                .map_err(StartError::Other)?,
             access: AccessControl::from_config(cfg)?,
             auth: Authenticator::from_config(&cfg.auth)?,
             rates: {
@@ -191,7 +196,8 @@ impl Reloader {
                             .map_err(|e| e.located(&table).to_string())?;
                     }
                 }
-                let live = Live::from_config(&cfg).map_err(|e| e.to_string())?;
+                let (_, before) = shared.load();
+                let live = Live::from_config(&cfg, Some(&before)).map_err(|e| e.to_string())?;
                 Ok((cfg, live))
             });
         match built {

@@ -14,6 +14,7 @@ pub mod live;
 mod notify;
 mod runtime;
 mod shutdown;
+mod token;
 
 pub use app::{AdminEndpoints, App, Listener, ListenerSpec, Local, StartError};
 pub use runtime::{Driver, choose_driver, run};

@@ -65,7 +65,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
     let driver = choose_driver(cfg.server.io_driver)?;
     // TLS first: a broken certificate must stop startup before anything listens.
     let listeners = ListenerSpec::all(&cfg)?;
-    let shared = Arc::new(live::Shared::new(live::Live::from_config(&cfg)?));
+    let shared = Arc::new(live::Shared::new(live::Live::from_config(&cfg, None)?));
     if let Ok(access) = crate::policy::AccessControl::from_config(&cfg) {
         for w in super::exposure::warnings(&cfg, &access) {
             tracing::warn!("{w}");

@@ -213,3 +213,82 @@ fn docker_login_checks_the_password() {
     let (ok, out) = docker(&d, &["push", &image]);
     assert!(ok, "docker push after login failed:\n{out}\n{}", s.log());
 }
+
+/// `docker login -u github` with a GitHub-shaped ID token that expires seconds later: Docker keeps
+/// the refresh token wharf hands it, so a push after the ID token expired still succeeds; a push
+/// outside the token's claims is refused with wharf's message; the image pulls back.
+#[test]
+fn docker_logs_in_with_an_oidc_id_token_and_pushes_after_it_expired() {
+    ensure_host_name();
+    let st = crate::token::Setup::new();
+    let d_ = st.pki.dir.to_str().unwrap().to_owned();
+    let args = [
+        "cert", "server", "--out", &d_, "--name", "docker", "--host", HOST, "--ip", "::1",
+    ];
+    crate::common::pki::wharf(&args);
+    let server = format!(
+        "bind_address = \"::1\"\n{}",
+        tls_table(&st.pki, "server.tls", None)
+    );
+    let s = st.start_with_server("epoll", &server, "");
+    let reg = format!("{HOST}:{}", s.addr.port());
+    let _certs = CertsD::install(&st.pki, &reg, false);
+    let d = Dockerd::start();
+    let claims = st
+        .github
+        .github("wharf-test", "org/app", "refs/heads/main", 8);
+    let exp = claims["exp"].as_i64().unwrap();
+    let id = st.gh_key.sign(&claims);
+    let mut c = d.docker();
+    c.args(["login", "-u", "github", "--password-stdin", &reg])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(id.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "docker login with an ID token failed:\n{text}\n{}",
+        s.log()
+    );
+    // Not a timing assertion: only waits until the ID token is past its `exp`.
+    while crate::common::oidc::now() <= exp {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let work = tempfile::tempdir().unwrap();
+    let image = format!("{reg}/org/app:v1");
+    import(&d, &image, work.path());
+    let (ok, out) = docker(&d, &["push", &image]);
+    assert!(
+        ok,
+        "docker push after the ID token expired failed:\n{out}\n{}",
+        s.log()
+    );
+    assert!(
+        s.log().contains("POST /token"),
+        "Docker exchanged its refresh token:\n{}",
+        s.log()
+    );
+    let other = format!("{reg}/org/other:v1");
+    let (ok, out) = docker(&d, &["tag", &image, &other]);
+    assert!(ok, "{out}");
+    let (ok, out) = docker(&d, &["push", &other]);
+    assert!(!ok, "a push outside the token's claims succeeded:\n{out}");
+    assert!(out.contains("may not start-upload on org/other"), "{out}");
+    let (ok, out) = docker(&d, &["rmi", &image, &other]);
+    assert!(ok, "{out}");
+    let (ok, out) = docker(&d, &["pull", &image]);
+    assert!(ok, "docker pull with the refreshed token failed:\n{out}");
+}

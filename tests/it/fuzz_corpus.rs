@@ -24,6 +24,7 @@ fn replay(target: &str, data: &[u8]) {
         "chunked" => fuzzing::chunked(data),
         "cert_identity" => fuzzing::cert_identity(data),
         "basic_auth" => fuzzing::basic_auth(data),
+        "jwt" => fuzzing::jwt(data),
         "policy" => fuzzing::policy(data),
         "config" => fuzzing::config(data),
         "referrers" => fuzzing::referrers(data),

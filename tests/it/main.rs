@@ -36,3 +36,4 @@ mod structure;
 mod switches;
 mod tls;
 mod tls_config;
+mod token;

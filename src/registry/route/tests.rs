@@ -44,6 +44,7 @@ fn every_action_has_its_own_index_and_name() {
         (Method::Get, "/metrics".into(), String::new()),
         (Method::Get, "/healthz".into(), String::new()),
         (Method::Get, "/readyz".into(), String::new()),
+        (Method::Post, "/token".into(), String::new()),
     ];
     assert_eq!(requests.len(), ACTIONS.len());
     for (i, (m, path, q)) in requests.iter().enumerate() {

@@ -331,7 +331,7 @@ pub fn fuzz_stored(data: &[u8]) {
 
 /// Run `fut` to its end on a runtime of this (non-worker) thread, for the blocking maintenance
 /// calls; the connections it opened are closed with it.
-pub(crate) fn off_worker<F: std::future::Future>(fut: F) -> F::Output {
+pub fn off_worker<F: std::future::Future>(fut: F) -> F::Output {
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()

@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod gate;
 pub mod layout;
+pub mod oidc;
 pub mod pki;
 pub mod seaweed;
 
