@@ -14,3 +14,15 @@ start() {
   for _ in $(seq 100); do grep -q listening "$1/out" 2>/dev/null && break; sleep 0.05; done
   sed -n 's|.*://\([0-9.:]*\) .*|\1|p' "$1/out"
 }
+
+# run LABEL ADDR [wrk args...]: wrk -t2 -c32 for $secs seconds on the 4 KiB blob $d, one table row
+# (req/s, p50, p99, non-2xx answers).
+run() {
+  local label=$1 addr=$2; shift 2
+  out=$(wrk -t2 -c32 -d"${secs}s" --latency "$@" "http://$addr/v2/bench/app/blobs/$d")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  printf '%-42s %10s req/s  p50 %-8s p99 %-8s%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:+  non-2xx: $non2xx}"
+}

@@ -43,15 +43,6 @@ echo "wharf $($bin version | cut -d' ' -f2), $(nproc) cores, wrk -t2 -c32 -d${se
 cat > auth.lua <<'L'
 wrk.headers["Authorization"] = "Basic Y2k6YmVuY2gtcHc="
 L
-run() { # $1 label, $2 address, $3... extra wrk args
-  local label=$1 addr=$2; shift 2
-  out=$(wrk -t2 -c32 -d"${secs}s" --latency "$@" "http://$addr/v2/bench/app/blobs/$d")
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
-  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
-  printf '%-42s %10s req/s  p50 %-8s p99 %-8s%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:+  non-2xx: $non2xx}"
-}
 run "no policy" "$open"
 run "five-rule policy, anonymous" "$pol"
 run "five-rule policy, Basic (cached)" "$pol" -s auth.lua

@@ -39,15 +39,6 @@ curl -sS -o /dev/null -H "Authorization: Bearer $token" --data-binary @blob "htt
 echo "wharf $($bin version | cut -d' ' -f2), $(nproc) cores, wrk -t2 -c32 -d${secs}s, 4 KiB blob GET, token ${#token} bytes"
 printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$token" > bearer.lua
 printf 'wrk.headers["Authorization"] = "Basic Y2k6YmVuY2gtcHc="\n' > basic.lua
-run() { # $1 label, $2 address, $3... extra wrk args
-  local label=$1 addr=$2; shift 2
-  out=$(wrk -t2 -c32 -d"${secs}s" --latency "$@" "http://$addr/v2/bench/app/blobs/$d")
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
-  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
-  printf '%-42s %10s req/s  p50 %-8s p99 %-8s%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:+  non-2xx: $non2xx}"
-}
 run "no authentication" "$open"
 run "Bearer token (cached), one rule" "$tok" -s bearer.lua
 run "Basic (cached), one rule" "$tok" -s basic.lua

@@ -145,7 +145,7 @@ impl Upstream {
         } else {
             None
         };
-        let endpoint = endpoint(&url, cfg.timeout, tls.clone(), |host, port| {
+        let endpoint = client::endpoint(&url, cfg.timeout, tls.clone(), |host, port| {
             (host, port)
                 .to_socket_addrs()
                 .map_err(|e| format!("{} {:?}: {host}: {e}", key("url"), cfg.url))?
@@ -473,20 +473,10 @@ impl Upstream {
                 )));
             }
         };
-        let lookup = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let addr = crate::blocking::run(move || {
-            (lookup.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| format!("{lookup}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{lookup}: no address"))
-        })
-        .await?
-        .map_err(UpstreamError::Unavailable)?;
-        let ep = endpoint(url, self.endpoint.io_timeout, tls, |_, _| Ok(addr))
+        let addr = client::resolve(url)
+            .await
+            .map_err(UpstreamError::Unavailable)?;
+        let ep = client::endpoint(url, self.endpoint.io_timeout, tls, |_, _| Ok(addr))
             .map_err(UpstreamError::Unavailable)?;
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
         if hosts.len() >= MAX_HOSTS {
@@ -509,34 +499,4 @@ async fn refused(resp: client::Response) -> UpstreamError {
     let s = resp.status;
     let body = resp.body.bytes(4096).await.unwrap_or_default();
     UpstreamError::Refused(s, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// The endpoint for `url`, its address from `resolve(host, port)`.
-fn endpoint(
-    url: &url::Url,
-    timeout: Duration,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    resolve: impl FnOnce(&str, u16) -> Result<std::net::SocketAddr, String>,
-) -> Result<Endpoint, String> {
-    let host = url.host_str().ok_or_else(|| format!("{url}: no host"))?;
-    let port = url.port_or_known_default().unwrap_or(80);
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let tls = match tls {
-        Some(config) => {
-            let name = rustls_pki_types::ServerName::try_from(bare.to_owned())
-                .map_err(|e| format!("{url}: {e}"))?;
-            Some((config, name))
-        }
-        None => None,
-    };
-    Ok(Endpoint {
-        addr: resolve(bare, port)?,
-        host: match url.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_owned(),
-        },
-        connect_timeout: timeout,
-        io_timeout: timeout,
-        tls,
-    })
 }

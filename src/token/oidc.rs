@@ -3,7 +3,6 @@
 //! worker that needs them, shared by all workers; a token naming an unknown `kid` refreshes them at
 //! most once a minute, and they are fetched again after an hour. ID tokens are checked here.
 
-use std::net::ToSocketAddrs as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::jws::{self, Alg, PublicKey, Refusal};
-use crate::client::{self, Endpoint, Payload, Request};
+use crate::client::{self, Payload, Request};
 use crate::config::OidcConfig;
 
 /// Keys older than this are fetched again before use.
@@ -254,33 +253,9 @@ impl Provider {
     }
 
     async fn get_json(&self, url: &url::Url) -> Result<Value, String> {
-        let host = url.host_str().ok_or("no host")?.to_owned();
-        let port = url.port_or_known_default().unwrap_or(443);
-        let bare = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let lookup = bare.clone();
-        let addr = crate::blocking::run(move || {
-            (lookup.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| format!("{lookup}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{lookup}: no address"))
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        let name = rustls_pki_types::ServerName::try_from(bare).map_err(|e| e.to_string())?;
-        let ep = Endpoint {
-            addr,
-            host: match url.port() {
-                Some(p) => format!("{host}:{p}"),
-                None => host,
-            },
-            connect_timeout: Duration::from_secs(10),
-            io_timeout: Duration::from_secs(10),
-            tls: Some((Arc::clone(&self.tls), name)),
-        };
+        let addr = client::resolve(url).await?;
+        let timeout = Duration::from_secs(10);
+        let ep = client::endpoint(url, timeout, Some(Arc::clone(&self.tls)), |_, _| Ok(addr))?;
         let target = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),

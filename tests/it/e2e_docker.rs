@@ -87,6 +87,27 @@ fn import(d: &Dockerd, reference: &str, dir: &Path) {
     assert!(ok, "docker import: {out}");
 }
 
+/// `docker login -u user --password-stdin registry`: (success, output).
+fn login(d: &Dockerd, registry: &str, user: &str, password: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut c = d.docker();
+    c.args(["login", "-u", user, "--password-stdin", registry])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(password.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 fn docker(d: &Dockerd, args: &[&str]) -> (bool, String) {
     run_cmd(d.docker().args(args))
 }
@@ -173,30 +194,7 @@ fn docker_login_checks_the_password() {
     let reg = format!("{HOST}:{}", s.addr.port());
     let _certs = CertsD::install(&pki, &reg, false);
     let d = Dockerd::start();
-    let login = |user: &str, pw: &str| {
-        let mut c = d.docker();
-        c.args(["login", "-u", user, "--password-stdin", &reg]);
-        c.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(pw.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let login = |user: &str, pw: &str| login(&d, &reg, user, pw);
     // Docker prints the status of a refused login, not the body.
     let (ok, out) = login("alice", "wrong");
     assert!(!ok, "a wrong password logged in:\n{out}");
@@ -239,27 +237,9 @@ fn docker_logs_in_with_an_oidc_id_token_and_pushes_after_it_expired() {
         .github("wharf-test", "org/app", "refs/heads/main", 8);
     let exp = claims["exp"].as_i64().unwrap();
     let id = st.gh_key.sign(&claims);
-    let mut c = d.docker();
-    c.args(["login", "-u", "github", "--password-stdin", &reg])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(id.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = login(&d, &reg, "github", &id);
     assert!(
-        out.status.success(),
+        ok,
         "docker login with an ID token failed:\n{text}\n{}",
         s.log()
     );
