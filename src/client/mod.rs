@@ -17,79 +17,15 @@ use monoio::net::TcpStream;
 use crate::net::tls::{HandshakeError, TlsStream};
 use crate::net::{ConnError, timed_read};
 
+mod endpoint;
+pub use endpoint::{Endpoint, endpoint, resolve};
+
 /// Idle connections kept per endpoint and worker thread.
 const IDLE_PER_ENDPOINT: usize = 32;
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// Read size for bodies read chunk by chunk.
 const READ_CHUNK: usize = 256 * 1024;
-
-/// Where requests go and how long each step may take.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    /// The `Host` header (`host[:port]`).
-    pub host: String,
-    pub connect_timeout: Duration,
-    /// Longest wait for any read or write once connected.
-    pub io_timeout: Duration,
-    /// TLS towards the endpoint: the client configuration (trusted roots) and the name its
-    /// certificate must carry. `None`: plain TCP.
-    pub tls: Option<(
-        Arc<rustls::ClientConfig>,
-        rustls_pki_types::ServerName<'static>,
-    )>,
-}
-
-/// The endpoint for `url`, its address from `resolve(host, port)`.
-pub fn endpoint(
-    url: &url::Url,
-    timeout: Duration,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    resolve: impl FnOnce(&str, u16) -> Result<SocketAddr, String>,
-) -> Result<Endpoint, String> {
-    let host = url.host_str().ok_or_else(|| format!("{url}: no host"))?;
-    let port = url.port_or_known_default().unwrap_or(80);
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let tls = match tls {
-        Some(config) => {
-            let name = rustls_pki_types::ServerName::try_from(bare.to_owned())
-                .map_err(|e| format!("{url}: {e}"))?;
-            Some((config, name))
-        }
-        None => None,
-    };
-    Ok(Endpoint {
-        addr: resolve(bare, port)?,
-        host: match url.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_owned(),
-        },
-        connect_timeout: timeout,
-        io_timeout: timeout,
-        tls,
-    })
-}
-
-/// The address of `url`'s host, resolved on the blocking pool (the system resolver blocks).
-pub async fn resolve(url: &url::Url) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs as _;
-    let host = url.host_str().ok_or_else(|| format!("{url}: no host"))?;
-    let lookup = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = url.port_or_known_default().unwrap_or(80);
-    crate::blocking::run(move || {
-        (lookup.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("{lookup}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{lookup}: no address"))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
 
 /// One request: method, path with query, extra headers, body.
 pub struct Request<'a> {
