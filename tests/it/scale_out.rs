@@ -994,3 +994,93 @@ fn the_catalog_entry_is_written_once_per_repository() {
         r.body_text()
     );
 }
+
+/// `wharf gc` on the bucket deletes data objects no blob names once they are older than the grace
+/// period (an upload that lost a race, a node that died between its bytes and its pointer), and
+/// keeps data still being written: named by an upload session, or under a young data hold (what a
+/// writer puts down before completing a multipart object, whose `Last-Modified` is its start).
+/// Pushed images, a multipart layer among them, still pull intact.
+#[test]
+fn gc_collects_orphaned_data_but_not_data_being_written() {
+    let weed = Seaweed::shared();
+    let node = Server::start_with("io_uring", &on_bucket(weed, "orphans/"));
+    let mut c = node.client();
+    let layer = noise(80, 9 << 20);
+    let manifest = push_image(&mut c, "o/app", "v1", &layer);
+    // The 9 MiB layer was stored as a multipart object, so its writer put a data hold down.
+    let pointer = bucket_curl(
+        weed,
+        &format!("orphans/blobs/{}", sha256(&layer).replace(':', "/")),
+        &[],
+    );
+    let data_key = String::from_utf8(pointer)
+        .unwrap()
+        .lines()
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    let hold = format!(
+        "orphans/holds/data-{}",
+        data_key.trim_start_matches("data/")
+    );
+    bucket_curl(weed, &hold, &["-I"]);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("bytes");
+    std::fs::write(&file, b"orphan").unwrap();
+    let file = file.to_str().unwrap();
+    for key in ["left-behind", "being-finished", "in-session"] {
+        bucket_curl(weed, &format!("orphans/data/{key}"), &["-T", file]);
+    }
+    // Older than the grace period by the store's whole-second clock; then the hold and the
+    // session are written, young.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    bucket_curl(weed, "orphans/holds/data-being-finished", &["-T", file]);
+    bucket_curl(weed, "orphans/uploads/in-session", &["-T", file]);
+
+    let (ok, out) = node.run_wharf(&["gc", "--grace", "4s", "--dry-run"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("would delete unreferenced data object data/left-behind (6 bytes)"),
+        "{out}"
+    );
+    bucket_curl(weed, "orphans/data/left-behind", &[]);
+    let (ok, out) = node.run_wharf(&["gc", "--grace", "4s"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("deleted unreferenced data object data/left-behind (6 bytes)"),
+        "{out}"
+    );
+    for kept in ["being-finished", "in-session"] {
+        assert!(
+            !out.contains(&format!("data/{kept}")),
+            "{kept} was collected:\n{out}"
+        );
+        bucket_curl(weed, &format!("orphans/data/{kept}"), &[]);
+    }
+    let gone = Command::new("curl")
+        .args(["-sSf", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+        .arg(format!(
+            "{}:{}",
+            crate::common::seaweed::ACCESS_KEY,
+            crate::common::seaweed::SECRET_KEY
+        ))
+        .arg(format!(
+            "{}/{}/orphans/data/left-behind",
+            weed.endpoint(),
+            crate::common::seaweed::BUCKET
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "data/left-behind is still in the bucket"
+    );
+    // Everything a pushed image names stayed.
+    let r = c.get(&format!("/v2/o/app/manifests/{manifest}"));
+    assert_eq!(r.status, 200);
+    let m: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let l = m["layers"][0]["digest"].as_str().unwrap();
+    let r = c.get(&format!("/v2/o/app/blobs/{l}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), l, "the multipart layer pulls intact");
+}

@@ -137,9 +137,12 @@ impl ObjectBackend {
             }
         }
 
-        // Sweep.
+        // Sweep. Data objects are listed before pointers: data whose pointer is written by the
+        // time pointers are listed is named by it (`collect_orphans`).
+        let data = self.all("data/").await?;
         let pointers = self.all("blobs/").await?;
         let mut deleted: HashSet<Digest> = HashSet::new();
+        let mut gone: HashSet<String> = HashSet::new();
         for (i, p) in pointers.iter().enumerate() {
             out.progress("sweeping blobs", i as u64, pointers.len() as u64);
             let Some(d) = digest_after(&p.key, "blobs/") else {
@@ -161,6 +164,7 @@ impl ObjectBackend {
             let Some(pointer) = self.pointer(&d).await? else {
                 continue;
             };
+            gone.insert(pointer.data_key.clone());
             if !opts.dry_run {
                 match self.delete_blob(&d, &pointer, &p.etag, cutoff).await? {
                     Swept::Deleted => {}
@@ -175,6 +179,19 @@ impl ObjectBackend {
             report.bytes += pointer.size;
             report.blobs.push((d.clone(), pointer.size));
             deleted.insert(d);
+        }
+        if !report.stopped_early {
+            let sweep = Sweep {
+                cutoff,
+                started,
+                opts,
+                verb,
+            };
+            let (n, bytes) = self
+                .collect_orphans(&data, &pointers, &gone, &sweep, &mut report, out)
+                .await?;
+            report.uploads += n;
+            report.bytes += bytes;
         }
         if !opts.dry_run {
             report.links = self.remove_links_to(&repos, &deleted).await?;
@@ -191,6 +208,73 @@ impl ObjectBackend {
             .expire_sessions(cutoff, opts.dry_run, verb, out)
             .await?;
         Ok(report)
+    }
+
+    /// `data/` objects no pointer names (left by an upload that lost a race, or a node that died
+    /// between storing the bytes and writing the pointer): deleted once older than the grace
+    /// period, unless an upload session (`uploads/<id>`) or a young data hold (`holds/data-<id>`,
+    /// put down before a multipart object is completed) says they are still being written.
+    /// `gone` are the data objects of blobs this run deleted. Returns the count and bytes.
+    async fn collect_orphans(
+        &self,
+        data: &[api::Listed],
+        pointers: &[api::Listed],
+        gone: &HashSet<String>,
+        sweep: &Sweep<'_>,
+        report: &mut GcReport,
+        out: &mut dyn Report,
+    ) -> Result<(usize, u64)> {
+        let old: Vec<&api::Listed> = data
+            .iter()
+            .filter(|o| !maybe_after(o.modified, sweep.cutoff) && !gone.contains(&o.key))
+            .collect();
+        if old.is_empty() {
+            return Ok((0, 0));
+        }
+        // Which data each pointer names: one small read per blob, only when there are old data
+        // objects to judge.
+        let mut named: HashSet<String> = HashSet::new();
+        for (i, p) in pointers.iter().enumerate() {
+            out.progress("reading blob pointers", i as u64, pointers.len() as u64);
+            if let Some(d) = digest_after(&p.key, "blobs/")
+                && let Some(pointer) = self.pointer(&d).await?
+            {
+                named.insert(pointer.data_key);
+            }
+        }
+        let (mut n, mut bytes) = (0, 0);
+        for o in old {
+            if named.contains(&o.key) {
+                continue;
+            }
+            let grace = sweep.opts.grace;
+            if !grace.is_zero() && sweep.started.elapsed() > grace / 2 {
+                report.stopped_early = true;
+                break;
+            }
+            let id = o.key.trim_start_matches("data/");
+            if self.store.head(&format!("uploads/{id}")).await?.is_some() {
+                continue;
+            }
+            if let Some(h) = self.store.head(&data_hold_key(&o.key)).await?
+                && maybe_after(h.modified, sweep.cutoff)
+            {
+                continue;
+            }
+            if !sweep.opts.dry_run {
+                match self.store.delete(&o.key, Some(&o.etag)).await {
+                    Ok(()) | Err(S3Error::Precondition) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            out.line(format!(
+                "{} unreferenced data object {} ({} bytes)",
+                sweep.verb, o.key, o.len
+            ));
+            n += 1;
+            bytes += o.len;
+        }
+        Ok((n, bytes))
     }
 
     /// Doom, check the hold, delete (conditionally on the pointer's ETag), lift the tombstone.
@@ -303,6 +387,14 @@ impl ObjectBackend {
         }
         Ok(n)
     }
+}
+
+/// What one collection run decides by.
+struct Sweep<'a> {
+    cutoff: u64,
+    started: Instant,
+    opts: &'a GcOptions,
+    verb: &'a str,
 }
 
 /// What became of a blob the sweep tried to delete.

@@ -98,6 +98,12 @@ fn hold_key(d: &Digest) -> String {
     format!("holds/{}", alg_hex(d))
 }
 
+/// The hold a writer puts down before completing the multipart data object `data_key`
+/// (`data/<id>` → `holds/data-<id>`).
+fn data_hold_key(data_key: &str) -> String {
+    format!("holds/data-{}", data_key.trim_start_matches("data/"))
+}
+
 fn doomed_key(d: &Digest) -> String {
     format!("doomed/{}", alg_hex(d))
 }

@@ -231,6 +231,12 @@ impl BlobWriter {
                         .await?;
                     self.etags.push(etag);
                 }
+                // A multipart object's `Last-Modified` is when its upload started, so a collector
+                // could take it for an old orphan until its pointer is written: this hold says
+                // it is being finished (docs/gc.md).
+                let hold = super::data_hold_key(&self.data_key);
+                let nonce = crate::storage::random_id();
+                self.store.put(&hold, nonce.as_bytes(), Cond::None).await?;
                 self.store
                     .complete_multipart(&self.data_key, &id, &self.etags)
                     .await?;
