@@ -5,12 +5,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --release -q
 bin=$PWD/target/release/wharf
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Servers are started inside `$(start ...)`, a subshell whose jobs this shell does not see: their
+# pids go to $work/pids, and the exit trap stops them (before removing $work).
+trap 'kill $(jobs -p) $(cat "$work/pids" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 cd "$work"
 
 # start DIR: run wharf on DIR/wharf.toml in the background and print the address it listens on.
 start() {
   RUST_LOG=warn $bin serve -c "$1/wharf.toml" > "$1/out" 2> "$1/log" &
+  echo $! >> "$work/pids"
   for _ in $(seq 100); do grep -q listening "$1/out" 2>/dev/null && break; sleep 0.05; done
   sed -n 's|.*://\([0-9.:]*\) .*|\1|p' "$1/out"
 }
