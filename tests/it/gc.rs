@@ -12,7 +12,7 @@ use crate::common::{
     start_upload,
 };
 
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Make everything in the store look `age` old (as if pushed that long ago). A file the running
 /// server or collector removes between the listing and the open is skipped.
@@ -43,7 +43,13 @@ fn stored_blobs(root: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-fn put_manifest(c: &mut Client, repo: &str, reference: &str, body: &[u8], ct: &str) -> String {
+pub(crate) fn put_manifest(
+    c: &mut Client,
+    repo: &str,
+    reference: &str,
+    body: &[u8],
+    ct: &str,
+) -> String {
     let r = c.request(
         "PUT",
         &format!("/v2/{repo}/manifests/{reference}"),
@@ -303,9 +309,9 @@ fn fsck_reports_damage_and_repair_quarantines_it(driver: &str) {
 pub(crate) fn gc_in_a_loop(
     cfg: std::path::PathBuf,
     stop_at: Instant,
-) -> std::thread::JoinHandle<(usize, usize)> {
+) -> std::thread::JoinHandle<Collected> {
     std::thread::spawn(move || {
-        let (mut runs, mut deleted) = (0, 0);
+        let mut done = Collected::default();
         while Instant::now() < stop_at {
             let out = Command::new(crate::common::wharf_bin())
                 .args(["gc", "-c"])
@@ -319,13 +325,21 @@ pub(crate) fn gc_in_a_loop(
                     || text.contains("gc stopped before the sweep finished"),
                 "wharf gc failed: {text}"
             );
-            deleted += String::from_utf8_lossy(&out.stdout)
-                .matches("deleted blob")
-                .count();
-            runs += 1;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            done.blobs += stdout.matches("deleted blob").count();
+            done.manifests += stdout.matches("deleted manifest").count();
+            done.runs += 1;
         }
-        (runs, deleted)
+        done
     })
+}
+
+/// What `gc_in_a_loop` did: its runs, and the blobs and manifests they deleted.
+#[derive(Default)]
+pub(crate) struct Collected {
+    pub runs: usize,
+    pub blobs: usize,
+    pub manifests: usize,
 }
 
 /// Many clients push images sharing layers from a pool (checking with HEAD and skipping what
@@ -406,7 +420,7 @@ fn gc_in_a_loop_never_loses_a_pushed_blob(driver: &str) {
         })
         .collect();
     let pushed: u32 = pushers.into_iter().map(|p| p.join().unwrap()).sum();
-    let (runs, _) = collector.join().unwrap();
+    let runs = collector.join().unwrap().runs;
     assert!(pushed > 100 && runs > 2, "pushed {pushed}, gc runs {runs}");
 
     // Every tag still points at a whole image.

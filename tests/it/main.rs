@@ -29,6 +29,7 @@ mod registry_api;
 mod reload;
 mod revocation;
 mod s3;
+mod s3_gc;
 mod scale_out;
 mod security;
 mod storage_io;

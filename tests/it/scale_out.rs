@@ -14,7 +14,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// The `[storage]` tables of a node keeping everything in `weed`'s bucket under `prefix`
 /// (`[storage.s3]` last, so more of its keys may follow).
-fn on_bucket(weed: &Seaweed, prefix: &str) -> String {
+pub(crate) fn on_bucket(weed: &Seaweed, prefix: &str) -> String {
     format!(
         "[storage]\nbackend = \"s3\"\n{}",
         weed.wharf_storage(prefix)
@@ -406,7 +406,11 @@ fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
-    let (runs, by_cli) = collector.join().unwrap();
+    let crate::gc::Collected {
+        runs,
+        blobs: by_cli,
+        ..
+    } = collector.join().unwrap();
     let deleted = by_cli + a.log().matches("deleted blob").count();
     assert!(pushed > 50 && runs > 2, "pushed {pushed}, gc runs {runs}");
     // The collector did collect while the pushes ran (else the test proves nothing).
@@ -767,7 +771,7 @@ fn docker_and_containerd_follow_redirects_to_the_store() {
 }
 
 /// `curl` signed for `weed`'s bucket: `key` under the bucket, extra arguments first.
-fn bucket_curl(weed: &Seaweed, key: &str, args: &[&str]) -> Vec<u8> {
+pub(crate) fn bucket_curl(weed: &Seaweed, key: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new("curl")
         .args(["-sSf", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
         .arg(format!(

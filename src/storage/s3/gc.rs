@@ -1,6 +1,7 @@
 //! Garbage collection on the bucket, safe while any number of nodes push, mount and pull
-//! (docs/gc.md has the argument). Mark: every manifest revision of every repository, and what it
-//! references. Sweep: each unmarked blob whose pointer is older than the grace period is doomed
+//! (docs/gc.md has the argument). Mark: every manifest revision of every repository (with
+//! `gc.delete_untagged`, those a tag or a young revision reaches; the others go, `untagged`), and
+//! what it references. Sweep: each unmarked blob whose pointer is older than the grace period is doomed
 //! (a tombstone object), then its hold is checked; a blob a client was told about within the
 //! grace period is kept, any other is deleted with a conditional DELETE on the pointer's ETag (a
 //! pointer replaced meanwhile survives). Times are the store's clock throughout.
@@ -25,11 +26,6 @@ impl ObjectBackend {
         opts: &GcOptions,
         out: &mut dyn Report,
     ) -> io::Result<GcReport> {
-        if opts.delete_untagged {
-            return Err(io::Error::other(
-                "deleting untagged manifests is not available on the object-store backend yet",
-            ));
-        }
         off_worker(self.collect(opts, out)).map_err(|e| io::Error::other(e.to_string()))
     }
 
@@ -109,31 +105,38 @@ impl ObjectBackend {
             }
         }
 
-        // Mark.
+        // Mark: the kept revisions (all of them without `delete_untagged`), what they reference
+        // and their children.
         let mut marked: HashSet<Digest> = HashSet::new();
+        let mut untagged: Vec<(RepoName, untagged::Revision)> = Vec::new();
         let repos = self.all("catalog/").await?;
         for (i, repo) in repos.iter().enumerate() {
             out.progress("marking repositories", i as u64, repos.len() as u64);
             let Some(name) = catalog_repo(&repo.key) else {
                 continue;
             };
-            let prefix = format!("repos/{name}/_manifests/");
-            for rev in self.all(&prefix).await? {
-                let Some(d) = digest_after(&rev.key, &prefix) else {
-                    continue;
-                };
-                // A revision that cannot be read or parsed keeps everything: nothing it might
-                // reference is known, so the sweep stops (fsck reports it).
-                let Some((media_type, bytes)) = self.revision(&name, &d).await? else {
-                    continue;
-                };
-                let parsed = manifest::parse(&bytes, Some(&media_type)).map_err(|e| {
-                    corrupt(format!(
-                        "manifest {name}@{d} cannot be parsed ({e:?}); nothing was collected"
-                    ))
-                })?;
-                marked.insert(d);
-                marked.extend(parsed.required_blobs);
+            let (kept, dropped) = self
+                .partition_revisions(&name, cutoff, opts.delete_untagged)
+                .await?;
+            for rev in kept {
+                mark(&mut marked, rev);
+            }
+            untagged.extend(dropped.into_iter().map(|r| (name.clone(), r)));
+        }
+
+        // Untagged revisions (only with `delete_untagged`): each deleted under a tombstone, or
+        // marked after all when a push wrote it meanwhile.
+        for (repo, rev) in untagged {
+            let swept = if opts.dry_run {
+                Swept::Deleted
+            } else {
+                self.delete_revision(&repo, &rev, cutoff).await?
+            };
+            if matches!(swept, Swept::Deleted) {
+                out.line(format!("{verb} manifest {repo}@{}", rev.digest));
+                report.manifests.push(format!("{repo}@{}", rev.digest));
+            } else {
+                mark(&mut marked, rev);
             }
         }
 
@@ -397,8 +400,15 @@ struct Sweep<'a> {
     verb: &'a str,
 }
 
-/// What became of a blob the sweep tried to delete.
-enum Swept {
+/// What a revision adds to the marked set: itself, the blobs it needs, its children.
+fn mark(marked: &mut HashSet<Digest>, rev: untagged::Revision) {
+    marked.insert(rev.digest);
+    marked.extend(rev.parsed.required_blobs);
+    marked.extend(rev.parsed.children);
+}
+
+/// What became of a blob (or an untagged revision) the sweep tried to delete.
+pub(super) enum Swept {
     Deleted,
     /// A client was told it exists within the grace period.
     Held,

@@ -10,12 +10,7 @@ impl ObjectBackend {
         digest: &Digest,
         parsed: &Parsed,
     ) -> Result<()> {
-        let mut body = Vec::with_capacity(parsed.media_type.len() + 1 + bytes.len());
-        body.extend_from_slice(parsed.media_type.as_bytes());
-        body.push(b'\n');
-        body.extend_from_slice(bytes);
-        self.store
-            .put(&revision_key(repo, digest), &body, Cond::None)
+        self.write_revision(repo, bytes, digest, &parsed.media_type)
             .await?;
         if let Some(subject) = &parsed.subject {
             let desc = manifest::referrer_descriptor(parsed, digest, bytes.len() as u64);
@@ -28,6 +23,29 @@ impl ObjectBackend {
             self.store.put(&key, &desc, Cond::None).await?;
         }
         self.list_repo(repo).await
+    }
+
+    /// Write a revision: its media type and a nonce on the first line, then the bytes. The
+    /// nonce gives each write its own ETag, so a collection deleting the revision as untagged
+    /// (`untagged`) can tell that it was written again after it looked.
+    async fn write_revision(
+        &self,
+        repo: &RepoName,
+        bytes: &[u8],
+        digest: &Digest,
+        media_type: &str,
+    ) -> Result<()> {
+        let nonce = random_id();
+        let mut body = Vec::with_capacity(media_type.len() + nonce.len() + 2 + bytes.len());
+        body.extend_from_slice(media_type.as_bytes());
+        body.push(b' ');
+        body.extend_from_slice(nonce.as_bytes());
+        body.push(b'\n');
+        body.extend_from_slice(bytes);
+        self.store
+            .put(&revision_key(repo, digest), &body, Cond::None)
+            .await?;
+        Ok(())
     }
 
     /// Make sure `repo` is in the catalog (written once per repository and worker: `listed`).
@@ -55,8 +73,10 @@ impl ObjectBackend {
             .iter()
             .position(|&b| b == b'\n')
             .ok_or_else(|| corrupt(format!("manifest revision {repo}@{d} is torn")))?;
-        let media_type = String::from_utf8(body[..nl].to_vec())
+        // `<media type> <nonce>`; revisions written before the nonce have the media type alone.
+        let line = std::str::from_utf8(&body[..nl])
             .map_err(|_| corrupt(format!("manifest revision {repo}@{d} is torn")))?;
+        let media_type = line.split(' ').next().unwrap_or_default().to_owned();
         let bytes = body[nl + 1..].to_vec();
         if Digest::of(d.algorithm(), &bytes) != *d {
             return Err(corrupt(format!(

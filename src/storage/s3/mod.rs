@@ -9,7 +9,8 @@
 //! - `data/<id>`: the bytes, under the key they were uploaded to (no copy once the digest is known);
 //! - `repos/<repo>/_layers/<alg>/<hex>`: the repository may serve the blob (a nonce, so that
 //!   each write has its own ETag for the collector's conditional delete);
-//! - `repos/<repo>/_manifests/<alg>/<hex>`: a manifest revision (media type line, then the bytes);
+//! - `repos/<repo>/_manifests/<alg>/<hex>`: a manifest revision (a line with the media type and a
+//!   nonce, so that each write has its own ETag; then the bytes);
 //! - `repos/<repo>/_tags/<tag>`: the digest a tag points at, changed by compare-and-swap on its ETag;
 //! - `repos/<repo>/_referrers/<alg>/<hex>/<alg>-<hex>`: a referrer's descriptor;
 //! - `catalog/<repo>`: the repository exists (listed for `/v2/_catalog`);
@@ -30,6 +31,7 @@ pub mod listed;
 mod manifests;
 mod parse;
 pub mod revisions;
+mod untagged;
 mod uploads;
 pub mod writer;
 

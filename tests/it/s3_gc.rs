@@ -1,0 +1,248 @@
+//! `gc.delete_untagged` on a real SeaweedFS bucket: untagged manifests go with what only they
+//! reference, what a tag reaches stays (through indexes and referrers), and a manifest pushed
+//! again while a collector is deleting it is never lost, whichever node pushes it.
+
+use std::time::{Duration, Instant};
+
+use crate::common::seaweed::Seaweed;
+use crate::common::*;
+use crate::gc::{OCI_INDEX, pull_verified, put_manifest};
+use crate::scale_out::{bucket_curl, on_bucket};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The ETag of a bucket object.
+fn etag(weed: &Seaweed, key: &str) -> String {
+    let head = String::from_utf8(bucket_curl(weed, key, &["-I"])).unwrap();
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("etag")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no ETag for {key}: {head}"))
+}
+
+/// An image manifest over `layer` and the shared config, its blobs pushed first.
+fn image(c: &mut Client, repo: &str, layer: &[u8]) -> Vec<u8> {
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = push_blob(c, repo, cfg);
+    let ld = push_blob(c, repo, layer);
+    image_manifest(&cd, cfg.len(), &[(&ld, layer.len())])
+}
+
+/// Untagged manifests past the grace period go, with their referrers and the blobs only they
+/// use; what a tag reaches (directly, as an index's child, as a referrer of a kept manifest)
+/// stays, and so does an old untagged manifest pushed again (by tag or by digest) just before.
+/// A dry run names the same manifests and deletes none.
+#[test]
+fn gc_on_the_bucket_deletes_untagged_manifests_only() {
+    let weed = Seaweed::shared();
+    let node = Server::start_with(
+        "io_uring",
+        &format!(
+            "[gc]\ngrace = \"2s\"\ndelete_untagged = true\n{}",
+            on_bucket(weed, "untagged/")
+        ),
+    );
+    let mut c = node.client();
+    let tagged = push_image(&mut c, "r", "v1", b"tagged layer");
+    // An index (tagged) over a child pushed by digest only.
+    let child = image(&mut c, "r", b"child layer");
+    let child_d = put_manifest(&mut c, "r", &sha256(&child), &child, OCI_MANIFEST);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_d, "size": child.len(),
+                        "platform": {"architecture": "arm64", "os": "linux"}}]
+    }))
+    .unwrap();
+    put_manifest(&mut c, "r", "multi", &index, OCI_INDEX);
+    let referrer = |subject: &str, c: &mut Client| {
+        let empty = push_blob(c, "r", b"{}");
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x.sig",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1}
+        }))
+        .unwrap();
+        put_manifest(c, "r", &sha256(&m), &m, OCI_MANIFEST)
+    };
+    let kept_ref = referrer(&tagged, &mut c);
+    let untagged = image(&mut c, "r", b"untagged layer");
+    let untagged_d = put_manifest(&mut c, "r", &sha256(&untagged), &untagged, OCI_MANIFEST);
+    let lonely_layer = sha256(b"untagged layer");
+    let gone_ref = referrer(&untagged_d, &mut c);
+    let retagged = image(&mut c, "r", b"retagged layer");
+    let retagged_d = put_manifest(&mut c, "r", &sha256(&retagged), &retagged, OCI_MANIFEST);
+    let repushed = image(&mut c, "r", b"repushed layer");
+    let repushed_d = put_manifest(&mut c, "r", &sha256(&repushed), &repushed, OCI_MANIFEST);
+    // Each write of a revision has its own ETag (the collector's delete depends on it).
+    let key = format!(
+        "untagged/repos/r/_manifests/{}",
+        repushed_d.replace(':', "/")
+    );
+    let first = etag(weed, &key);
+    // Past the grace period by the store's clock (whole seconds, so 1.5 s more); then two old
+    // untagged manifests are pushed again, one by tag, one by digest.
+    std::thread::sleep(Duration::from_millis(3_500));
+    put_manifest(&mut c, "r", "again", &retagged, OCI_MANIFEST);
+    put_manifest(&mut c, "r", &repushed_d, &repushed, OCI_MANIFEST);
+    assert_ne!(
+        etag(weed, &key),
+        first,
+        "a revision written again kept its ETag"
+    );
+
+    let (ok, out) = node.run_wharf(&["gc", "--dry-run"]);
+    assert!(ok, "{out}");
+    for d in [&untagged_d, &gone_ref] {
+        assert!(
+            out.contains(&format!("would delete manifest r@{d}")),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains(&format!("would delete blob {lonely_layer}")),
+        "{out}"
+    );
+    assert_eq!(c.get(&format!("/v2/r/manifests/{untagged_d}")).status, 200);
+
+    let (ok, out) = node.run_wharf(&["gc"]);
+    assert!(ok, "{out}");
+    for d in [&untagged_d, &gone_ref] {
+        assert!(out.contains(&format!("deleted manifest r@{d}")), "{out}");
+    }
+    assert!(
+        out.contains(&format!("deleted blob {lonely_layer}")),
+        "{out}"
+    );
+    assert!(out.contains("deleted: 2 manifests"), "{out}");
+    for d in [&tagged, &child_d, &kept_ref, &retagged_d, &repushed_d] {
+        let r = c.request(
+            "HEAD",
+            &format!("/v2/r/manifests/{d}"),
+            &[("Accept", OCI_MANIFEST)],
+            b"",
+        );
+        assert_eq!(r.status, 200, "kept manifest {d}");
+    }
+    for reference in ["v1", "again", &child_d, &repushed_d] {
+        pull_verified(&mut c, "r", reference);
+    }
+    let refs = c.get(&format!("/v2/r/referrers/{tagged}")).json();
+    assert_eq!(refs["manifests"][0]["digest"], kept_ref.as_str());
+    let refs = c.get(&format!("/v2/r/referrers/{untagged_d}")).json();
+    assert_eq!(refs["manifests"], serde_json::json!([]), "{refs}");
+    assert_eq!(c.get(&format!("/v2/r/manifests/{untagged_d}")).status, 404);
+    assert_eq!(c.get(&format!("/v2/r/blobs/{lonely_layer}")).status, 404);
+    let (ok, out) = node.run_wharf(&["fsck"]);
+    assert!(ok, "{out}");
+}
+
+/// Three nodes on one bucket: A collects untagged manifests every second (grace 2 s) and `wharf
+/// gc` loops beside it, while four clients on B and C keep moving their own tag among a small pool
+/// of images, so manifests keep becoming untagged, crossing the grace period, and being tagged
+/// again while a collector is deciding about them. After every push the tag is read back through
+/// the other node and must name the pushed manifest; at the end every tag pulls whole, and the
+/// collectors must in fact have deleted manifests.
+#[test]
+fn manifests_tagged_again_while_gc_deletes_them_are_never_lost() {
+    let weed = Seaweed::shared();
+    let storage = on_bucket(weed, "untagged-loop/");
+    let gc = "[gc]\ngrace = \"2s\"\ndelete_untagged = true\n";
+    let a = Server::start_logged(
+        "io_uring",
+        &format!("{gc}interval = \"1s\"\n{storage}"),
+        "warn,wharf::gc=debug",
+    );
+    let others = [
+        Server::start_with("io_uring", &format!("{gc}{storage}")),
+        Server::start_with("epoll", &format!("{gc}{storage}")),
+    ];
+    // Tagged images in a repository marked after the others: each collection takes a while
+    // between reading the churning repositories' tags and deleting, the window a push can hit.
+    let mut c = a.client();
+    for i in 0..400 {
+        push_image(&mut c, "zz/ballast", &format!("b{i}"), b"ballast");
+    }
+    let stop_at = Instant::now() + Duration::from_secs(40);
+    let collector = crate::gc::gc_in_a_loop(a.config_file(), stop_at);
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let pushed: u32 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (push_at, read_at) = (others[t % 2].addr, others[(t + 1) % 2].addr);
+                s.spawn(move || {
+                    let (mut c, mut r) = (Client::connect(push_at), Client::connect(read_at));
+                    let repo = format!("churn{}/app", t % 2);
+                    let (mut pushed, mut pick) = (0, t as u64 + 1);
+                    let mut last: Option<String> = None;
+                    while Instant::now() < stop_at {
+                        // Images picked at random: each comes back after an untagged spell of
+                        // any length, some just as it crosses the grace period.
+                        pick = pick
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let layer = format!("pool layer {}", (pick >> 33) % 16).into_bytes();
+                        let mut refs = Vec::new();
+                        for blob in [&cfg[..], &layer] {
+                            let d = sha256(blob);
+                            let head =
+                                c.request("HEAD", &format!("/v2/{repo}/blobs/{d}"), &[], b"");
+                            if head.status != 200 {
+                                push_blob(&mut c, &repo, blob);
+                            }
+                            refs.push((d, blob.len()));
+                        }
+                        // What the tag named since the last push is still there.
+                        if let Some(d) = &last {
+                            let got = r.request(
+                                "HEAD",
+                                &format!("/v2/{repo}/manifests/{d}"),
+                                &[("Accept", OCI_MANIFEST)],
+                                b"",
+                            );
+                            assert_eq!(got.status, 200, "{repo}:t{t} named {d}, which is gone");
+                        }
+                        let m = image_manifest(&refs[0].0, refs[0].1, &[(&refs[1].0, refs[1].1)]);
+                        let tag = format!("t{t}");
+                        put_manifest(&mut c, &repo, &tag, &m, OCI_MANIFEST);
+                        let got = r.request(
+                            "GET",
+                            &format!("/v2/{repo}/manifests/{tag}"),
+                            &[("Accept", OCI_MANIFEST)],
+                            b"",
+                        );
+                        assert_eq!(got.status, 200, "{repo}:{tag} right after its push");
+                        assert_eq!(got.body, m, "{repo}:{tag} names another manifest");
+                        // By digest too: a GET by tag may take the bytes from the node's cache.
+                        let d = sha256(&m);
+                        let got = r.request(
+                            "HEAD",
+                            &format!("/v2/{repo}/manifests/{d}"),
+                            &[("Accept", OCI_MANIFEST)],
+                            b"",
+                        );
+                        assert_eq!(got.status, 200, "{repo}:{tag} names {d}, which is gone");
+                        last = Some(d);
+                        pushed += 1;
+                        // Untagged for a while: the pool's other images cross the grace period.
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    pushed
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let crate::gc::Collected {
+        runs, manifests, ..
+    } = collector.join().unwrap();
+    let deleted = manifests + a.log().matches("deleted manifest").count();
+    assert!(pushed > 40 && runs > 2, "pushed {pushed}, gc runs {runs}");
+    assert!(deleted > 0, "no manifest was deleted in {runs} runs");
+    for t in 0..4 {
+        pull_verified(&mut c, &format!("churn{}/app", t % 2), &format!("t{t}"));
+    }
+}
