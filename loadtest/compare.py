@@ -34,6 +34,14 @@ MIB = 1 << 20
 ZB_C = int(os.environ.get("ZB_C", "16"))
 ZB_N = int(os.environ.get("ZB_N", "32"))
 ZB_TIMEOUT = int(os.environ.get("ZB_TIMEOUT", "600"))
+ZB = os.environ.get("ZB", "1") != "0"  # ZB=0: skip zb (minutes per server)
+# zot and zb as compare.sh built them (from the module proxy's v1.4.3, or from ZOT_SRC).
+ZOT_BIN = os.environ.get("ZOT_BIN", os.path.join(PEERS, "zot"))
+ZB_BIN = os.environ.get("ZB_BIN", os.path.join(PEERS, "zb"))
+ZOT_VERSION = os.environ.get("ZOT_VERSION", "v1.4.3")
+# Every server's scenarios ROUNDS times, the servers' order reversed every other round; the table
+# gives medians, and each ratio also round by round.
+ROUNDS = max(1, int(os.environ.get("ROUNDS", "1")))
 
 
 def log(*a):
@@ -135,7 +143,7 @@ class Server:
                 },
                 open(f"{d}/config.json", "w"),
             )
-            cmd = [f"{PEERS}/zot", "serve", f"{d}/config.json"]
+            cmd = [ZOT_BIN, "serve", f"{d}/config.json"]
             env = dict(os.environ)
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=open(f"{d}/out", "w"), stderr=open(f"{d}/log", "w")
@@ -168,7 +176,7 @@ class Server:
             return run([WHARF, "version"]).strip()
         if self.name == "distribution":
             return run([f"{PEERS}/registry", "--version"]).strip()
-        return "zot " + os.environ.get("ZOT_VERSION", "v1.4.3")
+        return "zot " + ZOT_VERSION
 
 
 def start_upload(url, repo):
@@ -337,12 +345,12 @@ def big_pull(url, digest, size, best_of=3, repo="bench/big0"):
 
 def zb(url):
     """zot's benchmark client: its own mix of pushes and pulls of several sizes."""
-    if not os.path.exists(f"{PEERS}/zb"):
+    if not ZB or not os.path.exists(ZB_BIN):
         return None
     with tempfile.TemporaryDirectory() as d:
         try:
             p = subprocess.run(
-                [f"{PEERS}/zb", "-c", str(ZB_C), "-n", str(ZB_N), "-d", d, "-o", "stdout", url],
+                [ZB_BIN, "-c", str(ZB_C), "-n", str(ZB_N), "-d", d, "-o", "stdout", url],
                 capture_output=True, text=True, timeout=ZB_TIMEOUT)
         except subprocess.TimeoutExpired as e:
             out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -418,7 +426,14 @@ def scenarios(s, big_path, big_digest, big_size):
     ]:
         log(f"  {s.name}: k6 {scen} {size} B, {vus} VUs")
         extra = ("CHUNK=262144",) if scen == "chunked" else ()
-        r[key] = k6(url, scen, size, vus, extra_env=extra)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r[key], cpu = with_cpu(s.proc.pid, k6, url, scen, size, vus, extra_env=extra)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        # CPU per operation of the server and of k6 (the client shares the two cores).
+        ops = r[key]["rps"] * SECS
+        r[key]["server_cpu_ms"] = cpu / ops * 1e3 if ops else 0.0
+        r[key]["client_cpu_ms"] = client / ops * 1e3 if ops else 0.0
     log(f"  {s.name}: 256 MiB push and pull, one connection")
     r["push_256m"] = big_push(url, big_path, big_digest, big_size)
     r["pull_256m"], cpu = with_cpu(s.proc.pid, big_pull, url, big_digest, big_size)
@@ -509,6 +524,22 @@ def parse_zb(text):
     return out
 
 
+def median_run(runs):
+    """One server's rounds as one: per row the median round (by requests/s where the row has
+    them, else MB/s, else the number itself); zb's text from the last round that ran it."""
+    out = {}
+    for key in runs[0]:
+        vals = [r[key] for r in runs]
+        if isinstance(vals[0], dict):
+            metric = "rps" if "rps" in vals[0] else "mbps"
+            out[key] = sorted(vals, key=lambda v: v[metric])[len(vals) // 2]
+        elif isinstance(vals[0], (int, float)):
+            out[key] = sorted(vals)[len(vals) // 2]
+        else:
+            out[key] = next((v for v in reversed(vals) if v), vals[-1])
+    return out
+
+
 def fmt_req(x):
     if x is None:
         return "—"
@@ -534,19 +565,22 @@ def compare(work):
 
     log("machine limits: iperf3 loopback stream, openssl SHA-256")
     limits = machine_limits(big_path)
-    results, versions = {}, {}
-    for name in ONLY:
-        log(f"{name}:")
-        settle()
-        s = Server(name, work).start()
-        try:
-            versions[name] = s.version()
-            results[name] = scenarios(s, big_path, big_digest, big_size)
-        finally:
-            s.stop()
-        # Keep what was measured even if a later server or step fails.
-        with open(os.environ.get("OUT", "compare-results.md") + ".json", "w") as f:
-            json.dump({"limits": limits, "results": results}, f, indent=1)
+    rounds, versions = {n: [] for n in ONLY}, {}
+    for r in range(ROUNDS):
+        order = ONLY if r % 2 == 0 else ONLY[::-1]
+        for name in order:
+            log(f"{name} (round {r + 1} of {ROUNDS}):")
+            settle()
+            s = Server(name, work).start()
+            try:
+                versions[name] = s.version()
+                rounds[name].append(scenarios(s, big_path, big_digest, big_size))
+            finally:
+                s.stop()
+            # Keep what was measured even if a later server or step fails.
+            with open(os.environ.get("OUT", "compare-results.md") + ".json", "w") as f:
+                json.dump({"limits": limits, "rounds": rounds}, f, indent=1)
+    results = {n: median_run(rounds[n]) for n in ONLY}
     settle()
     tls = tls_rows(work, big_path, big_digest, big_size) if "wharf" in ONLY else {}
     settle()
@@ -559,6 +593,9 @@ def compare(work):
     kernel = os.uname().release
     p(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores, "
       f"Linux {kernel}; {SECS} s per load scenario; client and server share the cores.")
+    if ROUNDS > 1:
+        p(f"{ROUNDS} rounds, the servers' order reversed every other round; each cell is the median "
+          "round, each ratio the ratio of medians followed by the rounds' own ratios.")
     p("")
     p("Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()))
     p("")
@@ -568,6 +605,17 @@ def compare(work):
 
     def ratio(a, b):
         return f"{a / b:.1f}×" if a and b else "—"
+
+    def ratio_cell(key, metric, x):
+        """wharf ÷ x of the medians; with several rounds, each round's ratio after it."""
+        def value(run):
+            v = run[key]
+            return v[metric] if metric else v
+        cell = ratio(value(results["wharf"]), value(results[x]))
+        if ROUNDS > 1:
+            each = [ratio(value(a), value(b)) for a, b in zip(rounds["wharf"], rounds[x])]
+            cell += " (" + " / ".join(each) + ")"
+        return cell
 
     rows = [
         ("4 KiB blob GET, 32 conns (wrk)", "get_blob_4k"),
@@ -582,21 +630,19 @@ def compare(work):
     for label, key in rows:
         vals = [results[n][key] for n in ONLY]
         p(f"| {label} | " + " | ".join(fmt_req(v) for v in vals)
-          + "".join(f" | {ratio(results['wharf'][key]['rps'], results[x][key]['rps'])}"
-                    for x in peers) + " |")
+          + "".join(f" | {ratio_cell(key, 'rps', x)}" for x in peers) + " |")
     for label, key in [("1 MiB blob GET, 32 VUs (k6), MB/s", "k6_pull_1m"),
                        ("1 MiB chunked push, 32 VUs (k6), MB/s", "k6_chunked_1m"),
                        ("64 MiB monolithic push, 1 VU (k6), MB/s", "k6_push_64m")]:
         vals = [results[n][key]["mbps"] for n in ONLY]
         p(f"| {label} | " + " | ".join(f"{v:,.0f}" for v in vals)
-          + "".join(f" | {ratio(results['wharf'][key]['mbps'], results[x][key]['mbps'])}"
-                    for x in peers) + " |")
+          + "".join(f" | {ratio_cell(key, 'mbps', x)}" for x in peers) + " |")
     for label, key in [("256 MiB monolithic PUT, 1 conn (client sends with sendfile; best of 3), MB/s", "push_256m"),
                        ("256 MiB GET, 1 conn (client reads into a 4 MiB buffer; best of 3), MB/s", "pull_256m"),
                        ("peak RSS over all of the above, MiB", "peak_rss")]:
         vals = [results[n][key] for n in ONLY]
         p(f"| {label} | " + " | ".join(f"{v:,.0f}" for v in vals)
-          + "".join(f" | {ratio(results['wharf'][key], results[x][key])}" for x in peers) + " |")
+          + "".join(f" | {ratio_cell(key, None, x)}" for x in peers) + " |")
     p("")
     sha, fill = limits["sha_mbps"], limits["fill_mbps"]
     p(f"Machine, same run: one loopback TCP stream (iperf3) {limits['tcp_mbps']:,.0f} MB/s; "
@@ -613,6 +659,13 @@ def compare(work):
         p("Server CPU, same run: " + "; ".join(
             f"{n} {results[n]['cpu_us_get_4k']:.1f} µs per 4 KiB GET (wrk), "
             f"{results[n]['cpu_s_per_gb_pull']:.2f} s per GB pulled (256 MiB GETs)" for n in ONLY) + ".")
+        p("")
+        p("CPU per operation in the k6 rows, server / k6 (ms; both share the two cores): " + "; ".join(
+            f"{label}: " + ", ".join(
+                f"{n} {results[n][key].get('server_cpu_ms', 0):.2f} / {results[n][key].get('client_cpu_ms', 0):.2f}"
+                for n in ONLY)
+            for label, key in [("4 KiB push", "k6_push_4k"), ("1 MiB chunked push", "k6_chunked_1m"),
+                               ("1 MiB GET", "k6_pull_1m"), ("4 KiB GET", "k6_pull_4k")]) + ".")
     if tls:
         w = results["wharf"]
         p("")

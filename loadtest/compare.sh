@@ -7,7 +7,8 @@
 #   loadtest/compare.sh [seconds per scenario, default 10]
 #
 # Environment: ONLY=wharf,wharf-epoll,distribution,zot (the default; a subset), QUICK=1 (skip the 4 GiB and 10k-connection rows),
-# OUT=file. S3=1: the S3 mode instead (loadtest/s3bench.py): wharf and distribution's s3 driver on one
+# ROUNDS=n (every server n times, alternating their order; medians and per-round ratios), ZB=0 (skip zb),
+# ZOT_SRC=dir (zot built from that source, see below), OUT=file. S3=1: the S3 mode instead (loadtest/s3bench.py): wharf and distribution's s3 driver on one
 # SeaweedFS, and SeaweedFS itself (ONLY=wharf,distribution,seaweedfs; QUICK=1 skips the 4 GiB row). A benchmark: no number ever fails it. Needs root or sudo for apt-get the first time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,12 +18,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # github.com/project-zot/zot v1.4.3 (the last release published under that path; it declares itself
 # zotregistry.io/zot, so `go install` refuses it): `go mod download` fetches it and we build its zot
 # and zb commands, minimal (no extensions), with the pure-Go OpenPGP tag as zot's own
-# `make binary-minimal` does.
+# `make binary-minimal` does. ZOT_SRC=<a checkout of zot's public repository at a tag, e.g. v2.1.20>
+# builds zot and zb from that source instead (`go build ./cmd/zot ./cmd/zb`, no extensions, the
+# environment of zot's own `make binary-minimal`), labelled with the tag (or ZOT_VERSION).
 DISTRIBUTION_VERSION=v3.1.2
-ZOT_VERSION=v1.4.3
-export ZOT_VERSION
 PEERS=$PWD/loadtest/.peers
 export PEERS=$PEERS/bin
+if [ -n "${ZOT_SRC:-}" ]; then
+  ZOT_SRC=$(cd "$ZOT_SRC" && pwd)
+  [ -f "$ZOT_SRC/cmd/zot/main.go" ] || { echo "ZOT_SRC=$ZOT_SRC is not a zot source tree" >&2; exit 1; }
+  ZOT_VERSION=${ZOT_VERSION:-$(git -C "$ZOT_SRC" describe --tags --exact-match 2>/dev/null || basename "$ZOT_SRC")}
+else
+  ZOT_VERSION=v1.4.3
+fi
+export ZOT_VERSION ZOT_BIN=$PEERS/zot-$ZOT_VERSION ZB_BIN=$PEERS/zb-$ZOT_VERSION
 
 sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
 need_apt=()
@@ -44,17 +53,23 @@ if [ "${S3:-}" = 1 ]; then
   [ -x target/tools/bin/weed ] || tests/setup.sh
   SECS=${1:-10} exec python3 loadtest/s3bench.py
 fi
-if [ ! -x "$PEERS/zot" ] || [ ! -x "$PEERS/zb" ]; then
+if [ ! -x "$ZOT_BIN" ] || [ ! -x "$ZB_BIN" ]; then
   echo "building zot $ZOT_VERSION (zot, zb)" >&2
-  # The Go toolchain fetches the module through its own configured proxy; we build a writable copy.
-  src=$(mktemp -d)
-  dir=$(cd "$src" && go mod download -json "github.com/project-zot/zot@$ZOT_VERSION" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
-  cp -r "$dir" "$src/zot" && chmod -R u+w "$src/zot"
-  (cd "$src/zot" &&
-    GOFLAGS=-mod=mod go build -o "$PEERS/zot" -tags containers_image_openpgp ./cmd/zot &&
-    GOFLAGS=-mod=mod go build -o "$PEERS/zb" -tags containers_image_openpgp ./cmd/zb)
-  rm -rf "$src"
+  if [ -n "${ZOT_SRC:-}" ]; then
+    (cd "$ZOT_SRC" &&
+      CGO_ENABLED=0 GOEXPERIMENT=jsonv2 go build -trimpath -o "$ZOT_BIN" ./cmd/zot &&
+      CGO_ENABLED=0 GOEXPERIMENT=jsonv2 go build -trimpath -o "$ZB_BIN" ./cmd/zb)
+  else
+    # The Go toolchain fetches the module through its own configured proxy; we build a writable copy.
+    src=$(mktemp -d)
+    dir=$(cd "$src" && go mod download -json "github.com/project-zot/zot@$ZOT_VERSION" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+    cp -r "$dir" "$src/zot" && chmod -R u+w "$src/zot"
+    (cd "$src/zot" &&
+      GOFLAGS=-mod=mod go build -o "$ZOT_BIN" -tags containers_image_openpgp ./cmd/zot &&
+      GOFLAGS=-mod=mod go build -o "$ZB_BIN" -tags containers_image_openpgp ./cmd/zb)
+    rm -rf "$src"
+  fi
 fi
 
 cargo build --release -q
