@@ -12,7 +12,7 @@ use crate::common::{
     start_upload,
 };
 
-pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Make everything in the store look `age` old (as if pushed that long ago). A file the running
 /// server or collector removes between the listing and the open is skipped.
@@ -163,24 +163,33 @@ fn gc_removes_only_unreferenced_data_past_the_grace_period(driver: &str) {
     pull_verified(&mut c, "app", "a");
 }
 
-fn delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers(driver: &str) {
-    let s = Server::start_with(driver, "[gc]\ndelete_untagged = true\n");
-    let mut c = s.client();
-    let tagged = push_image(&mut c, "r", "v1", b"tagged layer");
+/// What `push_untagged` pushed to repository `r`: a tagged image with a referrer, a tagged
+/// index over a child pushed by digest only (all kept by `delete_untagged`), and an untagged
+/// image with its own referrer and a layer no other manifest uses (all to go).
+pub(crate) struct Untagged {
+    pub tagged: String,
+    pub child_d: String,
+    pub kept_ref: String,
+    pub untagged_d: String,
+    pub gone_ref: String,
+    pub lonely_layer: String,
+}
+
+pub(crate) fn push_untagged(c: &mut Client) -> Untagged {
+    let tagged = push_image(c, "r", "v1", b"tagged layer");
     // An index (tagged) over a child pushed by digest only.
     let cfg = br#"{"architecture":"arm64","os":"linux"}"#;
-    let cd = push_blob(&mut c, "r", cfg);
-    let child_layer = push_blob(&mut c, "r", b"child layer");
+    let cd = push_blob(c, "r", cfg);
+    let child_layer = push_blob(c, "r", b"child layer");
     let child = image_manifest(&cd, cfg.len(), &[(&child_layer, 11)]);
-    let child_d = put_manifest(&mut c, "r", &sha256(&child), &child, OCI_MANIFEST);
+    let child_d = put_manifest(c, "r", &sha256(&child), &child, OCI_MANIFEST);
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": OCI_INDEX,
         "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_d, "size": child.len(),
                         "platform": {"architecture": "arm64", "os": "linux"}}]
     }))
     .unwrap();
-    put_manifest(&mut c, "r", "multi", &index, OCI_INDEX);
-    // A referrer of the tagged image (kept), and an untagged image with its own referrer (both go).
+    put_manifest(c, "r", "multi", &index, OCI_INDEX);
     let referrer = |subject: &str, c: &mut Client| {
         let empty = push_blob(c, "r", b"{}");
         let m = serde_json::to_vec(&serde_json::json!({
@@ -192,11 +201,32 @@ fn delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers(driver: &
         .unwrap();
         put_manifest(c, "r", &sha256(&m), &m, OCI_MANIFEST)
     };
-    let kept_ref = referrer(&tagged, &mut c);
-    let lonely_layer = push_blob(&mut c, "r", b"untagged layer");
+    let kept_ref = referrer(&tagged, c);
+    let lonely_layer = push_blob(c, "r", b"untagged layer");
     let untagged = image_manifest(&cd, cfg.len(), &[(&lonely_layer, 14)]);
-    let untagged_d = put_manifest(&mut c, "r", &sha256(&untagged), &untagged, OCI_MANIFEST);
-    let gone_ref = referrer(&untagged_d, &mut c);
+    let untagged_d = put_manifest(c, "r", &sha256(&untagged), &untagged, OCI_MANIFEST);
+    let gone_ref = referrer(&untagged_d, c);
+    Untagged {
+        tagged,
+        child_d,
+        kept_ref,
+        untagged_d,
+        gone_ref,
+        lonely_layer,
+    }
+}
+
+fn delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers(driver: &str) {
+    let s = Server::start_with(driver, "[gc]\ndelete_untagged = true\n");
+    let mut c = s.client();
+    let Untagged {
+        tagged,
+        child_d,
+        kept_ref,
+        untagged_d,
+        gone_ref,
+        lonely_layer,
+    } = push_untagged(&mut c);
     age_everything(&s.root(), Duration::from_secs(7200));
 
     let (ok, out) = s.run_wharf(&["gc"]);

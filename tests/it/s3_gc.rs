@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::seaweed::Seaweed;
 use crate::common::*;
-use crate::gc::{OCI_INDEX, pull_verified, put_manifest};
+use crate::gc::{Untagged, pull_verified, push_untagged, put_manifest};
 use crate::scale_out::{bucket_curl, on_bucket};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -46,33 +46,14 @@ fn gc_on_the_bucket_deletes_untagged_manifests_only() {
         ),
     );
     let mut c = node.client();
-    let tagged = push_image(&mut c, "r", "v1", b"tagged layer");
-    // An index (tagged) over a child pushed by digest only.
-    let child = image(&mut c, "r", b"child layer");
-    let child_d = put_manifest(&mut c, "r", &sha256(&child), &child, OCI_MANIFEST);
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_d, "size": child.len(),
-                        "platform": {"architecture": "arm64", "os": "linux"}}]
-    }))
-    .unwrap();
-    put_manifest(&mut c, "r", "multi", &index, OCI_INDEX);
-    let referrer = |subject: &str, c: &mut Client| {
-        let empty = push_blob(c, "r", b"{}");
-        let m = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/x.sig",
-            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
-            "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
-            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1}
-        }))
-        .unwrap();
-        put_manifest(c, "r", &sha256(&m), &m, OCI_MANIFEST)
-    };
-    let kept_ref = referrer(&tagged, &mut c);
-    let untagged = image(&mut c, "r", b"untagged layer");
-    let untagged_d = put_manifest(&mut c, "r", &sha256(&untagged), &untagged, OCI_MANIFEST);
-    let lonely_layer = sha256(b"untagged layer");
-    let gone_ref = referrer(&untagged_d, &mut c);
+    let Untagged {
+        tagged,
+        child_d,
+        kept_ref,
+        untagged_d,
+        gone_ref,
+        lonely_layer,
+    } = push_untagged(&mut c);
     let retagged = image(&mut c, "r", b"retagged layer");
     let retagged_d = put_manifest(&mut c, "r", &sha256(&retagged), &retagged, OCI_MANIFEST);
     let repushed = image(&mut c, "r", b"repushed layer");
