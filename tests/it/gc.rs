@@ -175,6 +175,34 @@ pub(crate) struct Untagged {
     pub lonely_layer: String,
 }
 
+impl Untagged {
+    /// After a collection that printed `out`: the untagged image, its referrer and its layer
+    /// went; everything a tag reaches is there and pulls whole.
+    pub(crate) fn check_collected(&self, out: &str, c: &mut Client) {
+        for d in [&self.untagged_d, &self.gone_ref] {
+            assert!(out.contains(&format!("deleted manifest r@{d}")), "{out}");
+        }
+        let lonely = &self.lonely_layer;
+        assert!(out.contains(&format!("deleted blob {lonely}")), "{out}");
+        assert!(out.contains("deleted: 2 manifests"), "{out}");
+        for d in [&self.tagged, &self.child_d, &self.kept_ref] {
+            let r = c.request(
+                "HEAD",
+                &format!("/v2/r/manifests/{d}"),
+                &[("Accept", OCI_MANIFEST)],
+                b"",
+            );
+            assert_eq!(r.status, 200, "kept manifest {d}");
+        }
+        pull_verified(c, "r", "v1");
+        pull_verified(c, "r", &self.child_d);
+        let refs = c.get(&format!("/v2/r/referrers/{}", self.tagged)).json();
+        assert_eq!(refs["manifests"][0]["digest"], self.kept_ref.as_str());
+        let gone = format!("/v2/r/manifests/{}", self.untagged_d);
+        assert_eq!(c.get(&gone).status, 404);
+    }
+}
+
 pub(crate) fn push_untagged(c: &mut Client) -> Untagged {
     let tagged = push_image(c, "r", "v1", b"tagged layer");
     // An index (tagged) over a child pushed by digest only.
@@ -219,45 +247,12 @@ pub(crate) fn push_untagged(c: &mut Client) -> Untagged {
 fn delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers(driver: &str) {
     let s = Server::start_with(driver, "[gc]\ndelete_untagged = true\n");
     let mut c = s.client();
-    let Untagged {
-        tagged,
-        child_d,
-        kept_ref,
-        untagged_d,
-        gone_ref,
-        lonely_layer,
-    } = push_untagged(&mut c);
+    let pushed = push_untagged(&mut c);
     age_everything(&s.root(), Duration::from_secs(7200));
 
     let (ok, out) = s.run_wharf(&["gc"]);
     assert!(ok, "{out}");
-    assert!(
-        out.contains(&format!("deleted manifest r@{untagged_d}")),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!("deleted manifest r@{gone_ref}")),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!("deleted blob {lonely_layer}")),
-        "{out}"
-    );
-    assert!(out.contains("deleted: 2 manifests"), "{out}");
-    for d in [&tagged, &child_d, &kept_ref] {
-        let r = c.request(
-            "HEAD",
-            &format!("/v2/r/manifests/{d}"),
-            &[("Accept", OCI_MANIFEST)],
-            b"",
-        );
-        assert_eq!(r.status, 200, "kept manifest {d}");
-    }
-    pull_verified(&mut c, "r", "v1");
-    pull_verified(&mut c, "r", &child_d);
-    let refs = c.get(&format!("/v2/r/referrers/{tagged}")).json();
-    assert_eq!(refs["manifests"][0]["digest"], kept_ref.as_str());
-    assert_eq!(c.get(&format!("/v2/r/manifests/{untagged_d}")).status, 404);
+    pushed.check_collected(&out, &mut c);
     let (ok, out) = s.run_wharf(&["fsck"]);
     assert!(ok, "{out}");
 }
