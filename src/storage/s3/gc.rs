@@ -1,8 +1,8 @@
 //! Garbage collection on the bucket, safe while any number of nodes push, mount and pull
 //! (docs/gc.md has the argument). Mark: every manifest revision of every repository (with
 //! `gc.delete_untagged`, those a tag or a young revision reaches; the others go, `untagged`), and
-//! what it references. Sweep: each unmarked blob whose pointer is older than the grace period is doomed
-//! (a tombstone object), then its hold is checked; a blob a client was told about within the
+//! what it references. Sweep: each unmarked blob whose pointer is older than the grace period is
+//! doomed (a tombstone object), then its hold is checked; a blob a client was told about within the
 //! grace period is kept, any other is deleted with a conditional DELETE on the pointer's ETag (a
 //! pointer replaced meanwhile survives). Times are the store's clock throughout.
 
@@ -124,8 +124,9 @@ impl ObjectBackend {
             untagged.extend(dropped.into_iter().map(|r| (name.clone(), r)));
         }
 
-        // Untagged revisions (only with `delete_untagged`): each deleted under a tombstone, or
-        // marked after all when a push wrote it meanwhile.
+        // Untagged revisions (only with `delete_untagged`): each looked at again and deleted
+        // only if still old and unchanged (`untagged`); marked after all when a push wrote it
+        // meanwhile.
         for (repo, rev) in untagged {
             let swept = if opts.dry_run {
                 Swept::Deleted
