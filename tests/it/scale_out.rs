@@ -281,9 +281,20 @@ fn an_object_store_outage_is_503_and_loses_nothing() {
     wait_for("the node to see the store again", || {
         node.client().get("/readyz").status == 200
     });
+    // SeaweedFS answers bucket listings (the readiness probe) before its volume serves objects
+    // again; wharf says 503 meanwhile. Anything else (a 404 above all) is an answer.
+    wait_for("the store to serve objects again", || {
+        node.client().get("/v2/o/app/manifests/v1").status != 503
+    });
     let mut c = node.client();
     let r = c.get("/v2/o/app/manifests/v1");
-    assert_eq!(r.header("Docker-Content-Digest"), Some(pushed.as_str()));
+    assert_eq!(
+        r.header("Docker-Content-Digest"),
+        Some(pushed.as_str()),
+        "{} {}",
+        r.status,
+        r.body_text()
+    );
     assert!(c.get(&format!("/v2/o/app/blobs/{}", sha256(&layer))).body == layer);
     push_image(&mut c, "o/app", "v2", &noise(5, 1000));
 }
