@@ -12,7 +12,7 @@ use super::*;
 
 /// Whether a store timestamp may be later than `cutoff`, both whole seconds truncated from the
 /// true times: every comparison leans towards keeping.
-fn maybe_after(modified: u64, cutoff: u64) -> bool {
+pub(super) fn maybe_after(modified: u64, cutoff: u64) -> bool {
     modified >= cutoff
 }
 

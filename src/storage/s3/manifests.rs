@@ -14,12 +14,7 @@ impl ObjectBackend {
             .await?;
         if let Some(subject) = &parsed.subject {
             let desc = manifest::referrer_descriptor(parsed, digest, bytes.len() as u64);
-            let key = format!(
-                "{}{}-{}",
-                referrers_prefix(repo, subject),
-                digest.algorithm().as_str(),
-                digest.hex()
-            );
+            let key = referrer_key(repo, subject, digest);
             self.store.put(&key, &desc, Cond::None).await?;
         }
         self.list_repo(repo).await
@@ -263,12 +258,7 @@ impl ObjectBackend {
         if let Ok(parsed) = manifest::parse(&bytes, Some(&media_type))
             && let Some(subject) = parsed.subject
         {
-            let key = format!(
-                "{}{}-{}",
-                referrers_prefix(repo, &subject),
-                d.algorithm().as_str(),
-                d.hex()
-            );
+            let key = referrer_key(repo, &subject, d);
             self.store.delete(&key, None).await?;
         }
         Ok(())

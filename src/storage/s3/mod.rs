@@ -126,6 +126,16 @@ fn referrers_prefix(repo: &RepoName, subject: &Digest) -> String {
     format!("repos/{repo}/_referrers/{}/", alg_hex(subject))
 }
 
+/// The entry that lists manifest `d` among `subject`'s referrers.
+fn referrer_key(repo: &RepoName, subject: &Digest, d: &Digest) -> String {
+    format!(
+        "{}{}-{}",
+        referrers_prefix(repo, subject),
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
 fn catalog_key(repo: &RepoName) -> String {
     format!("catalog/{repo}")
 }

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::gc::Swept;
+use super::gc::{Swept, maybe_after};
 use super::*;
 
 /// A revision the mark phase read.
@@ -66,7 +66,7 @@ impl ObjectBackend {
         }
         let mut queue: Vec<Digest> = revs
             .values()
-            .filter(|r| r.modified >= cutoff)
+            .filter(|r| maybe_after(r.modified, cutoff))
             .map(|r| r.digest.clone())
             .collect();
         let tags = tags_prefix(repo);
@@ -132,7 +132,7 @@ impl ObjectBackend {
         let Some(seen) = self.store.head(&key).await? else {
             return Ok(Swept::Replaced);
         };
-        if seen.modified >= cutoff {
+        if maybe_after(seen.modified, cutoff) {
             return Ok(Swept::Held);
         }
         match self.store.delete(&key, Some(&seen.etag)).await {
@@ -141,12 +141,7 @@ impl ObjectBackend {
             Err(e) => return Err(e.into()),
         }
         if let Some(subject) = &rev.parsed.subject {
-            let entry = format!(
-                "{}{}-{}",
-                referrers_prefix(repo, subject),
-                rev.digest.algorithm().as_str(),
-                rev.digest.hex()
-            );
+            let entry = referrer_key(repo, subject, &rev.digest);
             self.store.delete(&entry, None).await?;
             // Pushed again since the delete: its push may have written the entry before the
             // delete above removed it.
