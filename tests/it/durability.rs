@@ -238,42 +238,53 @@ fn upload_session_survives_kill_9(driver: &str) {
     assert_eq!(c.get("/v2/resume/manifests/kept").status, 200);
 }
 
-/// A crash while a finished session's directory is being removed (or before its files exist)
-/// leaves part of it behind; after the restart such a session is unknown, never a 500.
-fn torn_upload_session_is_unknown_after_a_crash(driver: &str) {
-    let mut s = Server::start(driver);
-    let mut c = s.client();
-    // A session has files once its first chunk arrived.
-    let mut start = || {
-        let loc = c
-            .request("POST", "/v2/torn/blobs/uploads/", &[], b"")
-            .header("Location")
-            .unwrap()
-            .to_owned();
-        assert_eq!(c.request("PATCH", &loc, &[], b"x").status, 202);
-        loc
+/// Sessions in the layout before one-file sessions (`uploads/<id>/` with `data` and a CRC-checked
+/// `state`), as an upgrade finds them: one with both files resumes where it was and completes
+/// (moved to its one file on the way); one torn by a crash (no `data`, or no `state`) is unknown,
+/// never a 500; one of another repository is unknown here.
+fn upload_sessions_of_the_previous_layout_resume_or_are_unknown(driver: &str) {
+    let s = Server::start(driver);
+    let legacy = |n: u32, repo: &str, data: Option<&[u8]>, state: bool| {
+        let id = format!("0000{n:04x}-0000-4000-8000-000000000000");
+        let dir = s.root().join("uploads").join(&id);
+        std::fs::create_dir(&dir).unwrap();
+        if let Some(data) = data {
+            std::fs::write(dir.join("data"), data).unwrap();
+        }
+        if state {
+            let body = format!("wharf-upload-v1\n{repo}\nsha256\n");
+            let crc = crc32fast::hash(body.as_bytes());
+            std::fs::write(dir.join("state"), format!("{body}{crc:08x}\n")).unwrap();
+        }
+        (format!("/v2/torn/blobs/uploads/{id}"), dir)
     };
-    let (no_data, no_state) = (start(), start());
-    let dir = |loc: &str| {
-        s.root()
-            .join("uploads")
-            .join(loc.rsplit('/').next().unwrap())
-    };
-    std::fs::remove_file(dir(&no_data).join("data")).unwrap();
-    std::fs::remove_file(dir(&no_state).join("state")).unwrap();
-    s.restart_hard();
+    let (whole, whole_dir) = legacy(1, "torn", Some(b"first half "), true);
+    let (no_data, _) = legacy(2, "torn", None, true);
+    let (no_state, _) = legacy(3, "torn", Some(b"x"), false);
+    let (elsewhere, _) = legacy(4, "other", Some(b"x"), true);
     let mut c = s.client();
-    for loc in [&no_data, &no_state] {
+    for loc in [&no_data, &no_state, &elsewhere] {
         for (method, body) in [("GET", &b""[..]), ("PATCH", b"x"), ("DELETE", b"")] {
             let r = c.request(method, loc, &[], body);
             assert_eq!(r.status, 404, "{method} {loc}");
             assert_eq!(r.error_code(), "BLOB_UPLOAD_UNKNOWN", "{method} {loc}");
         }
     }
+    let st = c.get(&whole);
+    assert_eq!((st.status, st.header("Range")), (204, Some("0-10")));
+    assert!(!whole_dir.exists(), "moved to the one-file layout");
+    assert_eq!(c.request("PATCH", &whole, &[], b"second half").status, 202);
+    let d = sha256(b"first half second half");
+    let r = c.request("PUT", &format!("{whole}?digest={d}"), &[], b"");
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        c.get(&format!("/v2/torn/blobs/{d}")).body,
+        b"first half second half"
+    );
 }
 
 on_both_drivers!(
-    torn_upload_session_is_unknown_after_a_crash,
+    upload_sessions_of_the_previous_layout_resume_or_are_unknown,
     same_blob_and_tag_from_32_connections,
     racing_patches_on_one_upload_never_corrupt,
     client_vanishing_mid_upload_leaves_nothing_visible,

@@ -163,6 +163,53 @@ fn gc_removes_only_unreferenced_data_past_the_grace_period(driver: &str) {
     pull_verified(&mut c, "app", "a");
 }
 
+/// A repository's link to a blob is a second name of the blob's file (no inode of its own, also
+/// when mounted); a link left naming an older copy (the blob collected and pushed again while the
+/// link stayed) is pointed at the stored blob by the next collection, so that copy's space comes
+/// back; and a collected blob takes its links with it.
+fn links_are_names_of_the_blob_file_and_gc_repoints_stale_ones(driver: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let data = b"one layer, linked twice ".repeat(64);
+    let d = push_blob(&mut c, "a/one", &data);
+    let r = c.request(
+        "POST",
+        &format!("/v2/a/two/blobs/uploads/?mount={d}&from=a/one"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 201);
+    let hex = &d[7..];
+    let blob = s.root().join("blobs/sha256").join(&hex[..2]).join(hex);
+    let link = |repo: &str| {
+        s.root()
+            .join(format!("repositories/{repo}/_layers/sha256/{hex}"))
+    };
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&link("a/one")), ino(&blob));
+    assert_eq!(ino(&link("a/two")), ino(&blob));
+    assert_eq!(std::fs::metadata(&blob).unwrap().nlink(), 3);
+
+    // a/two's link names a copy of the data in a file of its own.
+    let copy = s.root().join("copy");
+    std::fs::write(&copy, &data).unwrap();
+    std::fs::rename(&copy, link("a/two")).unwrap();
+    assert_ne!(ino(&link("a/two")), ino(&blob));
+    let (ok, out) = s.run_wharf(&["gc"]);
+    assert!(ok, "{out}");
+    assert_eq!(ino(&link("a/two")), ino(&blob));
+    assert_eq!(std::fs::metadata(&blob).unwrap().nlink(), 3);
+    assert_eq!(c.get(&format!("/v2/a/two/blobs/{d}")).body, data);
+
+    // Unreferenced and past its grace: the blob goes, and with it every name of its file.
+    let (ok, out) = s.run_wharf(&["gc", "--grace", "0s"]);
+    assert!(ok && out.contains("1 blobs"), "{out}");
+    for p in [blob, link("a/one"), link("a/two")] {
+        assert!(!p.exists(), "{} is left", p.display());
+    }
+}
+
 /// What `push_untagged` pushed to repository `r`: a tagged image with a referrer, a tagged
 /// index over a child pushed by digest only (all kept by `delete_untagged`), and an untagged
 /// image with its own referrer and a layer no other manifest uses (all to go).
@@ -541,4 +588,5 @@ on_both_drivers!(
     gc_in_a_loop_never_loses_a_pushed_blob,
     server_gc_expires_sessions_without_data,
     gc_and_fsck_show_progress_only_on_a_terminal,
+    links_are_names_of_the_blob_file_and_gc_repoints_stale_ones,
 );

@@ -198,7 +198,7 @@ fn upload_entries(s: &Server) -> Vec<String> {
 
 /// A session keeps nothing on disk until its first chunk: POST + PUT with the whole blob leaves no
 /// session files, a PUT whose body breaks off leaves the session empty and usable, and a PATCH
-/// makes the session durable (directory with data and state).
+/// makes the session durable (one file).
 fn sessions_touch_the_disk_at_their_first_chunk(driver: &str) {
     let s = Server::start(driver);
     let mut c = s.client();
@@ -242,15 +242,28 @@ fn sessions_touch_the_disk_at_their_first_chunk(driver: &str) {
     let r = c.request("PUT", &format!("{loc}?digest={d}"), &[], &data);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 
-    // A chunk makes the session durable.
+    // A chunk makes the session durable: one file, named by the session, its algorithm and a
+    // key of its repository.
     let loc = post(&mut c);
     assert_eq!(c.request("PATCH", &loc, &[], b"chunk").status, 202);
     let id = loc.rsplit('/').next().unwrap();
-    assert_eq!(upload_entries(&s), vec![id.to_owned()]);
-    let dir = s.root().join("uploads").join(id);
-    assert_eq!(std::fs::read(dir.join("data")).unwrap(), b"chunk");
-    assert!(dir.join("state").exists());
+    let entries = upload_entries(&s);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let (name, repo_key) = entries[0].rsplit_once('.').unwrap();
+    assert_eq!(name, format!("{id}.sha256"));
+    assert_eq!(repo_key, &sha256(b"lazy")[7..39]);
+    let file = s.root().join("uploads").join(&entries[0]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"chunk");
+    assert!(file.is_file());
     assert_eq!(c.request("DELETE", &loc, &[], b"").status, 204);
+    assert_eq!(upload_entries(&s), Vec::<String>::new());
+
+    // A chunked upload leaves nothing in `uploads/` once complete: its file became the blob.
+    let loc = post(&mut c);
+    let r = c.request("PATCH", &loc, &[], &data);
+    assert_eq!(r.status, 202);
+    let r = c.request("PUT", &format!("{loc}?digest={d}"), &[], b"");
+    assert_eq!(r.status, 201);
     assert_eq!(upload_entries(&s), Vec::<String>::new());
 }
 

@@ -170,9 +170,55 @@ impl Filesystem {
     }
 
     /// Make a stored blob visible in `repo`.
-    pub(crate) async fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
-        fsio::touch(&self.layer_link(repo, d)).await?;
+    pub(crate) async fn link_blob(self: &Arc<Self>, repo: &RepoName, d: &Digest) -> Result<()> {
+        let (s, r, digest) = (Arc::clone(self), repo.clone(), d.clone());
+        let linked = fsio::off(move || s.make_link(&r, &digest)).await?;
+        self.sync_link(repo, d, linked).await?;
         Ok(())
+    }
+
+    /// Link `d` into `repo` (blocking): a second name of the blob's file, so that a link costs a
+    /// directory entry and no inode of its own. Without the blob's file (the collector has it
+    /// parked this moment) an empty marker file does instead, as every link did before hard
+    /// links; either way a link is only read together with the blob's data (`blob_size`).
+    /// Returns the directories created on the way and whether the link is new.
+    fn make_link(&self, repo: &RepoName, d: &Digest) -> io::Result<(Vec<PathBuf>, bool)> {
+        let link = self.layer_link(repo, d);
+        let created = fsio::create_missing(link.parent().expect("links have a parent"))?;
+        let made = match std::fs::hard_link(self.blob_path(d), &link) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&link)
+                .map(drop),
+            other => other,
+        };
+        match made {
+            Ok(()) => Ok((created, true)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((created, false)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Make a link `make_link` created durable: the directories it created, then its own entry.
+    /// (The blob's inode gains a link count: a journalling filesystem commits it with the entry;
+    /// without a journal, the e2fsck that follows a crash recounts it.)
+    async fn sync_link(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        (created, new): (Vec<PathBuf>, bool),
+    ) -> io::Result<()> {
+        fsio::sync_created(&created).await?;
+        if !new {
+            return Ok(());
+        }
+        fsio::fsync_dir(
+            self.layer_link(repo, d)
+                .parent()
+                .expect("links have a parent"),
+        )
+        .await
     }
 
     /// Remove `repo`'s link to a blob (the data stays until garbage collection).
@@ -212,33 +258,40 @@ impl Filesystem {
         link: Option<&RepoName>,
     ) -> io::Result<()> {
         let target = self.blob_path(d);
-        let touch_link = async {
-            match link {
-                Some(repo) => fsio::touch(&self.layer_link(repo, d)).await,
-                None => Ok(()),
-            }
-        };
         let (s, digest, from, to) = (Arc::clone(self), d.clone(), tmp.to_owned(), target.clone());
-        // Already stored (another push won the race): drop ours. Otherwise move it in.
-        let moved: Option<Vec<PathBuf>> = fsio::off(move || {
-            if s.hold_blob_data(&digest)?.is_some() {
+        let repo = link.cloned();
+        // Already stored (another push won the race): drop ours. Otherwise move it in. Then the
+        // link, to whichever file is stored.
+        let (moved, linked) = fsio::off(move || {
+            let moved = if s.hold_blob_data(&digest)?.is_some() {
                 std::fs::remove_file(&from)?;
-                return Ok(None);
-            }
-            let created = fsio::create_missing(to.parent().expect("blob paths have a parent"))?;
-            std::fs::rename(&from, &to)?;
-            Ok(Some(created))
+                None
+            } else {
+                let created = fsio::create_missing(to.parent().expect("blob paths have a parent"))?;
+                std::fs::rename(&from, &to)?;
+                Some(created)
+            };
+            let linked = repo.map(|r| s.make_link(&r, &digest)).transpose()?;
+            Ok((moved, linked))
         })
         .await?;
-        let Some(created) = moved else {
-            return touch_link.await;
+        let stored = async {
+            let Some(created) = moved else {
+                return Ok(());
+            };
+            fsio::sync_created(&created).await?;
+            fsio::fsync_dir(target.parent().expect("blob paths have a parent")).await
         };
-        fsio::sync_created(&created).await?;
-        let dir = target.parent().expect("blob paths have a parent");
-        // The directory's fsync and the link (with its own directory fsync) run together: the
-        // answer waits for both, and a link whose data a crash lost is never served (links are
-        // only read together with the data, see `blob_size`).
-        let (stored, linked) = monoio::join!(fsio::fsync_dir(dir), touch_link);
+        let link_synced = async {
+            match (link, linked) {
+                (Some(repo), Some(l)) => self.sync_link(repo, d, l).await,
+                _ => Ok(()),
+            }
+        };
+        // The store's directory fsync and the link's run together: the answer waits for both,
+        // and a link whose data a crash lost is never served (links are only read together with
+        // the data, see `blob_size`).
+        let (stored, linked) = monoio::join!(stored, link_synced);
         stored.and(linked)
     }
 

@@ -212,29 +212,6 @@ pub(crate) async fn write_atomic(path: &Path, bytes: Vec<u8>) -> io::Result<()> 
     fsync_dir(path.parent().expect("storage paths have a parent")).await
 }
 
-/// Create an empty marker file (a link) durably; succeeds if it already exists.
-pub(crate) async fn touch(path: &Path) -> io::Result<()> {
-    let p = path.to_owned();
-    let made = off(move || {
-        if p.exists() {
-            return Ok(None);
-        }
-        let created = create_missing(p.parent().expect("storage paths have a parent"))?;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)?;
-        Ok(Some(created))
-    })
-    .await?;
-    let Some(created) = made else {
-        return Ok(());
-    };
-    sync_created(&created).await?;
-    fsync_dir(path.parent().expect("storage paths have a parent")).await
-}
-
 /// Remove a file off the worker; `Ok(false)` if it did not exist.
 pub(crate) async fn remove(path: &Path) -> io::Result<bool> {
     let p = path.to_owned();

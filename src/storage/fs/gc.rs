@@ -332,12 +332,13 @@ impl Filesystem {
     }
 
     /// Remove `_layers` links whose blob is gone (checked again after parking each link, so a blob
-    /// committed meanwhile keeps its link).
+    /// committed meanwhile keeps its link), and re-point stale ones (`relink_stale`).
     fn remove_dangling_links(&self) -> io::Result<usize> {
         let mut n = 0;
         for repo in self.repositories()? {
             for (d, path) in digest_files(&self.repo_dir(&repo).join("_layers"))? {
                 if self.blob_path(&d).exists() || self.gc_trash_path(&d).exists() {
+                    self.relink_stale(&d, &path)?;
                     continue;
                 }
                 if park_and_decide(&path, &beside(&path), |_| {
@@ -348,6 +349,27 @@ impl Filesystem {
             }
         }
         Ok(n)
+    }
+
+    /// A link is a second name of its blob's file (`make_link`). One that names another file with
+    /// data (the blob was collected and pushed again while the link stayed) keeps that old copy's
+    /// space: point it at the stored blob. Empty markers (links made without the blob's file, or
+    /// before hard links) stay as they are.
+    fn relink_stale(&self, d: &Digest, link: &Path) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let blob = self.blob_path(d);
+        let (Ok(l), Ok(b)) = (fs::metadata(link), fs::metadata(&blob)) else {
+            return Ok(());
+        };
+        if l.ino() == b.ino() || l.len() == 0 {
+            return Ok(());
+        }
+        let fresh = beside(link);
+        match fs::hard_link(&blob, &fresh) {
+            Ok(()) => fs::rename(&fresh, link),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Upload sessions and temp files untouched for the grace period.
@@ -382,11 +404,7 @@ impl Filesystem {
                 continue;
             }
             if !dry_run {
-                if path.is_dir() {
-                    self.forget_upload(&name);
-                } else {
-                    super::fsio::remove_if_exists(&path)?;
-                }
+                self.forget_upload(&name, &path)?;
             }
             out.line(format!("{verb} stale upload {name}"));
             n += 1;

@@ -1,13 +1,18 @@
-//! Upload sessions. Data streams into `uploads/<id>/data` while being hashed; the hash state lives in
-//! a sharded in-memory table so that chunks may arrive on any connection or thread. After a restart
-//! (or a failed write) the partial file is re-hashed. A small CRC-checked `state` file records the
-//! session's repository and digest algorithm.
+//! Upload sessions. Data streams into one file, `uploads/<id>.<alg>.<repository key>`, while being
+//! hashed; the hash state lives in a sharded in-memory table so that chunks may arrive on any
+//! connection or thread. After a restart (or a failed write) the partial file is re-hashed. The
+//! file's name records what a restart needs: the digest algorithm, and a key of the repository
+//! (`repo_key`) that only a request naming the same repository reproduces.
 //!
 //! A session touches the disk only when its first chunk arrives (PATCH): a POST is a table entry,
 //! and a PUT that brings the whole blob to a session without data streams into a temp file and
-//! commits it like a monolithic upload, so POST + PUT creates no session files at all. (On a
-//! filesystem without a journal, ext4 scans past recently deleted inodes on every allocation; the
-//! directory and state file created and deleted per blob cost more CPU than the rest of the push.)
+//! commits it like a monolithic upload, so POST + PUT creates no session files at all. A session
+//! is one inode, renamed into the store when it completes: nothing is created or deleted per
+//! session besides. (On a filesystem without a journal, ext4 scans past recently deleted inodes
+//! on every allocation; the directory and state file the layout before this one created and
+//! deleted per session cost more CPU than the rest of a chunked push.) Sessions in that layout,
+//! `uploads/<id>/{data,state}` with a CRC-checked `state`, move to the one-file layout when a
+//! request after an upgrade finds them.
 
 use std::collections::HashMap;
 use std::io;
@@ -35,7 +40,7 @@ struct Session {
     offset: u64,
     /// A request holds the lease; others must not write concurrently.
     busy: bool,
-    /// `uploads/<id>/` exists (false until the first chunk; such a session has offset 0).
+    /// Its file exists (false until the first chunk; such a session has offset 0).
     on_disk: bool,
     /// When the session started (memory-only sessions expire with the stale uploads on disk).
     started: std::time::SystemTime,
@@ -173,6 +178,7 @@ impl Drop for UploadLease {
     }
 }
 
+#[cfg(test)]
 fn state_text(repo: &RepoName, alg: Algorithm) -> String {
     let body = format!("{STATE_MAGIC}\n{repo}\n{}\n", alg.as_str());
     format!("{body}{:08x}\n", crc32fast::hash(body.as_bytes()))
@@ -292,14 +298,38 @@ impl Filesystem {
         Ok(id)
     }
 
-    /// Create a session's directory, empty `data` and `state` (its first chunk is arriving);
-    /// the open `data` file.
-    fn persist_session(dir: &Path, repo: &RepoName, alg: Algorithm) -> io::Result<std::fs::File> {
-        std::fs::create_dir(dir)?;
-        // `data` before `state`: the session exists once its state does.
-        let data = open_rw(&dir.join("data"), true)?;
-        std::fs::write(dir.join("state"), state_text(repo, alg))?;
-        Ok(data)
+    /// The one file of a session of `repo` hashed with `alg`.
+    fn session_path(&self, id: &str, repo: &RepoName, alg: Algorithm) -> PathBuf {
+        self.uploads_dir()
+            .join(format!("{id}.{}.{}", alg.as_str(), repo_key(repo)))
+    }
+
+    /// A session of `repo` this process's table does not hold (after a restart or an idle
+    /// timeout): its algorithm and file, or `None` when no session `id` of `repo` is stored. One
+    /// in the layout before one-file sessions moves to its file first; a torn one (no `state`, or
+    /// no `data`) is unknown.
+    fn find_session(&self, id: &str, repo: &RepoName) -> io::Result<Option<(Algorithm, PathBuf)>> {
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let path = self.session_path(id, repo, alg);
+            if path.exists() {
+                return Ok(Some((alg, path)));
+            }
+        }
+        let dir = self.upload_dir(id);
+        let Some((stored, alg)) = Self::load_session(&dir) else {
+            return Ok(None);
+        };
+        if stored != *repo {
+            return Ok(None);
+        }
+        let path = self.session_path(id, repo, alg);
+        match std::fs::rename(dir.join("data"), &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        remove_session_files(&dir);
+        Ok(Some((alg, path)))
     }
 
     /// Forget sessions that never received data and started before `cutoff`; how many.
@@ -335,7 +365,7 @@ impl Filesystem {
         n
     }
 
-    /// The session as stored on disk (after a restart): repository, algorithm.
+    /// A session in the layout before one-file sessions: repository, algorithm.
     fn load_session(dir: &Path) -> Option<(RepoName, Algorithm)> {
         let text = std::fs::read_to_string(dir.join("state")).ok()?;
         parse_state(&text)
@@ -363,15 +393,12 @@ impl Filesystem {
         };
         let (alg, hasher, offset, on_disk) = match known {
             Some(k) => k,
-            // Not in this process's table: a session from before a restart, if its state says so.
+            // Not in this process's table: a session from before a restart, if one is stored.
             None => {
-                let dir = self.upload_dir(id);
-                let (srepo, alg) = fsio::off(move || Ok(Self::load_session(&dir)))
+                let (s, sid, r) = (Arc::clone(self), id.to_owned(), repo.clone());
+                let (alg, _) = fsio::off(move || s.find_session(&sid, &r))
                     .await?
                     .ok_or(StoreError::UploadUnknown)?;
-                if srepo != *repo {
-                    return Err(StoreError::UploadUnknown);
-                }
                 let mut shard = self.uploads.shard(id);
                 if shard.contains_key(id) {
                     return Err(StoreError::UploadBusy { offset: 0 });
@@ -400,7 +427,7 @@ impl Filesystem {
             writer: None,
             temp: false,
         };
-        let path = self.upload_dir(id).join("data");
+        let path = self.session_path(id, repo, alg);
         let file = if on_disk {
             let p = path.clone();
             match fsio::off(move || open_rw(&p, false)).await {
@@ -418,8 +445,8 @@ impl Filesystem {
                 lease.writer = Some(self.temp_writer(alg).await?);
                 return Ok(lease);
             }
-            let (dir, r) = (self.upload_dir(id), repo.clone());
-            let file = fsio::off(move || Self::persist_session(&dir, &r, alg)).await?;
+            let p = path.clone();
+            let file = fsio::off(move || open_rw(&p, true)).await?;
             if let Some(s) = self.uploads.shard(id).get_mut(id) {
                 s.on_disk = true;
             }
@@ -439,7 +466,7 @@ impl Filesystem {
     }
 
     /// Bytes received so far by an upload of `repo`.
-    pub(crate) async fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
+    pub(crate) async fn upload_offset(self: &Arc<Self>, repo: &RepoName, id: &str) -> Result<u64> {
         {
             let shard = self.uploads.shard(id);
             if let Some(s) = shard.get(id) {
@@ -450,16 +477,15 @@ impl Filesystem {
                 };
             }
         }
-        let (dir, repo) = (self.upload_dir(id), repo.clone());
+        let (s, id, repo) = (Arc::clone(self), id.to_owned(), repo.clone());
         fsio::off(move || {
-            Ok(match Self::load_session(&dir) {
-                Some((r, _)) if r == repo => match std::fs::metadata(dir.join("data")) {
+            Ok(match s.find_session(&id, &repo)? {
+                Some((_, path)) => match std::fs::metadata(path) {
                     Ok(m) => Ok(m.len()),
-                    // State without data: a session torn by a crash is unknown, not an error.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::UploadUnknown),
                     Err(e) => Err(e.into()),
                 },
-                _ => Err(StoreError::UploadUnknown),
+                None => Err(StoreError::UploadUnknown),
             })
         })
         .await?
@@ -476,42 +502,55 @@ impl Filesystem {
             .writer
             .take()
             .expect("writer present until completion");
+        // Its file was renamed into the store, or (failed) removed: only the entry is left.
         let result = self.finish_writer(w, expected, repo).await;
-        self.forget_upload_off(&lease.id).await;
+        self.uploads.shard(&lease.id).remove(&lease.id);
         result
     }
 
-    /// Cancel an upload of `repo`.
-    pub(crate) async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+    /// Cancel an upload of `repo`: the table entry at once, the file on the blocking pool.
+    pub(crate) async fn cancel_upload(self: &Arc<Self>, repo: &RepoName, id: &str) -> Result<()> {
         self.upload_offset(repo, id).await?;
-        self.forget_upload_off(id).await;
+        if self
+            .uploads
+            .shard(id)
+            .remove(id)
+            .is_some_and(|s| !s.on_disk)
+        {
+            return Ok(());
+        }
+        let (s, id, repo) = (Arc::clone(self), id.to_owned(), repo.clone());
+        fsio::off(move || match s.find_session(&id, &repo)? {
+            Some((_, path)) => fsio::remove_if_exists(&path).map(drop),
+            None => Ok(()),
+        })
+        .await?;
         Ok(())
     }
 
-    /// `forget_upload` from a worker: the table at once, the files on the blocking pool.
-    async fn forget_upload_off(&self, id: &str) {
-        let known = self.uploads.shard(id).remove(id);
-        if known.is_some_and(|s| !s.on_disk) {
-            return;
-        }
-        let dir = self.upload_dir(id);
-        let _ = fsio::off(move || {
-            remove_session_files(&dir);
+    /// Forget a stale session (the collector): `name` is its file or, in the layout before
+    /// one-file sessions, its directory under `uploads/`.
+    pub(super) fn forget_upload(&self, name: &str, path: &Path) -> io::Result<()> {
+        let id = name.split('.').next().unwrap_or_default();
+        self.uploads.shard(id).remove(id);
+        if path.is_dir() {
+            remove_session_files(path);
             Ok(())
-        })
-        .await;
-    }
-
-    pub(super) fn forget_upload(&self, id: &str) {
-        let known = self.uploads.shard(id).remove(id);
-        if known.is_some_and(|s| !s.on_disk) {
-            return;
+        } else {
+            fsio::remove_if_exists(path).map(drop)
         }
-        remove_session_files(&self.upload_dir(id));
     }
 }
 
-/// Remove a session's files. `state` first: a session directory without it is unknown, so a crash
+/// A key of a repository's name for session file names: 128 bits of its SHA-256 in hex (names
+/// may be longer than a file name, and hold `/`).
+fn repo_key(repo: &RepoName) -> String {
+    let mut h = Algorithm::Sha256.hasher();
+    h.update(repo.to_string().as_bytes());
+    h.finish().hex()[..32].to_owned()
+}
+
+/// Remove a session's files (the layout before one-file sessions). `state` first: a session directory without it is unknown, so a crash
 /// in the middle of the removal leaves an unknown session (collected later), never a half-known one.
 fn remove_session_files(dir: &Path) {
     {
