@@ -140,6 +140,30 @@ pub fn blobs_as_streams() -> Option<&'static str> {
         .as_deref()
 }
 
+/// Test-only delays (`WHARF_FAULT_DELAY_<WHAT>=<ms>`): an object-store request that an
+/// ordering argument depends on is held back this long, so a race the order closes would open
+/// (`tombstone_look`: a request's look for a collector's tombstone; `sweep`: the collector
+/// between its second look at a hold and its delete).
+#[cfg(feature = "fault-hooks")]
+pub async fn fault_delay(what: &'static str) {
+    static DELAYS: std::sync::OnceLock<std::collections::HashMap<&'static str, u64>> =
+        std::sync::OnceLock::new();
+    let delays = DELAYS.get_or_init(|| {
+        ["TOMBSTONE_LOOK", "SWEEP"]
+            .into_iter()
+            .filter_map(|k| {
+                let ms = fault_switch(&format!("WHARF_FAULT_DELAY_{k}"))?
+                    .parse()
+                    .ok()?;
+                Some((k, ms))
+            })
+            .collect()
+    });
+    if let Some(&ms) = delays.get(what) {
+        monoio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! `gc.delete_untagged` on a real SeaweedFS bucket: untagged manifests go with what only they
 //! reference, what a tag reaches stays (through indexes and referrers), and a manifest pushed
-//! again while a collector is deleting it is never lost, whichever node pushes it.
+//! again while a collector is deleting it is never lost, whichever node pushes it; and a blob a
+//! HEAD answers for while the collector deletes it is still there for the next request.
 
 use std::time::{Duration, Instant};
 
@@ -212,4 +213,77 @@ fn manifests_tagged_again_while_gc_deletes_them_are_never_lost() {
     for t in 0..4 {
         pull_verified(&mut c, &format!("churn{}/app", t % 2), &format!("t{t}"));
     }
+}
+
+/// A blob a HEAD answered 200 for is there for the request that follows, also when the HEAD
+/// arrives while the collector is deleting that blob. Eight clients each HEAD three blobs no
+/// manifest references in turn through node B (each blob about every 2.5 s, so its hold keeps
+/// crossing the 2 s grace) and, after each 200, GET the blob through node C at once (a GET holds
+/// nothing, so it sees any deletion); a 404 makes them push it again. Test-only delays widen the
+/// windows the protocol's order closes: A's collector pauses 600 ms between its second look at a
+/// hold and its delete, and B's looks for a tombstone are answered 800 ms late. A HEAD that read
+/// the blob's pointer alongside that look, as one did, answers 200 for a blob the collector
+/// deletes meanwhile: the GET through C gets 404.
+#[test]
+fn a_head_racing_the_collector_never_answers_for_a_blob_it_deletes() {
+    let weed = Seaweed::shared();
+    let storage = on_bucket(weed, "head-race/");
+    let hooks = |delay: &'static str, ms: &'static str| [("WHARF_FAULT_HOOKS", "1"), (delay, ms)];
+    let _a = Server::start_with_env(
+        "io_uring",
+        &format!("[gc]\ninterval = \"1s\"\ngrace = \"2s\"\n{storage}"),
+        &hooks("WHARF_FAULT_DELAY_SWEEP", "600"),
+    );
+    let b = Server::start_with_env(
+        "epoll",
+        &storage,
+        &hooks("WHARF_FAULT_DELAY_TOMBSTONE_LOOK", "800"),
+    );
+    let c_node = Server::start_with("io_uring", &storage);
+    let blobs: Vec<Vec<u8>> = (0..24u32)
+        .map(|i| format!("unreferenced blob {i}").into_bytes())
+        .collect();
+    let stop_at = Instant::now() + Duration::from_secs(30);
+    let (answered, deleted) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (b, c_node, blobs) = (&b, &c_node, &blobs);
+                s.spawn(move || {
+                    let mut head_c = b.client();
+                    let (mut answered, mut deleted) = (0u32, 0u32);
+                    let mut i = t;
+                    while Instant::now() < stop_at {
+                        let blob = &blobs[i % blobs.len()];
+                        i += 8;
+                        let d = sha256(blob);
+                        let path = format!("/v2/race/blobs/{d}");
+                        let head = head_c.request("HEAD", &path, &[], b"");
+                        if head.status != 200 {
+                            assert_eq!(head.status, 404, "HEAD {d}");
+                            deleted += 1;
+                            push_blob(&mut head_c, "race", blob);
+                            continue;
+                        }
+                        answered += 1;
+                        // A new connection each time: C closes ones idle while B answers late.
+                        let got = c_node.client().get(&path);
+                        assert_eq!(
+                            got.status, 200,
+                            "{d} was deleted right after a HEAD answered 200 for it"
+                        );
+                    }
+                    (answered, deleted)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |(a, d), (x, y)| (a + x, d + y))
+    });
+    // The collector did delete blobs while they were being looked at (else this proves nothing).
+    assert!(
+        answered > 50 && deleted > 5,
+        "answered {answered}, deleted {deleted}"
+    );
 }

@@ -35,18 +35,26 @@ impl ObjectBackend {
 
     /// Whether a collection is deleting `d` now (its tombstone exists).
     async fn doomed(&self, d: &Digest) -> Result<bool> {
+        #[cfg(feature = "fault-hooks")]
+        crate::task::fault_delay("TOMBSTONE_LOOK").await;
         Ok(self.store.head(&doomed_key(d)).await?.is_some())
     }
 
-    /// The pointer of a blob a client may rely on: held first, then found present and not
-    /// being deleted. A collector deciding about the blob this moment (its tombstone) is waited
+    /// The pointer of a blob a client may rely on: held first, then found not being deleted,
+    /// then present. A collector deciding about the blob this moment (its tombstone) is waited
     /// for: it lifts the tombstone only after its decision is carried out, so what is found then
     /// is what stays. A tombstone that outlives `DOOM_WAIT` (a collector that died) counts as
     /// absent: the client uploads the blob again.
+    ///
+    /// The pointer is read only after the look for the tombstone has been answered: read
+    /// together, a pointer read before the collector's delete and a tombstone look answered
+    /// after its lift would both find nothing amiss, and the client would be told a blob exists
+    /// that was deleted in between (found by `scale_out::gc_in_a_loop…` under load;
+    /// `s3_gc::a_head_racing_the_collector…`, with delayed looks, shows it at once).
     async fn held_pointer(&self, repo: Option<&RepoName>, d: &Digest) -> Result<Option<Pointer>> {
         self.hold(d).await?;
         let link = repo.map(|r| link_key(r, d));
-        let mut waited = Duration::ZERO;
+        let since = std::time::Instant::now();
         loop {
             let linked = async {
                 match &link {
@@ -54,15 +62,18 @@ impl ObjectBackend {
                     None => Ok::<bool, StoreError>(true),
                 }
             };
-            let (linked, pointer, doomed) = monoio::join!(linked, self.pointer(d), self.doomed(d));
+            let (linked, doomed) = monoio::join!(linked, self.doomed(d));
             if !doomed? {
-                return if linked? { pointer } else { Ok(None) };
+                return if linked? {
+                    self.pointer(d).await
+                } else {
+                    Ok(None)
+                };
             }
-            if waited >= DOOM_WAIT {
+            if since.elapsed() >= DOOM_WAIT {
                 return Ok(None);
             }
             monoio::time::sleep(DOOM_POLL).await;
-            waited += DOOM_POLL;
         }
     }
 
@@ -236,7 +247,6 @@ impl ObjectBackend {
                 .await
             {
                 Ok(_) => {}
-                // Another upload of the same bytes won: keep its copy.
                 // Another upload of the same bytes won (keep its copy), or a collection is deleting
                 // the blob: then ours replaces its pointer, which makes the collector's
                 // conditional delete of the old one fail, and lifts the tombstone.
@@ -245,6 +255,22 @@ impl ObjectBackend {
                         .put(&pointer_key(expected), &pointer.encode(), Cond::None)
                         .await?;
                     self.store.delete(&doomed_key(expected), None).await?;
+                }
+                // The pointer we collided with is kept, unless a collection deleted it and
+                // lifted its tombstone between our write and our look: then ours goes in.
+                Err(S3Error::Precondition) if self.pointer(expected).await?.is_none() => {
+                    let (key, encoded) = (pointer_key(expected), pointer.encode());
+                    match self.store.put(&key, &encoded, Cond::Absent).await {
+                        Ok(_) => {}
+                        // Stored by yet another upload meanwhile: keep that one.
+                        Err(S3Error::Precondition) => {
+                            let _ = self.store.delete(&w.data_key, None).await;
+                        }
+                        Err(e) => {
+                            let _ = self.store.delete(&w.data_key, None).await;
+                            return Err(e.into());
+                        }
+                    }
                 }
                 Err(S3Error::Precondition) => {
                     let _ = self.store.delete(&w.data_key, None).await;

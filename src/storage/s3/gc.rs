@@ -303,6 +303,8 @@ impl ObjectBackend {
             {
                 return Ok(Swept::Held);
             }
+            #[cfg(feature = "fault-hooks")]
+            crate::task::fault_delay("SWEEP").await;
             match self.store.delete(&pointer_key(d), Some(etag)).await {
                 Ok(()) => {}
                 Err(S3Error::Precondition) => return Ok(Swept::Replaced),
