@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """What each registry does to the filesystem per pushed blob: fsyncs and inode allocations.
 
-Runs the k6 4 KiB push scenario (POST + PUT, 32 VUs) against each server in turn (the ones
-loadtest/compare.sh built) and counts, system-wide with `perf stat`, the ext4 tracepoints
-`ext4_sync_file_enter` (every fsync/fdatasync, whether a syscall or an io_uring op) and
-`ext4_allocate_inode` / `ext4_free_inode`. Needs root, `perf` (Debian: linux-perf) and an ext4
-filesystem under $TMPDIR. Usage: loadtest/fsyncs.py [seconds] (env ONLY=wharf,zot,...)
+Runs the k6 4 KiB push scenario (POST + PUT, 32 VUs) and the 1 MiB chunked push (4 PATCH of
+256 KiB, then PUT) against each server in turn (the ones loadtest/compare.sh built) and counts,
+system-wide with `perf stat`, the ext4 tracepoints `ext4_sync_file_enter` (every fsync/fdatasync,
+whether a syscall or an io_uring op) and `ext4_allocate_inode` / `ext4_free_inode`. On ext4
+without a journal every inode allocation scans past the inodes freed in the last minute, so both
+columns cost CPU. Needs root, `perf` (Debian: linux-perf) and an ext4 filesystem under $TMPDIR.
+Usage: loadtest/fsyncs.py [seconds] (env ONLY=wharf,zot,...)
 """
 
 import os
@@ -22,9 +24,11 @@ EVENTS = ["ext4:ext4_sync_file_enter", "ext4:ext4_allocate_inode", "ext4:ext4_fr
 
 def main():
     secs = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-    print("| server | blobs/s | fsyncs per blob | inodes allocated per blob | inodes freed per blob |")
-    print("|---|---|---|---|---|")
-    for name in compare.ONLY:
+    print("| server | scenario | blobs/s | fsyncs per blob | inodes allocated per blob | "
+          "inodes freed per blob |")
+    print("|---|---|---|---|---|---|")
+    for name, (scenario, size) in [(n, sc) for n in compare.ONLY
+                                   for sc in (("push", 4096), ("chunked", 1 << 20))]:
         work = tempfile.mkdtemp(prefix="fsyncs-")
         s = compare.Server(name, work).start()
         try:
@@ -32,7 +36,7 @@ def main():
             perf = subprocess.Popen(["perf", "stat", "-a", "-x", ",", "-e", ",".join(EVENTS),
                                      "-o", out])
             time.sleep(0.5)
-            r = compare.k6(s.url, "push", 4096, 32, secs=secs)
+            r = compare.k6(s.url, scenario, size, 32, secs=secs)
             perf.send_signal(2)
             perf.wait()
             counts = {}
@@ -43,7 +47,7 @@ def main():
             # One blob per k6 iteration, `rps` iterations per second over `secs` seconds.
             blobs = r["rps"] * secs
             per = {e: counts.get(e, 0) / blobs for e in EVENTS}
-            print(f"| {name} | {r['rps']:,.0f} | {per[EVENTS[0]]:.2f} | {per[EVENTS[1]]:.2f} | "
+            print(f"| {name} | {scenario} {size // 1024} KiB | {r['rps']:,.0f} | {per[EVENTS[0]]:.2f} | {per[EVENTS[1]]:.2f} | "
                   f"{per[EVENTS[2]]:.2f} |")
         finally:
             s.stop()
