@@ -210,6 +210,55 @@ fn links_are_names_of_the_blob_file_and_gc_repoints_stale_ones(driver: &str) {
     }
 }
 
+/// A blob whose file has as many names as the filesystem allows (ext4: 65,000, a base layer in
+/// that many repositories) is still linked into one more repository (an empty marker then), and
+/// served there.
+fn a_blob_at_the_filesystems_link_limit_still_links(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let data = b"a very popular base layer".to_vec();
+    let d = push_blob(&mut c, "base/one", &data);
+    let hex = &d[7..];
+    let blob = s.root().join("blobs/sha256").join(&hex[..2]).join(hex);
+    let names = s.root().join("names");
+    std::fs::create_dir(&names).unwrap();
+    let mut limit = None;
+    for i in 0..70_000 {
+        match std::fs::hard_link(&blob, names.join(i.to_string())) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {
+                limit = Some(i);
+                break;
+            }
+            Err(e) => panic!("link {i}: {e}"),
+        }
+    }
+    assert!(
+        limit.is_some(),
+        "no link limit within 70,000 names: this test needs ext4 under the test's temp dir"
+    );
+    let r = c.request(
+        "POST",
+        &format!("/v2/base/two/blobs/uploads/?mount={d}&from=base/one"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    let link = s
+        .root()
+        .join(format!("repositories/base/two/_layers/sha256/{hex}"));
+    assert_eq!(
+        std::fs::metadata(&link).unwrap().len(),
+        0,
+        "a marker, not a name"
+    );
+    assert_eq!(c.get(&format!("/v2/base/two/blobs/{d}")).body, data);
+    // A push of the same bytes to a third repository links the same way.
+    assert_eq!(push_blob(&mut c, "base/three", &data), d);
+    assert_eq!(c.get(&format!("/v2/base/three/blobs/{d}")).body, data);
+    std::fs::remove_dir_all(&names).unwrap();
+}
+
 /// What `push_untagged` pushed to repository `r`: a tagged image with a referrer, a tagged
 /// index over a child pushed by digest only (all kept by `delete_untagged`), and an untagged
 /// image with its own referrer and a layer no other manifest uses (all to go).
@@ -589,4 +638,5 @@ on_both_drivers!(
     server_gc_expires_sessions_without_data,
     gc_and_fsck_show_progress_only_on_a_terminal,
     links_are_names_of_the_blob_file_and_gc_repoints_stale_ones,
+    a_blob_at_the_filesystems_link_limit_still_links,
 );

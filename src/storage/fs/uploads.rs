@@ -550,8 +550,9 @@ fn repo_key(repo: &RepoName) -> String {
     h.finish().hex()[..32].to_owned()
 }
 
-/// Remove a session's files (the layout before one-file sessions). `state` first: a session directory without it is unknown, so a crash
-/// in the middle of the removal leaves an unknown session (collected later), never a half-known one.
+/// Remove a session's files (the layout before one-file sessions). `state` first: a session
+/// directory without it is unknown, so a crash in the middle of the removal leaves an unknown
+/// session (collected later), never a half-known one.
 fn remove_session_files(dir: &Path) {
     {
         let _ = std::fs::remove_file(dir.join("state"));
