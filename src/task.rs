@@ -142,7 +142,7 @@ pub fn blobs_as_streams() -> Option<&'static str> {
 
 /// Test-only delays (`WHARF_FAULT_DELAY_<WHAT>=<ms>`): an object-store request that an
 /// ordering argument depends on is held back this long, so a race the order closes would open
-/// (`tombstone_look`: a request's look for a collector's tombstone; `sweep`: the collector
+/// (`TOMBSTONE_LOOK`: a request's look for a collector's tombstone; `SWEEP`: the collector
 /// between its second look at a hold and its delete).
 #[cfg(feature = "fault-hooks")]
 pub async fn fault_delay(what: &'static str) {
