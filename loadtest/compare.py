@@ -110,12 +110,14 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
+        # More `[storage]` keys for wharf (A/B runs, e.g. "direct_writes = false\n").
+        self.storage_extra = ""
 
     def start(self, tls=None):
         d = self.dir
         os.makedirs(f"{d}/data", exist_ok=True)
         if self.name.startswith("wharf"):
-            cfg = f'[server]\nport = {self.port}\n[storage]\nroot = "{d}/data"\n'
+            cfg = f'[server]\nport = {self.port}\n[storage]\nroot = "{d}/data"\n{self.storage_extra}'
             if tls:
                 cfg += tls
                 self.url = f"https://127.0.0.1:{self.port}"

@@ -434,6 +434,11 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP wharf_direct_write_bytes_total Pushed bytes written to the filesystem store around the page cache (O_DIRECT).\n# TYPE wharf_direct_write_bytes_total counter\nwharf_direct_write_bytes_total {}",
+            crate::storage::direct_write_bytes()
+        );
+        let _ = writeln!(
+            out,
             "# HELP wharf_client_idle_connections Idle keep-alive connections to object stores and upstreams, all workers (at most 32 per endpoint and worker).\n# TYPE wharf_client_idle_connections gauge\nwharf_client_idle_connections {}",
             crate::client::idle_connections_total()
         );

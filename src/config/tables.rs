@@ -26,6 +26,10 @@ pub struct StorageConfig {
     /// directory listings; under epoll also reads, writes and fsyncs). Each may have 64 jobs
     /// waiting; beyond that requests wait for room. Default `0` = 2 × `server.threads`, at least 4.
     pub blocking_threads: usize,
+    /// Write large pushed blocks around the page cache (`O_DIRECT`, filesystem backend): no
+    /// page-cache copy of each pushed byte, and the commit's fsync has little left to flush.
+    /// Filesystems that refuse it fall back by themselves. Default `true`.
+    pub direct_writes: bool,
     /// Where everything is stored: `"filesystem"` (under `root`, the default) or `"s3"` (one
     /// S3-compatible bucket, `[storage.s3]`; any number of wharf nodes may share it).
     pub backend: StorageBackend,
@@ -41,6 +45,7 @@ impl Default for StorageConfig {
             read_only: false,
             delete_enabled: true,
             blocking_threads: 0,
+            direct_writes: true,
             backend: StorageBackend::Filesystem,
             s3: None,
         }

@@ -61,6 +61,11 @@ impl Block {
         self.range.is_empty()
     }
 
+    /// The buffer and where the bytes are in it (the caller gives the buffer back, `give_block`).
+    pub fn into_parts(mut self) -> (Vec<u8>, std::ops::Range<usize>) {
+        (std::mem::take(&mut self.buf), self.range.clone())
+    }
+
     /// Write the bytes at `offset` of `file` from the block's own memory (one positioned write,
     /// resumed until complete); the buffer then returns to the pool.
     pub async fn write_at(

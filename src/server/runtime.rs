@@ -114,6 +114,7 @@ pub fn run(cfg: Config, path: Option<std::path::PathBuf>) -> Result<(), StartErr
         max_manifest_size: cfg.global.max_manifest_size,
         max_blob_size: cfg.global.max_blob_size,
     };
+    crate::storage::set_direct_writes(cfg.storage.direct_writes);
     crate::blocking::start(cfg.blocking_threads(), cfg.threads())
         .map_err(|e| StartError::Other(format!("cannot start the blocking threads: {e}")))?;
     crate::sys::raise_nofile_limit();

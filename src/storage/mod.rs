@@ -22,6 +22,7 @@ use crate::oci::manifest::Parsed;
 use crate::oci::{Algorithm, Digest, Reference, RepoName, Tag};
 
 pub use fs::SessionLimits;
+pub use fs::{direct_bytes as direct_write_bytes, set_direct_writes};
 use writers::Lease;
 pub use writers::{BlobWriter, UploadLease};
 

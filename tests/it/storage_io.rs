@@ -1,6 +1,7 @@
 //! A worker that never blocks or silently dies (issue 16): races between tag updates and manifest
 //! deletes, upload ranges that overflow, oversized manifests refused from their head, the blocking
-//! pool, the log queue, and panics in tasks (through the test-only fault hooks).
+//! pool, the log queue, panics in tasks (through the test-only fault hooks), and large pushes written
+//! around the page cache.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -18,6 +19,7 @@ on_both_drivers!(
     a_panic_in_a_worker_task_ends_the_process_with_status_70,
     upload_sessions_are_capped_per_client_and_in_total_and_expire_when_idle,
     many_unused_upload_sessions_stay_bounded_and_leave_memory,
+    large_pushes_are_written_around_the_page_cache,
 );
 
 fn put_manifest(c: &mut Client, reference: &str, m: &[u8]) -> u16 {
@@ -451,4 +453,89 @@ fn many_unused_upload_sessions_stay_bounded_and_leave_memory(driver: &str) {
         after < 4 * 1024,
         "RSS stayed {after} KiB above idle after the sessions expired"
     );
+}
+
+/// Pages of `file` in the page cache now (`fincore`, util-linux).
+fn resident_pages(file: &std::path::Path) -> usize {
+    let out = std::process::Command::new("fincore")
+        .args(["--noheadings", "--output", "PAGES"])
+        .arg(file)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Large pushed blocks are written around the page cache (`O_DIRECT`) from an aligned copy, their
+/// unaligned edges through it: a blob pushed in chunks that start and end anywhere reads back
+/// byte for byte, nearly all of its bytes went the direct way (the metric), and before anyone
+/// reads it most of its pages are not in the page cache (buffered writes leave every page there,
+/// fsynced or not). A monolithic push goes the same way; a small blob stays on the page cache, and
+/// so does everything with `storage.direct_writes = false`.
+fn large_pushes_are_written_around_the_page_cache(driver: &str) {
+    let s = Server::start(driver);
+    let mut c = s.client();
+    let direct = |c: &mut Client| {
+        let text = c.get("/metrics").body_text();
+        sample(&text, "wharf_direct_write_bytes_total").unwrap()
+    };
+    let pattern = |len: usize, seed: u32| -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    };
+    let blob_file = |d: &str| s.root().join("blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    let before = direct(&mut c);
+    let data = pattern((6 << 20) + 777, 1);
+    let d = sha256(&data);
+    let mut loc = start_upload(&mut c, "direct/app");
+    let mut at = 0;
+    for n in [100_001usize, 700_003, 1 << 20, (3 << 20) + 5] {
+        let range = format!("{at}-{}", at + n - 1);
+        let r = c.request(
+            "PATCH",
+            &loc,
+            &[("Content-Range", &range)],
+            &data[at..at + n],
+        );
+        assert_eq!(r.status, 202, "{}", r.body_text());
+        loc = r.header("location").unwrap().to_owned();
+        at += n;
+    }
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c.request("PUT", &format!("{loc}{sep}digest={d}"), &[], &data[at..]);
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    let written = direct(&mut c) - before;
+    assert!(
+        written >= data.len() as f64 * 0.9,
+        "{written} of {} bytes written around the page cache",
+        data.len()
+    );
+    let (resident, pages) = (resident_pages(&blob_file(&d)), data.len().div_ceil(4096));
+    assert!(
+        resident * 4 < pages,
+        "{resident} of the blob's {pages} pages are in the page cache"
+    );
+    let r = c.get(&format!("/v2/direct/app/blobs/{d}"));
+    assert_eq!(r.status, 200);
+    assert!(r.body == data, "the blob read back differs");
+
+    let big = pattern((9 << 20) + 3, 2);
+    let before = direct(&mut c);
+    let d = push_blob(&mut c, "direct/app", &big);
+    assert!(direct(&mut c) - before >= big.len() as f64 * 0.9);
+    let r = c.get(&format!("/v2/direct/app/blobs/{d}"));
+    assert!(
+        r.status == 200 && r.body == big,
+        "the pushed blob read back differs"
+    );
+
+    let before = direct(&mut c);
+    let d = push_blob(&mut c, "direct/app", &pattern(60_000, 3));
+    assert_eq!(
+        direct(&mut c),
+        before,
+        "a small blob went around the page cache"
+    );
+    assert_eq!(resident_pages(&blob_file(&d)), 60_000usize.div_ceil(4096));
 }

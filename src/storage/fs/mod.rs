@@ -5,6 +5,7 @@
 
 pub(super) mod blobs;
 mod cached;
+mod direct;
 mod evict;
 pub(super) mod fsck;
 mod fsio;
@@ -23,6 +24,7 @@ use super::{
     BlobContent, BlobRead, FsckReport, GcOptions, GcReport, Problem, Report, Result, StoreError,
     StoredManifest, TagExpect, page, random_id,
 };
+pub use direct::{direct_bytes, set_direct_writes};
 pub use uploads::SessionLimits;
 pub(crate) use uploads::UploadLease;
 pub(crate) use writer::FileWriter;
