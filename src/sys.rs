@@ -99,6 +99,17 @@ pub fn try_lock_exclusive(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Keep the process on 4 KiB pages (`PR_SET_THP_DISABLE`). mimalloc asks for transparent huge
+/// pages on its arenas; each touch of a new 2 MiB region then faults in and zeroes a whole huge
+/// page, so a server that touches a few KiB here and there sits on megabytes: measured, peak RSS
+/// through the k6 push, chunked push and 1 MiB pull rows 83 MiB with huge pages, 48 MiB without
+/// (docs/performance.md). Best effort: a kernel without the flag keeps its default.
+pub fn disable_transparent_huge_pages() {
+    // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) takes integers only and sets a flag on the
+    // calling process's memory map.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 /// Hand this thread's freed mimalloc pages back to the kernel.
 pub fn return_freed_pages() {
     // SAFETY: mi_collect only walks this thread's heap; no pointers are passed.

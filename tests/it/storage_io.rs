@@ -20,6 +20,7 @@ on_both_drivers!(
     upload_sessions_are_capped_per_client_and_in_total_and_expire_when_idle,
     many_unused_upload_sessions_stay_bounded_and_leave_memory,
     large_pushes_are_written_around_the_page_cache,
+    the_server_runs_without_transparent_huge_pages,
 );
 
 fn put_manifest(c: &mut Client, reference: &str, m: &[u8]) -> u16 {
@@ -538,4 +539,17 @@ fn large_pushes_are_written_around_the_page_cache(driver: &str) {
         "a small blob went around the page cache"
     );
     assert_eq!(resident_pages(&blob_file(&d)), 60_000usize.div_ceil(4096));
+}
+
+/// The server turns transparent huge pages off for itself (its allocator would otherwise fault in
+/// and zero 2 MiB for every new region it touches, and hold it): the kernel reports the process's
+/// THP as disabled.
+fn the_server_runs_without_transparent_huge_pages(driver: &str) {
+    let s = Server::start(driver);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .expect("the kernel reports THP_enabled (Linux 5.0 or later)");
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
 }
