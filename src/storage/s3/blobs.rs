@@ -241,37 +241,26 @@ impl ObjectBackend {
                 size,
                 data_key: w.data_key.clone(),
             };
-            match self
-                .store
-                .put(&pointer_key(expected), &pointer.encode(), Cond::Absent)
-                .await
-            {
-                Ok(_) => {}
+            let (key, encoded) = (pointer_key(expected), pointer.encode());
+            let stored = match self.store.put(&key, &encoded, Cond::Absent).await {
                 // Another upload of the same bytes won (keep its copy), or a collection is deleting
                 // the blob: then ours replaces its pointer, which makes the collector's
                 // conditional delete of the old one fail, and lifts the tombstone.
                 Err(S3Error::Precondition) if self.doomed(expected).await? => {
-                    self.store
-                        .put(&pointer_key(expected), &pointer.encode(), Cond::None)
-                        .await?;
+                    self.store.put(&key, &encoded, Cond::None).await?;
                     self.store.delete(&doomed_key(expected), None).await?;
+                    Ok(())
                 }
                 // The pointer we collided with is kept, unless a collection deleted it and
-                // lifted its tombstone between our write and our look: then ours goes in.
+                // lifted its tombstone between our write and our look: then ours goes in (and
+                // if yet another upload stored one meanwhile, that one is kept).
                 Err(S3Error::Precondition) if self.pointer(expected).await?.is_none() => {
-                    let (key, encoded) = (pointer_key(expected), pointer.encode());
-                    match self.store.put(&key, &encoded, Cond::Absent).await {
-                        Ok(_) => {}
-                        // Stored by yet another upload meanwhile: keep that one.
-                        Err(S3Error::Precondition) => {
-                            let _ = self.store.delete(&w.data_key, None).await;
-                        }
-                        Err(e) => {
-                            let _ = self.store.delete(&w.data_key, None).await;
-                            return Err(e.into());
-                        }
-                    }
+                    self.store.put(&key, &encoded, Cond::Absent).await.map(drop)
                 }
+                other => other.map(drop),
+            };
+            match stored {
+                Ok(()) => {}
                 Err(S3Error::Precondition) => {
                     let _ = self.store.delete(&w.data_key, None).await;
                 }
