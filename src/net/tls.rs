@@ -281,18 +281,18 @@ impl<C: Session> TlsStream<C> {
 
     /// Send what rustls has queued; `stall` bounds the wait for a client that stopped reading.
     async fn flush(&mut self, stall: Duration) -> io::Result<()> {
+        self.flush_keeping(stall, TX_KEEP).await
+    }
+
+    /// `flush`, keeping the ciphertext buffer for the next write if its capacity is at most
+    /// `keep` (a file send keeps its block-sized one until the file is sent).
+    async fn flush_keeping(&mut self, stall: Duration, keep: usize) -> io::Result<()> {
         while self.session.wants_write() {
             self.session.write_tls(&mut self.tx)?;
         }
         if self.tx.is_empty() {
             return Ok(());
         }
-        self.write_tx(stall, TX_KEEP).await
-    }
-
-    /// Write out the ciphertext buffer; keep it for the next write if its capacity is at most
-    /// `keep` (a file send keeps its block-sized one until the file is sent).
-    async fn write_tx(&mut self, stall: Duration, keep: usize) -> io::Result<()> {
         let tx = std::mem::take(&mut self.tx);
         match monoio::time::timeout(stall, self.tcp.write_all(tx)).await {
             Ok((res, mut tx)) => {
@@ -338,43 +338,26 @@ impl<C: Session> TlsStream<C> {
         } else {
             TX_KEEP
         };
-        let mut sent = Ok(());
-        while pos < end {
-            let want = (end - pos).min(block as u64) as usize;
-            if buf.capacity() < want {
-                buf = Vec::with_capacity(want);
-            }
-            let (res, back) = super::file::read_block(&file, buf, pos, want).await;
-            buf = back;
-            let n = match res {
-                Ok(n) => n,
-                Err(e) => {
-                    sent = Err(e);
-                    break;
+        let sent = async {
+            while pos < end {
+                let want = (end - pos).min(block as u64) as usize;
+                if buf.capacity() < want {
+                    buf = Vec::with_capacity(want);
                 }
-            };
-            if let Err(e) = self.session.writer().write_all(&buf[..n]) {
-                sent = Err(e);
-                break;
-            }
-            if reserved.is_none() {
-                // Only ciphertext waits on the client.
-                buf = Vec::new();
-            }
-            while self.session.wants_write() {
-                if let Err(e) = self.session.write_tls(&mut self.tx) {
-                    sent = Err(e);
-                    break;
+                let (res, back) = super::file::read_block(&file, buf, pos, want).await;
+                buf = back;
+                let n = res?;
+                self.session.writer().write_all(&buf[..n])?;
+                if reserved.is_none() {
+                    // Only ciphertext waits on the client.
+                    buf = Vec::new();
                 }
+                self.flush_keeping(stall, keep).await?;
+                pos += n as u64;
             }
-            if sent.is_ok() && !self.tx.is_empty() {
-                sent = self.write_tx(stall, keep).await;
-            }
-            if sent.is_err() {
-                break;
-            }
-            pos += n as u64;
+            Ok(())
         }
+        .await;
         if self.tx.capacity() > TX_KEEP {
             self.tx = Vec::new();
         }
