@@ -67,11 +67,6 @@ enum Inner {
 }
 
 impl DataFile {
-    /// A file opened on the ring (an io_uring worker's own `openat`).
-    pub fn from_ring(file: monoio::fs::File) -> DataFile {
-        DataFile(Inner::Ring(file))
-    }
-
     pub fn new(file: std::fs::File) -> io::Result<DataFile> {
         Ok(DataFile(if ring() {
             Inner::Ring(monoio::fs::File::from_std(file)?)

@@ -49,25 +49,18 @@ fn refuse() {
 }
 
 /// A second descriptor of `path` for direct writes, or `None` where the filesystem has none.
+/// Opened on the blocking pool, as the writer's own descriptor is (`writer::open_rw`).
 pub(super) async fn open(path: &Path) -> io::Result<Option<DataFile>> {
     let p = path.to_owned();
-    let opened = if crate::net::file::ring() {
+    let job = move || {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut o = monoio::fs::OpenOptions::new();
-        o.write(true).custom_flags(libc::O_DIRECT);
-        o.open(&p).await.map(DataFile::from_ring)
-    } else {
-        let job = move || {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(p)
-        };
-        crate::blocking::run(job).await?.and_then(DataFile::new)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(p)
     };
-    match opened {
-        Ok(f) => Ok(Some(f)),
+    match crate::blocking::run(job).await? {
+        Ok(f) => DataFile::new(f).map(Some),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             refuse();
             Ok(None)
