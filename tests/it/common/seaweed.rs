@@ -22,12 +22,73 @@ pub struct Seaweed {
     tls_ca: Option<PathBuf>,
 }
 
+/// The bucket answers a signed request (the gateway starts after master, volume and filer);
+/// else what `weed` logged, once it has exited or 60 s have passed.
+fn wait_ready(
+    child: &mut Child,
+    endpoint: &str,
+    tls_ca: Option<&std::path::Path>,
+    log_file: &std::path::Path,
+) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(60);
+    let url = format!("{endpoint}/{BUCKET}");
+    let log = || std::fs::read_to_string(log_file).unwrap_or_default();
+    while Instant::now() < until {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("weed exited ({status}):\n{}", log()));
+        }
+        // It may go on running without the server whose port it could not bind.
+        if log().contains("Port allocation failed") {
+            return Err(format!("weed could not bind a port:\n{}", log()));
+        }
+        let mut curl = Command::new("curl");
+        if let Some(ca) = tls_ca {
+            curl.arg("--cacert").arg(ca);
+        }
+        let out = curl
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I"])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+            .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
+            .arg(&url)
+            .output()
+            .unwrap();
+        if out.stdout == b"200" {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "weed did not serve bucket {BUCKET} within 60 s:\n{}",
+        log()
+    ))
+}
+
+/// The S3 gateway's URL on `port`.
+fn endpoint(port: u16, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://127.0.0.1:{port}")
+}
+
+/// A loopback port free when checked, below the kernel's ephemeral range (32768–60999 by
+/// default): an ephemeral one can be taken by any test's outgoing connection between the check
+/// and `weed` binding it, and `weed` then exits ("port … is not available").
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        std::process::id().wrapping_mul(2_654_435_761) ^ t.subsec_nanos()
+    });
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Seaweed {
@@ -60,13 +121,12 @@ impl Seaweed {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
         let log = dir.path().join("weed.log");
-        let s3_port = free_port();
-        let mut args: Vec<String> = vec![
+        std::fs::write(dir.path().join("secret"), SECRET_KEY).unwrap();
+        let base: Vec<String> = vec![
             "mini".into(),
             format!("-dir={}", data.display()),
             "-ip=127.0.0.1".into(),
             "-ip.bind=127.0.0.1".into(),
-            format!("-s3.port={s3_port}"),
             format!("-s3.config={}", config.display()),
             format!("-bucket={BUCKET}"),
             "-s3.port.iceberg=0".into(),
@@ -76,32 +136,49 @@ impl Seaweed {
             // Virtual-hosted buckets: `<bucket>.s3.wharf.test` (tests/setup.sh maps the name).
             "-s3.domainName=s3.wharf.test".into(),
         ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        for p in [
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port.grpc",
-            "admin.port",
-            "admin.port.grpc",
-        ] {
-            args.push(format!("-{p}={}", free_port()));
+        // A port another test bound between our check and `weed`'s makes it exit at once: then
+        // again on fresh ports.
+        let mut failures = String::new();
+        for _ in 0..5 {
+            let s3_port = free_port();
+            let mut args = base.clone();
+            args.push(format!("-s3.port={s3_port}"));
+            args.extend(extra.iter().map(|a| a.to_string()));
+            for p in [
+                "master.port",
+                "master.port.grpc",
+                "volume.port",
+                "volume.port.grpc",
+                "filer.port",
+                "filer.port.grpc",
+                "s3.port.grpc",
+                "admin.port",
+                "admin.port.grpc",
+            ] {
+                args.push(format!("-{p}={}", free_port()));
+            }
+            let _ = std::fs::remove_file(&log);
+            let mut child = Seaweed::spawn(&args, &log);
+            let endpoint = endpoint(s3_port, tls_ca.is_some());
+            match wait_ready(&mut child, &endpoint, tls_ca.as_deref(), &log) {
+                Ok(()) => {
+                    return Seaweed {
+                        child,
+                        args,
+                        dir,
+                        s3_port,
+                        log,
+                        tls_ca,
+                    };
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    failures.push_str(&e);
+                }
+            }
         }
-        std::fs::write(dir.path().join("secret"), SECRET_KEY).unwrap();
-        let child = Seaweed::spawn(&args, &log);
-        let s = Seaweed {
-            child,
-            args,
-            dir,
-            s3_port,
-            log,
-            tls_ca,
-        };
-        s.wait_ready();
-        s
+        panic!("SeaweedFS did not start in five tries:\n{failures}");
     }
 
     fn spawn(args: &[String], log: &std::path::Path) -> Child {
@@ -132,43 +209,19 @@ impl Seaweed {
     /// Start the store again after `kill`, on the same ports and data.
     pub fn restart(&mut self) {
         self.child = Seaweed::spawn(&self.args, &self.log);
-        self.wait_ready();
-    }
-
-    /// The bucket answers a signed request (the gateway starts after master, volume and filer).
-    fn wait_ready(&self) {
-        let until = Instant::now() + Duration::from_secs(60);
-        let url = format!("{}/{BUCKET}", self.endpoint());
-        while Instant::now() < until {
-            let mut curl = Command::new("curl");
-            if let Some(ca) = &self.tls_ca {
-                curl.arg("--cacert").arg(ca);
-            }
-            let out = curl
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I"])
-                .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-                .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
-                .arg(&url)
-                .output()
-                .unwrap();
-            if out.stdout == b"200" {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let endpoint = self.endpoint();
+        if let Err(e) = wait_ready(
+            &mut self.child,
+            &endpoint,
+            self.tls_ca.as_deref(),
+            &self.log,
+        ) {
+            panic!("SeaweedFS did not start again: {e}");
         }
-        panic!(
-            "SeaweedFS did not serve bucket {BUCKET} within 60 s:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
     }
 
     pub fn endpoint(&self) -> String {
-        let scheme = if self.tls_ca.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        format!("{scheme}://127.0.0.1:{}", self.s3_port)
+        endpoint(self.s3_port, self.tls_ca.is_some())
     }
 
     /// The `[storage.s3]` table of a wharf node keeping everything in this store's bucket
