@@ -448,6 +448,12 @@ pub(crate) fn gc_in_a_loop(
             );
             let stdout = String::from_utf8_lossy(&out.stdout);
             done.blobs += stdout.matches("deleted blob").count();
+            done.lines.extend(
+                stdout
+                    .lines()
+                    .filter(|l| l.starts_with("deleted"))
+                    .map(String::from),
+            );
             done.manifests += stdout.matches("deleted manifest").count();
             done.runs += 1;
         }
@@ -461,6 +467,8 @@ pub(crate) struct Collected {
     pub runs: usize,
     pub blobs: usize,
     pub manifests: usize,
+    /// What they deleted, a line each (for failure messages).
+    pub lines: Vec<String>,
 }
 
 /// Many clients push images sharing layers from a pool (checking with HEAD and skipping what

@@ -359,7 +359,9 @@ fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
     ];
     let stop_at = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let collector = crate::gc::gc_in_a_loop(a.config_file(), stop_at);
-    let pushed: u32 = std::thread::scope(|s| {
+    // A refused manifest PUT ends its pusher and is reported once the collectors are done,
+    // with what the bucket and the collectors say about the blob.
+    let results: Vec<Result<u32, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6)
             .map(|t| {
                 let addr = pushers_at[t % 2].addr;
@@ -397,12 +399,14 @@ fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
                             &[("Content-Type", OCI_MANIFEST)],
                             &m,
                         );
-                        assert_eq!(
-                            r.status,
-                            201,
-                            "manifest PUT while gc ran: {}",
-                            r.body_text()
-                        );
+                        if r.status != 201 {
+                            let e = r.body_text();
+                            return Err(format!(
+                                "manifest PUT in {repo} while gc ran: {} {e}\n{}",
+                                r.status,
+                                blob_objects(weed, "gc-loop/", &e)
+                            ));
+                        }
                         pushed += 1;
                         // The image it replaced goes: its layers become garbage unless shared.
                         if let Some(old) = previous.replace(sha256(&m)) {
@@ -411,17 +415,24 @@ fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
                             assert_eq!(r.status, 202, "{}", r.body_text());
                         }
                     }
-                    pushed
+                    Ok(pushed)
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let crate::gc::Collected {
         runs,
         blobs: by_cli,
+        lines,
         ..
     } = collector.join().unwrap();
+    for r in &results {
+        if let Err(e) = r {
+            panic!("{e}\n{}", collected_lines(e, &a.log(), &lines));
+        }
+    }
+    let pushed: u32 = results.into_iter().map(Result::unwrap).sum();
     let deleted = by_cli + a.log().matches("deleted blob").count();
     assert!(pushed > 50 && runs > 2, "pushed {pushed}, gc runs {runs}");
     // The collector did collect while the pushes ran (else the test proves nothing).
@@ -429,6 +440,55 @@ fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
     let mut c = a.client();
     for t in 0..6 {
         crate::gc::pull_verified(&mut c, &format!("team{}/app", t % 3), &format!("t{t}"));
+    }
+}
+
+/// The digest a failure message names (`blob sha256:… is not in repository <repo>`).
+fn named_digest(e: &str) -> Option<&str> {
+    let at = e.find("sha256:")?;
+    e.get(at..at + 7 + 64)
+}
+
+/// How the bucket (under `prefix`) holds the blob a failure message `e` names, right now: its
+/// pointer, the repository's link, its hold and its tombstone.
+fn blob_objects(weed: &Seaweed, prefix: &str, e: &str) -> String {
+    let Some(digest) = named_digest(e) else {
+        return String::new();
+    };
+    let hex = &digest[7..];
+    let repo = e
+        .split("is not in repository ")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("?");
+    [
+        format!("blobs/sha256/{hex}"),
+        format!("repos/{repo}/_layers/sha256/{hex}"),
+        format!("holds/sha256/{hex}"),
+        format!("doomed/sha256/{hex}"),
+    ]
+    .iter()
+    .map(|k| weed.describe(&format!("{prefix}{k}")))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// What the server's collector and `wharf gc` logged about the blob a failure message names.
+fn collected_lines(e: &str, server_log: &str, cli: &[String]) -> String {
+    let Some(digest) = named_digest(e) else {
+        return String::new();
+    };
+    let server = server_log.lines().map(|l| ("server", l));
+    let cli = cli.iter().map(|l| ("wharf gc", l.as_str()));
+    let lines: Vec<String> = server
+        .chain(cli)
+        .filter(|(_, l)| l.contains(digest))
+        .map(|(who, l)| format!("{who}: {l}"))
+        .collect();
+    if lines.is_empty() {
+        "no collector logged deleting it".into()
+    } else {
+        lines.join("\n")
     }
 }
 

@@ -224,6 +224,28 @@ impl Seaweed {
         endpoint(self.s3_port, self.tls_ca.is_some())
     }
 
+    /// The object under `key` as a HEAD finds it now: the status, `Last-Modified` and `ETag`
+    /// (for failure messages).
+    pub fn describe(&self, key: &str) -> String {
+        let mut curl = Command::new("curl");
+        if let Some(ca) = &self.tls_ca {
+            curl.arg("--cacert").arg(ca);
+        }
+        let out = curl
+            .args(["-s", "-I", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+            .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
+            .arg(format!("{}/{BUCKET}/{key}", self.endpoint()))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout);
+        let wanted = |l: &&str| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("http/") || l.starts_with("last-modified") || l.starts_with("etag")
+        };
+        let lines: Vec<&str> = head.lines().map(str::trim).filter(wanted).collect();
+        format!("{key}: {}", lines.join(", "))
+    }
+
     /// The `[storage.s3]` table of a wharf node keeping everything in this store's bucket
     /// under `prefix` (with `backend = "s3"` in `[storage]`).
     pub fn wharf_storage(&self, prefix: &str) -> String {
