@@ -19,6 +19,10 @@ pub fn parse_error(body: &[u8]) -> (String, String) {
     (tag("Code").unwrap_or_default(), message)
 }
 
+/// The time of an object the store gave no readable timestamp for: "just now", so that nothing
+/// is judged old (collected, expired, taken over, reported) on a time the store did not give.
+pub const UNKNOWN_TIME: u64 = u64::MAX;
+
 /// A `ListObjectsV2` answer: the keys under `prefix` (with it removed) and whether more follow.
 pub fn parse_listing(body: &[u8], prefix: &str) -> io::Result<(Vec<Listed>, bool)> {
     let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
@@ -34,7 +38,11 @@ pub fn parse_listing(body: &[u8], prefix: &str) -> io::Result<(Vec<Listed>, bool
             Some(Listed {
                 key,
                 len: c.size.unwrap_or(0),
-                modified: c.last_modified.as_deref().and_then(parse_time).unwrap_or(0),
+                modified: c
+                    .last_modified
+                    .as_deref()
+                    .and_then(parse_time)
+                    .unwrap_or(UNKNOWN_TIME),
                 etag: c.etag.clone().unwrap_or_default(),
             })
         })
@@ -90,4 +98,58 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
         return None;
     }
     parse_time(&format!("{year:04}-{month:02}-{day:02}T{time}Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_parse_to_epoch_seconds() {
+        assert_eq!(
+            parse_http_date("Wed, 02 Dec 2026 08:09:38 GMT"),
+            Some(1_796_198_978)
+        );
+        assert_eq!(parse_http_date("Wed, 02 Dek 2026 08:09:38 GMT"), None);
+        assert_eq!(parse_http_date("02 Dec 2026"), None);
+    }
+
+    #[test]
+    fn a_listed_object_without_a_readable_time_counts_as_new() {
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>p/</Prefix><KeyCount>3</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>
+<Contents><Key>p/a</Key><LastModified>2026-12-02T08:09:38.000Z</LastModified><ETag>"1"</ETag><Size>1</Size></Contents>
+<Contents><Key>p/b</Key><ETag>"2"</ETag><Size>2</Size></Contents>
+<Contents><Key>p/c</Key><LastModified>Wednesday</LastModified><ETag>"3"</ETag><Size>3</Size></Contents>
+</ListBucketResult>"#;
+        let (listed, more) = parse_listing(xml, "p/").unwrap();
+        assert!(!more);
+        let times: Vec<(&str, u64)> = listed
+            .iter()
+            .map(|l| (l.key.as_str(), l.modified))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                ("a", 1_796_198_978),
+                ("b", UNKNOWN_TIME),
+                ("c", UNKNOWN_TIME)
+            ]
+        );
+        // Against any cutoff, b and c are young: kept by the collector, not expired.
+        let young = |l: &Listed| crate::storage::s3::gc::maybe_after(l.modified, u64::MAX - 1);
+        assert_eq!(
+            listed.iter().map(young).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+    }
+
+    #[test]
+    fn timestamps_parse_to_epoch_seconds() {
+        assert_eq!(parse_time("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(parse_time("2000-03-01T00:00:00Z"), Some(951_868_800));
+        assert_eq!(parse_time("2026-12-02T08:09:38.123Z"), Some(1_796_198_978));
+        assert_eq!(parse_time("2026-13-02T08:09:38Z"), None);
+        assert_eq!(parse_time("yesterday"), None);
+    }
 }
