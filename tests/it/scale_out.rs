@@ -452,7 +452,7 @@ fn gc_in_a_loop_on_one_node_never_loses_what_others_push() {
 
 /// How the bucket (under `prefix`) holds the blob a failure message `e` names, right now: its
 /// pointer, the repository's link, its hold and its tombstone.
-pub(crate) fn blob_objects(weed: &Seaweed, prefix: &str, e: &str) -> String {
+fn blob_objects(weed: &Seaweed, prefix: &str, e: &str) -> String {
     let Some(digest) = crate::gc::named_digest(e) else {
         return String::new();
     };
@@ -475,7 +475,7 @@ pub(crate) fn blob_objects(weed: &Seaweed, prefix: &str, e: &str) -> String {
 }
 
 /// What the server's collector and `wharf gc` logged about the blob a failure message names.
-pub(crate) fn collected_lines(e: &str, server_log: &str, cli: &[String]) -> String {
+fn collected_lines(e: &str, server_log: &str, cli: &[String]) -> String {
     let Some(digest) = crate::gc::named_digest(e) else {
         return String::new();
     };
@@ -844,21 +844,7 @@ fn docker_and_containerd_follow_redirects_to_the_store() {
 
 /// `curl` signed for `weed`'s bucket: `key` under the bucket, extra arguments first.
 pub(crate) fn bucket_curl(weed: &Seaweed, key: &str, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("curl")
-        .args(["-sSf", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-        .arg(format!(
-            "{}:{}",
-            crate::common::seaweed::ACCESS_KEY,
-            crate::common::seaweed::SECRET_KEY
-        ))
-        .args(args)
-        .arg(format!(
-            "{}/{}/{key}",
-            weed.endpoint(),
-            crate::common::seaweed::BUCKET
-        ))
-        .output()
-        .unwrap();
+    let out = weed.curl(key).arg("-sSf").args(args).output().unwrap();
     assert!(out.status.success(), "curl {key}: {out:?}");
     out.stdout
 }

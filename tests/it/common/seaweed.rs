@@ -41,15 +41,8 @@ fn wait_ready(
         if log().contains("Port allocation failed") {
             return Err(format!("weed could not bind a port:\n{}", log()));
         }
-        let mut curl = Command::new("curl");
-        if let Some(ca) = tls_ca {
-            curl.arg("--cacert").arg(ca);
-        }
-        let out = curl
+        let out = signed_curl(tls_ca, &url)
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I"])
-            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-            .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
-            .arg(&url)
             .output()
             .unwrap();
         if out.stdout == b"200" {
@@ -61,6 +54,18 @@ fn wait_ready(
         "weed did not serve bucket {BUCKET} within 60 s:\n{}",
         log()
     ))
+}
+
+/// `curl` for `url`, signed with the test key (and trusting `tls_ca`); options may follow.
+fn signed_curl(tls_ca: Option<&std::path::Path>, url: &str) -> Command {
+    let mut curl = Command::new("curl");
+    if let Some(ca) = tls_ca {
+        curl.arg("--cacert").arg(ca);
+    }
+    curl.args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+        .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
+        .arg(url);
+    curl
 }
 
 /// The S3 gateway's URL on `port`.
@@ -224,19 +229,18 @@ impl Seaweed {
         endpoint(self.s3_port, self.tls_ca.is_some())
     }
 
+    /// `curl` for the object under `key` in the bucket, signed; options may follow.
+    pub fn curl(&self, key: &str) -> Command {
+        signed_curl(
+            self.tls_ca.as_deref(),
+            &format!("{}/{BUCKET}/{key}", self.endpoint()),
+        )
+    }
+
     /// The object under `key` as a HEAD finds it now: the status, `Last-Modified` and `ETag`
     /// (for failure messages).
     pub fn describe(&self, key: &str) -> String {
-        let mut curl = Command::new("curl");
-        if let Some(ca) = &self.tls_ca {
-            curl.arg("--cacert").arg(ca);
-        }
-        let out = curl
-            .args(["-s", "-I", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
-            .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
-            .arg(format!("{}/{BUCKET}/{key}", self.endpoint()))
-            .output()
-            .unwrap();
+        let out = self.curl(key).args(["-s", "-I"]).output().unwrap();
         let head = String::from_utf8_lossy(&out.stdout);
         let wanted = |l: &&str| {
             let l = l.to_ascii_lowercase();
