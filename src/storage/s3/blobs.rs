@@ -261,13 +261,24 @@ impl ObjectBackend {
             };
             match stored {
                 Ok(()) => {}
+                // Refused: another upload's pointer is kept and our copy goes, unless the pointer
+                // is ours. The S3 client sends a request again when its connection answered
+                // nothing (`client::send`); if the store had applied the first attempt, the
+                // second is refused by our own pointer, and deleting its data would leave a
+                // pointer to nothing.
                 Err(S3Error::Precondition) => {
-                    let _ = self.store.delete(&w.data_key, None).await;
+                    if self
+                        .pointer(expected)
+                        .await?
+                        .is_none_or(|p| p.data_key != w.data_key)
+                    {
+                        let _ = self.store.delete(&w.data_key, None).await;
+                    }
                 }
-                Err(e) => {
-                    let _ = self.store.delete(&w.data_key, None).await;
-                    return Err(e.into());
-                }
+                // Whether the pointer was written is unknown (the store may have applied it and
+                // the answer was lost): the data stays; if no pointer names it, the collector
+                // deletes it after the grace period (docs/gc.md, "Orphaned data").
+                Err(e) => return Err(e.into()),
             }
         } else {
             w.discard().await;

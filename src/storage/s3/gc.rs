@@ -40,7 +40,9 @@ impl ObjectBackend {
 
     /// Take `gc/lock` (write-once); a lock older than `LOCK_FOR` is a dead collector's.
     async fn lock(&self, now: u64) -> Result<()> {
-        let body = now.to_string();
+        // A nonce: a refusal of our own first attempt (applied by the store, its answer lost and
+        // the request sent again by the S3 client) is told from another collector's lock.
+        let body = format!("{now} {}", random_id());
         for _ in 0..2 {
             match self
                 .store
@@ -48,7 +50,13 @@ impl ObjectBackend {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(S3Error::Precondition) => {}
+                Err(S3Error::Precondition) => {
+                    if self.store.get_bytes("gc/lock", SMALL).await?.as_deref()
+                        == Some(body.as_bytes())
+                    {
+                        return Ok(());
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
             let Some(held) = self.store.head("gc/lock").await? else {

@@ -42,9 +42,16 @@ impl ObjectBackend {
             etags: Vec::new(),
             tail: Vec::new(),
         };
-        self.store
+        match self
+            .store
             .put(&upload_key(&id), &session.encode(), Cond::Absent)
-            .await?;
+            .await
+        {
+            // The id is new and random: a refusal is our own first attempt, applied by the
+            // store and sent again by the S3 client after its answer was lost (`client::send`).
+            Ok(_) | Err(S3Error::Precondition) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.started
             .sessions
             .lock()

@@ -1,7 +1,9 @@
 //! A loopback HTTP/1.1 relay in front of the object store that holds back multipart part uploads
 //! (`PUT …?partNumber=…`) until the test opens it (or 30 s pass): how a test sees how many parts
-//! one push keeps in flight. It understands just enough HTTP for S3 traffic: bodies by `Content-Length`, none for
-//! HEAD, 204 and 304 (a chunked message fails the test loudly).
+//! one push keeps in flight. It can also lose an answer: the request goes to the store, the
+//! store's answer is read, and the connection is closed without it (a store that applied a write
+//! and died before answering). It understands just enough HTTP for S3 traffic: bodies by
+//! `Content-Length`, none for HEAD, 204 and 304 (a chunked message fails the test loudly).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,6 +16,10 @@ struct Parts {
     most: usize,
     open: bool,
     released: u64,
+    /// Lose the answer to the next `PUT` whose request line contains this.
+    lose: Option<String>,
+    /// The status lines of the answers lost.
+    lost: Vec<String>,
 }
 
 pub struct PartGate {
@@ -54,6 +60,16 @@ impl PartGate {
     pub fn open(&self) {
         self.parts.0.lock().unwrap().open = true;
         self.parts.1.notify_all();
+    }
+
+    /// Lose the answer to the next `PUT` whose request line contains `part` (a key).
+    pub fn lose_answer_to(&self, part: &str) {
+        self.parts.0.lock().unwrap().lose = Some(part.to_owned());
+    }
+
+    /// The status lines of the answers lost so far.
+    pub fn lost(&self) -> Vec<String> {
+        self.parts.0.lock().unwrap().lost.clone()
     }
 
     /// Part uploads passed on.
@@ -122,6 +138,20 @@ fn relay(
             return Ok(());
         };
         let status = answer.split(' ').nth(1).unwrap_or_default();
+        {
+            let mut p = parts.0.lock().unwrap();
+            let lose = p
+                .lose
+                .as_ref()
+                .is_some_and(|k| first.starts_with("PUT ") && first.contains(k.as_str()));
+            if lose {
+                p.lose = None;
+                p.lost
+                    .push(answer.lines().next().unwrap_or_default().to_owned());
+                // Both connections close as this thread returns, the answer unsent.
+                return Ok(());
+            }
+        }
         let body = if first.starts_with("HEAD ") || status == "204" || status == "304" {
             0
         } else {

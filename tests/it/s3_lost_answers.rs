@@ -1,0 +1,89 @@
+//! A store that applied a write and lost its answer: wharf's S3 client sends a request again when
+//! a pooled connection answers nothing, so a write-once (`If-None-Match: *`) write it sent before
+//! comes back refused by itself. A relay in front of a real SeaweedFS passes the write on, reads
+//! the store's answer and closes the connection without it; each write wharf makes once must
+//! then still count as made: the blob it acknowledged reads back, the upload it opened
+//! continues, the collection it locked runs.
+
+use crate::common::gate::PartGate;
+use crate::common::seaweed::Seaweed;
+use crate::common::*;
+use crate::scale_out::on_bucket;
+
+/// A node on `weed`'s bucket under `prefix`, through a relay that lets every request through.
+fn node_behind_relay(weed: &Seaweed, prefix: &str) -> (Server, PartGate) {
+    let gate = PartGate::start(format!("127.0.0.1:{}", weed.s3_port).parse().unwrap());
+    gate.open();
+    let storage =
+        on_bucket(weed, prefix).replace(&weed.endpoint(), &format!("http://{}", gate.addr));
+    (Server::start_with("io_uring", &storage), gate)
+}
+
+/// The store applied the blob's pointer and its answer was lost: the pointer the second attempt
+/// is refused by is the push's own, so its data stays and the blob reads back.
+#[test]
+fn a_blob_whose_pointer_answer_was_lost_reads_back() {
+    let weed = Seaweed::shared();
+    let (node, gate) = node_behind_relay(weed, "lost-pointer/");
+    let mut c = node.client();
+    // A first push makes the node's connections to the store, so the pointer write goes out on
+    // a pooled one (the only kind the client sends again).
+    push_blob(&mut c, "lost/app", &noise(90, 1000));
+    let blob = noise(91, 3 << 20);
+    let d = sha256(&blob);
+    gate.lose_answer_to(&format!("/lost-pointer/blobs/{}", d.replace(':', "/")));
+    let pushed = push_blob(&mut c, "lost/app", &blob);
+    assert_eq!(
+        gate.lost(),
+        ["HTTP/1.1 200 OK"],
+        "the relay did not lose the pointer write's answer"
+    );
+    let back = c.get(&format!("/v2/lost/app/blobs/{pushed}"));
+    assert_eq!(back.status, 200, "{}\n{}", back.body_text(), node.log());
+    assert!(back.body == blob, "the blob came back different");
+    let (ok, out) = node.run_wharf(&["fsck"]);
+    assert!(ok, "fsck found a problem after the lost answer:\n{out}");
+}
+
+/// The store applied a new upload session and its answer was lost: the upload is opened all
+/// the same and completes.
+#[test]
+fn an_upload_whose_session_answer_was_lost_continues() {
+    let weed = Seaweed::shared();
+    let (node, gate) = node_behind_relay(weed, "lost-session/");
+    let mut c = node.client();
+    push_blob(&mut c, "lost/app", &noise(92, 1000));
+    gate.lose_answer_to("/lost-session/uploads/");
+    let r = c.request("POST", "/v2/lost/app/blobs/uploads/", &[], b"");
+    assert_eq!(gate.lost(), ["HTTP/1.1 200 OK"], "no answer was lost");
+    assert_eq!(r.status, 202, "{}\n{}", r.body_text(), node.log());
+    let loc = r.header("Location").unwrap().to_owned();
+    let blob = noise(93, 100_000);
+    let r = c.request(
+        "PUT",
+        &format!("{loc}?digest={}", sha256(&blob)),
+        &[],
+        &blob,
+    );
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    assert!(c.get(&format!("/v2/lost/app/blobs/{}", sha256(&blob))).body == blob);
+}
+
+/// The store applied `gc/lock` and its answer was lost: the collection holds the lock it took,
+/// runs, and lets it go.
+#[test]
+fn a_collection_whose_lock_answer_was_lost_runs() {
+    let weed = Seaweed::shared();
+    let (node, gate) = node_behind_relay(weed, "lost-lock/");
+    push_blob(&mut node.client(), "lost/app", &noise(94, 1000));
+    gate.lose_answer_to("/lost-lock/gc/lock");
+    let (ok, out) = node.run_wharf(&["gc"]);
+    assert_eq!(
+        gate.lost(),
+        ["HTTP/1.1 200 OK"],
+        "no answer was lost:\n{out}"
+    );
+    assert!(ok, "the collection did not run:\n{out}");
+    let (ok, out) = node.run_wharf(&["gc"]);
+    assert!(ok, "the lock was not let go:\n{out}");
+}
