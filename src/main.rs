@@ -276,8 +276,6 @@ fn fsck(config: Option<&PathBuf>, repair: bool) -> Result<(), String> {
             "{n} problems remain{}",
             if repair {
                 ""
-            } else if matches!(cfg.storage.backend, wharf::config::StorageBackend::S3) {
-                " (on S3 fsck only reports: remove what it names with the store's tools)"
             } else {
                 " (--repair quarantines what can be)"
             }

@@ -948,7 +948,8 @@ fn cached_revisions_never_hide_another_nodes_changes() {
 /// damage done behind wharf's back is named and fails it (exit 1): a blob whose data was rewritten,
 /// one whose data is gone, a tag whose manifest revision is gone, a manifest whose layer is gone,
 /// data objects no blob names. Findings younger than `gc.grace` (pushes in progress) are not
-/// findings; `--repair` is refused with what to do instead.
+/// findings. `--repair` moves what can be moved to quarantine, so nothing broken is served, and the
+/// collector keeps the data a quarantined pointer names.
 #[test]
 fn fsck_on_the_bucket_names_what_is_broken() {
     let weed = Seaweed::shared();
@@ -1009,17 +1010,71 @@ fn fsck_on_the_bucket_names_what_is_broken() {
         format!("f/img: layer link to {layer}, which is not stored"),
         format!("f/tag:v1 points at {untagged}, which is not stored"),
         "unreferenced data object data/left-behind".to_owned(),
-        "on S3 fsck only reports".to_owned(),
+        "--repair quarantines what can be".to_owned(),
     ] {
         assert!(out.contains(&finding), "{finding:?} not in:\n{out}");
     }
     // Also f/app's links to the two broken blobs, and the data of the layer whose pointer went.
-    assert!(out.contains(": 9 problems"), "{out}");
+    assert!(out.contains(": 9 problems, 0 moved"), "{out}");
     assert!(!out.contains("f/kept"), "{kept} is intact:\n{out}");
 
+    // Repaired: the two broken blobs' pointers, the links to blobs not stored and the tag of the
+    // gone revision move to quarantine; a manifest whose layer is gone (push it again) and data
+    // no blob names (`wharf gc` deletes it) stay findings.
+    let rewritten_data = data_of(&rewritten);
     let (ok, out) = node.run_wharf(&["fsck", "--repair"]);
-    assert!(!ok);
-    assert!(out.contains("run it without --repair"), "{out}");
+    assert!(!ok, "{out}");
+    assert!(out.contains(": 9 problems, 6 moved to quarantine"), "{out}");
+    for moved in [
+        format!("blob {rewritten}: its data data/"),
+        format!("blob {lost}: its data data/"),
+        format!("f/img: layer link to {layer}, which is not stored"),
+        format!("f/tag:v1 points at {untagged}, which is not stored"),
+    ] {
+        let line = out.lines().find(|l| l.contains(&moved));
+        assert!(
+            line.is_some_and(|l| l.contains("(moved to quarantine/")),
+            "{moved:?} not moved:\n{out}"
+        );
+    }
+    assert!(out.contains("3 problems remain"), "{out}");
+    // Nothing broken is served: the rewritten blob and the dangling tag are gone, the intact
+    // image pulls; the moved pointer is in quarantine and its data is where it was.
+    assert_eq!(c.get(&format!("/v2/f/app/blobs/{rewritten}")).status, 404);
+    assert_eq!(c.get("/v2/f/tag/manifests/v1").status, 404);
+    assert_eq!(c.get("/v2/f/kept/manifests/v1").status, 200);
+    let quarantined = out
+        .lines()
+        .find(|l| l.contains(&format!("blob {rewritten}")))
+        .and_then(|l| l.split("(moved to ").nth(1))
+        .map(|q| q.trim_end_matches(')').to_owned())
+        .unwrap();
+    let pointer =
+        String::from_utf8(bucket_curl(weed, &format!("fsck/{quarantined}"), &[])).unwrap();
+    assert!(pointer.contains(&rewritten_data), "{pointer}");
+    // The collector deletes the data no blob names, and keeps what a quarantined pointer names.
+    let (ok, gc) = node.run_wharf(&["gc"]);
+    assert!(ok, "{gc}");
+    assert!(
+        gc.contains("unreferenced data object data/left-behind"),
+        "{gc}"
+    );
+    assert!(!gc.contains(&rewritten_data), "{gc}");
+    let head = bucket_curl(weed, &format!("fsck/{rewritten_data}"), &["-I"]);
+    assert!(
+        String::from_utf8_lossy(&head).contains(" 200"),
+        "the quarantined blob's data went"
+    );
+    // Pushed again, the blob is stored anew; what is left is the manifest whose layer is gone.
+    let again = push_blob(&mut c, "f/app", &noise(71, 300_000));
+    assert!(c.get(&format!("/v2/f/app/blobs/{again}")).body == noise(71, 300_000));
+    let (ok, out) = node.run_wharf(&["fsck"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains(": 1 problems, 0 moved"), "{out}");
+    assert!(
+        out.contains(&format!("f/img@{unlayered}: references {layer}")),
+        "{out}"
+    );
 }
 
 /// A worker writes a repository's catalog entry once, not with every blob link and manifest:

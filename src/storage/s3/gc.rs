@@ -245,7 +245,7 @@ impl ObjectBackend {
         }
         // Which data each pointer names: one small read per blob, only when there are old data
         // objects to judge.
-        let mut named: HashSet<String> = HashSet::new();
+        let mut named: HashSet<String> = self.quarantined_data().await?;
         for (i, p) in pointers.iter().enumerate() {
             out.progress("reading blob pointers", i as u64, pointers.len() as u64);
             if let Some(d) = digest_after(&p.key, "blobs/")

@@ -18,7 +18,9 @@
 //! - `holds/<alg>/<hex>`: a client was told the blob exists (its time keeps it from collection;
 //!   a nonce, like links);
 //! - `doomed/<alg>/<hex>`: a collection is deleting the blob (docs/gc.md);
-//! - `gc/lock`: the running collection.
+//! - `gc/lock`: the running collection (its time and a nonce);
+//! - `quarantine/<time>/<key>`: what `wharf fsck --repair` moved out of the way (a blob's pointer
+//!   moves, its data stays and is kept by the collector).
 //!
 //! Path components of repository names start with a letter or digit, so `_layers`, `_tags` and
 //! the like never collide with a nested repository's keys.
