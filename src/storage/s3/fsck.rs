@@ -27,11 +27,11 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
-    /// Record a problem with the object under `key`, moving it to quarantine when repairing.
-    async fn broken(&mut self, what: String, key: Option<&str>) -> Result<()> {
+    /// Record a problem with the listed object `at`, moving it to quarantine when repairing.
+    async fn broken(&mut self, what: String, at: Option<&api::Listed>) -> Result<()> {
         let (mut quarantined, mut note) = (None, None);
-        if let (Some(root), Some(key)) = (&self.quarantine, key) {
-            match self.backend.quarantine(root, key).await? {
+        if let (Some(root), Some(at)) = (&self.quarantine, at) {
+            match self.backend.quarantine(root, at).await? {
                 Ok(to) => quarantined = Some(to),
                 Err(why) => note = Some(why),
             }
@@ -51,18 +51,18 @@ impl ObjectBackend {
         off_worker(self.check(repair, out)).map_err(|e| io::Error::other(e.to_string()))
     }
 
-    /// Move the object under `key` to `<root><key>`: copied, then deleted if its ETag is still
-    /// the one read (an object rewritten meanwhile is not what was judged broken, and stays).
-    /// The new key, or why it was not moved.
+    /// Move the listed object `at` to `<root><key>`: copied, then deleted if its ETag is still
+    /// the listed one, which the check judged (an object rewritten since is not what was judged
+    /// broken: it stays, and the copy goes). The new key, or why it was not moved.
     async fn quarantine(
         &self,
         root: &str,
-        key: &str,
+        at: &api::Listed,
     ) -> Result<std::result::Result<String, String>> {
+        let key = at.key.as_str();
         let Some(resp) = self.store.get(key).await? else {
             return Ok(Err("it is gone already".into()));
         };
-        let etag = resp.header("ETag").unwrap_or_default().to_owned();
         let len = resp.body.remaining();
         if len > MOVE_AT_MOST as u64 {
             return Ok(Err(format!(
@@ -72,7 +72,7 @@ impl ObjectBackend {
         let bytes = resp.body.bytes(MOVE_AT_MOST).await.map_err(unavailable)?;
         let to = format!("{root}{key}");
         self.store.put(&to, &bytes, Cond::None).await?;
-        match self.store.delete(key, Some(&etag)).await {
+        match self.store.delete(key, Some(&at.etag)).await {
             Ok(()) => Ok(Ok(to)),
             Err(S3Error::Precondition) => {
                 self.store.delete(&to, None).await?;
@@ -121,7 +121,7 @@ impl ObjectBackend {
         for (i, p) in pointers.iter().enumerate() {
             c.out
                 .progress("checking blobs", i as u64, pointers.len() as u64);
-            let key = Some(p.key.as_str());
+            let key = Some(p);
             let Some(d) = digest_after(&p.key, "blobs/") else {
                 c.broken(format!("stray object {}", p.key), key).await?;
                 continue;
@@ -169,7 +169,7 @@ impl ObjectBackend {
             c.out
                 .progress("checking repositories", i as u64, repos.len() as u64);
             let Some(repo) = catalog_repo(&listed.key) else {
-                c.broken(format!("stray object {}", listed.key), Some(&listed.key))
+                c.broken(format!("stray object {}", listed.key), Some(listed))
                     .await?;
                 continue;
             };
@@ -182,13 +182,13 @@ impl ObjectBackend {
                     Some(_) => continue,
                     None => format!("stray object {}", link.key),
                 };
-                c.broken(what, Some(&link.key)).await?;
+                c.broken(what, Some(&link)).await?;
             }
             let revisions = format!("repos/{repo}/_manifests/");
             let mut manifests: HashSet<Digest> = HashSet::new();
             for rev in self.all(&revisions).await? {
                 let Some(d) = digest_after(&rev.key, &revisions) else {
-                    c.broken(format!("stray object {}", rev.key), Some(&rev.key))
+                    c.broken(format!("stray object {}", rev.key), Some(&rev))
                         .await?;
                     continue;
                 };
@@ -196,7 +196,7 @@ impl ObjectBackend {
                     Ok(Some(found)) => found,
                     Ok(None) => continue,
                     Err(e) => {
-                        c.broken(format!("{repo}@{d}: {e}"), Some(&rev.key)).await?;
+                        c.broken(format!("{repo}@{d}: {e}"), Some(&rev)).await?;
                         continue;
                     }
                 };
@@ -224,7 +224,7 @@ impl ObjectBackend {
             for t in self.all(&tags).await? {
                 let name = t.key.strip_prefix(&tags).unwrap_or_default();
                 let Ok(tag) = name.parse::<Tag>() else {
-                    c.broken(format!("stray object {}", t.key), Some(&t.key))
+                    c.broken(format!("stray object {}", t.key), Some(&t))
                         .await?;
                     continue;
                 };
@@ -236,7 +236,7 @@ impl ObjectBackend {
                     Ok(_) => continue,
                     Err(e) => format!("{repo}:{tag}: {e}"),
                 };
-                c.broken(what, Some(&t.key)).await?;
+                c.broken(what, Some(&t)).await?;
             }
         }
 
