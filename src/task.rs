@@ -143,13 +143,14 @@ pub fn blobs_as_streams() -> Option<&'static str> {
 /// Test-only delays (`WHARF_FAULT_DELAY_<WHAT>=<ms>`): an object-store request that an
 /// ordering argument depends on is held back this long, so a race the order closes would open
 /// (`TOMBSTONE_LOOK`: a request's look for a collector's tombstone; `SWEEP`: the collector
-/// between its second look at a hold and its delete).
+/// between its second look at a hold and its delete; `MARKED`: the collector between its mark
+/// phase and its deletions).
 #[cfg(feature = "fault-hooks")]
 pub async fn fault_delay(what: &'static str) {
     static DELAYS: std::sync::OnceLock<std::collections::HashMap<&'static str, u64>> =
         std::sync::OnceLock::new();
     let delays = DELAYS.get_or_init(|| {
-        ["TOMBSTONE_LOOK", "SWEEP"]
+        ["TOMBSTONE_LOOK", "SWEEP", "MARKED"]
             .into_iter()
             .filter_map(|k| {
                 let ms = fault_switch(&format!("WHARF_FAULT_DELAY_{k}"))?

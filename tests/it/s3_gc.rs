@@ -1,7 +1,8 @@
 //! `gc.delete_untagged` on a real SeaweedFS bucket: untagged manifests go with what only they
 //! reference, what a tag reaches stays (through indexes and referrers), and a manifest pushed
-//! again while a collector is deleting it is never lost, whichever node pushes it; and a blob a
-//! HEAD answers for while the collector deletes it is still there for the next request.
+//! again while a collector is deleting it is never lost, whichever node pushes it; a blob a
+//! HEAD answers for while the collector deletes it is still there for the next request; and an
+//! index pushed while the collector deletes its untagged child keeps the child.
 
 use std::time::{Duration, Instant};
 
@@ -293,4 +294,57 @@ fn a_head_racing_the_collector_never_answers_for_a_blob_it_deletes() {
         answered > 50 && deleted > 5,
         "answered {answered}, deleted {deleted}"
     );
+}
+
+/// An index pushed while a collection is deleting its untagged child keeps the child and its
+/// blobs: the push writes the old child again before the index, so the collector's second look
+/// finds it changed. A test-only delay holds the collector (`wharf gc`) for 4 s between its mark
+/// phase, which finds the child untagged and past the grace period (the index not pushed yet),
+/// and its deletions; the index is pushed and tagged 2 s into that pause.
+#[test]
+fn an_index_pushed_while_its_untagged_child_is_collected_keeps_it() {
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let weed = Seaweed::shared();
+    let node = Server::start_with(
+        "io_uring",
+        &format!(
+            "[gc]\ngrace = \"2s\"\ndelete_untagged = true\n{}",
+            on_bucket(weed, "index-race/")
+        ),
+    );
+    let mut c = node.client();
+    let child = image(&mut c, "ix/app", &noise(81, 5000));
+    let child_d = put_manifest(&mut c, "ix/app", &sha256(&child), &child, OCI_MANIFEST);
+    // Past the grace period by the store's clock (whole seconds).
+    std::thread::sleep(Duration::from_millis(3_500));
+    let gc = node
+        .wharf_command(&["gc"])
+        .env("WHARF_FAULT_HOOKS", "1")
+        .env("WHARF_FAULT_DELAY_MARKED", "4000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_d, "size": child.len(),
+                        "platform": {"architecture": "amd64", "os": "linux"}}]
+    }))
+    .unwrap();
+    put_manifest(&mut c, "ix/app", "v1", &index, OCI_INDEX);
+    let out = gc.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains(&format!("deleted manifest ix/app@{child_d}")),
+        "the child went under the index:\n{text}"
+    );
+    // The run got through its deletions (it may stop before the sweep: the pause is longer than
+    // half the grace period).
+    assert!(text.contains("deleted: "), "{text}");
+    pull_verified(&mut c, "ix/app", &child_d);
 }

@@ -132,6 +132,8 @@ impl ObjectBackend {
             untagged.extend(dropped.into_iter().map(|r| (name.clone(), r)));
         }
 
+        #[cfg(feature = "fault-hooks")]
+        crate::task::fault_delay("MARKED").await;
         // Untagged revisions (only with `delete_untagged`): each looked at again and deleted
         // only if still old and unchanged (`untagged`); marked after all when a push wrote it
         // meanwhile.

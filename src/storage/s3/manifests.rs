@@ -10,6 +10,9 @@ impl ObjectBackend {
         digest: &Digest,
         parsed: &Parsed,
     ) -> Result<()> {
+        for child in &parsed.children {
+            self.refresh_revision(repo, child).await?;
+        }
         self.write_revision(repo, bytes, digest, &parsed.media_type)
             .await?;
         if let Some(subject) = &parsed.subject {
@@ -30,17 +33,55 @@ impl ObjectBackend {
         digest: &Digest,
         media_type: &str,
     ) -> Result<()> {
-        let nonce = random_id();
-        let mut body = Vec::with_capacity(media_type.len() + nonce.len() + 2 + bytes.len());
-        body.extend_from_slice(media_type.as_bytes());
-        body.push(b' ');
-        body.extend_from_slice(nonce.as_bytes());
-        body.push(b'\n');
-        body.extend_from_slice(bytes);
         self.store
-            .put(&revision_key(repo, digest), &body, Cond::None)
+            .put(
+                &revision_key(repo, digest),
+                &revision_body(bytes, media_type),
+                Cond::None,
+            )
             .await?;
         Ok(())
+    }
+
+    /// An index reaches its children only once it is written (and tagged): a collection that
+    /// judged an old untagged child garbage before that would delete it under the index. So a
+    /// child older than a quarter of the grace period (by the store's clock: its `Last-Modified`
+    /// against the answer's `Date`) is written again first, with a new nonce and `If-Match` on
+    /// what was read, as a push of the child would be: the collector's second look finds it young
+    /// or changed and keeps it, with its blobs (docs/gc.md). Within one collection (at most half
+    /// the grace period) a younger child stays young. A child that is not there is left to the
+    /// client, as before (an index may name manifests not pushed yet).
+    async fn refresh_revision(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+        let key = revision_key(repo, d);
+        let Some(resp) = self.store.get(&key).await? else {
+            return Ok(());
+        };
+        let time = |name: &str| resp.header(name).and_then(api::parse_http_date);
+        let young = match (time("Last-Modified"), time("Date")) {
+            (Some(written), Some(now)) => {
+                written.saturating_add(self.opts.grace.as_secs() / 4) > now
+            }
+            _ => false,
+        };
+        let etag = resp.header("ETag").unwrap_or_default().to_owned();
+        let body = resp.body.bytes(MAX_REVISION).await.map_err(unavailable)?;
+        if young {
+            return Ok(());
+        }
+        // A damaged revision is fsck's to report, not ours to write again.
+        let Ok((media_type, bytes)) = split_revision(&body, repo, d) else {
+            return Ok(());
+        };
+        match self
+            .store
+            .put(&key, &revision_body(bytes, media_type), Cond::Etag(&etag))
+            .await
+        {
+            // Refused: written again by someone else (young now), or deleted by a collector
+            // before this write (left to the client, as an absent child is).
+            Ok(_) | Err(S3Error::Precondition) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Make sure `repo` is in the catalog (written once per repository and worker: `listed`).
@@ -64,21 +105,8 @@ impl ObjectBackend {
         else {
             return Ok(None);
         };
-        let nl = body
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| corrupt(format!("manifest revision {repo}@{d} is torn")))?;
-        // `<media type> <nonce>`; revisions written before the nonce have the media type alone.
-        let line = std::str::from_utf8(&body[..nl])
-            .map_err(|_| corrupt(format!("manifest revision {repo}@{d} is torn")))?;
-        let media_type = line.split(' ').next().unwrap_or_default().to_owned();
-        let bytes = body[nl + 1..].to_vec();
-        if Digest::of(d.algorithm(), &bytes) != *d {
-            return Err(corrupt(format!(
-                "the object store returned a manifest for {repo}@{d} that does not match it"
-            )));
-        }
-        Ok(Some((media_type, bytes)))
+        let (media_type, bytes) = split_revision(&body, repo, d)?;
+        Ok(Some((media_type.to_owned(), bytes.to_vec())))
     }
 
     pub(crate) async fn get_manifest(
@@ -339,4 +367,32 @@ impl ObjectBackend {
         }
         Ok((out, names.last().filter(|_| more).cloned()))
     }
+}
+
+/// A revision object: `<media type> <nonce>` on the first line, then the manifest's bytes.
+fn revision_body(bytes: &[u8], media_type: &str) -> Vec<u8> {
+    let nonce = random_id();
+    let mut body = Vec::with_capacity(media_type.len() + nonce.len() + 2 + bytes.len());
+    body.extend_from_slice(media_type.as_bytes());
+    body.push(b' ');
+    body.extend_from_slice(nonce.as_bytes());
+    body.push(b'\n');
+    body.extend_from_slice(bytes);
+    body
+}
+
+/// A revision object's media type and manifest bytes, checked against `d`.
+fn split_revision<'b>(body: &'b [u8], repo: &RepoName, d: &Digest) -> Result<(&'b str, &'b [u8])> {
+    let torn = || corrupt(format!("manifest revision {repo}@{d} is torn"));
+    let nl = body.iter().position(|&b| b == b'\n').ok_or_else(torn)?;
+    // `<media type> <nonce>`; revisions written before the nonce have the media type alone.
+    let line = std::str::from_utf8(&body[..nl]).map_err(|_| torn())?;
+    let media_type = line.split(' ').next().unwrap_or_default();
+    let bytes = &body[nl + 1..];
+    if Digest::of(d.algorithm(), bytes) != *d {
+        return Err(corrupt(format!(
+            "the object store returned a manifest for {repo}@{d} that does not match it"
+        )));
+    }
+    Ok((media_type, bytes))
 }

@@ -231,14 +231,16 @@ impl Server {
         child.wait().unwrap()
     }
 
+    /// `wharf <args> -c <this server's config>`, to run.
+    pub fn wharf_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(wharf_bin());
+        cmd.args(args).arg("-c").arg(self.config_path());
+        cmd
+    }
+
     /// Run `wharf <args> -c <this server's config>` (e.g. `gc`, `fsck`): success and stdout + stderr.
     pub fn run_wharf(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(wharf_bin())
-            .args(args)
-            .arg("-c")
-            .arg(self.config_path())
-            .output()
-            .expect("run wharf");
+        let out = self.wharf_command(args).output().expect("run wharf");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
