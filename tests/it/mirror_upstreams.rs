@@ -22,11 +22,7 @@ struct Distribution {
 
 impl Distribution {
     fn start(dir: &Path, root: &Path, extra: &str) -> Distribution {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,

@@ -136,11 +136,7 @@ fn object_store_operations_on_seaweedfs(driver: &str) {
     let wrong_secret = ObjectStore::new(&cfg).unwrap();
     let dead = ObjectStore::new(&config(format!(
         "http://127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        crate::common::free_port()
     )))
     .unwrap();
     on_runtime(driver, async {

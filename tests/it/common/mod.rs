@@ -761,3 +761,26 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A loopback port free when checked, below the kernel's ephemeral range (32768–60999 by
+/// default), for a server the test starts on a port it names (`weed`, distribution) or for an
+/// endpoint nothing listens on: an ephemeral one can be taken by any test's outgoing connection
+/// between the check and its use (`weed` then exited with "port … is not available").
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        std::process::id().wrapping_mul(2_654_435_761) ^ t.subsec_nanos()
+    });
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

@@ -2,10 +2,11 @@
 //! object-store tests: installed by tests/setup.sh, started per test on free loopback ports with
 //! one access key and one bucket, killed when dropped.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::free_port;
 
 pub const ACCESS_KEY: &str = "wharf-test";
 pub const SECRET_KEY: &str = "wharf-test-secret";
@@ -72,28 +73,6 @@ fn signed_curl(tls_ca: Option<&std::path::Path>, url: &str) -> Command {
 fn endpoint(port: u16, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
     format!("{scheme}://127.0.0.1:{port}")
-}
-
-/// A loopback port free when checked, below the kernel's ephemeral range (32768–60999 by
-/// default): an ephemeral one can be taken by any test's outgoing connection between the check
-/// and `weed` binding it, and `weed` then exits ("port … is not available").
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        std::process::id().wrapping_mul(2_654_435_761) ^ t.subsec_nanos()
-    });
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 impl Seaweed {
