@@ -147,6 +147,15 @@ pub fn blobs_as_streams() -> Option<&'static str> {
 /// phase and its deletions).
 #[cfg(feature = "fault-hooks")]
 pub async fn fault_delay(what: &'static str) {
+    if let Some(pause) = fault_pause(what) {
+        monoio::time::sleep(pause).await;
+    }
+}
+
+/// How long `fault_delay(what)` holds back, for code off the workers (the filesystem collector
+/// sleeps its thread).
+#[cfg(feature = "fault-hooks")]
+pub fn fault_pause(what: &'static str) -> Option<std::time::Duration> {
     static DELAYS: std::sync::OnceLock<std::collections::HashMap<&'static str, u64>> =
         std::sync::OnceLock::new();
     let delays = DELAYS.get_or_init(|| {
@@ -160,9 +169,9 @@ pub async fn fault_delay(what: &'static str) {
             })
             .collect()
     });
-    if let Some(&ms) = delays.get(what) {
-        monoio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
+    delays
+        .get(what)
+        .map(|&ms| std::time::Duration::from_millis(ms))
 }
 
 #[cfg(test)]

@@ -353,6 +353,58 @@ fn delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers(driver: &
     assert!(ok, "{out}");
 }
 
+/// An index pushed while a collection is deleting its untagged child keeps the child and its
+/// blobs: the push refreshes the child's revision link, so the collector's second look finds it
+/// young and keeps it with what it references. A test-only delay holds `wharf gc` for 3 s between
+/// its mark phase (everything aged two hours, the child untagged, the index not pushed yet) and
+/// its deletions; the index is pushed 1.5 s into that pause.
+fn an_index_pushed_while_its_untagged_child_is_collected_keeps_it(driver: &str) {
+    let s = Server::start_with(driver, "[gc]\ndelete_untagged = true\n");
+    let mut c = s.client();
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = push_blob(&mut c, "ix/app", cfg);
+    let layer = push_blob(&mut c, "ix/app", b"the child's only layer");
+    let child = image_manifest(&cd, cfg.len(), &[(&layer, 22)]);
+    let child_d = put_manifest(&mut c, "ix/app", &sha256(&child), &child, OCI_MANIFEST);
+    age_everything(&s.root(), Duration::from_secs(7200));
+    let gc = s
+        .wharf_command(&["gc"])
+        .env("WHARF_FAULT_HOOKS", "1")
+        .env("WHARF_FAULT_DELAY_MARKED", "3000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_d, "size": child.len(),
+                        "platform": {"architecture": "amd64", "os": "linux"}}]
+    }))
+    .unwrap();
+    put_manifest(&mut c, "ix/app", "v1", &index, OCI_INDEX);
+    let out = gc.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("deleted: 0 manifests, 0 blobs"), "{text}");
+    for gone in [
+        format!("manifest ix/app@{child_d}"),
+        format!("blob {layer}"),
+    ] {
+        assert!(
+            !text.contains(&gone),
+            "{gone} went under the index:\n{text}"
+        );
+    }
+    pull_verified(&mut c, "ix/app", &child_d);
+    let (ok, out) = s.run_wharf(&["fsck"]);
+    assert!(ok, "{out}");
+}
+
 fn fsck_reports_damage_and_repair_quarantines_it(driver: &str) {
     let s = Server::start(driver);
     let mut c = s.client();
@@ -689,6 +741,7 @@ fn gc_and_fsck_show_progress_only_on_a_terminal(driver: &str) {
 on_both_drivers!(
     gc_removes_only_unreferenced_data_past_the_grace_period,
     delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers,
+    an_index_pushed_while_its_untagged_child_is_collected_keeps_it,
     fsck_reports_damage_and_repair_quarantines_it,
     gc_in_a_loop_never_loses_a_pushed_blob,
     server_gc_expires_sessions_without_data,

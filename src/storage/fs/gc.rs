@@ -153,7 +153,12 @@ impl Filesystem {
             doomed.extend(dropped.into_iter().map(|r| (repo.clone(), r)));
         }
 
-        // Untagged manifests (only with delete_untagged): park, re-check age, delete.
+        #[cfg(feature = "fault-hooks")]
+        if let Some(pause) = crate::task::fault_pause("MARKED") {
+            std::thread::sleep(pause);
+        }
+        // Untagged manifests (only with delete_untagged): park, re-check age, delete. One that a
+        // push (or an index naming it) wrote again meanwhile stays, with what it references.
         for (repo, rev) in doomed {
             let gone = if opts.dry_run {
                 true
@@ -177,6 +182,10 @@ impl Filesystem {
                 report.manifests.push(format!("{repo}@{}", rev.digest));
             } else {
                 marked.insert(rev.digest.clone());
+                if let Some(p) = self.parse_revision(&rev) {
+                    marked.extend(p.required_blobs);
+                    marked.extend(p.children);
+                }
             }
         }
 

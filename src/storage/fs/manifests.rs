@@ -54,8 +54,13 @@ impl Filesystem {
             tmp.clone(),
             bytes.to_vec(),
         );
-        // The bytes go to a fsynced temp file unless the store holds them already.
+        let (r, children) = (repo.clone(), parsed.children.clone());
+        // An index first holds its children (see `hold_revision`); then the bytes go to a fsynced
+        // temp file unless the store holds them already.
         let written = fsio::off(move || {
+            for child in &children {
+                s.hold_revision(&r, child)?;
+            }
             if s.hold_blob_data(&d)?.is_some() {
                 return Ok(None);
             }
@@ -71,6 +76,31 @@ impl Filesystem {
             return Err(e.into());
         }
         self.link_manifest(repo, bytes, digest, parsed).await
+    }
+
+    /// Refresh the mtime of `d`'s revision link in `repo` when it is older than a quarter of the
+    /// grace period, as a push of that manifest would. An index pushed while a collection runs
+    /// thus keeps its untagged children: the collector's mark phase may have judged such a child
+    /// garbage (the index was not there yet), but its second look finds the link young and keeps
+    /// the child and its blobs. A child that is not stored (or already collected) is left absent.
+    fn hold_revision(&self, repo: &RepoName, d: &Digest) -> io::Result<()> {
+        let file = match std::fs::File::open(self.revision_link(repo, d)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let now = std::time::SystemTime::now();
+        let old = file
+            .metadata()?
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= self.hold_refresh);
+        if old && let Err(e) = file.set_modified(now) {
+            // As for a blob's hold: the push goes on, only this child's grace is not renewed.
+            tracing::warn!("cannot refresh the mtime of revision {repo}@{d}: {e}");
+        }
+        Ok(())
     }
 
     /// The revision link and referrer entry of a stored manifest.
