@@ -60,6 +60,9 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Body,
+    /// The answer to the request sent a second time (`send`): the first attempt's answer was
+    /// lost, so the server may have applied it too.
+    pub resent: bool,
 }
 
 impl Response {
@@ -378,19 +381,23 @@ pub async fn send(ep: &Endpoint, req: &Request<'_>) -> io::Result<Response> {
         Payload::Lent(_) => None,
     };
     let head_request = req.method == "HEAD";
+    let mut resent = false;
     if let Some(conn) = take_idle(&PoolKey::of(ep)) {
         match exchange(ep, conn, wire, given.cloned(), head_request).await {
             Err(Failed::Stale(e, back)) => {
                 tracing::debug!("pooled connection to {} was stale: {e}", ep.addr);
                 wire = back;
+                resent = true;
             }
             done => return done.map_err(Failed::into_error),
         }
     }
     let conn = connect(ep).await?;
-    exchange(ep, conn, wire, given.cloned(), head_request)
+    let mut resp = exchange(ep, conn, wire, given.cloned(), head_request)
         .await
-        .map_err(Failed::into_error)
+        .map_err(Failed::into_error)?;
+    resp.resent = resent;
+    Ok(resp)
 }
 
 /// Why an exchange failed.
@@ -533,5 +540,6 @@ fn frame(ep: &Endpoint, conn: Conn, head: Head, mut early: Vec<u8>) -> io::Resul
         status: head.status,
         headers: head.headers,
         body,
+        resent: false,
     })
 }

@@ -87,3 +87,36 @@ fn a_collection_whose_lock_answer_was_lost_runs() {
     let (ok, out) = node.run_wharf(&["gc"]);
     assert!(ok, "the lock was not let go:\n{out}");
 }
+
+/// The store applied a create-only tag write (`If-None-Match: *`) and its answer was lost: the
+/// write sent again is refused because of it, and the push is answered 201, not 412. The
+/// condition still holds against anyone else: the next create-only push of the tag gets 412.
+#[test]
+fn a_conditional_tag_push_whose_answer_was_lost_is_done() {
+    let weed = Seaweed::shared();
+    let (node, gate) = node_behind_relay(weed, "lost-tag/");
+    let mut c = node.client();
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = push_blob(&mut c, "lost/app", cfg);
+    let ld = push_blob(&mut c, "lost/app", &noise(95, 1000));
+    let put = |c: &mut Client, m: &[u8]| {
+        c.request(
+            "PUT",
+            "/v2/lost/app/manifests/v1",
+            &[("Content-Type", OCI_MANIFEST), ("If-None-Match", "*")],
+            m,
+        )
+    };
+    let m = image_manifest(&cd, cfg.len(), &[(&ld, 1000)]);
+    gate.lose_answer_to("/lost-tag/repos/lost/app/_tags/v1");
+    let r = put(&mut c, &m);
+    assert_eq!(gate.lost(), ["HTTP/1.1 200 OK"], "no answer was lost");
+    assert_eq!(r.status, 201, "{}\n{}", r.body_text(), node.log());
+    let head = c.request("HEAD", "/v2/lost/app/manifests/v1", &[], b"");
+    assert_eq!(
+        head.header("Docker-Content-Digest"),
+        Some(sha256(&m).as_str())
+    );
+    let other = image_manifest(&cd, cfg.len(), &[(&ld, 1000), (&cd, cfg.len())]);
+    assert_eq!(put(&mut c, &other).status, 412);
+}

@@ -57,6 +57,16 @@ pub enum S3Error {
     Io(#[from] io::Error),
 }
 
+/// Why a conditional write was refused (`put_if`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The condition did not hold.
+    First,
+    /// The condition did not hold for the request sent a second time: perhaps because the
+    /// first attempt, whose answer was lost, was applied.
+    Resent,
+}
+
 /// A write's condition.
 #[derive(Clone, Debug)]
 pub enum Cond<'a> {
@@ -286,6 +296,22 @@ impl ObjectStore {
 
     /// Write `body` under `key` if `cond` holds; the new ETag.
     pub async fn put(&self, key: &str, body: &[u8], cond: Cond<'_>) -> Result<String, S3Error> {
+        match self.put_if(key, body, cond).await? {
+            Ok(etag) => Ok(etag),
+            Err(_) => Err(S3Error::Precondition),
+        }
+    }
+
+    /// `put`, telling whose write a refusal may be about: `Refused::Resent` when the store
+    /// refused the request sent a second time (`client::send` sends it again when a pooled
+    /// connection answers nothing), so the first attempt may have been applied and the
+    /// condition failed on that very write.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        body: &[u8],
+        cond: Cond<'_>,
+    ) -> Result<Result<String, Refused>, S3Error> {
         let key = self.key(key);
         let action = self.bucket.put_object(Some(&self.credentials), &key);
         let header = match cond {
@@ -303,13 +329,14 @@ impl ObjectStore {
                 Payload::Lent(body),
             )
             .await?;
+        let resent = resp.resent;
         match resp.status {
             200 => {
                 let etag = resp.header("ETag").unwrap_or_default().to_owned();
                 drain(resp).await;
-                Ok(etag)
+                Ok(Ok(etag))
             }
-            _ => Err(failure(resp).await),
+            _ => refusal(failure(resp).await, resent),
         }
     }
 
@@ -508,6 +535,18 @@ impl ObjectStore {
     /// Delete the object under `key` (only if its ETag is `if_match`, when given). Deleting
     /// what is not there succeeds, as S3 does.
     pub async fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), S3Error> {
+        match self.delete_if(key, if_match).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(S3Error::Precondition),
+        }
+    }
+
+    /// `delete`, telling a refusal of a resent request apart (as `put_if` does).
+    pub async fn delete_if(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> Result<Result<(), Refused>, S3Error> {
         let key = self.key(key);
         let action = self.bucket.delete_object(Some(&self.credentials), &key);
         let header = if_match.map(|e| ("If-Match", e.to_owned()));
@@ -521,12 +560,13 @@ impl ObjectStore {
                 Payload::NONE,
             )
             .await?;
+        let resent = resp.resent;
         match resp.status {
             200 | 204 | 404 => {
                 drain(resp).await;
-                Ok(())
+                Ok(Ok(()))
             }
-            _ => Err(failure(resp).await),
+            _ => refusal(failure(resp).await, resent),
         }
     }
 
@@ -559,6 +599,15 @@ impl ObjectStore {
 /// Read and drop a body we do not need, so the connection can be reused.
 async fn drain(resp: Response) {
     let _ = resp.body.bytes(MAX_SMALL_BODY).await;
+}
+
+/// A failed conditional request's outcome: a refusal (of a resent request or not), or the error.
+fn refusal<T>(e: S3Error, resent: bool) -> Result<Result<T, Refused>, S3Error> {
+    match e {
+        S3Error::Precondition if resent => Ok(Err(Refused::Resent)),
+        S3Error::Precondition => Ok(Err(Refused::First)),
+        e => Err(e),
+    }
 }
 
 /// The error a non-success response stands for.

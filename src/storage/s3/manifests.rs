@@ -174,7 +174,9 @@ impl ObjectBackend {
 
     /// Compare-and-swap on the tag object's ETag: the check and the write see one state, or the
     /// write fails (another node changed the tag in between) and the check runs again on the new
-    /// state.
+    /// state. A write refused only when sent a second time (its first answer lost) may have been
+    /// refused because of itself: if the tag now is what was written (that digest, or gone for a
+    /// delete), it is taken as done.
     pub(crate) async fn update_tag(
         &self,
         repo: &RepoName,
@@ -183,9 +185,13 @@ impl ObjectBackend {
         new: Option<&Digest>,
     ) -> Result<()> {
         let key = format!("{}{tag}", tags_prefix(repo));
+        let mut resent = false;
         loop {
             let current = self.tag(repo, tag).await?;
             let digest = current.as_ref().map(|(d, _)| d);
+            if resent && digest == new {
+                return Ok(());
+            }
             if !expect.holds(digest) {
                 return Err(StoreError::TagPrecondition {
                     target: format!("tag {tag}"),
@@ -199,17 +205,17 @@ impl ObjectBackend {
             let done = match new {
                 Some(d) => self
                     .store
-                    .put(&key, d.to_string().as_bytes(), cond)
+                    .put_if(&key, d.to_string().as_bytes(), cond)
                     .await
-                    .map(drop),
+                    .map(|r| r.map(drop)),
                 None => match &current {
                     None => return Err(StoreError::ManifestUnknown),
-                    Some((_, etag)) => self.store.delete(&key, Some(etag)).await,
+                    Some((_, etag)) => self.store.delete_if(&key, Some(etag)).await,
                 },
             };
             match done {
-                Ok(()) => return Ok(()),
-                Err(S3Error::Precondition) => continue,
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(refused)) => resent = refused == api::Refused::Resent,
                 Err(e) => return Err(e.into()),
             }
         }
