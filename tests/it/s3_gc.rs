@@ -1,8 +1,9 @@
 //! `gc.delete_untagged` on a real SeaweedFS bucket: untagged manifests go with what only they
 //! reference, what a tag reaches stays (through indexes and referrers), and a manifest pushed
 //! again while a collector is deleting it is never lost, whichever node pushes it; a blob a
-//! HEAD answers for while the collector deletes it is still there for the next request; and an
-//! index pushed while the collector deletes its untagged child keeps the child.
+//! HEAD answers for while the collector deletes it is still there for the next request; an
+//! index pushed while the collector deletes its untagged child keeps the child; and another
+//! collector's `gc/lock` keeps a second one from running.
 
 use std::time::{Duration, Instant};
 
@@ -347,4 +348,41 @@ fn an_index_pushed_while_its_untagged_child_is_collected_keeps_it() {
     // half the grace period).
     assert!(text.contains("deleted: "), "{text}");
     pull_verified(&mut c, "ix/app", &child_d);
+}
+
+/// Another collector's `gc/lock` (fresh: younger than an hour) keeps `wharf gc` from running,
+/// and nothing is deleted; once that lock is gone, the collection runs.
+#[test]
+fn a_collector_holding_the_bucket_lock_keeps_another_from_running() {
+    let weed = Seaweed::shared();
+    let node = Server::start_with(
+        "io_uring",
+        &format!("[gc]\ngrace = \"0s\"\n{}", on_bucket(weed, "held-lock/")),
+    );
+    let lonely = push_blob(&mut node.client(), "held/app", &noise(96, 1000));
+    let lock = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(lock.path(), "0 another-collector").unwrap();
+    bucket_curl(
+        weed,
+        "held-lock/gc/lock",
+        &["-T", lock.path().to_str().unwrap()],
+    );
+    let (ok, out) = node.run_wharf(&["gc"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("another garbage collection is running on this bucket"),
+        "{out}"
+    );
+    assert_eq!(
+        node.client()
+            .get(&format!("/v2/held/app/blobs/{lonely}"))
+            .status,
+        200
+    );
+    bucket_curl(weed, "held-lock/gc/lock", &["-X", "DELETE"]);
+    // Older than the grace period by the store's clock (whole seconds).
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, out) = node.run_wharf(&["gc"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("deleted blob {lonely}")), "{out}");
 }

@@ -40,24 +40,23 @@ impl ObjectBackend {
 
     /// Take `gc/lock` (write-once); a lock older than `LOCK_FOR` is a dead collector's.
     async fn lock(&self, now: u64) -> Result<()> {
-        // A nonce: a refusal of our own first attempt (applied by the store, its answer lost and
-        // the request sent again by the S3 client) is told from another collector's lock.
+        // A nonce: a resend refused because of our own first attempt (applied by the store, its
+        // answer lost) is told from another collector's lock.
         let body = format!("{now} {}", random_id());
         for _ in 0..2 {
             match self
                 .store
-                .put("gc/lock", body.as_bytes(), Cond::Absent)
-                .await
+                .put_if("gc/lock", body.as_bytes(), Cond::Absent)
+                .await?
             {
                 Ok(_) => return Ok(()),
-                Err(S3Error::Precondition) => {
+                Err(api::Refused::Resent)
                     if self.store.get_bytes("gc/lock", SMALL).await?.as_deref()
-                        == Some(body.as_bytes())
-                    {
-                        return Ok(());
-                    }
+                        == Some(body.as_bytes()) =>
+                {
+                    return Ok(());
                 }
-                Err(e) => return Err(e.into()),
+                Err(_) => {}
             }
             let Some(held) = self.store.head("gc/lock").await? else {
                 continue;
