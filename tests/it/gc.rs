@@ -353,6 +353,41 @@ fn delete_untagged_keeps_what_tags_reach_through_indexes_and_referrers(driver: &
     assert!(ok, "{out}");
 }
 
+/// Run `wharf gc` held `pause_ms` between its mark phase and its deletions (the test-only
+/// `WHARF_FAULT_DELAY_MARKED`), and `push_after_ms` into it tag `ix/app:v1` an index naming the
+/// manifest `child`: whether the collection succeeded, and what it printed.
+pub(crate) fn index_pushed_during_gc(
+    s: &Server,
+    c: &mut Client,
+    child: &[u8],
+    pause_ms: u64,
+    push_after_ms: u64,
+) -> (bool, String) {
+    let gc = s
+        .wharf_command(&["gc"])
+        .env("WHARF_FAULT_HOOKS", "1")
+        .env("WHARF_FAULT_DELAY_MARKED", pause_ms.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(push_after_ms));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(child), "size": child.len(),
+                        "platform": {"architecture": "amd64", "os": "linux"}}]
+    }))
+    .unwrap();
+    put_manifest(c, "ix/app", "v1", &index, OCI_INDEX);
+    let out = gc.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// An index pushed while a collection is deleting its untagged child keeps the child and its
 /// blobs: the push refreshes the child's revision link, so the collector's second look finds it
 /// young and keeps it with what it references. A test-only delay holds `wharf gc` for 3 s between
@@ -367,29 +402,8 @@ fn an_index_pushed_while_its_untagged_child_is_collected_keeps_it(driver: &str) 
     let child = image_manifest(&cd, cfg.len(), &[(&layer, 22)]);
     let child_d = put_manifest(&mut c, "ix/app", &sha256(&child), &child, OCI_MANIFEST);
     age_everything(&s.root(), Duration::from_secs(7200));
-    let gc = s
-        .wharf_command(&["gc"])
-        .env("WHARF_FAULT_HOOKS", "1")
-        .env("WHARF_FAULT_DELAY_MARKED", "3000")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_d, "size": child.len(),
-                        "platform": {"architecture": "amd64", "os": "linux"}}]
-    }))
-    .unwrap();
-    put_manifest(&mut c, "ix/app", "v1", &index, OCI_INDEX);
-    let out = gc.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = index_pushed_during_gc(&s, &mut c, &child, 3000, 1500);
+    assert!(ok, "{text}");
     assert!(text.contains("deleted: 0 manifests, 0 blobs"), "{text}");
     for gone in [
         format!("manifest ix/app@{child_d}"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::seaweed::Seaweed;
 use crate::common::*;
-use crate::gc::{pull_verified, push_untagged, put_manifest};
+use crate::gc::{index_pushed_during_gc, pull_verified, push_untagged, put_manifest};
 use crate::scale_out::{bucket_curl, on_bucket};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -304,7 +304,6 @@ fn a_head_racing_the_collector_never_answers_for_a_blob_it_deletes() {
 /// and its deletions; the index is pushed and tagged 2 s into that pause.
 #[test]
 fn an_index_pushed_while_its_untagged_child_is_collected_keeps_it() {
-    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
     let weed = Seaweed::shared();
     let node = Server::start_with(
         "io_uring",
@@ -318,28 +317,7 @@ fn an_index_pushed_while_its_untagged_child_is_collected_keeps_it() {
     let child_d = put_manifest(&mut c, "ix/app", &sha256(&child), &child, OCI_MANIFEST);
     // Past the grace period by the store's clock (whole seconds).
     std::thread::sleep(Duration::from_millis(3_500));
-    let gc = node
-        .wharf_command(&["gc"])
-        .env("WHARF_FAULT_HOOKS", "1")
-        .env("WHARF_FAULT_DELAY_MARKED", "4000")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child_d, "size": child.len(),
-                        "platform": {"architecture": "amd64", "os": "linux"}}]
-    }))
-    .unwrap();
-    put_manifest(&mut c, "ix/app", "v1", &index, OCI_INDEX);
-    let out = gc.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, text) = index_pushed_during_gc(&node, &mut c, &child, 4000, 2000);
     assert!(
         !text.contains(&format!("deleted manifest ix/app@{child_d}")),
         "the child went under the index:\n{text}"
