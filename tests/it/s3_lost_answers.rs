@@ -3,20 +3,25 @@
 //! comes back refused by itself. A relay in front of a real SeaweedFS passes the write on, reads
 //! the store's answer and closes the connection without it; each write wharf makes once must
 //! then still count as made: the blob it acknowledged reads back, the upload it opened
-//! continues, the collection it locked runs.
+//! continues, the collection it locked runs, the tag it set is answered 201, and the object
+//! fsck --repair moved stays in quarantine.
 
 use crate::common::gate::PartGate;
 use crate::common::seaweed::Seaweed;
 use crate::common::*;
-use crate::scale_out::on_bucket;
+use crate::scale_out::{bucket_curl, on_bucket};
 
-/// A node on `weed`'s bucket under `prefix`, through a relay that lets every request through.
-fn node_behind_relay(weed: &Seaweed, prefix: &str) -> (Server, PartGate) {
+/// A node on `weed`'s bucket under `prefix` (and `extra` TOML before it), through a relay that
+/// lets every request through.
+fn node_behind_relay(weed: &Seaweed, prefix: &str, extra: &str) -> (Server, PartGate) {
     let gate = PartGate::start(format!("127.0.0.1:{}", weed.s3_port).parse().unwrap());
     gate.open();
     let storage =
         on_bucket(weed, prefix).replace(&weed.endpoint(), &format!("http://{}", gate.addr));
-    (Server::start_with("io_uring", &storage), gate)
+    (
+        Server::start_with("io_uring", &format!("{extra}{storage}")),
+        gate,
+    )
 }
 
 /// The store applied the blob's pointer and its answer was lost: the pointer the second attempt
@@ -24,7 +29,7 @@ fn node_behind_relay(weed: &Seaweed, prefix: &str) -> (Server, PartGate) {
 #[test]
 fn a_blob_whose_pointer_answer_was_lost_reads_back() {
     let weed = Seaweed::shared();
-    let (node, gate) = node_behind_relay(weed, "lost-pointer/");
+    let (node, gate) = node_behind_relay(weed, "lost-pointer/", "");
     let mut c = node.client();
     // A first push makes the node's connections to the store, so the pointer write goes out on
     // a pooled one (the only kind the client sends again).
@@ -50,7 +55,7 @@ fn a_blob_whose_pointer_answer_was_lost_reads_back() {
 #[test]
 fn an_upload_whose_session_answer_was_lost_continues() {
     let weed = Seaweed::shared();
-    let (node, gate) = node_behind_relay(weed, "lost-session/");
+    let (node, gate) = node_behind_relay(weed, "lost-session/", "");
     let mut c = node.client();
     push_blob(&mut c, "lost/app", &noise(92, 1000));
     gate.lose_answer_to("/lost-session/uploads/");
@@ -74,7 +79,7 @@ fn an_upload_whose_session_answer_was_lost_continues() {
 #[test]
 fn a_collection_whose_lock_answer_was_lost_runs() {
     let weed = Seaweed::shared();
-    let (node, gate) = node_behind_relay(weed, "lost-lock/");
+    let (node, gate) = node_behind_relay(weed, "lost-lock/", "");
     push_blob(&mut node.client(), "lost/app", &noise(94, 1000));
     gate.lose_answer_to("/lost-lock/gc/lock");
     let (ok, out) = node.run_wharf(&["gc"]);
@@ -94,7 +99,7 @@ fn a_collection_whose_lock_answer_was_lost_runs() {
 #[test]
 fn a_conditional_tag_push_whose_answer_was_lost_is_done() {
     let weed = Seaweed::shared();
-    let (node, gate) = node_behind_relay(weed, "lost-tag/");
+    let (node, gate) = node_behind_relay(weed, "lost-tag/", "");
     let mut c = node.client();
     let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
     let cd = push_blob(&mut c, "lost/app", cfg);
@@ -119,4 +124,40 @@ fn a_conditional_tag_push_whose_answer_was_lost_is_done() {
     );
     let other = image_manifest(&cd, cfg.len(), &[(&ld, 1000), (&cd, cfg.len())]);
     assert_eq!(put(&mut c, &other).status, 412);
+}
+
+/// The store applied fsck --repair's conditional delete of a broken object (after copying it to
+/// quarantine) and its answer was lost: SeaweedFS refuses the resent `If-Match` delete of a key
+/// that is gone with 412, which is our own delete. The move counts as done, and the copy in
+/// quarantine stays (taking the refusal for a rewrite would delete the copy: the object lost).
+#[test]
+fn an_object_whose_quarantine_delete_answer_was_lost_stays_in_quarantine() {
+    let weed = Seaweed::shared();
+    let (node, gate) = node_behind_relay(weed, "lost-move/", "[gc]\ngrace = \"0s\"\n");
+    push_blob(&mut node.client(), "lost/app", &noise(97, 1000));
+    let stray = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(stray.path(), "not a pointer").unwrap();
+    bucket_curl(
+        weed,
+        "lost-move/blobs/stray",
+        &["-T", stray.path().to_str().unwrap()],
+    );
+    // Older than the grace period by the store's clock (whole seconds).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    gate.lose_answer_to("/lost-move/blobs/stray");
+    let (_, out) = node.run_wharf(&["fsck", "--repair"]);
+    assert_eq!(gate.lost().len(), 1, "no answer was lost:\n{out}");
+    assert!(
+        gate.lost()[0].starts_with("HTTP/1.1 204"),
+        "{:?}",
+        gate.lost()
+    );
+    let moved = out
+        .lines()
+        .find(|l| l.contains("stray object blobs/stray"))
+        .and_then(|l| l.split("(moved to ").nth(1))
+        .map(|q| q.trim_end_matches(')').to_owned())
+        .unwrap_or_else(|| panic!("not moved:\n{out}"));
+    let copy = bucket_curl(weed, &format!("lost-move/{moved}"), &[]);
+    assert_eq!(copy, b"not a pointer", "{out}");
 }

@@ -453,8 +453,8 @@ impl ObjectStore {
         key: &str,
         if_match: Option<&str>,
     ) -> Result<Result<(), Refused>, S3Error> {
-        let key = self.key(key);
-        let action = self.bucket.delete_object(Some(&self.credentials), &key);
+        let full = self.key(key);
+        let action = self.bucket.delete_object(Some(&self.credentials), &full);
         let header = if_match.map(|e| ("If-Match", e.to_owned()));
         let url = action.sign(SIGNED_FOR);
         let resp = self
@@ -469,6 +469,13 @@ impl ObjectStore {
         let resent = resp.resent;
         match resp.status {
             200 | 204 | 404 => {
+                drain(resp).await;
+                Ok(Ok(()))
+            }
+            // A store may refuse `If-Match` on a key that is gone (SeaweedFS 4.48 answers 412):
+            // when the first attempt's answer was lost, that is our own delete, and deleting
+            // what is not there succeeds.
+            412 if resent && if_match.is_some() && self.head(key).await?.is_none() => {
                 drain(resp).await;
                 Ok(Ok(()))
             }

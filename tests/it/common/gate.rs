@@ -16,7 +16,7 @@ struct Parts {
     most: usize,
     open: bool,
     released: u64,
-    /// Lose the answer to the next `PUT` whose request line contains this.
+    /// Lose the answer to the next `PUT` or `DELETE` whose request line contains this.
     lose: Option<String>,
     /// The status lines of the answers lost.
     lost: Vec<String>,
@@ -62,7 +62,7 @@ impl PartGate {
         self.parts.1.notify_all();
     }
 
-    /// Lose the answer to the next `PUT` whose request line contains `part` (a key).
+    /// Lose the answer to the next `PUT` or `DELETE` whose request line contains `part` (a key).
     pub fn lose_answer_to(&self, part: &str) {
         self.parts.0.lock().unwrap().lose = Some(part.to_owned());
     }
@@ -140,10 +140,10 @@ fn relay(
         let status = answer.split(' ').nth(1).unwrap_or_default();
         {
             let mut p = parts.0.lock().unwrap();
-            let lose = p
-                .lose
-                .as_ref()
-                .is_some_and(|k| first.starts_with("PUT ") && first.contains(k.as_str()));
+            let lose = p.lose.as_ref().is_some_and(|k| {
+                (first.starts_with("PUT ") || first.starts_with("DELETE "))
+                    && first.contains(k.as_str())
+            });
             if lose {
                 p.lose = None;
                 p.lost
