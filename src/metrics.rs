@@ -425,7 +425,7 @@ impl Metrics {
             "# HELP wharf_connections_parked Client connections idle past 250 ms (or not yet read from) holding no buffers.\n# TYPE wharf_connections_parked gauge\nwharf_connections_parked {}",
             crate::http::conn::parked()
         );
-        out.push_str("# HELP wharf_file_sends_total Blob bodies not held in memory, by how they were sent: sendfile to remote plain-HTTP peers, a buffered copy to loopback ones, from a file through TLS, a stream from the storage backend.\n# TYPE wharf_file_sends_total counter\n");
+        out.push_str("# HELP wharf_file_sends_total Blob bodies not held in memory, by how they were sent: from a file to plain-HTTP peers (sendfile, a copy of what is not cached), from a file through TLS, a stream from the storage backend.\n# TYPE wharf_file_sends_total counter\n");
         for (path, n) in crate::net::file::SEND_PATHS
             .iter()
             .zip(crate::net::file::sends())
@@ -472,8 +472,13 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP wharf_sendfile_cold_windows_total File windows (8 MiB) a sendfile found not all in the page cache and read on the blocking pool first.\n# TYPE wharf_sendfile_cold_windows_total counter\nwharf_sendfile_cold_windows_total {}",
+            "# HELP wharf_sendfile_cold_windows_total File windows (8 MiB) a plain-HTTP send found not all in the page cache: copied through a pooled block, or read on the blocking pool before sendfile.\n# TYPE wharf_sendfile_cold_windows_total counter\nwharf_sendfile_cold_windows_total {}",
             crate::net::file::cold_windows()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wharf_cold_windows_copied_total Of wharf_sendfile_cold_windows_total, the windows copied through a pooled 1 MiB block (the rest: limits.response_buffer_budget was spent).\n# TYPE wharf_cold_windows_copied_total counter\nwharf_cold_windows_copied_total {}",
+            crate::net::file::copied_windows()
         );
         let _ = writeln!(
             out,

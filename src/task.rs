@@ -122,14 +122,6 @@ fn fault_switch(key: &str) -> Option<String> {
     hooks.then(|| std::env::var(key).ok()).flatten()
 }
 
-/// Test-only (`WHARF_FAULT_PEERS_REMOTE=1`): treat every peer as remote, so tests that listen on
-/// loopback reach the `sendfile` path.
-#[cfg(feature = "fault-hooks")]
-pub fn peers_look_remote() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| fault_switch("WHARF_FAULT_PEERS_REMOTE").is_some_and(|v| v == "1"))
-}
-
 /// Test-only (`WHARF_FAULT_BLOB_STREAM`): the filesystem backend hands out blobs it would send
 /// from a file as streams instead (the path an object store takes): `1` whole, `short` one byte
 /// short of their length (a broken source); `redirect`: as a redirect to a URL elsewhere.

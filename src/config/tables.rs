@@ -168,8 +168,9 @@ pub struct LimitsConfig {
     /// Open connections per client address (IPv4 address, IPv6 /64); the next is answered 503 and
     /// closed (TLS: closed). Default `256`; `0` = unlimited.
     pub max_connections_per_client: usize,
-    /// Bytes of large response buffers (256 KiB TLS file blocks, 1 MiB loopback copies) that may
-    /// wait on clients at once; past it files go out in 16 KiB TLS records or by `sendfile`.
+    /// Bytes of large response buffers (256 KiB TLS file blocks, 1 MiB copies of uncached plain
+    /// file windows) that may wait on clients at once; past it files go out in 16 KiB TLS records,
+    /// or by `sendfile` after a read on the blocking pool.
     /// Default `16777216` (16 MiB).
     pub response_buffer_budget: usize,
     /// Open upload sessions across the server; a POST past it answers 429 `TOOMANYREQUESTS` with

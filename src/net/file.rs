@@ -1,6 +1,6 @@
 //! Files from a worker without blocking it (`DataFile`: io_uring, or the blocking pool under epoll),
-//! a file region to a plain TCP socket (`sendfile(2)`, or a buffered copy through a pooled block,
-//! faster to loopback peers), and the positioned block read the TLS path shares.
+//! a file region to a plain TCP socket (`sendfile(2)` from the page cache, a buffered copy of what
+//! is not cached), and the positioned block read the TLS path shares.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -16,19 +16,17 @@ use super::stalled;
 /// How a file body was sent, for `wharf_file_sends_total{path}`.
 #[derive(Clone, Copy)]
 pub enum SendPath {
-    /// `sendfile(2)` to a plain TCP peer.
+    /// To a plain TCP peer (`send_region`: `sendfile(2)`, a copy of cold windows).
     Sendfile = 0,
-    /// A buffered copy through a pooled block (plain TCP to a loopback peer).
-    Copy = 1,
     /// Read, encrypt and write (TLS).
-    Tls = 2,
+    Tls = 1,
     /// A stream from elsewhere (`net::stream`), written as it arrives, over any transport.
-    Stream = 3,
+    Stream = 2,
 }
 
-pub const SEND_PATHS: [&str; 4] = ["sendfile", "copy", "tls", "stream"];
-static SENDS: [std::sync::atomic::AtomicU64; 4] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 4];
+pub const SEND_PATHS: [&str; 3] = ["sendfile", "tls", "stream"];
+static SENDS: [std::sync::atomic::AtomicU64; 3] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
 
 /// Count one file body sent by `path`.
 pub fn count_send(path: SendPath) {
@@ -36,7 +34,7 @@ pub fn count_send(path: SendPath) {
 }
 
 /// File bodies sent so far, by path (in `SEND_PATHS` order).
-pub fn sends() -> [u64; 4] {
+pub fn sends() -> [u64; 3] {
     SENDS
         .each_ref()
         .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
@@ -169,19 +167,6 @@ impl AsRawFd for DataFile {
     }
 }
 
-pub fn peer_is_loopback(stream: &TcpStream) -> bool {
-    #[cfg(feature = "fault-hooks")]
-    if crate::task::peers_look_remote() {
-        return false;
-    }
-    stream.peer_addr().is_ok_and(|a| match a.ip() {
-        std::net::IpAddr::V4(ip) => ip.is_loopback(),
-        std::net::IpAddr::V6(ip) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    })
-}
-
 /// Read up to `want` bytes of `file` at `pos` into `buf` (cleared first); reaching the end of the
 /// file before `want` bytes is an error, since the response already announced its length.
 pub async fn read_block(
@@ -201,21 +186,134 @@ pub async fn read_block(
     (res, buf)
 }
 
-/// A file region to the socket through a pooled block buffer: io_uring read, then write.
-pub async fn copy_loop(
+/// How much of a file `send_region` checks for page-cache residency at a time.
+const WARM_WINDOW: u64 = 8 << 20;
+
+static COLD_WINDOWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Windows `send_region` found not (all) in the page cache (copied, or read on the blocking pool
+/// before `sendfile`).
+pub fn cold_windows() -> u64 {
+    COLD_WINDOWS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static COPIED_WINDOWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Of `cold_windows`, those copied through a pooled block (the rest were read on the blocking
+/// pool before `sendfile`).
+pub fn copied_windows() -> u64 {
+    COPIED_WINDOWS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Read a file region into the page cache on the blocking pool, so that `sendfile` after it
+/// copies from memory instead of waiting on the disk on the worker.
+async fn warm(file: std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    crate::blocking::run(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 128 * 1024];
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            let want = ((end - at) as usize).min(buf.len());
+            match file.read_at(&mut buf[..want], at) {
+                Ok(0) => break,
+                Ok(n) => at += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// A file region to a plain TCP socket, window by window (`cachestat`): a window all in the page
+/// cache goes out by `sendfile(2)`, with no copy through user space; one that is not is read
+/// through a pooled block with the worker's file reads and written (the kernel's read-ahead
+/// keeps ahead of those sequential 1 MiB reads), or, with `limits.response_buffer_budget`
+/// spent, read into the page cache on the blocking pool first, since `sendfile` would wait on
+/// the disk on the worker. Measured (docs/performance.md, 2026-12-03): `sendfile` from the page
+/// cache at about twice the rate and half the server CPU of a copy, also to loopback peers; a
+/// copy of a cold window at the disk's rate, where reading it first and then sending was slower.
+pub async fn send_region(
     stream: &mut TcpStream,
     file: std::fs::File,
     offset: u64,
     len: u64,
     stall: Duration,
 ) -> io::Result<()> {
-    let file = DataFile::new(file)?;
-    let (result, buf) = copy_blocks(stream, &file, take_block(), offset, offset + len, stall).await;
-    give_block(buf);
-    result
+    let end = offset + len;
+    let mut at = offset;
+    let mut reader: Option<DataFile> = None;
+    while at < end {
+        let window = (end - at).min(WARM_WINDOW);
+        if crate::sys::all_cached(file.as_raw_fd(), at, window) != Some(true) {
+            COLD_WINDOWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(_held) = super::budget::reserve(BLOCK_BUF) {
+                COPIED_WINDOWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let reader = match &mut reader {
+                    Some(r) => r,
+                    none => none.insert(DataFile::new(file.try_clone()?)?),
+                };
+                let (res, buf) =
+                    copy_blocks(stream, reader, take_block(), at, at + window, stall).await;
+                give_block(buf);
+                res?;
+                at += window;
+                continue;
+            }
+            warm(file.try_clone()?, at, window).await?;
+        }
+        sendfile_window(stream, &file, at, window, stall).await?;
+        at += window;
+    }
+    Ok(())
 }
 
-/// The loop of `copy_loop`; hands the buffer back (empty if a stalled write took it).
+/// `[offset, offset + len)` of `file` (in the page cache) by `sendfile(2)` on the temporarily
+/// non-blocking socket, awaiting writability on EAGAIN.
+async fn sendfile_window(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    stall: Duration,
+) -> io::Result<()> {
+    let sock = stream.as_raw_fd();
+    let _nb = crate::sys::NonBlocking::set(sock)?;
+    let mut off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+    let end = offset + len;
+    loop {
+        let at = off as u64;
+        if at >= end {
+            return Ok(());
+        }
+        let chunk = (end - at) as usize;
+        let err = match crate::sys::sendfile(sock, file.as_raw_fd(), &mut off, chunk) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than announced",
+                ));
+            }
+            Ok(_) => continue,
+            Err(e) => e,
+        };
+        match err.kind() {
+            io::ErrorKind::WouldBlock => {
+                match monoio::time::timeout(stall, stream.writable(false)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(stalled()),
+                }
+            }
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(err),
+        }
+    }
+}
+
+/// The copy of `send_region`'s cold windows; hands the buffer back (empty if a stalled write
+/// took it).
 async fn copy_blocks(
     stream: &mut TcpStream,
     file: &DataFile,
@@ -246,92 +344,4 @@ async fn copy_blocks(
         pos += n as u64;
     }
     (Ok(()), buf)
-}
-
-/// How much of a file `sendfile_loop` checks for page-cache residency at a time.
-const WARM_WINDOW: u64 = 8 << 20;
-
-static COLD_WINDOWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Windows `sendfile_loop` found not (all) in the page cache and read on the blocking pool first.
-pub fn cold_windows() -> u64 {
-    COLD_WINDOWS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Read a file region into the page cache on the blocking pool, so that `sendfile` after it
-/// copies from memory instead of waiting on the disk on the worker.
-async fn warm(file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
-    COLD_WINDOWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // Its own descriptor: the job outlives this future if the connection goes away meanwhile.
-    let file = file.try_clone()?;
-    crate::blocking::run(move || {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; 128 * 1024];
-        let (mut at, end) = (offset, offset + len);
-        while at < end {
-            let want = ((end - at) as usize).min(buf.len());
-            match file.read_at(&mut buf[..want], at) {
-                Ok(0) => break,
-                Ok(n) => at += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    })
-    .await?
-}
-
-/// Hot path: a file region to the socket with no copy through user space.
-/// `sendfile(2)` on the (temporarily non-blocking) socket, awaiting writability on EAGAIN. The
-/// file's pages are checked window by window (`cachestat`); a window not all in the page cache
-/// is read on the blocking pool first, since `sendfile` would wait on the disk on the worker.
-pub async fn sendfile_loop(
-    stream: &TcpStream,
-    file: &std::fs::File,
-    offset: u64,
-    len: u64,
-    stall: Duration,
-) -> io::Result<()> {
-    let sock = stream.as_raw_fd();
-    let _nb = crate::sys::NonBlocking::set(sock)?;
-    let mut off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
-    let end = offset + len;
-    let mut warm_to = offset;
-    loop {
-        let at = off as u64;
-        let left = end - at;
-        if left == 0 {
-            return Ok(());
-        }
-        if at >= warm_to {
-            let window = left.min(WARM_WINDOW);
-            if crate::sys::all_cached(file.as_raw_fd(), at, window) != Some(true) {
-                warm(file, at, window).await?;
-            }
-            warm_to = at + window;
-        }
-        let chunk = (warm_to - at) as usize;
-        let err = match crate::sys::sendfile(sock, file.as_raw_fd(), &mut off, chunk) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shorter than announced",
-                ));
-            }
-            Ok(_) => continue,
-            Err(e) => e,
-        };
-        match err.kind() {
-            io::ErrorKind::WouldBlock => {
-                match monoio::time::timeout(stall, stream.writable(false)).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(stalled()),
-                }
-            }
-            io::ErrorKind::Interrupted => {}
-            _ => return Err(err),
-        }
-    }
 }

@@ -9,10 +9,9 @@ use std::time::Duration;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use super::file::{SendPath, copy_loop, count_send, peer_is_loopback, sendfile_loop};
-use super::pool::BLOCK_BUF;
+use super::file::{SendPath, count_send, send_region};
 use super::tls::TlsStream;
-use super::{ConnError, budget, stalled, timed_read};
+use super::{ConnError, stalled, timed_read};
 
 /// Plain TCP or TLS.
 pub enum Transport {
@@ -83,24 +82,9 @@ impl Transport {
         stall: Duration,
     ) -> io::Result<()> {
         match self {
-            // Measured (docs/performance.md): to a loopback peer, sendfile's per-page socket
-            // buffers run at about half the speed of a buffered copy; to a real interface
-            // sendfile saves the copy. The copy's 1 MiB block counts against the budget.
-            Transport::Plain(stream) if peer_is_loopback(stream) => {
-                match budget::reserve(BLOCK_BUF) {
-                    Some(_held) => {
-                        count_send(SendPath::Copy);
-                        copy_loop(stream, file, offset, len, stall).await
-                    }
-                    None => {
-                        count_send(SendPath::Sendfile);
-                        sendfile_loop(stream, &file, offset, len, stall).await
-                    }
-                }
-            }
             Transport::Plain(stream) => {
                 count_send(SendPath::Sendfile);
-                sendfile_loop(stream, &file, offset, len, stall).await
+                send_region(stream, file, offset, len, stall).await
             }
             Transport::Tls(tls) => {
                 count_send(SendPath::Tls);

@@ -707,44 +707,26 @@ fn wrong_methods_are_405(driver: &str) {
     assert_eq!(c.request("OPTIONS", "/v2/", &[], b"").status, 405);
 }
 
-/// Downloads take two paths: a buffered copy to loopback peers and sendfile to others (tests
-/// listen on loopback only, so a test-only hook makes every peer look remote for the second
-/// server). Both deliver exactly the blob, whole and in ranges, several times over one
-/// connection, and `wharf_file_sends_total` shows which path each server took.
-fn blob_downloads_to_loopback_and_other_peers(driver: &str) {
-    let loopback = Server::start(driver);
-    let remote = Server::start_with_env(
-        driver,
-        "",
-        &[
-            ("WHARF_FAULT_HOOKS", "1"),
-            ("WHARF_FAULT_PEERS_REMOTE", "1"),
-        ],
-    );
+/// Plain-HTTP downloads of cached blobs go out by `sendfile`: exactly the blob, whole and in
+/// ranges, several times over one connection, counted in `wharf_file_sends_total`.
+fn blob_downloads_by_sendfile(driver: &str) {
+    let s = Server::start(driver);
     let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    for (s, path_taken, not_taken) in [
-        (&loopback, "copy", "sendfile"),
-        (&remote, "sendfile", "copy"),
-    ] {
-        let d = push_blob(&mut s.client(), "dl/x", &data);
-        let path = format!("/v2/dl/x/blobs/{d}");
-        let mut c = s.client();
-        for _ in 0..3 {
-            let r = c.get(&path);
-            assert_eq!(r.status, 200, "{path_taken}");
-            assert!(r.body == data, "{path_taken}: body differs");
-            let r = c.request("GET", &path, &[("Range", "bytes=1000-3999999")], b"");
-            assert_eq!(r.status, 206, "{path_taken}");
-            assert!(
-                r.body[..] == data[1000..4_000_000],
-                "{path_taken}: range differs"
-            );
-        }
-        let metrics = c.get("/metrics").body_text();
-        let sends = |p: &str| sample(&metrics, &format!("wharf_file_sends_total{{path=\"{p}\"}}"));
-        assert_eq!(sends(path_taken), Some(6.0), "{metrics}");
-        assert_eq!(sends(not_taken), Some(0.0), "{metrics}");
+    let d = push_blob(&mut s.client(), "dl/x", &data);
+    let path = format!("/v2/dl/x/blobs/{d}");
+    let mut c = s.client();
+    for _ in 0..3 {
+        let r = c.get(&path);
+        assert_eq!(r.status, 200);
+        assert!(r.body == data, "body differs");
+        let r = c.request("GET", &path, &[("Range", "bytes=1000-3999999")], b"");
+        assert_eq!(r.status, 206);
+        assert!(r.body[..] == data[1000..4_000_000], "range differs");
     }
+    let metrics = c.get("/metrics").body_text();
+    let sends = |p: &str| sample(&metrics, &format!("wharf_file_sends_total{{path=\"{p}\"}}"));
+    assert_eq!(sends("sendfile"), Some(6.0), "{metrics}");
+    assert_eq!(sends("tls"), Some(0.0), "{metrics}");
 }
 
 /// Blobs a backend hands out as streams or redirects (the object-store paths; a test-only hook makes the
@@ -780,7 +762,7 @@ fn blob_downloads_as_backend_streams(driver: &str) {
     let metrics = c.get("/metrics").body_text();
     let sends = |p: &str| sample(&metrics, &format!("wharf_file_sends_total{{path=\"{p}\"}}"));
     assert_eq!(sends("stream"), Some(4.0), "{metrics}");
-    assert_eq!(sends("copy"), Some(0.0), "{metrics}");
+    assert_eq!(sends("sendfile"), Some(0.0), "{metrics}");
 
     let short = Server::start_with_env(driver, "", &env("short"));
     let d = push_blob(&mut short.client(), "st/x", &data);
@@ -820,69 +802,93 @@ fn blob_downloads_as_backend_streams(driver: &str) {
 }
 
 /// `sendfile` reads the file itself, on the worker: a blob not in the page cache would make the
-/// worker wait on the disk. Windows that are not all cached are read on the blocking pool first
-/// (`wharf_sendfile_cold_windows_total`); cached ones go straight out.
-fn cold_blobs_are_read_on_the_pool_before_sendfile(driver: &str) {
+/// worker wait on the disk. Windows that are not all cached (`wharf_sendfile_cold_windows_total`)
+/// are copied through a pooled block with the worker's non-blocking reads, or, with
+/// `limits.response_buffer_budget` spent (`wharf_response_buffer_fallbacks_total`), read on the
+/// blocking pool before `sendfile`; cached ones go straight out. Either way the client gets exactly
+/// the blob, whole and in ranges.
+fn cold_blobs_are_copied_or_read_on_the_pool_before_sendfile(driver: &str) {
     use std::os::fd::AsRawFd;
-    let s = Server::start_with_env(
-        driver,
-        "",
-        &[
-            ("WHARF_FAULT_HOOKS", "1"),
-            ("WHARF_FAULT_PEERS_REMOTE", "1"),
-        ],
-    );
     let data: Vec<u8> = (0..20_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
-    let mut c = s.client();
-    let d = push_blob(&mut c, "cold/x", &data);
-    let hex = d.strip_prefix("sha256:").unwrap();
-    let file =
-        std::fs::File::open(s.root().join("blobs/sha256").join(&hex[..2]).join(hex)).unwrap();
-    // Whether this kernel has cachestat(2) (Linux 6.5); without it every window counts as cold.
-    let (range, mut stat) = ([0u64, 4096], [0u64; 5]);
-    // SAFETY: valid cachestat_range and cachestat structs for the call.
-    let cachestat = unsafe {
-        libc::syscall(
-            451,
-            file.as_raw_fd(),
-            range.as_ptr(),
-            stat.as_mut_ptr(),
-            0u32,
-        )
-    } == 0;
-    let path = format!("/v2/cold/x/blobs/{d}");
-    let cold = |c: &mut Client| {
-        let m = c.get("/metrics").body_text();
-        sample(&m, "wharf_sendfile_cold_windows_total").unwrap()
-    };
-    // Just written, and read once more here: in the page cache (memory pressure from other
-    // tests in a small cgroup can evict a page of a file written moments ago; once in CI).
-    assert!(
-        std::fs::read(s.root().join("blobs/sha256").join(&hex[..2]).join(hex)).unwrap() == data
-    );
-    assert!(c.get(&path).body == data);
-    let warm_get = cold(&mut c);
-    assert_eq!(warm_get, if cachestat { 0.0 } else { 3.0 });
-    // SAFETY: advice on an open descriptor; the clean pages of the file leave the cache.
-    assert_eq!(
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
-        0
-    );
-    assert!(c.get(&path).body == data, "cold blob differs");
-    let cold_get = cold(&mut c);
-    assert!(
-        cold_get > warm_get,
-        "a cold blob was sent without reading it on the pool"
-    );
-    assert!(c.get(&path).body == data);
-    let again = cold(&mut c);
-    assert_eq!(again - cold_get, if cachestat { 0.0 } else { 3.0 });
+    // No budget: no pooled block for a copy.
+    for (budget, copied) in [
+        ("", true),
+        ("[limits]\nresponse_buffer_budget = 0\n", false),
+    ] {
+        let s = Server::start_with(driver, budget);
+        let mut c = s.client();
+        let d = push_blob(&mut c, "cold/x", &data);
+        let hex = d.strip_prefix("sha256:").unwrap();
+        let blob = s.root().join("blobs/sha256").join(&hex[..2]).join(hex);
+        let file = std::fs::File::open(&blob).unwrap();
+        // Whether this kernel has cachestat(2) (Linux 6.5); without it every window counts as cold.
+        let (range, mut stat) = ([0u64, 4096], [0u64; 5]);
+        // SAFETY: valid cachestat_range and cachestat structs for the call.
+        let cachestat = unsafe {
+            libc::syscall(
+                451,
+                file.as_raw_fd(),
+                range.as_ptr(),
+                stat.as_mut_ptr(),
+                0u32,
+            )
+        } == 0;
+        let path = format!("/v2/cold/x/blobs/{d}");
+        let count = |c: &mut Client, name: &str| {
+            let m = c.get("/metrics").body_text();
+            sample(&m, name).unwrap()
+        };
+        let cold = |c: &mut Client| count(c, "wharf_sendfile_cold_windows_total");
+        let copies = |c: &mut Client| count(c, "wharf_cold_windows_copied_total");
+        let fallbacks = |c: &mut Client| count(c, "wharf_response_buffer_fallbacks_total");
+        // Just written, and read once more here: in the page cache (memory pressure from other
+        // tests in a small cgroup can evict a page of a file written moments ago; once in CI).
+        assert!(std::fs::read(&blob).unwrap() == data);
+        assert!(c.get(&path).body == data);
+        let warm_get = cold(&mut c);
+        assert_eq!(warm_get, if cachestat { 0.0 } else { 3.0 });
+        let (copies_warm, fallbacks_warm) = (copies(&mut c), fallbacks(&mut c));
+        let evict = || {
+            // SAFETY: advice on an open descriptor; the clean pages of the file leave the cache.
+            let r =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(r, 0);
+        };
+        evict();
+        assert!(c.get(&path).body == data, "cold blob differs");
+        let cold_get = cold(&mut c);
+        assert!(
+            cold_get > warm_get,
+            "a cold blob was sent without reading it off the worker first"
+        );
+        // Every cold window copied, or (no budget) none, each send having found no block.
+        let copied_now = copies(&mut c) - copies_warm;
+        let expect = if copied { cold_get - warm_get } else { 0.0 };
+        assert_eq!(copied_now, expect, "budget {budget:?}: windows copied");
+        assert_eq!(
+            fallbacks(&mut c) > fallbacks_warm,
+            !copied,
+            "budget {budget:?}"
+        );
+        evict();
+        let r = c.request("GET", &path, &[("Range", "bytes=9000001-17777776")], b"");
+        assert_eq!(r.status, 206);
+        assert!(
+            r.body[..] == data[9_000_001..17_777_777],
+            "cold range differs"
+        );
+        assert!(c.get(&path).body == data);
+        let before = cold(&mut c);
+        assert!(c.get(&path).body == data);
+        let again = cold(&mut c);
+        assert_eq!(again - before, if cachestat { 0.0 } else { 3.0 });
+    }
 }
 
 on_both_drivers!(
-    cold_blobs_are_read_on_the_pool_before_sendfile,
+    cold_blobs_are_copied_or_read_on_the_pool_before_sendfile,
     blob_downloads_as_backend_streams,
-    blob_downloads_to_loopback_and_other_peers,
+    blob_downloads_by_sendfile,
     api_version_header,
     blob_get_head_range_and_isolation,
     monolithic_upload_with_wrong_digest_is_digest_invalid,
