@@ -28,6 +28,8 @@ SECS = int(os.environ.get("SECS", "10"))
 ONLY = os.environ.get("ONLY", "wharf,wharf-epoll,distribution,zot").split(",")
 QUICK = os.environ.get("QUICK") == "1"  # skip the 4 GiB and 10k-connection memory rows
 WHARF = os.environ.get("WHARF_BIN", os.path.join(ROOT, "target", "release", "wharf"))
+# "wharf-old" in ONLY: another wharf build (an A/B of a change, every row side by side).
+OLD_BIN = os.environ.get("OLD_BIN", "")
 K6_SCRIPT = os.path.join(ROOT, "loadtest", "registry.js")
 MIB = 1 << 20
 # zb: concurrency, requests per test, and how long it may run against one server.
@@ -122,7 +124,7 @@ class Server:
                 cfg += tls
                 self.url = f"https://127.0.0.1:{self.port}"
             open(f"{d}/wharf.toml", "w").write(cfg)
-            cmd = [WHARF, "serve", "-c", f"{d}/wharf.toml"]
+            cmd = [self.binary(), "serve", "-c", f"{d}/wharf.toml"]
             # "wharf-epoll": the same build on monoio's epoll driver (what Docker's default seccomp
             # profile leaves, as it blocks io_uring); "wharf" on the default, io_uring here.
             driver = "epoll" if self.name == "wharf-epoll" else "io_uring"
@@ -173,9 +175,16 @@ class Server:
         # Its storage can be tens of GB after zb: free the disk for the next server.
         shutil.rmtree(f"{self.dir}/data", ignore_errors=True)
 
+    def binary(self):
+        if self.name == "wharf-old":
+            if not OLD_BIN:
+                raise SystemExit("ONLY names wharf-old: set OLD_BIN to that wharf build")
+            return OLD_BIN
+        return WHARF
+
     def version(self):
         if self.name.startswith("wharf"):
-            return run([WHARF, "version"]).strip()
+            return run([self.binary(), "version"]).strip()
         if self.name == "distribution":
             return run([f"{PEERS}/registry", "--version"]).strip()
         return "zot " + ZOT_VERSION
@@ -588,8 +597,9 @@ def compare(work):
     settle()
     mem = memory_rows(work) if "wharf" in ONLY and not QUICK else {}
 
-    # The ratio columns compare wharf (io_uring) with the other registries; wharf-epoll is a column.
-    peers = [n for n in ONLY if not n.startswith("wharf")]
+    # The ratio columns compare wharf (io_uring) with the other registries and with wharf-old;
+    # wharf-epoll is a column.
+    peers = [n for n in ONLY if n not in ("wharf", "wharf-epoll")]
     lines = []
     p = lines.append
     kernel = os.uname().release

