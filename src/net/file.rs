@@ -261,6 +261,7 @@ pub async fn send_region(
                 at += window;
                 continue;
             }
+            // Its own descriptor: the job outlives this future if the connection goes away.
             warm(file.try_clone()?, at, window).await?;
         }
         sendfile_window(stream, &file, at, window, stall).await?;
