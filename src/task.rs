@@ -144,6 +144,13 @@ pub async fn fault_delay(what: &'static str) {
     }
 }
 
+/// Test-only (`WHARF_FAULT_GC_LOCK_FOR`, seconds): how old the S3 collector's `gc/lock` must be
+/// before another collector takes it over (an hour otherwise), so a test need not wait an hour.
+#[cfg(feature = "fault-hooks")]
+pub fn gc_lock_for() -> Option<u64> {
+    fault_switch("WHARF_FAULT_GC_LOCK_FOR")?.parse().ok()
+}
+
 /// How long `fault_delay(what)` holds back, for code off the workers (the filesystem collector
 /// sleeps its thread).
 #[cfg(feature = "fault-hooks")]

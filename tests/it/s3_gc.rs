@@ -364,3 +364,58 @@ fn a_collector_holding_the_bucket_lock_keeps_another_from_running() {
     assert!(ok, "{out}");
     assert!(out.contains(&format!("deleted blob {lonely}")), "{out}");
 }
+
+/// A collector killed while it held `gc/lock` leaves it behind; once the lock is older than the
+/// lock's lifetime (an hour; a test hook shortens it, since the store's clock cannot be set back),
+/// the next collector deletes it, takes the lock, runs, and removes it when done.
+#[test]
+fn a_dead_collectors_lock_is_taken_over_once_it_is_old() {
+    let weed = Seaweed::shared();
+    let node = Server::start_with(
+        "io_uring",
+        &format!("[gc]\ngrace = \"0s\"\n{}", on_bucket(weed, "dead-lock/")),
+    );
+    let lonely = push_blob(&mut node.client(), "dead/app", &noise(97, 1000));
+    let lock = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(lock.path(), "0 a-killed-collector").unwrap();
+    bucket_curl(
+        weed,
+        "dead-lock/gc/lock",
+        &["-T", lock.path().to_str().unwrap()],
+    );
+    let gc = |lock_for: &str| {
+        let out = node
+            .wharf_command(&["gc"])
+            .env("WHARF_FAULT_HOOKS", "1")
+            .env("WHARF_FAULT_GC_LOCK_FOR", lock_for)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = gc("60");
+    assert!(
+        !ok,
+        "a lock younger than its lifetime was taken over: {out}"
+    );
+    assert!(
+        out.contains("another garbage collection is running on this bucket"),
+        "{out}"
+    );
+    // Older than a 2 s lifetime by the store's clock (whole seconds).
+    std::thread::sleep(Duration::from_secs(4));
+    let (ok, out) = gc("2");
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("deleted blob {lonely}")), "{out}");
+    let status = weed
+        .curl("dead-lock/gc/lock")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout),
+        "404",
+        "the collector left its lock behind"
+    );
+}

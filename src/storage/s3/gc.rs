@@ -20,6 +20,15 @@ pub(super) fn maybe_after(modified: u64, cutoff: u64) -> bool {
 /// is taken over after this).
 const LOCK_FOR: u64 = 3600;
 
+/// `LOCK_FOR`, or a test's shorter age (`task::gc_lock_for`).
+fn lock_for() -> u64 {
+    #[cfg(feature = "fault-hooks")]
+    if let Some(secs) = crate::task::gc_lock_for() {
+        return secs;
+    }
+    LOCK_FOR
+}
+
 impl ObjectBackend {
     pub(crate) fn collect_garbage(
         &self,
@@ -61,7 +70,7 @@ impl ObjectBackend {
             let Some(held) = self.store.head("gc/lock").await? else {
                 continue;
             };
-            if now.saturating_sub(held.modified) < LOCK_FOR {
+            if now.saturating_sub(held.modified) < lock_for() {
                 return Err(StoreError::Io(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     "another garbage collection is running on this bucket (gc/lock)",
