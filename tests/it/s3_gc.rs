@@ -328,23 +328,30 @@ fn an_index_pushed_while_its_untagged_child_is_collected_keeps_it() {
     pull_verified(&mut c, "ix/app", &child_d);
 }
 
+/// A node on `prefix` with no grace period, one unreferenced blob (its digest), and a `gc/lock`
+/// written behind its back, as another collector would.
+fn node_with_a_foreign_lock(weed: &Seaweed, prefix: &str, seed: u32) -> (Server, String) {
+    let node = Server::start_with(
+        "io_uring",
+        &format!("[gc]\ngrace = \"0s\"\n{}", on_bucket(weed, prefix)),
+    );
+    let lonely = push_blob(&mut node.client(), "held/app", &noise(seed, 1000));
+    let lock = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(lock.path(), "0 another-collector").unwrap();
+    bucket_curl(
+        weed,
+        &format!("{prefix}gc/lock"),
+        &["-T", lock.path().to_str().unwrap()],
+    );
+    (node, lonely)
+}
+
 /// Another collector's `gc/lock` (fresh: younger than an hour) keeps `wharf gc` from running,
 /// and nothing is deleted; once that lock is gone, the collection runs.
 #[test]
 fn a_collector_holding_the_bucket_lock_keeps_another_from_running() {
     let weed = Seaweed::shared();
-    let node = Server::start_with(
-        "io_uring",
-        &format!("[gc]\ngrace = \"0s\"\n{}", on_bucket(weed, "held-lock/")),
-    );
-    let lonely = push_blob(&mut node.client(), "held/app", &noise(96, 1000));
-    let lock = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(lock.path(), "0 another-collector").unwrap();
-    bucket_curl(
-        weed,
-        "held-lock/gc/lock",
-        &["-T", lock.path().to_str().unwrap()],
-    );
+    let (node, lonely) = node_with_a_foreign_lock(weed, "held-lock/", 96);
     let (ok, out) = node.run_wharf(&["gc"]);
     assert!(!ok, "{out}");
     assert!(
@@ -371,28 +378,15 @@ fn a_collector_holding_the_bucket_lock_keeps_another_from_running() {
 #[test]
 fn a_dead_collectors_lock_is_taken_over_once_it_is_old() {
     let weed = Seaweed::shared();
-    let node = Server::start_with(
-        "io_uring",
-        &format!("[gc]\ngrace = \"0s\"\n{}", on_bucket(weed, "dead-lock/")),
-    );
-    let lonely = push_blob(&mut node.client(), "dead/app", &noise(97, 1000));
-    let lock = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(lock.path(), "0 a-killed-collector").unwrap();
-    bucket_curl(
-        weed,
-        "dead-lock/gc/lock",
-        &["-T", lock.path().to_str().unwrap()],
-    );
+    let (node, lonely) = node_with_a_foreign_lock(weed, "dead-lock/", 97);
     let gc = |lock_for: &str| {
-        let out = node
-            .wharf_command(&["gc"])
-            .env("WHARF_FAULT_HOOKS", "1")
-            .env("WHARF_FAULT_GC_LOCK_FOR", lock_for)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        node.run_wharf_with_env(
+            &["gc"],
+            &[
+                ("WHARF_FAULT_HOOKS", "1"),
+                ("WHARF_FAULT_GC_LOCK_FOR", lock_for),
+            ],
+        )
     };
     let (ok, out) = gc("60");
     assert!(

@@ -240,7 +240,14 @@ impl Server {
 
     /// Run `wharf <args> -c <this server's config>` (e.g. `gc`, `fsck`): success and stdout + stderr.
     pub fn run_wharf(&self, args: &[&str]) -> (bool, String) {
-        let out = self.wharf_command(args).output().expect("run wharf");
+        self.run_wharf_with_env(args, &[])
+    }
+
+    /// `run_wharf` with more environment variables (test hooks).
+    pub fn run_wharf_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+        let mut cmd = self.wharf_command(args);
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().expect("run wharf");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
