@@ -81,13 +81,17 @@ pub enum HandshakeError {
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 208\r\nConnection: close\r\n\r\n{\"errors\":[{\"code\":\"UNSUPPORTED\",\"message\":\"this port speaks TLS: use https:// to reach it (Docker: remove it from insecure-registries and put its CA in /etc/docker/certs.d/HOST:PORT/ca.crt)\",\"detail\":null}]}";
 
 impl TlsStream {
-    /// Run the server handshake, bounded by `wait` in total.
+    /// Run the server handshake, bounded by `wait` in total. A failed handshake hands the socket
+    /// back, so the caller counts the failure before the peer sees the close.
     pub async fn accept(
         tcp: TcpStream,
         config: Arc<ServerConfig>,
         wait: Duration,
-    ) -> Result<TlsStream, HandshakeError> {
-        let session = ServerConnection::new(config)?;
+    ) -> Result<TlsStream, (HandshakeError, TcpStream)> {
+        let session = match ServerConnection::new(config) {
+            Ok(s) => s,
+            Err(e) => return Err((e.into(), tcp)),
+        };
         // Boxed: the handshake's state lives on the heap only while it runs, not in the future of
         // every connection task (plain ones included) for the connection's whole life.
         Box::pin(TlsStream::handshake(tcp, session, wait)).await
@@ -103,7 +107,9 @@ impl TlsStream<ClientConnection> {
         wait: Duration,
     ) -> Result<TlsStream<ClientConnection>, HandshakeError> {
         let session = ClientConnection::new(config, server)?;
-        Box::pin(TlsStream::handshake(tcp, session, wait)).await
+        Box::pin(TlsStream::handshake(tcp, session, wait))
+            .await
+            .map_err(|(e, _)| e)
     }
 }
 
@@ -112,7 +118,7 @@ impl<C: Session> TlsStream<C> {
         tcp: TcpStream,
         mut session: C,
         wait: Duration,
-    ) -> Result<TlsStream<C>, HandshakeError> {
+    ) -> Result<TlsStream<C>, (HandshakeError, TcpStream)> {
         // `write_all` hands rustls at most one block before flushing it out, so this bound holds.
         session.set_buffer_limit(Some(BUFFER_LIMIT));
         let mut s = TlsStream {
@@ -123,6 +129,14 @@ impl<C: Session> TlsStream<C> {
             tx: Vec::new(),
             eof: false,
         };
+        match s.shake(wait).await {
+            Ok(()) => Ok(s),
+            Err(e) => Err((e, s.tcp)),
+        }
+    }
+
+    async fn shake(&mut self, wait: Duration) -> Result<(), HandshakeError> {
+        let s = self;
         let deadline = Instant::now() + wait;
         while s.session.is_handshaking() {
             if s.session.wants_write() {
@@ -148,7 +162,7 @@ impl<C: Session> TlsStream<C> {
             }
         }
         s.flush(wait).await?;
-        Ok(s)
+        Ok(())
     }
 
     /// The DER of the verified client certificate (leaf), if the client presented one.

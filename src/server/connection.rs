@@ -108,7 +108,8 @@ async fn connect(
     let generation = tls.generation();
     let tls = match TlsStream::accept(stream, tls.config(), app.limits.head_timeout).await {
         Ok(t) => t,
-        Err(e) => {
+        // `_tcp` lives to the end of this arm: the failure is counted before the peer sees the close.
+        Err((e, _tcp)) => {
             let why = failure(&e);
             local.metrics.handshake(listener.index, why);
             tracing::info!(
