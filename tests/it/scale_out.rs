@@ -1201,3 +1201,47 @@ fn gc_collects_orphaned_data_but_not_data_being_written() {
     assert_eq!(r.status, 200);
     assert_eq!(sha256(&r.body), l, "the multipart layer pulls intact");
 }
+
+/// A blob uploaded again (to another repository, through another node, by a client that did
+/// not ask first) keeps one copy. A new blob smaller than a part goes straight to its bytes and
+/// its pointer, with no hold and no look; the second upload's pointer write finds the first
+/// one's, holds the blob before it looks further (docs/gc.md, rule 1) and deletes its own bytes.
+#[test]
+fn a_blob_uploaded_twice_keeps_one_copy() {
+    let weed = Seaweed::shared();
+    let [a, b]: [Server; 2] = nodes(weed, "twice/", 2).try_into().ok().unwrap();
+    let blob = noise(31, 4096);
+    let d = push_blob(&mut a.client(), "twice/one", &blob);
+    let key = |dir: &str| format!("twice/{dir}/{}", d.replace(':', "/"));
+    let status = |k: &str| {
+        let args = ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I"];
+        let out = weed.curl(k).args(args).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(status(&key("holds")), "404", "a new blob was held");
+    push_blob(&mut b.client(), "twice/two", &blob);
+    assert_eq!(
+        status(&key("holds")),
+        "200",
+        "a blob found stored was not held"
+    );
+    let pointer = String::from_utf8(bucket_curl(weed, &key("blobs"), &[])).unwrap();
+    let data_key = pointer.lines().nth(2).unwrap().to_owned();
+    let listing = String::from_utf8(bucket_curl(
+        weed,
+        "?list-type=2&prefix=twice%2Fdata%2F",
+        &[],
+    ))
+    .unwrap();
+    let keys: Vec<&str> = listing
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .collect();
+    assert_eq!(keys, [format!("twice/{data_key}")], "{listing}");
+    for (node, repo) in [(&a, "twice/one"), (&b, "twice/two"), (&a, "twice/two")] {
+        let r = node.client().get(&format!("/v2/{repo}/blobs/{d}"));
+        assert_eq!(r.status, 200);
+        assert!(r.body == blob, "{repo} through a node pulled other bytes");
+    }
+}

@@ -146,7 +146,7 @@ impl ObjectBackend {
         Ok(())
     }
 
-    async fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
+    pub(super) async fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
         let (link, nonce) = (link_key(repo, d), random_id());
         let (link, listed) = monoio::join!(
             self.store.put(&link, nonce.as_bytes(), Cond::None),
@@ -188,6 +188,17 @@ impl ObjectBackend {
         expected: &Digest,
         repo: &RepoName,
     ) -> Result<u64> {
+        let size = self.store_verified(w, expected).await?;
+        self.link_blob(repo, expected).await?;
+        Ok(size)
+    }
+
+    /// `finish_writer` but the link: the blob is stored under its pointer; its size.
+    pub(super) async fn store_verified(
+        &self,
+        w: crate::storage::BlobWriter,
+        expected: &Digest,
+    ) -> Result<u64> {
         let mut w = w.into_object();
         let settled = w.settle().await;
         if let Err(e) = settled.and_then(|()| {
@@ -211,14 +222,12 @@ impl ObjectBackend {
             w.discard().await;
             return Err(mismatch());
         }
-        // Held before anything: this upload may end as "already stored" (`held_pointer` holds
-        // first itself; a re-hashed upload learns that only when its pointer write is refused).
-        let stored = if rehash {
-            self.hold(expected).await?;
-            false
-        } else {
-            self.held_pointer(None, expected).await?.is_some()
-        };
+        // A multipart blob first looks whether it is stored already (`held_pointer`, which holds
+        // it), so that a stored blob costs no completion. A smaller blob is one PUT, cheaper than
+        // the look: it goes up, and the pointer's conditional write finds out (below); so does a
+        // re-hashed upload.
+        let stored =
+            w.upload_id.is_some() && !rehash && self.held_pointer(None, expected).await?.is_some();
         if !stored {
             if let Err(e) = w.store_data().await {
                 w.discard().await;
@@ -243,19 +252,27 @@ impl ObjectBackend {
             };
             let (key, encoded) = (pointer_key(expected), pointer.encode());
             let stored = match self.store.put(&key, &encoded, Cond::Absent).await {
-                // Another upload of the same bytes won (keep its copy), or a collection is deleting
-                // the blob: then ours replaces its pointer, which makes the collector's
-                // conditional delete of the old one fail, and lifts the tombstone.
-                Err(S3Error::Precondition) if self.doomed(expected).await? => {
-                    self.store.put(&key, &encoded, Cond::None).await?;
-                    self.store.delete(&doomed_key(expected), None).await?;
-                    Ok(())
-                }
-                // The pointer we collided with is kept, unless a collection deleted it and
-                // lifted its tombstone between our write and our look: then ours goes in (and
-                // if yet another upload stored one meanwhile, that one is kept).
-                Err(S3Error::Precondition) if self.pointer(expected).await?.is_none() => {
-                    self.store.put(&key, &encoded, Cond::Absent).await.map(drop)
+                // A pointer is there: this upload may end as "already stored", so the blob is
+                // held before the look for its tombstone, and that look is answered before the
+                // pointer is read (docs/gc.md, rule 1).
+                Err(S3Error::Precondition) => {
+                    self.hold(expected).await?;
+                    if self.doomed(expected).await? {
+                        // A collection is deleting the blob: ours replaces its pointer, which
+                        // makes the collector's conditional delete of the old one fail, and
+                        // lifts the tombstone.
+                        self.store.put(&key, &encoded, Cond::None).await?;
+                        self.store.delete(&doomed_key(expected), None).await?;
+                        Ok(())
+                    } else if self.pointer(expected).await?.is_none() {
+                        // A collection deleted it and lifted its tombstone between our write
+                        // and our look: ours goes in (and if yet another upload stored one
+                        // meanwhile, that one is kept).
+                        self.store.put(&key, &encoded, Cond::Absent).await.map(drop)
+                    } else {
+                        // Another upload of the same bytes won: its copy is kept.
+                        Err(S3Error::Precondition)
+                    }
                 }
                 other => other.map(drop),
             };
@@ -283,7 +300,6 @@ impl ObjectBackend {
         } else {
             w.discard().await;
         }
-        self.link_blob(repo, expected).await?;
         Ok(size)
     }
 

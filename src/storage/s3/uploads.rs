@@ -135,8 +135,11 @@ impl ObjectBackend {
         repo: &RepoName,
     ) -> Result<u64> {
         let id = lease.id;
-        let size = self.finish_writer(lease.writer, expected, repo).await?;
-        self.forget_session(&id).await;
+        let size = self.store_verified(lease.writer, expected).await?;
+        // The blob is stored: the session goes while the link is written. (Should the link
+        // fail, the client uploads again, and that upload finds this pointer and keeps it.)
+        let (linked, ()) = monoio::join!(self.link_blob(repo, expected), self.forget_session(&id));
+        linked?;
         Ok(size)
     }
 
