@@ -470,6 +470,11 @@ impl Metrics {
             out,
             "# HELP wharf_s3_revision_cache_total Manifest GETs by tag on the S3 backend whose revision came from the per-worker cache (hit) or the object store (miss); at most 1,024 revisions and 8 MiB per worker.\n# TYPE wharf_s3_revision_cache_total counter\nwharf_s3_revision_cache_total{{outcome=\"hit\"}} {hits}\nwharf_s3_revision_cache_total{{outcome=\"miss\"}} {misses}"
         );
+        let (hits, misses) = crate::storage::s3::kept::blob_counts();
+        let _ = writeln!(
+            out,
+            "# HELP wharf_s3_blob_cache_total Blob GETs on the S3 backend whose bytes came from the per-worker cache of small blobs (hit; the repository's link is still asked for) or from the object store (miss); at most 4,096 blobs and 8 MiB per worker.\n# TYPE wharf_s3_blob_cache_total counter\nwharf_s3_blob_cache_total{{outcome=\"hit\"}} {hits}\nwharf_s3_blob_cache_total{{outcome=\"miss\"}} {misses}"
+        );
         let _ = writeln!(
             out,
             "# HELP wharf_sendfile_cold_windows_total File windows (8 MiB) a plain-HTTP send found not all in the page cache: copied through a pooled block, or read on the blocking pool before sendfile.\n# TYPE wharf_sendfile_cold_windows_total counter\nwharf_sendfile_cold_windows_total {}",

@@ -944,6 +944,36 @@ fn cached_revisions_never_hide_another_nodes_changes() {
     assert_eq!(r.status, 200, "the first image is still there by digest");
 }
 
+/// Small blobs' bytes, once read and checked, come from the node's cache, yet a blob deleted
+/// from a repository on another node is gone at once there: the link is read each time.
+#[test]
+fn cached_blobs_never_outlive_their_repository_link() {
+    let weed = Seaweed::shared();
+    let [a, b]: [Server; 2] = nodes(weed, "kept/", 2).try_into().ok().unwrap();
+    let (mut ca, mut cb) = (a.client(), b.client());
+    let hits = |c: &mut Client| {
+        let text = String::from_utf8(c.get("/metrics").body).unwrap();
+        sample(&text, "wharf_s3_blob_cache_total{outcome=\"hit\"}").unwrap()
+    };
+    let blob = noise(16, 3_000);
+    let d = push_blob(&mut ca, "kp/one", &blob);
+    push_blob(&mut ca, "kp/two", &blob);
+    let before = hits(&mut cb);
+    for repo in ["kp/one", "kp/two", "kp/one"] {
+        let r = cb.get(&format!("/v2/{repo}/blobs/{d}"));
+        assert_eq!(r.status, 200);
+        assert!(r.body == blob, "{repo}: other bytes");
+    }
+    assert!(hits(&mut cb) >= before + 2.0, "repeated GETs hit the cache");
+
+    let r = ca.request("DELETE", &format!("/v2/kp/one/blobs/{d}"), &[], b"");
+    assert_eq!(r.status, 202);
+    assert_eq!(cb.get(&format!("/v2/kp/one/blobs/{d}")).status, 404);
+    let r = cb.get(&format!("/v2/kp/two/blobs/{d}"));
+    assert_eq!(r.status, 200, "still in the other repository");
+    assert!(r.body == blob);
+}
+
 /// `wharf fsck` on the bucket: clean after pushes (exit 0, with the counts); then each kind of
 /// damage done behind wharf's back is named and fails it (exit 1): a blob whose data was rewritten,
 /// one whose data is gone, a tag whose manifest revision is gone, a manifest whose layer is gone,

@@ -29,6 +29,7 @@ pub mod api;
 mod blobs;
 mod fsck;
 mod gc;
+pub mod kept;
 pub mod listed;
 mod manifests;
 mod parse;
@@ -206,7 +207,7 @@ pub struct ObjectBackend {
     probed_at: AtomicU64,
     probed_ok: AtomicBool,
     epoch: Instant,
-    /// This backend's key space in the per-worker revision cache (`revisions`).
+    /// This backend's key space in the per-worker caches (`revisions`, `kept`).
     id: u64,
 }
 

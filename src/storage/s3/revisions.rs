@@ -7,8 +7,8 @@
 //! counted in `wharf_s3_revision_cache_total{outcome}`.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::kept::{Bounded, Counts};
 
 /// Revisions kept per worker thread.
 const MAX_ENTRIES: usize = 1024;
@@ -18,58 +18,33 @@ const MAX_BYTES: usize = 8 << 20;
 /// (backend instance, repository, digest).
 type Key = (u64, String, String);
 
-#[derive(Default)]
-struct Cache {
-    map: HashMap<Key, (String, Vec<u8>)>,
-    /// Insertion order, oldest first: the eviction order.
-    order: VecDeque<Key>,
-    bytes: usize,
-}
-
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static CACHE: RefCell<Bounded<Key, (String, Vec<u8>)>> =
+        RefCell::new(Bounded::new(MAX_ENTRIES, MAX_BYTES));
 }
 
-static HITS: AtomicU64 = AtomicU64::new(0);
-static MISSES: AtomicU64 = AtomicU64::new(0);
+static COUNTS: Counts = Counts::new();
 
 /// (hits, misses) of all workers.
 pub fn counts() -> (u64, u64) {
-    (HITS.load(Ordering::Relaxed), MISSES.load(Ordering::Relaxed))
+    COUNTS.get()
 }
 
 /// The media type and bytes of a revision read before on this thread.
 pub(super) fn get(backend: u64, repo: &str, digest: &str) -> Option<(String, Vec<u8>)> {
     let key = (backend, repo.to_owned(), digest.to_owned());
-    let found = CACHE.with(|c| c.borrow().map.get(&key).cloned());
-    let counter = if found.is_some() { &HITS } else { &MISSES };
-    counter.fetch_add(1, Ordering::Relaxed);
-    found
+    COUNTS.count(CACHE.with(|c| c.borrow().get(&key)))
 }
 
 /// Keep a revision just read from the store (and verified against its digest).
 pub(super) fn put(backend: u64, repo: &str, digest: &str, media_type: &str, bytes: &[u8]) {
-    let size = media_type.len() + bytes.len();
-    if size > MAX_BYTES / 16 {
+    if media_type.len() + bytes.len() > MAX_BYTES / 16 {
         return;
     }
+    let key = (backend, repo.to_owned(), digest.to_owned());
     CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        let key = (backend, repo.to_owned(), digest.to_owned());
-        if c.map.contains_key(&key) {
-            return;
-        }
-        while c.map.len() >= MAX_ENTRIES || c.bytes + size > MAX_BYTES {
-            let Some(old) = c.order.pop_front() else {
-                break;
-            };
-            if let Some((m, b)) = c.map.remove(&old) {
-                c.bytes -= m.len() + b.len();
-            }
-        }
-        c.bytes += size;
-        c.order.push_back(key.clone());
-        c.map.insert(key, (media_type.to_owned(), bytes.to_vec()));
+        c.borrow_mut()
+            .put(key, (media_type.to_owned(), bytes.to_vec()))
     });
 }
 
@@ -84,12 +59,12 @@ mod tests {
         }
         assert!(get(7, "r", "0").is_none(), "the oldest went first");
         assert!(get(7, "r", &(MAX_ENTRIES + 9).to_string()).is_some());
-        CACHE.with(|c| assert_eq!(c.borrow().map.len(), MAX_ENTRIES));
+        CACHE.with(|c| assert_eq!(c.borrow().len_and_bytes().0, MAX_ENTRIES));
         let big = vec![0u8; MAX_BYTES / 16];
         for i in 0..40 {
             put(8, "r", &i.to_string(), "", &big);
         }
-        CACHE.with(|c| assert!(c.borrow().bytes <= MAX_BYTES));
+        CACHE.with(|c| assert!(c.borrow().len_and_bytes().1 <= MAX_BYTES));
         assert!(get(8, "r", "39").is_some());
         put(9, "r", "huge", "", &vec![0u8; MAX_BYTES]);
         assert!(get(9, "r", "huge").is_none(), "too large to keep");
