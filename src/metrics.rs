@@ -475,6 +475,11 @@ impl Metrics {
             out,
             "# HELP wharf_s3_blob_cache_total Blob GETs on the S3 backend whose bytes came from the per-worker cache of small blobs (hit; the repository's link is still asked for) or from the object store (miss); at most 4,096 blobs and 8 MiB per worker.\n# TYPE wharf_s3_blob_cache_total counter\nwharf_s3_blob_cache_total{{outcome=\"hit\"}} {hits}\nwharf_s3_blob_cache_total{{outcome=\"miss\"}} {misses}"
         );
+        let (written, skipped, failed) = crate::storage::s3::note_counts();
+        let _ = writeln!(
+            out,
+            "# HELP wharf_s3_pull_records_total Pulls through a mirror on the S3 backend whose pull record (the last pull, which eviction under upstream.max_size goes by) was rewritten (written), already rewritten by the worker within the minute (skipped; at most 4,096 manifests remembered per worker), or not written for a store error (failed).\n# TYPE wharf_s3_pull_records_total counter\nwharf_s3_pull_records_total{{outcome=\"failed\"}} {failed}\nwharf_s3_pull_records_total{{outcome=\"skipped\"}} {skipped}\nwharf_s3_pull_records_total{{outcome=\"written\"}} {written}"
+        );
         let _ = writeln!(
             out,
             "# HELP wharf_sendfile_cold_windows_total File windows (8 MiB) a plain-HTTP send found not all in the page cache: copied through a pooled block, or read on the blocking pool before sendfile.\n# TYPE wharf_sendfile_cold_windows_total counter\nwharf_sendfile_cold_windows_total {}",

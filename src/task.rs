@@ -151,6 +151,13 @@ pub fn gc_lock_for() -> Option<u64> {
     fault_switch("WHARF_FAULT_GC_LOCK_FOR")?.parse().ok()
 }
 
+/// Test-only (`WHARF_FAULT_NOTE_EVERY_MS`): how often a worker rewrites a manifest's pull record
+/// on the S3 backend (a minute otherwise), so a test can pull twice and see the second noted.
+#[cfg(feature = "fault-hooks")]
+pub fn note_every_ms() -> Option<u64> {
+    fault_switch("WHARF_FAULT_NOTE_EVERY_MS")?.parse().ok()
+}
+
 /// How long `fault_delay(what)` holds back, for code off the workers (the filesystem collector
 /// sleeps its thread).
 #[cfg(feature = "fault-hooks")]

@@ -405,13 +405,6 @@ fn upstream_errors_name_the_key() {
         ),
         (
             format!(
-                "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\n{}",
-                up("name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\nmax_size = \"1GiB\"")
-            ),
-            "upstream[0].max_size",
-        ),
-        (
-            format!(
                 "{}{}",
                 up(
                     "name = \"a\"\nurl = \"http://h\"\nprefix = \"x\"\nnamespace = \"docker.io\"\ndefault = true"

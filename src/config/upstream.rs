@@ -265,15 +265,6 @@ impl Config {
                     format!("{}: give 1 to 1024", u.max_connections),
                 );
             }
-            if u.max_size > 0 && self.storage.backend == super::tables::StorageBackend::S3 {
-                return invalid(
-                    i,
-                    "max_size",
-                    "eviction by last pull needs storage.backend = \"filesystem\" (not built for \
-                     S3 yet); remove max_size"
-                        .into(),
-                );
-            }
             if u.timeout.is_zero() {
                 return invalid(i, "timeout", "must be greater than zero".into());
             }

@@ -52,7 +52,7 @@ struct RawManifest {
 }
 
 /// What a valid manifest tells storage.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Parsed {
     pub media_type: String,
     pub kind: Kind,

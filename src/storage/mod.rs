@@ -7,6 +7,7 @@
 //! updates and deletes are compare-and-swap operations (`TagExpect`); garbage collection and
 //! fsck run through here too. Nothing here knows HTTP.
 
+mod evict;
 mod fs;
 pub mod s3;
 mod writers;
@@ -160,7 +161,7 @@ pub struct GcOptions {
     /// Nothing younger than this is removed.
     pub grace: Duration,
     /// Pull-through caches with a size budget: (repository prefix, bytes). Over it, the images
-    /// under the prefix pulled least recently are evicted (filesystem backend).
+    /// under the prefix pulled least recently are evicted (`evict`).
     pub budgets: Vec<(String, u64)>,
     /// Also remove manifests that no tag reaches.
     pub delete_untagged: bool,
@@ -423,12 +424,10 @@ impl Storage {
     }
 
     /// Note that `repo@digest` was just pulled (a pull-through cache's last-pull time, which
-    /// eviction under `upstream.max_size` goes by): a hint, done off the worker and skipped when
-    /// the blocking pool is busy; at most once a minute per manifest.
+    /// eviction under `upstream.max_size` goes by): a hint, done off the request's path and
+    /// skipped when the blocking pool is busy; at most once a minute per manifest (and worker).
     pub fn note_pull(&self, repo: &RepoName, digest: &Digest) {
-        if let Backend::Filesystem(fs) = &self.backend {
-            fs.note_pull(repo, digest);
-        }
+        dispatch!(self, b => b.note_pull(repo, digest))
     }
 
     /// Where a tag points (`None`: no such tag).

@@ -3,7 +3,8 @@
 //! again while a collector is deleting it is never lost, whichever node pushes it; a blob a
 //! HEAD answers for while the collector deletes it is still there for the next request; an
 //! index pushed while the collector deletes its untagged child keeps the child; and another
-//! collector's `gc/lock` keeps a second one from running.
+//! collector's `gc/lock` keeps a second one from running; a pull-through cache over its
+//! `upstream.max_size` loses the image pulled least recently.
 
 use std::time::{Duration, Instant};
 
@@ -412,4 +413,103 @@ fn a_dead_collectors_lock_is_taken_over_once_it_is_old() {
         "404",
         "the collector left its lock behind"
     );
+}
+
+/// Whether the bucket has `key` (HTTP status of a HEAD).
+fn in_bucket(weed: &Seaweed, key: &str) -> bool {
+    let out = weed
+        .curl(key)
+        .args(["-sS", "-I", "-o", "/dev/null", "-w", "%{http_code}"])
+        .output()
+        .unwrap();
+    match String::from_utf8_lossy(&out.stdout).as_ref() {
+        "200" => true,
+        "404" => false,
+        other => panic!("HEAD {key}: {other} {out:?}"),
+    }
+}
+
+/// `upstream.max_size` on the bucket: a mirror node caches three images, then pulls the first
+/// again; over its budget, the collector evicts the image pulled least recently by the store's
+/// time of the pull records (not the one cached first), with its tag and its layer, and the
+/// evicted image comes back from the upstream whole.
+#[test]
+fn over_its_budget_a_cache_on_the_bucket_evicts_the_image_pulled_least_recently() {
+    let weed = Seaweed::shared();
+    let up = Server::start("io_uring");
+    let mut cu = up.client();
+    let images: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            let layer = noise(190 + i, 300_000);
+            let md = push_image(&mut cu, &format!("team/app{i}"), "v1", &layer);
+            (md, layer)
+        })
+        .collect();
+    // Room for two of the three images; every pull noted (not once a minute).
+    let m = Server::start_with_env(
+        "io_uring",
+        &format!(
+            "[[upstream]]\nname = \"up\"\nurl = \"http://{}\"\nprefix = \"hub\"\nmax_size = \"700KiB\"\n{}",
+            up.host(),
+            on_bucket(weed, "evict/")
+        ),
+        &[
+            ("WHARF_FAULT_HOOKS", "1"),
+            ("WHARF_FAULT_NOTE_EVERY_MS", "0"),
+        ],
+    );
+    let mut c = m.client();
+    // The pull record of a manifest deleted since goes with the collection.
+    let stray = format!(
+        "evict/repos/hub/team/app0/_pulls/{}",
+        sha256(b"gone").replace(':', "/")
+    );
+    bucket_curl(weed, &stray, &["-X", "PUT", "--data-binary", ""]);
+    let pull = |c: &mut Client, i: usize| {
+        let r = c.get(&format!("/v2/hub/team/app{i}/manifests/v1"));
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        let b = c.get(&format!(
+            "/v2/hub/team/app{i}/blobs/{}",
+            sha256(&images[i].1)
+        ));
+        assert!(b.status == 200 && b.body == images[i].1);
+    };
+    // Cached in the order 0, 1, 2, then 0 pulled again: 1 is the least recently pulled. The
+    // store's times are whole seconds, so the pulls are 2 s apart.
+    for i in [0, 1, 2, 0] {
+        pull(&mut c, i);
+        std::thread::sleep(Duration::from_millis(2_100));
+    }
+    wait_for("four pull records written", || {
+        let text = c.get("/metrics").body_text();
+        sample(&text, "wharf_s3_pull_records_total{outcome=\"written\"}") == Some(4.0)
+    });
+    let layer_key = |i: usize| format!("evict/blobs/{}", sha256(&images[i].1).replace(':', "/"));
+    let (ok, out) = m.run_wharf(&["gc", "--grace", "1s"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "evicted cached image hub/team/app1@{}",
+            images[1].0
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hub/team/app0@") && !out.contains("hub/team/app2@"),
+        "{out}"
+    );
+    assert!(!in_bucket(weed, "evict/repos/hub/team/app1/_tags/v1"));
+    let pulled = |i: usize| {
+        let hex = &images[i].0["sha256:".len()..];
+        format!("evict/repos/hub/team/app{i}/_pulls/sha256/{hex}")
+    };
+    assert!(!in_bucket(weed, &pulled(1)) && in_bucket(weed, &pulled(0)));
+    assert!(!in_bucket(weed, &stray), "a stray pull record stayed");
+    assert!(
+        !in_bucket(weed, &layer_key(1)),
+        "the evicted layer is collected"
+    );
+    assert!(in_bucket(weed, &layer_key(0)) && in_bucket(weed, &layer_key(2)));
+    // The evicted image comes back from the upstream, whole.
+    pull(&mut c, 1);
 }

@@ -121,11 +121,21 @@ impl ObjectBackend {
             }
         }
 
+        let repos = self.all("catalog/").await?;
+        // Pull-through caches over their budget lose the images pulled least recently first.
+        if !opts.budgets.is_empty() {
+            let names: Vec<RepoName> = repos.iter().filter_map(|r| catalog_repo(&r.key)).collect();
+            for (prefix, budget) in &opts.budgets {
+                let budget = (prefix.as_str(), *budget);
+                self.evict_over_budget(&names, budget, cutoff, opts.dry_run, out, &mut report)
+                    .await?;
+            }
+        }
+
         // Mark: the kept revisions (all of them without `delete_untagged`), what they reference
         // and their children.
         let mut marked: HashSet<Digest> = HashSet::new();
         let mut untagged: Vec<(RepoName, untagged::Revision)> = Vec::new();
-        let repos = self.all("catalog/").await?;
         for (i, repo) in repos.iter().enumerate() {
             out.progress("marking repositories", i as u64, repos.len() as u64);
             let Some(name) = catalog_repo(&repo.key) else {

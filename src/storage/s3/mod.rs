@@ -13,6 +13,8 @@
 //!   nonce, so that each write has its own ETag; then the bytes);
 //! - `repos/<repo>/_tags/<tag>`: the digest a tag points at, changed by compare-and-swap on its ETag;
 //! - `repos/<repo>/_referrers/<alg>/<hex>/<alg>-<hex>`: a referrer's descriptor;
+//! - `repos/<repo>/_pulls/<alg>/<hex>`: when the manifest was last pulled through a mirror
+//!   (its time; empty), for eviction under `upstream.max_size` (`evict`);
 //! - `catalog/<repo>`: the repository exists (listed for `/v2/_catalog`);
 //! - `uploads/<id>`: an upload session (see `writer`);
 //! - `holds/<alg>/<hex>`: a client was told the blob exists (its time keeps it from collection;
@@ -27,6 +29,7 @@
 
 pub mod api;
 mod blobs;
+mod evict;
 mod fsck;
 mod gc;
 pub mod kept;
@@ -45,6 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::{Cond, ObjectStore, S3Error};
+pub use evict::note_counts;
 pub use uploads::UploadLease;
 pub use writer::BlobWriter;
 
