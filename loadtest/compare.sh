@@ -9,7 +9,9 @@
 # Environment: ONLY=wharf,wharf-epoll,distribution,zot (the default; a subset; wharf-old: the wharf build
 # OLD_BIN, for an A/B of a change), QUICK=1 (skip the 4 GiB and 10k-connection rows),
 # ROUNDS=n (every server n times, alternating their order; medians and per-round ratios), ZB=0 (skip zb),
-# ZOT_SRC=dir (zot built from that source, see below), OUT=file. S3=1: the S3 mode instead (loadtest/s3bench.py): wharf and distribution's s3 driver on one
+# ZOT_SRC=dir (zot built from that source, see below), OUT=file. FAST_FS=1 (root): every server's
+# data on a new journaled ext4 on a RAM-backed loop device, so the same fsyncs cost no device flush
+# (what bounds the push rows on a slow disk; docs/performance.md). S3=1: the S3 mode instead (loadtest/s3bench.py): wharf and distribution's s3 driver on one
 # SeaweedFS, and SeaweedFS itself (ONLY=wharf,distribution,seaweedfs; QUICK=1 skips the 4 GiB row). A benchmark: no number ever fails it. Needs root or sudo for apt-get the first time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -76,4 +78,14 @@ if wants zot && { [ ! -x "$ZOT_BIN" ] || [ ! -x "$ZB_BIN" ]; }; then
 fi
 
 cargo build --release -q
+if [ "${FAST_FS:-}" = 1 ]; then
+  fast=$(mktemp -d)
+  $sudo mount -t tmpfs -o size=12g tmpfs "$fast"
+  truncate -s 10G "$fast/fs.img" && mkfs.ext4 -q -F "$fast/fs.img"
+  mkdir "$fast/mnt" && $sudo mount -o loop "$fast/fs.img" "$fast/mnt"
+  trap '$sudo umount "$fast/mnt"; $sudo umount "$fast"; rmdir "$fast"' EXIT
+  export TMPDIR=$fast/mnt
+  SECS=${1:-10} python3 loadtest/compare.py
+  exit
+fi
 SECS=${1:-10} exec python3 loadtest/compare.py
