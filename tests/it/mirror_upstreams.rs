@@ -476,31 +476,60 @@ fn backdate_tree(dir: &Path, ago: std::time::Duration) {
     }
 }
 
-#[test]
-fn over_its_budget_the_cache_evicts_the_images_pulled_least_recently() {
-    let up = Server::start("io_uring");
-    let mut cu = up.client();
-    let images: Vec<(String, Vec<u8>)> = (0..3)
-        .map(|i| {
-            let layer = noise(90 + i, 300_000);
-            let md = push_image(&mut cu, &format!("team/app{i}"), "v1", &layer);
-            (md, layer)
-        })
-        .collect();
-    // Room for two of the three images.
-    let m = mirror(&format!("http://{}", up.host()), "max_size = \"700KiB\"");
-    let mut c = m.client();
-    let pull = |c: &mut Client, i: usize| {
+/// An upstream wharf with three images, `team/app{0,1,2}:v1`, each with a 300,000-byte layer of
+/// its own (`seed` makes them differ between tests): budgets of 700 KiB hold two of them.
+pub(crate) struct ThreeImages {
+    pub up: Server,
+    /// (manifest digest, layer) of each.
+    pub images: Vec<(String, Vec<u8>)>,
+}
+
+impl ThreeImages {
+    pub fn push(seed: u32) -> ThreeImages {
+        let up = Server::start("io_uring");
+        let mut cu = up.client();
+        let images = (0..3)
+            .map(|i| {
+                let layer = noise(seed + i, 300_000);
+                let md = push_image(&mut cu, &format!("team/app{i}"), "v1", &layer);
+                (md, layer)
+            })
+            .collect();
+        ThreeImages { up, images }
+    }
+
+    /// Image `i` pulled through a mirror whose prefix is `hub`, manifest and layer, whole.
+    pub fn pull(&self, c: &mut Client, i: usize) {
         let r = c.get(&format!("/v2/hub/team/app{i}/manifests/v1"));
         assert_eq!(r.status, 200, "{}", r.body_text());
-        let b = c.get(&format!(
-            "/v2/hub/team/app{i}/blobs/{}",
-            sha256(&images[i].1)
-        ));
-        assert!(b.status == 200 && b.body == images[i].1);
-    };
+        let layer = &self.images[i].1;
+        let b = c.get(&format!("/v2/hub/team/app{i}/blobs/{}", sha256(layer)));
+        assert!(b.status == 200 && b.body == *layer);
+    }
+
+    /// `wharf gc`'s output evicts image 1 and no other.
+    pub fn assert_only_1_evicted(&self, out: &str) {
+        let line = format!("evicted cached image hub/team/app1@{}", self.images[1].0);
+        assert!(out.contains(&line), "{out}");
+        assert!(
+            !out.contains("hub/team/app0@") && !out.contains("hub/team/app2@"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn over_its_budget_the_cache_evicts_the_images_pulled_least_recently() {
+    let three = ThreeImages::push(90);
+    let images = &three.images;
+    // Room for two of the three images.
+    let m = mirror(
+        &format!("http://{}", three.up.host()),
+        "max_size = \"700KiB\"",
+    );
+    let mut c = m.client();
     for i in 0..3 {
-        pull(&mut c, i);
+        three.pull(&mut c, i);
     }
     let root = m.root();
     let revision = |i: usize| {
@@ -521,24 +550,14 @@ fn over_its_budget_the_cache_evicts_the_images_pulled_least_recently() {
     }
     let (ok, out) = m.run_wharf(&["gc", "--grace", "30m"]);
     assert!(ok, "{out}");
-    assert!(
-        out.contains(&format!(
-            "evicted cached image hub/team/app1@{}",
-            images[1].0
-        )),
-        "{out}"
-    );
-    assert!(
-        !out.contains("hub/team/app0@") && !out.contains("hub/team/app2@"),
-        "{out}"
-    );
+    three.assert_only_1_evicted(&out);
     assert!(!layer(1).exists(), "the evicted image's layer is collected");
     assert!(layer(0).exists() && layer(2).exists());
     // The evicted image comes back from the upstream, whole.
-    pull(&mut c, 1);
+    three.pull(&mut c, 1);
     // A pull through the mirror moves its last pull.
     backdate(&revision(0), hours(2));
-    pull(&mut c, 0);
+    three.pull(&mut c, 0);
     wait_for("the pull is noted", || {
         std::fs::metadata(revision(0))
             .unwrap()

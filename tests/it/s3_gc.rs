@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::seaweed::Seaweed;
 use crate::common::*;
 use crate::gc::{index_pushed_during_gc, pull_verified, push_untagged, put_manifest};
+use crate::mirror_upstreams::ThreeImages;
 use crate::scale_out::{bucket_curl, on_bucket};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -436,21 +437,14 @@ fn in_bucket(weed: &Seaweed, key: &str) -> bool {
 #[test]
 fn over_its_budget_a_cache_on_the_bucket_evicts_the_image_pulled_least_recently() {
     let weed = Seaweed::shared();
-    let up = Server::start("io_uring");
-    let mut cu = up.client();
-    let images: Vec<(String, Vec<u8>)> = (0..3)
-        .map(|i| {
-            let layer = noise(190 + i, 300_000);
-            let md = push_image(&mut cu, &format!("team/app{i}"), "v1", &layer);
-            (md, layer)
-        })
-        .collect();
+    let three = ThreeImages::push(190);
+    let images = &three.images;
     // Room for two of the three images; every pull noted (not once a minute).
     let m = Server::start_with_env(
         "io_uring",
         &format!(
             "[[upstream]]\nname = \"up\"\nurl = \"http://{}\"\nprefix = \"hub\"\nmax_size = \"700KiB\"\n{}",
-            up.host(),
+            three.up.host(),
             on_bucket(weed, "evict/")
         ),
         &[
@@ -465,19 +459,10 @@ fn over_its_budget_a_cache_on_the_bucket_evicts_the_image_pulled_least_recently(
         sha256(b"gone").replace(':', "/")
     );
     bucket_curl(weed, &stray, &["-X", "PUT", "--data-binary", ""]);
-    let pull = |c: &mut Client, i: usize| {
-        let r = c.get(&format!("/v2/hub/team/app{i}/manifests/v1"));
-        assert_eq!(r.status, 200, "{}", r.body_text());
-        let b = c.get(&format!(
-            "/v2/hub/team/app{i}/blobs/{}",
-            sha256(&images[i].1)
-        ));
-        assert!(b.status == 200 && b.body == images[i].1);
-    };
     // Cached in the order 0, 1, 2, then 0 pulled again: 1 is the least recently pulled. The
     // store's times are whole seconds, so the pulls are 2 s apart.
     for i in [0, 1, 2, 0] {
-        pull(&mut c, i);
+        three.pull(&mut c, i);
         std::thread::sleep(Duration::from_millis(2_100));
     }
     wait_for("four pull records written", || {
@@ -487,17 +472,7 @@ fn over_its_budget_a_cache_on_the_bucket_evicts_the_image_pulled_least_recently(
     let layer_key = |i: usize| format!("evict/blobs/{}", sha256(&images[i].1).replace(':', "/"));
     let (ok, out) = m.run_wharf(&["gc", "--grace", "1s"]);
     assert!(ok, "{out}");
-    assert!(
-        out.contains(&format!(
-            "evicted cached image hub/team/app1@{}",
-            images[1].0
-        )),
-        "{out}"
-    );
-    assert!(
-        !out.contains("hub/team/app0@") && !out.contains("hub/team/app2@"),
-        "{out}"
-    );
+    three.assert_only_1_evicted(&out);
     assert!(!in_bucket(weed, "evict/repos/hub/team/app1/_tags/v1"));
     let pulled = |i: usize| {
         let hex = &images[i].0["sha256:".len()..];
@@ -511,5 +486,5 @@ fn over_its_budget_a_cache_on_the_bucket_evicts_the_image_pulled_least_recently(
     );
     assert!(in_bucket(weed, &layer_key(0)) && in_bucket(weed, &layer_key(2)));
     // The evicted image comes back from the upstream, whole.
-    pull(&mut c, 1);
+    three.pull(&mut c, 1);
 }
