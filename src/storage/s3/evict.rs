@@ -7,7 +7,7 @@
 //! period and unchanged: a fill or push meanwhile keeps it), then their pull records.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::untagged::Revision;
@@ -74,7 +74,7 @@ fn due(backend: u64, key: &str) -> bool {
     })
 }
 
-/// A revision as eviction sees it: found by digest, deleted as `untagged` deletes.
+/// A cached image on the bucket: revisions named by digest, tags with the ETag they were read with.
 type CachedImage = Image<Digest, (Tag, String), u64>;
 
 impl ObjectBackend {
@@ -169,13 +169,14 @@ impl ObjectBackend {
         revisions: &mut HashMap<(RepoName, Digest), Revision>,
     ) -> Result<Vec<CachedImage>> {
         let (kept, _) = self.partition_revisions(repo, 0, false).await?;
+        let stored: HashSet<&Digest> = kept.iter().map(|r| &r.digest).collect();
         let prefix = pulls_prefix(repo);
         let mut pulls: HashMap<Digest, u64> = HashMap::new();
         for listed in self.all(&prefix).await? {
             let Some(d) = digest_after(&listed.key, &prefix) else {
                 continue;
             };
-            if kept.iter().any(|r| r.digest == d) {
+            if stored.contains(&d) {
                 pulls.insert(d, listed.modified);
             } else if !dry_run && !gc::maybe_after(listed.modified, cutoff) {
                 match self.store.delete(&listed.key, Some(&listed.etag)).await {
