@@ -1,15 +1,15 @@
 //! A store that applied a write and lost its answer: wharf's S3 client sends a request again when
-//! a pooled connection answers nothing, so a write-once (`If-None-Match: *`) write it sent before
-//! comes back refused by itself. A relay in front of a real SeaweedFS passes the write on, reads
-//! the store's answer and closes the connection without it; each write wharf makes once must
-//! then still count as made: the blob it acknowledged reads back, the upload it opened
-//! continues, the collection it locked runs, the tag it set is answered 201, and the object
-//! fsck --repair moved stays in quarantine.
+//! a pooled connection answers nothing, so a conditional write (`If-None-Match: *` or `If-Match`)
+//! it sent before comes back refused by itself. A relay in front of a real SeaweedFS passes the
+//! write on, reads the store's answer and closes the connection without it; each write wharf
+//! makes once must then still count as made: the blob it acknowledged reads back, the upload it
+//! opened continues, the chunk it added counts, the collection it locked runs, the tag it set is
+//! answered 201, and the object fsck --repair moved stays in quarantine.
 
 use crate::common::gate::PartGate;
 use crate::common::seaweed::Seaweed;
 use crate::common::*;
-use crate::scale_out::{bucket_curl, on_bucket};
+use crate::scale_out::{bucket_curl, on_bucket, patch};
 
 /// A node on `weed`'s bucket under `prefix` (and `extra` TOML before it), through a relay that
 /// lets every request through.
@@ -72,6 +72,34 @@ fn an_upload_whose_session_answer_was_lost_continues() {
     );
     assert_eq!(r.status, 201, "{}", r.body_text());
     assert!(c.get(&format!("/v2/lost/app/blobs/{}", sha256(&blob))).body == blob);
+}
+
+/// The store applied a chunk's session update (an `If-Match` write) and its answer was lost: the
+/// write sent again is refused because of it, and the PATCH is answered 202 with the chunk
+/// counted, not 416; the upload goes on and completes with every byte.
+#[test]
+fn a_chunk_whose_session_answer_was_lost_counts() {
+    let weed = Seaweed::shared();
+    let (node, gate) = node_behind_relay(weed, "lost-chunk/", "");
+    let mut c = node.client();
+    push_blob(&mut c, "lost/app", &noise(98, 1000));
+    let r = c.request("POST", "/v2/lost/app/blobs/uploads/", &[], b"");
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let loc = r.header("Location").unwrap().to_owned();
+    let blob = noise(99, 300_000);
+    gate.lose_answer_to("/lost-chunk/uploads/");
+    let r = patch(&mut c, &loc, 0, &blob[..100_000]);
+    assert_eq!(gate.lost(), ["HTTP/1.1 200 OK"], "no answer was lost");
+    assert_eq!(r.status, 202, "{}\n{}", r.body_text(), node.log());
+    assert_eq!(r.header("Range"), Some("0-99999"));
+    let loc = r.header("Location").unwrap().to_owned();
+    let r = patch(&mut c, &loc, 100_000, &blob[100_000..]);
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let loc = r.header("Location").unwrap().to_owned();
+    let d = sha256(&blob);
+    let r = c.request("PUT", &format!("{loc}?digest={d}"), &[], b"");
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    assert!(c.get(&format!("/v2/lost/app/blobs/{d}")).body == blob);
 }
 
 /// The store applied `gc/lock` and its answer was lost: the collection holds the lock it took,

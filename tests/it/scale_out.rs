@@ -29,7 +29,7 @@ fn nodes(weed: &Seaweed, prefix: &str, n: usize) -> Vec<Server> {
         .collect()
 }
 
-fn patch(c: &mut Client, loc: &str, start: usize, chunk: &[u8]) -> Resp {
+pub(crate) fn patch(c: &mut Client, loc: &str, start: usize, chunk: &[u8]) -> Resp {
     let range = format!("{start}-{}", start + chunk.len() - 1);
     c.request(
         "PATCH",

@@ -112,15 +112,27 @@ impl ObjectBackend {
         if w.failed {
             return Err(io::Error::other("a part of the chunk failed to store").into());
         }
-        let session = writer::Session::after(repo, alg, started, &w);
-        match self
-            .store
-            .put(&upload_key(&id), &session.encode(), Cond::Etag(&etag))
-            .await
-        {
+        let encoded = writer::Session::after(repo, alg, started, &w).encode();
+        let key = upload_key(&id);
+        match self.store.put_if(&key, &encoded, Cond::Etag(&etag)).await? {
             Ok(_) => Ok(w.offset()),
-            Err(S3Error::Precondition) => Err(StoreError::UploadBusy { offset: 0 }),
-            Err(e) => Err(e.into()),
+            // Sent twice (`client::send` resends when a pooled connection answers nothing): the
+            // first attempt may have been applied and changed the ETag the second is refused by.
+            // If the session holds exactly our state, the chunk is stored.
+            Err(api::Refused::Resent) if self.session_bytes(&key).await? == Some(encoded) => {
+                Ok(w.offset())
+            }
+            Err(_) => Err(StoreError::UploadBusy { offset: 0 }),
+        }
+    }
+
+    /// The stored session object under `key`, as it is.
+    async fn session_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.store.get(key).await? {
+            Some(resp) => Ok(Some(
+                resp.body.bytes(MAX_SESSION).await.map_err(unavailable)?,
+            )),
+            None => Ok(None),
         }
     }
 
