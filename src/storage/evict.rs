@@ -153,6 +153,15 @@ pub(crate) fn plan<R: Clone + Hash + Eq, G, T: Ord + Copy>(
 }
 
 impl<R, G, T> Eviction<R, G, T> {
+    /// The line a collection prints when the image's manifest was written again while it was
+    /// being evicted: its tags went, the manifest and its blobs stay.
+    pub(crate) fn kept_line(&self) -> String {
+        format!(
+            "kept cached image {}@{}: its manifest was written again during the collection (its tags are gone; its blobs stay)",
+            self.image.repo, self.image.digest
+        )
+    }
+
     /// The line a collection prints for it.
     pub(crate) fn line(&self, prefix: &str, budget: u64, dry_run: bool) -> String {
         format!(

@@ -488,3 +488,65 @@ fn over_its_budget_a_cache_on_the_bucket_evicts_the_image_pulled_least_recently(
     // The evicted image comes back from the upstream, whole.
     three.pull(&mut c, 1);
 }
+
+/// A cached image whose manifest is written again (as a fill writes it) while the collector
+/// evicts it stays: its tag goes, its manifest and layer stay in the bucket, and the collection
+/// says it kept the image, not that it evicted it. A test-only delay holds `wharf gc` for 4 s
+/// between planning its evictions and making them; the manifest is written again 2 s in.
+#[test]
+fn a_cached_image_written_again_while_it_is_evicted_is_kept_and_said_so() {
+    let weed = Seaweed::shared();
+    let three = ThreeImages::push(195);
+    let m = Server::start_with(
+        "io_uring",
+        &format!(
+            "[[upstream]]\nname = \"up\"\nurl = \"http://{}\"\nprefix = \"hub\"\nmax_size = \"700KiB\"\n{}",
+            three.up.host(),
+            on_bucket(weed, "evict-kept/")
+        ),
+    );
+    let mut c = m.client();
+    // Cached in the order 0, 1, 2 (the store's times are whole seconds): 0 goes first.
+    for i in 0..3 {
+        three.pull(&mut c, i);
+        std::thread::sleep(Duration::from_millis(2_100));
+    }
+    let (d0, layer0) = &three.images[0];
+    let revision = format!(
+        "evict-kept/repos/hub/team/app0/_manifests/sha256/{}",
+        &d0["sha256:".len()..]
+    );
+    let body = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(body.path(), bucket_curl(weed, &revision, &[])).unwrap();
+    let gc = m
+        .wharf_command(&["gc", "--grace", "1s"])
+        .envs([
+            ("WHARF_FAULT_HOOKS", "1"),
+            ("WHARF_FAULT_DELAY_EVICT", "4000"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    bucket_curl(weed, &revision, &["-T", body.path().to_str().unwrap()]);
+    let done = gc.wait_with_output().unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(done.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("kept cached image hub/team/app0@{d0}")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("evicted cached image hub/team/app0@"),
+        "{out}"
+    );
+    assert!(!in_bucket(weed, "evict-kept/repos/hub/team/app0/_tags/v1"));
+    assert!(in_bucket(weed, &revision), "the manifest went");
+    let layer = format!("evict-kept/blobs/{}", sha256(layer0).replace(':', "/"));
+    assert!(in_bucket(weed, &layer), "the layer went");
+}

@@ -132,6 +132,8 @@ impl ObjectBackend {
         }
         let size_of = |b: &Digest| sizes.get(b).copied().unwrap_or(0);
         let (plan, stopped) = evict::plan(prefix, images, size_of, budget, cutoff);
+        #[cfg(feature = "fault-hooks")]
+        crate::task::fault_delay("EVICT").await;
         for e in plan {
             let repo = &e.image.repo;
             if !dry_run {
@@ -142,11 +144,18 @@ impl ObjectBackend {
                         Err(e) => return Err(e.into()),
                     }
                 }
+                let mut rewritten = false;
                 for d in &e.unused_revisions {
                     let rev = &revisions[&(repo.clone(), d.clone())];
-                    if let gc::Swept::Deleted = self.delete_revision(repo, rev, cutoff).await? {
-                        self.store.delete(&pull_key(repo, d), None).await?;
+                    match self.delete_revision(repo, rev, cutoff).await? {
+                        gc::Swept::Deleted => self.store.delete(&pull_key(repo, d), None).await?,
+                        // Written again since it was listed (a fill): it stays, untagged.
+                        _ => rewritten |= *d == e.image.digest,
                     }
+                }
+                if rewritten {
+                    out.line(e.kept_line());
+                    continue;
                 }
             }
             out.line(e.line(prefix, budget, dry_run));
