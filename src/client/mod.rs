@@ -116,6 +116,11 @@ impl Body {
 
     /// The next bytes of the body, `None` at its end.
     pub async fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        self.next_chunk_upto(READ_CHUNK).await
+    }
+
+    /// `next_chunk`, in chunks of at most `max` bytes.
+    pub async fn next_chunk_upto(&mut self, max: usize) -> io::Result<Option<Vec<u8>>> {
         if !self.early.is_empty() {
             let early = std::mem::take(&mut self.early);
             return Ok(Some(early));
@@ -129,7 +134,7 @@ impl Body {
         };
         // Filled before it is handed out: a few large chunks make fewer hash calls, socket
         // writes and allocations downstream than one per read (a read often brings 64 KiB).
-        let want = self.left.min(READ_CHUNK as u64) as usize;
+        let want = self.left.min(max.max(1) as u64) as usize;
         let mut buf = Vec::with_capacity(want);
         while buf.len() < want {
             let (res, back) = conn.read(buf, self.io_timeout).await;

@@ -901,6 +901,57 @@ fn tampered_bytes_in_the_bucket_never_reach_a_client_whole() {
     }
 }
 
+/// A blob streamed from the bucket reads its chunks in large buffers from
+/// `limits.response_buffer_budget`: while a client that stops reading holds a stream, the budget
+/// counts them (`wharf_response_buffer_bytes`), and gives them back when it ends. With no budget
+/// the stream uses small ones (`wharf_response_buffer_fallbacks_total`); both bodies are whole.
+#[test]
+fn streams_from_the_bucket_take_their_large_buffers_from_the_budget() {
+    let weed = Seaweed::shared();
+    let data = noise(14, 48 << 20);
+    for budget in ["", "[limits]\nresponse_buffer_budget = 0\n"] {
+        let node = Server::start_with(
+            "io_uring",
+            &format!("{budget}{}", on_bucket(weed, "budget/")),
+        );
+        let mut c = node.client();
+        let d = push_blob(&mut c, "b/app", &data);
+        let metric =
+            |c: &mut Client, name: &str| sample(&c.get("/metrics").body_text(), name).unwrap();
+        let fallbacks = metric(&mut c, "wharf_response_buffer_fallbacks_total");
+        let mut raw = std::net::TcpStream::connect(node.addr).unwrap();
+        raw.write_all(
+            format!("GET /v2/b/app/blobs/{d} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = std::io::Read::read(&mut raw, &mut got).unwrap();
+        got.truncate(n);
+        // The client reads no more: the stream stops with its buffers held (48 MiB do not fit
+        // in the sockets' buffers).
+        let held = if budget.is_empty() { 1 << 20 } else { 0 };
+        wait_for("the stalled stream's buffers counted", || {
+            metric(&mut c, "wharf_response_buffer_bytes") == f64::from(held)
+        });
+        std::io::Read::read_to_end(&mut raw, &mut got).unwrap();
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(
+            got[head_end..] == data[..],
+            "budget {budget:?}: the body differs"
+        );
+        wait_for("the buffers given back", || {
+            metric(&mut c, "wharf_response_buffer_bytes") == 0.0
+        });
+        let fell_back = metric(&mut c, "wharf_response_buffer_fallbacks_total") - fallbacks;
+        assert_eq!(
+            fell_back,
+            if budget.is_empty() { 0.0 } else { 1.0 },
+            "budget {budget:?}"
+        );
+    }
+}
+
 /// GETs by tag take a revision's bytes from the node's cache once read, yet every node sees
 /// another node's re-tag and delete at once: the tag object is read each time, and a GET by
 /// digest always asks the bucket.
