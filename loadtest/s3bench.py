@@ -5,7 +5,9 @@ SeaweedFS, and SeaweedFS itself answering the same client as the physical limit.
 One `weed mini` on loopback ports serves a bucket; each registry runs in turn on it under its own
 prefix, bytes streamed through the registry (no redirects). Rows: 4 KiB blob GET and manifest GET
 (wrk, 32 connections), 4 KiB pushes (k6, 32 VUs), 256 MiB push and pull over one connection (the
-same raw-socket client for SeaweedFS, with presigned URLs), each server's peak RSS, and unless
+same raw-socket client for SeaweedFS, with presigned URLs) with the CPU seconds SeaweedFS, the
+server and the client spend per 256 MiB transfer (from /proc: on shared cores their sum bounds
+the large rows), each server's peak RSS, and unless
 QUICK=1 wharf's peak RSS through a 4 GiB push and pull. Then the three-node run: small-blob GETs
 against one wharf node and against three nodes on the same bucket, the client spreading its
 connections over them. A benchmark: it never fails on a number.
@@ -146,6 +148,22 @@ class Registry(c.Server):
         return self
 
 
+def costed(run, pids, n):
+    """`run()` and the CPU seconds each of `pids`, then this client, used per one of its `n`
+    transfers."""
+    pids = (*pids, os.getpid())
+    before = [c.cpu_seconds(p) for p in pids]
+    value = run()
+    return value, [(c.cpu_seconds(p) - b) / n for p, b in zip(pids, before)]
+
+
+def cpu_cell(v):
+    """SeaweedFS's, the server's and the client's CPU seconds per transfer (no server: direct)."""
+    store, server, client = v
+    parts = [store] + ([server] if server is not None else []) + [client]
+    return " + ".join(f"{x:.2f}" for x in parts) + f" = {sum(parts):.2f}"
+
+
 def registry_rows(s, big_path, big_digest, big_size):
     r = {}
     small = os.urandom(4096)
@@ -159,8 +177,11 @@ def registry_rows(s, big_path, big_digest, big_size):
     c.log(f"  {s.name}: k6 4 KiB pushes, 32 VUs")
     r["push_4k"] = c.k6(s.url, "push", 4096, 32)["rps"]
     c.log(f"  {s.name}: 256 MiB push and pull, one connection")
-    r["push_256m"] = c.big_push(s.url, big_path, big_digest, big_size, best_of=2)
-    r["pull_256m"] = c.big_pull(s.url, big_digest, big_size, best_of=2)
+    pids = (s.weed.proc.pid, s.proc.pid)
+    r["push_256m"], r["push_cpu"] = costed(
+        lambda: c.big_push(s.url, big_path, big_digest, big_size, best_of=2), pids, 2)
+    r["pull_256m"], r["pull_cpu"] = costed(
+        lambda: c.big_pull(s.url, big_digest, big_size, best_of=2), pids, 2)
     r["rss"] = c.status_mib(s.proc.pid, "VmHWM")
     return r
 
@@ -177,15 +198,19 @@ def direct_rows(weed, big_path, big_size):
     r["get_4k"] = c.wrk(presign(weed.endpoint, "GET", "direct/small"))["rps"]
     buf = memoryview(bytearray(4 * c.MIB))
     best_put = best_get = None
+    put_cpu, get_cpu = [], []
     for _ in range(2):
         url = urllib.parse.urlsplit(presign(weed.endpoint, "PUT", "direct/big"))
-        t = c.timed_put(weed.endpoint, f"{url.path}?{url.query}", big_path, big_size, ok=(200,))
-        best_put = t if best_put is None else min(best_put, t)
+        t, cpu = costed(lambda: c.timed_put(weed.endpoint, f"{url.path}?{url.query}", big_path,
+                                            big_size, ok=(200,)), (weed.proc.pid,), 1)
+        best_put, put_cpu = (t, cpu) if best_put is None or t < best_put else (best_put, put_cpu)
         url = urllib.parse.urlsplit(presign(weed.endpoint, "GET", "direct/big"))
-        t = c.timed_get(weed.endpoint, f"{url.path}?{url.query}", big_size, buf)
-        best_get = t if best_get is None else min(best_get, t)
+        t, cpu = costed(lambda: c.timed_get(weed.endpoint, f"{url.path}?{url.query}", big_size,
+                                            buf), (weed.proc.pid,), 1)
+        best_get, get_cpu = (t, cpu) if best_get is None or t < best_get else (best_get, get_cpu)
     r["push_256m"] = big_size / best_put / 1e6
     r["pull_256m"] = big_size / best_get / 1e6
+    r["push_cpu"], r["pull_cpu"] = ([c[0], None, c[1]] for c in (put_cpu, get_cpu))
     r["rss"] = c.status_mib(weed.proc.pid, "VmHWM")
     return r
 
@@ -290,15 +315,19 @@ def bench(work):
             ("4 KiB push POST+PUT, 32 VUs (k6), ops/s", "push_4k", "{:,.0f}"),
             ("256 MiB PUT, 1 conn, MB/s", "push_256m", "{:,.0f}"),
             ("256 MiB GET, 1 conn, MB/s", "pull_256m", "{:,.0f}"),
+            ("256 MiB PUT, CPU s per push: SeaweedFS + server + client", "push_cpu", cpu_cell),
+            ("256 MiB GET, CPU s per pull: SeaweedFS + server + client", "pull_cpu", cpu_cell),
             ("peak RSS over the run, MiB", "rss", "{:.0f}")]
     for label, key, fmt in rows:
         vals = [results.get(n, {}).get(key) for n in cols]
-        cells = [fmt.format(v) if v is not None else "—" for v in vals]
+        show = fmt if callable(fmt) else fmt.format
+        cells = [show(v) if v is not None else "—" for v in vals]
         w = results.get("wharf", {}).get(key)
         ratios = []
         for x in peers:
             v = results.get(x, {}).get(key)
-            ratios.append(f"{w / v:.2f}×" if w and v else "—")
+            ok = not callable(fmt) and w and v
+            ratios.append(f"{w / v:.2f}×" if ok else "—")
         p(f"| {label} | " + " | ".join(cells) + "".join(f" | {r}" for r in ratios) + " |")
     if nodes:
         p("")

@@ -339,8 +339,8 @@ impl ObjectBackend {
 
 /// The chunks a stream reads from the store while `limits.response_buffer_budget` holds two of
 /// them (one being hashed, one being read or sent): fewer hand-offs to the hashing thread, hash
-/// calls and socket writes per byte, 7-16 % more throughput and 10-15 % less CPU on a 256 MiB
-/// pull here (docs/performance.md)...
+/// calls and socket writes per byte: 5-11 % more throughput and 7 % less CPU on a 256 MiB pull
+/// here (docs/performance.md)...
 const LARGE_CHUNK: usize = 512 * 1024;
 /// ...and past the budget (`wharf_response_buffer_fallbacks_total`), the size other bodies are
 /// read in. (128 KiB would halve what a client that stops reading pins, at 20 % more CPU per
