@@ -498,6 +498,15 @@ impl ThreeImages {
         ThreeImages { up, images }
     }
 
+    /// The `[[upstream]]` table of a mirror of `up` under the prefix `hub` with room for two of
+    /// the three images, followed by `storage`.
+    pub fn cache_on(&self, storage: &str) -> String {
+        format!(
+            "[[upstream]]\nname = \"up\"\nurl = \"http://{}\"\nprefix = \"hub\"\nmax_size = \"700KiB\"\n{storage}",
+            self.up.host()
+        )
+    }
+
     /// Image `i` pulled through a mirror whose prefix is `hub`, manifest and layer, whole.
     pub fn pull(&self, c: &mut Client, i: usize) {
         let r = c.get(&format!("/v2/hub/team/app{i}/manifests/v1"));

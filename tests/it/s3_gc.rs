@@ -442,11 +442,7 @@ fn over_its_budget_a_cache_on_the_bucket_evicts_the_image_pulled_least_recently(
     // Room for two of the three images; every pull noted (not once a minute).
     let m = Server::start_with_env(
         "io_uring",
-        &format!(
-            "[[upstream]]\nname = \"up\"\nurl = \"http://{}\"\nprefix = \"hub\"\nmax_size = \"700KiB\"\n{}",
-            three.up.host(),
-            on_bucket(weed, "evict/")
-        ),
+        &three.cache_on(&on_bucket(weed, "evict/")),
         &[
             ("WHARF_FAULT_HOOKS", "1"),
             ("WHARF_FAULT_NOTE_EVERY_MS", "0"),
@@ -497,14 +493,7 @@ fn over_its_budget_a_cache_on_the_bucket_evicts_the_image_pulled_least_recently(
 fn a_cached_image_written_again_while_it_is_evicted_is_kept_and_said_so() {
     let weed = Seaweed::shared();
     let three = ThreeImages::push(195);
-    let m = Server::start_with(
-        "io_uring",
-        &format!(
-            "[[upstream]]\nname = \"up\"\nurl = \"http://{}\"\nprefix = \"hub\"\nmax_size = \"700KiB\"\n{}",
-            three.up.host(),
-            on_bucket(weed, "evict-kept/")
-        ),
-    );
+    let m = Server::start_with("io_uring", &three.cache_on(&on_bucket(weed, "evict-kept/")));
     let mut c = m.client();
     // Cached in the order 0, 1, 2 (the store's times are whole seconds): 0 goes first.
     for i in 0..3 {
