@@ -136,7 +136,7 @@ pub fn blobs_as_streams() -> Option<&'static str> {
 /// ordering argument depends on is held back this long, so a race the order closes would open
 /// (`TOMBSTONE_LOOK`: a request's look for a collector's tombstone; `SWEEP`: the collector
 /// between its second look at a hold and its delete; `MARKED`: the collector between its mark
-/// phase and its deletions; `EVICT`: the S3 collector between planning evictions and making them).
+/// phase and its deletions; `EVICT`: either collector between planning evictions and making them).
 #[cfg(feature = "fault-hooks")]
 pub async fn fault_delay(what: &'static str) {
     if let Some(pause) = fault_pause(what) {

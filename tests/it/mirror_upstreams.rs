@@ -577,3 +577,69 @@ fn over_its_budget_the_cache_evicts_the_images_pulled_least_recently() {
             < std::time::Duration::from_secs(600)
     });
 }
+
+/// A cached image whose manifest is written again (as a fill writes it) while the collector
+/// evicts it stays, untagged, with its layer, and the collection says it kept the image rather
+/// than that it evicted it. A test-only delay holds `wharf gc` for 3 s between planning its
+/// evictions and making them; the manifest is written again 1.5 s in.
+#[test]
+fn a_cached_image_written_again_while_it_is_evicted_is_kept() {
+    let three = ThreeImages::push(95);
+    let images = &three.images;
+    let m = mirror(
+        &format!("http://{}", three.up.host()),
+        "max_size = \"700KiB\"",
+    );
+    let mut c = m.client();
+    for i in 0..3 {
+        three.pull(&mut c, i);
+    }
+    let root = m.root();
+    let app1 = root.join("repositories/hub/team/app1/_manifests");
+    let revision = app1.join(format!(
+        "revisions/sha256/{}",
+        &images[1].0["sha256:".len()..]
+    ));
+    let hex = sha256(&images[1].1)["sha256:".len()..].to_owned();
+    let layer = root.join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
+    // app1 pulled least recently, every blob fetched before.
+    let hours = |h: u64| std::time::Duration::from_secs(h * 3600);
+    backdate_tree(&root.join("blobs"), hours(4));
+    for (i, h) in [(1, 3), (0, 2), (2, 1)] {
+        let d = &images[i].0["sha256:".len()..];
+        backdate(
+            &root.join(format!(
+                "repositories/hub/team/app{i}/_manifests/revisions/sha256/{d}"
+            )),
+            hours(h),
+        );
+    }
+    let gc = m
+        .wharf_command(&["gc", "--grace", "30m"])
+        .envs([
+            ("WHARF_FAULT_HOOKS", "1"),
+            ("WHARF_FAULT_DELAY_EVICT", "3000"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let bytes = std::fs::read(&revision).unwrap();
+    std::fs::write(&revision, bytes).unwrap();
+    let done = gc.wait_with_output().unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(done.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("kept cached image hub/team/app1@{}", images[1].0)),
+        "{out}"
+    );
+    assert!(!out.contains("evicted cached image"), "{out}");
+    assert!(!app1.join("tags/v1").exists(), "the tag stayed");
+    assert!(revision.exists(), "the manifest went");
+    assert!(layer.exists(), "the layer went");
+}

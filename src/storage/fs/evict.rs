@@ -51,10 +51,37 @@ impl Filesystem {
         }
         let size_of = |b: &Digest| fs::metadata(self.blob_path(b)).map_or(0, |m| m.len());
         let (plan, stopped) = evict::plan(prefix, images, size_of, budget, cutoff);
+        #[cfg(feature = "fault-hooks")]
+        if let Some(pause) = crate::task::fault_pause("EVICT") {
+            std::thread::sleep(pause);
+        }
+        let moved = |p: &std::path::Path| super::gc::mtime(p).map_or(true, |m| m > cutoff);
         for e in plan {
+            let repo = &e.image.repo;
             if !dry_run {
-                for r in e.unused_revisions.iter().chain(&e.image.tags) {
-                    super::fsio::remove_if_exists(r)?;
+                // Tags first, so none points at a removed manifest; one a fill moved to another
+                // manifest since the plan stays.
+                let digest = e.image.digest.to_string();
+                for tag in &e.image.tags {
+                    let _held = self
+                        .tag_lock(repo)
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if fs::read_to_string(tag).is_ok_and(|t| t.trim() == digest) {
+                        super::fsio::remove_if_exists(tag)?;
+                    }
+                }
+                // A manifest written or pulled again since the plan stays (a writer that
+                // recreates it while it is parked wins: `park_and_decide`).
+                let own = self.revision_link(repo, &e.image.digest);
+                let mut rewritten = false;
+                for r in &e.unused_revisions {
+                    let gone = super::gc::park_and_decide(r, &super::gc::beside(r), moved)?;
+                    rewritten |= !gone && *r == own && r.exists();
+                }
+                if rewritten {
+                    out.line(e.kept_line());
+                    continue;
                 }
             }
             out.line(e.line(prefix, budget, dry_run));

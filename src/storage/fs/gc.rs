@@ -62,7 +62,7 @@ pub(super) fn digest_files(dir: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {
 /// or delete it. Returns whether it was deleted. A writer that recreates `path` meanwhile wins:
 /// putting back an empty link or identical content changes nothing; a hold that took a parked blob
 /// back first leaves nothing to put back or delete.
-fn park_and_decide(
+pub(super) fn park_and_decide(
     path: &Path,
     parked: &Path,
     keep: impl FnOnce(&Path) -> bool,
@@ -84,7 +84,7 @@ fn park_and_decide(
 }
 
 /// A name beside `path` for parking it (hidden, unique).
-fn beside(path: &Path) -> PathBuf {
+pub(super) fn beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(
         ".gc-{}-{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
