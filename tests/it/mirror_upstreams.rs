@@ -6,7 +6,7 @@
 //! with a pause, at most `max_connections` requests at once, `request.upstream` in policies.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::common::layout::{Blob, Layout};
@@ -507,6 +507,38 @@ impl ThreeImages {
         )
     }
 
+    /// Image `i`'s revision file and layer file under a filesystem mirror's `root`.
+    pub fn revision(&self, root: &Path, i: usize) -> PathBuf {
+        root.join(format!(
+            "repositories/hub/team/app{i}/_manifests/revisions/sha256/{}",
+            &self.images[i].0["sha256:".len()..]
+        ))
+    }
+
+    pub fn layer(&self, root: &Path, i: usize) -> PathBuf {
+        let hex = sha256(&self.images[i].1)["sha256:".len()..].to_owned();
+        root.join(format!("blobs/sha256/{}/{hex}", &hex[..2]))
+    }
+
+    /// A filesystem mirror with room for two of the three images, all three cached, as if app1
+    /// was last pulled 3 h ago, app0 2 h ago, app2 1 h ago, and every blob fetched 4 h ago.
+    pub fn cached_on_disk(&self) -> Server {
+        let m = mirror(
+            &format!("http://{}", self.up.host()),
+            "max_size = \"700KiB\"",
+        );
+        let mut c = m.client();
+        for i in 0..3 {
+            self.pull(&mut c, i);
+        }
+        let root = m.root();
+        backdate_tree(&root.join("blobs"), hours(4));
+        for (i, h) in [(1, 3), (0, 2), (2, 1)] {
+            backdate(&self.revision(&root, i), hours(h));
+        }
+        m
+    }
+
     /// Image `i` pulled through a mirror whose prefix is `hub`, manifest and layer, whole.
     pub fn pull(&self, c: &mut Client, i: usize) {
         let r = c.get(&format!("/v2/hub/team/app{i}/manifests/v1"));
@@ -530,33 +562,11 @@ impl ThreeImages {
 #[test]
 fn over_its_budget_the_cache_evicts_the_images_pulled_least_recently() {
     let three = ThreeImages::push(90);
-    let images = &three.images;
-    // Room for two of the three images.
-    let m = mirror(
-        &format!("http://{}", three.up.host()),
-        "max_size = \"700KiB\"",
-    );
+    let m = three.cached_on_disk();
     let mut c = m.client();
-    for i in 0..3 {
-        three.pull(&mut c, i);
-    }
     let root = m.root();
-    let revision = |i: usize| {
-        root.join(format!(
-            "repositories/hub/team/app{i}/_manifests/revisions/sha256/{}",
-            &images[i].0["sha256:".len()..]
-        ))
-    };
-    let layer = |i: usize| {
-        let hex = sha256(&images[i].1)["sha256:".len()..].to_owned();
-        root.join(format!("blobs/sha256/{}/{hex}", &hex[..2]))
-    };
-    // As if app1 was last pulled 3 h ago, app0 2 h ago, app2 1 h ago, every blob fetched 4 h ago.
-    let hours = |h: u64| std::time::Duration::from_secs(h * 3600);
-    backdate_tree(&root.join("blobs"), hours(4));
-    for (i, h) in [(1, 3), (0, 2), (2, 1)] {
-        backdate(&revision(i), hours(h));
-    }
+    let revision = |i: usize| three.revision(&root, i);
+    let layer = |i: usize| three.layer(&root, i);
     let (ok, out) = m.run_wharf(&["gc", "--grace", "30m"]);
     assert!(ok, "{out}");
     three.assert_only_1_evicted(&out);
@@ -585,37 +595,32 @@ fn over_its_budget_the_cache_evicts_the_images_pulled_least_recently() {
 #[test]
 fn a_cached_image_written_again_while_it_is_evicted_is_kept() {
     let three = ThreeImages::push(95);
-    let images = &three.images;
-    let m = mirror(
-        &format!("http://{}", three.up.host()),
-        "max_size = \"700KiB\"",
-    );
-    let mut c = m.client();
-    for i in 0..3 {
-        three.pull(&mut c, i);
-    }
+    let m = three.cached_on_disk();
     let root = m.root();
-    let app1 = root.join("repositories/hub/team/app1/_manifests");
-    let revision = app1.join(format!(
-        "revisions/sha256/{}",
-        &images[1].0["sha256:".len()..]
-    ));
-    let hex = sha256(&images[1].1)["sha256:".len()..].to_owned();
-    let layer = root.join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
-    // app1 pulled least recently, every blob fetched before.
-    let hours = |h: u64| std::time::Duration::from_secs(h * 3600);
-    backdate_tree(&root.join("blobs"), hours(4));
-    for (i, h) in [(1, 3), (0, 2), (2, 1)] {
-        let d = &images[i].0["sha256:".len()..];
-        backdate(
-            &root.join(format!(
-                "repositories/hub/team/app{i}/_manifests/revisions/sha256/{d}"
-            )),
-            hours(h),
-        );
-    }
+    let revision = three.revision(&root, 1);
+    let out = gc_with_evictions_paused(&m, "30m", || {
+        let bytes = std::fs::read(&revision).unwrap();
+        std::fs::write(&revision, bytes).unwrap();
+    });
+    assert!(
+        out.contains(&format!(
+            "kept cached image hub/team/app1@{}",
+            three.images[1].0
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("evicted cached image"), "{out}");
+    let tag = root.join("repositories/hub/team/app1/_manifests/tags/v1");
+    assert!(!tag.exists(), "the tag stayed");
+    assert!(revision.exists(), "the manifest went");
+    assert!(three.layer(&root, 1).exists(), "the layer went");
+}
+
+/// `wharf gc --grace <grace>` on `m`'s storage, held for 3 s between planning its evictions and
+/// making them (a test-only delay), with `during` run 1.5 s into that pause; its output.
+pub(crate) fn gc_with_evictions_paused(m: &Server, grace: &str, during: impl FnOnce()) -> String {
     let gc = m
-        .wharf_command(&["gc", "--grace", "30m"])
+        .wharf_command(&["gc", "--grace", grace])
         .envs([
             ("WHARF_FAULT_HOOKS", "1"),
             ("WHARF_FAULT_DELAY_EVICT", "3000"),
@@ -625,8 +630,7 @@ fn a_cached_image_written_again_while_it_is_evicted_is_kept() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1_500));
-    let bytes = std::fs::read(&revision).unwrap();
-    std::fs::write(&revision, bytes).unwrap();
+    during();
     let done = gc.wait_with_output().unwrap();
     let out = format!(
         "{}{}",
@@ -634,12 +638,9 @@ fn a_cached_image_written_again_while_it_is_evicted_is_kept() {
         String::from_utf8_lossy(&done.stderr)
     );
     assert!(done.status.success(), "{out}");
-    assert!(
-        out.contains(&format!("kept cached image hub/team/app1@{}", images[1].0)),
-        "{out}"
-    );
-    assert!(!out.contains("evicted cached image"), "{out}");
-    assert!(!app1.join("tags/v1").exists(), "the tag stayed");
-    assert!(revision.exists(), "the manifest went");
-    assert!(layer.exists(), "the layer went");
+    out
+}
+
+fn hours(h: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(h * 3600)
 }

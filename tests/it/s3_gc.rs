@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::seaweed::Seaweed;
 use crate::common::*;
 use crate::gc::{index_pushed_during_gc, pull_verified, push_untagged, put_manifest};
-use crate::mirror_upstreams::ThreeImages;
+use crate::mirror_upstreams::{ThreeImages, gc_with_evictions_paused};
 use crate::scale_out::{bucket_curl, on_bucket};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -487,8 +487,8 @@ fn over_its_budget_a_cache_on_the_bucket_evicts_the_image_pulled_least_recently(
 
 /// A cached image whose manifest is written again (as a fill writes it) while the collector
 /// evicts it stays: its tag goes, its manifest and layer stay in the bucket, and the collection
-/// says it kept the image, not that it evicted it. A test-only delay holds `wharf gc` for 4 s
-/// between planning its evictions and making them; the manifest is written again 2 s in.
+/// says it kept the image, not that it evicted it. A test-only delay holds `wharf gc` for 3 s
+/// between planning its evictions and making them; the manifest is written again 1.5 s in.
 #[test]
 fn a_cached_image_written_again_while_it_is_evicted_is_kept_and_said_so() {
     let weed = Seaweed::shared();
@@ -507,25 +507,9 @@ fn a_cached_image_written_again_while_it_is_evicted_is_kept_and_said_so() {
     );
     let body = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(body.path(), bucket_curl(weed, &revision, &[])).unwrap();
-    let gc = m
-        .wharf_command(&["gc", "--grace", "1s"])
-        .envs([
-            ("WHARF_FAULT_HOOKS", "1"),
-            ("WHARF_FAULT_DELAY_EVICT", "4000"),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    bucket_curl(weed, &revision, &["-T", body.path().to_str().unwrap()]);
-    let done = gc.wait_with_output().unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&done.stdout),
-        String::from_utf8_lossy(&done.stderr)
-    );
-    assert!(done.status.success(), "{out}");
+    let out = gc_with_evictions_paused(&m, "1s", || {
+        bucket_curl(weed, &revision, &["-T", body.path().to_str().unwrap()]);
+    });
     assert!(
         out.contains(&format!("kept cached image hub/team/app0@{d0}")),
         "{out}"
