@@ -62,13 +62,10 @@ impl ObjectBackend {
 
     /// The session `id` of `repo` and the ETag it was read with.
     async fn session(&self, repo: &RepoName, id: &str) -> Result<(writer::Session, String)> {
-        let resp = self
-            .store
-            .get(&upload_key(id))
+        let (bytes, etag) = self
+            .session_object(&upload_key(id))
             .await?
             .ok_or(StoreError::UploadUnknown)?;
-        let etag = resp.header("ETag").unwrap_or_default().to_owned();
-        let bytes = resp.body.bytes(MAX_SESSION).await.map_err(unavailable)?;
         match writer::Session::decode(&bytes) {
             Some(s) if s.repo == *repo => Ok((s, etag)),
             _ => Err(StoreError::UploadUnknown),
@@ -119,21 +116,23 @@ impl ObjectBackend {
             // Sent twice (`client::send` resends when a pooled connection answers nothing): the
             // first attempt may have been applied and changed the ETag the second is refused by.
             // If the session holds exactly our state, the chunk is stored.
-            Err(api::Refused::Resent) if self.session_bytes(&key).await? == Some(encoded) => {
+            Err(api::Refused::Resent)
+                if self.session_object(&key).await?.map(|(b, _)| b) == Some(encoded) =>
+            {
                 Ok(w.offset())
             }
             Err(_) => Err(StoreError::UploadBusy { offset: 0 }),
         }
     }
 
-    /// The stored session object under `key`, as it is.
-    async fn session_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.store.get(key).await? {
-            Some(resp) => Ok(Some(
-                resp.body.bytes(MAX_SESSION).await.map_err(unavailable)?,
-            )),
-            None => Ok(None),
-        }
+    /// The stored session object under `key` as it is, and its ETag.
+    async fn session_object(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let Some(resp) = self.store.get(key).await? else {
+            return Ok(None);
+        };
+        let etag = resp.header("ETag").unwrap_or_default().to_owned();
+        let bytes = resp.body.bytes(MAX_SESSION).await.map_err(unavailable)?;
+        Ok(Some((bytes, etag)))
     }
 
     pub(crate) async fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
