@@ -10,7 +10,9 @@ server and the client spend per 256 MiB transfer (from /proc: on shared cores th
 the large rows), each server's peak RSS, and unless
 QUICK=1 wharf's peak RSS through a 4 GiB push and pull. Then the three-node run: small-blob GETs
 against one wharf node and against three nodes on the same bucket, the client spreading its
-connections over them. A benchmark: it never fails on a number.
+connections over them; and a wharf node with `redirect = true`, its 256 MiB pull timed from the
+request to wharf through the 307 to the last byte from SeaweedFS. A benchmark: it never fails on a
+number.
 """
 
 import datetime
@@ -117,9 +119,9 @@ class Registry(c.Server):
     """wharf or distribution on the shared bucket under its own prefix (stopped and named as in
     the filesystem comparison)."""
 
-    def __init__(self, name, work, weed, prefix):
+    def __init__(self, name, work, weed, prefix, redirect=False):
         super().__init__(name, work)
-        self.weed, self.prefix = weed, prefix
+        self.weed, self.prefix, self.redirect = weed, prefix, redirect
 
     def start(self):
         d, w = self.dir, self.weed
@@ -127,7 +129,8 @@ class Registry(c.Server):
             open(f"{d}/wharf.toml", "w").write(
                 f'[server]\nport = {self.port}\n[storage]\nbackend = "s3"\n[storage.s3]\n'
                 f'endpoint = "{w.endpoint}"\nbucket = "{BUCKET}"\nprefix = "{self.prefix}"\n'
-                f'access_key_id = "{KEY}"\nsecret_access_key_file = "{w.dir}/secret"\n')
+                f'access_key_id = "{KEY}"\nsecret_access_key_file = "{w.dir}/secret"\n'
+                f'redirect = {str(self.redirect).lower()}\n')
             cmd = [c.WHARF, "serve", "-c", f"{d}/wharf.toml"]
             env = dict(os.environ, RUST_LOG="warn")
         else:
@@ -215,6 +218,37 @@ def direct_rows(weed, big_path, big_size):
     return r
 
 
+def redirected_get(url, target, size, buf):
+    """GET `target`, which must answer a redirect, and the URL it names, each over a new
+    connection; seconds from the first request to the last byte of the second answer."""
+    sock = c._conn(url)
+    host = url.split("://", 1)[1]
+    t0 = time.perf_counter()
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    status, headers, _ = c._head(sock)
+    sock.close()
+    assert status == 307, f"expected a redirect, got {status}"
+    u = urllib.parse.urlsplit(headers["location"])
+    return time.perf_counter() - t0 + c.timed_get(f"{u.scheme}://{u.netloc}",
+                                                  f"{u.path}?{u.query}", size, buf)
+
+
+def redirect_rows(work, weed, big_path, big_digest, big_size):
+    """A wharf node with `redirect = true`: the 256 MiB pull answered by a 307 to a presigned URL
+    and then by SeaweedFS itself, timed from the request to wharf to the last byte."""
+    c.log("  wharf with redirect = true: 256 MiB pull through a 307")
+    s = Registry("wharf", work, weed, "redirect/", redirect=True).start()
+    try:
+        c.big_push(s.url, big_path, big_digest, big_size, best_of=1)
+        buf = memoryview(bytearray(4 * c.MIB))
+        target = f"/v2/bench/big0/blobs/{big_digest}"
+        t, cpu = costed(lambda: min(redirected_get(s.url, target, big_size, buf)
+                                    for _ in range(2)), (weed.proc.pid, s.proc.pid), 2)
+        return {"pull_256m": big_size / t / 1e6, "pull_cpu": cpu}
+    finally:
+        s.stop()
+
+
 def big_rss(work, weed):
     """wharf's peak RSS through a 4 GiB monolithic push and pull (streamed from /dev/urandom
     through a hashing pipe, so the client keeps no copy)."""
@@ -294,6 +328,8 @@ def bench(work):
                 s.stop()
         c.settle()
         nodes = nodes_rows(work, weed) if "wharf" in ONLY else None
+        redirected = (redirect_rows(work, weed, big_path, big_digest, big_size)
+                      if "wharf" in ONLY else None)
         rss4g = big_rss(work, weed) if "wharf" in ONLY and not c.QUICK else None
     finally:
         weed.stop()
@@ -334,6 +370,13 @@ def bench(work):
         p(f"Three nodes on one bucket (4 KiB blob GETs, 32 connections spread by the client): one "
           f"node {nodes['one']:,.0f} req/s, three nodes {nodes['three']:,.0f} req/s "
           f"({nodes['three'] / nodes['one']:.2f}×) on {os.cpu_count()} cores.")
+    if redirected:
+        direct = results.get("seaweedfs", {}).get("pull_256m")
+        share = f" ({redirected['pull_256m'] / direct:.2f} of SeaweedFS direct)" if direct else ""
+        p("")
+        p(f"wharf with `redirect = true`, 256 MiB pull through a 307 to a presigned URL: "
+          f"{redirected['pull_256m']:,.0f} MB/s{share}; CPU s per pull "
+          f"{cpu_cell(redirected['pull_cpu'])}.")
     if rss4g:
         p("")
         p(f"wharf peak RSS through a 4 GiB monolithic push and pull on S3: {rss4g:.0f} MiB.")
