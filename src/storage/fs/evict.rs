@@ -61,16 +61,18 @@ impl Filesystem {
             if !dry_run {
                 // Tags first, so none points at a removed manifest; one a fill moved to another
                 // manifest since the plan stays.
-                let digest = e.image.digest.to_string();
+                let held = self
+                    .tag_lock(repo)
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 for tag in &e.image.tags {
-                    let _held = self
-                        .tag_lock(repo)
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    if fs::read_to_string(tag).is_ok_and(|t| t.trim() == digest) {
+                    if super::manifests::read_tag(tag)
+                        .is_ok_and(|d| d.as_ref() == Some(&e.image.digest))
+                    {
                         super::fsio::remove_if_exists(tag)?;
                     }
                 }
+                drop(held);
                 // A manifest written or pulled again since the plan stays (a writer that
                 // recreates it while it is parked wins: `park_and_decide`).
                 let own = self.revision_link(repo, &e.image.digest);

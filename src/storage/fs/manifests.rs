@@ -19,7 +19,7 @@ fn parse_tag_file(text: Option<Vec<u8>>) -> Result<Digest> {
 }
 
 /// What the tag file at `path` names (`None`: no such tag).
-fn read_tag(path: &Path) -> Result<Option<Digest>> {
+pub(super) fn read_tag(path: &Path) -> Result<Option<Digest>> {
     read_small(path)?
         .map(|t| parse_tag_file(Some(t.into_bytes())))
         .transpose()
