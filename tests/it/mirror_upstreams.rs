@@ -616,6 +616,30 @@ fn a_cached_image_written_again_while_it_is_evicted_is_kept() {
     assert!(three.layer(&root, 1).exists(), "the layer went");
 }
 
+/// A tag a fill moves to another manifest while the collector evicts the image it named stays,
+/// naming the new manifest: eviction removes a tag only while it still names the evicted image
+/// (under the repository's tag lock). The evicted image's own manifest goes.
+#[test]
+fn a_tag_moved_while_its_image_is_evicted_stays() {
+    let three = ThreeImages::push(97);
+    let m = three.cached_on_disk();
+    let root = m.root();
+    let tag = root.join("repositories/hub/team/app1/_manifests/tags/v1");
+    let before = std::fs::read_to_string(&tag).unwrap();
+    assert!(before.contains(&three.images[1].0), "{before}");
+    let moved = before.replace(&three.images[1].0, &three.images[0].0);
+    gc_with_evictions_paused(&m, "30m", || std::fs::write(&tag, &moved).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&tag).ok().as_deref(),
+        Some(moved.as_str()),
+        "the moved tag was removed"
+    );
+    assert!(
+        !three.revision(&root, 1).exists(),
+        "the evicted manifest stayed"
+    );
+}
+
 /// `wharf gc --grace <grace>` on `m`'s storage, held for 3 s between planning its evictions and
 /// making them (a test-only delay), with `during` run 1.5 s into that pause; its output.
 pub(crate) fn gc_with_evictions_paused(m: &Server, grace: &str, during: impl FnOnce()) -> String {
