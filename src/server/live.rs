@@ -110,59 +110,75 @@ impl PerWorker {
     }
 }
 
-/// Settings a running server cannot change: their keys, if `new` differs from `old` there.
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let s = (&old.server, &new.server);
-    if s.0.bind_address != s.1.bind_address || s.0.port != s.1.port {
-        keys.push("server.bind_address/server.port");
-    }
-    if s.0.threads != s.1.threads || s.0.io_driver != s.1.io_driver || s.0.backlog != s.1.backlog {
-        keys.push("server.threads/io_driver/backlog");
-    }
-    if s.0.tls != s.1.tls {
-        keys.push(
-            "server.tls (its files reload on change; its paths and client_auth need a restart)",
-        );
-    }
-    if s.0.listener != s.1.listener {
-        keys.push(
-            "server.listener (listeners' TLS files reload on change; adding, removing or changing a listener needs a restart)",
-        );
-    }
-    if s.0.admin != s.1.admin {
-        keys.push("server.admin");
-    }
-    let h = (&s.0.http, &s.1.http);
-    if h.0.max_head_size != h.1.max_head_size
-        || h.0.max_target_size != h.1.max_target_size
-        || h.0.head_timeout != h.1.head_timeout
-        || h.0.keep_alive_timeout != h.1.keep_alive_timeout
-        || h.0.body_timeout != h.1.body_timeout
-        || h.0.send_timeout != h.1.send_timeout
-    {
-        keys.push("server.http");
-    }
-    if old.storage.root != new.storage.root {
-        keys.push("storage.root");
-    }
-    if old.global.max_blob_size != new.global.max_blob_size
-        || old.global.max_manifest_size != new.global.max_manifest_size
-    {
-        keys.push("global.max_blob_size/max_manifest_size");
-    }
-    if old.limits.max_connections != new.limits.max_connections
-        || old.limits.max_connections_per_client != new.limits.max_connections_per_client
-    {
-        keys.push("limits.max_connections/max_connections_per_client");
-    }
-    if old.gc.interval != new.gc.interval
-        || old.gc.grace != new.gc.grace
-        || old.gc.delete_untagged != new.gc.delete_untagged
-    {
-        keys.push("gc");
+/// What a reload applies (`Live`): these keys and every key below them. A change anywhere else
+/// needs a restart, so a key added to the config later is reported until it is made live here.
+const LIVE_KEYS: &[&str] = &[
+    "auth",
+    "global.access_policy",
+    "repository",
+    "limits.read_rps",
+    "limits.write_rps",
+    "limits.burst",
+    "limits.response_buffer_budget",
+    "storage.read_only",
+    "storage.delete_enabled",
+    "server.hsts_max_age",
+    "server.admin_behind_policies",
+];
+
+/// Settings a running server cannot change: the keys where `new` differs from `old` (an array,
+/// such as `upstream`, as a whole), with what still reloads under them.
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let (old, new) = match (serde_json::to_value(old), serde_json::to_value(new)) {
+        (Ok(old), Ok(new)) => (old, new),
+        _ => return vec!["(the configuration could not be compared; restart to be sure)".into()],
+    };
+    let mut changed = Vec::new();
+    changed_keys("", Some(&old), Some(&new), &mut changed);
+    let mut keys: Vec<String> = Vec::new();
+    for key in changed {
+        let within = |table: &str| key == table || key.starts_with(&format!("{table}."));
+        if LIVE_KEYS.iter().any(|live| within(live)) {
+            continue;
+        }
+        let key = if within("server.tls") {
+            "server.tls (its files reload on change; its paths and client_auth need a restart)"
+                .to_owned()
+        } else if within("server.listener") {
+            "server.listener (listeners' TLS files reload on change; adding, removing or changing a listener needs a restart)".to_owned()
+        } else {
+            key
+        };
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
     }
     keys
+}
+
+/// The dotted keys under `prefix` whose values differ (tables are walked, arrays compared whole).
+fn changed_keys(
+    prefix: &str,
+    old: Option<&serde_json::Value>,
+    new: Option<&serde_json::Value>,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (old, new) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for name in names {
+                let key = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                changed_keys(&key, a.get(name), b.get(name), out);
+            }
+        }
+        (a, b) if a != b => out.push(prefix.to_owned()),
+        _ => {}
+    }
 }
 
 /// Reloads the config file: on SIGHUP and when the file changes.
@@ -246,4 +262,59 @@ fn fingerprint(path: &Path) -> Option<[u8; 32]> {
     std::fs::read(path)
         .ok()
         .map(|b| sha2::Sha256::digest(&b).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:8333\"\nbucket = \"wharf\"\n";
+
+    fn changes(old: &str, new: &str) -> Vec<String> {
+        let parse = |t: &str| Config::parse_str(t).unwrap();
+        needs_restart(&parse(old), &parse(new))
+    }
+
+    #[test]
+    fn a_changed_bucket_upstream_or_grace_needs_a_restart() {
+        let moved = BASE.replace("bucket = \"wharf\"", "bucket = \"other\"\nredirect = true");
+        assert_eq!(
+            changes(BASE, &moved),
+            ["storage.s3.bucket", "storage.s3.redirect"]
+        );
+        assert_eq!(
+            changes(BASE, "[storage]\n"),
+            ["storage.backend", "storage.s3"]
+        );
+        let upstream =
+            "[[upstream]]\nname = \"hub\"\nurl = \"https://127.0.0.1:1\"\nprefix = \"hub\"\n";
+        assert_eq!(changes(BASE, &format!("{upstream}{BASE}")), ["upstream"]);
+        assert_eq!(
+            changes(BASE, &format!("[server]\nshutdown_grace = \"3s\"\n{BASE}")),
+            ["server.shutdown_grace"]
+        );
+        let tls =
+            "[server.tls]\nserver_certificate_bundle = \"c.pem\"\nserver_private_key = \"k.pem\"\n";
+        assert_eq!(changes(BASE, &format!("{tls}{BASE}")).len(), 1);
+        assert!(changes(BASE, &format!("{tls}{BASE}"))[0].starts_with("server.tls (its files"));
+    }
+
+    #[test]
+    fn what_a_reload_applies_needs_no_restart() {
+        let live = "[server]\nhsts_max_age = \"24h\"\nadmin_behind_policies = true\n\
+            [global.access_policy]\ndefault = \"deny\"\nrules = [\"true\"]\n\
+            [repository.\"team\".access_policy]\ndefault = \"allow\"\nrules = [\"false\"]\n\
+            [limits]\nread_rps = 5.0\nwrite_rps = 1.0\nburst = 3\nresponse_buffer_budget = 1048576\n\
+            [auth]\ncredential_cache_size = 7\n\
+            [auth.identity.ci]\nusername = \"ci\"\npassword = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\"\n";
+        let switched = BASE.replace(
+            "[storage]\n",
+            "[storage]\nread_only = true\ndelete_enabled = false\n",
+        );
+        assert_eq!(
+            changes(BASE, &format!("{live}{switched}")),
+            Vec::<String>::new()
+        );
+        assert_eq!(changes(BASE, BASE), Vec::<String>::new());
+    }
 }
