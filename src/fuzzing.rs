@@ -262,8 +262,8 @@ pub fn referrers(data: &[u8]) {
 }
 
 /// What an object store (or anything answering on its address) sends back: response heads never
-/// claim a body start past the input or a length for bodyless answers; listings and error bodies
-/// parse or are refused, never panic.
+/// claim a body start past the input or a length for bodyless answers; listings (of objects,
+/// multipart uploads and parts) and error bodies parse or are refused, never panic.
 pub fn object_store(data: &[u8]) {
     for head_request in [false, true] {
         if let Ok(Some(h)) = crate::client::parse_head(data, head_request) {
@@ -275,5 +275,9 @@ pub fn object_store(data: &[u8]) {
     }
     let _ = crate::storage::s3::api::parse_error(data);
     let _ = crate::storage::s3::api::parse_listing(data, "registry/");
+    if let Ok((uploads, _)) = crate::storage::s3::api::parse_multipart_uploads(data, "registry/") {
+        assert!(uploads.iter().all(|u| !u.upload_id.is_empty()));
+    }
+    let _ = crate::storage::s3::api::parse_parts(data);
     crate::storage::s3::fuzz_stored(data);
 }

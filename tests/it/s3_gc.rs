@@ -4,7 +4,8 @@
 //! HEAD answers for while the collector deletes it is still there for the next request; an
 //! index pushed while the collector deletes its untagged child keeps the child; and another
 //! collector's `gc/lock` keeps a second one from running; a pull-through cache over its
-//! `upstream.max_size` loses the image pulled least recently.
+//! `upstream.max_size` loses the image pulled least recently; multipart uploads nothing will
+//! complete are aborted, while a live session's and a slow push's stay.
 
 use std::time::{Duration, Instant};
 
@@ -522,4 +523,179 @@ fn a_cached_image_written_again_while_it_is_evicted_is_kept_and_said_so() {
     assert!(in_bucket(weed, &revision), "the manifest went");
     let layer = format!("evict-kept/blobs/{}", sha256(layer0).replace(':', "/"));
     assert!(in_bucket(weed, &layer), "the layer went");
+}
+
+/// The multipart uploads in progress under `prefix`: (key, upload id) pairs.
+fn multipart_uploads(weed: &Seaweed, prefix: &str) -> Vec<(String, String)> {
+    let query = format!("?prefix={}&uploads=", prefix.replace('/', "%2F"));
+    let xml = String::from_utf8(bucket_curl(weed, &query, &[])).unwrap();
+    assert!(xml.contains("<ListMultipartUploadsResult"), "{xml}");
+    let inner = |block: &str, tag: &str| -> String {
+        let start = block.find(&format!("<{tag}>")).unwrap() + tag.len() + 2;
+        block[start..start + block[start..].find('<').unwrap()].to_owned()
+    };
+    xml.split("<Upload>")
+        .skip(1)
+        .map(|b| (inner(b, "Key"), inner(b, "UploadId")))
+        .collect()
+}
+
+/// Start an upload session and send a PATCH that breaks off after 10 MiB of its 12: the chunk
+/// began a multipart upload (its first 8 MiB part stored) that its session never recorded.
+/// The session's id.
+fn broken_chunk(c: &mut Client, addr: std::net::SocketAddr, repo: &str) -> String {
+    let r = c.request("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], b"");
+    assert_eq!(r.status, 202);
+    let location = r.header("Location").unwrap().to_owned();
+    let id = location.rsplit('/').next().unwrap().to_owned();
+    let mut raw = Client::connect(addr);
+    raw.send_raw(
+        format!(
+            "PATCH {location} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            12 << 20
+        )
+        .as_bytes(),
+    );
+    raw.send_raw(&noise(41, 10 << 20));
+    drop(raw);
+    id
+}
+
+/// A multipart upload nothing will complete (a PATCH that broke off after its first part, its
+/// session then cancelled) is aborted by `wharf gc` once past the grace period; one begun the
+/// same way on a session that still exists stays until that session goes.
+#[test]
+fn abandoned_multipart_uploads_are_aborted_and_a_live_sessions_kept() {
+    let weed = Seaweed::shared();
+    let m = Server::start_with("io_uring", &on_bucket(weed, "strays/"));
+    let mut c = m.client();
+    let cancelled = broken_chunk(&mut c, m.addr, "s/app");
+    let live = broken_chunk(&mut c, m.addr, "s/app");
+    let key = |id: &str| format!("strays/data/{id}");
+    wait_for("both broken chunks' parts stored", || {
+        let listed = multipart_uploads(weed, "strays/data/");
+        listed.len() == 2
+            && listed.iter().all(|(k, u)| {
+                let q = format!("{k}?uploadId={u}");
+                String::from_utf8(bucket_curl(weed, &q, &[]))
+                    .unwrap()
+                    .contains("<PartNumber>1</PartNumber>")
+            })
+    });
+    let r = c.request(
+        "DELETE",
+        &format!("/v2/s/app/blobs/uploads/{cancelled}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    // Past the 1 s grace period by the store's clock (whole seconds); then the live session
+    // takes a one-byte chunk, which keeps it young.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let chunk = [
+        ("Content-Range", "0-0"),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    let r = c.request(
+        "PATCH",
+        &format!("/v2/s/app/blobs/uploads/{live}"),
+        &chunk,
+        b"x",
+    );
+    assert_eq!(r.status, 202);
+    let (ok, out) = m.run_wharf(&["gc", "--grace", "1s", "--dry-run"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "would abort abandoned multipart upload of data/{cancelled}"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        multipart_uploads(weed, "strays/data/").len(),
+        2,
+        "a dry run aborts nothing"
+    );
+    let (ok, out) = m.run_wharf(&["gc", "--grace", "1s"]);
+    assert!(ok, "{out}");
+    let left: Vec<String> = multipart_uploads(weed, "strays/data/")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(left, [key(&live)], "{out}");
+    // The live session goes on from what it was told.
+    let r = c.get(&format!("/v2/s/app/blobs/uploads/{live}"));
+    assert_eq!((r.status, r.header("Range")), (204, Some("0-0")), "{out}");
+    // Once its session is cancelled too, its upload goes with the next collection.
+    let r = c.request(
+        "DELETE",
+        &format!("/v2/s/app/blobs/uploads/{live}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    let (ok, out) = m.run_wharf(&["gc", "--grace", "1s"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "aborted abandoned multipart upload of data/{live}"
+        )),
+        "{out}"
+    );
+    assert_eq!(multipart_uploads(weed, "strays/data/"), [], "{out}");
+}
+
+/// The part numbers stored so far of multipart upload `upload_id` to `key`.
+fn parts(weed: &Seaweed, key: &str, upload_id: &str) -> usize {
+    let xml = String::from_utf8(bucket_curl(
+        weed,
+        &format!("{key}?uploadId={upload_id}"),
+        &[],
+    ))
+    .unwrap();
+    xml.matches("<PartNumber>").count()
+}
+
+/// A push in progress whose multipart upload began before the grace period but whose newest
+/// part is young keeps it: a monolithic push that sends a part, waits past the grace period,
+/// sends another, lets `wharf gc` run, then finishes, is stored whole.
+#[test]
+fn a_slow_push_keeps_its_multipart_upload_through_a_collection() {
+    let weed = Seaweed::shared();
+    let m = Server::start_with("io_uring", &on_bucket(weed, "slow-push/"));
+    let data = noise(43, 20 << 20);
+    let d = sha256(&data);
+    let mut raw = Client::connect(m.addr);
+    raw.send_raw(
+        format!(
+            "POST /v2/s/slow/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        )
+        .as_bytes(),
+    );
+    raw.send_raw(&data[..9 << 20]);
+    let mut upload = None;
+    wait_for("the first part stored", || {
+        upload = multipart_uploads(weed, "slow-push/data/").pop();
+        upload.as_ref().is_some_and(|(k, u)| parts(weed, k, u) == 1)
+    });
+    let (key, upload_id) = upload.unwrap();
+    // The upload began past the 1 s grace period (whole seconds); its second part is young.
+    std::thread::sleep(Duration::from_millis(2_500));
+    raw.send_raw(&data[9 << 20..17 << 20]);
+    wait_for("the second part stored", || {
+        parts(weed, &key, &upload_id) == 2
+    });
+    let (ok, out) = m.run_wharf(&["gc", "--grace", "1s"]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("abandoned multipart"), "{out}");
+    raw.send_raw(&data[17 << 20..]);
+    let r = raw.read_response(false);
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    let mut c = m.client();
+    let r = c.get(&format!("/v2/s/slow/blobs/{d}"));
+    assert!(
+        r.status == 200 && r.body == data,
+        "the blob is stored whole"
+    );
 }

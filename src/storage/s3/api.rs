@@ -15,7 +15,10 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use crate::client::{self, Endpoint, Payload, Request, Response};
 
-pub use super::parse::{UNKNOWN_TIME, parse_error, parse_http_date, parse_listing, parse_time};
+pub use super::parse::{
+    Pending, UNKNOWN_TIME, parse_error, parse_http_date, parse_listing, parse_multipart_uploads,
+    parse_parts, parse_time,
+};
 
 /// How long a signed request stays valid (it is sent at once).
 const SIGNED_FOR: Duration = Duration::from_secs(300);

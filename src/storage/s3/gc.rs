@@ -236,9 +236,12 @@ impl ObjectBackend {
                 }
             }
         }
-        report.uploads = self
+        report.uploads += self
             .expire_sessions(cutoff, opts.dry_run, verb, out)
             .await?;
+        if !report.stopped_early {
+            report.uploads += self.abort_strays(cutoff, opts.dry_run, out).await?;
+        }
         Ok(report)
     }
 
@@ -420,6 +423,60 @@ impl ObjectBackend {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+impl ObjectBackend {
+    /// Multipart uploads nothing will complete, aborted with their parts: begun by a chunk that
+    /// failed or lost its session's compare-and-swap, by a push whose client went away, or by a
+    /// node killed mid-upload (none of which any object names). One on `data/<id>` is left to
+    /// its session while `uploads/<id>` exists (`expire_sessions` aborts it with the session);
+    /// any other goes once it started before `cutoff` and no part of it is younger, or a young
+    /// data hold says it is being completed.
+    async fn abort_strays(
+        &self,
+        cutoff: u64,
+        dry_run: bool,
+        out: &mut dyn Report,
+    ) -> Result<usize> {
+        let mut n = 0;
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let marker = after.as_ref().map(|(k, u)| (k.as_str(), u.as_str()));
+            let (page, more) = self.store.list_multipart("data/", marker).await?;
+            for u in &page {
+                if maybe_after(u.initiated, cutoff) {
+                    continue;
+                }
+                let id = u.key.trim_start_matches("data/");
+                if self.store.head(&format!("uploads/{id}")).await?.is_some() {
+                    continue;
+                }
+                if let Some(t) = self.store.newest_part(&u.key, &u.upload_id).await?
+                    && maybe_after(t, cutoff)
+                {
+                    continue;
+                }
+                if let Some(h) = self.store.head(&data_hold_key(&u.key)).await?
+                    && maybe_after(h.modified, cutoff)
+                {
+                    continue;
+                }
+                if !dry_run {
+                    self.store.abort_multipart(&u.key, &u.upload_id).await?;
+                }
+                let verb = if dry_run { "would abort" } else { "aborted" };
+                out.line(format!("{verb} abandoned multipart upload of {}", u.key));
+                n += 1;
+            }
+            // The last upload listed is where the next page starts (SeaweedFS names no
+            // NextKeyMarker); a page that does not move on ends the walk.
+            let last = page.last().map(|u| (u.key.clone(), u.upload_id.clone()));
+            if !more || last.is_none() || last == after {
+                return Ok(n);
+            }
+            after = last;
+        }
     }
 }
 

@@ -50,6 +50,129 @@ pub fn parse_listing(body: &[u8], prefix: &str) -> io::Result<(Vec<Listed>, bool
     Ok((items, more))
 }
 
+/// A multipart upload neither completed nor aborted, as `ListMultipartUploads` lists it.
+#[derive(Debug, PartialEq)]
+pub struct Pending {
+    /// The key without the configured prefix.
+    pub key: String,
+    pub upload_id: String,
+    /// When it started (`UNKNOWN_TIME` if the store did not say).
+    pub initiated: u64,
+}
+
+/// A `ListMultipartUploads` answer: the uploads under `prefix` (with it removed) and whether
+/// more follow.
+pub fn parse_multipart_uploads(body: &[u8], prefix: &str) -> io::Result<(Vec<Pending>, bool)> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
+    let text = std::str::from_utf8(body).map_err(|_| bad("upload listing is not UTF-8"))?;
+    if !text.contains("<ListMultipartUploadsResult") {
+        return Err(bad("not a ListMultipartUploadsResult"));
+    }
+    let more = elements(text, "IsTruncated").first() == Some(&"true");
+    let mut out = Vec::new();
+    for upload in elements(text, "Upload") {
+        let field = |name: &str| elements(upload, name).first().map(|v| unescape(v));
+        let (Some(key), Some(upload_id)) = (field("Key"), field("UploadId")) else {
+            return Err(bad("an upload without its Key or UploadId"));
+        };
+        let Some(key) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        if upload_id.is_empty() {
+            return Err(bad("an upload with an empty UploadId"));
+        }
+        out.push(Pending {
+            key: key.to_owned(),
+            upload_id,
+            initiated: field("Initiated")
+                .as_deref()
+                .and_then(parse_time)
+                .unwrap_or(UNKNOWN_TIME),
+        });
+    }
+    Ok((out, more))
+}
+
+/// A `ListParts` answer: when its newest part was stored (`None` without parts; `UNKNOWN_TIME`
+/// if a part's time is unreadable) and the marker of the next page, if there is one.
+pub fn parse_parts(body: &[u8]) -> io::Result<(Option<u64>, Option<u16>)> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
+    let text = std::str::from_utf8(body).map_err(|_| bad("part listing is not UTF-8"))?;
+    if !text.contains("<ListPartsResult") {
+        return Err(bad("not a ListPartsResult"));
+    }
+    let newest = elements(text, "Part")
+        .into_iter()
+        .map(|part| {
+            let time = elements(part, "LastModified").first().copied();
+            time.and_then(parse_time).unwrap_or(UNKNOWN_TIME)
+        })
+        .max();
+    let next = if elements(text, "IsTruncated").first() == Some(&"true") {
+        let marker = elements(text, "NextPartNumberMarker").first().copied();
+        Some(
+            marker
+                .and_then(|m| m.parse().ok())
+                .ok_or_else(|| bad("a truncated part listing without a NextPartNumberMarker"))?,
+        )
+    } else {
+        None
+    };
+    Ok((newest, next))
+}
+
+/// The inner text of each `<name>…</name>` in `text`, in order (`name` not nested in itself).
+fn elements<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else {
+            break;
+        };
+        out.push(&after[..j]);
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
+/// XML character data with its entity and character references replaced (an unknown or
+/// malformed one stays as written).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let end = rest.bytes().take(12).position(|b| b == b';');
+        let c = end.and_then(|e| match &rest[1..e] {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            r if r.starts_with("#x") => u32::from_str_radix(&r[2..], 16)
+                .ok()
+                .and_then(char::from_u32),
+            r if r.starts_with('#') => r[1..].parse().ok().and_then(char::from_u32),
+            _ => None,
+        });
+        match (c, end) {
+            (Some(c), Some(e)) => {
+                out.push(c);
+                rest = &rest[e + 1..];
+            }
+            _ => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Seconds since the epoch of an S3 timestamp (`2026-12-02T08:00:00.000Z`), or `None`.
 pub fn parse_time(s: &str) -> Option<u64> {
     let b = s.as_bytes();
@@ -142,6 +265,47 @@ mod tests {
             listed.iter().map(young).collect::<Vec<_>>(),
             [false, true, true]
         );
+    }
+
+    #[test]
+    fn multipart_upload_listings_parse() {
+        // As SeaweedFS answers (a truncated page names no NextKeyMarker).
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Bucket>b</Bucket><IsTruncated>true</IsTruncated><KeyMarker></KeyMarker><MaxUploads>2</MaxUploads><NextUploadIdMarker>u2</NextUploadIdMarker><Prefix>p/data/</Prefix><Upload><Initiated>2026-12-02T08:09:38Z</Initiated><Key>p/data/a&amp;b</Key><UploadId>u1</UploadId></Upload><Upload><Key>p/data/c</Key><UploadId>u&#34;2</UploadId><Owner><ID>x</ID></Owner></Upload><Upload><Key>q/other</Key><UploadId>u3</UploadId></Upload></ListMultipartUploadsResult>"#;
+        let (uploads, more) = parse_multipart_uploads(xml, "p/").unwrap();
+        assert!(more);
+        assert_eq!(
+            uploads,
+            [
+                Pending {
+                    key: "data/a&b".into(),
+                    upload_id: "u1".into(),
+                    initiated: 1_796_198_978
+                },
+                Pending {
+                    key: "data/c".into(),
+                    upload_id: "u\"2".into(),
+                    initiated: UNKNOWN_TIME
+                },
+            ]
+        );
+        assert!(parse_multipart_uploads(b"<ListBucketResult/>", "p/").is_err());
+        let no_id = b"<ListMultipartUploadsResult><Upload><Key>p/k</Key></Upload></ListMultipartUploadsResult>";
+        assert!(parse_multipart_uploads(no_id, "p/").is_err());
+        assert_eq!(unescape("a&amp;&bogus;&#x41;&"), "a&&bogus;A&");
+    }
+
+    #[test]
+    fn part_listings_give_the_newest_part() {
+        let xml = br#"<ListPartsResult><IsTruncated>true</IsTruncated><NextPartNumberMarker>2</NextPartNumberMarker><Part><ETag>&#34;e&#34;</ETag><LastModified>2026-12-02T08:09:38Z</LastModified><PartNumber>1</PartNumber></Part><Part><LastModified>2026-12-02T08:09:40Z</LastModified><PartNumber>2</PartNumber></Part></ListPartsResult>"#;
+        assert_eq!(parse_parts(xml).unwrap(), (Some(1_796_198_980), Some(2)));
+        let none = b"<ListPartsResult><IsTruncated>false</IsTruncated></ListPartsResult>";
+        assert_eq!(parse_parts(none).unwrap(), (None, None));
+        let unreadable =
+            b"<ListPartsResult><Part><LastModified>soon</LastModified></Part></ListPartsResult>";
+        assert_eq!(parse_parts(unreadable).unwrap(), (Some(UNKNOWN_TIME), None));
+        let cut = b"<ListPartsResult><IsTruncated>true</IsTruncated></ListPartsResult>";
+        assert!(parse_parts(cut).is_err());
     }
 
     #[test]

@@ -5,7 +5,10 @@ use std::io;
 
 use rusty_s3::S3Action;
 
-use super::{MAX_SMALL_BODY, ObjectStore, S3Error, SIGNED_FOR, drain, failure, parse_error};
+use super::{
+    MAX_SMALL_BODY, ObjectStore, Pending, S3Error, SIGNED_FOR, UNKNOWN_TIME, drain, failure,
+    parse_error, parse_multipart_uploads, parse_parts,
+};
 use crate::client::Payload;
 
 impl ObjectStore {
@@ -102,6 +105,71 @@ impl ObjectStore {
                 Ok(())
             }
             _ => Err(failure(resp).await),
+        }
+    }
+
+    /// Multipart uploads under `prefix` (relative to the configured prefix) neither completed
+    /// nor aborted: a page of them after `after` (a key and upload id), and whether more follow.
+    pub async fn list_multipart(
+        &self,
+        prefix: &str,
+        after: Option<(&str, &str)>,
+    ) -> Result<(Vec<Pending>, bool), S3Error> {
+        // rusty-s3 has no ListMultipartUploads: a bucket GET signed the same way, with its query.
+        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+        let query = action.query_mut();
+        query.remove("list-type");
+        query.remove("encoding-type");
+        query.insert("uploads", "");
+        query.insert("prefix", self.key(prefix));
+        query.insert("max-uploads", "1000");
+        if let Some((key, upload_id)) = after {
+            query.insert("key-marker", self.key(key));
+            query.insert("upload-id-marker", upload_id.to_owned());
+        }
+        let url = action.sign(SIGNED_FOR);
+        let resp = self.send(4, "GET", url, Vec::new(), Payload::NONE).await?;
+        if resp.status != 200 {
+            return Err(failure(resp).await);
+        }
+        let text = resp.body.bytes(MAX_SMALL_BODY).await?;
+        Ok(parse_multipart_uploads(&text, &self.prefix)?)
+    }
+
+    /// When the newest part of an upload was stored: `None` if it has none, `UNKNOWN_TIME` if
+    /// the store gave no readable time or the upload is gone (nothing is judged old on that).
+    pub async fn newest_part(&self, key: &str, upload_id: &str) -> Result<Option<u64>, S3Error> {
+        let key = self.key(key);
+        let mut newest = None;
+        let mut marker = None;
+        loop {
+            let mut action = rusty_s3::actions::ListParts::new(
+                &self.bucket,
+                Some(&self.credentials),
+                &key,
+                upload_id,
+            );
+            if let Some(m) = marker {
+                action.set_part_number_marker(m);
+            }
+            let url = action.sign(SIGNED_FOR);
+            let resp = self.send(4, "GET", url, Vec::new(), Payload::NONE).await?;
+            match resp.status {
+                200 => {}
+                404 => {
+                    drain(resp).await;
+                    return Ok(Some(UNKNOWN_TIME));
+                }
+                _ => return Err(failure(resp).await),
+            }
+            let text = resp.body.bytes(MAX_SMALL_BODY).await?;
+            let (page_newest, next) = parse_parts(&text)?;
+            newest = newest.max(page_newest);
+            // A marker that does not move on would list the same page forever.
+            match next {
+                Some(n) if marker.is_none_or(|m| n > m) => marker = Some(n),
+                _ => return Ok(newest),
+            }
         }
     }
 }
