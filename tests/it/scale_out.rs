@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::Command;
 
 use crate::common::layout::Layout;
-use crate::common::seaweed::Seaweed;
+use crate::common::seaweed::{self, Seaweed};
 use crate::common::*;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -297,6 +297,43 @@ fn an_object_store_outage_is_503_and_loses_nothing() {
     );
     assert!(c.get(&format!("/v2/o/app/blobs/{}", sha256(&layer))).body == layer);
     push_image(&mut c, "o/app", "v2", &noise(5, 1000));
+}
+
+/// A key the store refuses writes to (short of a permission, or revoked at the store): the
+/// node starts (it may list and read), serves what is stored, and answers every write with
+/// 503 `UNAVAILABLE` and `Retry-After`, never a 500; its log names the store's refusal.
+#[test]
+fn writes_the_store_refuses_are_503_and_logged() {
+    let weed = Seaweed::shared();
+    let writer = nodes(weed, "readonly/", 1).pop().unwrap();
+    let layer = noise(6, 3000);
+    push_image(&mut writer.client(), "r/app", "v1", &layer);
+    let key = format!("access_key_id = \"{}\"", seaweed::ACCESS_KEY);
+    let read_only = format!("access_key_id = \"{}\"", seaweed::READ_ONLY_KEY);
+    let storage = on_bucket(weed, "readonly/").replace(&key, &read_only);
+    assert!(storage.contains(&read_only));
+    let node = Server::start_with("io_uring", &storage);
+    let mut c = node.client();
+    let r = c.get("/v2/r/app/manifests/v1");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(c.get(&format!("/v2/r/app/blobs/{}", sha256(&layer))).body == layer);
+    for (method, path, body) in [
+        ("POST", "/v2/r/app/blobs/uploads/".to_owned(), &b""[..]),
+        (
+            "POST",
+            format!("/v2/r/app/blobs/uploads/?digest={}", sha256(b"new")),
+            b"new",
+        ),
+        ("DELETE", "/v2/r/app/manifests/v1".to_owned(), b""),
+    ] {
+        let r = c.request(method, &path, &[], body);
+        assert_eq!(r.status, 503, "{method} {path}: {}", r.body_text());
+        assert_eq!(r.error_code(), "UNAVAILABLE");
+        assert_eq!(r.header("Retry-After"), Some("5"));
+    }
+    node.wait_for_log("AccessDenied");
+    // Nothing was lost by the refused delete.
+    assert_eq!(writer.client().get("/v2/r/app/manifests/v1").status, 200);
 }
 
 /// `wharf gc` on the bucket deletes an unreferenced blob past the grace period, keeps what a

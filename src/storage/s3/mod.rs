@@ -77,7 +77,11 @@ impl From<S3Error> for StoreError {
     fn from(e: S3Error) -> StoreError {
         match e {
             S3Error::Io(e) => StoreError::Unavailable(e.to_string()),
-            S3Error::Status { status, .. } if status >= 500 => {
+            // The store's own trouble (5xx), throttling (429), or refusing our key (403: revoked,
+            // rotated at the store first, or short of a permission): a 503 that says retry
+            // later, and the store's code in the log. Any other answer is a request wharf got
+            // wrong (500).
+            S3Error::Status { status, .. } if status >= 500 || matches!(status, 403 | 429) => {
                 StoreError::Unavailable(e.to_string())
             }
             e => StoreError::Io(io::Error::other(e.to_string())),

@@ -11,6 +11,8 @@ use super::free_port;
 pub const ACCESS_KEY: &str = "wharf-test";
 pub const SECRET_KEY: &str = "wharf-test-secret";
 pub const BUCKET: &str = "wharf";
+/// A second key, with the same secret, that may only read and list the bucket.
+pub const READ_ONLY_KEY: &str = "wharf-test-reader";
 
 pub struct Seaweed {
     child: Child,
@@ -98,7 +100,7 @@ impl Seaweed {
         std::fs::write(
             &config,
             format!(
-                r#"{{"identities":[{{"name":"wharf","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+                r#"{{"identities":[{{"name":"wharf","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}},{{"name":"reader","credentials":[{{"accessKey":"{READ_ONLY_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Read","List"]}}]}}"#
             ),
         )
         .unwrap();
