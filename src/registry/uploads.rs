@@ -182,7 +182,10 @@ impl Registry {
         if let Err(resp) = check_chunk(head, body, repo, id, lease.writer().offset()) {
             return Ok(Err(resp));
         }
-        self.stream_body(lease.writer(), body).await?;
+        if let Err(e) = self.stream_body(lease.writer(), body).await {
+            self.storage.abandon_upload(lease).await;
+            return Err(e);
+        }
         Ok(Ok(lease))
     }
 

@@ -347,6 +347,14 @@ impl Storage {
         }
     }
 
+    /// Drop the lease of a chunk that failed: the session stays as the last answered chunk
+    /// left it (what the chunk began on the object store is dropped).
+    pub async fn abandon_upload(&self, lease: UploadLease) {
+        if let (Backend::Object(b), Lease::Object(l)) = (&self.backend, lease.0) {
+            b.abandon_upload(l).await;
+        }
+    }
+
     /// How many bytes the session holds.
     pub async fn upload_offset(&self, repo: &RepoName, id: &str) -> Result<u64> {
         dispatch!(self, b => b.upload_offset(repo, id).await)

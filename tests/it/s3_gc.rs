@@ -5,7 +5,8 @@
 //! index pushed while the collector deletes its untagged child keeps the child; and another
 //! collector's `gc/lock` keeps a second one from running; a pull-through cache over its
 //! `upstream.max_size` loses the image pulled least recently; multipart uploads nothing will
-//! complete are aborted, while a live session's and a slow push's stay.
+//! complete are aborted (by the chunk that began one, or by the collector), while a live
+//! session's and a slow push's stay.
 
 use std::time::{Duration, Instant};
 
@@ -540,10 +541,10 @@ fn multipart_uploads(weed: &Seaweed, prefix: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Start an upload session and send a PATCH that breaks off after 10 MiB of its 12: the chunk
-/// began a multipart upload (its first 8 MiB part stored) that its session never recorded.
-/// The session's id.
-fn broken_chunk(c: &mut Client, addr: std::net::SocketAddr, repo: &str) -> String {
+/// Start an upload session and send 10 MiB of a 12 MiB PATCH: the chunk begins a multipart
+/// upload (its first 8 MiB part goes up) that its session does not record. The session's id
+/// and the connection, still open.
+fn breaking_chunk(c: &mut Client, addr: std::net::SocketAddr, repo: &str) -> (String, Client) {
     let r = c.request("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], b"");
     assert_eq!(r.status, 202);
     let location = r.header("Location").unwrap().to_owned();
@@ -557,31 +558,60 @@ fn broken_chunk(c: &mut Client, addr: std::net::SocketAddr, repo: &str) -> Strin
         .as_bytes(),
     );
     raw.send_raw(&noise(41, 10 << 20));
-    drop(raw);
-    id
+    (id, raw)
 }
 
-/// A multipart upload nothing will complete (a PATCH that broke off after its first part, its
-/// session then cancelled) is aborted by `wharf gc` once past the grace period; one begun the
+/// Wait until `n` multipart uploads under `prefix` each have their first part stored.
+fn wait_for_first_parts(weed: &Seaweed, prefix: &str, n: usize) {
+    wait_for("the chunks' first parts stored", || {
+        let listed = multipart_uploads(weed, prefix);
+        listed.len() == n && listed.iter().all(|(k, u)| parts(weed, k, u) == 1)
+    });
+}
+
+/// A chunk that breaks off after it began a multipart upload aborts that upload itself (its
+/// session never named it), and the session goes on from where it was.
+#[test]
+fn a_broken_chunk_aborts_the_multipart_upload_it_began() {
+    let weed = Seaweed::shared();
+    let m = Server::start_with("io_uring", &on_bucket(weed, "broken-chunk/"));
+    let mut c = m.client();
+    let (id, raw) = breaking_chunk(&mut c, m.addr, "b/app");
+    wait_for_first_parts(weed, "broken-chunk/data/", 1);
+    drop(raw);
+    wait_for("the broken chunk's upload aborted", || {
+        multipart_uploads(weed, "broken-chunk/data/").is_empty()
+    });
+    let chunk = [
+        ("Content-Range", "0-0"),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    let r = c.request(
+        "PATCH",
+        &format!("/v2/b/app/blobs/uploads/{id}"),
+        &chunk,
+        b"x",
+    );
+    assert_eq!((r.status, r.header("Range")), (202, Some("0-0")));
+}
+
+/// Multipart uploads nothing will complete (begun by chunks on a node killed mid-chunk, one
+/// session then cancelled) are aborted by `wharf gc` once past the grace period; one begun the
 /// same way on a session that still exists stays until that session goes.
 #[test]
 fn abandoned_multipart_uploads_are_aborted_and_a_live_sessions_kept() {
     let weed = Seaweed::shared();
-    let m = Server::start_with("io_uring", &on_bucket(weed, "strays/"));
+    let storage = on_bucket(weed, "strays/");
+    let mut killed = Server::start_with("io_uring", &storage);
+    let mut c = killed.client();
+    let (cancelled, raw1) = breaking_chunk(&mut c, killed.addr, "s/app");
+    let (live, raw2) = breaking_chunk(&mut c, killed.addr, "s/app");
+    wait_for_first_parts(weed, "strays/data/", 2);
+    killed.signal_and_wait(libc::SIGKILL);
+    drop((raw1, raw2));
+    let m = Server::start_with("io_uring", &storage);
     let mut c = m.client();
-    let cancelled = broken_chunk(&mut c, m.addr, "s/app");
-    let live = broken_chunk(&mut c, m.addr, "s/app");
     let key = |id: &str| format!("strays/data/{id}");
-    wait_for("both broken chunks' parts stored", || {
-        let listed = multipart_uploads(weed, "strays/data/");
-        listed.len() == 2
-            && listed.iter().all(|(k, u)| {
-                let q = format!("{k}?uploadId={u}");
-                String::from_utf8(bucket_curl(weed, &q, &[]))
-                    .unwrap()
-                    .contains("<PartNumber>1</PartNumber>")
-            })
-    });
     let r = c.request(
         "DELETE",
         &format!("/v2/s/app/blobs/uploads/{cancelled}"),
@@ -698,4 +728,51 @@ fn a_slow_push_keeps_its_multipart_upload_through_a_collection() {
         r.status == 200 && r.body == data,
         "the blob is stored whole"
     );
+}
+
+/// Two chunks raced on one session, each past its first part: the one whose session update
+/// loses is answered 416 and aborts the multipart upload it began; the winner's stays, named
+/// by the session, and the upload completes with the winner's bytes.
+#[test]
+fn the_chunk_that_loses_a_race_aborts_its_multipart_upload() {
+    let weed = Seaweed::shared();
+    let m = Server::start_with("io_uring", &on_bucket(weed, "raced-chunk/"));
+    let mut c = m.client();
+    let r = c.request("POST", "/v2/r/app/blobs/uploads/", &[], b"");
+    let location = r.header("Location").unwrap().to_owned();
+    let bodies = [noise(51, 12 << 20), noise(52, 12 << 20)];
+    let mut raws: Vec<Client> = bodies
+        .iter()
+        .map(|body| {
+            let mut raw = Client::connect(m.addr);
+            raw.send_raw(
+                format!(
+                    "PATCH {location} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            raw.send_raw(&body[..10 << 20]);
+            raw
+        })
+        .collect();
+    wait_for_first_parts(weed, "raced-chunk/data/", 2);
+    for (raw, body) in raws.iter_mut().zip(&bodies) {
+        raw.send_raw(&body[10 << 20..]);
+    }
+    let statuses: Vec<u16> = raws
+        .iter_mut()
+        .map(|r| r.read_response(false).status)
+        .collect();
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [202, 416]);
+    wait_for("the loser's upload aborted", || {
+        multipart_uploads(weed, "raced-chunk/data/").len() == 1
+    });
+    let won = &bodies[statuses.iter().position(|&s| s == 202).unwrap()];
+    let d = sha256(won);
+    let r = c.request("PUT", &format!("{location}?digest={d}"), &[], b"");
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    assert!(c.get(&format!("/v2/r/app/blobs/{d}")).body == *won);
 }

@@ -80,6 +80,7 @@ impl ObjectBackend {
     ) -> Result<UploadLease> {
         let (session, etag) = self.session(repo, id).await?;
         let (alg, started) = (session.alg, session.started);
+        let had_upload = session.upload_id.is_some();
         let w = session
             .writer(Arc::clone(&self.store))
             .ok_or(StoreError::UploadUnknown)?;
@@ -89,8 +90,19 @@ impl ObjectBackend {
             alg,
             started,
             etag,
+            had_upload,
             writer: crate::storage::BlobWriter::object(w),
         })
+    }
+
+    /// Drop a lease whose chunk failed: the session stays as the last answered chunk left it,
+    /// and a multipart upload this chunk began (which the session does not name) is aborted now
+    /// rather than by the collector.
+    pub(crate) async fn abandon_upload(&self, lease: UploadLease) {
+        let w = lease.writer.into_object();
+        if !lease.had_upload && w.upload_id.is_some() {
+            w.discard().await;
+        }
     }
 
     /// Keep what this request's chunk added: the session object is replaced if nobody changed it
@@ -102,11 +114,20 @@ impl ObjectBackend {
             alg,
             started,
             etag,
+            had_upload,
             writer,
         } = lease;
         let mut w = writer.into_object();
-        w.settle().await?;
-        if w.failed {
+        // Refused for sure (a part failed, or another request changed the session first): a
+        // multipart upload this chunk began is aborted. Not when the session's update ended in
+        // an error, which the store may have applied.
+        let began = !had_upload && w.upload_id.is_some();
+        let settled = w.settle().await;
+        if settled.is_err() || w.failed {
+            if began {
+                w.discard().await;
+            }
+            settled?;
             return Err(io::Error::other("a part of the chunk failed to store").into());
         }
         let encoded = writer::Session::after(repo, alg, started, &w).encode();
@@ -121,7 +142,12 @@ impl ObjectBackend {
             {
                 Ok(w.offset())
             }
-            Err(_) => Err(StoreError::UploadBusy { offset: 0 }),
+            Err(_) => {
+                if began {
+                    w.discard().await;
+                }
+                Err(StoreError::UploadBusy { offset: 0 })
+            }
         }
     }
 
@@ -211,6 +237,8 @@ pub struct UploadLease {
     started: u64,
     /// The session object's ETag when read: the release replaces exactly that state.
     etag: String,
+    /// The session named a multipart upload when leased (else one this chunk begins is its own).
+    had_upload: bool,
     writer: crate::storage::BlobWriter,
 }
 
