@@ -561,6 +561,20 @@ fn breaking_chunk(c: &mut Client, addr: std::net::SocketAddr, repo: &str) -> (St
     (id, raw)
 }
 
+/// The first byte of upload `id` in `repo`, as a chunk.
+fn one_byte_chunk(c: &mut Client, repo: &str, id: &str) -> Resp {
+    let chunk = [
+        ("Content-Range", "0-0"),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    c.request(
+        "PATCH",
+        &format!("/v2/{repo}/blobs/uploads/{id}"),
+        &chunk,
+        b"x",
+    )
+}
+
 /// Wait until `n` multipart uploads under `prefix` each have their first part stored.
 fn wait_for_first_parts(weed: &Seaweed, prefix: &str, n: usize) {
     wait_for("the chunks' first parts stored", || {
@@ -582,16 +596,7 @@ fn a_broken_chunk_aborts_the_multipart_upload_it_began() {
     wait_for("the broken chunk's upload aborted", || {
         multipart_uploads(weed, "broken-chunk/data/").is_empty()
     });
-    let chunk = [
-        ("Content-Range", "0-0"),
-        ("Content-Type", "application/octet-stream"),
-    ];
-    let r = c.request(
-        "PATCH",
-        &format!("/v2/b/app/blobs/uploads/{id}"),
-        &chunk,
-        b"x",
-    );
+    let r = one_byte_chunk(&mut c, "b/app", &id);
     assert_eq!((r.status, r.header("Range")), (202, Some("0-0")));
 }
 
@@ -622,17 +627,7 @@ fn abandoned_multipart_uploads_are_aborted_and_a_live_sessions_kept() {
     // Past the 1 s grace period by the store's clock (whole seconds); then the live session
     // takes a one-byte chunk, which keeps it young.
     std::thread::sleep(Duration::from_millis(2_500));
-    let chunk = [
-        ("Content-Range", "0-0"),
-        ("Content-Type", "application/octet-stream"),
-    ];
-    let r = c.request(
-        "PATCH",
-        &format!("/v2/s/app/blobs/uploads/{live}"),
-        &chunk,
-        b"x",
-    );
-    assert_eq!(r.status, 202);
+    assert_eq!(one_byte_chunk(&mut c, "s/app", &live).status, 202);
     let (ok, out) = m.run_wharf(&["gc", "--grace", "1s", "--dry-run"]);
     assert!(ok, "{out}");
     assert!(
