@@ -99,10 +99,11 @@ impl ObjectBackend {
     /// and a multipart upload this chunk began (which the session does not name) is aborted now
     /// rather than by the collector.
     pub(crate) async fn abandon_upload(&self, lease: UploadLease) {
-        let w = lease.writer.into_object();
-        if !lease.had_upload && w.upload_id.is_some() {
-            w.discard().await;
-        }
+        lease
+            .writer
+            .into_object()
+            .discard_begun(lease.had_upload)
+            .await;
     }
 
     /// Keep what this request's chunk added: the session object is replaced if nobody changed it
@@ -121,12 +122,9 @@ impl ObjectBackend {
         // Refused for sure (a part failed, or another request changed the session first): a
         // multipart upload this chunk began is aborted. Not when the session's update ended in
         // an error, which the store may have applied.
-        let began = !had_upload && w.upload_id.is_some();
         let settled = w.settle().await;
         if settled.is_err() || w.failed {
-            if began {
-                w.discard().await;
-            }
+            w.discard_begun(had_upload).await;
             settled?;
             return Err(io::Error::other("a part of the chunk failed to store").into());
         }
@@ -143,9 +141,7 @@ impl ObjectBackend {
                 Ok(w.offset())
             }
             Err(_) => {
-                if began {
-                    w.discard().await;
-                }
+                w.discard_begun(had_upload).await;
                 Err(StoreError::UploadBusy { offset: 0 })
             }
         }

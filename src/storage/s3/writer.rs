@@ -246,6 +246,14 @@ impl BlobWriter {
     }
 
     /// Drop whatever was stored for this writer (best effort: the collector removes leftovers).
+    /// Discard this writer only if it began a multipart upload for a session that named none:
+    /// nothing will name that upload now. A session's own upload stays for the session.
+    pub(super) async fn discard_begun(self, had_upload: bool) {
+        if !had_upload && self.upload_id.is_some() {
+            self.discard().await;
+        }
+    }
+
     pub(super) async fn discard(mut self) {
         // Every part ends first (an abort racing a part upload could leave that part behind).
         for part in std::mem::take(&mut self.inflight) {
