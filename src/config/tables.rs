@@ -98,6 +98,15 @@ pub struct S3StorageConfig {
         serialize_with = "ser_duration"
     )]
     pub redirect_ttl: Duration,
+    /// The longest wait for the store to take or send the next bytes of a request: a store gone
+    /// silent is then a 503 after this long, not a request held forever (a new connection waits
+    /// at most 5 s, or this if shorter). Default `"30s"`.
+    #[serde(
+        default = "default_io_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub io_timeout: Duration,
 }
 
 fn default_region() -> String {
@@ -110,6 +119,10 @@ fn default_true() -> bool {
 
 fn default_redirect_ttl() -> Duration {
     Duration::from_secs(15 * 60)
+}
+
+fn default_io_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[global]`

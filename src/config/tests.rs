@@ -315,6 +315,14 @@ fn storage_s3_errors_name_the_key() {
             "storage.s3.redirect_ttl",
         ),
         (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}io_timeout = \"0s\"\n",
+            "storage.s3.io_timeout",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}io_timeout = \"11m\"\n",
+            "storage.s3.io_timeout",
+        ),
+        (
             "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://h:1\"\nbucket = \"\"\n",
             "storage.s3.bucket",
         ),

@@ -342,6 +342,12 @@ impl Config {
                 "must be between 1s and 168h (7 days, the longest a presigned URL may live)",
             );
         }
+        if s3.io_timeout < Duration::from_secs(1) || s3.io_timeout > Duration::from_secs(600) {
+            return invalid(
+                "storage.s3.io_timeout",
+                "must be between 1s and 600s (how long a request waits for a silent store)",
+            );
+        }
         Ok(())
     }
 

@@ -4,22 +4,23 @@
 //! write on, reads the store's answer and closes the connection without it; each write wharf
 //! makes once must then still count as made: the blob it acknowledged reads back, the upload it
 //! opened continues, the chunk it added counts, the collection it locked runs, the tag it set is
-//! answered 201, and the object fsck --repair moved stays in quarantine.
+//! answered 201, and the object fsck --repair moved stays in quarantine. The relay can also go
+//! silent (a partition, a hung store): requests then answer 503 after `storage.s3.io_timeout`.
 
 use crate::common::gate::PartGate;
 use crate::common::seaweed::Seaweed;
 use crate::common::*;
 use crate::scale_out::{bucket_curl, on_bucket, patch};
 
-/// A node on `weed`'s bucket under `prefix` (and `extra` TOML before it), through a relay that
-/// lets every request through.
+/// A node on `weed`'s bucket under `prefix` through a relay that lets every request through;
+/// `extra` TOML follows the `[storage.s3]` table (more of its keys, or other tables).
 fn node_behind_relay(weed: &Seaweed, prefix: &str, extra: &str) -> (Server, PartGate) {
     let gate = PartGate::start(format!("127.0.0.1:{}", weed.s3_port).parse().unwrap());
     gate.open();
     let storage =
         on_bucket(weed, prefix).replace(&weed.endpoint(), &format!("http://{}", gate.addr));
     (
-        Server::start_with("io_uring", &format!("{extra}{storage}")),
+        Server::start_with("io_uring", &format!("{storage}{extra}")),
         gate,
     )
 }
@@ -188,4 +189,89 @@ fn an_object_whose_quarantine_delete_answer_was_lost_stays_in_quarantine() {
         .unwrap_or_else(|| panic!("not moved:\n{out}"));
     let copy = bucket_curl(weed, &format!("lost-move/{moved}"), &[]);
     assert_eq!(copy, b"not a pointer", "{out}");
+}
+
+/// The store goes silent (a partition that drops packets, a hung server: connections are taken
+/// and nothing answers). `/readyz` says 503 within its own 2 s probe, well before the request
+/// timeout; every request that needs the store answers 503 `UNAVAILABLE` with `Retry-After` once
+/// `storage.s3.io_timeout` passes instead of waiting for ever; and when the store answers again
+/// everything stored reads back and pushes go on.
+#[test]
+fn a_silent_store_is_503_after_the_io_timeout_and_loses_nothing() {
+    let weed = Seaweed::shared();
+    let (node, gate) = node_behind_relay(weed, "silent/", "io_timeout = \"10s\"\n");
+    let mut c = node.client();
+    let layer = noise(94, 300_000);
+    let pushed = push_image(&mut c, "silent/app", "v1", &layer);
+    assert_eq!(c.get("/readyz").status, 200);
+
+    gate.silence();
+    // Past the last probe's answer, which `/readyz` repeats for 2 s.
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let ready = node
+        .client()
+        .get_within("/readyz", std::time::Duration::from_secs(5))
+        .expect("/readyz did not answer within 5 s of asking while the store is silent");
+    assert_eq!(ready.status, 503, "{}", ready.body_text());
+
+    let asks: Vec<(&str, String, Vec<u8>)> = vec![
+        ("GET", "/v2/silent/app/manifests/v1".into(), vec![]),
+        (
+            "GET",
+            format!("/v2/silent/app/blobs/{}", sha256(&layer)),
+            vec![],
+        ),
+        ("POST", "/v2/silent/app/blobs/uploads/".into(), vec![]),
+        (
+            "POST",
+            format!("/v2/silent/app/blobs/uploads/?digest={}", sha256(b"new")),
+            b"new".to_vec(),
+        ),
+        ("DELETE", "/v2/silent/app/manifests/v1".into(), vec![]),
+    ];
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let asked: Vec<_> = asks
+            .iter()
+            .map(|(method, path, body)| {
+                let node = &node;
+                s.spawn(move || {
+                    let r = node.client().request(method, path, &[], body);
+                    (format!("{method} {path}"), r)
+                })
+            })
+            .collect();
+        asked.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (what, r) in &answers {
+        assert_eq!(r.status, 503, "{what}: {}", r.body_text());
+        assert_eq!(r.error_code(), "UNAVAILABLE", "{what}");
+        assert_eq!(r.header("Retry-After"), Some("5"), "{what}");
+    }
+    assert!(
+        gate.unanswered() >= asks.len() as u64,
+        "the relay left only {} requests unanswered: the 503s did not come from a silent store",
+        gate.unanswered()
+    );
+
+    gate.speak();
+    wait_for("the node to see the store again", || {
+        node.client().get("/readyz").status == 200
+    });
+    let mut c = node.client();
+    let r = c.get("/v2/silent/app/manifests/v1");
+    assert_eq!(
+        r.header("Docker-Content-Digest"),
+        Some(pushed.as_str()),
+        "the tag after the silence: {} {}",
+        r.status,
+        r.body_text()
+    );
+    assert!(
+        c.get(&format!("/v2/silent/app/blobs/{}", sha256(&layer)))
+            .body
+            == layer
+    );
+    push_image(&mut c, "silent/app", "v2", &noise(95, 1000));
+    let (ok, out) = node.run_wharf(&["fsck"]);
+    assert!(ok, "fsck found a problem after the silence:\n{out}");
 }

@@ -70,7 +70,7 @@ const MAX_SESSION: usize = writer::PART + (1 << 20);
 /// How long a request waits for a collector deciding about a blob, and how often it looks.
 const DOOM_WAIT: Duration = Duration::from_secs(10);
 const DOOM_POLL: Duration = Duration::from_millis(25);
-/// How long a bucket probe answers `/readyz`.
+/// How long a bucket probe answers `/readyz`, and the longest it waits for the store.
 const PROBE_FOR: Duration = Duration::from_secs(2);
 
 impl From<S3Error> for StoreError {
@@ -260,7 +260,12 @@ impl ObjectBackend {
         if at != u64::MAX && now.saturating_sub(at) < PROBE_FOR.as_millis() as u64 {
             return self.probed_ok.load(Ordering::Relaxed);
         }
-        let ok = self.store.probe().await.is_ok();
+        // Bounded on its own: a store gone silent makes `/readyz` say 503 within `PROBE_FOR`,
+        // not after the request timeout.
+        let ok = matches!(
+            monoio::time::timeout(PROBE_FOR, self.store.probe()).await,
+            Ok(Ok(_))
+        );
         self.probed_ok.store(ok, Ordering::Relaxed);
         self.probed_at.store(now, Ordering::Relaxed);
         ok
@@ -320,8 +325,8 @@ pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<Obje
         prefix: cfg.prefix.clone(),
         access_key_id: key_id,
         secret_access_key: secret,
-        connect_timeout: Duration::from_secs(5),
-        io_timeout: Duration::from_secs(30),
+        connect_timeout: cfg.io_timeout.min(Duration::from_secs(5)),
+        io_timeout: cfg.io_timeout,
     })?;
     off_worker(store.probe()).map_err(|e| match e {
         S3Error::Io(e) => format!(

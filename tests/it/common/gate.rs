@@ -2,7 +2,9 @@
 //! (`PUT …?partNumber=…`) until the test opens it (or 30 s pass): how a test sees how many parts
 //! one push keeps in flight. It can also lose an answer: the request goes to the store, the
 //! store's answer is read, and the connection is closed without it (a store that applied a write
-//! and died before answering). It understands just enough HTTP for S3 traffic: bodies by
+//! and died before answering), or go silent: each request is taken and nothing is answered until
+//! the test lets the store speak again, when the connection closes (a partition that dropped the
+//! packets, a hung server). It understands just enough HTTP for S3 traffic: bodies by
 //! `Content-Length`, none for HEAD, 204 and 304 (a chunked message fails the test loudly).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,6 +22,10 @@ struct Parts {
     lose: Option<String>,
     /// The status lines of the answers lost.
     lost: Vec<String>,
+    /// Take requests and answer none (`silence` / `speak`).
+    silent: bool,
+    /// Requests taken and dropped while silent.
+    unanswered: u64,
 }
 
 pub struct PartGate {
@@ -72,6 +78,23 @@ impl PartGate {
         self.parts.0.lock().unwrap().lost.clone()
     }
 
+    /// From now on take every request and answer none, until `speak`; each such request's
+    /// connection then closes without it reaching the store.
+    pub fn silence(&self) {
+        self.parts.0.lock().unwrap().silent = true;
+    }
+
+    /// Pass requests on again.
+    pub fn speak(&self) {
+        self.parts.0.lock().unwrap().silent = false;
+        self.parts.1.notify_all();
+    }
+
+    /// Requests taken and left unanswered while silent.
+    pub fn unanswered(&self) -> u64 {
+        self.parts.0.lock().unwrap().unanswered
+    }
+
     /// Part uploads passed on.
     pub fn parts(&self) -> u64 {
         self.parts.0.lock().unwrap().released
@@ -121,6 +144,20 @@ fn relay(
     let (mut from_client, mut from_server) = (BufReader::new(client), BufReader::new(server));
     while let Some((head, len)) = read_head(&mut from_client)? {
         let first = head.lines().next().unwrap_or_default().to_owned();
+        if parts.0.lock().unwrap().silent {
+            std::io::copy(
+                &mut (&mut from_client).take(len as u64),
+                &mut std::io::sink(),
+            )?;
+            let (lock, cv) = parts;
+            let mut p = lock.lock().unwrap();
+            p.unanswered += 1;
+            let _ = cv
+                .wait_timeout_while(p, Duration::from_secs(120), |p| p.silent)
+                .unwrap();
+            // Lost with the network: the connection closes as this thread returns.
+            return Ok(());
+        }
         if first.starts_with("PUT ") && first.contains("partNumber=") {
             let (lock, cv) = parts;
             let mut p = lock.lock().unwrap();
