@@ -527,7 +527,7 @@ fn a_cached_image_written_again_while_it_is_evicted_is_kept_and_said_so() {
 }
 
 /// The multipart uploads in progress under `prefix`: (key, upload id) pairs.
-fn multipart_uploads(weed: &Seaweed, prefix: &str) -> Vec<(String, String)> {
+pub(crate) fn multipart_uploads(weed: &Seaweed, prefix: &str) -> Vec<(String, String)> {
     let query = format!("?prefix={}&uploads=", prefix.replace('/', "%2F"));
     let xml = String::from_utf8(bucket_curl(weed, &query, &[])).unwrap();
     assert!(xml.contains("<ListMultipartUploadsResult"), "{xml}");

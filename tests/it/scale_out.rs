@@ -1,7 +1,8 @@
 //! Several wharf nodes on one bucket of a real SeaweedFS, with no other shared state: an upload
-//! started on one node continues on the others, a tag raced from all of them ends with one
-//! winner, a node killed mid-chunk loses nothing it acknowledged, and an object store that goes
-//! away turns into 503s with `Retry-After` and comes back with everything intact.
+//! started on one node continues on the others, a tag, a blob and an upload session raced from
+//! all of them end with one winner and one copy, a node killed mid-chunk loses nothing it
+//! acknowledged, and an object store that goes away turns into 503s with `Retry-After` and comes
+//! back with everything intact.
 
 use std::io::Write;
 use std::process::Command;
@@ -1362,4 +1363,134 @@ fn a_blob_uploaded_twice_keeps_one_copy() {
         assert_eq!(r.status, 200);
         assert!(r.body == blob, "{repo} through a node pulled other bytes");
     }
+}
+
+/// The keys under `prefix` in the bucket (one `ListObjectsV2` page).
+fn bucket_keys(weed: &Seaweed, prefix: &str) -> Vec<String> {
+    let query = format!("?list-type=2&prefix={}", prefix.replace('/', "%2F"));
+    let listing = String::from_utf8(bucket_curl(weed, &query, &[])).unwrap();
+    assert!(listing.contains("<ListBucketResult"), "{listing}");
+    listing
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One 12 MiB blob (two multipart parts) pushed at once by 24 clients spread over three nodes,
+/// into two repositories, half in one request and half as a session with one chunk: every push
+/// is answered 201 with the blob's digest, every node serves the whole blob from both
+/// repositories, the bucket keeps one copy of its bytes and no multipart upload, and fsck finds
+/// nothing wrong.
+#[test]
+fn one_blob_pushed_by_24_clients_over_three_nodes_is_stored_once() {
+    let weed = Seaweed::shared();
+    let servers = nodes(weed, "hammer-blob/", 3);
+    let blob = noise(60, 12 << 20);
+    let d = sha256(&blob);
+    let start = std::sync::Barrier::new(24);
+    let answers: Vec<(usize, u16, Option<String>)> = std::thread::scope(|s| {
+        let pushes: Vec<_> = (0..24)
+            .map(|i| {
+                let (node, blob, d, start) = (&servers[i % 3], &blob, &d, &start);
+                s.spawn(move || {
+                    let repo = ["hb/one", "hb/two"][i % 2];
+                    let mut c = node.client();
+                    start.wait();
+                    let r = if i % 4 < 2 {
+                        let url = format!("/v2/{repo}/blobs/uploads/?digest={d}");
+                        c.request("POST", &url, &[], blob)
+                    } else {
+                        let r = c.request("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], b"");
+                        assert_eq!(r.status, 202, "{}", r.body_text());
+                        let loc = r.header("Location").unwrap().to_owned();
+                        let r = patch(&mut c, &loc, 0, blob);
+                        assert_eq!(r.status, 202, "client {i}'s chunk: {}", r.body_text());
+                        c.request("PUT", &format!("{loc}?digest={d}"), &[], b"")
+                    };
+                    let digest = r.header("Docker-Content-Digest").map(str::to_owned);
+                    (i, r.status, digest)
+                })
+            })
+            .collect();
+        pushes.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    for (i, status, digest) in &answers {
+        assert_eq!(*status, 201, "client {i}");
+        assert_eq!(digest.as_deref(), Some(d.as_str()), "client {i}");
+    }
+    for node in &servers {
+        for repo in ["hb/one", "hb/two"] {
+            let r = node.client().get(&format!("/v2/{repo}/blobs/{d}"));
+            assert_eq!(r.status, 200, "{repo}: {}", r.body_text());
+            assert!(r.body == blob, "{repo} through a node pulled other bytes");
+        }
+    }
+    let data = bucket_keys(weed, "hammer-blob/data/");
+    assert_eq!(data.len(), 1, "copies of one blob's bytes: {data:?}");
+    let open = crate::s3_gc::multipart_uploads(weed, "hammer-blob/");
+    assert!(open.is_empty(), "multipart uploads left: {open:?}");
+    let (ok, out) = servers[0].run_wharf(&["fsck"]);
+    assert!(ok, "fsck after the race:\n{out}");
+}
+
+/// Twelve clients over three nodes send a first chunk to one upload session at once, each its
+/// own 10 MiB (a multipart part and a tail): exactly one is answered 202 and the rest 416; the
+/// losers' multipart uploads are aborted; every node reports the winner's offset; the session
+/// completes through another node with the winner's bytes, and no multipart upload is left.
+#[test]
+fn first_chunks_raced_on_one_upload_from_three_nodes_leave_one_winner() {
+    let weed = Seaweed::shared();
+    let servers = nodes(weed, "hammer-upload/", 3);
+    let r = servers[0]
+        .client()
+        .request("POST", "/v2/hu/app/blobs/uploads/", &[], b"");
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let loc = r.header("Location").unwrap().to_owned();
+    let bodies: Vec<Vec<u8>> = (0..12).map(|i| noise(70 + i, 10 << 20)).collect();
+    let start = std::sync::Barrier::new(bodies.len());
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let chunks: Vec<_> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                let (node, loc, start) = (&servers[i % 3], &loc, &start);
+                s.spawn(move || {
+                    let mut c = node.client();
+                    start.wait();
+                    patch(&mut c, loc, 0, body).status
+                })
+            })
+            .collect();
+        chunks.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 202 || s == 416),
+        "{statuses:?}"
+    );
+    let won = &bodies[statuses.iter().position(|&s| s == 202).unwrap()];
+    wait_for("the losers' multipart uploads aborted", || {
+        crate::s3_gc::multipart_uploads(weed, "hammer-upload/").len() == 1
+    });
+    for node in &servers {
+        let r = node.client().get(&loc);
+        assert_eq!(r.status, 204, "{}", r.body_text());
+        let end = format!("0-{}", won.len() - 1);
+        assert_eq!(r.header("Range"), Some(end.as_str()));
+    }
+    let d = sha256(won);
+    let r = servers[2]
+        .client()
+        .request("PUT", &format!("{loc}?digest={d}"), &[], b"");
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    let r = servers[1].client().get(&format!("/v2/hu/app/blobs/{d}"));
+    assert!(r.body == *won, "the upload completed with other bytes");
+    let open = crate::s3_gc::multipart_uploads(weed, "hammer-upload/");
+    assert!(open.is_empty(), "multipart uploads left: {open:?}");
 }
