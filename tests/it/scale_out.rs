@@ -1494,3 +1494,89 @@ fn first_chunks_raced_on_one_upload_from_three_nodes_leave_one_winner() {
     let open = crate::s3_gc::multipart_uploads(weed, "hammer-upload/");
     assert!(open.is_empty(), "multipart uploads left: {open:?}");
 }
+
+/// SeaweedFS killed in the middle of a monolithic push and of a chunk, then started again: both
+/// requests are answered 503 `UNAVAILABLE`; the half-sent blob is not there afterwards; the
+/// session goes on from its last acknowledged chunk to a whole blob; the push sent again
+/// succeeds; the image stored before is intact and fsck finds nothing wrong.
+#[test]
+fn the_store_killed_mid_push_is_503_and_nothing_half_written_shows() {
+    let mut weed = Seaweed::start();
+    let node = nodes(&weed, "", 1).pop().unwrap();
+    let mut c = node.client();
+    let layer = noise(80, 300_000);
+    let pushed = push_image(&mut c, "mid/app", "v1", &layer);
+
+    // A session with its first 10 MiB acknowledged (a multipart part and a tail).
+    let session = noise(81, 24 << 20);
+    let r = c.request("POST", "/v2/mid/app/blobs/uploads/", &[], b"");
+    let loc = r.header("Location").unwrap().to_owned();
+    let acked = 10 << 20;
+    assert_eq!(patch(&mut c, &loc, 0, &session[..acked]).status, 202);
+
+    // A 40 MiB push and the session's next chunk, each half sent when the store dies.
+    let blob = noise(82, 40 << 20);
+    let d = sha256(&blob);
+    let mut push = Client::connect(node.addr);
+    push.send_raw(
+        format!(
+            "POST /v2/mid/app/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            blob.len()
+        )
+        .as_bytes(),
+    );
+    push.send_raw(&blob[..20 << 20]);
+    let next = &session[acked..];
+    let mut chunk = Client::connect(node.addr);
+    chunk.send_raw(
+        format!(
+            "PATCH {loc} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Range: {acked}-{}\r\nContent-Length: {}\r\n\r\n",
+            session.len() - 1,
+            next.len()
+        )
+        .as_bytes(),
+    );
+    chunk.send_raw(&next[..6 << 20]);
+    weed.kill();
+    for (what, raw, rest) in [
+        ("the push", &mut push, &blob[20 << 20..]),
+        ("the chunk", &mut chunk, &next[6 << 20..]),
+    ] {
+        // wharf may answer before the rest arrives; what it then reads of it does not matter.
+        let _ = raw.try_send_raw(rest);
+        let r = raw
+            .try_read_response(false)
+            .unwrap_or_else(|| panic!("{what} got no answer\n{}", node.log()));
+        assert_eq!(r.status, 503, "{what}: {}", r.body_text());
+        assert_eq!(r.error_code(), "UNAVAILABLE", "{what}");
+        assert_eq!(r.header("Retry-After"), Some("5"), "{what}");
+    }
+
+    weed.restart();
+    wait_for("the store to serve objects again", || {
+        node.client().get("/v2/mid/app/manifests/v1").status != 503
+    });
+    let mut c = node.client();
+    let r = c.request("HEAD", &format!("/v2/mid/app/blobs/{d}"), &[], b"");
+    assert_eq!(r.status, 404, "the half-sent blob is there");
+    let r = c.get(&loc);
+    assert_eq!(r.status, 204, "{}", r.body_text());
+    let end = format!("0-{}", acked - 1);
+    assert_eq!(
+        r.header("Range"),
+        Some(end.as_str()),
+        "the session's offset"
+    );
+    assert_eq!(patch(&mut c, &loc, acked, next).status, 202);
+    let sd = sha256(&session);
+    let r = c.request("PUT", &format!("{loc}?digest={sd}"), &[], b"");
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    assert!(c.get(&format!("/v2/mid/app/blobs/{sd}")).body == session);
+    assert_eq!(push_blob(&mut c, "mid/app", &blob), d);
+    assert!(c.get(&format!("/v2/mid/app/blobs/{d}")).body == blob);
+    let r = c.get("/v2/mid/app/manifests/v1");
+    assert_eq!(r.header("Docker-Content-Digest"), Some(pushed.as_str()));
+    assert!(c.get(&format!("/v2/mid/app/blobs/{}", sha256(&layer))).body == layer);
+    let (ok, out) = node.run_wharf(&["fsck"]);
+    assert!(ok, "fsck after the outage:\n{out}");
+}

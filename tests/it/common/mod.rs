@@ -402,6 +402,13 @@ impl Client {
         w.flush().unwrap();
     }
 
+    /// `send_raw`, or the error that stopped it (the server closed the connection early).
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let w = self.reader.get_mut();
+        w.write_all(bytes)?;
+        w.flush()
+    }
+
     /// Read one response; `head_request` means no body follows regardless of Content-Length.
     pub fn read_response(&mut self, head_request: bool) -> Resp {
         self.try_read_response(head_request)
