@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::action::ACTIONS;
+use crate::histogram::BOUNDS as BUCKETS;
 
 /// Status codes counted individually; anything else is counted as "other".
 const STATUSES: [u16; 24] = [
@@ -17,10 +18,6 @@ const STATUSES: [u16; 24] = [
 const N_STATUS: usize = STATUSES.len() + 1;
 /// Requests that never became an action (unroutable, refused heads) count as this one.
 const N_ACTION: usize = ACTIONS.len() + 1;
-/// Histogram upper bounds in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 
 fn status_index(status: u16) -> usize {
     STATUSES
@@ -141,12 +138,7 @@ impl Worker {
     pub fn request(&self, action: Option<usize>, status: u16, took: Duration, sent: u64) {
         let a = action.unwrap_or(ACTIONS.len());
         add(&self.requests[a][status_index(status)], 1);
-        let secs = took.as_secs_f64();
-        let b = BUCKETS
-            .iter()
-            .position(|le| secs <= *le)
-            .unwrap_or(BUCKETS.len());
-        add(&self.durations[a][b], 1);
+        add(&self.durations[a][crate::histogram::bucket(took)], 1);
         add(&self.duration_us[a], took.as_micros() as u64);
         add(&self.bytes_out, sent);
     }
@@ -442,15 +434,31 @@ impl Metrics {
             "# HELP wharf_client_idle_connections Idle keep-alive connections to object stores and upstreams, all workers (at most 32 per endpoint and worker).\n# TYPE wharf_client_idle_connections gauge\nwharf_client_idle_connections {}",
             crate::client::idle_connections_total()
         );
-        out.push_str("# HELP wharf_objectstore_requests_total Requests to the object store by operation; failed: no answer, or one other than success, not found or a failed precondition.\n# TYPE wharf_objectstore_requests_total counter\n# HELP wharf_objectstore_request_seconds_total Time until the response head, by operation.\n# TYPE wharf_objectstore_request_seconds_total counter\n");
-        for (op, (n, failed, secs)) in crate::storage::s3::api::OPS
-            .iter()
-            .zip(crate::storage::s3::api::op_counts())
-        {
+        out.push_str("# HELP wharf_objectstore_requests_total Requests to the object store by operation; failed: no answer, or one other than success, not found or a failed precondition.\n# TYPE wharf_objectstore_requests_total counter\n");
+        let ops = crate::storage::s3::api::op_counts();
+        for (op, c) in crate::storage::s3::api::OPS.iter().zip(&ops) {
             let _ = writeln!(
                 out,
-                "wharf_objectstore_requests_total{{op=\"{op}\",outcome=\"ok\"}} {}\nwharf_objectstore_requests_total{{op=\"{op}\",outcome=\"failed\"}} {failed}\nwharf_objectstore_request_seconds_total{{op=\"{op}\"}} {secs}",
-                n - failed
+                "wharf_objectstore_requests_total{{op=\"{op}\",outcome=\"ok\"}} {}\nwharf_objectstore_requests_total{{op=\"{op}\",outcome=\"failed\"}} {}",
+                c.requests - c.failed,
+                c.failed
+            );
+        }
+        out.push_str("# HELP wharf_objectstore_request_duration_seconds Time from sending a request to the object store to its response head (or its failure), by operation.\n# TYPE wharf_objectstore_request_duration_seconds histogram\n");
+        for (op, c) in crate::storage::s3::api::OPS.iter().zip(&ops) {
+            let mut cumulative = 0;
+            for (n, le) in c.buckets.iter().zip(BUCKETS) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "wharf_objectstore_request_duration_seconds_bucket{{op=\"{op}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let total: u64 = c.buckets.iter().sum();
+            let _ = writeln!(
+                out,
+                "wharf_objectstore_request_duration_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {total}\nwharf_objectstore_request_duration_seconds_sum{{op=\"{op}\"}} {}\nwharf_objectstore_request_duration_seconds_count{{op=\"{op}\"}} {total}",
+                c.seconds
             );
         }
         let _ = writeln!(

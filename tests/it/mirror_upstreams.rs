@@ -111,11 +111,6 @@ fn pulled_whole(m: &Server, repo: &str, image: &Blob, layers: &[Blob], src: &Lay
     ]));
 }
 
-fn metric(m: &Server, series: &str) -> f64 {
-    let text = m.client().get("/metrics").body_text();
-    sample(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics"))
-}
-
 fn mirror(upstream: &str, extra: &str) -> Server {
     Server::start_with(
         "io_uring",

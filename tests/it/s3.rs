@@ -123,7 +123,17 @@ fn object_store_operations_on_seaweedfs(driver: &str) {
     // Counted per operation (put, get, head, delete, list); other tests in this process may add
     // to the counts meanwhile, so only lower bounds.
     let mid = op_counts();
-    let made: Vec<u64> = (0..5).map(|i| mid[i].0 - before[i].0).collect();
+    let made: Vec<u64> = (0..5)
+        .map(|i| mid[i].requests - before[i].requests)
+        .collect();
+    // Each also in the latency histogram of its operation.
+    let timed: Vec<u64> = (0..5)
+        .map(|i| mid[i].buckets.iter().sum::<u64>() - before[i].buckets.iter().sum::<u64>())
+        .collect();
+    assert!(
+        timed.iter().zip(&made).all(|(t, m)| t >= m),
+        "{timed:?} {made:?}"
+    );
     assert!(made[0] >= 32 && made[1] >= 4 && made[2] >= 4, "{made:?}");
     assert!(made[3] >= 2 && made[4] >= 3, "{made:?}");
 
@@ -162,7 +172,14 @@ fn object_store_operations_on_seaweedfs(driver: &str) {
     });
     // The 403 and the unreachable store count as failed puts and heads.
     let after = op_counts();
-    assert!(after[0].1 > mid[0].1 && after[2].1 > mid[2].1, "{after:?}");
+    assert!(
+        after[0].failed > mid[0].failed && after[2].failed > mid[2].failed,
+        "put {} → {}, head {} → {}",
+        mid[0].failed,
+        after[0].failed,
+        mid[2].failed,
+        after[2].failed
+    );
     let bad = ObjectStore::new(&config("ftp://127.0.0.1:1".into()))
         .err()
         .unwrap();

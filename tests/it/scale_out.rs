@@ -1580,3 +1580,61 @@ fn the_store_killed_mid_push_is_503_and_nothing_half_written_shows() {
     let (ok, out) = node.run_wharf(&["fsck"]);
     assert!(ok, "fsck after the outage:\n{out}");
 }
+
+/// `/metrics` counts the node's requests to the store by operation and outcome, and times them
+/// in a histogram per operation: a push of a multipart layer and its pull show up as puts,
+/// parts, multipart calls, heads and gets, each timed; with the store gone, the failed gets are
+/// counted.
+#[test]
+fn requests_to_the_store_are_counted_and_timed_by_operation() {
+    let mut weed = Seaweed::start();
+    let node = nodes(&weed, "", 1).pop().unwrap();
+    let mut c = node.client();
+    let layer = noise(96, 20 << 20);
+    push_image(&mut c, "metered/app", "v1", &layer);
+    let d = sha256(&layer);
+    assert!(c.get(&format!("/v2/metered/app/blobs/{d}")).body == layer);
+    let text = c.get("/metrics").body_text();
+    let value = |series: &str| {
+        sample(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+    };
+    for (op, least) in [
+        ("put", 2.0),
+        ("part", 3.0),
+        ("multipart", 2.0),
+        ("get", 1.0),
+    ] {
+        let ok = value(&format!(
+            "wharf_objectstore_requests_total{{op=\"{op}\",outcome=\"ok\"}}"
+        ));
+        assert!(ok >= least, "{op}: {ok} answered requests");
+        let h = "wharf_objectstore_request_duration_seconds";
+        let count = value(&format!("{h}_count{{op=\"{op}\"}}"));
+        assert!(count >= ok, "{op}: {count} timed, {ok} answered");
+        assert!(value(&format!("{h}_sum{{op=\"{op}\"}}")) > 0.0, "{op}");
+        let mut last = 0.0;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&format!("{h}_bucket{{op=\"{op}\",le=")) else {
+                continue;
+            };
+            let n: f64 = rest.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(n >= last, "{op}: buckets not cumulative:\n{text}");
+            last = n;
+        }
+        assert_eq!(last, count, "{op}: +Inf is not the count");
+    }
+
+    let failed = |text: &str| {
+        sample(
+            text,
+            "wharf_objectstore_requests_total{op=\"get\",outcome=\"failed\"}",
+        )
+        .unwrap()
+    };
+    let before = failed(&text);
+    weed.kill();
+    let r = c.get("/v2/metered/app/manifests/v1");
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    let after = failed(&node.client().get("/metrics").body_text());
+    assert!(after > before, "failed gets {before} → {after}");
+}

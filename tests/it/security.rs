@@ -32,12 +32,6 @@ fn closed_within(s: &mut TcpStream, deadline: Duration) -> bool {
     }
 }
 
-/// One counter or gauge of `/metrics` (the first line starting with `name`).
-fn metric(s: &Server, name: &str) -> f64 {
-    let text = String::from_utf8(s.client().get("/metrics").body).unwrap();
-    sample(&text, name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
 fn users(list: &[(&str, &str)]) -> String {
     list.iter()
         .map(|(u, pw)| {

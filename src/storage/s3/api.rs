@@ -101,21 +101,42 @@ pub const OPS: [&str; 7] = ["put", "get", "head", "delete", "list", "multipart",
 static COUNTS: [[std::sync::atomic::AtomicU64; 3]; OPS.len()] =
     [const { [const { std::sync::atomic::AtomicU64::new(0) }; 3] }; OPS.len()];
 
-/// (requests, failures, seconds) per operation, in `OPS` order.
-pub fn op_counts() -> [(u64, u64, f64); OPS.len()] {
+/// Per operation: requests by time until the response head, per `histogram::BOUNDS` bound (not
+/// cumulative; the last is +Inf).
+static DURATIONS: [[std::sync::atomic::AtomicU64; crate::histogram::BUCKETS]; OPS.len()] =
+    [const { [const { std::sync::atomic::AtomicU64::new(0) }; crate::histogram::BUCKETS] };
+        OPS.len()];
+
+/// Requests, failures and seconds per operation, in `OPS` order.
+pub struct OpCounts {
+    pub requests: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    /// Requests per `histogram::BOUNDS` bound (not cumulative; the last is +Inf).
+    pub buckets: [u64; crate::histogram::BUCKETS],
+}
+
+pub fn op_counts() -> [OpCounts; OPS.len()] {
     use std::sync::atomic::Ordering::Relaxed;
-    COUNTS.each_ref().map(|c| {
-        let micros = c[2].load(Relaxed);
-        (c[0].load(Relaxed), c[1].load(Relaxed), micros as f64 / 1e6)
+    std::array::from_fn(|op| {
+        let c = &COUNTS[op];
+        OpCounts {
+            requests: c[0].load(Relaxed),
+            failed: c[1].load(Relaxed),
+            seconds: c[2].load(Relaxed) as f64 / 1e6,
+            buckets: DURATIONS[op].each_ref().map(|b| b.load(Relaxed)),
+        }
     })
 }
 
 fn count(op: usize, started: std::time::Instant, failed: bool) {
     use std::sync::atomic::Ordering::Relaxed;
+    let took = started.elapsed();
     let c = &COUNTS[op];
     c[0].fetch_add(1, Relaxed);
     c[1].fetch_add(u64::from(failed), Relaxed);
-    c[2].fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+    c[2].fetch_add(took.as_micros() as u64, Relaxed);
+    DURATIONS[op][crate::histogram::bucket(took)].fetch_add(1, Relaxed);
 }
 
 /// One listed object.

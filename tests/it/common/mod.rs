@@ -548,6 +548,12 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// One series of `s`'s `/metrics` (`name{labels}` exactly as exposed).
+pub fn metric(s: &Server, series: &str) -> f64 {
+    let text = s.client().get("/metrics").body_text();
+    sample(&text, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+}
+
 /// Resident memory of a process in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
