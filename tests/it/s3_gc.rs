@@ -690,15 +690,7 @@ fn a_slow_push_keeps_its_multipart_upload_through_a_collection() {
     let m = Server::start_with("io_uring", &on_bucket(weed, "slow-push/"));
     let data = noise(43, 20 << 20);
     let d = sha256(&data);
-    let mut raw = Client::connect(m.addr);
-    raw.send_raw(
-        format!(
-            "POST /v2/s/slow/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-            data.len()
-        )
-        .as_bytes(),
-    );
-    raw.send_raw(&data[..9 << 20]);
+    let mut raw = started_push(m.addr, "s/slow", &data, 9 << 20);
     let mut upload = None;
     wait_for("the first part stored", || {
         upload = multipart_uploads(weed, "slow-push/data/").pop();

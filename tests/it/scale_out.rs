@@ -191,15 +191,7 @@ fn a_tag_raced_from_three_nodes_has_one_winner() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(
-        statuses.iter().filter(|&&s| s == 201).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert!(
-        statuses.iter().all(|&s| s == 201 || s == 412),
-        "{statuses:?}"
-    );
+    one_winner(&statuses, 201, 412);
     let tags = servers[2].client().get("/v2/race/app/tags/list").json();
     assert_eq!(tags["tags"], serde_json::json!(["t"]));
 }
@@ -1465,16 +1457,7 @@ fn first_chunks_raced_on_one_upload_from_three_nodes_leave_one_winner() {
             .collect();
         chunks.into_iter().map(|c| c.join().unwrap()).collect()
     });
-    assert_eq!(
-        statuses.iter().filter(|&&s| s == 202).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert!(
-        statuses.iter().all(|&s| s == 202 || s == 416),
-        "{statuses:?}"
-    );
-    let won = &bodies[statuses.iter().position(|&s| s == 202).unwrap()];
+    let won = &bodies[one_winner(&statuses, 202, 416)];
     wait_for("the losers' multipart uploads aborted", || {
         crate::s3_gc::multipart_uploads(weed, "hammer-upload/").len() == 1
     });
@@ -1517,15 +1500,7 @@ fn the_store_killed_mid_push_is_503_and_nothing_half_written_shows() {
     // A 40 MiB push and the session's next chunk, each half sent when the store dies.
     let blob = noise(82, 40 << 20);
     let d = sha256(&blob);
-    let mut push = Client::connect(node.addr);
-    push.send_raw(
-        format!(
-            "POST /v2/mid/app/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-            blob.len()
-        )
-        .as_bytes(),
-    );
-    push.send_raw(&blob[..20 << 20]);
+    let mut push = started_push(node.addr, "mid/app", &blob, 20 << 20);
     let next = &session[acked..];
     let mut chunk = Client::connect(node.addr);
     chunk.send_raw(

@@ -548,6 +548,33 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// A new connection that has sent the head of a one-request push of `body` to `repo` and its
+/// first `sent` bytes, the rest still to send.
+pub fn started_push(addr: std::net::SocketAddr, repo: &str, body: &[u8], sent: usize) -> Client {
+    let mut c = Client::connect(addr);
+    c.send_raw(
+        format!(
+            "POST /v2/{repo}/blobs/uploads/?digest={} HTTP/1.1\r\nHost: test\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            sha256(body),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.send_raw(&body[..sent]);
+    c
+}
+
+/// Racing requests' statuses: exactly one is `won` and every other `lost`. The winner's index.
+pub fn one_winner(statuses: &[u16], won: u16, lost: u16) -> usize {
+    let winners = statuses.iter().filter(|&&s| s == won).count();
+    assert_eq!(winners, 1, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&s| s == won || s == lost),
+        "{statuses:?}"
+    );
+    statuses.iter().position(|&s| s == won).unwrap()
+}
+
 /// One series of `s`'s `/metrics` (`name{labels}` exactly as exposed).
 pub fn metric(s: &Server, series: &str) -> f64 {
     let text = s.client().get("/metrics").body_text();
