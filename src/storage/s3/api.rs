@@ -523,13 +523,17 @@ impl ObjectStore {
             action.with_start_after(a.as_str());
         }
         action.with_max_keys(max.clamp(1, 1000));
-        let url = action.sign(SIGNED_FOR);
+        let text = self.listing(action.sign(SIGNED_FOR)).await?;
+        Ok(parse_listing(&text, &self.prefix)?)
+    }
+
+    /// The XML a signed listing `url` answers with (counted as a `list`; bounded).
+    async fn listing(&self, url: url::Url) -> Result<Vec<u8>, S3Error> {
         let resp = self.send(4, "GET", url, Vec::new(), Payload::NONE).await?;
         if resp.status != 200 {
             return Err(failure(resp).await);
         }
-        let text = resp.body.bytes(MAX_SMALL_BODY).await?;
-        Ok(parse_listing(&text, &self.prefix)?)
+        Ok(resp.body.bytes(MAX_SMALL_BODY).await?)
     }
 }
 

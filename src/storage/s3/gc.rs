@@ -287,13 +287,7 @@ impl ObjectBackend {
                 report.stopped_early = true;
                 break;
             }
-            let id = o.key.trim_start_matches("data/");
-            if self.store.head(&format!("uploads/{id}")).await?.is_some() {
-                continue;
-            }
-            if let Some(h) = self.store.head(&data_hold_key(&o.key)).await?
-                && maybe_after(h.modified, sweep.cutoff)
-            {
+            if self.data_in_use(&o.key, sweep.cutoff).await? {
                 continue;
             }
             if !sweep.opts.dry_run {
@@ -427,6 +421,17 @@ impl ObjectBackend {
 }
 
 impl ObjectBackend {
+    /// Whether `data/<id>` is still someone's: its upload session `uploads/<id>` exists, or a
+    /// data hold written after `cutoff` says a push is completing it.
+    async fn data_in_use(&self, data_key: &str, cutoff: u64) -> Result<bool> {
+        let id = data_key.trim_start_matches("data/");
+        if self.store.head(&upload_key(id)).await?.is_some() {
+            return Ok(true);
+        }
+        let hold = self.store.head(&data_hold_key(data_key)).await?;
+        Ok(hold.is_some_and(|h| maybe_after(h.modified, cutoff)))
+    }
+
     /// Multipart uploads nothing will complete, aborted with their parts: begun by a chunk that
     /// failed or lost its session's compare-and-swap, by a push whose client went away, or by a
     /// node killed mid-upload (none of which any object names). One on `data/<id>` is left to
@@ -448,17 +453,11 @@ impl ObjectBackend {
                 if maybe_after(u.initiated, cutoff) {
                     continue;
                 }
-                let id = u.key.trim_start_matches("data/");
-                if self.store.head(&format!("uploads/{id}")).await?.is_some() {
+                if self.data_in_use(&u.key, cutoff).await? {
                     continue;
                 }
                 if let Some(t) = self.store.newest_part(&u.key, &u.upload_id).await?
                     && maybe_after(t, cutoff)
-                {
-                    continue;
-                }
-                if let Some(h) = self.store.head(&data_hold_key(&u.key)).await?
-                    && maybe_after(h.modified, cutoff)
                 {
                     continue;
                 }

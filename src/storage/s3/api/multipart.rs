@@ -127,12 +127,7 @@ impl ObjectStore {
             query.insert("key-marker", self.key(key));
             query.insert("upload-id-marker", upload_id.to_owned());
         }
-        let url = action.sign(SIGNED_FOR);
-        let resp = self.send(4, "GET", url, Vec::new(), Payload::NONE).await?;
-        if resp.status != 200 {
-            return Err(failure(resp).await);
-        }
-        let text = resp.body.bytes(MAX_SMALL_BODY).await?;
+        let text = self.listing(action.sign(SIGNED_FOR)).await?;
         Ok(parse_multipart_uploads(&text, &self.prefix)?)
     }
 
