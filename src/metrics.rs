@@ -461,6 +461,11 @@ impl Metrics {
                 c.seconds
             );
         }
+        let (renewed, failed, expires) = crate::storage::s3::credentials::renewals();
+        let _ = writeln!(
+            out,
+            "# HELP wharf_objectstore_credential_renewals_total Times the object store's credentials were replaced (renewed from the STS, or read again from changed files) or failed to be.\n# TYPE wharf_objectstore_credential_renewals_total counter\nwharf_objectstore_credential_renewals_total{{outcome=\"ok\"}} {renewed}\nwharf_objectstore_credential_renewals_total{{outcome=\"failed\"}} {failed}\n# HELP wharf_objectstore_credentials_expiry_timestamp_seconds When the object store's temporary credentials expire (0: keys that do not).\n# TYPE wharf_objectstore_credentials_expiry_timestamp_seconds gauge\nwharf_objectstore_credentials_expiry_timestamp_seconds {expires}"
+        );
         let _ = writeln!(
             out,
             "# HELP wharf_s3_part_bytes_in_flight Bytes of multipart parts being uploaded to the object store, all pushes (each push up to 3 parts at once while the total stays under {} bytes; a push always has one).\n# TYPE wharf_s3_part_bytes_in_flight gauge\nwharf_s3_part_bytes_in_flight {}",

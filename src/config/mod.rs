@@ -85,9 +85,15 @@ impl Config {
         };
         resolve(&mut cfg.storage.root);
         if let Some(s3) = cfg.storage.s3.as_mut() {
-            for p in [&mut s3.secret_access_key_file, &mut s3.ca_bundle]
-                .into_iter()
-                .flatten()
+            for p in [
+                &mut s3.access_key_id_file,
+                &mut s3.secret_access_key_file,
+                &mut s3.session_token_file,
+                &mut s3.web_identity_token_file,
+                &mut s3.ca_bundle,
+            ]
+            .into_iter()
+            .flatten()
             {
                 resolve(p);
             }

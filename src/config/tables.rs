@@ -61,8 +61,10 @@ pub enum StorageBackend {
 }
 
 /// `[storage.s3]`: an S3-compatible bucket. Credentials come from `access_key_id` and
-/// `secret_access_key_file`, else from the environment (`AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`).
+/// `secret_access_key_file` (+ `session_token_file`), or from `role_arn` and
+/// `web_identity_token_file` through the store's STS, else from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; or `AWS_ROLE_ARN` and
+/// `AWS_WEB_IDENTITY_TOKEN_FILE`). Files are read again when they change.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3StorageConfig {
@@ -84,9 +86,26 @@ pub struct S3StorageConfig {
     pub path_style: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_key_id: Option<String>,
+    /// A file holding the key id instead (for keys an agent renews: it changes with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_file: Option<PathBuf>,
     /// A file holding the secret key (surrounding whitespace ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_access_key_file: Option<PathBuf>,
+    /// A file holding a session token for temporary credentials (with the key id and secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token_file: Option<PathBuf>,
+    /// The role to assume with `web_identity_token_file` (STS `AssumeRoleWithWebIdentity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// A file holding an OIDC token (a Kubernetes service-account token, a CI job's ID token),
+    /// read again at each renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity_token_file: Option<PathBuf>,
+    /// The STS endpoint for `role_arn`. Default: `endpoint` (SeaweedFS, MinIO and Ceph serve STS
+    /// on their S3 port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_endpoint: Option<String>,
     /// Blob GETs answer 307 to a presigned URL of the object store (clients fetch the bytes
     /// from it directly). Default `false`: bytes stream through wharf.
     #[serde(default)]

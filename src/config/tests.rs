@@ -311,6 +311,38 @@ fn storage_s3_errors_name_the_key() {
             "storage.s3.secret_access_key_file",
         ),
         (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}access_key_id = \"k\"\naccess_key_id_file = \"k\"\nsecret_access_key_file = \"s\"\n",
+            "storage.s3.access_key_id_file",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}secret_access_key_file = \"s\"\n",
+            "storage.s3.access_key_id",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}session_token_file = \"t\"\n",
+            "storage.s3.session_token_file",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}role_arn = \"arn:aws:iam::role/r\"\n",
+            "storage.s3.web_identity_token_file",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}web_identity_token_file = \"t\"\n",
+            "storage.s3.role_arn",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}role_arn = \" \"\nweb_identity_token_file = \"t\"\n",
+            "storage.s3.role_arn",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}role_arn = \"r\"\nweb_identity_token_file = \"t\"\naccess_key_id = \"k\"\nsecret_access_key_file = \"s\"\n",
+            "storage.s3.role_arn",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}sts_endpoint = \"sts.example\"\n",
+            "storage.s3.sts_endpoint",
+        ),
+        (
             "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}redirect_ttl = \"200h\"\n",
             "storage.s3.redirect_ttl",
         ),

@@ -321,20 +321,66 @@ impl Config {
         if s3.prefix.starts_with('/') {
             return invalid("storage.s3.prefix", "must not start with /");
         }
-        match (&s3.access_key_id, &s3.secret_access_key_file) {
-            (Some(_), None) => {
+        let key_id = s3.access_key_id.is_some() || s3.access_key_id_file.is_some();
+        if s3.access_key_id.is_some() && s3.access_key_id_file.is_some() {
+            return invalid(
+                "storage.s3.access_key_id_file",
+                "and storage.s3.access_key_id both give the key id: keep one",
+            );
+        }
+        match (key_id, &s3.secret_access_key_file) {
+            (true, None) => {
                 return invalid(
                     "storage.s3.secret_access_key_file",
-                    "must be set with storage.s3.access_key_id",
+                    "must be set with storage.s3.access_key_id (or access_key_id_file)",
+                );
+            }
+            (false, Some(_)) => {
+                return invalid(
+                    "storage.s3.access_key_id",
+                    "(or access_key_id_file) must be set with storage.s3.secret_access_key_file",
+                );
+            }
+            _ => {}
+        }
+        if s3.session_token_file.is_some() && !key_id {
+            return invalid(
+                "storage.s3.session_token_file",
+                "is the token of temporary keys: set it with storage.s3.access_key_id (or access_key_id_file) and secret_access_key_file",
+            );
+        }
+        match (&s3.role_arn, &s3.web_identity_token_file) {
+            (Some(_), None) => {
+                return invalid(
+                    "storage.s3.web_identity_token_file",
+                    "must be set with storage.s3.role_arn",
                 );
             }
             (None, Some(_)) => {
                 return invalid(
-                    "storage.s3.access_key_id",
-                    "must be set with storage.s3.secret_access_key_file",
+                    "storage.s3.role_arn",
+                    "must be set with storage.s3.web_identity_token_file",
+                );
+            }
+            (Some(arn), Some(_)) if arn.trim().is_empty() => {
+                return invalid("storage.s3.role_arn", "must not be empty");
+            }
+            (Some(_), Some(_)) if key_id => {
+                return invalid(
+                    "storage.s3.role_arn",
+                    "and storage.s3.access_key_id are two sources of credentials: keep one",
                 );
             }
             _ => {}
+        }
+        if let Some(sts) = &s3.sts_endpoint {
+            let url = url::Url::parse(sts).ok();
+            if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()) {
+                return invalid(
+                    "storage.s3.sts_endpoint",
+                    "must be an http:// or https:// URL",
+                );
+            }
         }
         if s3.redirect_ttl.is_zero() || s3.redirect_ttl > Duration::from_secs(7 * 86_400) {
             return invalid(

@@ -29,6 +29,7 @@ mod registry_api;
 mod reload;
 mod revocation;
 mod s3;
+mod s3_credentials;
 mod s3_gc;
 mod s3_lost_answers;
 mod scale_out;

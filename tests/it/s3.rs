@@ -36,6 +36,7 @@ fn config(endpoint: String) -> S3Config {
         prefix: "registry/".into(),
         access_key_id: seaweed::ACCESS_KEY.into(),
         secret_access_key: seaweed::SECRET_KEY.into(),
+        session_token: None,
         connect_timeout: Duration::from_secs(5),
         io_timeout: Duration::from_secs(30),
     }

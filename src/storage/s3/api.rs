@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
+use std::sync::Arc;
+
+use super::credentials::Keys;
 use crate::client::{self, Endpoint, Payload, Request, Response};
 
 pub use super::parse::{
@@ -40,6 +43,8 @@ pub struct S3Config {
     pub prefix: String,
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// With temporary keys.
+    pub session_token: Option<String>,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
 }
@@ -153,7 +158,7 @@ pub struct Listed {
 /// The bucket, ready to use from any worker.
 pub struct ObjectStore {
     bucket: Bucket,
-    credentials: Credentials,
+    keys: Arc<Keys>,
     endpoint: Endpoint,
     prefix: String,
 }
@@ -224,7 +229,12 @@ impl ObjectStore {
         };
         Ok(ObjectStore {
             bucket,
-            credentials: Credentials::new(&cfg.access_key_id, &cfg.secret_access_key),
+            keys: Arc::new(Keys::new(match &cfg.session_token {
+                Some(t) => {
+                    Credentials::new_with_token(&cfg.access_key_id, &cfg.secret_access_key, t)
+                }
+                None => Credentials::new(&cfg.access_key_id, &cfg.secret_access_key),
+            })),
             endpoint: Endpoint {
                 addr,
                 host,
@@ -234,6 +244,11 @@ impl ObjectStore {
             },
             prefix: cfg.prefix.clone(),
         })
+    }
+
+    /// The keys requests are signed with (renewed by `credentials`).
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
     }
 
     fn key(&self, key: &str) -> String {
@@ -287,7 +302,7 @@ impl ObjectStore {
     pub async fn now(&self) -> Result<u64, S3Error> {
         let url = self
             .bucket
-            .head_bucket(Some(&self.credentials))
+            .head_bucket(Some(&self.keys.current()))
             .sign(SIGNED_FOR);
         let resp = self.send(2, "HEAD", url, Vec::new(), Payload::NONE).await?;
         resp.header("Date")
@@ -303,7 +318,7 @@ impl ObjectStore {
     pub async fn probe(&self) -> Result<(), S3Error> {
         let url = self
             .bucket
-            .head_bucket(Some(&self.credentials))
+            .head_bucket(Some(&self.keys.current()))
             .sign(SIGNED_FOR);
         let resp = self.send(2, "HEAD", url, Vec::new(), Payload::NONE).await?;
         match resp.status {
@@ -339,7 +354,8 @@ impl ObjectStore {
         cond: Cond<'_>,
     ) -> Result<Result<String, Refused>, S3Error> {
         let key = self.key(key);
-        let action = self.bucket.put_object(Some(&self.credentials), &key);
+        let keys = self.keys.current();
+        let action = self.bucket.put_object(Some(&keys), &key);
         let header = match cond {
             Cond::None => None,
             Cond::Absent => Some(("If-None-Match", "*".to_owned())),
@@ -371,7 +387,7 @@ impl ObjectStore {
         let key = self.key(key);
         let url = self
             .bucket
-            .get_object(Some(&self.credentials), &key)
+            .get_object(Some(&self.keys.current()), &key)
             .sign(SIGNED_FOR);
         let resp = self.send(1, "GET", url, Vec::new(), Payload::NONE).await?;
         match resp.status {
@@ -403,7 +419,7 @@ impl ObjectStore {
         let key = self.key(key);
         let url = self
             .bucket
-            .get_object(Some(&self.credentials), &key)
+            .get_object(Some(&self.keys.current()), &key)
             .sign(SIGNED_FOR);
         let range = format!("bytes={offset}-{}", offset + len - 1);
         let resp = self
@@ -423,7 +439,7 @@ impl ObjectStore {
     pub fn presigned_get(&self, key: &str, ttl: Duration) -> String {
         let key = self.key(key);
         self.bucket
-            .get_object(Some(&self.credentials), &key)
+            .get_object(Some(&self.keys.current()), &key)
             .sign(ttl)
             .to_string()
     }
@@ -433,7 +449,7 @@ impl ObjectStore {
         let key = self.key(key);
         let url = self
             .bucket
-            .head_object(Some(&self.credentials), &key)
+            .head_object(Some(&self.keys.current()), &key)
             .sign(SIGNED_FOR);
         let resp = self.send(2, "HEAD", url, Vec::new(), Payload::NONE).await?;
         match resp.status {
@@ -478,7 +494,8 @@ impl ObjectStore {
         if_match: Option<&str>,
     ) -> Result<Result<(), Refused>, S3Error> {
         let full = self.key(key);
-        let action = self.bucket.delete_object(Some(&self.credentials), &full);
+        let keys = self.keys.current();
+        let action = self.bucket.delete_object(Some(&keys), &full);
         let header = if_match.map(|e| ("If-Match", e.to_owned()));
         let url = action.sign(SIGNED_FOR);
         let resp = self
@@ -516,7 +533,8 @@ impl ObjectStore {
         max: usize,
     ) -> Result<(Vec<Listed>, bool), S3Error> {
         let full = self.key(prefix);
-        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+        let keys = self.keys.current();
+        let mut action = self.bucket.list_objects_v2(Some(&keys));
         action.with_prefix(full.as_str());
         let after = start_after.map(|a| self.key(a));
         if let Some(a) = &after {

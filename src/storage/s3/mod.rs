@@ -29,6 +29,7 @@
 
 pub mod api;
 mod blobs;
+pub mod credentials;
 mod evict;
 mod fsck;
 mod gc;
@@ -296,26 +297,7 @@ impl ObjectBackend {
 /// The bucket `[storage.s3]` names, checked to answer with the credentials (blocking: startup
 /// and `check-config`). Errors name the key at fault.
 pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<ObjectStore, String> {
-    let (key_id, secret) = match (&cfg.access_key_id, &cfg.secret_access_key_file) {
-        (Some(id), Some(file)) => {
-            let secret = std::fs::read_to_string(file).map_err(|e| {
-                format!("storage.s3.secret_access_key_file {}: {e}", file.display())
-            })?;
-            (id.clone(), secret.trim().to_owned())
-        }
-        _ => {
-            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-            match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-                (Some(id), Some(secret)) => (id, secret),
-                _ => {
-                    return Err("storage.s3: no credentials; set access_key_id and secret_access_key_file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment".into());
-                }
-            }
-        }
-    };
-    if secret.is_empty() {
-        return Err("storage.s3.secret_access_key_file: the file is empty".into());
-    }
+    let (source, creds) = credentials::load(cfg)?;
     let store = ObjectStore::new(&api::S3Config {
         endpoint: cfg.endpoint.clone(),
         path_style: cfg.path_style,
@@ -323,8 +305,9 @@ pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<Obje
         region: cfg.region.clone(),
         bucket: cfg.bucket.clone(),
         prefix: cfg.prefix.clone(),
-        access_key_id: key_id,
-        secret_access_key: secret,
+        access_key_id: creds.key().to_owned(),
+        secret_access_key: creds.secret().to_owned(),
+        session_token: creds.token().map(str::to_owned),
         connect_timeout: cfg.io_timeout.min(Duration::from_secs(5)),
         io_timeout: cfg.io_timeout,
     })?;
@@ -343,11 +326,15 @@ pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<Obje
         ),
         S3Error::Precondition => "storage.s3: unexpected answer to a bucket probe".into(),
     })?;
+    source
+        .keep_current(Arc::clone(store.keys()))
+        .map_err(|e| format!("storage.s3: the thread renewing credentials: {e}"))?;
     Ok(store)
 }
 
 /// The fuzz check of what the backend reads back from the store: upload sessions and blob
-/// pointers decode or are refused, and what decodes encodes back to an equal value.
+/// pointers decode or are refused, and what decodes encodes back to an equal value; STS answers
+/// give complete credentials or an error.
 #[doc(hidden)]
 pub fn fuzz_stored(data: &[u8]) {
     if let Some(s) = writer::Session::decode(data) {
@@ -360,6 +347,9 @@ pub fn fuzz_stored(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = api::parse_time(text);
         let _ = api::parse_http_date(text);
+    }
+    if let Ok(issued) = parse::parse_sts(data) {
+        assert!(!issued.key_id.is_empty() && !issued.secret.is_empty() && !issued.token.is_empty());
     }
 }
 

@@ -121,6 +121,37 @@ pub fn parse_parts(body: &[u8]) -> io::Result<(Option<u64>, Option<u16>)> {
     Ok((newest, next))
 }
 
+/// Temporary credentials an STS answered with.
+#[derive(Debug, PartialEq)]
+pub(super) struct Issued {
+    pub key_id: String,
+    pub secret: String,
+    pub token: String,
+    /// Seconds since the epoch.
+    pub expires: u64,
+}
+
+/// An `AssumeRoleWithWebIdentity` answer: the credentials, or what is missing from it.
+pub(super) fn parse_sts(body: &[u8]) -> Result<Issued, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the answer is not UTF-8".to_owned())?;
+    let creds = elements(text, "Credentials")
+        .into_iter()
+        .next()
+        .ok_or("the answer has no <Credentials>")?;
+    let field = |name: &str| match elements(creds, name).first() {
+        Some(v) if !v.trim().is_empty() => Ok(unescape(v.trim())),
+        _ => Err(format!("the answer's <Credentials> has no {name}")),
+    };
+    let expiration = field("Expiration")?;
+    Ok(Issued {
+        key_id: field("AccessKeyId")?,
+        secret: field("SecretAccessKey")?,
+        token: field("SessionToken")?,
+        expires: parse_time(&expiration)
+            .ok_or_else(|| format!("the answer's Expiration {expiration:?} is not a time"))?,
+    })
+}
+
 /// The inner text of each `<name>…</name>` in `text`, in order (`name` not nested in itself).
 fn elements<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
     let (open, close) = (format!("<{name}>"), format!("</{name}>"));
@@ -306,6 +337,33 @@ mod tests {
         assert_eq!(parse_parts(unreadable).unwrap(), (Some(UNKNOWN_TIME), None));
         let cut = b"<ListPartsResult><IsTruncated>true</IsTruncated></ListPartsResult>";
         assert!(parse_parts(cut).is_err());
+    }
+
+    #[test]
+    fn sts_answers_give_the_credentials_or_say_what_is_missing() {
+        let ok = br#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>ASIA1</AccessKeyId><SecretAccessKey>s/e+c=</SecretAccessKey><SessionToken>t&amp;k</SessionToken><Expiration>2026-12-04T18:22:36Z</Expiration></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"#;
+        assert_eq!(
+            parse_sts(ok),
+            Ok(Issued {
+                key_id: "ASIA1".into(),
+                secret: "s/e+c=".into(),
+                token: "t&k".into(),
+                expires: parse_time("2026-12-04T18:22:36Z").unwrap(),
+            })
+        );
+        let no_token =
+            String::from_utf8_lossy(ok).replace("<SessionToken>t&amp;k</SessionToken>", "");
+        assert_eq!(
+            parse_sts(no_token.as_bytes()),
+            Err("the answer's <Credentials> has no SessionToken".into())
+        );
+        let bad_time = String::from_utf8_lossy(ok).replace("2026-12-04T18:22:36Z", "soon");
+        assert!(
+            parse_sts(bad_time.as_bytes())
+                .unwrap_err()
+                .contains("\"soon\" is not a time")
+        );
+        assert!(parse_sts(b"<Error/>").is_err());
     }
 
     #[test]

@@ -13,16 +13,24 @@ pub const SECRET_KEY: &str = "wharf-test-secret";
 pub const BUCKET: &str = "wharf";
 /// A second key, with the same secret, that may only read and list the bucket.
 pub const READ_ONLY_KEY: &str = "wharf-test-reader";
+/// With `start_sts`: the role a web identity token may assume, the audience the token must
+/// name, and how long the temporary keys the STS issues for it last.
+pub const ROLE_ARN: &str = "arn:aws:iam::role/wharf";
+pub const AUDIENCE: &str = "wharf";
+pub const STS_LIFETIME: Duration = Duration::from_secs(15);
 
 pub struct Seaweed {
     child: Child,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     dir: tempfile::TempDir,
     /// The S3 gateway's port on 127.0.0.1.
     pub s3_port: u16,
     log: PathBuf,
     /// With TLS on the S3 port: the CA its certificate chains to.
     tls_ca: Option<PathBuf>,
+    /// Directories its flags name, removed with it.
+    kept: Vec<tempfile::TempDir>,
 }
 
 /// The bucket answers a signed request (the gateway starts after master, volume and filer);
@@ -94,7 +102,50 @@ impl Seaweed {
         Seaweed::start_inner(extra, None)
     }
 
+    /// With its STS on the S3 port: `AssumeRoleWithWebIdentity` gives keys for `ROLE_ARN`
+    /// (everything on the bucket, for `STS_LIFETIME`) to a token for `AUDIENCE` signed by the
+    /// OIDC issuer at `issuer` (its certificate chains to `ca`).
+    pub fn start_sts(issuer: &str, ca: &std::path::Path) -> Seaweed {
+        let dir = tempfile::tempdir().unwrap();
+        let iam = dir.path().join("iam.json");
+        let config = serde_json::json!({
+            "sts": {
+                "tokenDuration": format!("{}s", STS_LIFETIME.as_secs()),
+                "maxSessionLength": "1h",
+                "issuer": "seaweedfs-sts",
+                "signingKey": "d2hhcmYtdGVzdHMtc3RzLXNpZ25pbmcta2V5LTMyYg==",
+            },
+            "providers": [{"name": "tests", "type": "oidc", "enabled": true, "config": {
+                "issuer": issuer, "clientId": AUDIENCE, "jwksUri": format!("{issuer}/jwks"),
+            }}],
+            "policy": {"defaultEffect": "Deny", "storeType": "memory"},
+            "roles": [{"roleName": "wharf", "roleArn": ROLE_ARN, "attachedPolicies": ["bucket"],
+                "trustPolicy": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                    "Principal": {"Federated": "tests"},
+                    "Action": ["sts:AssumeRoleWithWebIdentity"]}]}}],
+            "policies": [{"name": "bucket", "document": {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": ["s3:*"], "Resource": [
+                    format!("arn:aws:s3:::{BUCKET}"), format!("arn:aws:s3:::{BUCKET}/*")]},
+                {"Effect": "Allow", "Action": ["sts:ValidateSession"], "Resource": ["*"]}]}}],
+        });
+        std::fs::write(&iam, config.to_string()).unwrap();
+        let flag = format!("-s3.iam.config={}", iam.display());
+        // Go reads the issuer's CA from here to fetch its keys.
+        let env = [("SSL_CERT_FILE".to_owned(), ca.display().to_string())];
+        let mut weed = Seaweed::start_inner_env(&[&flag], None, &env);
+        weed.keep(dir);
+        weed
+    }
+
     fn start_inner(extra: &[&str], tls_ca: Option<PathBuf>) -> Seaweed {
+        Seaweed::start_inner_env(extra, tls_ca, &[])
+    }
+
+    fn start_inner_env(
+        extra: &[&str],
+        tls_ca: Option<PathBuf>,
+        env: &[(String, String)],
+    ) -> Seaweed {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("s3.json");
         std::fs::write(
@@ -144,14 +195,16 @@ impl Seaweed {
                 args.push(format!("-{p}={}", free_port()));
             }
             let _ = std::fs::remove_file(&log);
-            let mut child = Seaweed::spawn(&args, &log);
+            let mut child = Seaweed::spawn(&args, env, &log);
             let endpoint = endpoint(s3_port, tls_ca.is_some());
             match wait_ready(&mut child, &endpoint, tls_ca.as_deref(), &log) {
                 Ok(()) => {
                     return Seaweed {
                         child,
                         args,
+                        env: env.to_vec(),
                         dir,
+                        kept: Vec::new(),
                         s3_port,
                         log,
                         tls_ca,
@@ -167,8 +220,9 @@ impl Seaweed {
         panic!("SeaweedFS did not start in five tries:\n{failures}");
     }
 
-    fn spawn(args: &[String], log: &std::path::Path) -> Child {
+    fn spawn(args: &[String], env: &[(String, String)], log: &std::path::Path) -> Child {
         let mut cmd = Command::new(super::tool("weed"));
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         // The shared instance outlives every test: it dies with the test process.
         unsafe {
             use std::os::unix::process::CommandExt;
@@ -194,7 +248,7 @@ impl Seaweed {
 
     /// Start the store again after `kill`, on the same ports and data.
     pub fn restart(&mut self) {
-        self.child = Seaweed::spawn(&self.args, &self.log);
+        self.child = Seaweed::spawn(&self.args, &self.env, &self.log);
         let endpoint = self.endpoint();
         if let Err(e) = wait_ready(
             &mut self.child,
@@ -208,6 +262,28 @@ impl Seaweed {
 
     pub fn endpoint(&self) -> String {
         endpoint(self.s3_port, self.tls_ca.is_some())
+    }
+
+    fn keep(&mut self, dir: tempfile::TempDir) {
+        self.kept.push(dir);
+    }
+
+    /// `AssumeRoleWithWebIdentity` for `ROLE_ARN` with `token`, as a workload would call it:
+    /// the HTTP status and the answer's body.
+    pub fn assume_role(&self, token: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-X", "POST"])
+            .args(["--data-urlencode", "Action=AssumeRoleWithWebIdentity"])
+            .args(["--data-urlencode", "Version=2011-06-15"])
+            .args(["--data-urlencode", &format!("RoleArn={ROLE_ARN}")])
+            .args(["--data-urlencode", "RoleSessionName=test"])
+            .args(["--data-urlencode", &format!("WebIdentityToken={token}")])
+            .arg(format!("{}/", self.endpoint()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+        (status.trim().parse().unwrap_or(0), body.to_owned())
     }
 
     /// `curl` for the object under `key` in the bucket, signed; options may follow.

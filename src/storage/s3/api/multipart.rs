@@ -17,7 +17,7 @@ impl ObjectStore {
         let key = self.key(key);
         let url = self
             .bucket
-            .create_multipart_upload(Some(&self.credentials), &key)
+            .create_multipart_upload(Some(&self.keys.current()), &key)
             .sign(SIGNED_FOR);
         let resp = self.send(5, "POST", url, Vec::new(), Payload::NONE).await?;
         if resp.status != 200 {
@@ -41,7 +41,7 @@ impl ObjectStore {
         let key = self.key(key);
         let url = self
             .bucket
-            .upload_part(Some(&self.credentials), &key, n, upload_id)
+            .upload_part(Some(&self.keys.current()), &key, n, upload_id)
             .sign(SIGNED_FOR);
         let resp = self
             .send(6, "PUT", url, Vec::new(), Payload::Given(body))
@@ -62,8 +62,9 @@ impl ObjectStore {
         etags: &[String],
     ) -> Result<(), S3Error> {
         let key = self.key(key);
+        let keys = self.keys.current();
         let action = self.bucket.complete_multipart_upload(
-            Some(&self.credentials),
+            Some(&keys),
             &key,
             upload_id,
             etags.iter().map(String::as_str),
@@ -94,7 +95,7 @@ impl ObjectStore {
         let key = self.key(key);
         let url = self
             .bucket
-            .abort_multipart_upload(Some(&self.credentials), &key, upload_id)
+            .abort_multipart_upload(Some(&self.keys.current()), &key, upload_id)
             .sign(SIGNED_FOR);
         let resp = self
             .send(5, "DELETE", url, Vec::new(), Payload::NONE)
@@ -116,7 +117,8 @@ impl ObjectStore {
         after: Option<(&str, &str)>,
     ) -> Result<(Vec<Pending>, bool), S3Error> {
         // rusty-s3 has no ListMultipartUploads: a bucket GET signed the same way, with its query.
-        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+        let keys = self.keys.current();
+        let mut action = self.bucket.list_objects_v2(Some(&keys));
         let query = action.query_mut();
         query.remove("list-type");
         query.remove("encoding-type");
@@ -137,13 +139,10 @@ impl ObjectStore {
         let key = self.key(key);
         let mut newest = None;
         let mut marker = None;
+        let keys = self.keys.current();
         loop {
-            let mut action = rusty_s3::actions::ListParts::new(
-                &self.bucket,
-                Some(&self.credentials),
-                &key,
-                upload_id,
-            );
+            let mut action =
+                rusty_s3::actions::ListParts::new(&self.bucket, Some(&keys), &key, upload_id);
             if let Some(m) = marker {
                 action.set_part_number_marker(m);
             }
