@@ -1,6 +1,6 @@
 //! The bucket's keys change under a running node: temporary keys that SeaweedFS's STS issues
 //! for a web identity token are renewed before they expire, and keys an agent rewrites in files
-//! are read again. A real SeaweedFS with its STS, trusting the tests' OIDC issuer (TLS, test CA),
+//! are read again, and redirects carry the session token. A real SeaweedFS with its STS, trusting the tests' OIDC issuer (TLS, test CA),
 //! whose temporary keys last `seaweed::STS_LIFETIME`.
 
 use std::process::Command;
@@ -241,4 +241,52 @@ fn keys_an_agent_rewrites_in_files_are_used_without_a_restart() {
     });
     sleep_past(first.3);
     still_serves(&node, &before, &layer);
+}
+
+/// With `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE` in its environment (as EKS sets them)
+/// and no keys in its config, a node gets its keys from the STS; its redirects carry the session
+/// token, and curl and crane follow them to the blob.
+#[test]
+fn a_web_identity_from_the_environment_signs_redirects_with_its_session_token() {
+    let sts = sts();
+    let token_file = sts.dir.path().join("token");
+    std::fs::write(&token_file, sts.token()).unwrap();
+    let storage = sts.node_storage("from-env/", "redirect = true\n");
+    let token_path = token_file.display().to_string();
+    let node = Server::start_with_env(
+        "io_uring",
+        &storage,
+        &[
+            ("AWS_ROLE_ARN", seaweed::ROLE_ARN),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_path),
+        ],
+    );
+    let mut c = node.client();
+    let layer = noise(3, 300_000);
+    let image = push_image(&mut c, "ci/app", "v1", &layer);
+    let d = sha256(&layer);
+    let r = c.get(&format!("/v2/ci/app/blobs/{d}"));
+    assert_eq!(r.status, 307, "{}", r.body_text());
+    let location = r.header("Location").unwrap();
+    assert!(location.contains("X-Amz-Security-Token="), "{location}");
+    let fetched = Command::new("curl")
+        .args(["-sSf", location])
+        .output()
+        .unwrap();
+    assert!(fetched.status.success(), "{fetched:?}");
+    assert!(fetched.stdout == layer, "the presigned URL serves the blob");
+    let work = tempfile::tempdir().unwrap();
+    run_ok(Command::new(tool("crane")).args([
+        "pull",
+        "--insecure",
+        "--format=oci",
+        &format!("{}/ci/app:v1", node.host()),
+        &work.path().join("img").display().to_string(),
+    ]));
+    let digest = run_ok(Command::new(tool("crane")).args([
+        "digest",
+        "--insecure",
+        &format!("{}/ci/app:v1", node.host()),
+    ]));
+    assert_eq!(digest.trim(), image);
 }
