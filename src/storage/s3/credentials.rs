@@ -25,24 +25,28 @@ use crate::config::S3StorageConfig;
 /// The credentials requests are signed with; only the renewing thread replaces them.
 pub struct Keys {
     cell: crate::reload::Cell<Credentials>,
+    /// Which `Keys` a thread's copy belongs to (an address could be reused by a later one).
+    id: u64,
 }
 
 thread_local! {
     /// This thread's copy of the last keys it used: (which `Keys`, generation, keys).
-    static SEEN: RefCell<Option<(usize, u64, Arc<Credentials>)>> = const { RefCell::new(None) };
+    static SEEN: RefCell<Option<(u64, u64, Arc<Credentials>)>> = const { RefCell::new(None) };
 }
 
 impl Keys {
     pub fn new(credentials: Credentials) -> Keys {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         Keys {
             cell: crate::reload::Cell::new(credentials),
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// Hot path: the keys to sign with (the shared copy is read only after a renewal).
     pub fn current(&self) -> Arc<Credentials> {
         let generation = self.cell.generation();
-        let me = self as *const Keys as usize;
+        let me = self.id;
         SEEN.with(|seen| {
             let mut seen = seen.borrow_mut();
             if let Some((who, g, keys)) = seen.as_ref()
@@ -366,6 +370,20 @@ mod tests {
         let cfg = crate::config::Config::parse_str(&text).unwrap();
         cfg.validate().unwrap();
         cfg.storage.s3.unwrap()
+    }
+
+    #[test]
+    fn a_thread_sees_each_replacement_and_never_another_stores_keys() {
+        for round in 0..3 {
+            // Likely at the address the last round's keys had, at the same generation.
+            let keys = Arc::new(Keys::new(Credentials::new(format!("k{round}"), "1")));
+            assert_eq!(keys.current().key(), format!("k{round}"));
+            keys.replace(Credentials::new(format!("k{round}-renewed"), "2"));
+            assert_eq!(keys.current().key(), format!("k{round}-renewed"));
+            drop(keys);
+            let other = Arc::new(Keys::new(Credentials::new("other", "1")));
+            assert_eq!(other.current().key(), "other");
+        }
     }
 
     #[test]
