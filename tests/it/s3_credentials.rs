@@ -290,3 +290,65 @@ fn a_web_identity_from_the_environment_signs_redirects_with_its_session_token() 
     ]));
     assert_eq!(digest.trim(), image);
 }
+
+/// Poll `ok` every 100 ms for up to `secs` seconds (renewals happen on the keys' own schedule).
+fn wait_secs(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < until,
+            "not within {secs} s: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A renewal that fails (here the token file is emptied) keeps the keys held before while they
+/// last, counts as failed, logs why, and is retried: the first retry after the token is back
+/// renews the keys, and the node serves past the first keys' expiry.
+#[test]
+fn a_failed_renewal_keeps_the_keys_held_and_is_retried() {
+    let sts = sts();
+    let token_file = sts.dir.path().join("token");
+    std::fs::write(&token_file, sts.token()).unwrap();
+    let storage = sts.node_storage(
+        "retried/",
+        &format!(
+            "role_arn = \"{}\"\nweb_identity_token_file = \"{}\"\n",
+            seaweed::ROLE_ARN,
+            token_file.display()
+        ),
+    );
+    let node = Server::start_with("io_uring", &storage);
+    let first_expiry = metric(
+        &node,
+        "wharf_objectstore_credentials_expiry_timestamp_seconds",
+    ) as i64;
+    let layer = noise(4, 1 << 20);
+    let before = push_image(&mut node.client(), "ci/app", "before", &layer);
+
+    std::fs::write(&token_file, "").unwrap();
+    let failed = "wharf_objectstore_credential_renewals_total{outcome=\"failed\"}";
+    let renewed = "wharf_objectstore_credential_renewals_total{outcome=\"ok\"}";
+    wait_secs("a renewal fails", 20, || metric(&node, failed) >= 1.0);
+    assert_eq!(metric(&node, renewed), 0.0);
+    assert!(
+        node.log().contains("web identity token file") && node.log().contains("empty"),
+        "{}",
+        node.log()
+    );
+    // The keys held still last: pushes go on.
+    push_image(
+        &mut node.client(),
+        "ci/app",
+        "meanwhile",
+        &noise(5, 200 << 10),
+    );
+
+    std::fs::write(&token_file, sts.token()).unwrap();
+    wait_secs("a retry renews the keys", 20, || {
+        metric(&node, renewed) >= 1.0
+    });
+    sleep_past(first_expiry);
+    still_serves(&node, &before, &layer);
+}
