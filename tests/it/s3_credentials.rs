@@ -352,3 +352,33 @@ fn a_failed_renewal_keeps_the_keys_held_and_is_retried() {
     sleep_past(first_expiry);
     still_serves(&node, &before, &layer);
 }
+
+/// Keys in the environment, with `AWS_SESSION_TOKEN` for temporary ones: the node signs with
+/// all three (without the token the store refuses them and startup says so).
+#[test]
+fn keys_from_the_environment_carry_their_session_token() {
+    let sts = sts();
+    let (id, secret, token, _) = sts.keys();
+    let storage = sts.node_storage("env-keys/", "");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+        ("AWS_SESSION_TOKEN", token.as_str()),
+    ];
+    let node = Server::start_with_env("io_uring", &storage, &env);
+    push_image(&mut node.client(), "ci/app", "v1", &noise(6, 200 << 10));
+    assert_eq!(
+        metric(
+            &node,
+            "wharf_objectstore_credentials_expiry_timestamp_seconds"
+        ),
+        0.0,
+        "wharf is not told when keys from the environment expire"
+    );
+
+    let (ok, out) = node.run_wharf_with_env(["check-config"].as_slice(), &env[..2]);
+    assert!(!ok, "keys without their token were accepted: {out}");
+    assert!(out.contains("storage.s3"), "{out}");
+    let (ok, out) = node.run_wharf_with_env(["check-config"].as_slice(), &env);
+    assert!(ok, "{out}");
+}
