@@ -84,20 +84,24 @@ pub fn renewals() -> (u64, u64, u64) {
 pub enum Source {
     /// The environment's static keys: nothing to renew.
     Fixed,
-    /// The key id (or its file) and the files of the secret and the session token.
-    Files {
-        key_id: KeyId,
-        secret: PathBuf,
-        token: Option<PathBuf>,
-    },
+    Files(KeyFiles),
     WebIdentity(WebIdentity),
 }
 
-pub enum KeyId {
+/// Keys read from files, and read again when the files change.
+pub struct KeyFiles {
+    key_id: KeyId,
+    secret: PathBuf,
+    token: Option<PathBuf>,
+}
+
+/// `access_key_id`, or the file `access_key_id_file` names.
+enum KeyId {
     Given(String),
     File(PathBuf),
 }
 
+/// Temporary keys for a role, from the STS for the token a file holds.
 pub struct WebIdentity {
     role_arn: String,
     token_file: PathBuf,
@@ -137,13 +141,13 @@ pub fn load(cfg: &S3StorageConfig) -> Result<(Source, Credentials), String> {
                 .secret_access_key_file
                 .clone()
                 .expect("validated: set with the key id");
-            let source = Source::Files {
+            let files = KeyFiles {
                 key_id,
                 secret,
                 token: cfg.session_token_file.clone(),
             };
-            let creds = source.read_files()?;
-            (source, creds)
+            let creds = files.read()?;
+            (Source::Files(files), creds)
         }
         (None, Some(arn)) => {
             let file = cfg.web_identity_token_file.clone();
@@ -182,16 +186,13 @@ fn read_trimmed(path: &std::path::Path, key: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-impl Source {
-    fn read_files(&self) -> Result<Credentials, String> {
-        let Source::Files {
+impl KeyFiles {
+    fn read(&self) -> Result<Credentials, String> {
+        let KeyFiles {
             key_id,
             secret,
             token,
-        } = self
-        else {
-            unreachable!("only file sources are read")
-        };
+        } = self;
         let key_id = match key_id {
             KeyId::Given(id) => id.clone(),
             KeyId::File(f) => read_trimmed(f, "storage.s3.access_key_id_file")?,
@@ -206,16 +207,18 @@ impl Source {
             None => Credentials::new(key_id, secret),
         })
     }
+}
 
+impl Source {
     /// Keep `keys` current from here on, on a thread of its own.
     pub fn keep_current(self, keys: Arc<Keys>) -> std::io::Result<()> {
         match self {
             Source::Fixed => Ok(()),
-            Source::Files { .. } => {
+            Source::Files(files) => {
                 let last = Mutex::new((keys.current(), String::new()));
                 crate::reload::watch("wharf-s3-keys", move || {
                     let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-                    match self.read_files() {
+                    match files.read() {
                         Ok(now) if !same(&now, &last.0) => {
                             tracing::info!("storage.s3: credentials read again from their files");
                             let now = Arc::new(now);
