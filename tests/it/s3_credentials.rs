@@ -57,6 +57,25 @@ impl Sts {
         )
     }
 
+    /// A node on the bucket under `prefix` with `role_arn` and a token file holding a token;
+    /// the file's path, to rotate or break the token.
+    fn role_node(&self, prefix: &str) -> (Server, std::path::PathBuf) {
+        let token_file = self
+            .dir
+            .path()
+            .join(format!("{}token", prefix.replace('/', "-")));
+        std::fs::write(&token_file, self.token()).unwrap();
+        let storage = self.node_storage(
+            prefix,
+            &format!(
+                "role_arn = \"{}\"\nweb_identity_token_file = \"{}\"\n",
+                seaweed::ROLE_ARN,
+                token_file.display()
+            ),
+        );
+        (Server::start_with("io_uring", &storage), token_file)
+    }
+
     /// Temporary keys from the STS, as an agent would get them: id, secret, token and when
     /// they expire (seconds since the epoch).
     fn keys(&self) -> (String, String, String, i64) {
@@ -116,17 +135,7 @@ fn still_serves(node: &Server, before: &str, layer: &[u8]) {
 #[test]
 fn a_node_on_a_web_identity_renews_its_keys_before_they_expire() {
     let sts = sts();
-    let token_file = sts.dir.path().join("token");
-    std::fs::write(&token_file, sts.token()).unwrap();
-    let storage = sts.node_storage(
-        "web-identity/",
-        &format!(
-            "role_arn = \"{}\"\nweb_identity_token_file = \"{}\"\n",
-            seaweed::ROLE_ARN,
-            token_file.display()
-        ),
-    );
-    let node = Server::start_with("io_uring", &storage);
+    let (node, token_file) = sts.role_node("web-identity/");
     let expiry = "wharf_objectstore_credentials_expiry_timestamp_seconds";
     let first_expiry = metric(&node, expiry) as i64;
     let lifetime = seaweed::STS_LIFETIME.as_secs() as i64;
@@ -275,20 +284,8 @@ fn a_web_identity_from_the_environment_signs_redirects_with_its_session_token() 
         .unwrap();
     assert!(fetched.status.success(), "{fetched:?}");
     assert!(fetched.stdout == layer, "the presigned URL serves the blob");
-    let work = tempfile::tempdir().unwrap();
-    run_ok(Command::new(tool("crane")).args([
-        "pull",
-        "--insecure",
-        "--format=oci",
-        &format!("{}/ci/app:v1", node.host()),
-        &work.path().join("img").display().to_string(),
-    ]));
-    let digest = run_ok(Command::new(tool("crane")).args([
-        "digest",
-        "--insecure",
-        &format!("{}/ci/app:v1", node.host()),
-    ]));
-    assert_eq!(digest.trim(), image);
+    let digest = crane_pull_digest(&format!("{}/ci/app:v1", node.host()));
+    assert_eq!(digest, image);
 }
 
 /// Poll `ok` every 100 ms for up to `secs` seconds (renewals happen on the keys' own schedule).
@@ -309,17 +306,7 @@ fn wait_secs(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 #[test]
 fn a_failed_renewal_keeps_the_keys_held_and_is_retried() {
     let sts = sts();
-    let token_file = sts.dir.path().join("token");
-    std::fs::write(&token_file, sts.token()).unwrap();
-    let storage = sts.node_storage(
-        "retried/",
-        &format!(
-            "role_arn = \"{}\"\nweb_identity_token_file = \"{}\"\n",
-            seaweed::ROLE_ARN,
-            token_file.display()
-        ),
-    );
-    let node = Server::start_with("io_uring", &storage);
+    let (node, token_file) = sts.role_node("retried/");
     let first_expiry = metric(
         &node,
         "wharf_objectstore_credentials_expiry_timestamp_seconds",

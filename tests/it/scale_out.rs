@@ -557,20 +557,8 @@ fn blob_gets_redirect_to_presigned_urls() {
         .unwrap();
     assert!(fetched.status.success(), "{fetched:?}");
     assert!(fetched.stdout == layer, "the presigned URL serves the blob");
-    let work = tempfile::tempdir().unwrap();
-    run_ok(Command::new(tool("crane")).args([
-        "pull",
-        "--insecure",
-        "--format=oci",
-        &format!("{}/r/app:v1", node.host()),
-        &work.path().join("img").display().to_string(),
-    ]));
-    let digest = run_ok(Command::new(tool("crane")).args([
-        "digest",
-        "--insecure",
-        &format!("{}/r/app:v1", node.host()),
-    ]));
-    assert_eq!(digest.trim(), image);
+    let digest = crane_pull_digest(&format!("{}/r/app:v1", node.host()));
+    assert_eq!(digest, image);
 }
 
 /// A node on an `https` object store with a private CA (`ca_bundle`): a multipart push, a chunked

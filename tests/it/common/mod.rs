@@ -748,6 +748,21 @@ pub fn tool(name: &str) -> PathBuf {
     })
 }
 
+/// `crane pull` of `image` (over plain HTTP) into a scratch directory, then `crane digest` of
+/// it: the manifest digest, for comparing with the one pushed.
+pub fn crane_pull_digest(image: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    run_ok(Command::new(tool("crane")).args([
+        "pull",
+        "--insecure",
+        "--format=oci",
+        image,
+        &work.path().join("img").display().to_string(),
+    ]));
+    let digest = run_ok(Command::new(tool("crane")).args(["digest", "--insecure", image]));
+    digest.trim().to_owned()
+}
+
 /// Wait until `ok` holds (polled every 20 ms), failing the test if it never does within 10 s: for
 /// state the server reaches on its own time (a close noticed, a reload applied), never a sleep.
 pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
