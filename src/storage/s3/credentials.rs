@@ -215,22 +215,25 @@ impl Source {
         match self {
             Source::Fixed => Ok(()),
             Source::Files(files) => {
-                let last = Mutex::new((keys.current(), String::new()));
+                // The last failure, warned about once.
+                let failure = Mutex::new(String::new());
                 crate::reload::watch("wharf-s3-keys", move || {
-                    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
                     match files.read() {
-                        Ok(now) if !same(&now, &last.0) => {
-                            tracing::info!("storage.s3: credentials read again from their files");
-                            let now = Arc::new(now);
-                            keys.replace(Credentials::clone(&now));
-                            RENEWED.fetch_add(1, Ordering::Relaxed);
-                            *last = (now, String::new());
+                        Ok(now) => {
+                            if now != *keys.current() {
+                                tracing::info!(
+                                    "storage.s3: credentials read again from their files"
+                                );
+                                keys.replace(now);
+                                RENEWED.fetch_add(1, Ordering::Relaxed);
+                            }
+                            failure.clear();
                         }
-                        Ok(_) => last.1.clear(),
-                        Err(e) if e != last.1 => {
+                        Err(e) if e != *failure => {
                             tracing::warn!("{e}; requests go on with the credentials read before");
                             FAILED.fetch_add(1, Ordering::Relaxed);
-                            last.1 = e;
+                            *failure = e;
                         }
                         Err(_) => {}
                     }
@@ -242,10 +245,6 @@ impl Source {
                 .map(|_| ()),
         }
     }
-}
-
-fn same(a: &Credentials, b: &Credentials) -> bool {
-    a.key() == b.key() && a.secret() == b.secret() && a.token() == b.token()
 }
 
 impl WebIdentity {
