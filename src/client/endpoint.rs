@@ -52,22 +52,26 @@ pub fn endpoint(
     })
 }
 
+/// The first address of `host` (a bare IPv6 literal or a name) at `port`, from the system
+/// resolver: blocking, so for startup and threads that are not workers.
+pub fn resolve_now(host: &str, port: u16) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))
+}
+
 /// The address of `url`'s host, resolved on the blocking pool (the system resolver blocks).
 pub async fn resolve(url: &url::Url) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs as _;
     let host = url.host_str().ok_or_else(|| format!("{url}: no host"))?;
     let lookup = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
     let port = url.port_or_known_default().unwrap_or(80);
-    crate::blocking::run(move || {
-        (lookup.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("{lookup}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{lookup}: no address"))
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    crate::blocking::run(move || resolve_now(&lookup, port))
+        .await
+        .map_err(|e| e.to_string())?
 }

@@ -18,7 +18,7 @@ use crate::net::tls::{HandshakeError, TlsStream};
 use crate::net::{ConnError, timed_read};
 
 mod endpoint;
-pub use endpoint::{Endpoint, endpoint, resolve};
+pub use endpoint::{Endpoint, endpoint, resolve, resolve_now};
 
 /// Idle connections kept per endpoint and worker thread.
 const IDLE_PER_ENDPOINT: usize = 32;

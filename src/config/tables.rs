@@ -128,6 +128,14 @@ pub struct S3StorageConfig {
     pub io_timeout: Duration,
 }
 
+impl S3StorageConfig {
+    /// How long a new connection to the store (or its STS) may take: 5 s, or `io_timeout` if
+    /// shorter.
+    pub fn connect_timeout(&self) -> Duration {
+        self.io_timeout.min(Duration::from_secs(5))
+    }
+}
+
 fn default_region() -> String {
     "us-east-1".into()
 }

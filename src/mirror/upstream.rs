@@ -5,7 +5,6 @@
 //! sent and what is not cached answers 503.
 
 use std::collections::HashMap;
-use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -146,11 +145,8 @@ impl Upstream {
             None
         };
         let endpoint = client::endpoint(&url, cfg.timeout, tls.clone(), |host, port| {
-            (host, port)
-                .to_socket_addrs()
-                .map_err(|e| format!("{} {:?}: {host}: {e}", key("url"), cfg.url))?
-                .next()
-                .ok_or_else(|| format!("{} {:?}: {host}: no address", key("url"), cfg.url))
+            client::resolve_now(host, port)
+                .map_err(|e| format!("{} {:?}: {e}", key("url"), cfg.url))
         })?;
         let basic = match (&cfg.username, &cfg.password_file) {
             (Some(user), Some(file)) => {

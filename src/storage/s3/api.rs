@@ -8,7 +8,6 @@
 mod multipart;
 
 use std::io;
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -218,11 +217,8 @@ impl ObjectStore {
         } else {
             None
         };
-        let addr = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| format!("storage.s3.endpoint {:?}: {host}: {e}", cfg.endpoint))?
-            .next()
-            .ok_or_else(|| format!("storage.s3.endpoint {:?}: {host}: no address", cfg.endpoint))?;
+        let addr = client::resolve_now(host, port)
+            .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?;
         let host = match base.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_owned(),

@@ -266,17 +266,9 @@ impl WebIdentity {
             ),
             _ => None,
         };
-        let resolve = |host: &str, port| {
-            use std::net::ToSocketAddrs as _;
-            (host, port)
-                .to_socket_addrs()
-                .map_err(|e| e.to_string())?
-                .next()
-                .ok_or_else(|| "no address".to_owned())
-        };
-        let mut sts = client::endpoint(&url, cfg.io_timeout, tls, resolve)
+        let mut sts = client::endpoint(&url, cfg.io_timeout, tls, client::resolve_now)
             .map_err(|e| format!("{key} {text:?}: {e}"))?;
-        sts.connect_timeout = cfg.io_timeout.min(Duration::from_secs(5));
+        sts.connect_timeout = cfg.connect_timeout();
         Ok(WebIdentity {
             role_arn,
             token_file,

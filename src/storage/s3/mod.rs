@@ -308,7 +308,7 @@ pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<Obje
         access_key_id: creds.key().to_owned(),
         secret_access_key: creds.secret().to_owned(),
         session_token: creds.token().map(str::to_owned),
-        connect_timeout: cfg.io_timeout.min(Duration::from_secs(5)),
+        connect_timeout: cfg.connect_timeout(),
         io_timeout: cfg.io_timeout,
     })?;
     off_worker(store.probe()).map_err(|e| match e {
