@@ -185,6 +185,10 @@ fn object_store_operations_on_seaweedfs(driver: &str) {
         .err()
         .unwrap();
     assert!(bad.starts_with("storage.s3.endpoint"), "{bad}");
+    // An IPv6 literal comes bracketed in the URL and resolves without its brackets.
+    if let Err(e) = ObjectStore::new(&config("http://[::1]:1".into())) {
+        panic!("an IPv6 literal endpoint: {e}");
+    }
 }
 
 /// A pooled keep-alive connection the store closed while idle is noticed when the next request

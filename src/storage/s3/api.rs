@@ -203,13 +203,13 @@ impl ObjectStore {
         let base = bucket.base_url();
         let host = base.host_str().expect("a bucket URL has a host");
         let port = base.port_or_known_default().unwrap_or(80);
+        // An IPv6 literal comes bracketed in URLs, bare in certificates and to the resolver.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
         let tls = if https {
             let config =
                 crate::tls::client_config(cfg.ca_bundle.as_deref(), "storage.s3.ca_bundle")
                     .map_err(|e| e.to_string())?;
-            // An IPv6 literal comes bracketed in URLs, bare in certificates.
-            let name = host.trim_start_matches('[').trim_end_matches(']');
-            let name = rustls_pki_types::ServerName::try_from(name.to_owned())
+            let name = rustls_pki_types::ServerName::try_from(bare.to_owned())
                 .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?;
             Some((config, name))
         } else if cfg.ca_bundle.is_some() {
@@ -217,7 +217,7 @@ impl ObjectStore {
         } else {
             None
         };
-        let addr = client::resolve_now(host, port)
+        let addr = client::resolve_now(bare, port)
             .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?;
         let host = match base.port() {
             Some(p) => format!("{host}:{p}"),
