@@ -200,29 +200,20 @@ impl ObjectStore {
             })?;
         // Requests go where the bucket's URL points: the endpoint's host, or with virtual-hosted
         // buckets `<bucket>.<host>` (resolved, sent as `Host` and verified in TLS as such).
-        let base = bucket.base_url();
-        let host = base.host_str().expect("a bucket URL has a host");
-        let port = base.port_or_known_default().unwrap_or(80);
-        // An IPv6 literal comes bracketed in URLs, bare in certificates and to the resolver.
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
         let tls = if https {
-            let config =
+            Some(
                 crate::tls::client_config(cfg.ca_bundle.as_deref(), "storage.s3.ca_bundle")
-                    .map_err(|e| e.to_string())?;
-            let name = rustls_pki_types::ServerName::try_from(bare.to_owned())
-                .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?;
-            Some((config, name))
+                    .map_err(|e| e.to_string())?,
+            )
         } else if cfg.ca_bundle.is_some() {
             return Err("storage.s3.ca_bundle: only used with an https:// endpoint".into());
         } else {
             None
         };
-        let addr = client::resolve_now(bare, port)
-            .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?;
-        let host = match base.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_owned(),
-        };
+        let mut endpoint =
+            client::endpoint(bucket.base_url(), cfg.io_timeout, tls, client::resolve_now)
+                .map_err(|e| format!("storage.s3.endpoint {:?}: {e}", cfg.endpoint))?;
+        endpoint.connect_timeout = cfg.connect_timeout;
         Ok(ObjectStore {
             bucket,
             keys: Arc::new(Keys::new(match &cfg.session_token {
@@ -231,13 +222,7 @@ impl ObjectStore {
                 }
                 None => Credentials::new(&cfg.access_key_id, &cfg.secret_access_key),
             })),
-            endpoint: Endpoint {
-                addr,
-                host,
-                connect_timeout: cfg.connect_timeout,
-                io_timeout: cfg.io_timeout,
-                tls,
-            },
+            endpoint,
             prefix: cfg.prefix.clone(),
         })
     }
