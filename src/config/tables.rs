@@ -106,6 +106,13 @@ pub struct S3StorageConfig {
     /// on their S3 port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sts_endpoint: Option<String>,
+    /// Server-side encryption of every object wharf writes: `"AES256"` (SSE-S3, keys the store
+    /// manages) or `"aws:kms"` (SSE-KMS). Default: none asked for (the bucket's default applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_side_encryption: Option<String>,
+    /// The KMS key for `"aws:kms"`: its id, ARN or alias. Default: the store's default KMS key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
     /// Blob GETs answer 307 to a presigned URL of the object store (clients fetch the bytes
     /// from it directly). Default `false`: bytes stream through wharf.
     #[serde(default)]

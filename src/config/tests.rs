@@ -358,6 +358,26 @@ fn storage_s3_errors_name_the_key() {
             "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"http://h:1\"\nbucket = \"\"\n",
             "storage.s3.bucket",
         ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}server_side_encryption = \"aes256\"\n",
+            "storage.s3.server_side_encryption",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}kms_key_id = \"k\"\n",
+            "storage.s3.kms_key_id",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}server_side_encryption = \"AES256\"\nkms_key_id = \"k\"\n",
+            "storage.s3.kms_key_id",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}server_side_encryption = \"aws:kms\"\nkms_key_id = \"my key\"\n",
+            "storage.s3.kms_key_id",
+        ),
+        (
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}server_side_encryption = \"aws:kms\"\nkms_key_id = \"\"\n",
+            "storage.s3.kms_key_id",
+        ),
     ];
     for (text, key) in cases {
         let text = text.replace("{base}", base);
@@ -370,6 +390,14 @@ fn storage_s3_errors_name_the_key() {
         base.replace("http:", "https:")
     );
     Config::parse_str(&https).unwrap().validate().unwrap();
+    for sse in [
+        "server_side_encryption = \"AES256\"\n",
+        "server_side_encryption = \"aws:kms\"\n",
+        "server_side_encryption = \"aws:kms\"\nkms_key_id = \"arn:aws:kms:eu-west-1:1:key/k\"\n",
+    ] {
+        let text = format!("[storage]\nbackend = \"s3\"\n[storage.s3]\n{base}{sse}");
+        Config::parse_str(&text).unwrap().validate().unwrap();
+    }
     let virtual_hosted = "[storage]\nbackend = \"s3\"\n[storage.s3]\nendpoint = \"https://s3.example:1\"\nbucket = \"b-1\"\npath_style = false\n";
     Config::parse_str(virtual_hosted)
         .unwrap()

@@ -382,6 +382,29 @@ impl Config {
                 );
             }
         }
+        match s3.server_side_encryption.as_deref() {
+            None | Some("AES256" | "aws:kms") => {}
+            Some(_) => {
+                return invalid(
+                    "storage.s3.server_side_encryption",
+                    "must be \"AES256\" (keys the store manages) or \"aws:kms\" (a KMS key)",
+                );
+            }
+        }
+        if s3.kms_key_id.is_some() && s3.server_side_encryption.as_deref() != Some("aws:kms") {
+            return invalid(
+                "storage.s3.kms_key_id",
+                "is only used with storage.s3.server_side_encryption = \"aws:kms\"",
+            );
+        }
+        if let Some(key) = &s3.kms_key_id
+            && (key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return invalid(
+                "storage.s3.kms_key_id",
+                "must be a KMS key id, ARN or alias: not empty, without spaces or control characters",
+            );
+        }
         if s3.redirect_ttl.is_zero() || s3.redirect_ttl > Duration::from_secs(7 * 86_400) {
             return invalid(
                 "storage.s3.redirect_ttl",

@@ -37,6 +37,7 @@ fn config(endpoint: String) -> S3Config {
         access_key_id: seaweed::ACCESS_KEY.into(),
         secret_access_key: seaweed::SECRET_KEY.into(),
         session_token: None,
+        encryption: Default::default(),
         connect_timeout: Duration::from_secs(5),
         io_timeout: Duration::from_secs(30),
     }

@@ -5,7 +5,10 @@
 //! the signature, the payload is unsigned); the condition headers travel unsigned beside them
 //! (SeaweedFS 4.48 refuses a presigned request whose signature covers `If-None-Match`).
 
+mod encryption;
 mod multipart;
+
+pub use encryption::Encryption;
 
 use std::io;
 use std::time::Duration;
@@ -44,6 +47,8 @@ pub struct S3Config {
     pub secret_access_key: String,
     /// With temporary keys.
     pub session_token: Option<String>,
+    /// How the store encrypts what wharf writes.
+    pub encryption: Encryption,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
 }
@@ -160,6 +165,7 @@ pub struct ObjectStore {
     keys: Arc<Keys>,
     endpoint: Endpoint,
     prefix: String,
+    encryption: Encryption,
 }
 
 impl ObjectStore {
@@ -224,7 +230,13 @@ impl ObjectStore {
             })),
             endpoint,
             prefix: cfg.prefix.clone(),
+            encryption: cfg.encryption.clone(),
         })
+    }
+
+    /// How the store encrypts what wharf writes.
+    pub fn encryption(&self) -> &Encryption {
+        &self.encryption
     }
 
     /// The keys requests are signed with (renewed by `credentials`).
@@ -336,21 +348,15 @@ impl ObjectStore {
     ) -> Result<Result<String, Refused>, S3Error> {
         let key = self.key(key);
         let keys = self.keys.current();
-        let action = self.bucket.put_object(Some(&keys), &key);
-        let header = match cond {
-            Cond::None => None,
-            Cond::Absent => Some(("If-None-Match", "*".to_owned())),
-            Cond::Etag(e) => Some(("If-Match", e.to_owned())),
-        };
-        let url = action.sign(SIGNED_FOR);
+        let mut headers = self.encryption.headers();
+        let url = encryption::signed(self.bucket.put_object(Some(&keys), &key), &headers);
+        match cond {
+            Cond::None => {}
+            Cond::Absent => headers.push(("If-None-Match", "*".to_owned())),
+            Cond::Etag(e) => headers.push(("If-Match", e.to_owned())),
+        }
         let resp = self
-            .send(
-                0,
-                "PUT",
-                url,
-                header.into_iter().collect(),
-                Payload::Lent(body),
-            )
+            .send(0, "PUT", url, headers, Payload::Lent(body))
             .await?;
         let resent = resp.resent;
         match resp.status {

@@ -71,6 +71,9 @@ const MAX_SESSION: usize = writer::PART + (1 << 20);
 /// How long a request waits for a collector deciding about a blob, and how often it looks.
 const DOOM_WAIT: Duration = Duration::from_secs(10);
 const DOOM_POLL: Duration = Duration::from_millis(25);
+/// The object a node writes and deletes at startup to check the store applies the encryption
+/// asked for (outside every prefix the backend lists).
+const ENCRYPTION_PROBE: &str = "probes/encryption";
 /// How long a bucket probe answers `/readyz`, and the longest it waits for the store.
 const PROBE_FOR: Duration = Duration::from_secs(2);
 
@@ -308,6 +311,7 @@ pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<Obje
         access_key_id: creds.key().to_owned(),
         secret_access_key: creds.secret().to_owned(),
         session_token: creds.token().map(str::to_owned),
+        encryption: encryption(cfg)?,
         connect_timeout: cfg.connect_timeout(),
         io_timeout: cfg.io_timeout,
     })?;
@@ -326,10 +330,38 @@ pub fn connect(cfg: &crate::config::S3StorageConfig) -> std::result::Result<Obje
         ),
         S3Error::Precondition => "storage.s3: unexpected answer to a bucket probe".into(),
     })?;
+    if store.encryption() != &api::Encryption::Bucket {
+        off_worker(store.check_encryption(ENCRYPTION_PROBE)).map_err(|e| {
+            let key = match cfg.kms_key_id {
+                Some(_) => "storage.s3.kms_key_id",
+                None => "storage.s3.server_side_encryption",
+            };
+            format!(
+                "{key}: a test write with server-side encryption {:?} failed (check that the \
+                 store supports it, that the KMS key exists and that these credentials may \
+                 use it): {e}",
+                cfg.server_side_encryption.as_deref().unwrap_or_default()
+            )
+        })?;
+    }
     source
         .keep_current(Arc::clone(store.keys()))
         .map_err(|e| format!("storage.s3: the thread renewing credentials: {e}"))?;
     Ok(store)
+}
+
+/// `storage.s3.server_side_encryption` (with `kms_key_id`), validated at load.
+fn encryption(
+    cfg: &crate::config::S3StorageConfig,
+) -> std::result::Result<api::Encryption, String> {
+    match cfg.server_side_encryption.as_deref() {
+        None => Ok(api::Encryption::Bucket),
+        Some("AES256") => Ok(api::Encryption::Aes256),
+        Some("aws:kms") => Ok(api::Encryption::Kms(cfg.kms_key_id.clone())),
+        Some(other) => Err(format!(
+            "storage.s3.server_side_encryption {other:?}: must be \"AES256\" or \"aws:kms\""
+        )),
+    }
 }
 
 /// The fuzz check of what the backend reads back from the store: upload sessions and blob

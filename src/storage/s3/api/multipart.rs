@@ -15,11 +15,13 @@ impl ObjectStore {
     /// Start a multipart upload to `key`; its upload id.
     pub async fn create_multipart(&self, key: &str) -> Result<String, S3Error> {
         let key = self.key(key);
-        let url = self
-            .bucket
-            .create_multipart_upload(Some(&self.keys.current()), &key)
-            .sign(SIGNED_FOR);
-        let resp = self.send(5, "POST", url, Vec::new(), Payload::NONE).await?;
+        let keys = self.keys.current();
+        let headers = self.encryption.headers();
+        let url = super::encryption::signed(
+            self.bucket.create_multipart_upload(Some(&keys), &key),
+            &headers,
+        );
+        let resp = self.send(5, "POST", url, headers, Payload::NONE).await?;
         if resp.status != 200 {
             return Err(failure(resp).await);
         }
