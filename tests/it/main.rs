@@ -30,6 +30,7 @@ mod reload;
 mod revocation;
 mod s3;
 mod s3_credentials;
+mod s3_encryption;
 mod s3_gc;
 mod s3_lost_answers;
 mod scale_out;

@@ -1346,7 +1346,7 @@ fn a_blob_uploaded_twice_keeps_one_copy() {
 }
 
 /// The keys under `prefix` in the bucket (one `ListObjectsV2` page).
-fn bucket_keys(weed: &Seaweed, prefix: &str) -> Vec<String> {
+pub(crate) fn bucket_keys(weed: &Seaweed, prefix: &str) -> Vec<String> {
     let query = format!("?list-type=2&prefix={}", prefix.replace('/', "%2F"));
     let listing = String::from_utf8(bucket_curl(weed, &query, &[])).unwrap();
     assert!(listing.contains("<ListBucketResult"), "{listing}");

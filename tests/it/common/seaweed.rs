@@ -132,26 +132,34 @@ impl Seaweed {
         let flag = format!("-s3.iam.config={}", iam.display());
         // Go reads the issuer's CA from here to fetch its keys.
         let env = [("SSL_CERT_FILE".to_owned(), ca.display().to_string())];
-        let mut weed = Seaweed::start_inner_env(&[&flag], None, &env);
+        let mut weed = Seaweed::start_inner_env(&[&flag], None, &env, "");
         weed.keep(dir);
         weed
     }
 
-    fn start_inner(extra: &[&str], tls_ca: Option<PathBuf>) -> Seaweed {
-        Seaweed::start_inner_env(extra, tls_ca, &[])
+    /// With SeaweedFS's local KMS: SSE-KMS writes name any key id, made on first use.
+    pub fn start_kms() -> Seaweed {
+        let kms = r#","kms":{"default_provider":"local","providers":{"local":{"type":"local","enableOnDemandCreate":true}}}"#;
+        Seaweed::start_inner_env(&[], None, &[], kms)
     }
 
+    fn start_inner(extra: &[&str], tls_ca: Option<PathBuf>) -> Seaweed {
+        Seaweed::start_inner_env(extra, tls_ca, &[], "")
+    }
+
+    /// `s3_json` is appended to the gateway's configuration object (after its identities).
     fn start_inner_env(
         extra: &[&str],
         tls_ca: Option<PathBuf>,
         env: &[(String, String)],
+        s3_json: &str,
     ) -> Seaweed {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("s3.json");
         std::fs::write(
             &config,
             format!(
-                r#"{{"identities":[{{"name":"wharf","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}},{{"name":"reader","credentials":[{{"accessKey":"{READ_ONLY_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Read","List"]}}]}}"#
+                r#"{{"identities":[{{"name":"wharf","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}},{{"name":"reader","credentials":[{{"accessKey":"{READ_ONLY_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Read","List"]}}]{s3_json}}}"#
             ),
         )
         .unwrap();
