@@ -461,6 +461,11 @@ impl Metrics {
                 c.seconds
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP wharf_objectstore_retries_total Requests to the object store sent again after a throttling answer (503, 429; for reads also 500, 502, 504), at most three times each.\n# TYPE wharf_objectstore_retries_total counter\nwharf_objectstore_retries_total {}",
+            crate::storage::s3::api::retries()
+        );
         let (renewed, failed, expires) = crate::storage::s3::credentials::renewals();
         let _ = writeln!(
             out,

@@ -38,6 +38,7 @@ pub struct Request<'a> {
 /// A request body. Bytes the caller lends go out copied behind the head (one write, for small
 /// bodies); bytes it hands over go out as they are after the head (no copy of a multipart part,
 /// and no second part-sized buffer per request in flight).
+#[derive(Clone)]
 pub enum Payload<'a> {
     Lent(&'a [u8]),
     Given(bytes::Bytes),

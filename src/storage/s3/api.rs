@@ -7,8 +7,10 @@
 
 mod encryption;
 mod multipart;
+mod retry;
 
 pub use encryption::Encryption;
+pub use retry::retries;
 
 use std::io;
 use std::time::Duration;
@@ -249,7 +251,7 @@ impl ObjectStore {
     }
 
     /// Send a signed request for operation `OPS[op]`, counting it (an answer other than
-    /// success, 404 or 412 counts as failed).
+    /// success, 404 or 412 counts as failed); sent again after a throttling answer (`retry`).
     async fn send(
         &self,
         op: usize,
@@ -258,22 +260,36 @@ impl ObjectStore {
         headers: Vec<(&str, String)>,
         body: Payload<'_>,
     ) -> Result<Response, S3Error> {
-        let started = std::time::Instant::now();
-        // Boxed: a request to the store is one allocation beside the network round trip, and the
-        // exchange (TLS included) stays out of the future of every connection task.
-        let sent = Box::pin(self.exchange(method, url, headers, body)).await;
-        let failed = match &sent {
-            Ok(r) => !matches!(r.status, 200..=299 | 404 | 412),
-            Err(_) => true,
-        };
-        count(op, started, failed);
-        sent
+        let mut tries = 0;
+        loop {
+            let started = std::time::Instant::now();
+            // Boxed: a request to the store is one allocation beside the network round trip,
+            // and the exchange (TLS included) stays out of the future of every connection task.
+            let sent = Box::pin(self.exchange(method, &url, headers.clone(), body.clone())).await;
+            let failed = match &sent {
+                Ok(r) => !matches!(r.status, 200..=299 | 404 | 412),
+                Err(_) => true,
+            };
+            count(op, started, failed);
+            let mut resp = sent?;
+            match retry::again(method, resp.status, tries) {
+                Some(wait) => {
+                    drain(resp).await;
+                    monoio::time::sleep(wait).await;
+                    tries += 1;
+                }
+                None => {
+                    resp.resent |= tries > 0;
+                    return Ok(resp);
+                }
+            }
+        }
     }
 
     async fn exchange(
         &self,
         method: &str,
-        url: url::Url,
+        url: &url::Url,
         headers: Vec<(&str, String)>,
         body: Payload<'_>,
     ) -> Result<Response, S3Error> {
