@@ -5,10 +5,11 @@
 //! makes once must then still count as made: the blob it acknowledged reads back, the upload it
 //! opened continues, the chunk it added counts, the collection it locked runs, the tag it set is
 //! answered 201, and the object fsck --repair moved stays in quarantine. The relay can also go
-//! silent (a partition, a hung store): requests then answer 503 after `storage.s3.io_timeout`.
+//! silent (a partition, a hung store): requests then answer 503 after `storage.s3.io_timeout`;
+//! or throttle (`503 SlowDown`): requests are then sent again before a client is answered.
 
 use crate::common::gate::PartGate;
-use crate::common::seaweed::Seaweed;
+use crate::common::seaweed::{self, Seaweed};
 use crate::common::*;
 use crate::scale_out::{bucket_curl, on_bucket, patch};
 
@@ -274,4 +275,59 @@ fn a_silent_store_is_503_after_the_io_timeout_and_loses_nothing() {
     push_image(&mut c, "silent/app", "v2", &noise(95, 1000));
     let (ok, out) = node.run_wharf(&["fsck"]);
     assert!(ok, "fsck found a problem after the silence:\n{out}");
+}
+
+/// A store that throttles (`503 SlowDown`, as S3 does under a burst) is asked again before a
+/// client hears of it: a blob GET and a tag write each throttled twice are answered as if nothing
+/// had happened, the retries counted; a blob's pointer throttled past the three retries makes
+/// its GET answer `503` with `Retry-After` after exactly four attempts, and the next GET reads
+/// the blob.
+#[test]
+fn a_throttling_store_is_asked_again_before_a_client_hears_of_it() {
+    let weed = Seaweed::shared();
+    let (node, gate) = node_behind_relay(weed, "throttled/", "");
+    let mut c = node.client();
+    let blob = noise(95, 3 << 20);
+    let d = push_blob(&mut c, "throttled/app", &blob);
+    let path = format!("/v2/throttled/app/blobs/{d}");
+    let data = format!("GET /{}/throttled/data/", seaweed::BUCKET);
+
+    gate.throttle(&data, 2);
+    let r = c.get(&path);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(
+        r.body == blob,
+        "the blob read after two throttled GETs differs"
+    );
+    assert_eq!(gate.throttled(), 2, "the blob's data was not throttled");
+    assert!(metric(&node, "wharf_objectstore_retries_total") >= 2.0);
+
+    // The blob's pointer, read before the response starts (a store failing once the bytes
+    // stream breaks the response off instead).
+    let pointer = format!("GET /{}/throttled/blobs/", seaweed::BUCKET);
+    gate.throttle(&pointer, 100);
+    let r = c.get(&path);
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    assert!(r.header("Retry-After").is_some(), "503 without Retry-After");
+    assert_eq!(gate.throttled(), 2 + 4, "one attempt and three retries");
+    gate.throttle(&pointer, 0);
+    let r = c.get(&path);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(r.body == blob);
+
+    let tag = format!(
+        "PUT /{}/throttled/repos/throttled/app/_tags/v1",
+        seaweed::BUCKET
+    );
+    gate.throttle(&tag, 2);
+    let pushed = push_image(&mut c, "throttled/app", "v1", &noise(96, 1000));
+    assert_eq!(gate.throttled(), 6 + 2, "the tag write was not throttled");
+    let r = c.request(
+        "GET",
+        "/v2/throttled/app/manifests/v1",
+        &[("Accept", OCI_MANIFEST)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(sha256(&r.body), pushed);
 }

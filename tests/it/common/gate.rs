@@ -4,7 +4,8 @@
 //! store's answer is read, and the connection is closed without it (a store that applied a write
 //! and died before answering), or go silent: each request is taken and nothing is answered until
 //! the test lets the store speak again, when the connection closes (a partition that dropped the
-//! packets, a hung server). It understands just enough HTTP for S3 traffic: bodies by
+//! packets, a hung server), or throttle: answer `503 SlowDown` itself to the next requests whose
+//! request line names a key, as S3 does under a burst. It understands just enough HTTP for S3 traffic: bodies by
 //! `Content-Length`, none for HEAD, 204 and 304 (a chunked message fails the test loudly).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -26,6 +27,10 @@ struct Parts {
     silent: bool,
     /// Requests taken and dropped while silent.
     unanswered: u64,
+    /// Answer `503 SlowDown` to this many more requests whose request line contains the text.
+    throttle: Option<(String, usize)>,
+    /// Requests answered `503 SlowDown`.
+    throttled: u64,
 }
 
 pub struct PartGate {
@@ -95,6 +100,17 @@ impl PartGate {
         self.parts.0.lock().unwrap().unanswered
     }
 
+    /// Answer `503 SlowDown` to the next `n` requests whose request line contains `part`
+    /// (`"GET /bucket/prefix/data/"`), without passing them on.
+    pub fn throttle(&self, part: &str, n: usize) {
+        self.parts.0.lock().unwrap().throttle = Some((part.to_owned(), n));
+    }
+
+    /// Requests answered `503 SlowDown` so far.
+    pub fn throttled(&self) -> u64 {
+        self.parts.0.lock().unwrap().throttled
+    }
+
     /// Part uploads passed on.
     pub fn parts(&self) -> u64 {
         self.parts.0.lock().unwrap().released
@@ -157,6 +173,34 @@ fn relay(
                 .unwrap();
             // Lost with the network: the connection closes as this thread returns.
             return Ok(());
+        }
+        let throttle = {
+            let mut p = parts.0.lock().unwrap();
+            let hit = match &mut p.throttle {
+                Some((part, n)) if *n > 0 && first.contains(part.as_str()) => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            };
+            p.throttled += u64::from(hit);
+            hit
+        };
+        if throttle {
+            copy_body(&mut from_client, &mut std::io::sink(), len)?;
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+            let head = if first.starts_with("HEAD ") {
+                0
+            } else {
+                body.len()
+            };
+            write!(
+                to_client,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{}",
+                body.len(),
+                &body[..head]
+            )?;
+            continue;
         }
         if first.starts_with("PUT ") && first.contains("partNumber=") {
             let (lock, cv) = parts;
