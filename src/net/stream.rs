@@ -19,11 +19,27 @@ pub trait Chunks {
 pub struct ByteStream {
     len: u64,
     source: Box<dyn Chunks>,
+    /// The first chunk, read ahead by `prime`.
+    primed: Option<Option<Vec<u8>>>,
 }
 
 impl ByteStream {
     pub fn new(len: u64, source: Box<dyn Chunks>) -> ByteStream {
-        ByteStream { len, source }
+        ByteStream {
+            len,
+            source,
+            primed: None,
+        }
+    }
+
+    /// Read the first chunk now, before a response head promises the rest: a source that
+    /// fails at once (a store that cannot be reached) is then an error answer, not a response
+    /// broken off after its head.
+    pub async fn prime(&mut self) -> io::Result<()> {
+        if self.primed.is_none() {
+            self.primed = Some(self.source.next_chunk().await?);
+        }
+        Ok(())
     }
 
     /// The number of bytes the stream promises.
@@ -37,7 +53,10 @@ impl ByteStream {
 
     /// The next chunk, or `None` at the end.
     pub async fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
-        self.source.next_chunk().await
+        match self.primed.take() {
+            Some(first) => Ok(first),
+            None => self.source.next_chunk().await,
+        }
     }
 }
 

@@ -148,6 +148,9 @@ impl Registry {
                 r
             }
         };
+        if let Payload::Stream(s) = &mut r.payload {
+            s.prime().await.map_err(StoreError::from)?;
+        }
         if !head_only {
             r.content_length = None;
         }

@@ -383,7 +383,10 @@ impl ObjectChunks {
                 .store
                 .get_range(&self.key, self.offset, self.len)
                 .await
-                .map_err(|e| io::Error::other(e.to_string()))?
+                .map_err(|e| match StoreError::from(e) {
+                    StoreError::Unavailable(why) => crate::storage::Unavailable::io(why),
+                    other => io::Error::other(other.to_string()),
+                })?
                 .ok_or_else(|| io::Error::other(format!("{} is gone from the bucket", self.key)))?;
             if resp.body.remaining() != self.len {
                 return Err(io::Error::other(format!(
