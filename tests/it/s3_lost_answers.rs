@@ -279,9 +279,9 @@ fn a_silent_store_is_503_after_the_io_timeout_and_loses_nothing() {
 
 /// A store that throttles (`503 SlowDown`, as S3 does under a burst) is asked again before a
 /// client hears of it: a blob GET and a tag write each throttled twice are answered as if nothing
-/// had happened, the retries counted; a blob's pointer throttled past the three retries makes
-/// its GET answer `503` with `Retry-After` after exactly four attempts, and the next GET reads
-/// the blob.
+/// had happened, the retries counted; a blob's bytes throttled past the three retries make its
+/// GET answer `503` with `Retry-After` after exactly four attempts, and the next GET reads the
+/// blob.
 #[test]
 fn a_throttling_store_is_asked_again_before_a_client_hears_of_it() {
     let weed = Seaweed::shared();
@@ -302,15 +302,14 @@ fn a_throttling_store_is_asked_again_before_a_client_hears_of_it() {
     assert_eq!(gate.throttled(), 2, "the blob's data was not throttled");
     assert!(metric(&node, "wharf_objectstore_retries_total") >= 2.0);
 
-    // The blob's pointer, read before the response starts (a store failing once the bytes
-    // stream breaks the response off instead).
-    let pointer = format!("GET /{}/throttled/blobs/", seaweed::BUCKET);
-    gate.throttle(&pointer, 100);
+    // The blob's bytes are asked for before the response head goes out: a store that keeps
+    // throttling them is a 503, not a response broken off after its head.
+    gate.throttle(&data, 100);
     let r = c.get(&path);
     assert_eq!(r.status, 503, "{}", r.body_text());
     assert!(r.header("Retry-After").is_some(), "503 without Retry-After");
     assert_eq!(gate.throttled(), 2 + 4, "one attempt and three retries");
-    gate.throttle(&pointer, 0);
+    gate.throttle(&data, 0);
     let r = c.get(&path);
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert!(r.body == blob);
