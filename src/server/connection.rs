@@ -235,7 +235,6 @@ async fn requests(
 ) {
     let shutdown = &local.shutdown;
     let cert_user = user_field(cert.as_deref());
-    let tls = listener.tls.is_some();
     let client = Client {
         addr: peer,
         peer: Peer::new(cert.as_deref(), peer.ip()),
@@ -260,16 +259,12 @@ async fn requests(
             NextRequest::Closed => return,
             NextRequest::Invalid(e) => {
                 tracing::info!(target: "wharf::access", "{peer} {cert_user} - - {} 0 rejected head: {e} listener={}", e.status(), client.listener.name);
-                return refuse(conn, e.status(), e.to_string()).await;
+                return Box::pin(refuse(conn, e.status(), e.to_string())).await;
             }
             NextRequest::TimedOut => {
-                return refuse(
-                    conn,
-                    408,
-                    "the request head did not arrive in time (server.http.head_timeout); retry"
-                        .into(),
-                )
-                .await;
+                let why =
+                    "the request head did not arrive in time (server.http.head_timeout); retry";
+                return Box::pin(refuse(conn, 408, why.into())).await;
             }
         };
         if !certificate_still_valid(&conn, &client.listener, &mut tls_generation) {
@@ -279,77 +274,118 @@ async fn requests(
         }
         #[cfg(feature = "fault-hooks")]
         crate::task::fault_hook(&head.path);
-        let started = Instant::now();
-        local.metrics.request_started();
-        let mut body = conn.body(&head);
-        let (live, credentials) = local.live.current(&app.live);
-        // Refused for credentials or rate: answered, then closed, so a client cannot hold a
-        // connection by failing (a client with credentials reconnects at once).
-        let mut refused = false;
-        let (resp, who, action) =
-            match gate::admit(&live, &credentials, local, &app.registry, &client, &head).await {
-                Ok(ok) if ok.action.is_admin() => (
-                    admin(app, &ok.action).await,
-                    ok.who.log_name(),
-                    Some(ok.action.index()),
-                ),
-                Ok(ok) if ok.action == Action::GetToken => {
-                    let (resp, who) =
-                        super::token::answer(&live, &credentials, &client, &head, &mut body).await;
-                    refused = resp.status == 401 || resp.status == 429;
-                    (resp, who, Some(ok.action.index()))
-                }
-                Ok(ok) => {
-                    let index = ok.action.index();
-                    (
-                        app.registry
-                            .handle(ok.action, &head, &mut body, peer.ip())
-                            .await,
-                        ok.who.log_name(),
-                        Some(index),
-                    )
-                }
-                Err((e, who, action)) => {
-                    refused = matches!(e.kind, ErrorKind::Unauthenticated | ErrorKind::RateLimited);
-                    (error_response(e), who.log_name(), action)
-                }
-            };
-        let mut resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
-        if let Some(hsts) = live.hsts.as_ref().filter(|_| tls) {
-            resp = resp.header("Strict-Transport-Security", hsts.clone());
-        }
-        // A body refused as too large is not read at all: answered, then closed.
-        let refused = refused || resp.status == 413;
-        let keep = body.keep_alive(&head, refused, shutdown.fired()).await;
-        let close = !keep;
-        let status = resp.status;
-        let head_only = head.method == Method::Head;
-        let bytes = if head_only { 0 } else { resp.payload.len() };
-        let sent = conn.send(resp, head_only, close).await;
-        local.metrics.request_ended();
-        local
-            .metrics
-            .request(action, status, started.elapsed(), bytes as u64);
-        // Everything read since the last request ended: this request's head and body.
-        local.metrics.received(conn.received() - counted);
-        counted = conn.received();
-        tracing::info!(
-            target: "wharf::access",
-            "{peer} {} {} {}{}{} {status} {bytes} {}us listener={}",
-            who.as_deref().unwrap_or(&cert_user),
-            head.method.as_str(),
-            head.path,
-            if head.query.is_empty() { "" } else { "?" },
-            head.query,
-            started.elapsed().as_micros(),
-            client.listener.name
+        // Boxed: a parked connection keeps only what waiting for its next head needs; admission,
+        // handler and response state (~35 KiB inline) is allocated while a request runs.
+        let exchange = exchange(
+            &mut conn,
+            &head,
+            &client,
+            &cert_user,
+            app,
+            local,
+            &mut counted,
         );
-        if sent.is_err() {
-            return;
-        }
-        if close {
-            conn.linger().await;
-            return;
+        match Box::pin(exchange).await {
+            After::NextRequest => {}
+            After::Close => return,
+            After::Linger => return Box::pin(conn.linger()).await,
         }
     }
+}
+
+/// What the connection does once a request is answered.
+enum After {
+    NextRequest,
+    /// The response could not be sent: close at once.
+    Close,
+    /// Answered with `Connection: close`: close after the client had time to read it.
+    Linger,
+}
+
+/// Admit, handle and answer one request whose head was read; log it and count it (`counted`:
+/// bytes read up to the end of the previous request).
+async fn exchange(
+    conn: &mut Conn,
+    head: &crate::http::RequestHead,
+    client: &Client,
+    cert_user: &str,
+    app: &App,
+    local: &Local,
+    counted: &mut u64,
+) -> After {
+    let shutdown = &local.shutdown;
+    let tls = client.listener.tls.is_some();
+    let peer = client.addr;
+    let started = Instant::now();
+    local.metrics.request_started();
+    let mut body = conn.body(head);
+    let (live, credentials) = local.live.current(&app.live);
+    // Refused for credentials or rate: answered, then closed, so a client cannot hold a
+    // connection by failing (a client with credentials reconnects at once).
+    let mut refused = false;
+    let (resp, who, action) =
+        match gate::admit(&live, &credentials, local, &app.registry, client, head).await {
+            Ok(ok) if ok.action.is_admin() => (
+                admin(app, &ok.action).await,
+                ok.who.log_name(),
+                Some(ok.action.index()),
+            ),
+            Ok(ok) if ok.action == Action::GetToken => {
+                let (resp, who) =
+                    super::token::answer(&live, &credentials, client, head, &mut body).await;
+                refused = resp.status == 401 || resp.status == 429;
+                (resp, who, Some(ok.action.index()))
+            }
+            Ok(ok) => {
+                let index = ok.action.index();
+                (
+                    app.registry
+                        .handle(ok.action, head, &mut body, peer.ip())
+                        .await,
+                    ok.who.log_name(),
+                    Some(index),
+                )
+            }
+            Err((e, who, action)) => {
+                refused = matches!(e.kind, ErrorKind::Unauthenticated | ErrorKind::RateLimited);
+                (error_response(e), who.log_name(), action)
+            }
+        };
+    let mut resp = resp.header("Docker-Distribution-API-Version", "registry/2.0");
+    if let Some(hsts) = live.hsts.as_ref().filter(|_| tls) {
+        resp = resp.header("Strict-Transport-Security", hsts.clone());
+    }
+    // A body refused as too large is not read at all: answered, then closed.
+    let refused = refused || resp.status == 413;
+    let keep = body.keep_alive(head, refused, shutdown.fired()).await;
+    let close = !keep;
+    let status = resp.status;
+    let head_only = head.method == Method::Head;
+    let bytes = if head_only { 0 } else { resp.payload.len() };
+    let sent = conn.send(resp, head_only, close).await;
+    local.metrics.request_ended();
+    local
+        .metrics
+        .request(action, status, started.elapsed(), bytes);
+    // Everything read since the last request ended: this request's head and body.
+    local.metrics.received(conn.received() - *counted);
+    *counted = conn.received();
+    tracing::info!(
+        target: "wharf::access",
+        "{peer} {} {} {}{}{} {status} {bytes} {}us listener={}",
+        who.as_deref().unwrap_or(cert_user),
+        head.method.as_str(),
+        head.path,
+        if head.query.is_empty() { "" } else { "?" },
+        head.query,
+        started.elapsed().as_micros(),
+        client.listener.name
+    );
+    if sent.is_err() {
+        return After::Close;
+    }
+    if close {
+        return After::Linger;
+    }
+    After::NextRequest
 }

@@ -143,9 +143,10 @@ fn idle_connections_park_their_buffers(driver: &str) {
     for c in &mut conns {
         assert_eq!(c.get("/v2/").status, 200);
     }
-    // Unparked, each connection holds at least its 64 KiB buffer (~94 MiB for all); parked, a
-    // few KiB of task state. Allow 24 KiB each.
-    let bound = CONNS * 24;
+    // Unparked, each connection holds at least its 64 KiB buffer (~94 MiB for all); parked, its
+    // task state: ~6.5 KiB since a request's state is boxed while it runs (~24 KiB before, when
+    // the connection's future held the handler's inline). Allow 10 KiB each.
+    let bound = CONNS * 10;
     let mut grown = u64::MAX;
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(100));
