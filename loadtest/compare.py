@@ -455,8 +455,9 @@ def scenarios(s, big_path, big_digest, big_size):
     return r
 
 
-def tls_rows(work, big_path, big_digest, big_size):
-    """wharf over TLS and mutual TLS against wharf over plain HTTP, same process settings."""
+def bench_pki(work):
+    """A fresh CA, server and client certificate under `work` (`wharf cert`): (the directory, the
+    `[server.tls]` table of a listener that asks for, but does not require, a client certificate)."""
     pki = tempfile.mkdtemp(prefix="pki-", dir=work)
     run([WHARF, "cert", "ca", "--out", pki, "--cn", "bench CA"])
     run([WHARF, "cert", "server", "--out", pki, "--host", "localhost", "--ip", "127.0.0.1"])
@@ -464,6 +465,12 @@ def tls_rows(work, big_path, big_digest, big_size):
     tls = (f'[server.tls]\nserver_certificate_bundle = "{pki}/server.crt"\n'
            f'server_private_key = "{pki}/server.key"\nclient_ca_bundle = "{pki}/ca.crt"\n'
            'client_auth = "optional"\n')
+    return pki, tls
+
+
+def tls_rows(work, big_path, big_digest, big_size):
+    """wharf over TLS and mutual TLS against wharf over plain HTTP, same process settings."""
+    pki, tls = bench_pki(work)
     s = Server("wharf", work).start(tls=tls)
     try:
         small = os.urandom(4096)

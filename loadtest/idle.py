@@ -17,7 +17,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import OLD_BIN, PEERS, WHARF, Server, run, status_mib  # noqa: E402
+from compare import OLD_BIN, PEERS, Server, bench_pki, status_mib  # noqa: E402
 
 
 def idle_growth(server, n, ctx=None):
@@ -48,13 +48,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * n + 1024)), hard))
     work = tempfile.mkdtemp(prefix="idle-")
-    pki = os.path.join(work, "pki")
-    run([WHARF, "cert", "ca", "--out", pki, "--cn", "bench CA"])
-    run([WHARF, "cert", "server", "--out", pki, "--host", "localhost", "--ip", "127.0.0.1"])
-    run([WHARF, "cert", "client", "--out", pki, "--cn", "bench"])
-    tls = (f'[server.tls]\nserver_certificate_bundle = "{pki}/server.crt"\n'
-           f'server_private_key = "{pki}/server.key"\nclient_ca_bundle = "{pki}/ca.crt"\n'
-           'client_auth = "optional"\n')
+    pki, tls = bench_pki(work)
     ctx = ssl.create_default_context(cafile=f"{pki}/ca.crt")
     ctx.load_cert_chain(f"{pki}/client.crt", f"{pki}/client.key")
     names = ["wharf"] + (["wharf-old"] if OLD_BIN else [])
