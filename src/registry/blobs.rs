@@ -148,7 +148,19 @@ impl Registry {
                 r
             }
         };
-        if let Payload::Stream(s) = &mut r.payload {
+        // The first bytes from elsewhere are read before the head promises them: a store that
+        // cannot be reached is then a 503, not a response broken off after its head. Of several
+        // ranges only the first part's stream is read ahead (one chunk held, as for one range);
+        // a store that fails between parts still breaks the body off.
+        let first = match &mut r.payload {
+            Payload::Stream(s) => Some(s),
+            Payload::Pieces(p) => p.iter_mut().find_map(|t| match t {
+                Tail::Stream(s) => Some(s),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if let Some(s) = first {
             s.prime().await.map_err(StoreError::from)?;
         }
         if !head_only {

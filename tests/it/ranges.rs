@@ -11,7 +11,7 @@ use crate::common::*;
 
 /// The parts of a `multipart/byteranges` body as Python's MIME parser reads them: each part's
 /// `Content-Range` and bytes.
-fn parse_multipart(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn parse_multipart(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
     const PARSER: &str = r#"
 import json, sys
 from email import policy
@@ -54,7 +54,7 @@ json.dump(parts, sys.stdout)
 }
 
 /// The parts a `multipart/byteranges` answer for `data` must hold: (Content-Range, bytes).
-fn expected(data: &[u8], ranges: &[(usize, usize)]) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn expected(data: &[u8], ranges: &[(usize, usize)]) -> Vec<(String, Vec<u8>)> {
     ranges
         .iter()
         .map(|&(a, b)| {

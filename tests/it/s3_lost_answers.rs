@@ -281,7 +281,7 @@ fn a_silent_store_is_503_after_the_io_timeout_and_loses_nothing() {
 /// client hears of it: a blob GET and a tag write each throttled twice are answered as if nothing
 /// had happened, the retries counted; a blob's bytes throttled past the three retries make its
 /// GET answer `503` with `Retry-After` after exactly four attempts, and the next GET reads the
-/// blob.
+/// blob. A multi-range GET throttled past its retries is a `503` too.
 #[test]
 fn a_throttling_store_is_asked_again_before_a_client_hears_of_it() {
     let weed = Seaweed::shared();
@@ -309,10 +309,25 @@ fn a_throttling_store_is_asked_again_before_a_client_hears_of_it() {
     assert_eq!(r.status, 503, "{}", r.body_text());
     assert!(r.header("Retry-After").is_some(), "503 without Retry-After");
     assert_eq!(gate.throttled(), 2 + 4, "one attempt and three retries");
+    // So are a multi-range answer's: its first part's bytes are asked for before its head.
+    let ranges = [("Range", "bytes=0-99,2000000-2000099")];
+    let r = c.request("GET", &path, &ranges, b"");
+    assert_eq!(r.status, 503, "a multi-range GET: {}", r.body_text());
+    assert!(r.header("Retry-After").is_some(), "503 without Retry-After");
+    assert_eq!(
+        gate.throttled(),
+        6 + 4,
+        "the first part's bytes were not asked for"
+    );
     gate.throttle(&data, 0);
     let r = c.get(&path);
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert!(r.body == blob);
+    let r = c.request("GET", &path, &ranges, b"");
+    assert_eq!(r.status, 206, "{}", r.body_text());
+    let parts = crate::ranges::parse_multipart(r.header("Content-Type").unwrap(), &r.body);
+    let want = crate::ranges::expected(&blob, &[(0, 99), (2_000_000, 2_000_099)]);
+    assert!(parts == want, "the parts read after the throttling differ");
 
     let tag = format!(
         "PUT /{}/throttled/repos/throttled/app/_tags/v1",
@@ -320,7 +335,7 @@ fn a_throttling_store_is_asked_again_before_a_client_hears_of_it() {
     );
     gate.throttle(&tag, 2);
     let pushed = push_image(&mut c, "throttled/app", "v1", &noise(96, 1000));
-    assert_eq!(gate.throttled(), 6 + 2, "the tag write was not throttled");
+    assert_eq!(gate.throttled(), 10 + 2, "the tag write was not throttled");
     let r = c.request(
         "GET",
         "/v2/throttled/app/manifests/v1",
