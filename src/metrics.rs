@@ -513,6 +513,23 @@ impl Metrics {
             "# HELP wharf_password_checks_total Password-hash (argon2) checks run: known users', and the decoy hash's for unknown usernames.\n# TYPE wharf_password_checks_total counter\nwharf_password_checks_total {}",
             crate::auth::password_checks()
         );
+        let [hit, joined, miss] = crate::auth::cache::lookups();
+        let _ = writeln!(
+            out,
+            "# HELP wharf_credential_cache_total Authorization headers with Basic credentials answered from the worker's cache of verified and refused headers (hit; at most auth.credential_cache_size of each per worker, for auth.credential_cache_ttl), by waiting for the check of the same header already running (joined), or by a check of their own (miss).\n# TYPE wharf_credential_cache_total counter\nwharf_credential_cache_total{{outcome=\"hit\"}} {hit}\nwharf_credential_cache_total{{outcome=\"joined\"}} {joined}\nwharf_credential_cache_total{{outcome=\"miss\"}} {miss}"
+        );
+        let (hits, misses) = crate::tls::identity::cache_counts();
+        let _ = writeln!(
+            out,
+            "# HELP wharf_client_certificate_cache_total Verified client certificates whose identity came from the worker's cache (hit; at most {} certificates per worker) or was parsed (miss).\n# TYPE wharf_client_certificate_cache_total counter\nwharf_client_certificate_cache_total{{outcome=\"hit\"}} {hits}\nwharf_client_certificate_cache_total{{outcome=\"miss\"}} {misses}",
+            crate::tls::identity::CACHE_MAX
+        );
+        let (hits, misses) = crate::policy::compile::regex_cache_counts();
+        let _ = writeln!(
+            out,
+            "# HELP wharf_policy_regex_cache_total Policy matches() calls whose regex came from the worker's cache (hit; at most {} patterns per worker, further ones compiled for each use) or was compiled (miss).\n# TYPE wharf_policy_regex_cache_total counter\nwharf_policy_regex_cache_total{{outcome=\"hit\"}} {hits}\nwharf_policy_regex_cache_total{{outcome=\"miss\"}} {misses}",
+            crate::policy::compile::REGEX_CACHE_MAX
+        );
         let _ = writeln!(
             out,
             "# HELP wharf_connection_panics_total Connection tasks that panicked (each closed its connection).\n# TYPE wharf_connection_panics_total counter\nwharf_connection_panics_total {}",

@@ -8,11 +8,32 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// A header's cache key.
 pub type Key = [u8; 32];
+
+/// How a header was answered: remembered (verified or refused within the TTL), by joining a
+/// check already running for it, or by a check of its own (all workers).
+pub enum Lookup {
+    Hit,
+    Joined,
+    Miss,
+}
+
+static LOOKUPS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Count one `Authorization` header's lookup.
+pub fn count(how: Lookup) {
+    LOOKUPS[how as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// (hit, joined, miss) lookups so far, all workers.
+pub fn lookups() -> [u64; 3] {
+    LOOKUPS.each_ref().map(|c| c.load(Ordering::Relaxed))
+}
 
 /// What checking a header found: the user's index, or wrong credentials.
 pub type Outcome = Option<usize>;

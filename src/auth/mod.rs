@@ -136,11 +136,18 @@ impl Authenticator {
         let found =
             |outcome: cache::Outcome| outcome.map(|i| &self.users[i]).ok_or(AuthError::Invalid);
         if let Some(outcome) = cache.lookup(&key, Instant::now()) {
+            cache::count(cache::Lookup::Hit);
             return found(outcome);
         }
         let pending = match cache.pending(&key) {
-            Some(p) => p,
-            None => self.start_check(cache, key, header, client)?,
+            Some(p) => {
+                cache::count(cache::Lookup::Joined);
+                p
+            }
+            None => {
+                cache::count(cache::Lookup::Miss);
+                self.start_check(cache, key, header, client)?
+            }
         };
         match pending.wait().await {
             Some(outcome) => found(outcome),

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cel::common::ast::{EntryExpr, Expr, LiteralValue, SourceInfo};
 use cel::common::types::{self, CelBool, CelString};
@@ -53,17 +54,30 @@ const FUNCTIONS: &[&str] = &[
 /// Regexes compiled per worker thread, so `matches` never recompiles a pattern per request.
 /// Patterns from data rather than rule text could grow it without bound: past this many, a
 /// pattern is compiled for its one use.
-const REGEX_CACHE_MAX: usize = 256;
+pub const REGEX_CACHE_MAX: usize = 256;
 
 thread_local! {
     static REGEXES: RefCell<HashMap<String, regex::Regex>> = RefCell::new(HashMap::new());
 }
 
+/// `matches` calls whose regex was in the worker's cache (0) or compiled (1), all workers.
+static REGEX_LOOKUPS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// (hits, misses) of the per-worker regex caches.
+pub fn regex_cache_counts() -> (u64, u64) {
+    (
+        REGEX_LOOKUPS[0].load(Ordering::Relaxed),
+        REGEX_LOOKUPS[1].load(Ordering::Relaxed),
+    )
+}
+
 fn regex_matches(text: &str, pattern: &str) -> Result<bool, ExecutionError> {
     REGEXES.with(|cache| {
         if let Some(re) = cache.borrow().get(pattern) {
+            REGEX_LOOKUPS[0].fetch_add(1, Ordering::Relaxed);
             return Ok(re.is_match(text));
         }
+        REGEX_LOOKUPS[1].fetch_add(1, Ordering::Relaxed);
         let re =
             regex::Regex::new(pattern).map_err(|e| ExecutionError::function_error("matches", e))?;
         let found = re.is_match(text);

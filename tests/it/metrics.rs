@@ -191,9 +191,78 @@ fn tls_handshakes_are_counted(driver: &str) {
     );
 }
 
+/// The per-worker caches count what they answer: a client certificate's identity is parsed once
+/// per worker, a policy's regex compiled once per worker, and Basic credentials (right or wrong)
+/// checked once per worker; every later use is a hit (`wharf_*_cache_total{outcome}`).
+fn worker_caches_count_hits_and_misses(driver: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let cfg = format!(
+        "{}{}[global.access_policy]\ndefault = \"deny\"\nrules = [\"request.repository.matches('^team/[a-z]+$') || identity.username != ''\"]\n",
+        pki.server_toml(Some("required")),
+        crate::e2e_access::users(&[("alice", "alice-pw")])
+    );
+    let s = Server::start_in(dir, driver, &cfg, "warn");
+    let client = pki.client_config(
+        Some((&pki.path("client.crt"), &pki.path("client.key"))),
+        false,
+    );
+    let mut c = tls_connect(s.addr, client.clone()).unwrap().client;
+    let counts = |c: &mut Client, cache: &str| {
+        let text = scrape(c);
+        let at = |o: &str| {
+            sample(
+                &text,
+                &format!("wharf_{cache}_cache_total{{outcome=\"{o}\"}}"),
+            )
+        };
+        (at("hit"), at("miss"))
+    };
+    let alice = basic("alice", "alice-pw");
+    for _ in 0..4 {
+        let r = c.request(
+            "GET",
+            "/v2/team/app/tags/list",
+            &[("Authorization", &alice)],
+            b"",
+        );
+        assert_eq!(r.status, 404, "{}", r.body_text());
+    }
+    assert_eq!(
+        counts(&mut c, "credential"),
+        (3.0, 1.0),
+        "alice's header, four times"
+    );
+    assert_eq!(counts(&mut c, "policy_regex"), (3.0, 1.0), "four decisions");
+    assert_eq!(
+        counts(&mut c, "client_certificate"),
+        (0.0, 1.0),
+        "one connection"
+    );
+
+    // A refused header closes its connection: each goes on a new one, to one of two workers.
+    let wrong = basic("alice", "wrong");
+    for _ in 0..6 {
+        let mut other = tls_connect(s.addr, client.clone()).unwrap().client;
+        let r = other.request("GET", "/v2/", &[("Authorization", &wrong)], b"");
+        assert_eq!(r.status, 401, "{}", r.body_text());
+    }
+    let (hits, misses) = counts(&mut c, "credential");
+    assert!(
+        hits + misses == 10.0 && (2.0..=3.0).contains(&misses),
+        "a wrong password, six times on two workers, is checked once per worker: {hits} hits, {misses} misses"
+    );
+    let (hits, misses) = counts(&mut c, "client_certificate");
+    assert!(
+        hits + misses == 7.0 && (1.0..=2.0).contains(&misses),
+        "seven connections with one certificate on two workers: {hits} hits, {misses} misses"
+    );
+}
+
 on_both_drivers!(
     counters_follow_a_known_sequence,
     storage_totals_and_readiness,
     admin_endpoints_skip_policies_unless_configured,
     tls_handshakes_are_counted,
+    worker_caches_count_hits_and_misses,
 );
