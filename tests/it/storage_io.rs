@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::common::*;
 
+// On the S3 backend, too: pushed parts are hashed on the bulk lane.
+on_s3!(pushed_bodies_are_hashed_on_low_priority_threads);
+
 on_both_drivers!(
     a_manifest_delete_racing_a_tag_update_never_deletes_the_fresh_tag,
     an_upload_range_whose_length_overflows_is_refused,
@@ -172,8 +175,8 @@ fn file_operations_run_on_the_blocking_pool(driver: &str) {
     );
 }
 
-/// Large pushed bodies are hashed on the bulk lane, whose threads (one per worker) run at nice
-/// 10 while the workers and io threads keep the normal priority: a core busy hashing pushes still
+/// Large pushed bodies are hashed on the bulk lane (into a file or into the bucket's parts),
+/// whose threads (one per worker) run at nice 10 while the workers and io threads keep the normal priority: a core busy hashing pushes still
 /// serves its worker's requests first (loadtest/headofline.sh measures the effect).
 fn pushed_bodies_are_hashed_on_low_priority_threads(driver: &str) {
     let s = Server::start(driver); // two workers

@@ -88,6 +88,9 @@ pub struct BlobWriter {
     pub(super) etags: Vec<String>,
     /// Part uploads under way, oldest (lowest part number) first.
     inflight: VecDeque<monoio::task::JoinHandle<Result<String, S3Error>>>,
+    /// The block being hashed on a bulk thread (`append_pipelined`): the hasher and the block
+    /// come back, and the block's bytes then join the part being filled.
+    hashing: Option<monoio::task::JoinHandle<io::Result<(Hasher, Block)>>>,
     /// A part failed: what the hash covers is not all stored.
     pub(super) failed: bool,
 }
@@ -103,6 +106,7 @@ impl BlobWriter {
             upload_id: None,
             etags: Vec::new(),
             inflight: VecDeque::new(),
+            hashing: None,
             failed: false,
         }
     }
@@ -112,14 +116,54 @@ impl BlobWriter {
         self.offset
     }
 
-    /// Hot path: hash `block` and queue it; a full part goes up while the next one fills.
+    /// Hash `block` on the worker and queue it; a full part goes up while the next one fills.
     pub async fn append(&mut self, block: Block) -> io::Result<()> {
         if self.failed {
             return Err(io::Error::other("an earlier part failed"));
         }
+        self.settle_hash().await?;
         self.hasher.update(block.bytes());
         self.offset += block.len() as u64;
-        let mut bytes = block.bytes();
+        self.store_bytes(block.bytes()).await
+    }
+
+    /// Hot path for large bodies: `block` joins the part being filled at once and is hashed on
+    /// a bulk thread (as the filesystem writer does) while the worker receives the next one, so
+    /// a push's hashing never holds up the worker's other connections. `settle` must follow the
+    /// last block.
+    pub async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("an earlier part failed"));
+        }
+        self.settle_hash().await?;
+        self.offset += block.len() as u64;
+        self.store_bytes(block.bytes()).await?;
+        let alg = self.hasher.algorithm();
+        let mut hasher = std::mem::replace(&mut self.hasher, alg.hasher());
+        self.hashing = Some(crate::task::spawn("a block hash", async move {
+            // A job dropped with its request drops its block on the pool thread.
+            crate::blocking::run_bulk(move || {
+                hasher.update(block.bytes());
+                (hasher, block)
+            })
+            .await
+        }));
+        Ok(())
+    }
+
+    /// Wait for the block being hashed, if any: its hasher comes back (and its block returns
+    /// to the worker's pool). A failure marks the writer failed.
+    async fn settle_hash(&mut self) -> io::Result<()> {
+        let Some(job) = self.hashing.take() else {
+            return Ok(());
+        };
+        let (hasher, _block) = job.await.inspect_err(|_| self.failed = true)?;
+        self.hasher = hasher;
+        Ok(())
+    }
+
+    /// Add bytes to the part being filled; a full part goes up while the next one fills.
+    async fn store_bytes(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             // A part is filled to exactly `PART` in one allocation once it is past the first
             // MiB (small blobs stay small), and handed to its upload as it is.
@@ -139,17 +183,13 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Large bodies: the same as `append` (the part upload already overlaps the next receive).
-    pub async fn append_pipelined(&mut self, block: Block) -> io::Result<()> {
-        self.append(block).await
-    }
-
-    /// Wait for every part in flight.
+    /// Wait for the block being hashed and every part in flight.
     pub async fn settle(&mut self) -> io::Result<()> {
+        let hashed = self.settle_hash().await;
         while !self.inflight.is_empty() {
             self.settle_oldest().await?;
         }
-        Ok(())
+        hashed
     }
 
     async fn settle_oldest(&mut self) -> io::Result<()> {
