@@ -88,8 +88,8 @@ pub struct BlobWriter {
     pub(super) etags: Vec<String>,
     /// Part uploads under way, oldest (lowest part number) first.
     inflight: VecDeque<monoio::task::JoinHandle<Result<String, S3Error>>>,
-    /// The block being hashed on a bulk thread (`append_pipelined`): the hasher and the block
-    /// come back, and the block's bytes then join the part being filled.
+    /// The block being hashed on a bulk thread (`append_pipelined`; its bytes are in the part
+    /// being filled already): the hasher and the block come back.
     hashing: Option<monoio::task::JoinHandle<io::Result<(Hasher, Block)>>>,
     /// A part failed: what the hash covers is not all stored.
     pub(super) failed: bool,
