@@ -12,6 +12,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod histogram;
+pub mod hits;
 pub mod http;
 pub mod logq;
 pub mod metrics;

@@ -483,15 +483,17 @@ impl Metrics {
             out,
             "# HELP wharf_s3_catalog_writes_total Catalog entries a push on the S3 backend wrote (written) or knew to be there already (skipped: the worker wrote or saw it before; at most 4,096 repositories remembered per worker).\n# TYPE wharf_s3_catalog_writes_total counter\nwharf_s3_catalog_writes_total{{outcome=\"skipped\"}} {skipped}\nwharf_s3_catalog_writes_total{{outcome=\"written\"}} {written}"
         );
-        let (hits, misses) = crate::storage::s3::revisions::counts();
-        let _ = writeln!(
-            out,
-            "# HELP wharf_s3_revision_cache_total Manifest GETs by tag on the S3 backend whose revision came from the per-worker cache (hit) or the object store (miss); at most 1,024 revisions and 8 MiB per worker.\n# TYPE wharf_s3_revision_cache_total counter\nwharf_s3_revision_cache_total{{outcome=\"hit\"}} {hits}\nwharf_s3_revision_cache_total{{outcome=\"miss\"}} {misses}"
+        crate::hits::render(
+            &mut out,
+            "wharf_s3_revision_cache_total",
+            "Manifest GETs by tag on the S3 backend whose revision came from the per-worker cache (hit) or the object store (miss); at most 1,024 revisions and 8 MiB per worker.",
+            crate::storage::s3::revisions::counts(),
         );
-        let (hits, misses) = crate::storage::s3::kept::blob_counts();
-        let _ = writeln!(
-            out,
-            "# HELP wharf_s3_blob_cache_total Blob GETs on the S3 backend whose bytes came from the per-worker cache of small blobs (hit; the repository's link is still asked for) or from the object store (miss); at most 4,096 blobs and 8 MiB per worker.\n# TYPE wharf_s3_blob_cache_total counter\nwharf_s3_blob_cache_total{{outcome=\"hit\"}} {hits}\nwharf_s3_blob_cache_total{{outcome=\"miss\"}} {misses}"
+        crate::hits::render(
+            &mut out,
+            "wharf_s3_blob_cache_total",
+            "Blob GETs on the S3 backend whose bytes came from the per-worker cache of small blobs (hit; the repository's link is still asked for) or from the object store (miss); at most 4,096 blobs and 8 MiB per worker.",
+            crate::storage::s3::kept::blob_counts(),
         );
         let (written, skipped, failed) = crate::storage::s3::note_counts();
         let _ = writeln!(
@@ -518,17 +520,23 @@ impl Metrics {
             out,
             "# HELP wharf_credential_cache_total Authorization headers with Basic credentials answered from the worker's cache of verified and refused headers (hit; at most auth.credential_cache_size of each per worker, for auth.credential_cache_ttl), by waiting for the check of the same header already running (joined), or by a check of their own (miss).\n# TYPE wharf_credential_cache_total counter\nwharf_credential_cache_total{{outcome=\"hit\"}} {hit}\nwharf_credential_cache_total{{outcome=\"joined\"}} {joined}\nwharf_credential_cache_total{{outcome=\"miss\"}} {miss}"
         );
-        let (hits, misses) = crate::tls::identity::cache_counts();
-        let _ = writeln!(
-            out,
-            "# HELP wharf_client_certificate_cache_total Verified client certificates whose identity came from the worker's cache (hit; at most {} certificates per worker) or was parsed (miss).\n# TYPE wharf_client_certificate_cache_total counter\nwharf_client_certificate_cache_total{{outcome=\"hit\"}} {hits}\nwharf_client_certificate_cache_total{{outcome=\"miss\"}} {misses}",
-            crate::tls::identity::CACHE_MAX
+        crate::hits::render(
+            &mut out,
+            "wharf_client_certificate_cache_total",
+            &format!(
+                "Verified client certificates whose identity came from the worker's cache (hit; at most {} certificates per worker) or was parsed (miss).",
+                crate::tls::identity::CACHE_MAX
+            ),
+            crate::tls::identity::cache_counts(),
         );
-        let (hits, misses) = crate::policy::compile::regex_cache_counts();
-        let _ = writeln!(
-            out,
-            "# HELP wharf_policy_regex_cache_total Policy matches() calls whose regex came from the worker's cache (hit; at most {} patterns per worker, further ones compiled for each use) or was compiled (miss).\n# TYPE wharf_policy_regex_cache_total counter\nwharf_policy_regex_cache_total{{outcome=\"hit\"}} {hits}\nwharf_policy_regex_cache_total{{outcome=\"miss\"}} {misses}",
-            crate::policy::compile::REGEX_CACHE_MAX
+        crate::hits::render(
+            &mut out,
+            "wharf_policy_regex_cache_total",
+            &format!(
+                "Policy matches() calls whose regex came from the worker's cache (hit; at most {} patterns per worker, further ones compiled for each use) or was compiled (miss).",
+                crate::policy::compile::REGEX_CACHE_MAX
+            ),
+            crate::policy::compile::regex_cache_counts(),
         );
         let _ = writeln!(
             out,

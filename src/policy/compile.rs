@@ -6,7 +6,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use cel::common::ast::{EntryExpr, Expr, LiteralValue, SourceInfo};
 use cel::common::types::{self, CelBool, CelString};
@@ -60,24 +59,19 @@ thread_local! {
     static REGEXES: RefCell<HashMap<String, regex::Regex>> = RefCell::new(HashMap::new());
 }
 
-/// `matches` calls whose regex was in the worker's cache (0) or compiled (1), all workers.
-static REGEX_LOOKUPS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// `matches` calls whose regex was in the worker's cache or compiled, all workers.
+static REGEX_LOOKUPS: crate::hits::Counts = crate::hits::Counts::new();
 
 /// (hits, misses) of the per-worker regex caches.
 pub fn regex_cache_counts() -> (u64, u64) {
-    (
-        REGEX_LOOKUPS[0].load(Ordering::Relaxed),
-        REGEX_LOOKUPS[1].load(Ordering::Relaxed),
-    )
+    REGEX_LOOKUPS.get()
 }
 
 fn regex_matches(text: &str, pattern: &str) -> Result<bool, ExecutionError> {
     REGEXES.with(|cache| {
-        if let Some(re) = cache.borrow().get(pattern) {
-            REGEX_LOOKUPS[0].fetch_add(1, Ordering::Relaxed);
+        if let Some(re) = REGEX_LOOKUPS.count(cache.borrow().get(pattern)) {
             return Ok(re.is_match(text));
         }
-        REGEX_LOOKUPS[1].fetch_add(1, Ordering::Relaxed);
         let re =
             regex::Regex::new(pattern).map_err(|e| ExecutionError::function_error("matches", e))?;
         let found = re.is_match(text);

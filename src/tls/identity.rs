@@ -5,7 +5,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use x509_parser::asn1_rs::Tag;
@@ -48,25 +47,20 @@ thread_local! {
     static PARSED: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Leaves found in a worker's cache (0) or parsed (1), all workers.
-static LOOKUPS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Leaves found in a worker's cache or parsed, all workers.
+static LOOKUPS: crate::hits::Counts = crate::hits::Counts::new();
 
 /// (hits, misses) of the per-worker caches of client certificates.
 pub fn cache_counts() -> (u64, u64) {
-    (
-        LOOKUPS[0].load(Ordering::Relaxed),
-        LOOKUPS[1].load(Ordering::Relaxed),
-    )
+    LOOKUPS.get()
 }
 
 /// The identity of a leaf certificate (DER), from this thread's cache or parsed once.
 pub fn of_leaf(der: &[u8]) -> Result<Rc<CertIdentity>, IdentityError> {
     let key: [u8; 32] = Sha256::digest(der).into();
-    if let Some(hit) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
-        LOOKUPS[0].fetch_add(1, Ordering::Relaxed);
+    if let Some(hit) = LOOKUPS.count(CACHE.with(|c| c.borrow().get(&key).cloned())) {
         return Ok(hit);
     }
-    LOOKUPS[1].fetch_add(1, Ordering::Relaxed);
     let id = Rc::new(parse(der)?);
     CACHE.with(|c| {
         let mut c = c.borrow_mut();

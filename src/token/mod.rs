@@ -289,12 +289,12 @@ pub fn counters(label: &str) -> Arc<Counters> {
     Arc::clone(all.entry(label.to_owned()).or_default())
 }
 
-/// Registry tokens presented on requests found in a worker's cache (0) or verified (1).
-static CACHE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Registry tokens presented on requests found in a worker's cache or verified.
+static CACHE: crate::hits::Counts = crate::hits::Counts::new();
 
 /// Count a lookup in a worker's token cache.
 pub fn cache_lookup(hit: bool) {
-    CACHE[usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
+    CACHE.add(hit);
 }
 
 /// The token metrics, Prometheus text.
@@ -304,11 +304,11 @@ pub fn render(out: &mut String) {
     if all.is_empty() {
         return;
     }
-    let _ = writeln!(
+    crate::hits::render(
         out,
-        "# HELP wharf_token_cache_total Registry tokens on requests found verified in the worker's cache (hit; at most auth.credential_cache_size per worker) or verified now (miss).\n# TYPE wharf_token_cache_total counter\nwharf_token_cache_total{{outcome=\"hit\"}} {}\nwharf_token_cache_total{{outcome=\"miss\"}} {}",
-        CACHE[0].load(Ordering::Relaxed),
-        CACHE[1].load(Ordering::Relaxed)
+        "wharf_token_cache_total",
+        "Registry tokens on requests found verified in the worker's cache (hit; at most auth.credential_cache_size per worker) or verified now (miss).",
+        CACHE.get(),
     );
     out.push_str("# HELP wharf_tokens_issued_total Registry tokens issued at /token, by how the client proved who it is.\n# TYPE wharf_tokens_issued_total counter\n");
     for (p, c) in all.iter() {

@@ -8,7 +8,6 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The bytes an entry holds, for the byte bound.
 pub(super) trait Weight {
@@ -77,38 +76,6 @@ impl<K: Hash + Eq + Clone, V: Clone + Weight> Bounded<K, V> {
     }
 }
 
-/// Hits and misses of one cache, all workers.
-pub(super) struct Counts {
-    hits: AtomicU64,
-    misses: AtomicU64,
-}
-
-impl Counts {
-    pub(super) const fn new() -> Counts {
-        Counts {
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-        }
-    }
-
-    pub(super) fn count<T>(&self, found: Option<T>) -> Option<T> {
-        let c = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-        found
-    }
-
-    pub(super) fn get(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
-    }
-}
-
 /// Blobs kept per worker thread.
 const BLOB_ENTRIES: usize = 4096;
 /// Bytes of blobs kept per worker thread.
@@ -122,7 +89,7 @@ thread_local! {
         RefCell::new(Bounded::new(BLOB_ENTRIES, BLOB_BYTES));
 }
 
-static BLOB_COUNTS: Counts = Counts::new();
+static BLOB_COUNTS: crate::hits::Counts = crate::hits::Counts::new();
 
 /// (hits, misses) of the blob cache, all workers.
 pub fn blob_counts() -> (u64, u64) {

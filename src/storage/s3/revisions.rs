@@ -8,7 +8,8 @@
 
 use std::cell::RefCell;
 
-use super::kept::{Bounded, Counts};
+use super::kept::Bounded;
+use crate::hits::Counts;
 
 /// Revisions kept per worker thread.
 const MAX_ENTRIES: usize = 1024;
