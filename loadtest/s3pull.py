@@ -42,7 +42,8 @@ def main():
                 c.WHARF = build
                 r = s.Registry("wharf", work, weed, "pull/").start()
                 try:
-                    # Every build reads the one upload (same prefix, same bucket layout).
+                    # Every build reads the one upload (same prefix, same bucket layout); with
+                    # PUSH=1 every timed push, of either build, meets the blob already stored.
                     if rnd == 0 and build == builds[0]:
                         c.big_push(r.url, big, digest, SIZE, best_of=1)
                     if PUSH:
